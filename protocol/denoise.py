@@ -30,22 +30,18 @@ def denoise(
     s_a, s_b = _selector(fa, ga, r), _selector(fb, gb, r)
     b_noisy_t = bt.astype(np.float64) + ebr @ s_b  # B'ᵀ, n×k
     correction = eal @ (s_a @ b_noisy_t.T) + (a.astype(np.float64) @ s_b.T) @ ebr.T
-    return (noisy_product.astype(np.int64) - np.rint(correction).astype(np.int64)).astype(
-        np.int32
-    )
+    return (noisy_product.astype(np.int64) - np.rint(correction).astype(np.int64)).astype(np.int32)
 
 
 def freivalds(
     a: np.ndarray, bt: np.ndarray, c: np.ndarray, rounds: int, rng: np.random.Generator
 ) -> bool:
     """Freivalds' test of ``C == A·B`` in exact int64; false-accept ≤ 2^(−16·rounds)."""
-    m, k = a.shape
-    n = bt.shape[0]
-    if c.shape != (m, n):
+    if c.shape != (a.shape[0], bt.shape[0]):
         return False
     a64, bt64, c64 = a.astype(np.int64), bt.astype(np.int64), c.astype(np.int64)
     for _ in range(rounds):
-        x = rng.integers(0, 1 << 16, size=n, dtype=np.int64)
+        x = rng.integers(0, 1 << 16, size=bt.shape[0], dtype=np.int64)
         if not np.array_equal(c64 @ x, a64 @ (bt64.T @ x)):
             return False
     return True

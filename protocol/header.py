@@ -77,8 +77,9 @@ class Coinbase:
     extranonce2: bytes
 
     def encode(self) -> bytes:
-        c1, c2 = coinbase_parts(self.height, self.reward, self.address, self.tag,
-                                len(self.extranonce1))
+        c1, c2 = coinbase_parts(
+            self.height, self.reward, self.address, self.tag, len(self.extranonce1)
+        )
         return assemble_coinbase(c1, self.extranonce1, self.extranonce2, c2)
 
 

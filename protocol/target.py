@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from fractions import Fraction
 
@@ -17,10 +18,9 @@ def target_from_difficulty(difficulty: float) -> int:
     """Per-MAC target ``T = ⌊2²²⁴ / D⌋``; fractional D is allowed."""
     if isinstance(difficulty, bool) or not isinstance(difficulty, int | float):
         raise ProtocolError(f"difficulty must be a number, got {difficulty!r}")
-    d = Fraction(difficulty)
-    if d <= 0:
+    if not math.isfinite(difficulty) or difficulty <= 0:
         raise ProtocolError(f"difficulty must be positive, got {difficulty!r}")
-    return int(Fraction(DIFF1_TARGET) / d)
+    return int(Fraction(DIFF1_TARGET) / Fraction(difficulty))
 
 
 def difficulty_from_target(target: int) -> float:
