@@ -30,6 +30,8 @@ def validate_address(address: str) -> str:
     if not isinstance(address, str) or len(address) != LENGTH or not address.startswith(PREFIX):
         raise ProtocolError(f"not a devnet address: {address!r}", code=24)
     body = address[len(PREFIX) :]
+    if body != body.lower():
+        raise ProtocolError(f"address must be lower case: {address!r}", code=24)
     try:
         payload = bytes.fromhex(body[:40])
     except ValueError:

@@ -102,7 +102,7 @@ def test_addresses():
     assert validate_address(a) == a
     assert make_address(bytes(20)) == make_address(bytes(20))
     bad = a[:-1] + ("0" if a[-1] != "0" else "1")
-    for s in (bad, a[:-1], "x" + a[1:], "", 5):
+    for s in (bad, a[:-1], "x" + a[1:], "", 5, a[:4] + a[4:].upper()):
         with pytest.raises(ProtocolError) as err:
             validate_address(s)
         assert err.value.code == 24

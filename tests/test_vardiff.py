@@ -51,9 +51,7 @@ def simulate(
             if new is not None:
                 run.changes.append((next_sweep, new))
                 # Memorylessness: the miner restarts its wait at the new difficulty.
-                arrival = next_sweep + rng.expovariate(
-                    rate_macs / (vd.difficulty * MACS_PER_DIFF1)
-                )
+                arrival = next_sweep + rng.expovariate(rate_macs / (vd.difficulty * MACS_PER_DIFF1))
             next_sweep += SWEEP_SECONDS
         if arrival >= start + max_seconds:
             now = start + max_seconds

@@ -1,0 +1,201 @@
+"""What the HTTP API shows: the ledger (durable) joined with a live snapshot of the pool.
+
+:class:`PoolData` answers each route with plain JSON-ready dicts. Ledger calls are
+synchronous, so they run in a worker thread under the ``CapacityLimiter`` passed in (the
+same one the pool uses for that ledger, so API reads never race its writes). The live part
+comes from a ``snapshot`` callable that the running pool provides; the API never reaches
+into sessions itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+
+from pool.ledger.base import BlockRecord, Ledger, PaymentBatch
+from protocol.address import validate_address
+from protocol.errors import ProtocolError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """One live (connected, authorized) worker."""
+
+    name: str
+    hashrate: Mapping[str, float] = field(default_factory=dict)  # window -> MAC/s
+    last_share: float | None = None  # unix seconds
+    difficulty: float | None = None  # current share difficulty
+
+
+@dataclass(frozen=True)
+class PoolSnapshot:
+    """The pool's live state, built by the pool on demand (cheap, no I/O)."""
+
+    connections: int = 0
+    workers: int = 0
+    hashrate: Mapping[str, float] = field(default_factory=dict)  # window -> MAC/s
+    network_difficulty: float = 0.0
+    height: int = 0
+    miners: Mapping[str, list[WorkerSnapshot]] = field(default_factory=dict)  # address -> live
+    started: float | None = None  # unix seconds the pool started
+
+
+class UnknownMiner(LookupError):
+    """The address is malformed, or the pool has never heard of it."""
+
+
+def block_json(block: BlockRecord) -> dict[str, Any]:
+    return {
+        "height": block.height,
+        "hash": block.hash.hex(),
+        "reward": block.reward,
+        "time": block.time,
+        "status": block.status,
+        "confirmations": block.confirmations,
+        "finder": block.address,
+        "worker": block.worker,
+        "network_difficulty": block.network_difficulty,
+        "fee": block.fee,
+        "shares_used": block.shares_used,
+    }
+
+
+def payment_json(batch: PaymentBatch) -> dict[str, Any]:
+    return {
+        "key": batch.key,
+        "status": batch.status,
+        "txid": batch.txid,
+        "created": batch.created,
+        "completed": batch.completed,
+        "total": batch.total,
+        "recipients": len(batch.outputs),
+        "outputs": dict(batch.outputs),
+    }
+
+
+class PoolData:
+    """Answers the API's questions from ``ledger`` and the live ``snapshot()``.
+
+    ``fee_bps`` (basis points) and ``min_payout`` (base units) are the pool's published
+    terms; ``limiter`` guards the ledger's worker thread.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        snapshot: Callable[[], PoolSnapshot],
+        limiter: trio.CapacityLimiter,
+        *,
+        fee_bps: int,
+        min_payout: int,
+    ) -> None:
+        self.ledger = ledger
+        self.snapshot = snapshot
+        self.limiter = limiter
+        self.fee_bps = fee_bps
+        self.min_payout = min_payout
+
+    async def _ledger(self, fn: Callable[[], T]) -> T:
+        return await trio.to_thread.run_sync(fn, limiter=self.limiter)
+
+    async def pool(self) -> dict[str, Any]:
+        """Pool-wide stats: live hashrate and connections, chain, blocks, money."""
+        live = self.snapshot()
+
+        def read() -> tuple[Any, list[BlockRecord], int]:
+            return (
+                self.ledger.pool_totals(),
+                self.ledger.blocks(1),
+                self.ledger.pending_payout_total(),
+            )
+
+        totals, last, pending = await self._ledger(read)
+        return {
+            "hashrate": dict(live.hashrate),
+            "connections": live.connections,
+            "workers": live.workers,
+            "miners_online": len(live.miners),
+            "network_difficulty": live.network_difficulty,
+            "height": live.height,
+            "blocks_found": totals.blocks_found,
+            "blocks_pending": totals.blocks_pending,
+            "blocks_confirmed": totals.blocks_confirmed,
+            "blocks_orphaned": totals.blocks_orphaned,
+            "last_block_time": last[0].time if last else None,
+            "fee_bps": self.fee_bps,
+            "fee_percent": self.fee_bps / 100,
+            "min_payout": self.min_payout,
+            "total_paid": totals.paid,
+            "pending_payout": pending,
+            "miners": totals.miners,
+            "started": live.started,
+        }
+
+    async def miner(self, address: str, payments_limit: int = 20) -> dict[str, Any]:
+        """One address: live workers and hashrate, balances, recent payments.
+
+        Raises :class:`UnknownMiner` for a malformed address or one with no history.
+        """
+        try:
+            validate_address(address)
+        except ProtocolError as exc:
+            raise UnknownMiner(str(exc)) from None
+        summary = await self._ledger(lambda: self.ledger.miner(address, payments_limit))
+        live = {w.name: w for w in self.snapshot().miners.get(address, [])}
+        known = (
+            live
+            or summary.workers
+            or summary.payments
+            or summary.balance
+            or summary.immature
+            or summary.pending_payment
+            or summary.paid
+        )
+        if not known:
+            raise UnknownMiner(f"no shares, balance or payments for {address}")
+        hashrate: dict[str, float] = {}
+        for worker in live.values():
+            for window, rate in worker.hashrate.items():
+                hashrate[window] = hashrate.get(window, 0.0) + rate
+        workers = []
+        for name in sorted(set(summary.workers) | set(live)):
+            w = live.get(name)
+            stored_last = summary.workers.get(name)
+            lasts = [t for t in (stored_last, w.last_share if w else None) if t is not None]
+            workers.append(
+                {
+                    "name": name,
+                    "online": w is not None,
+                    "hashrate": dict(w.hashrate) if w else {},
+                    "difficulty": w.difficulty if w else None,
+                    "last_share": max(lasts) if lasts else None,
+                }
+            )
+        return {
+            "address": address,
+            "hashrate": hashrate,
+            "workers": workers,
+            "balance": summary.balance,
+            "immature": summary.immature,
+            "pending_payment": summary.pending_payment,
+            "paid": summary.paid,
+            "payments": [
+                {"key": p.key, "amount": p.amount, "status": p.status, "txid": p.txid,
+                 "time": p.time}
+                for p in summary.payments
+            ],
+        }  # fmt: skip
+
+    async def blocks(self, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` blocks, newest first."""
+        return [block_json(b) for b in await self._ledger(lambda: self.ledger.blocks(limit))]
+
+    async def payments(self, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` payment batches, newest first."""
+        batches = await self._ledger(lambda: self.ledger.payments(limit))
+        return [payment_json(b) for b in batches]

@@ -1,0 +1,228 @@
+"""The pool program: build every part from the config and run them in one nursery.
+
+:func:`run_pool` opens the ledger and the chain adapter, starts the share log writer,
+the job manager, the miner ports, the HTTP API, the block unlocker and payouts, and
+reports a :class:`PoolHandle` (bound ports and the live parts) through ``task_status``.
+Cancelling it shuts everything down: the share log commits what is queued, then the
+ledger and the chain are closed. :func:`serve_until_signalled` is the CLI's entry: it
+turns SIGINT/SIGTERM into that cancellation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, fields
+from functools import partial
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry
+
+from pool.abuse import BanList
+from pool.api_data import PoolData, PoolSnapshot, WorkerSnapshot
+from pool.chain.embedded import EmbeddedChain
+from pool.chain.rpc import RpcChain
+from pool.config import ConfigError, PoolConfig
+from pool.hashrate import HashrateMeter
+from pool.http_api import create_app, serve_http
+from pool.jobs import JobManager
+from pool.ledger.sqlite import SqliteLedger
+from pool.metrics import PoolMetrics
+from pool.node.chain import NodeConfig
+from pool.payouts import run_payouts
+from pool.pplns import PplnsPolicy
+from pool.server import StratumServer
+from pool.session import PoolContext
+from pool.share_check import ShareChecker
+from pool.sharelog import ShareLog
+from pool.unlocker import run_unlocker
+from pool.workloads import SyntheticSource
+from protocol.address import new_address, validate_address
+from protocol.errors import ProtocolError
+
+log = logging.getLogger("pool")
+
+ADDRESS_FILE = "pool_address"
+STATS_INTERVAL = 5.0
+
+
+@dataclass
+class PoolHandle:
+    """A running pool: where it listens and its live parts (for tests and operators)."""
+
+    config: PoolConfig
+    stratum_port: int
+    tls_port: int | None
+    http_port: int | None
+    payout_address: str
+    ledger: SqliteLedger
+    ledger_limiter: trio.CapacityLimiter
+    chain: Any
+    jobs: JobManager
+    context: PoolContext
+    sharelog: ShareLog
+    metrics: PoolMetrics
+    registry: CollectorRegistry
+
+
+def ensure_payout_address(config: PoolConfig) -> str:
+    """The configured payout address, or the one kept in the data dir (made on first start)."""
+    if config.pool.payout_address:
+        return config.pool.payout_address
+    path = config.data_path / ADDRESS_FILE
+    if path.exists():
+        address = path.read_text().strip()
+        try:
+            return validate_address(address)
+        except ProtocolError as exc:
+            raise ConfigError(f"{path} holds no valid address: {exc}") from None
+    address = new_address()
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.write(address + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    log.info("generated the pool wallet address %s (kept in %s)", address, path)
+    return address
+
+
+def node_config(config: PoolConfig) -> NodeConfig:
+    """The embedded node's settings from ``[chain.node]``."""
+    known = {f.name for f in fields(NodeConfig)}
+    unknown = set(config.chain.node) - known
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [chain.node]: {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(sorted(known))})")
+    try:
+        return NodeConfig(**config.chain.node)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[chain.node] {exc}") from None
+
+
+def open_chain(config: PoolConfig, wallet: str) -> Any:
+    """The chain adapter the config asks for."""
+    if config.chain.kind == "rpc":
+        log.info("using the devnet node at %s:%d", config.chain.rpc_host, config.chain.rpc_port)
+        return RpcChain(config.chain.rpc_host, config.chain.rpc_port, wallet_address=wallet)
+    node_dir = config.data_path / "node"
+    node_dir.mkdir(parents=True, exist_ok=True)
+    log.info("running the embedded devnet node in %s", node_dir)
+    return EmbeddedChain(node_dir, node_config(config), wallet_address=wallet)
+
+
+def snapshot(ctx: PoolContext, started: float) -> PoolSnapshot:
+    """The live state the HTTP API shows (cheap, on the event loop)."""
+    now = trio.current_time()
+    wall = time.time()
+    miners: dict[str, list[WorkerSnapshot]] = {}
+    workers = 0
+    for s in list(ctx.sessions):
+        if s.address is None or s.worker is None:
+            continue
+        workers += 1
+        last = s.hashrate.last_share
+        miners.setdefault(s.address, []).append(WorkerSnapshot(
+            name=s.worker, hashrate=s.hashrate.rates(now),
+            last_share=None if last is None else wall - (now - last),
+            difficulty=s.difficulty))
+    current = ctx.jobs.current
+    return PoolSnapshot(
+        connections=len(ctx.sessions), workers=workers,
+        hashrate=ctx.pool_hashrate.rates(now) if ctx.pool_hashrate else {},
+        network_difficulty=current.network_difficulty if current else 0.0,
+        height=current.block.height if current else 0, miners=miners, started=started)
+
+
+async def _stats(ctx: PoolContext, metrics: PoolMetrics) -> None:
+    while True:
+        now = trio.current_time()
+        current = ctx.jobs.current
+        if current is not None:
+            metrics.network_difficulty.set(current.network_difficulty)
+            metrics.block_height.set(current.block.height)
+        if ctx.pool_hashrate is not None:
+            metrics.hashrate.set(ctx.pool_hashrate.rates(now).get("5m", 0.0))
+        metrics.workers.set(sum(1 for s in ctx.sessions if s.address is not None))
+        await trio.sleep(STATS_INTERVAL)
+
+
+async def run_pool(config: PoolConfig, *,
+                   task_status: trio.TaskStatus[PoolHandle] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the whole pool until cancelled (see the module doc)."""
+    config.data_path.mkdir(parents=True, exist_ok=True)
+    wallet = ensure_payout_address(config)
+    registry = CollectorRegistry()
+    metrics = PoolMetrics(registry)
+    ledger_limiter = trio.CapacityLimiter(1)
+    ledger = await trio.to_thread.run_sync(SqliteLedger, config.ledger_path)
+    chain = open_chain(config, wallet)
+    p = config.pool
+    fee_address = p.fee_address or None
+    try:
+        async with trio.open_nursery() as nursery:
+            sharelog = ShareLog(ledger, ledger_limiter,
+                                interval=config.ledger.batch_interval_ms / 1000,
+                                max_batch=config.ledger.batch_max_shares,
+                                max_pending=config.ledger.max_pending_shares,
+                                observe_commit=metrics.db_write_seconds.observe)
+            await nursery.start(sharelog.run)
+            jobs = JobManager(chain, SyntheticSource(config.work_shape()),
+                              payout_address=wallet, tag=p.tag, instance_id=p.instance_id,
+                              poll_interval=config.chain.poll_interval,
+                              refresh_seconds=config.work.job_refresh_seconds)
+            await nursery.start(jobs.run)
+            checker = ShareChecker(jobs, sharelog, chain, ledger, ledger_limiter,
+                                   trio.CapacityLimiter(p.check_threads),
+                                   pplns_factor=p.pplns_factor, fee_bps=p.fee_bps,
+                                   fee_address=fee_address,
+                                   max_shares_per_job=config.limits.max_shares_per_job,
+                                   metrics=metrics)
+            ctx = PoolContext(config=config, jobs=jobs, checker=checker,
+                              bans=BanList(config.limits.ban_seconds,
+                                           config.limits.max_banned_ips),
+                              vardiff=config.vardiff_config(), metrics=metrics,
+                              pool_hashrate=HashrateMeter(trio.current_time()))
+            server = StratumServer(config.stratum, ctx)
+            ports = await nursery.start(server.serve)
+            http_port = None
+            if config.http.enabled:
+                data = PoolData(ledger, lambda: snapshot(ctx, time.time()), ledger_limiter,
+                                fee_bps=p.fee_bps, min_payout=p.min_payout)
+                http_port = await nursery.start(serve_http, create_app(data, registry),
+                                                config.http.host, config.http.port)
+                log.info("HTTP API and /metrics on http://%s:%d/", config.http.host, http_port)
+            policy = PplnsPolicy(p.pplns_factor, p.fee_bps, fee_address)
+            await nursery.start(partial(run_unlocker, ledger, chain, p.unlock_interval,
+                                        ledger_limiter, metrics, policy=policy))
+            await nursery.start(run_payouts, ledger, chain, p.payout_interval, p.min_payout,
+                                ledger_limiter, metrics)
+            nursery.start_soon(_stats, ctx, metrics)
+            log.info("pool ready: payout address %s, fee %.2f%%, work %s", wallet,
+                     p.fee_bps / 100, config.work_shape())
+            task_status.started(PoolHandle(
+                config=config, stratum_port=ports[0],
+                tls_port=ports[1] if len(ports) > 1 else None, http_port=http_port,
+                payout_address=wallet, ledger=ledger, ledger_limiter=ledger_limiter,
+                chain=chain, jobs=jobs, context=ctx, sharelog=sharelog, metrics=metrics,
+                registry=registry))
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(ledger.close, limiter=ledger_limiter)
+            await chain.aclose()
+            log.info("pool stopped; ledger closed")
+
+
+async def serve_until_signalled(config: PoolConfig) -> None:
+    """Run the pool until SIGINT or SIGTERM, then shut down cleanly."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_pool, config)
+            async for signum in signals:
+                log.info("received %s, shutting down (committing queued shares)",
+                         signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break

@@ -1,0 +1,124 @@
+"""``matmine-pool``: run the pool, or print a commented default config.
+
+    matmine-pool init-config > pool.toml
+    matmine-pool serve --config pool.toml [--stratum-port 3333] [--http-port 8080] ...
+
+Flags override the file; the file overrides the defaults (``pool.config``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+
+from pool.config import ConfigError, default_config_text, load_config
+
+
+def parse_chain_url(url: str) -> dict[str, Any]:
+    """``embedded`` or ``rpc://HOST:PORT`` as config overrides."""
+    if url == "embedded":
+        return {"chain.kind": "embedded"}
+    parts = urlsplit(url)
+    if parts.scheme != "rpc" or not parts.hostname or parts.port is None:
+        raise ConfigError(f"--chain must be 'embedded' or rpc://HOST:PORT, got {url!r}")
+    return {"chain.kind": "rpc", "chain.rpc_host": parts.hostname, "chain.rpc_port": parts.port}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="matmine-pool",
+        description="The matmine mining pool: miners prove int8 matrix products (mmpow-1) "
+                    "and are paid by PPLNS.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("init-config", help="print a commented default configuration file",
+                   description="Print a complete TOML configuration with every key at its "
+                               "default and a comment saying what it does.")
+    serve = sub.add_parser(
+        "serve", help="run the pool",
+        description="Run the pool: miner port(s), HTTP API with /metrics, the embedded "
+                    "devnet node (or an RPC node), block unlocker and payouts. Stops cleanly "
+                    "on SIGINT/SIGTERM, committing queued shares first.")
+    serve.add_argument("--config", metavar="FILE",
+                       help="TOML configuration file (default: built-in defaults; "
+                            "see 'matmine-pool init-config')")
+    serve.add_argument("--stratum-host", metavar="HOST",
+                       help="address the miner port binds to [stratum] host (default 127.0.0.1)")
+    serve.add_argument("--stratum-port", type=int, metavar="PORT",
+                       help="miner port, [stratum] port (default 3333; 0 = any free port)")
+    serve.add_argument("--http-host", metavar="HOST",
+                       help="address the HTTP API binds to, [http] host (default 127.0.0.1)")
+    serve.add_argument("--http-port", type=int, metavar="PORT",
+                       help="HTTP API and /metrics port, [http] port (default 8080)")
+    serve.add_argument("--no-http", action="store_true", help="do not serve the HTTP API")
+    serve.add_argument("--data-dir", metavar="DIR",
+                       help="directory for the ledger, the embedded node and the pool "
+                            "address, [pool] data_dir (default ./data)")
+    serve.add_argument("--chain", metavar="URL",
+                       help="'embedded' (default) or rpc://HOST:PORT of a matmine-node")
+    serve.add_argument("--work-profile", choices=("cpu", "gpu"),
+                       help="job shape preset, [work] profile (default cpu)")
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                       help="how much to log, [pool] log_level (default info)")
+    return parser
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides (dotted keys) for the flags that were given."""
+    out: dict[str, Any] = {}
+    for flag, key in (("stratum_host", "stratum.host"), ("stratum_port", "stratum.port"),
+                      ("http_host", "http.host"), ("http_port", "http.port"),
+                      ("data_dir", "pool.data_dir"), ("work_profile", "work.profile"),
+                      ("log_level", "pool.log_level")):
+        value = getattr(args, flag)
+        if value is not None:
+            out[key] = value
+    if args.no_http:
+        out["http.enabled"] = False
+    if args.chain:
+        out.update(parse_chain_url(args.chain))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "init-config":
+        sys.stdout.write(default_config_text())
+        return 0
+    try:
+        config = load_config(args.config, overrides_from_args(args))
+    except ConfigError as exc:
+        print(f"matmine-pool: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.pool.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    from pool.app import serve_until_signalled
+
+    try:
+        trio.run(serve_until_signalled, config)
+    except Exception as exc:
+        leaves = list(_leaves(exc))
+        for leaf in leaves:
+            if isinstance(leaf, ConfigError | OSError):
+                logging.getLogger("pool").error("cannot run the pool: %s", leaf)
+                return 2 if isinstance(leaf, ConfigError) else 1
+        raise
+    return 0
+
+
+def _leaves(exc: BaseException) -> Any:
+    """The plain exceptions inside (nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

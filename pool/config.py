@@ -1,0 +1,440 @@
+"""The pool's configuration: one TOML file, every key with a default, CLI flags on top.
+
+``load_config(path, overrides)`` reads the file (stdlib ``tomllib``), rejects unknown
+sections and keys with a message naming them, applies ``overrides`` (dotted keys such as
+``"stratum.port"``, as the CLI builds them) and validates the result.
+``default_config_text()`` is the commented default file that ``matmine-pool init-config``
+prints; it is generated from the same table of keys, so the two never drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pool.vardiff import VardiffConfig
+from protocol.workload import Shape
+
+
+class ConfigError(ValueError):
+    """A configuration file or flag that cannot be used; the message names the key."""
+
+
+@dataclass
+class StratumConfig:
+    host: str = "127.0.0.1"
+    port: int = 3333
+    tls: bool = False
+    tls_port: int = 3334
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_frame_size: int = 16384
+    idle_timeout: float = 300.0
+    handshake_timeout: float = 30.0
+    max_connections: int = 10000
+    max_connections_per_ip: int = 256
+    max_inflight_submits: int = 16
+
+
+@dataclass
+class HttpConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass
+class PoolSection:
+    data_dir: str = "data"
+    payout_address: str = ""
+    fee_bps: int = 100
+    fee_address: str = ""
+    tag: str = "matmine"
+    instance_id: int = 0
+    pplns_factor: float = 2.0
+    min_payout: int = 100_000_000
+    payout_interval: float = 600.0
+    unlock_interval: float = 30.0
+    start_difficulty: float = 1.0
+    check_threads: int = 2
+    log_level: str = "info"
+
+
+@dataclass
+class VardiffSection:
+    enabled: bool = True
+    target_seconds: float = 10.0
+    retarget_shares: int = 8
+    retarget_seconds: float = 30.0
+    variance: float = 0.3
+    max_step: float = 4.0
+    min_difficulty: float = 0.001
+    max_difficulty: float = 1e12
+    idle_seconds: float = 60.0
+    window_shares: int = 64
+
+
+@dataclass
+class WorkSection:
+    profile: str = "cpu"
+    m: int = 0
+    n: int = 0
+    k: int = 0
+    r: int = 0
+    job_refresh_seconds: float = 30.0
+    job_expiry_seconds: float = 120.0
+
+
+@dataclass
+class ChainSection:
+    kind: str = "embedded"
+    rpc_host: str = "127.0.0.1"
+    rpc_port: int = 18444
+    poll_interval: float = 1.0
+    node: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LedgerSection:
+    kind: str = "sqlite"
+    path: str = ""
+    batch_max_shares: int = 256
+    batch_interval_ms: float = 5.0
+    max_pending_shares: int = 10000
+
+
+@dataclass
+class LimitsSection:
+    messages_per_second: float = 50.0
+    message_burst: int = 200
+    invalid_window: int = 50
+    invalid_min_shares: int = 20
+    invalid_ratio: float = 0.5
+    ban_seconds: float = 600.0
+    max_banned_ips: int = 10000
+    max_jobs_per_session: int = 16
+    max_shares_per_job: int = 10000
+    max_workers_per_address: int = 1000
+
+
+@dataclass
+class PoolConfig:
+    """The whole configuration; one attribute per TOML section."""
+
+    stratum: StratumConfig = field(default_factory=StratumConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    pool: PoolSection = field(default_factory=PoolSection)
+    vardiff: VardiffSection = field(default_factory=VardiffSection)
+    work: WorkSection = field(default_factory=WorkSection)
+    chain: ChainSection = field(default_factory=ChainSection)
+    ledger: LedgerSection = field(default_factory=LedgerSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.pool.data_dir)
+
+    @property
+    def ledger_path(self) -> Path:
+        return Path(self.ledger.path) if self.ledger.path else self.data_path / "pool.sqlite"
+
+    def vardiff_config(self) -> VardiffConfig:
+        """The ``[vardiff]`` section as the vardiff module's own config."""
+        v = self.vardiff
+        return VardiffConfig(
+            target_seconds=v.target_seconds, retarget_shares=v.retarget_shares,
+            retarget_seconds=v.retarget_seconds, variance=v.variance, max_step=v.max_step,
+            min_difficulty=v.min_difficulty, max_difficulty=v.max_difficulty,
+            idle_seconds=v.idle_seconds, window_shares=max(v.window_shares, v.retarget_shares),
+        )
+
+    def work_shape(self) -> Shape:
+        """The job shape: the profile's shape with any of m, n, k, r overridden."""
+        base = WORK_PROFILES[self.work.profile]
+        return Shape(
+            m=self.work.m or base.m,
+            n=self.work.n or base.n,
+            k=self.work.k or base.k,
+            r=self.work.r or base.r,
+        )
+
+
+WORK_PROFILES: dict[str, Shape] = {
+    "cpu": Shape(1024, 1024, 1024, 64),
+    "gpu": Shape(4096, 4096, 4096, 128),
+}
+
+# Comment for every key, shown by ``init-config``; a key missing here is a bug (tested).
+HELP: dict[str, dict[str, str]] = {
+    "stratum": {
+        "host": "address the miner port binds to (0.0.0.0 for every interface)",
+        "port": "plain TCP miner port (0 picks a free port)",
+        "tls": "also serve miners over TLS on tls_port",
+        "tls_port": "TLS miner port, used when tls = true",
+        "tls_cert": "PEM certificate chain for the TLS port",
+        "tls_key": "PEM private key for the TLS port",
+        "max_frame_size": "largest frame a miner may send, bytes; bigger closes the connection",
+        "idle_timeout": "seconds without any message from a miner before it is dropped",
+        "handshake_timeout": "seconds a new connection has to subscribe and authorize",
+        "max_connections": "most miner connections at once",
+        "max_connections_per_ip": "most miner connections from one IP address",
+        "max_inflight_submits": "submits of one connection checked at the same time",
+    },
+    "http": {
+        "enabled": "serve /metrics and the JSON API",
+        "host": "address the HTTP port binds to",
+        "port": "HTTP port (0 picks a free port)",
+    },
+    "pool": {
+        "data_dir": "directory for the ledger, the embedded node and the pool wallet address",
+        "payout_address": "the pool's coinbase/wallet address; empty = generate once, keep in "
+        "data_dir/pool_address",
+        "fee_bps": "pool fee in basis points (100 = 1%)",
+        "fee_address": "address credited with the fee; empty keeps it in the pool wallet",
+        "tag": "text written into every coinbase",
+        "instance_id": "0..65535, distinct per pool instance sharing a chain (extranonce prefix)",
+        "pplns_factor": "PPLNS window N as a multiple of the network difficulty",
+        "min_payout": "smallest balance paid out, base units",
+        "payout_interval": "seconds between payout runs",
+        "unlock_interval": "seconds between checks of found blocks for maturity/orphaning",
+        "start_difficulty": "share difficulty of a new connection",
+        "check_threads": "worker threads checking shares",
+        "log_level": "debug, info, warning or error",
+    },
+    "vardiff": {
+        "enabled": "adjust each connection's difficulty toward target_seconds per share",
+        "target_seconds": "wanted seconds between shares of one connection",
+        "retarget_shares": "review the difficulty after this many shares",
+        "retarget_seconds": "...or after this many seconds, whichever comes first",
+        "variance": "tolerated relative deviation from target_seconds before a change",
+        "max_step": "largest factor of one difficulty change",
+        "min_difficulty": "lowest share difficulty",
+        "max_difficulty": "highest share difficulty",
+        "idle_seconds": "a connection silent this long gets a lower difficulty",
+        "window_shares": "recent shares used for the share-rate estimate",
+    },
+    "work": {
+        "profile": 'job shape preset: "cpu" (1024x1024x1024, r=64) or "gpu" (4096-sized)',
+        "m": "rows of A (0 = from profile), multiple of 16",
+        "n": "rows of Bᵀ (0 = from profile), multiple of 16",
+        "k": "inner dimension (0 = from profile), multiple of r, >= 4r",
+        "r": "slab width (0 = from profile): 32, 64, 128, 256 or 512",
+        "job_refresh_seconds": "seconds between new (non-clean) jobs on the same block",
+        "job_expiry_seconds": "seconds a superseded job still accepts shares",
+    },
+    "chain": {
+        "kind": '"embedded" (devnet node in this process) or "rpc" (matmine-node serve)',
+        "rpc_host": "node RPC host when kind = rpc",
+        "rpc_port": "node RPC port when kind = rpc",
+        "poll_interval": "seconds between checks of the chain tip",
+        "node": "settings of the embedded node (table, passed to its config)",
+    },
+    "ledger": {
+        "kind": '"sqlite"',
+        "path": "ledger file; empty = data_dir/pool.sqlite",
+        "batch_max_shares": "most shares committed in one transaction",
+        "batch_interval_ms": "longest wait before a batch of shares is committed",
+        "max_pending_shares": "shares waiting for a commit before submits wait",
+    },
+    "limits": {
+        "messages_per_second": "sustained messages per second from one connection",
+        "message_burst": "messages one connection may send in a burst",
+        "invalid_window": "recent shares judged per connection",
+        "invalid_min_shares": "shares seen before a connection is judged",
+        "invalid_ratio": "share of invalid submits that starts the escalation "
+        "(resend work, reconnect, drop, ban)",
+        "ban_seconds": "how long an IP stays banned",
+        "max_banned_ips": "most IP addresses remembered as banned",
+        "max_jobs_per_session": "jobs remembered per connection",
+        "max_shares_per_job": "shares remembered per job for duplicate checks",
+        "max_workers_per_address": "distinct worker names tracked per address",
+    },
+}
+
+
+def _check_type(section: str, key: str, default: Any, value: Any) -> Any:
+    where = f"[{section}] {key}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {value!r}")
+        return dict(value)
+    raise ConfigError(f"{where}: unsupported type")  # pragma: no cover
+
+
+def config_from_dict(data: dict[str, Any]) -> PoolConfig:
+    """Build a ``PoolConfig`` from parsed TOML; unknown sections/keys raise ``ConfigError``."""
+    config = PoolConfig()
+    for section, values in data.items():
+        if section not in HELP:
+            raise ConfigError(f"unknown section [{section}] (known: {', '.join(HELP)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        target = getattr(config, section)
+        for key, value in values.items():
+            if key not in HELP[section]:
+                raise ConfigError(
+                    f"unknown key {key!r} in [{section}] (known: {', '.join(HELP[section])})"
+                )
+            setattr(target, key, _check_type(section, key, getattr(target, key), value))
+    validate(config)
+    return config
+
+
+def apply_overrides(config: PoolConfig, overrides: dict[str, Any]) -> PoolConfig:
+    """Set dotted keys (``"stratum.port": 4000``) on ``config`` and validate again."""
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in HELP or key not in HELP[section]:
+            raise ConfigError(f"unknown setting {dotted!r}")
+        target = getattr(config, section)
+        setattr(target, key, _check_type(section, key, getattr(target, key), value))
+    validate(config)
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None
+                ) -> PoolConfig:
+    """Read ``path`` (None = all defaults), apply ``overrides``, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    config = config_from_dict(data)
+    return apply_overrides(config, overrides or {})
+
+
+def validate(config: PoolConfig) -> None:
+    """Raise ``ConfigError`` for values that parse but cannot work."""
+    s, p, w, v, lim = config.stratum, config.pool, config.work, config.vardiff, config.limits
+    for name, port in (("stratum.port", s.port), ("stratum.tls_port", s.tls_port),
+                       ("http.port", config.http.port), ("chain.rpc_port", config.chain.rpc_port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{name} must be in 0..65535, got {port}")
+    if s.tls and not (s.tls_cert and s.tls_key):
+        raise ConfigError("stratum.tls = true needs stratum.tls_cert and stratum.tls_key")
+    if s.max_frame_size < 256:
+        raise ConfigError("stratum.max_frame_size must be at least 256 bytes")
+    for name, value in (("stratum.idle_timeout", s.idle_timeout),
+                        ("stratum.handshake_timeout", s.handshake_timeout),
+                        ("pool.payout_interval", p.payout_interval),
+                        ("pool.unlock_interval", p.unlock_interval),
+                        ("pool.start_difficulty", p.start_difficulty),
+                        ("pool.pplns_factor", p.pplns_factor),
+                        ("vardiff.target_seconds", v.target_seconds),
+                        ("vardiff.retarget_seconds", v.retarget_seconds),
+                        ("vardiff.min_difficulty", v.min_difficulty),
+                        ("work.job_refresh_seconds", w.job_refresh_seconds),
+                        ("work.job_expiry_seconds", w.job_expiry_seconds),
+                        ("chain.poll_interval", config.chain.poll_interval),
+                        ("ledger.batch_interval_ms", config.ledger.batch_interval_ms),
+                        ("limits.messages_per_second", lim.messages_per_second),
+                        ("limits.ban_seconds", lim.ban_seconds)):
+        if not value > 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    for name, value in (("stratum.max_connections", s.max_connections),
+                        ("stratum.max_connections_per_ip", s.max_connections_per_ip),
+                        ("stratum.max_inflight_submits", s.max_inflight_submits),
+                        ("pool.check_threads", p.check_threads),
+                        ("ledger.batch_max_shares", config.ledger.batch_max_shares),
+                        ("ledger.max_pending_shares", config.ledger.max_pending_shares),
+                        ("limits.message_burst", lim.message_burst),
+                        ("limits.invalid_window", lim.invalid_window),
+                        ("limits.max_banned_ips", lim.max_banned_ips),
+                        ("limits.max_jobs_per_session", lim.max_jobs_per_session),
+                        ("limits.max_shares_per_job", lim.max_shares_per_job),
+                        ("limits.max_workers_per_address", lim.max_workers_per_address)):
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+    try:
+        config.vardiff_config()
+    except ValueError as exc:
+        raise ConfigError(f"[vardiff] {exc}") from None
+    if not 0 < lim.invalid_ratio <= 1:
+        raise ConfigError("limits.invalid_ratio must be in (0, 1]")
+    if not 0 <= p.fee_bps <= 10_000:
+        raise ConfigError(f"pool.fee_bps must be in 0..10000, got {p.fee_bps}")
+    if not 0 <= p.instance_id <= 0xFFFF:
+        raise ConfigError(f"pool.instance_id must be in 0..65535, got {p.instance_id}")
+    if p.min_payout < 1:
+        raise ConfigError("pool.min_payout must be at least 1 base unit")
+    if w.profile not in WORK_PROFILES:
+        raise ConfigError(f"work.profile must be one of {', '.join(WORK_PROFILES)}")
+    if config.chain.kind not in ("embedded", "rpc"):
+        raise ConfigError('chain.kind must be "embedded" or "rpc"')
+    if config.ledger.kind != "sqlite":
+        raise ConfigError('ledger.kind must be "sqlite"')
+    if p.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError("pool.log_level must be debug, info, warning or error")
+    try:
+        config.work_shape()
+    except Exception as exc:  # ProtocolError names the bad dimension
+        raise ConfigError(f"[work] shape: {exc}") from None
+    from protocol.address import validate_address
+
+    for name, addr in (("pool.payout_address", p.payout_address),
+                       ("pool.fee_address", p.fee_address)):
+        if addr:
+            try:
+                validate_address(addr)
+            except Exception as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, float):
+        return repr(value) if value < 1e9 else f"{value:.0e}".replace("e+", "e")
+    if isinstance(value, int):
+        return f"{value:_}" if value >= 100_000 else str(value)
+    return str(value)
+
+
+def default_config_text() -> str:
+    """A complete, commented TOML file with every key at its default value."""
+    config = PoolConfig()
+    lines = ["# matmine pool configuration. Every key is optional; shown are the defaults.",
+             "# CLI flags (matmine-pool serve --help) override what is set here.", ""]
+    for section, helps in HELP.items():
+        obj = getattr(config, section)
+        lines.append(f"[{section}]")
+        tables = []
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, dict):
+                tables.append(f.name)
+                continue
+            lines.append(f"# {helps[f.name]}")
+            lines.append(f"{f.name} = {_toml_value(value)}")
+        for name in tables:
+            lines.append("")
+            lines.append(f"# {helps[name]}")
+            lines.append(f"[{section}.{name}]")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""Hashrate from accepted shares: exponentially weighted over 1m / 5m / 1h / 1d (as ckpool).
+
+Each accepted share of difficulty D proves D·2³² MACs on average. For every window τ the
+meter keeps ``S = Σ D·2³² · exp(−(now − tᵢ)/τ)``; ``S / τ`` is an exponentially weighted
+average of the MAC rate. Until the meter has run for a few τ that average is biased low (the
+stream is only ``t`` seconds old), so :meth:`HashrateMeter.rates` divides by
+``1 − exp(−t/τ)``: a new miner's 1-day rate is right after minutes, not after a day.
+Sans-IO: the caller passes the (monotonic) clock in.
+"""
+
+from __future__ import annotations
+
+import math
+
+from protocol.target import MACS_PER_DIFF1
+
+WINDOWS: dict[str, float] = {"1m": 60.0, "5m": 300.0, "1h": 3600.0, "1d": 86400.0}
+"""The averaging windows, name → time constant in seconds."""
+
+
+class HashrateMeter:
+    """EWMA hashrate in MAC/s over :data:`WINDOWS` from accepted share difficulties."""
+
+    def __init__(self, now: float, windows: dict[str, float] | None = None) -> None:
+        self.windows = dict(WINDOWS if windows is None else windows)
+        if not self.windows or any(not tau > 0 for tau in self.windows.values()):
+            raise ValueError("hashrate windows must be positive time constants")
+        self.start = now
+        self.last_share: float | None = None
+        self.total_difficulty = 0.0
+        self._updated = now
+        self._decayed = dict.fromkeys(self.windows, 0.0)
+
+    def add(self, difficulty: float, now: float) -> None:
+        """Count an accepted share of ``difficulty`` at ``now``."""
+        if not (math.isfinite(difficulty) and difficulty > 0):
+            raise ValueError(f"share difficulty must be positive, got {difficulty!r}")
+        self._decay_to(now)
+        for name in self._decayed:
+            self._decayed[name] += difficulty * MACS_PER_DIFF1
+        self.total_difficulty += difficulty
+        self.last_share = now if self.last_share is None else max(self.last_share, now)
+
+    def rates(self, now: float) -> dict[str, float]:
+        """MAC/s per window at ``now`` (0.0 for a meter that has seen nothing)."""
+        age = max(now - self.start, 0.0)
+        dt = max(now - self._updated, 0.0)
+        out: dict[str, float] = {}
+        for name, tau in self.windows.items():
+            coverage = -math.expm1(-age / tau)  # 1 − e^(−age/τ): share of the window seen
+            if coverage <= 0:
+                out[name] = 0.0
+                continue
+            out[name] = self._decayed[name] * math.exp(-dt / tau) / tau / coverage
+        return out
+
+    def _decay_to(self, now: float) -> None:
+        dt = now - self._updated
+        if dt <= 0:  # same tick, or a clock that went backwards: no decay, no time travel
+            return
+        for name, tau in self.windows.items():
+            self._decayed[name] *= math.exp(-dt / tau)
+        self._updated = now

@@ -1,0 +1,132 @@
+"""The pool's read-only HTTP API: JSON stats, Prometheus metrics and a small dashboard.
+
+A Starlette app (``create_app``) served by Hypercorn on trio (``serve_http``). Routes:
+
+- ``GET /``                    the dashboard page (static HTML + a little JS)
+- ``GET /healthz``             liveness
+- ``GET /metrics``             Prometheus exposition of the registry passed in
+- ``GET /api/pool``            pool stats
+- ``GET /api/miners/{address}`` one miner (404 JSON for a malformed or unknown address)
+- ``GET /api/blocks?limit=``   newest blocks (limit 1..500, default 50; else 400 JSON)
+- ``GET /api/payments?limit=`` newest payment batches (same limit rules)
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from pool.api_data import PoolData, UnknownMiner
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+DASHBOARD = Path(__file__).with_name("dashboard.html")
+
+
+class BadRequest(ValueError):
+    """A query parameter the API cannot use."""
+
+
+def parse_limit(request: Request) -> int:
+    """The ``limit`` query parameter: an integer in 1..MAX_LIMIT, DEFAULT_LIMIT if absent."""
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise BadRequest(f"limit must be an integer, got {raw!r}") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    return limit
+
+
+def create_app(data: PoolData, registry: CollectorRegistry) -> Starlette:
+    """The API app over ``data`` exposing ``registry`` at /metrics."""
+    dashboard = DASHBOARD.read_text(encoding="utf-8")
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(dashboard)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def pool_stats(request: Request) -> Response:
+        return JSONResponse(await data.pool())
+
+    async def miner(request: Request) -> Response:
+        try:
+            return JSONResponse(await data.miner(request.path_params["address"]))
+        except UnknownMiner as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+
+    async def blocks(request: Request) -> Response:
+        return JSONResponse(await data.blocks(parse_limit(request)))
+
+    async def payments(request: Request) -> Response:
+        return JSONResponse(await data.payments(parse_limit(request)))
+
+    async def bad_request(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/healthz", healthz),
+            Route("/metrics", metrics),
+            Route("/api/pool", pool_stats),
+            Route("/api/miners/{address}", miner),
+            Route("/api/blocks", blocks),
+            Route("/api/payments", payments),
+        ],
+        exception_handlers={BadRequest: bad_request, HTTPException: http_error},
+    )
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def serve_http(
+    app: Starlette,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on ``host:port`` until cancelled; ``task_status.started(bound_port)``.
+
+    ``port`` 0 picks a free port; the port actually bound is what ``nursery.start`` returns.
+    """
+    config = Config()
+    config.bind = [_bind(host, port)]
+    config.accesslog = None
+    config.errorlog = None
+    async with trio.open_nursery() as nursery:
+        # Hypercorn binds, then reports its binds ("http://127.0.0.1:54321"); it stops when
+        # this nursery is cancelled (the shutdown trigger sleeps until then).
+        binds = await nursery.start(
+            partial(serve, app, config, shutdown_trigger=trio.sleep_forever)  # type: ignore[arg-type]
+        )
+        bound = urlsplit(binds[0]).port
+        if bound is None:
+            raise RuntimeError(f"hypercorn reported no port in {binds!r}")
+        task_status.started(bound)

@@ -1,0 +1,252 @@
+"""Jobs: templates from the chain, per-session coinbases, staleness and expiry.
+
+:class:`JobManager` polls the chain adapter for a new tip every ``poll_interval`` and
+makes a :class:`Template` — block template + prepared workload + coinbase1/2 paying the
+pool — on every new block (``clean``) and every ``refresh_seconds`` (not clean; a new
+workload seed each time). Sessions wait on :meth:`JobManager.wait_for_template` and turn a
+template into their own :class:`Job` with :meth:`JobManager.make_job`.
+
+A job fixes what a share is judged by: its template (hence header fields and the
+network target), the session's extranonce1 and the **share difficulty**; a vardiff change
+is a new job with ``clean = false`` (DESIGN §3). :class:`SessionJobs` keeps a session's
+recent jobs (bounded) and answers "which job is this?" with the stale rules:
+
+- a job from before the newest block is stale at once;
+- a superseded job of the current block stays valid for ``expiry_seconds``;
+- an unknown id (never issued, or pushed out of the bounded book) is stale too.
+
+Extranonce1 = u16 instance_id ‖ 2 random bytes per process start ‖ u32 counter, so two
+pool instances (distinct ``instance_id``) never hand out the same one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import trio
+
+from pool.chain.base import BlockTemplate, ChainAdapter
+from pool.workloads import PreparedWork, WorkloadSource
+from protocol import messages
+from protocol.header import coinbase_parts
+from protocol.messages import ErrorCode
+from protocol.target import difficulty_from_bits, target_from_bits, target_from_difficulty
+
+log = logging.getLogger("pool.jobs")
+
+HEADER_VERSION = 1
+EXTRANONCE1_SIZE = 8
+MAX_TIME_ROLL = 600
+"""A miner may roll a job's time forward by up to this many seconds, never backward."""
+
+
+class JobError(Exception):
+    """A submit names a job it cannot use; ``code`` is the wire error code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Template:
+    """One block template with its workload and coinbase halves; shared by all sessions."""
+
+    id: int
+    epoch: int  # bumps on every new block (new prev_hash)
+    block: BlockTemplate
+    work: PreparedWork
+    coinbase1: bytes
+    coinbase2: bytes
+    clean: bool
+    created: float  # trio clock
+
+    @property
+    def network_target(self) -> int:
+        return target_from_bits(self.block.bits)
+
+    @property
+    def network_difficulty(self) -> float:
+        return difficulty_from_bits(self.block.bits)
+
+
+@dataclass
+class Job:
+    """A template as one session mines it: its extranonce1 and share difficulty."""
+
+    job_id: str
+    template: Template
+    extranonce1: bytes
+    difficulty: float
+    clean: bool
+    created: float
+    superseded: float | None = None  # trio clock when a newer job replaced it
+    seen: set[tuple[bytes, int, tuple[int, int]]] = field(default_factory=set)
+
+    @property
+    def share_target(self) -> int:
+        return target_from_difficulty(self.difficulty)
+
+    def notify(self) -> messages.Notify:
+        t = self.template
+        w = t.work
+        return messages.Notify(
+            job_id=self.job_id,
+            clean=self.clean,
+            version=HEADER_VERSION,
+            height=t.block.height,
+            prev_hash=t.block.prev_hash,
+            coinbase1=t.coinbase1,
+            coinbase2=t.coinbase2,
+            time=t.block.time,
+            bits=t.block.bits,
+            difficulty=self.difficulty,
+            work=messages.WorkSpec(
+                m=w.shape.m, n=w.shape.n, k=w.shape.k, r=w.shape.r,
+                a_root=w.a_root, b_root=w.b_root,
+                source=messages.SyntheticSource(seed=w.seed),
+            ),
+        )
+
+
+class SessionJobs:
+    """The recent jobs of one session, at most ``max_jobs``; see the module doc."""
+
+    def __init__(self, max_jobs: int, expiry_seconds: float) -> None:
+        self.max_jobs = max_jobs
+        self.expiry_seconds = expiry_seconds
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+
+    @property
+    def current(self) -> Job | None:
+        return next(reversed(self._jobs.values())) if self._jobs else None
+
+    def add(self, job: Job, now: float) -> None:
+        if job.clean:
+            self._jobs.clear()
+        elif self._jobs:
+            latest = self.current
+            assert latest is not None
+            latest.superseded = now
+        self._jobs[job.job_id] = job
+        while len(self._jobs) > self.max_jobs:
+            self._jobs.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def lookup(self, job_id: str, current_epoch: int, now: float) -> Job:
+        """The job ``job_id`` if shares for it are still accepted, else ``JobError`` (21)."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise JobError(f"job {job_id!r} is unknown or too old", ErrorCode.STALE)
+        if job.template.epoch != current_epoch:
+            raise JobError(f"job {job_id!r} is stale: a new block was found", ErrorCode.STALE)
+        if job.superseded is not None and now - job.superseded > self.expiry_seconds:
+            raise JobError(f"job {job_id!r} has expired", ErrorCode.STALE)
+        return job
+
+
+class JobManager:
+    """Makes templates from the chain and jobs from templates (see the module doc)."""
+
+    def __init__(
+        self,
+        chain: ChainAdapter,
+        source: WorkloadSource,
+        *,
+        payout_address: str,
+        tag: str,
+        instance_id: int,
+        poll_interval: float = 1.0,
+        refresh_seconds: float = 30.0,
+        prepare_limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
+        self.chain = chain
+        self.source = source
+        self.payout_address = payout_address
+        self.tag = tag
+        self.poll_interval = poll_interval
+        self.refresh_seconds = refresh_seconds
+        self._limiter = prepare_limiter or trio.CapacityLimiter(1)
+        self._en1_prefix = struct.pack(">H", instance_id) + secrets.token_bytes(2)
+        self._en1_counter = itertools.count(1)
+        self._job_counter = itertools.count(1)
+        self._template_ids = itertools.count(1)
+        self.current: Template | None = None
+        self.epoch = 0
+        self._tip: bytes | None = None
+        self._changed = trio.Event()
+        self._poke = trio.Event()
+
+    # -- extranonce1 and jobs -------------------------------------------------------------
+
+    def new_extranonce1(self) -> bytes:
+        """A fresh extranonce1, unique within this instance and across instances."""
+        return self._en1_prefix + struct.pack(">I", next(self._en1_counter) & 0xFFFFFFFF)
+
+    def make_job(self, template: Template, extranonce1: bytes, difficulty: float,
+                 clean: bool, now: float) -> Job:
+        job_id = f"{template.id:x}.{next(self._job_counter):x}"
+        return Job(job_id, template, extranonce1, difficulty, clean, now)
+
+    # -- templates ------------------------------------------------------------------------
+
+    async def wait_for_template(self, after_id: int = 0) -> Template:
+        """The current template once its id is newer than ``after_id``."""
+        while self.current is None or self.current.id <= after_id:
+            await self._changed.wait()
+        return self.current
+
+    def poke(self) -> None:
+        """Check the chain now (after a block was found) instead of at the next poll."""
+        self._poke.set()
+
+    async def refresh(self, *, clean: bool | None = None) -> Template:
+        """Fetch a template and publish it; ``clean`` defaults to "the tip moved"."""
+        block = await self.chain.template()
+        new_block = block.prev_hash != self._tip
+        if clean is None:
+            clean = new_block or self.current is None
+        work = await trio.to_thread.run_sync(self.source.prepare, block, limiter=self._limiter)
+        if new_block or self.current is None:
+            self.epoch += 1
+            self._tip = block.prev_hash
+        c1, c2 = coinbase_parts(block.height, block.reward, self.payout_address, self.tag,
+                                EXTRANONCE1_SIZE)
+        template = Template(next(self._template_ids), self.epoch, block, work, c1, c2,
+                            clean, trio.current_time())
+        self.current = template
+        self._changed.set()
+        self._changed = trio.Event()
+        if new_block:
+            log.info("new block template: height %d, network difficulty %.6g, reward %d",
+                     block.height, template.network_difficulty, block.reward)
+        return template
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Publish the first template, then follow the chain tip and refresh periodically."""
+        await self.refresh(clean=True)
+        task_status.started()
+        last_refresh = trio.current_time()
+        while True:
+            with trio.move_on_after(self.poll_interval):
+                await self._poke.wait()
+            self._poke = trio.Event()
+            try:
+                _, tip_hash = await self.chain.tip()
+                now = trio.current_time()
+                if tip_hash != self._tip:
+                    await self.refresh(clean=True)
+                    last_refresh = now
+                elif now - last_refresh >= self.refresh_seconds:
+                    await self.refresh(clean=False)
+                    last_refresh = now
+            except Exception as exc:  # a chain hiccup must not stop the pool
+                log.warning("could not get work from the chain: %s", exc)

@@ -1,0 +1,138 @@
+"""The pool's Prometheus metrics, registered in a registry passed in (no global state).
+
+Labels stay low-cardinality (DESIGN §5): share results, block states and vardiff
+directions only, never per-worker or per-address labels. Every label value is created at
+start, so a scrape shows zeros rather than missing series and ``rate()`` works from the
+first sample.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+SHARE_RESULTS = ("accepted", "stale", "duplicate", "low_difficulty", "invalid", "malformed")
+BLOCK_STATUSES = ("found", "rejected", "confirmed", "orphaned")
+VARDIFF_DIRECTIONS = ("up", "down")
+
+_RESULT_BY_CODE = {21: "stale", 22: "duplicate", 23: "low_difficulty", 26: "malformed"}
+
+# Share checks take microseconds to a millisecond (one ticket) plus queueing.
+SHARE_CHECK_BUCKETS = (
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+# Durable SQLite commits: sub-millisecond (WAL, NORMAL) to tens of ms (FULL fsync).
+DB_WRITE_BUCKETS = (
+    1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+
+def result_for_error_code(code: int) -> str:
+    """The ``shares_total{result}`` label of a share rejected with wire error ``code``.
+
+    21 → stale, 22 → duplicate, 23 → low_difficulty, 26 → malformed; every other code
+    (20 other, 24 unauthorized, 25 not subscribed, 27 banned, 28 bad time) → invalid.
+    """
+    return _RESULT_BY_CODE.get(code, "invalid")
+
+
+class PoolMetrics:
+    """All pool metrics, registered in ``registry``. Attributes are prometheus_client objects."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.connections = Gauge(
+            "matmine_pool_connections", "Open miner connections.", registry=registry
+        )
+        self.workers = Gauge(
+            "matmine_pool_workers", "Authorized workers (address.worker) online.", registry=registry
+        )
+        self.shares = Counter(
+            "matmine_pool_shares",
+            "Submitted shares by result: accepted, stale, duplicate, low_difficulty, invalid,"
+            " malformed.",
+            ["result"],
+            registry=registry,
+        )
+        self.share_check_seconds = Histogram(
+            "matmine_pool_share_check_seconds",
+            "Time to judge one submitted share (ticket verification included).",
+            buckets=SHARE_CHECK_BUCKETS,
+            registry=registry,
+        )
+        self.hashrate = Gauge(
+            "matmine_pool_hashrate_macs",
+            "Pool hashrate in MAC/s proven by accepted shares (5-minute EWMA).",
+            registry=registry,
+        )
+        self.network_difficulty = Gauge(
+            "matmine_pool_network_difficulty",
+            "Difficulty of the current network target.",
+            registry=registry,
+        )
+        self.block_height = Gauge(
+            "matmine_pool_block_height", "Height of the block being mined.", registry=registry
+        )
+        self.blocks = Counter(
+            "matmine_pool_blocks",
+            "Blocks by outcome: found (accepted by the node), rejected (by the node), confirmed,"
+            " orphaned.",
+            ["status"],
+            registry=registry,
+        )
+        self.vardiff_changes = Counter(
+            "matmine_pool_vardiff_changes",
+            "Vardiff share-difficulty changes by direction.",
+            ["direction"],
+            registry=registry,
+        )
+        self.paid = Counter(
+            "matmine_pool_paid_base_units",
+            "Base units paid to miners in completed payment batches.",
+            registry=registry,
+        )
+        self.pending_payout = Gauge(
+            "matmine_pool_pending_payout_base_units",
+            "Base units owed to miners and not yet on chain (balances plus pending batches).",
+            registry=registry,
+        )
+        self.payout_lag_seconds = Gauge(
+            "matmine_pool_payout_lag_seconds",
+            "Age of the oldest payable balance not yet paid (0 when none).",
+            registry=registry,
+        )
+        self.db_write_seconds = Histogram(
+            "matmine_pool_db_write_seconds",
+            "Time of one durable ledger write (a share batch commit, a credit, a payment).",
+            buckets=DB_WRITE_BUCKETS,
+            registry=registry,
+        )
+        self.bans = Counter(
+            "matmine_pool_bans", "Connections banned for misbehaviour.", registry=registry
+        )
+        for result in SHARE_RESULTS:
+            self.shares.labels(result=result)
+        for status in BLOCK_STATUSES:
+            self.blocks.labels(status=status)
+        for direction in VARDIFF_DIRECTIONS:
+            self.vardiff_changes.labels(direction=direction)
+
+    def share(self, result: str) -> None:
+        """Count one share with ``result`` (one of :data:`SHARE_RESULTS`)."""
+        if result not in SHARE_RESULTS:
+            raise ValueError(f"unknown share result {result!r}")
+        self.shares.labels(result=result).inc()
+
+    def share_rejected(self, code: int) -> None:
+        """Count one share rejected with wire error ``code``."""
+        self.shares.labels(result=result_for_error_code(code)).inc()
+
+    def vardiff_changed(self, old: float, new: float) -> None:
+        """Count a vardiff change from ``old`` to ``new`` (equal values count nothing)."""
+        if new != old:
+            self.vardiff_changes.labels(direction="up" if new > old else "down").inc()
+
+    def block(self, status: str) -> None:
+        """Count a block reaching ``status`` (one of :data:`BLOCK_STATUSES`)."""
+        if status not in BLOCK_STATUSES:
+            raise ValueError(f"unknown block status {status!r}")
+        self.blocks.labels(status=status).inc()

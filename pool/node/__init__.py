@@ -1,0 +1,5 @@
+"""The matmine devnet node: chain rules and state (``chain``), SQLite (``store``), RPC and CLI."""
+
+from .chain import Chain, NodeConfig
+
+__all__ = ["Chain", "NodeConfig"]

@@ -1,0 +1,548 @@
+"""The devnet chain: consensus rules, retarget, maturity, orphans and the wallet ledger.
+
+Synchronous and free of trio: every public method of :class:`Chain` may be called from
+a worker thread (the adapters use ``trio.to_thread.run_sync``). State changes are
+serialised by one lock; the expensive part of ``submit_block`` (re-deriving the work
+root and recomputing the winning ticket) runs outside it.
+
+Conventions:
+- ``confirmations`` of a main-chain block = blocks built on top of it (a new tip has 0).
+  A block is "confirmed", and its coinbase spendable, once ``confirmations ≥ maturity``.
+- Difficulty retargets every block: the mean target of the last ``retarget_window``
+  blocks scaled by (their actual span / expected span), the span clamped to
+  ``[expected / max_adjust, expected · max_adjust]``, never easier than ``min_difficulty``.
+- The wallet is a block-less ledger: ``send_many`` moves mature funds at once, recorded
+  under its idempotency key; balances are derived from blocks and payments on demand.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protocol.address import make_address, validate_address
+from protocol.errors import ProtocolError
+from protocol.hashing import H
+from protocol.header import Coinbase, Header, coinbase_hash, parse_coinbase
+from protocol.merkle import verify_proof
+from protocol.target import (
+    bits_from_target,
+    difficulty_from_bits,
+    meets_target,
+    target_from_bits,
+    target_from_difficulty,
+)
+from protocol.ticket import verify_ticket
+from protocol.workload import TILE, Shape, Workload, check_entries, synthetic_rows, work_root
+
+from ..chain.base import (
+    ERR_MALFORMED,
+    BlockStatus,
+    BlockSubmission,
+    BlockTemplate,
+    ChainError,
+    InsufficientFunds,
+    PaymentKeyConflict,
+    SubmitResult,
+)
+from .store import NodeStore, StoredBlock, StoredPayment
+
+log = logging.getLogger("matmine.node")
+
+COIN = 10**8
+MEDIAN_TIME_SPAN = 11
+HEADER_VERSION = 1
+DEFAULT_NODE_ADDRESS = make_address(H(b"matmine-node/devnet-node-address")[:20])
+FORGED_WORK_ROOT = H(b"matmine-node/devnet-forged-block")
+MAX_PAYMENT_KEY = 200
+MAX_OUTPUTS = 10_000
+DB_FILE = "node.sqlite3"
+
+
+def coins(amount: int) -> str:
+    """Base units as a plain decimal number of coins ("50.0", "0.00012")."""
+    whole, frac = divmod(amount, COIN)
+    digits = f"{frac:08d}".rstrip("0") or "0"
+    return f"{whole}.{digits}"
+
+
+def short(address: str) -> str:
+    return address[:12] + "…"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Consensus and devnet settings of the node (all have defaults)."""
+
+    start_difficulty: float = 200.0
+    min_difficulty: float = 1.0
+    block_time: int = 30
+    retarget_window: int = 10
+    max_adjust: int = 4
+    maturity: int = 10
+    block_reward: int = 50 * COIN
+    max_future_time: int = 7200
+    orphan_probability: float = 0.0
+    orphan_seed: str = "matmine-devnet"
+    node_address: str = DEFAULT_NODE_ADDRESS
+    workload_cache: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("start_difficulty", "min_difficulty"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if self.start_difficulty < self.min_difficulty:
+            raise ValueError("start_difficulty must be at least min_difficulty")
+        for name in ("block_time", "retarget_window", "max_adjust", "block_reward",
+                     "max_future_time", "workload_cache"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.maturity, int) or self.maturity < 0:
+            raise ValueError(f"maturity must be a non-negative integer, got {self.maturity!r}")
+        if not 0.0 <= self.orphan_probability <= 1.0:
+            raise ValueError("orphan_probability must lie in [0, 1]")
+        try:
+            validate_address(self.node_address)
+        except ProtocolError as exc:
+            raise ValueError(f"node_address: {exc}") from None
+
+    @property
+    def start_bits(self) -> int:
+        return bits_from_target(target_from_difficulty(self.start_difficulty))
+
+    @property
+    def max_target(self) -> int:
+        return target_from_difficulty(self.min_difficulty)
+
+
+class Rejected(Exception):
+    """Internal: a submission broke rule ``reason``; ``detail`` is for the log."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class Chain:
+    """The devnet node's chain state over a :class:`NodeStore`."""
+
+    def __init__(
+        self, store: NodeStore, config: NodeConfig, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.config = config
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._roots: OrderedDict[tuple[bytes, Shape], tuple[bytes, bytes]] = OrderedDict()
+        self._roots_lock = threading.Lock()
+        with self._lock:
+            self._ensure_genesis()
+
+    @classmethod
+    def open(
+        cls, data_dir: str | Path, config: NodeConfig, clock: Callable[[], float] = time.time
+    ) -> Chain:
+        """Open (or create) the chain kept in ``data_dir``."""
+        return cls(NodeStore(Path(data_dir) / DB_FILE), config, clock)
+
+    def close(self) -> None:
+        with self._lock:
+            self.store.close()
+
+    # reading ---------------------------------------------------------------------------
+
+    def tip(self) -> tuple[int, bytes]:
+        with self._lock:
+            tip = self._tip()
+            return tip.height, tip.hash
+
+    def template(self) -> BlockTemplate:
+        with self._lock:
+            tip = self._tip()
+            now = int(self._clock())
+            return BlockTemplate(
+                height=tip.height + 1,
+                prev_hash=tip.hash,
+                bits=self._next_bits(tip),
+                time=max(now, self._median_time(tip) + 1),
+                reward=self.config.block_reward,
+            )
+
+    def block_status(self, block_hash: bytes) -> BlockStatus:
+        with self._lock:
+            block = self.store.block(block_hash)
+            if block is None:
+                return BlockStatus("unknown", 0, -1)
+            if not block.main:
+                return BlockStatus("orphaned", 0, block.height)
+            confirmations = self._tip().height - block.height
+            state = "confirmed" if confirmations >= self.config.maturity else "pending"
+            return BlockStatus(state, confirmations, block.height)
+
+    def balance(self, address: str) -> int:
+        """Spendable balance: mature coinbase rewards + payments received − sent."""
+        return self.balances(address)[0]
+
+    def balances(self, address: str) -> tuple[int, int]:
+        """(spendable, immature) of ``address``."""
+        try:
+            validate_address(address)
+        except ProtocolError as exc:
+            raise ChainError(str(exc), ERR_MALFORMED) from None
+        with self._lock:
+            return self._balances(address)
+
+    def payment(self, key: str) -> str | None:
+        with self._lock:
+            p = self.store.payment(key)
+            return None if p is None else p.txid
+
+    def info(self) -> dict[str, Any]:
+        """A summary for operators and ``node.info``."""
+        with self._lock:
+            tip = self._tip()
+            genesis = self.store.main_chain(0, 0)[0]
+            return {
+                "network": "devnet",
+                "height": tip.height,
+                "tip": tip.hash,
+                "genesis": genesis.hash,
+                "difficulty": difficulty_from_bits(tip.bits),
+                "next_difficulty": difficulty_from_bits(self._next_bits(tip)),
+                "block_time": self.config.block_time,
+                "maturity": self.config.maturity,
+                "block_reward": self.config.block_reward,
+                "node_address": self.config.node_address,
+                "orphan_probability": self.config.orphan_probability,
+            }
+
+    # submitting ------------------------------------------------------------------------
+
+    def submit_block(self, sub: BlockSubmission) -> SubmitResult:
+        """Fully verify ``sub``; on success append it to the main chain."""
+        block_hash: bytes | None = None
+        try:
+            header = self._decode_header(sub.header)
+            block_hash = header.hash()
+            with self._lock:
+                coinbase = self._check_context(header, block_hash, sub.coinbase)
+            self._check_work(header, sub)
+            with self._lock:
+                # The tip may have moved while the ticket was being checked.
+                self._check_context(header, block_hash, sub.coinbase)
+                next_bits = self._accept(header, block_hash, sub.coinbase, coinbase.address)
+        except Rejected as exc:
+            log.info("block %s rejected: %s (%s)", _height_of(sub.header), exc.reason,
+                     exc.detail)
+            return SubmitResult(False, block_hash, exc.reason)
+        log.info(
+            "block %d accepted from %s, reward %s, next difficulty %.4g",
+            header.height, short(coinbase.address), coins(coinbase.reward),
+            difficulty_from_bits(next_bits),
+        )
+        return SubmitResult(True, block_hash, "accepted")
+
+    def devnet_advance(self, count: int) -> list[bytes]:
+        """DEVNET/TEST FACILITY: append ``count`` node-forged blocks without proof of work.
+
+        They pay ``node_address`` and are spaced ``block_time`` apart, so they move
+        maturity along on a quiet devnet without pushing the difficulty around.
+        """
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 10_000:
+            raise ChainError("advance count must be an integer in 0..10000", ERR_MALFORMED)
+        hashes = []
+        with self._lock, self.store.transaction():
+            tip = self._tip()
+            for _ in range(count):
+                tip = self._forge(tip)
+                hashes.append(tip.hash)
+        if count:
+            log.info("devnet: forged %d block(s) without proof of work, tip now %d",
+                     count, tip.height)
+        return hashes
+
+    # wallet ----------------------------------------------------------------------------
+
+    def send_many(self, key: str, outputs: dict[str, int], from_address: str) -> str:
+        """Pay ``outputs`` from ``from_address``'s spendable balance; idempotent by ``key``.
+
+        The same key with the same sender and outputs returns the first txid and debits
+        nothing; the same key with anything else raises :class:`PaymentKeyConflict`.
+        """
+        _check_payment(key, outputs, from_address)
+        with self._lock, self.store.transaction():
+            earlier = self.store.payment(key)
+            if earlier is not None:
+                if earlier.from_address == from_address and earlier.outputs == outputs:
+                    return earlier.txid
+                raise PaymentKeyConflict(
+                    f"payment key {key!r} was already used for different outputs "
+                    f"(txid {earlier.txid})"
+                )
+            total = sum(outputs.values())
+            spendable, immature = self._balances(from_address)
+            if total > spendable:
+                raise InsufficientFunds(
+                    f"{from_address} has {coins(spendable)} spendable "
+                    f"({coins(immature)} immature), payment {key!r} needs {coins(total)}"
+                )
+            txid = H(b"matmine-node/tx", key.encode(), from_address.encode(),
+                     repr(sorted(outputs.items())).encode()).hex()
+            self.store.insert_payment(
+                StoredPayment(key, txid, from_address, dict(outputs), total, self._clock())
+            )
+        log.info("payment %s sent: %s to %d address(es) from %s, txid %s", key, coins(total),
+                 len(outputs), short(from_address), txid[:16])
+        return txid
+
+    # internals -------------------------------------------------------------------------
+
+    def _tip(self) -> StoredBlock:
+        tip = self.store.tip()
+        assert tip is not None, "the chain always has a genesis block"
+        return tip
+
+    def _ensure_genesis(self) -> None:
+        genesis = self.store.main_chain(0, 0)
+        if genesis:
+            if genesis[0].bits != self.config.start_bits:
+                log.warning(
+                    "chain in %s started at difficulty %.4g; --start-difficulty %.4g only "
+                    "applies to a new data dir", self.store.path,
+                    difficulty_from_bits(genesis[0].bits), self.config.start_difficulty,
+                )
+            return
+        cb = Coinbase(0, 0, self.config.node_address, "genesis", bytes(4), bytes(8)).encode()
+        header = Header(HEADER_VERSION, 0, bytes(32), coinbase_hash(cb), FORGED_WORK_ROOT,
+                        int(self._clock()), self.config.start_bits)
+        with self.store.transaction():
+            self.store.insert_block(StoredBlock(
+                header.hash(), 0, bytes(32), header.encode(), cb, self.config.node_address, 0,
+                header.bits, header.time, True, True, self._clock(),
+            ))
+        log.info("new devnet chain: genesis %s, start difficulty %.4g",
+                 header.hash().hex()[:16], self.config.start_difficulty)
+
+    def _median_time(self, tip: StoredBlock) -> int:
+        window = self.store.main_chain(max(0, tip.height - MEDIAN_TIME_SPAN + 1), tip.height)
+        times = sorted(b.time for b in window)
+        return times[len(times) // 2]
+
+    def _next_bits(self, tip: StoredBlock) -> int:
+        """Compact target of the block after ``tip`` (see the module doc)."""
+        cfg = self.config
+        window = self.store.main_chain(max(0, tip.height - cfg.retarget_window), tip.height)
+        intervals = len(window) - 1
+        if intervals == 0:
+            return tip.bits
+        expected = intervals * cfg.block_time
+        span = window[-1].time - window[0].time
+        span = min(max(span, -(-expected // cfg.max_adjust)), expected * cfg.max_adjust)
+        mean_target = sum(target_from_bits(b.bits) for b in window[1:]) // intervals
+        target = max(1, min(mean_target * span // expected, cfg.max_target))
+        return bits_from_target(target)
+
+    def _balances(self, address: str) -> tuple[int, int]:
+        mature_height = self._tip().height - self.config.maturity
+        mature = self.store.coinbase_total(address, 0, mature_height)
+        immature = self.store.coinbase_total(address, mature_height + 1, 1 << 62)
+        received = self.store.received_total(address)
+        sent = self.store.sent_total(address)
+        return mature + received - sent, immature
+
+    @staticmethod
+    def _decode_header(raw: bytes) -> Header:
+        try:
+            header = Header.decode(raw)
+        except ProtocolError as exc:
+            raise Rejected("bad-header", str(exc)) from None
+        if header.version != HEADER_VERSION:
+            raise Rejected("bad-version", f"header version {header.version}")
+        return header
+
+    def _check_context(self, header: Header, block_hash: bytes, raw_coinbase: bytes) -> Coinbase:
+        """Rules that depend on the chain: parent, height, bits, time, coinbase."""
+        if self.store.block(block_hash) is not None:
+            raise Rejected("duplicate", f"block {block_hash.hex()[:16]} is already known")
+        tip = self._tip()
+        if header.prev_hash != tip.hash:
+            raise Rejected("stale", f"builds on {header.prev_hash.hex()[:16]}, tip is "
+                           f"{tip.hash.hex()[:16]} at height {tip.height}")
+        if header.height != tip.height + 1:
+            raise Rejected("bad-height", f"height {header.height}, expected {tip.height + 1}")
+        expected_bits = self._next_bits(tip)
+        if header.bits != expected_bits:
+            raise Rejected("bad-bits", f"bits {header.bits:#010x}, expected {expected_bits:#010x}")
+        median = self._median_time(tip)
+        if header.time <= median:
+            raise Rejected("time-too-old", f"time {header.time} not after median {median}")
+        now = int(self._clock())
+        if header.time > now + self.config.max_future_time:
+            raise Rejected("time-too-new", f"time {header.time} is {header.time - now} s ahead")
+        if coinbase_hash(raw_coinbase) != header.coinbase_hash:
+            raise Rejected("bad-coinbase-hash", "header does not commit to this coinbase")
+        try:
+            coinbase = parse_coinbase(raw_coinbase)
+            validate_address(coinbase.address)
+        except ProtocolError as exc:
+            raise Rejected("bad-coinbase", str(exc)) from None
+        if coinbase.height != header.height:
+            raise Rejected("bad-coinbase-height",
+                           f"coinbase height {coinbase.height}, header {header.height}")
+        if coinbase.reward != self.config.block_reward:
+            raise Rejected("bad-reward", f"coinbase pays {coins(coinbase.reward)}, "
+                           f"reward is {coins(self.config.block_reward)}")
+        return coinbase
+
+    def _synthetic_roots(self, seed: bytes, shape: Shape) -> tuple[bytes, bytes]:
+        key = (seed, shape)
+        with self._roots_lock:
+            if key in self._roots:
+                self._roots.move_to_end(key)
+                return self._roots[key]
+        workload = Workload.synthetic(seed, shape)
+        roots = (workload.a_root, workload.b_root)
+        with self._roots_lock:
+            self._roots[key] = roots
+            while len(self._roots) > self.config.workload_cache:
+                self._roots.popitem(last=False)
+        return roots
+
+    def _check_work(self, header: Header, sub: BlockSubmission) -> None:
+        """Work root, opened rows and the winning ticket (the expensive part, no lock)."""
+        shape = sub.shape
+        ti, tj = sub.tile
+        if not (0 <= ti < shape.tiles_m and 0 <= tj < shape.tiles_n):
+            raise Rejected("bad-tile", f"tile {sub.tile} outside {shape.tiles_m}x{shape.tiles_n}")
+        blob_fields = (sub.a_rows, sub.bt_rows, sub.a_proofs, sub.b_proofs, sub.a_root,
+                       sub.b_root)
+        if sub.workload_seed is not None:
+            if any(f is not None for f in blob_fields):
+                raise Rejected("bad-workload", "both a workload seed and opened rows given")
+            if len(sub.workload_seed) != 32:
+                raise Rejected("bad-workload", "workload seed must be 32 bytes")
+            a_root, b_root = self._synthetic_roots(sub.workload_seed, shape)
+            if work_root(shape, a_root, b_root) != header.work_root:
+                raise Rejected("bad-work-root", "header work_root is not this synthetic workload")
+            a = synthetic_rows(sub.workload_seed, "A", ti * TILE, TILE, shape.k)
+            bt = synthetic_rows(sub.workload_seed, "B", tj * TILE, TILE, shape.k)
+        else:
+            if any(f is None for f in blob_fields):
+                raise Rejected("bad-workload", "need a workload seed, or rows, proofs and roots")
+            assert sub.a_root is not None and sub.b_root is not None
+            if len(sub.a_root) != 32 or len(sub.b_root) != 32:
+                raise Rejected("bad-workload", "a_root and b_root must be 32 bytes")
+            if work_root(shape, sub.a_root, sub.b_root) != header.work_root:
+                raise Rejected("bad-work-root", "header work_root does not match a_root/b_root")
+            a = _opened_rows(sub.a_rows, sub.a_proofs, ti, shape.m, shape.k, sub.a_root, "A")
+            bt = _opened_rows(sub.bt_rows, sub.b_proofs, tj, shape.n, shape.k, sub.b_root, "B")
+        try:
+            digest = verify_ticket(sub.header, shape, (ti, tj), a, bt)
+        except ProtocolError as exc:
+            raise Rejected("bad-ticket", str(exc)) from None
+        if not meets_target(digest, target_from_bits(header.bits), shape.k):
+            raise Rejected("high-hash", f"ticket {digest.hex()[:16]} of tile {sub.tile} does "
+                           "not meet the network target")
+
+    def _accept(self, header: Header, block_hash: bytes, raw_coinbase: bytes,
+                address: str) -> int:
+        """Append a verified block (and maybe simulate a reorg); returns the next bits."""
+        block = StoredBlock(
+            block_hash, header.height, header.prev_hash, header.encode(), raw_coinbase, address,
+            self.config.block_reward, header.bits, header.time, False, True, self._clock(),
+        )
+        with self.store.transaction():
+            parent = self._tip()
+            self.store.insert_block(block)
+            if self._doomed(block_hash):
+                self.store.set_main(block_hash, False)
+                sibling = self._forge(parent)
+                tip = self._forge(sibling)
+                log.warning(
+                    "devnet: block %d %s orphaned by a simulated reorg (node blocks %s, %s)",
+                    header.height, block_hash.hex()[:16], sibling.hash.hex()[:16],
+                    tip.hash.hex()[:16],
+                )
+        return self._next_bits(self._tip())
+
+    def _doomed(self, block_hash: bytes) -> bool:
+        """Deterministic orphan lottery: H(seed ‖ hash) against ``orphan_probability``."""
+        p = self.config.orphan_probability
+        if p <= 0:
+            return False
+        draw = int.from_bytes(
+            H(b"matmine-node/orphan", self.config.orphan_seed.encode(), block_hash)[:8], "little"
+        )
+        return draw < p * 2**64
+
+    def _forge(self, parent: StoredBlock) -> StoredBlock:
+        """A node block on ``parent`` paying ``node_address``, no proof of work (devnet)."""
+        height = parent.height + 1
+        cfg = self.config
+        cb = Coinbase(height, cfg.block_reward, cfg.node_address, "node", bytes(4),
+                      bytes(8)).encode()
+        when = max(self._median_time(parent) + 1, parent.time + cfg.block_time)
+        header = Header(HEADER_VERSION, height, parent.hash, coinbase_hash(cb), FORGED_WORK_ROOT,
+                        when, self._next_bits(parent))
+        block = StoredBlock(header.hash(), height, parent.hash, header.encode(), cb,
+                            cfg.node_address, cfg.block_reward, header.bits, when, True, True,
+                            self._clock())
+        self.store.insert_block(block)
+        return block
+
+
+def _opened_rows(raw: bytes | None, proofs: list[list[bytes]] | None, tile: int, rows: int,
+                 k: int, root: bytes, name: str) -> np.ndarray:
+    """The 16 opened rows of a blob matrix, each checked against ``root``."""
+    assert raw is not None and proofs is not None
+    if len(raw) != TILE * k:
+        raise Rejected("bad-rows", f"{name} rows must be {TILE}x{k} bytes, got {len(raw)}")
+    matrix = np.frombuffer(raw, dtype=np.int8).reshape(TILE, k)
+    try:
+        check_entries(matrix, name)
+    except ProtocolError as exc:
+        raise Rejected("bad-rows", str(exc)) from None
+    depth = (rows - 1).bit_length()
+    if len(proofs) != TILE:
+        raise Rejected("bad-merkle-proof", f"need {TILE} {name} proofs, got {len(proofs)}")
+    for i, proof in enumerate(proofs):
+        index = tile * TILE + i
+        if len(proof) != depth or not all(len(h) == 32 for h in proof):
+            raise Rejected("bad-merkle-proof", f"{name} row {index}: proof must be {depth} hashes")
+        if not verify_proof(matrix[i].tobytes(), index, proof, root):
+            raise Rejected("bad-merkle-proof", f"{name} row {index} is not in the committed matrix")
+    return matrix
+
+
+def _check_payment(key: Any, outputs: Any, from_address: Any) -> None:
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_PAYMENT_KEY:
+        raise ChainError(f"payment key must be a string of 1..{MAX_PAYMENT_KEY} characters",
+                         ERR_MALFORMED)
+    if not isinstance(outputs, dict) or not 0 < len(outputs) <= MAX_OUTPUTS:
+        raise ChainError(f"outputs must map 1..{MAX_OUTPUTS} addresses to amounts",
+                         ERR_MALFORMED)
+    try:
+        validate_address(from_address)
+        for address, amount in outputs.items():
+            validate_address(address)
+            if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+                raise ChainError(f"amount for {address} must be a positive integer of base "
+                                 f"units, got {amount!r}", ERR_MALFORMED)
+    except ProtocolError as exc:
+        raise ChainError(str(exc), ERR_MALFORMED) from None
+
+
+def _height_of(raw_header: bytes) -> str:
+    return str(int.from_bytes(raw_header[4:8], "little")) if len(raw_header) >= 8 else "?"

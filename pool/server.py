@@ -1,0 +1,99 @@
+"""The miner ports: a TCP accept loop (and optionally TLS), one task per connection.
+
+:func:`serve_stratum` opens the listeners and reports them through ``task_status`` (so
+port 0 gives a free port, as the tests use), then serves every connection with a
+:class:`~pool.session.Session` in its own task. Banned IPs, connections over
+``max_connections`` and over ``max_connections_per_ip`` are closed at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+import trio
+
+from pool.config import StratumConfig
+from pool.session import PoolContext, Session
+
+log = logging.getLogger("pool.server")
+
+
+def peer_ip(stream: trio.abc.Stream) -> str:
+    """The remote IP of a TCP (or TLS-over-TCP) stream."""
+    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    try:
+        return str(inner.socket.getpeername()[0])  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return "unknown"
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server TLS context from PEM files."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+class StratumServer:
+    """Accepts miner connections and runs a session for each (see the module doc)."""
+
+    def __init__(self, config: StratumConfig, ctx: PoolContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.connections = 0
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """Serve one accepted connection to its end."""
+        ip = peer_ip(stream)
+        now = trio.current_time()
+        bans = self.ctx.bans
+        if bans.is_banned(ip, now):
+            log.info("refused connection from banned %s", ip)
+            await trio.aclose_forcefully(stream)
+            return
+        if self.connections >= self.config.max_connections or not bans.connect(
+                ip, self.config.max_connections_per_ip):
+            log.warning("refused connection from %s: connection limit reached", ip)
+            await trio.aclose_forcefully(stream)
+            return
+        self.connections += 1
+        metrics = self.ctx.metrics
+        if metrics is not None:
+            metrics.connections.inc()
+        try:
+            if isinstance(stream, trio.SSLStream):
+                with trio.move_on_after(self.config.handshake_timeout) as scope:
+                    await stream.do_handshake()
+                if scope.cancelled_caught:
+                    raise trio.BrokenResourceError("TLS handshake timed out")
+            await Session(stream, ip, self.ctx).run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
+            log.info("connection from %s failed: %s", ip, exc)
+            await trio.aclose_forcefully(stream)
+        except Exception:  # a bug in one session must not take the pool down
+            log.exception("session from %s failed unexpectedly", ip)
+            await trio.aclose_forcefully(stream)
+        finally:
+            self.connections -= 1
+            bans.disconnect(ip)
+            if metrics is not None:
+                metrics.connections.dec()
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Listen on the plain port (and the TLS port); ``started`` gets the bound ports."""
+        cfg = self.config
+        listeners: list[trio.abc.Listener] = list(
+            await trio.open_tcp_listeners(cfg.port, host=cfg.host))
+        ports = [listeners[0].socket.getsockname()[1]]  # type: ignore[attr-defined]
+        if cfg.tls:
+            context = tls_context(cfg.tls_cert, cfg.tls_key)
+            tcp = await trio.open_tcp_listeners(cfg.tls_port, host=cfg.host)
+            ports.append(tcp[0].socket.getsockname()[1])
+            listeners += [trio.SSLListener(t, context, https_compatible=False) for t in tcp]
+        for port in ports:
+            log.info("listening for miners on %s:%d", cfg.host, port)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, self.handle, listeners)
+            task_status.started(ports)

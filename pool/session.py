@@ -1,0 +1,385 @@
+"""One miner connection: subscribe → authorize → submit, jobs, vardiff, limits.
+
+A :class:`Session` owns its stream and a sans-IO ``protocol.connection.Connection``. Its
+tasks, in one nursery: the reader (frames → events → answers), the job pusher (a new
+job on every template and on every vardiff change, difficulty inside the job) and the
+watchdog (handshake and idle timeouts, vardiff idle sweep). Submits are checked
+concurrently, at most ``max_inflight_submits`` at once; beyond that the reader stops
+reading, which is the backpressure a flooding miner feels.
+
+Closing rules: framing garbage or an oversized frame → ``client.show_message`` with the
+reason, then close; a message rate above the limit → error 27 for each refused request
+and a drop after ``message_burst`` refusals; mostly-invalid shares → the escalation of
+``pool.abuse`` (resend work → ``client.reconnect`` → drop → IP ban).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from pool.abuse import BanList, Escalation, RateLimiter, ShareJudge
+from pool.config import PoolConfig
+from pool.hashrate import HashrateMeter
+from pool.jobs import JobManager, SessionJobs, Template
+from pool.share_check import Miner, ShareChecker, ShareRejected
+from pool.vardiff import Vardiff, VardiffConfig
+from protocol import messages
+from protocol.address import validate_address
+from protocol.connection import BadRequest, Connection, NotificationReceived, RequestReceived
+from protocol.errors import ProtocolError
+from protocol.header import EXTRANONCE2_SIZE
+from protocol.messages import ErrorCode
+
+log = logging.getLogger("pool.session")
+
+READ_SIZE = 65536
+SEND_TIMEOUT = 10.0
+# Outcomes that count against a miner in the escalation (stale shares are honest).
+INVALID_CODES = {ErrorCode.OTHER, ErrorCode.DUPLICATE, ErrorCode.LOW_DIFFICULTY,
+                 ErrorCode.MALFORMED, ErrorCode.BAD_TIME}
+
+
+class CloseSession(Exception):
+    """Raised inside a session to close it; the message says why (logged)."""
+
+
+@dataclass
+class PoolContext:
+    """What every session shares: config, jobs, the share checker, bans, metrics."""
+
+    config: PoolConfig
+    jobs: JobManager
+    checker: ShareChecker
+    bans: BanList
+    vardiff: VardiffConfig
+    metrics: Any | None = None
+    sessions: set[Session] = field(default_factory=set)
+    resumable: OrderedDict[bytes, bytes] = field(default_factory=OrderedDict)
+    pool_hashrate: HashrateMeter | None = None
+    strikes: OrderedDict[str, int] = field(default_factory=OrderedDict)
+
+    def remember_session(self, session_id: bytes, extranonce1: bytes) -> None:
+        """Keep a closed session's extranonce1 for ``mining.subscribe {resume}`` (bounded)."""
+        self.resumable[session_id] = extranonce1
+        while len(self.resumable) > self.config.stratum.max_connections:
+            self.resumable.popitem(last=False)
+
+    def strike(self, ip: str) -> int:
+        """Count a drop for invalid shares against ``ip``; return its strikes (bounded)."""
+        count = self.strikes.pop(ip, 0) + 1
+        self.strikes[ip] = count
+        while len(self.strikes) > self.config.limits.max_banned_ips:
+            self.strikes.popitem(last=False)
+        return count
+
+
+class Session:
+    """A connected miner; :meth:`run` serves it until it leaves or is dropped."""
+
+    def __init__(self, stream: trio.abc.Stream, peer: str, ctx: PoolContext) -> None:
+        self.stream = stream
+        self.peer = peer
+        self.ctx = ctx
+        cfg = ctx.config
+        now = trio.current_time()
+        self.conn = Connection("server", max_frame_size=cfg.stratum.max_frame_size)
+        self.session_id = secrets.token_bytes(8)
+        self.extranonce1: bytes | None = None
+        self.address: str | None = None
+        self.worker: str | None = None
+        self.agent = ""
+        self.connected_at = now
+        self.last_message = now
+        self.book = SessionJobs(cfg.limits.max_jobs_per_session, cfg.work.job_expiry_seconds)
+        self.vardiff = Vardiff(ctx.vardiff, cfg.pool.start_difficulty)
+        self.rate = RateLimiter(cfg.limits.messages_per_second, cfg.limits.message_burst, now)
+        self.judge = ShareJudge(cfg.limits.invalid_window, cfg.limits.invalid_min_shares,
+                                cfg.limits.invalid_ratio)
+        self.hashrate = HashrateMeter(now)
+        self.accepted = 0
+        self.rejected = 0
+        self._send_lock = trio.Lock()
+        self._authorized = trio.Event()
+        self._inflight = trio.Semaphore(cfg.stratum.max_inflight_submits)
+        self._template_id = 0
+        self._close_reason: str | None = None
+        self._scope: trio.CancelScope | None = None
+        self._job_lock = trio.Lock()
+
+    # -- identity -----------------------------------------------------------------------
+
+    @property
+    def login(self) -> str:
+        return f"{self.address}.{self.worker}" if self.address else f"<anonymous {self.peer}>"
+
+    @property
+    def difficulty(self) -> float:
+        return self.vardiff.difficulty
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection; returns when it is closed, for whatever reason."""
+        self.ctx.sessions.add(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                nursery.start_soon(self._guard, self._job_pusher)
+                nursery.start_soon(self._guard, self._watchdog)
+                nursery.start_soon(self._guard, self._reader, nursery)
+        finally:
+            self.ctx.sessions.discard(self)
+            if self.extranonce1 is not None:
+                self.ctx.remember_session(self.session_id, self.extranonce1)
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.stream.aclose()
+            log.info("miner %s from %s disconnected: %s (%d accepted, %d rejected)",
+                     self.login, self.peer, self._close_reason or "closed by the pool",
+                     self.accepted, self.rejected)
+
+    def close(self, reason: str) -> None:
+        """End the session (from any of its tasks, or from outside)."""
+        if self._close_reason is None:
+            self._close_reason = reason
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _guard(self, fn: Any, *args: Any) -> None:
+        """Run one task of the session; a reason to close ends the whole session."""
+        try:
+            await fn(*args)
+        except CloseSession as exc:
+            self.close(str(exc))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.close("connection lost")
+
+    async def _reader(self, nursery: trio.Nursery) -> None:
+        while True:
+            data = await self.stream.receive_some(READ_SIZE)
+            if not data:
+                raise CloseSession("the miner closed the connection")
+            try:
+                events = self.conn.receive_data(data)
+            except ProtocolError as exc:
+                await self._notify_and_close(f"protocol error: {exc}")
+            for event in events:
+                self.last_message = trio.current_time()
+                if not self.rate.allow(self.last_message):
+                    await self._rate_limited(event)
+                    continue
+                if isinstance(event, RequestReceived):
+                    await self._request(event, nursery)
+                elif isinstance(event, BadRequest):
+                    if event.id is not None:
+                        await self._send(self.conn.send_error(event.id, event.error.code,
+                                                              str(event.error)))
+                    await self._judge(False)
+                elif isinstance(event, NotificationReceived):
+                    pass  # a miner's notifications (pings without id) need no answer
+
+    async def _rate_limited(self, event: object) -> None:
+        if self.rate.refused > self.ctx.config.limits.message_burst:
+            raise CloseSession("message flood: too many messages too fast")
+        if isinstance(event, RequestReceived | BadRequest) and event.id is not None:
+            await self._send(self.conn.send_error(event.id, ErrorCode.RATE_LIMITED,
+                                                  "rate limited: slow down"))
+        self._count(ErrorCode.RATE_LIMITED, event)
+
+    def _count(self, code: int, event: object) -> None:
+        if isinstance(event, RequestReceived) and isinstance(event.message, messages.Submit):
+            self.ctx.checker.count(code)
+
+    async def _notify_and_close(self, reason: str) -> None:
+        log.warning("closing connection of %s from %s: %s", self.login, self.peer, reason)
+        with trio.move_on_after(1):
+            await self._send(self.conn.send_notification(messages.ShowMessage(text=reason)))
+        raise CloseSession(reason)
+
+    async def _send(self, data: bytes) -> None:
+        async with self._send_lock:
+            with trio.move_on_after(SEND_TIMEOUT) as scope:
+                await self.stream.send_all(data)
+        if scope.cancelled_caught:
+            raise CloseSession("the miner does not read what we send")
+
+    # -- requests -----------------------------------------------------------------------
+
+    async def _request(self, event: RequestReceived, nursery: trio.Nursery) -> None:
+        msg = event.message
+        if isinstance(msg, messages.Submit):
+            await self._inflight.acquire()
+            nursery.start_soon(self._guard, self._submit, event.id, msg)
+        elif isinstance(msg, messages.Subscribe):
+            await self._subscribe(event.id, msg)
+        elif isinstance(msg, messages.Authorize):
+            await self._authorize(event.id, msg)
+        elif isinstance(msg, messages.SuggestDifficulty):
+            await self._suggest(event.id, msg)
+        elif isinstance(msg, messages.Ping):
+            await self._send(self.conn.send_result(event.id, messages.PingResult()))
+        else:  # pragma: no cover - Connection only yields the methods above
+            await self._send(self.conn.send_error(event.id, ErrorCode.OTHER, "unsupported"))
+
+    async def _subscribe(self, request_id: int, msg: messages.Subscribe) -> None:
+        if self.extranonce1 is not None:
+            await self._send(self.conn.send_error(request_id, ErrorCode.OTHER,
+                                                  "already subscribed"))
+            return
+        resumed = None
+        if msg.resume is not None:
+            resumed = self.ctx.resumable.pop(msg.resume, None)
+        if resumed is not None:
+            self.session_id, self.extranonce1 = msg.resume, resumed
+        else:
+            self.extranonce1 = self.ctx.jobs.new_extranonce1()
+        self.agent = msg.agent
+        result = messages.SubscribeResult(session_id=self.session_id,
+                                          extranonce1=self.extranonce1,
+                                          extranonce2_size=EXTRANONCE2_SIZE)
+        await self._send(self.conn.send_result(request_id, result))
+
+    async def _authorize(self, request_id: int, msg: messages.Authorize) -> None:
+        if self.extranonce1 is None:
+            await self._send(self.conn.send_error(request_id, ErrorCode.NOT_SUBSCRIBED,
+                                                  "subscribe first"))
+            return
+        try:
+            validate_address(msg.address)
+        except ProtocolError as exc:
+            await self._send(self.conn.send_error(request_id, ErrorCode.UNAUTHORIZED,
+                                                  f"login {msg.login!r:.80}: {exc}"))
+            return
+        first = self.address is None
+        self.address, self.worker = msg.address, msg.worker
+        await self._send(self.conn.send_result(request_id, messages.AuthorizeResult()))
+        if first:
+            log.info("miner %s connected from %s (%s)", self.login, self.peer,
+                     self.agent or "unknown agent")
+        self._authorized.set()
+
+    async def _suggest(self, request_id: int, msg: messages.SuggestDifficulty) -> None:
+        try:
+            changed = self.vardiff.suggest(msg.difficulty, trio.current_time())
+        except ValueError as exc:
+            await self._send(self.conn.send_error(request_id, ErrorCode.MALFORMED, str(exc)))
+            return
+        await self._send(self.conn.send_result(request_id,
+                                               messages.SuggestDifficultyResult()))
+        if changed is not None and self._authorized.is_set():
+            await self._new_difficulty(changed)
+
+    async def _submit(self, request_id: int, msg: messages.Submit) -> None:
+        try:
+            if self.extranonce1 is None:
+                raise ShareRejected("subscribe first", ErrorCode.NOT_SUBSCRIBED)
+            if self.address is None or self.worker is None:
+                raise ShareRejected("authorize first", ErrorCode.UNAUTHORIZED)
+            miner = Miner(self.session_id, self.address, self.worker)
+            share = await self.ctx.checker.check(miner, self.book, msg)
+        except ShareRejected as exc:
+            self.rejected += 1
+            self.ctx.checker.count(exc.code)
+            await self._send(self.conn.send_error(request_id, exc.code, str(exc)))
+            await self._judge(exc.code not in INVALID_CODES)
+            return
+        finally:
+            self._inflight.release()
+        self.accepted += 1
+        self.ctx.checker.count(None)
+        now = trio.current_time()
+        self.hashrate.add(share.difficulty, now)
+        if self.ctx.pool_hashrate is not None:
+            self.ctx.pool_hashrate.add(share.difficulty, now)
+        await self._send(self.conn.send_result(
+            request_id, messages.SubmitResult(difficulty=share.difficulty,
+                                              block=share.block_hash)))
+        await self._judge(True)
+        if self.ctx.config.vardiff.enabled:
+            changed = self.vardiff.record_share(now, share.difficulty)
+            if changed is not None:
+                await self._new_difficulty(changed)
+
+    # -- escalation ---------------------------------------------------------------------
+
+    async def _judge(self, valid: bool) -> None:
+        step = self.judge.record(valid)
+        if step == Escalation.NONE:
+            return
+        fraction = "most of your recent shares were invalid"
+        if step == Escalation.RESEND_WORK:
+            log.info("miner %s sends mostly invalid shares: resending work", self.login)
+            await self._send(self.conn.send_notification(messages.ShowMessage(
+                text=f"{fraction}; here is fresh work")))
+            if self._authorized.is_set():
+                await self._push_job(self.ctx.jobs.current, clean=True)
+        elif step == Escalation.RECONNECT:
+            log.info("miner %s still sends invalid shares: asking it to reconnect", self.login)
+            s = self.ctx.config.stratum
+            await self._send(self.conn.send_notification(messages.Reconnect(
+                host=s.host if s.host not in ("0.0.0.0", "::", "") else "127.0.0.1",
+                port=max(s.port, 1) if s.port else 3333, wait=5.0)))
+        else:
+            strikes = self.ctx.strike(self.peer)
+            if strikes >= 2:
+                self.ctx.bans.ban(self.peer, trio.current_time())
+                if self.ctx.metrics is not None:
+                    self.ctx.metrics.bans.inc()
+                log.warning("banning %s for %.0f s: repeated invalid shares from %s",
+                            self.peer, self.ctx.bans.ban_seconds, self.login)
+                await self._notify_and_close("banned: repeated invalid shares")
+            await self._notify_and_close(f"dropped: {fraction}")
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    async def _job_pusher(self) -> None:
+        await self._authorized.wait()
+        first = True
+        while True:
+            template = await self.ctx.jobs.wait_for_template(self._template_id)
+            await self._push_job(template, clean=first or template.clean)
+            first = False
+
+    async def _push_job(self, template: Template | None, *, clean: bool) -> None:
+        if template is None or self.extranonce1 is None:
+            return
+        async with self._job_lock:  # make, remember and send jobs in one order
+            now = trio.current_time()
+            job = self.ctx.jobs.make_job(template, self.extranonce1, self.vardiff.difficulty,
+                                         clean, now)
+            self._template_id = max(self._template_id, template.id)
+            self.book.add(job, now)
+            await self._send(self.conn.send_notification(job.notify()))
+
+    async def _new_difficulty(self, difficulty: float) -> None:
+        current = self.book.current
+        if self.ctx.metrics is not None and current is not None:
+            self.ctx.metrics.vardiff_changed(current.difficulty, difficulty)
+        log.debug("miner %s: difficulty now %.6g", self.login, difficulty)
+        await self._push_job(self.ctx.jobs.current, clean=False)
+
+    async def _watchdog(self) -> None:
+        s = self.ctx.config.stratum
+        tick = min(1.0, s.idle_timeout / 4, s.handshake_timeout / 4)
+        while True:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            if not self._authorized.is_set() and now - self.connected_at > s.handshake_timeout:
+                await self._close_from_watchdog("did not subscribe and authorize in time")
+            if now - self.last_message > s.idle_timeout:
+                await self._close_from_watchdog(
+                    f"idle for more than {s.idle_timeout:g} s without a message")
+            if self._authorized.is_set() and self.ctx.config.vardiff.enabled:
+                changed = self.vardiff.check_idle(now)
+                if changed is not None:
+                    await self._new_difficulty(changed)
+
+    async def _close_from_watchdog(self, reason: str) -> None:
+        with trio.move_on_after(1):
+            await self._send(self.conn.send_notification(messages.ShowMessage(text=reason)))
+        raise CloseSession(reason)

@@ -1,0 +1,254 @@
+"""Checking a submit, storing the share, and turning a block-meeting share into a block.
+
+:meth:`ShareChecker.check` runs every rule of a ``mining.submit`` and answers with an
+:class:`AcceptedShare` or raises :class:`ShareRejected` with the wire code:
+
+=====  ==========================================================================
+code   when
+=====  ==========================================================================
+21     unknown job, a job from before the newest block, or an expired job
+20     tile outside the job's tile grid (the code ``protocol.ticket.verify_ticket``
+       uses for it; 26 stays for shares that do not even parse)
+28     ``time`` before the job's time or more than 600 s after it
+22     the same (extranonce2, time, tile) already submitted for this job
+27     the job has seen ``max_shares_per_job`` shares (the per-job duplicate
+       memory is bounded; take the next job)
+23     the ticket does not meet the job's share difficulty
+20     the share could not be stored (never acknowledged then)
+=====  ==========================================================================
+
+24 (unauthorized), 25 (not subscribed), 26 (malformed) and 27 (message rate) are the
+session's (``pool.session``). Everything that touches numpy or hashes rows — building the
+coinbase and header, regenerating 16 rows of A and Bᵀ, recomputing the ticket — runs in
+a worker thread behind a ``CapacityLimiter``; the event loop only does dictionary work.
+
+An accepted share is committed through the :class:`~pool.sharelog.ShareLog` before the
+ack. A share that also meets the network target is submitted to the chain at once
+(``BlockSubmission`` with the workload seed), then recorded in the ledger and credited by
+PPLNS.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import trio
+
+from pool.chain.base import BlockSubmission, ChainAdapter
+from pool.jobs import HEADER_VERSION, MAX_TIME_ROLL, Job, JobError, JobManager, SessionJobs
+from pool.ledger.base import Ledger, ShareRecord
+from pool.metrics import PoolMetrics
+from pool.sharelog import ShareLog, ShareLogError
+from protocol import messages
+from protocol.header import Header, assemble_coinbase, coinbase_hash
+from protocol.messages import ErrorCode
+from protocol.target import meets_target
+from protocol.ticket import verify_ticket
+
+log = logging.getLogger("pool.shares")
+
+class ShareRejected(Exception):
+    """A submit that is not accepted; ``code`` is the wire error code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = int(code)
+
+
+@dataclass(frozen=True)
+class CheckedTicket:
+    """What the worker thread found: the ticket digest, the header, the coinbase."""
+
+    digest: bytes
+    header: bytes
+    coinbase: bytes
+    meets_share: bool
+    meets_network: bool
+
+
+@dataclass(frozen=True)
+class AcceptedShare:
+    """An acknowledged share; ``block_hash`` is set when it also made an accepted block."""
+
+    job: Job
+    difficulty: float
+    digest: bytes
+    block_hash: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Miner:
+    """Who submits: the session id and the authorized login."""
+
+    session_id: bytes
+    address: str
+    worker: str
+
+    @property
+    def login(self) -> str:
+        return f"{self.address}.{self.worker}"
+
+
+def check_ticket(job: Job, extranonce2: bytes, ntime: int, tile: tuple[int, int]
+                 ) -> CheckedTicket:
+    """Recompute the ticket of a submit (CPU work: call it in a worker thread)."""
+    t = job.template
+    coinbase = assemble_coinbase(t.coinbase1, job.extranonce1, extranonce2, t.coinbase2)
+    header = Header(HEADER_VERSION, t.block.height, t.block.prev_hash, coinbase_hash(coinbase),
+                    t.work.work_root, ntime, t.block.bits).encode()
+    a_rows, bt_rows = t.work.tile_rows(tile)
+    digest = verify_ticket(header, t.work.shape, tile, a_rows, bt_rows)
+    k = t.work.shape.k
+    return CheckedTicket(digest, header, coinbase, meets_target(digest, job.share_target, k),
+                         meets_target(digest, t.network_target, k))
+
+
+def precheck(job: Job, submit: messages.Submit, max_shares_per_job: int) -> None:
+    """The cheap rules (tile, time, duplicate); reserves the duplicate key on success."""
+    shape = job.template.work.shape
+    ti, tj = submit.tile
+    if not (ti < shape.tiles_m and tj < shape.tiles_n):
+        raise ShareRejected(f"tile {list(submit.tile)} is outside the job's "
+                            f"{shape.tiles_m}x{shape.tiles_n} tiles", ErrorCode.OTHER)
+    job_time = job.template.block.time
+    if submit.time < job_time:
+        raise ShareRejected(f"time {submit.time} is before the job's time {job_time}",
+                            ErrorCode.BAD_TIME)
+    if submit.time > job_time + MAX_TIME_ROLL:
+        raise ShareRejected(f"time {submit.time} is more than {MAX_TIME_ROLL} s after the "
+                            f"job's time {job_time}", ErrorCode.BAD_TIME)
+    key = (submit.extranonce2, submit.time, submit.tile)
+    if key in job.seen:
+        raise ShareRejected("duplicate share", ErrorCode.DUPLICATE)
+    if len(job.seen) >= max_shares_per_job:
+        raise ShareRejected("too many shares for one job; mine the newest job",
+                            ErrorCode.RATE_LIMITED)
+    job.seen.add(key)
+
+
+class ShareChecker:
+    """Runs the submit pipeline: rules, ticket check, durable store, block submission."""
+
+    def __init__(
+        self,
+        jobs: JobManager,
+        sharelog: ShareLog,
+        chain: ChainAdapter,
+        ledger: Ledger,
+        ledger_limiter: trio.CapacityLimiter,
+        check_limiter: trio.CapacityLimiter,
+        *,
+        pplns_factor: float,
+        fee_bps: int,
+        fee_address: str | None,
+        max_shares_per_job: int,
+        metrics: PoolMetrics | None = None,
+    ) -> None:
+        self.jobs = jobs
+        self.sharelog = sharelog
+        self.chain = chain
+        self.ledger = ledger
+        self.ledger_limiter = ledger_limiter
+        self.check_limiter = check_limiter
+        self.pplns_factor = pplns_factor
+        self.fee_bps = fee_bps
+        self.fee_address = fee_address
+        self.max_shares_per_job = max_shares_per_job
+        self.metrics = metrics
+        self.blocks_found = 0
+
+    def count(self, code: int | None) -> None:
+        """Count one submit outcome in the shares metric (None = accepted)."""
+        if self.metrics is None:
+            return
+        if code is None:
+            self.metrics.share("accepted")
+        else:
+            self.metrics.share_rejected(code)
+
+    async def check(self, miner: Miner, book: SessionJobs, submit: messages.Submit
+                    ) -> AcceptedShare:
+        """Judge ``submit``; return the accepted share once stored, or raise ``ShareRejected``."""
+        try:
+            job = book.lookup(submit.job_id, self.jobs.epoch, trio.current_time())
+        except JobError as exc:
+            raise ShareRejected(str(exc), exc.code) from None
+        precheck(job, submit, self.max_shares_per_job)
+        started = time.perf_counter()
+        try:
+            checked = await trio.to_thread.run_sync(
+                check_ticket, job, submit.extranonce2, submit.time, submit.tile,
+                limiter=self.check_limiter)
+        except Exception as exc:  # ProtocolError from the header/coinbase/ticket rules
+            raise ShareRejected(f"share cannot be checked: {exc}",
+                                getattr(exc, "code", ErrorCode.OTHER)) from None
+        finally:
+            if self.metrics is not None:
+                self.metrics.share_check_seconds.observe(time.perf_counter() - started)
+        if not checked.meets_share:
+            raise ShareRejected(f"ticket does not meet the job's difficulty {job.difficulty:g}",
+                                ErrorCode.LOW_DIFFICULTY)
+        t = job.template
+        record = ShareRecord(
+            digest=checked.digest, time=time.time(), address=miner.address,
+            worker=miner.worker, job_id=job.job_id, height=t.block.height,
+            difficulty=job.difficulty, network_difficulty=t.network_difficulty,
+            session_id=miner.session_id,
+        )
+        block_hash = None
+        if checked.meets_network:
+            block_hash = await self._submit_block(miner, job, submit.tile, checked, record)
+        else:
+            await self._store(record)
+        return AcceptedShare(job, job.difficulty, checked.digest, block_hash)
+
+    async def _store(self, record: ShareRecord) -> None:
+        try:
+            await self.sharelog.commit(record)
+        except ShareLogError as exc:
+            raise ShareRejected(f"share not stored, please resubmit: {exc}",
+                                ErrorCode.OTHER) from None
+
+    async def _submit_block(self, miner: Miner, job: Job, tile: tuple[int, int],
+                            checked: CheckedTicket, record: ShareRecord) -> bytes | None:
+        t = job.template
+        sub = BlockSubmission(header=checked.header, coinbase=checked.coinbase,
+                              shape=t.work.shape, tile=tile, **t.work.block_fields(tile))
+        try:
+            result = await self.chain.submit_block(sub)
+            accepted, reason, block_hash = result.accepted, result.reason, result.block_hash
+        except Exception as exc:
+            accepted, reason, block_hash = False, f"error: {exc}", None
+        # The share goes in first: PPLNS counts shares at or before the block.
+        await self._store(record)
+        self.jobs.poke()
+        if self.metrics is not None:
+            self.metrics.block("found" if accepted else "rejected")
+        if not accepted:
+            log.warning("block %d found by %s was rejected by the chain: %s",
+                        t.block.height, miner.login, reason)
+            return None
+        if block_hash is None:
+            block_hash = Header.decode(checked.header).hash()
+        self.blocks_found += 1
+        log.info("block %d found by %s, reward %d, submitted: accepted (hash %s)",
+                 t.block.height, miner.login, t.block.reward, block_hash.hex()[:16])
+        try:
+            await trio.to_thread.run_sync(self._record_and_credit, t.block.height, block_hash,
+                                          t.block.reward, record, limiter=self.ledger_limiter)
+        except Exception as exc:  # the unlocker retries blocks left "found"
+            log.error("block %d accepted by the chain but not credited yet: %s",
+                      t.block.height, exc)
+        return block_hash
+
+    def _record_and_credit(self, height: int, block_hash: bytes, reward: int,
+                           record: ShareRecord) -> None:
+        block_id = self.ledger.record_block(height, block_hash, reward, record.time,
+                                            record.address, record.worker,
+                                            record.network_difficulty)
+        block = self.ledger.credit_block(block_id, self.pplns_factor, self.fee_bps,
+                                         self.fee_address)
+        log.info("block %d credited by PPLNS over %s shares (fee %s)", height,
+                 block.shares_used, block.fee)

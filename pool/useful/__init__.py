@@ -1,0 +1,98 @@
+"""Useful work: customers' int8 matrix products, mined as blob workloads and delivered.
+
+- :mod:`pool.useful.blobstore` — content-addressed operand/result blobs on disk;
+- :mod:`pool.useful.queue` — work items, units, leases and held shares in SQLite;
+- :mod:`pool.useful.results` — result uploads, Freivalds' check, delivery;
+- :mod:`pool.useful.api` — the HTTP work API (starlette routes);
+- :mod:`pool.useful.cli` — ``matmine-pool work submit|status``.
+
+:class:`UsefulConfig` holds every setting with its default (the pool's ``[useful]``
+section); :class:`UsefulMetrics` registers the useful-work metrics on a registry passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+UNIT_STATES = ("queued", "running", "done", "failed")
+CHECK_OUTCOMES = ("pass", "fail", "malformed")
+
+
+@dataclass
+class UsefulConfig:
+    """Settings of useful work; every key has a default."""
+
+    enabled: bool = True
+    unit_m: int = 1024              # most output rows of A per unit (multiple of 16)
+    unit_n: int = 1024              # most output columns of B per unit (multiple of 16)
+    r: int = 64                     # preferred slab width; small k gets a smaller r
+    chunk_max: int = 8192           # largest work.get_blob / work.result chunk, bytes
+    lease_seconds: float = 600.0    # a unit's lease deadline after it is handed out
+    max_attempts: int = 5           # wrong results before a unit (and its item) fails
+    freivalds_rounds: int = 3       # each round false-accepts with p ≤ 2^-16
+    max_dim: int = 16384            # largest m or n of a product
+    max_k: int = 65536              # largest k of a product (after padding)
+    max_upload_bytes: int = 256 << 20   # A plus B bytes of one product
+    max_active_items: int = 8       # queued or running items per customer
+    max_queued_bytes: int = 1 << 30 # operand bytes of a customer's unfinished items
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first setting that cannot work."""
+        for name in ("unit_m", "unit_n"):
+            value = getattr(self, name)
+            if value < 16 or value % 16:
+                raise ValueError(f"useful.{name} must be a positive multiple of 16, got {value}")
+        if self.r not in (32, 64, 128, 256, 512):
+            raise ValueError(f"useful.r must be 32, 64, 128, 256 or 512, got {self.r}")
+        if not 256 <= self.chunk_max <= 1 << 20:
+            raise ValueError(f"useful.chunk_max must be in 256..1048576, got {self.chunk_max}")
+        if not self.lease_seconds > 0:
+            raise ValueError("useful.lease_seconds must be positive")
+        for name in ("max_attempts", "freivalds_rounds", "max_dim", "max_k",
+                     "max_upload_bytes", "max_active_items", "max_queued_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"useful.{name} must be at least 1")
+
+    @property
+    def false_accept_log2(self) -> int:
+        """Freivalds' false-accept probability is at most 2^-this (x drawn from [0, 2^16))."""
+        return 16 * self.freivalds_rounds
+
+
+def rounds_for(false_accept_log2: int) -> int:
+    """Freivalds rounds for a false-accept probability below ``2^-false_accept_log2``."""
+    return max(1, math.ceil(false_accept_log2 / 16))
+
+
+class UsefulMetrics:
+    """The pool's useful-work metrics, registered on the ``registry`` passed in."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.useful_macs = Counter(
+            "matmine_pool_useful_macs", "MACs of verified useful products (unpadded)",
+            registry=registry,
+        )
+        self.work_units = Gauge(
+            "matmine_pool_work_units", "Useful work units by state", ["state"],
+            registry=registry,
+        )
+        self.result_checks = Counter(
+            "matmine_pool_result_checks", "Checks of returned unit results by outcome",
+            ["outcome"], registry=registry,
+        )
+        for state in UNIT_STATES:
+            self.work_units.labels(state)
+        for outcome in CHECK_OUTCOMES:
+            self.result_checks.labels(outcome)
+
+    def set_unit_counts(self, counts: dict[str, int]) -> None:
+        for state in UNIT_STATES:
+            self.work_units.labels(state).set(counts.get(state, 0))
+
+    def result_checked(self, outcome: str, macs: int = 0) -> None:
+        self.result_checks.labels(outcome).inc()
+        if outcome == "pass" and macs:
+            self.useful_macs.inc(macs)

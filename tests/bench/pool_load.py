@@ -1,0 +1,343 @@
+"""Pool load benchmark: N miners on loopback against a real pool in a subprocess.
+
+    .venv/bin/python tests/bench/pool_load.py --connections 500 --phase-seconds 10
+
+The pool runs as ``matmine-pool`` (``python -m pool.cli serve``) with a fresh data dir, the
+embedded devnet node (network difficulty far above the share difficulty, so no blocks) and
+vardiff off at a share difficulty so small that *every* ticket meets it: valid shares need
+no mining, only distinct (extranonce2, tile) pairs, so the client is never the miner.
+
+Phases, all over the same N sockets in the same run:
+
+1. connect, subscribe, authorize; RSS of the pool process before and after → RSS/connection
+2. echo baseline: every connection sends ``mining.ping`` in a closed loop (one in flight)
+3. shares: every connection sends ``mining.submit`` in a closed loop (one in flight)
+
+Prints requests/s and p50/p99 request→answer latency of both phases, their ratio (the cost
+of judging and durably storing a share over a bare msgpack round trip), and the pool's own
+``matmine_pool_share_check_seconds`` and ``matmine_pool_db_write_seconds`` means from
+/metrics. The client shares the machine's cores with the pool: on a small box the absolute
+rates are bounded by both; the ratio is the figure to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import trio
+
+from protocol.address import new_address
+from protocol.framing import FrameDecoder, encode_frame
+from protocol.workload import Shape
+
+REPO = Path(__file__).resolve().parents[2]
+SHARE_DIFFICULTY = 1e-7  # every ticket of k >= 4·32 meets it: D <= 256·k / 2³²
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def pool_config(data: Path, stratum: int, http: int, shape: Shape, connections: int) -> str:
+    return f"""
+[stratum]
+host = "127.0.0.1"
+port = {stratum}
+max_connections = {connections + 100}
+max_connections_per_ip = {connections + 100}
+idle_timeout = 600.0
+handshake_timeout = 120.0
+
+[http]
+host = "127.0.0.1"
+port = {http}
+
+[pool]
+data_dir = "{data}"
+start_difficulty = {SHARE_DIFFICULTY}
+log_level = "warning"
+
+[vardiff]
+enabled = false
+min_difficulty = {SHARE_DIFFICULTY}
+
+[work]
+m = {shape.m}
+n = {shape.n}
+k = {shape.k}
+r = {shape.r}
+job_refresh_seconds = 3600.0
+job_expiry_seconds = 3600.0
+
+[limits]
+messages_per_second = 100000.0
+message_burst = 100000
+max_shares_per_job = 1000000
+
+[chain.node]
+start_difficulty = 1e9
+min_difficulty = 1e9
+"""
+
+
+@dataclass
+class Miner:
+    """One bench connection: a raw framed msgpack client (no validation, to stay cheap)."""
+
+    stream: trio.SocketStream
+    decoder: FrameDecoder = field(default_factory=FrameDecoder)
+    ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    inbox: list[dict] = field(default_factory=list)
+    job: dict | None = None
+    en2: itertools.count = field(default_factory=itertools.count)
+    tiles: list[tuple[int, int]] = field(default_factory=list)
+    tile_index: int = 0
+    extranonce2: bytes = b""
+    last_message: str = ""
+
+    async def request(self, method: str, params: dict) -> dict:
+        """Send a request and return its response; notifications seen meanwhile are kept."""
+        rid = next(self.ids)
+        await self.stream.send_all(encode_frame({"id": rid, "method": method, "params": params}))
+        while True:
+            while self.inbox:
+                msg = self.inbox.pop(0)
+                if msg.get("id") == rid:
+                    return msg
+                if msg.get("method") == "mining.notify":
+                    self.job = msg["params"]
+                elif msg.get("method") == "client.show_message":
+                    self.last_message = msg["params"].get("text", "")
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise ConnectionError(f"pool closed the connection: {self.last_message!r}")
+            self.inbox.extend(self.decoder.feed(data))
+
+    async def wait_job(self) -> None:
+        while self.job is None:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise ConnectionError("pool closed the connection")
+            for msg in self.decoder.feed(data):
+                if msg.get("method") == "mining.notify":
+                    self.job = msg["params"]
+
+    def next_share(self) -> dict:
+        """A distinct, valid share for the current job (every ticket meets the difficulty)."""
+        assert self.job is not None
+        if not self.extranonce2 or self.tile_index == len(self.tiles):
+            self.extranonce2 = next(self.en2).to_bytes(8, "little")
+            self.tile_index = 0
+        tile = self.tiles[self.tile_index]
+        self.tile_index += 1
+        return {
+            "job_id": self.job["job_id"],
+            "extranonce2": self.extranonce2,
+            "time": self.job["time"],
+            "tile": list(tile),
+        }
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def line(self) -> str:
+        errors = f", errors {self.errors}" if self.errors else ""
+        return (
+            f"{self.name:>6}: {len(self.latencies):7d} answers in {self.seconds:5.1f} s ="
+            f" {self.rate:8.1f}/s   p50 {self.pct(0.5) * 1e3:7.2f} ms"
+            f"   p99 {self.pct(0.99) * 1e3:7.2f} ms{errors}"
+        )
+
+
+async def connect_all(port: int, count: int, shape: Shape, address: str) -> list[Miner]:
+    miners: list[Miner] = []
+    tiles = [(ti, tj) for ti in range(shape.m // 16) for tj in range(shape.n // 16)]
+    limiter = trio.CapacityLimiter(32)  # connect in waves, not a SYN flood
+
+    async def one(i: int) -> None:
+        async with limiter:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            miner = Miner(stream, tiles=tiles)
+            r = await miner.request("mining.subscribe", {"agent": "pool_load", "protocol": 1})
+            if "error" in r:
+                raise RuntimeError(f"subscribe failed: {r['error']}")
+            r = await miner.request("mining.authorize", {"login": f"{address}.w{i}"})
+            if "error" in r:
+                raise RuntimeError(f"authorize failed: {r['error']}")
+            await miner.wait_job()
+            miners.append(miner)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(one, i)
+    return miners
+
+
+async def run_phase(miners: list[Miner], name: str, seconds: float) -> Phase:
+    phase = Phase(name)
+    method = "mining.ping" if name == "ping" else "mining.submit"
+
+    async def loop(miner: Miner) -> None:
+        while True:
+            params = {} if method == "mining.ping" else miner.next_share()
+            t0 = time.perf_counter()
+            r = await miner.request(method, params)
+            if "error" in r:
+                code = r["error"]["code"]
+                phase.errors[code] = phase.errors.get(code, 0) + 1
+            else:
+                phase.latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as nursery:
+            for miner in miners:
+                nursery.start_soon(loop, miner)
+    phase.seconds = time.perf_counter() - start
+    return phase
+
+
+def histogram_mean(metrics: str, name: str) -> tuple[float, float]:
+    def value(suffix: str) -> float:
+        m = re.search(rf"^{name}_{suffix} (\S+)$", metrics, re.M)
+        return float(m.group(1)) if m else float("nan")
+
+    total, count = value("sum"), value("count")
+    return (total / count if count else float("nan")), count
+
+
+async def bench(args: argparse.Namespace, pid: int, stratum: int, http: int) -> None:
+    shape = Shape(*args.shape)
+    rss_before = rss_kib(pid)
+    t0 = time.perf_counter()
+    miners = await connect_all(stratum, args.connections, shape, new_address())
+    connect_s = time.perf_counter() - t0
+    await trio.sleep(1.0)  # let the pool settle before reading RSS
+    rss_after = rss_kib(pid)
+    print(f"connections: {len(miners)} set up in {connect_s:.1f} s")
+    print(
+        f"pool RSS: {rss_before / 1024:.1f} MiB idle -> {rss_after / 1024:.1f} MiB connected ="
+        f" {(rss_after - rss_before) / len(miners):.1f} KiB per connection"
+    )
+    ping = await run_phase(miners, "ping", args.phase_seconds)
+    print(ping.line())
+    shares = await run_phase(miners, "submit", args.phase_seconds)
+    print(shares.line())
+    if ping.rate and shares.rate:
+        print(
+            f"submit vs ping: throughput {shares.rate / ping.rate:.3f}x,"
+            f" p50 latency {shares.pct(0.5) / ping.pct(0.5):.1f}x,"
+            f" p99 latency {shares.pct(0.99) / ping.pct(0.99):.1f}x"
+        )
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{http}/metrics")).text
+    check, checks = histogram_mean(text, "matmine_pool_share_check_seconds")
+    db, writes = histogram_mean(text, "matmine_pool_db_write_seconds")
+    accepted = re.search(r'^matmine_pool_shares_total\{result="accepted"\} (\S+)$', text, re.M)
+    print(
+        f"pool-side: share check mean {check * 1e3:.3f} ms over {checks:.0f} checks;"
+        f" db write mean {db * 1e3:.3f} ms over {writes:.0f} writes;"
+        f" accepted counter {accepted.group(1) if accepted else '?'}"
+    )
+    for miner in miners:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await miner.stream.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=500, help="simulated miners")
+    parser.add_argument(
+        "--phase-seconds", type=float, default=10.0, help="length of each timed phase (2 phases)"
+    )
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs=4,
+        default=(1024, 1024, 1024, 64),
+        metavar=("M", "N", "K", "R"),
+        help="job shape (the pool's default cpu profile)",
+    )
+    parser.add_argument("--startup-timeout", type=float, default=60.0)
+    args = parser.parse_args()
+    Shape(*args.shape)  # validate early
+    stratum, http = free_port(), free_port()
+    with tempfile.TemporaryDirectory(prefix="matmine-bench-") as tmp:
+        config = Path(tmp) / "pool.toml"
+        config.write_text(
+            pool_config(Path(tmp) / "data", stratum, http, Shape(*args.shape), args.connections)
+        )
+        log_path = Path(tmp) / "pool.log"
+        cmd = [sys.executable, "-m", "pool.cli", "serve", "--config", str(config)]
+        with log_path.open("wb") as log:
+            pool = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_listening(pool, stratum, args.startup_timeout, log_path)
+            print(f"pool pid {pool.pid}, shape {tuple(args.shape)}, cpus {os.cpu_count()}")
+            trio.run(bench, args, pool.pid, stratum, http)
+        except BaseException:
+            print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
+            raise
+        finally:
+            pool.send_signal(signal.SIGTERM)
+            try:
+                pool.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pool.kill()
+                pool.wait()
+            if pool.returncode not in (0, -signal.SIGTERM):
+                tail = log_path.read_text(errors="replace")[-3000:]
+                print(f"pool exited {pool.returncode}:\n{tail}", file=sys.stderr)
+
+
+def wait_listening(pool: subprocess.Popen, port: int, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pool.poll() is not None:
+            err = log.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"pool exited with {pool.returncode} during startup:\n{err}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"pool did not listen on {port} within {timeout} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""The OpenCL backend (PoCL in CI) against the mmpow-1 vectors and the reference miner."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protocol.denoise import denoise
+from protocol.hashing import H
+from protocol.noise import pow_seed
+from protocol.target import digest_value
+from protocol.ticket import mine_header
+from protocol.workload import Shape, Workload
+from worker.autotune import CACHE_FILE, SAFE_CONFIG, Autotuner, KernelConfig, shape_key
+from worker.backends import BackendError, open_backends
+from worker.backends.opencl import OpenCLBackend, list_opencl_devices
+
+cl = pytest.importorskip("pyopencl")
+if not list_opencl_devices():
+    pytest.skip("no OpenCL platform", allow_module_level=True)
+
+pytestmark = pytest.mark.opencl
+
+VECTORS = Path(__file__).parent.parent / "protocol" / "vectors" / "mmpow1.json"
+CASES = json.loads(VECTORS.read_text())["cases"]
+SMALL = KernelConfig(bm=16, bn=16, wm=4, wn=4, kc=16, vw=4, acc_float=True)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("matmine-cache")
+
+
+@pytest.fixture(scope="module")
+def backend(cache_dir):
+    """One device, one compiled program (16×16 blocks fit every vector shape)."""
+    return OpenCLBackend(0, 0, cache_dir=cache_dir, config=SMALL)
+
+
+def case_inputs(case):
+    shape = Shape(case["m"], case["n"], case["k"], case["r"])
+    workload = Workload.synthetic(bytes.fromhex(case["workload_seed"]), shape)
+    return workload, bytes.fromhex(case["header"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c["name"])
+def test_vector_tickets_and_product(case, backend):
+    workload, header = case_inputs(case)
+    backend.prepare(workload)
+    j = backend.transcripts(header)
+    for ticket in case["tickets"]:
+        ti, tj = ticket["tile"]
+        assert [int(x) for x in j[ti, tj]] == ticket["J"]
+    all_win = backend.scan(header, 1 << 256, lambda: False)  # every tile wins: digests
+    assert all_win.complete and all_win.macs == workload.shape.macs_per_header
+    digests = {(ti, tj): d.hex() for ti, tj, d in all_win.winners}
+    assert len(digests) == workload.shape.tiles
+    for ticket in case["tickets"]:
+        assert digests[tuple(ticket["tile"])] == ticket["digest"]
+    seed = pow_seed(header)
+    ab = denoise(backend.product(header), workload.a, workload.bt, seed, workload.shape.r)
+    assert H(ab.astype("<i4").tobytes()).hex() == case["product_hash"]
+
+
+@pytest.mark.parametrize("shape", [Shape(64, 96, 256, 64), Shape(32, 48, 512, 128)])
+def test_winners_are_exactly_the_reference_winners(shape, backend):
+    workload = Workload.synthetic(os.urandom(32), shape)
+    header = os.urandom(128)
+    work = mine_header(header, workload)
+    values = sorted(digest_value(work.digest(ti, tj)) for ti, tj in np.ndindex(work.j.shape[:2]))
+    target = values[len(values) // 2] // (256 * shape.k)
+    expected = work.winners(target, shape.k)
+    assert 0 < len(expected) < shape.tiles
+    backend.prepare(workload)
+    result = backend.scan(header, target, lambda: False)
+    assert result.complete
+    assert result.winners == expected
+    assert np.array_equal(backend.product(header), work.noisy_product)
+
+
+def test_winner_buffer_overflow_falls_back_to_host_digests(cache_dir):
+    shape = Shape(48, 32, 128, 32)
+    workload = Workload.synthetic(bytes(32), shape)
+    small = OpenCLBackend(0, 0, cache_dir=cache_dir, config=SMALL, winner_cap=2)
+    small.prepare(workload)
+    header = os.urandom(128)
+    result = small.scan(header, 1 << 256, lambda: False)
+    assert result.winners == mine_header(header, workload).winners(1 << 256, shape.k)
+
+
+def test_job_switch_mid_scan(cache_dir):
+    shape = Shape(128, 32, 256, 64)
+    workload = Workload.synthetic(bytes(32), shape)
+    # tiny launch budget: every launch covers one block row of tiles (8 launches in all)
+    dev = OpenCLBackend(0, 0, cache_dir=cache_dir, config=SMALL, launch_seconds=1e-9)
+    dev.prepare(workload)
+    calls = []
+
+    def stop_after_three():
+        calls.append(1)
+        return len(calls) > 3
+
+    result = dev.scan(os.urandom(128), 1 << 256, stop_after_three)
+    assert not result.complete
+    assert result.macs == 3 * 16 * shape.n * shape.k
+    assert {ti for ti, _, _ in result.winners} == {0, 1, 2}
+    header = os.urandom(128)  # the new job
+    again = dev.scan(header, 1 << 256, lambda: False)
+    assert again.complete
+    assert again.winners == mine_header(header, workload).winners(1 << 256, shape.k)
+
+
+def test_plain_gemm_is_the_plain_product(backend):
+    shape = Shape(32, 48, 256, 64)
+    workload = Workload.synthetic(bytes(range(32)), shape)
+    backend.prepare(workload)
+    expected = workload.a.astype(np.int64) @ workload.bt.astype(np.int64).T
+    assert np.array_equal(backend.plain_gemm(), expected)
+
+
+def test_autotune_cache_round_trip(cache_dir, tmp_path):
+    shape = Shape(64, 64, 256, 64)
+    workload = Workload.synthetic(bytes(32), shape)
+    dev = OpenCLBackend(0, 0, cache_dir=cache_dir, config=SMALL)
+    dev.prepare(workload)
+    other = KernelConfig(bm=32, bn=32, wm=4, wn=4, kc=16, vw=4, acc_float=True)
+    key = shape_key("dev", "drv", shape)
+    tuner = Autotuner(tmp_path)
+    first = tuner.tune(key, [SMALL, other], lambda c: dev.measure(c, seconds=0.05))
+    assert not first.from_cache and set(first.rates) == {str(SMALL), str(other)}
+    assert (tmp_path / CACHE_FILE).exists()
+    again = Autotuner(tmp_path).tune(key, [SMALL, other], lambda c: pytest.fail("re-measured"))
+    assert again.from_cache and again.config == first.config
+    # a corrupt cache file is ignored (re-measured), not fatal
+    (tmp_path / CACHE_FILE).write_text("{not json")
+    assert Autotuner(tmp_path).lookup(key) is None
+    # a backend that autotunes records its choice under its device key
+    tuned = OpenCLBackend(0, 0, cache_dir=tmp_path)
+    tuned.prepare(workload)
+    device_key = shape_key(tuned.device.name.strip(), tuned.device.driver_version.strip(), shape)
+    assert Autotuner(tmp_path).lookup(device_key) == tuned.config
+
+
+def test_devices_and_bad_input(cache_dir):
+    devices = list_opencl_devices()
+    assert devices and devices[0].compute_units > 0 and devices[0].memory > 0
+    (dev,) = open_backends("opencl", [devices[0].spec], cache_dir=cache_dir, config=SMALL)
+    assert dev.name == f"opencl:{devices[0].spec}"
+    with pytest.raises(BackendError, match="PLATFORM:DEVICE"):
+        open_backends("opencl", ["gpu0"])
+    with pytest.raises(BackendError, match="no OpenCL device"):
+        OpenCLBackend(99, 0, cache_dir=cache_dir)
+    with pytest.raises(BackendError, match="prepare"):
+        dev.scan(bytes(128), 1, lambda: False)
+    with pytest.raises(BackendError, match="does not fit"):
+        OpenCLBackend(0, 0, cache_dir=cache_dir, config=KernelConfig(bm=64)).prepare(
+            Workload.synthetic(bytes(32), Shape(32, 32, 128, 32))
+        )
+    dev.prepare(Workload.synthetic(bytes(32), Shape(16, 16, 128, 32)))
+    with pytest.raises(BackendError, match="128 bytes"):
+        dev.scan(bytes(100), 1, lambda: False)
+    assert SAFE_CONFIG.fits(Shape(16, 16, 128, 32), 1024)

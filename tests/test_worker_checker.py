@@ -1,0 +1,115 @@
+"""The CPU re-check of candidates: real BLAS winners pass, corrupted ones are hardware errors.
+
+The end-to-end half runs a real pool and a real worker whose backend is wrapped to corrupt
+every winner: the worker must count hardware errors and send nothing.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from protocol.header import Header
+from protocol.target import target_from_difficulty
+from protocol.ticket import mine_header
+from protocol.workload import Shape, Workload
+from worker.backends import open_backends
+from worker.checker import Checker, check_candidate
+from worker.stats import WorkerStats
+
+from .worker_helpers import CorruptingBackend, running_pool, running_worker, wait_until
+
+SHAPE = Shape(64, 64, 256, 64)
+EASY = target_from_difficulty(1e-9)  # every ticket of a tiny shape meets it
+
+
+@pytest.fixture(scope="module")
+def workload() -> Workload:
+    return Workload.synthetic(bytes(range(32)), SHAPE)
+
+
+def header_for(workload: Workload, nonce: int) -> bytes:
+    return Header(
+        1, 7, bytes(32), nonce.to_bytes(32, "little"), workload.work_root, 1_700_000_000, 0x1F00FFFF
+    ).encode()
+
+
+@pytest.fixture(scope="module")
+def blas_winners(workload):
+    backend = open_backends("blas", None, threads=1)[0]
+    backend.prepare(workload)
+    header = header_for(workload, 1)
+    result = backend.scan(header, EASY, lambda: False)
+    assert result.complete and len(result.winners) == SHAPE.tiles
+    return header, result.winners
+
+
+def test_real_winners_pass(workload, blas_winners):
+    header, winners = blas_winners
+    reference = mine_header(header, workload)
+    for ti, tj, digest in winners[:5]:
+        assert digest == reference.digest(ti, tj)
+        result = check_candidate(workload, header, (ti, tj), digest, EASY)
+        assert result.ok, result.reason
+        assert result.digest == digest
+        assert result.difficulty > 0
+
+
+def test_flipped_digest_is_a_mismatch(workload, blas_winners):
+    header, winners = blas_winners
+    ti, tj, digest = winners[3]
+    bad = bytes([digest[0] ^ 1]) + digest[1:]
+    result = check_candidate(workload, header, (ti, tj), bad, EASY)
+    assert not result.ok
+    assert result.reason == "digest mismatch"
+    assert result.digest == digest
+
+
+def test_wrong_tile_is_a_mismatch(workload, blas_winners):
+    header, winners = blas_winners
+    ti, tj, digest = winners[0]
+    other = (ti, (tj + 1) % SHAPE.tiles_n)
+    assert not check_candidate(workload, header, other, digest, EASY).ok
+    outside = check_candidate(workload, header, (SHAPE.tiles_m, 0), digest, EASY)
+    assert not outside.ok and "outside" in outside.reason
+
+
+def test_digest_from_another_header_is_a_mismatch(workload, blas_winners):
+    header, winners = blas_winners
+    ti, tj, digest = winners[0]
+    assert not check_candidate(workload, header_for(workload, 2), (ti, tj), digest, EASY).ok
+
+
+def test_true_digest_that_misses_the_target_is_rejected(workload, blas_winners):
+    header, winners = blas_winners
+    ti, tj, digest = winners[0]
+    hard = target_from_difficulty(1e30)
+    result = check_candidate(workload, header, (ti, tj), digest, hard)
+    assert not result.ok and "share target" in result.reason
+
+
+async def test_checker_books_hardware_errors_per_device(workload, blas_winners):
+    header, winners = blas_winners
+    stats = WorkerStats()
+    checker = Checker(stats)
+    ti, tj, digest = winners[0]
+    assert (await checker.check("gpu0", workload, header, (ti, tj), digest, EASY)).ok
+    bad = digest[:-1] + bytes([digest[-1] ^ 0x80])
+    assert not (await checker.check("gpu1", workload, header, (ti, tj), bad, EASY)).ok
+    assert stats.device("gpu0").hw_errors == 0 and stats.device("gpu0").candidates == 1
+    assert stats.device("gpu1").hw_errors == 1
+    assert stats.best.device == "gpu0" and stats.best.difficulty > 0
+
+
+@pytest.mark.parametrize("mode", ["digest", "tile"])
+async def test_corrupted_backend_gives_hw_errors_and_no_submit(tmp_path, mode):
+    blas = open_backends("blas", None, threads=1)[0]
+    corrupt = CorruptingBackend(blas, mode)
+    async with running_pool(tmp_path) as pool, running_worker([pool.endpoint], [corrupt]) as w:
+        await wait_until(lambda: w.stats.hw_errors >= 3, 20)
+        await trio.sleep(0.2)
+        assert corrupt.corrupted >= 3
+        assert w.stats.device(corrupt.name).hw_errors == w.stats.device(corrupt.name).candidates
+        assert sum(w.stats.shares.values()) == 0
+        assert await pool.shares_received() == 0
+        assert w.stats.pool_connected

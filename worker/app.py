@@ -1,0 +1,111 @@
+"""The worker program: failover + pool client, miner, checker, watchdog, metrics and console,
+all in one nursery; SIGINT/SIGTERM cancel it for a clean shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable, Sequence
+
+import trio
+from prometheus_client import CollectorRegistry
+from rich.console import Console
+
+from .checker import Checker
+from .client import Job, PoolClient
+from .config import PoolEndpoint, WorkerConfig
+from .console import StatusConsole
+from .failover import Failover
+from .metrics import register_metrics, serve_metrics
+from .miner import DeviceSlot, JobFeed, Miner
+from .stats import WorkerStats
+from .watchdog import Watchdog
+
+log = logging.getLogger(__name__)
+
+
+class WorkerApp:
+    """One worker instance. ``backends`` are opened already; ``reopen(i)`` opens device i
+    anew (for the watchdog), or is ``None`` if devices cannot be reopened."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        backends: Sequence[object],
+        registry: CollectorRegistry,
+        *,
+        reopen: Callable[[int], object] | None = None,
+        console: Console | None = None,
+        status: bool = True,
+    ) -> None:
+        self.config = config.validate()
+        self.stats = WorkerStats()
+        self.feed = JobFeed()
+        self.checker = Checker(self.stats, config.mining.check_threads)
+        self.failover = Failover(
+            list(config.pools), self._make_client, config.connection, agent=config.agent,
+            on_connected=self._connected,
+        )
+        slots = [
+            DeviceSlot(i, backend, (lambda i=i: reopen(i)) if reopen is not None else None)
+            for i, backend in enumerate(backends)
+        ]
+        self.miner = Miner(slots, self.feed, self.failover.submit, self.checker, self.stats,
+                           roll_time=config.mining.roll_time)
+        stall = config.watchdog.stall_timeout
+        self.watchdog = Watchdog(self.miner, self.stats, stall) if stall > 0 else None
+        self.registry = registry
+        register_metrics(registry, self.stats)
+        self.console = (StatusConsole(self.stats, config.console.status_interval,
+                                      config.console.live, console) if status else None)
+        self.metrics_urls: list[str] = []
+
+    def _make_client(self, endpoint: PoolEndpoint, resume: bytes | None) -> PoolClient:
+        c = self.config
+        return PoolClient(endpoint, login=c.login, password=c.password, agent=c.agent,
+                          settings=c.connection, on_job=self._on_job, resume=resume,
+                          suggest_difficulty=c.mining.suggest_difficulty)
+
+    def _on_job(self, job: Job) -> None:
+        self.feed.publish(job)
+
+    def _connected(self, client: PoolClient | None) -> None:
+        self.stats.pool_connected = client is not None
+        if client is None:
+            self.feed.withdraw()
+        else:
+            self.stats.pool = client.endpoint.label
+
+    async def run(self, *, task_status: trio.TaskStatus[WorkerApp] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Run until cancelled. ``task_status.started`` once the metrics port is bound."""
+        async with trio.open_nursery() as nursery:
+            metrics = self.config.metrics
+            if metrics.port >= 0:
+                self.metrics_urls = await nursery.start(
+                    serve_metrics, self.registry, self.stats, metrics.host, metrics.port)
+                log.info("metrics and /api/summary on %s", ", ".join(self.metrics_urls))
+            nursery.start_soon(self.failover.run)
+            nursery.start_soon(self.miner.run)
+            if self.watchdog is not None:
+                nursery.start_soon(self.watchdog.run)
+            if self.console is not None:
+                nursery.start_soon(self.console.run)
+            log.info("mining with %s on %s", ", ".join(s.name for s in self.miner.slots),
+                     ", ".join(p.label for p in self.config.pools))
+            task_status.started(self)
+
+
+async def run_until_signal(app: WorkerApp) -> int:
+    """Run ``app`` until SIGINT or SIGTERM; returns the exit status (0)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(app.run)
+            async for signum in signals:
+                log.info("%s received; shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+    s = app.stats.shares
+    log.info("stopped: accepted %d rejected %d stale %d lost %d, hw errors %d",
+             s["accepted"], s["rejected"], s["stale"], s["lost"], app.stats.hw_errors)
+    return 0

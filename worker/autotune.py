@@ -1,0 +1,169 @@
+"""Kernel build parameters per device and job shape: measure a few, cache the fastest.
+
+The cache is a JSON file ``autotune.json`` under the cache dir (default ``~/.cache/matmine``,
+or ``$MATMINE_CACHE_DIR``), keyed by device name, driver version and job shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from protocol.workload import TILE, Shape
+
+CACHE_FILE = "autotune.json"
+
+
+def default_cache_dir() -> Path:
+    """``$MATMINE_CACHE_DIR`` if set, else ``~/.cache/matmine``."""
+    env = os.environ.get("MATMINE_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "matmine"
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Build parameters of the mining kernel (see worker/kernels/mmpow1.cl)."""
+
+    bm: int = 32  # output rows per work-group
+    bn: int = 32  # output columns per work-group
+    wm: int = 4  # rows per work-item
+    wn: int = 4  # columns per work-item
+    kc: int = 16  # inner chunk staged in local memory
+    vw: int = 4  # vector width of global loads
+    acc_float: bool = True  # float32 multiply-add per slab, then int32
+
+    @property
+    def local_size(self) -> tuple[int, int]:
+        return (self.bn // self.wn, self.bm // self.wm)
+
+    def valid(self) -> bool:
+        """Self-consistent parameters (independent of the job)."""
+        return (
+            self.bm % TILE == 0
+            and self.bn % TILE == 0
+            and TILE % self.wm == 0
+            and TILE % self.wn == 0
+            and self.kc % self.vw == 0
+            and self.vw in (1, 2, 4, 8, 16)
+            and self.bm > 0
+            and self.bn > 0
+        )
+
+    def fits(self, shape: Shape, max_work_group_size: int) -> bool:
+        """Usable for ``shape`` on a device with this work-group size limit."""
+        lx, ly = self.local_size
+        return (
+            self.valid()
+            and shape.m % self.bm == 0
+            and shape.n % self.bn == 0
+            and shape.r % self.kc == 0
+            and lx * ly <= max_work_group_size
+        )
+
+    def build_options(self, plain_gemm: bool = False) -> list[str]:
+        """``-D`` defines for the OpenCL compiler."""
+        return [
+            f"-DBM={self.bm}",
+            f"-DBN={self.bn}",
+            f"-DWM={self.wm}",
+            f"-DWN={self.wn}",
+            f"-DKC={self.kc}",
+            f"-DVW={self.vw}",
+            f"-DACC_FLOAT={int(self.acc_float)}",
+            f"-DPLAIN_GEMM={int(plain_gemm)}",
+        ]
+
+
+SAFE_CONFIG = KernelConfig(bm=16, bn=16, wm=4, wn=4, kc=16, vw=4, acc_float=True)
+
+CANDIDATES: tuple[KernelConfig, ...] = (
+    KernelConfig(32, 32, 4, 4, 16, 4, True),
+    KernelConfig(64, 64, 4, 4, 16, 8, True),
+    KernelConfig(64, 64, 8, 8, 32, 8, True),
+    KernelConfig(32, 64, 4, 8, 32, 16, True),
+    KernelConfig(64, 64, 4, 4, 16, 8, False),
+    SAFE_CONFIG,
+)
+
+
+def shape_key(device_name: str, driver: str, shape: Shape) -> str:
+    """The cache key of one device, driver and job shape."""
+    return f"{device_name}|{driver}|{shape.m}x{shape.n}x{shape.k}/r{shape.r}"
+
+
+@dataclass
+class TuneResult:
+    """The chosen configuration, whether it came from the cache, and the measured rates."""
+
+    config: KernelConfig
+    from_cache: bool
+    rates: dict[str, float]  # str(config) -> MAC/s, empty when cached
+
+
+class Autotuner:
+    """Chooses kernel build parameters per device and shape, remembering them on disk."""
+
+    def __init__(self, cache_dir: Path | str | None = None) -> None:
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.path = self.cache_dir / CACHE_FILE
+
+    def _load(self) -> dict[str, dict]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def lookup(self, key: str) -> KernelConfig | None:
+        """The cached choice for ``key``, or None (also for a corrupt entry)."""
+        entry = self._load().get(key)
+        if not isinstance(entry, dict):
+            return None
+        try:
+            config = KernelConfig(**entry["config"])
+        except (KeyError, TypeError):
+            return None
+        return config if config.valid() else None
+
+    def store(self, key: str, config: KernelConfig, rates: dict[str, float]) -> None:
+        """Record ``config`` for ``key`` (atomic replace of the JSON file)."""
+        data = self._load()
+        data[key] = {"config": asdict(config), "rates": rates}
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".autotune-")
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out, indent=1, sort_keys=True)
+        os.replace(tmp, self.path)
+
+    def tune(
+        self,
+        key: str,
+        candidates: Iterable[KernelConfig],
+        measure: Callable[[KernelConfig], float],
+    ) -> TuneResult:
+        """The cached choice for ``key``, or measure every candidate (MAC/s) and cache the best.
+
+        A candidate whose measurement raises is skipped; if all fail the first is kept.
+        """
+        cached = self.lookup(key)
+        if cached is not None:
+            return TuneResult(cached, True, {})
+        candidates = list(candidates)
+        if not candidates:
+            raise ValueError("no kernel configuration to choose from")
+        rates: dict[str, float] = {}
+        best, best_rate = candidates[0], -1.0
+        for config in candidates:
+            try:
+                rate = measure(config)
+            except Exception:  # a candidate the device cannot build or run
+                continue
+            rates[str(config)] = rate
+            if rate > best_rate:
+                best, best_rate = config, rate
+        self.store(key, best, rates)
+        return TuneResult(best, False, rates)

@@ -1,0 +1,30 @@
+"""Compute backends of the worker: OpenCL devices and the CPU's BLAS."""
+
+from __future__ import annotations
+
+from .base import Backend, BackendError, DeviceInfo, ScanResult
+from .blas import BlasBackend
+from .opencl import OpenCLBackend, list_opencl_devices, open_opencl
+
+
+def open_backends(kind: str, devices: list[str] | None = None, **options: object) -> list[Backend]:
+    """Backends of ``kind`` ("blas" or "opencl"); ``devices`` = ["PLATFORM:DEVICE", ...]."""
+    if kind == "blas":
+        if devices:
+            raise BackendError("the blas backend takes no device list")
+        return [BlasBackend(**options)]  # type: ignore[arg-type]
+    if kind == "opencl":
+        return list(open_opencl(devices, **options))
+    raise BackendError(f"unknown backend kind {kind!r}: expected 'blas' or 'opencl'")
+
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "BlasBackend",
+    "DeviceInfo",
+    "OpenCLBackend",
+    "ScanResult",
+    "list_opencl_devices",
+    "open_backends",
+]

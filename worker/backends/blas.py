@@ -1,0 +1,241 @@
+"""The CPU backend: exact float32 slab products through numpy's BLAS (mmpow-1 on a CPU).
+
+Each slab product ``A'[:, s] · B'[s, :]`` is exact in float32 (|partial| ≤ 127²·r < 2²⁴).
+Output blocks of ``block_rows × block_cols`` keep their int32 accumulators in cache while
+every slab goes by; each block runs on one of ``threads`` threads with a single-threaded
+BLAS (``threadpoolctl``), so the per-slab elementwise work (int conversion, add, XOR fold)
+of one thread overlaps the sgemm of the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from blake3 import blake3
+
+from protocol.noise import index_pairs, noise_factors, pow_seed
+from protocol.workload import TILE, Workload
+
+from .base import BackendError, ScanResult, check_header, limit_of, never_stop, require_prepared
+
+try:  # optional: without it the backend runs one thread on a multi-threaded BLAS
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # pragma: no cover - depends on the environment
+    ThreadpoolController = None
+
+
+def _selector(f: np.ndarray, g: np.ndarray, r: int) -> np.ndarray:
+    """S (r×k, float32) with column l = e_f − e_g, so that ``E @ S`` is the noise."""
+    k = len(f)
+    s = np.zeros((r, k), dtype=np.float32)
+    cols = np.arange(k)
+    s[f, cols] += 1.0
+    s[g, cols] -= 1.0
+    return s
+
+
+def _slabs(x: np.ndarray, r: int) -> np.ndarray:
+    """``x`` (rows × k) as float32 slabs: (k/r) × rows × r, contiguous."""
+    rows, k = x.shape
+    return np.ascontiguousarray(x.reshape(rows, k // r, r).transpose(1, 0, 2), dtype=np.float32)
+
+
+def _noisy_slabs(x32: np.ndarray, seed: bytes, side: str, r: int) -> np.ndarray:
+    """``X' = X + E·S`` (exact in float32) from slabs of X, in the same layout."""
+    slabs, rows, _ = x32.shape
+    k = slabs * r
+    f, g = index_pairs(seed, side, k, r)
+    e = noise_factors(seed, side, 0, rows, r).astype(np.float32)
+    sel = _selector(f, g, r)
+    out = np.empty((k // r, rows, r), dtype=np.float32)
+    for s in range(k // r):
+        np.matmul(e, sel[:, s * r : (s + 1) * r], out=out[s])
+        np.add(out[s], x32[s], out=out[s])
+    return out
+
+
+@dataclass
+class _Pass:
+    """One header's operands and outputs, shared (read-only / disjoint writes) by threads."""
+
+    seed: bytes
+    a_slabs: np.ndarray  # S × m × r float32
+    b_slabs: np.ndarray  # S × n × r float32
+    j: np.ndarray  # tiles_m × tiles_n × 16 uint32
+    limit: int | None  # digest limit, None: no digests
+    product: np.ndarray | None  # m × n int32, filled if wanted
+    should_stop: Callable[[], bool]
+
+
+class BlasBackend:
+    """mmpow-1 on the CPU through numpy's float32 BLAS; matches the reference bit for bit."""
+
+    def __init__(
+        self, threads: int | None = None, block_rows: int = 256, block_cols: int = 512
+    ) -> None:
+        if block_rows <= 0 or block_cols <= 0 or block_rows % TILE or block_cols % TILE:
+            raise BackendError(f"block sizes must be positive multiples of {TILE}")
+        threads = threads if threads is not None else (os.cpu_count() or 1)
+        if threads < 1:
+            raise BackendError(f"threads must be at least 1, got {threads}")
+        self.name = "blas"
+        self.threads = threads if ThreadpoolController is not None else 1
+        self._blas_pools = ThreadpoolController() if self.threads > 1 else None
+        self.block_rows = block_rows
+        self.block_cols = block_cols
+        self._workload: Workload | None = None
+        self._a32: np.ndarray | None = None
+        self._b32: np.ndarray | None = None
+
+    def prepare(self, workload: Workload) -> None:
+        """Keep float32 slabs of A and Bᵀ (once per work_root)."""
+        if self._workload is not None and self._workload.work_root == workload.work_root:
+            return
+        self._workload = workload
+        self._a32 = _slabs(workload.a, workload.shape.r)
+        self._b32 = _slabs(workload.bt, workload.shape.r)
+
+    def scan(
+        self, header: bytes, share_target: int, should_stop: Callable[[], bool] = never_stop
+    ) -> ScanResult:
+        """Every ticket of ``header``; stops between slabs once ``should_stop()`` is true."""
+        workload = require_prepared(self._workload)
+        limit = limit_of(share_target, workload.shape.k)
+        return self._run(header, limit, None, should_stop)
+
+    def transcripts(self, header: bytes) -> np.ndarray:
+        """J of every ticket (tiles_m × tiles_n × 16, uint32)."""
+        workload = require_prepared(self._workload)
+        shape = workload.shape
+        j = np.zeros((shape.tiles_m, shape.tiles_n, 16), dtype=np.uint32)
+        self._run(header, None, None, never_stop, j_out=j)
+        return j
+
+    def product(self, header: bytes) -> np.ndarray:
+        """The noisy product ``A'·B'`` (m × n int32), the input of ``protocol.denoise``."""
+        workload = require_prepared(self._workload)
+        out = np.empty((workload.shape.m, workload.shape.n), dtype=np.int32)
+        self._run(header, None, out, never_stop)
+        return out
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _run(
+        self,
+        header: bytes,
+        limit: int | None,
+        product: np.ndarray | None,
+        should_stop: Callable[[], bool],
+        j_out: np.ndarray | None = None,
+    ) -> ScanResult:
+        check_header(header)
+        workload = require_prepared(self._workload)
+        assert self._a32 is not None and self._b32 is not None
+        shape = workload.shape
+        seed = pow_seed(header)
+        j = (
+            j_out
+            if j_out is not None
+            else np.zeros((shape.tiles_m, shape.tiles_n, 16), dtype=np.uint32)
+        )
+        j[:, :, 0] = np.arange(shape.tiles_m, dtype=np.uint32)[:, None]
+        j[:, :, 1] = np.arange(shape.tiles_n, dtype=np.uint32)[None, :]
+        a32, b32 = self._a32, self._b32
+        if self.threads == 1:
+            a_slabs = _noisy_slabs(a32, seed, "A", shape.r)
+            b_slabs = _noisy_slabs(b32, seed, "B", shape.r)
+        else:
+            with self._single_threaded_blas(), ThreadPoolExecutor(2) as pool:
+                a_job = pool.submit(_noisy_slabs, a32, seed, "A", shape.r)
+                b_job = pool.submit(_noisy_slabs, b32, seed, "B", shape.r)
+                a_slabs, b_slabs = a_job.result(), b_job.result()
+        work = _Pass(
+            seed=seed,
+            a_slabs=a_slabs,
+            b_slabs=b_slabs,
+            j=j,
+            limit=limit,
+            product=product,
+            should_stop=should_stop,
+        )
+        blocks = [
+            (i0, min(i0 + self.block_rows, shape.m), j0, min(j0 + self.block_cols, shape.n))
+            for i0 in range(0, shape.m, self.block_rows)
+            for j0 in range(0, shape.n, self.block_cols)
+        ]
+        if self.threads == 1:
+            results = [self._block(work, *b) for b in blocks]
+        else:
+            with self._single_threaded_blas(), ThreadPoolExecutor(self.threads) as pool:
+                results = list(pool.map(lambda b: self._block(work, *b), blocks))
+        winners = [w for found, _, _ in results for w in found]
+        winners.sort()
+        return ScanResult(
+            winners=winners,
+            macs=sum(macs for _, macs, _ in results),
+            complete=all(done for _, _, done in results),
+        )
+
+    @contextlib.contextmanager
+    def _single_threaded_blas(self) -> Iterator[None]:
+        assert self._blas_pools is not None
+        with self._blas_pools.limit(limits=1, user_api="blas"):
+            yield
+
+    @staticmethod
+    def _block(
+        work: _Pass, i0: int, i1: int, j0: int, j1: int
+    ) -> tuple[list[tuple[int, int, bytes]], int, bool]:
+        """All slabs of output block rows i0..i1 × cols j0..j1: (winners, macs, complete)."""
+        if work.should_stop():
+            return [], 0, False
+        mb, nb = i1 - i0, j1 - j0
+        slabs, _, r = work.a_slabs.shape
+        part = np.empty((mb, nb), dtype=np.float32)
+        part_int = np.empty((mb, nb), dtype=np.int32)
+        acc = np.zeros((mb, nb), dtype=np.int32)
+        tiles = acc.view(np.uint32).reshape(mb // TILE, TILE, nb // TILE, TILE)
+        rows_folded = np.empty((mb // TILE, nb // TILE, TILE), dtype=np.uint32)
+        folded = np.empty((mb // TILE, nb // TILE), dtype=np.uint32)
+        rotated = np.empty_like(folded)
+        jb = work.j[i0 // TILE : i1 // TILE, j0 // TILE : j1 // TILE]
+        macs_per_slab = mb * nb * r
+        for s in range(slabs):
+            if s and work.should_stop():
+                return [], s * macs_per_slab, False
+            np.matmul(work.a_slabs[s, i0:i1], work.b_slabs[s, j0:j1].T, out=part)
+            np.copyto(part_int, part, casting="unsafe")
+            np.add(acc, part_int, out=acc)
+            np.bitwise_xor.reduce(tiles, axis=1, out=rows_folded)
+            np.bitwise_xor.reduce(rows_folded, axis=2, out=folded)
+            word = jb[:, :, s % 16]
+            np.left_shift(word, 13, out=rotated)
+            np.right_shift(word, 19, out=word)
+            np.bitwise_or(word, rotated, out=word)
+            np.bitwise_xor(word, folded, out=word)
+        if work.product is not None:
+            work.product[i0:i1, j0:j1] = acc
+        found: list[tuple[int, int, bytes]] = []
+        if work.limit is not None:
+            found = _winners(work.seed, jb, work.limit, i0 // TILE, j0 // TILE)
+        return found, slabs * macs_per_slab, True
+
+
+def _winners(
+    seed: bytes, j: np.ndarray, limit: int, ti0: int, tj0: int
+) -> list[tuple[int, int, bytes]]:
+    """Digest every transcript of a block of tiles and keep the winners."""
+    raw = np.ascontiguousarray(j, dtype="<u4").tobytes()
+    keyed = blake3(key=seed)
+    tn = j.shape[1]
+    found = []
+    for idx in range(j.shape[0] * tn):
+        digest = keyed.copy().update(raw[64 * idx : 64 * idx + 64]).digest()
+        if int.from_bytes(digest, "little") <= limit:
+            found.append((ti0 + idx // tn, tj0 + idx % tn, digest))
+    return found

@@ -1,0 +1,403 @@
+"""The OpenCL backend: one mining pipeline per device (PoCL here, GPUs in the field).
+
+Per header the host derives the seed, the noise factors EAL/EBR and the index pairs
+(cheap, with ``protocol.noise``); the device applies the noise, runs the tiled slab GEMM
+with the XOR fold of every tile and the transcript J, hashes each J with keyed BLAKE3 and
+appends the tiles that meet the share target to a small result buffer. Launches cover
+bands of tile rows sized to about ``launch_seconds`` so that ``should_stop`` is honoured
+quickly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from protocol.noise import index_pairs, noise_factors, pow_seed
+from protocol.workload import TILE, Workload
+
+from ..autotune import CANDIDATES, SAFE_CONFIG, Autotuner, KernelConfig, default_cache_dir
+from ..autotune import shape_key as autotune_key
+from .base import (
+    BackendError,
+    DeviceInfo,
+    ScanResult,
+    check_header,
+    limit_of,
+    never_stop,
+    require_prepared,
+    winners_of,
+)
+
+try:
+    import pyopencl as cl
+except ImportError:  # pragma: no cover - depends on the environment
+    cl = None
+
+WINNER_WORDS = 10  # ti, tj, 8 digest words
+DEFAULT_WINNER_CAP = 256
+
+
+def kernel_source() -> str:
+    """The OpenCL C source of the mmpow-1 kernels."""
+    return resources.files("worker").joinpath("kernels/mmpow1.cl").read_text()
+
+
+def _require_cl() -> None:
+    if cl is None:
+        raise BackendError("pyopencl is not installed (pip install matmine[opencl])")
+
+
+def list_opencl_devices() -> list[DeviceInfo]:
+    """Every OpenCL device of every platform; empty if there is no OpenCL at all."""
+    if cl is None:
+        return []
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error:  # no ICD / no platform
+        return []
+    found = []
+    for pi, platform in enumerate(platforms):
+        try:
+            devices = platform.get_devices()
+        except cl.Error:
+            continue
+        for di, device in enumerate(devices):
+            found.append(
+                DeviceInfo(
+                    platform_index=pi,
+                    device_index=di,
+                    platform=platform.name.strip(),
+                    name=device.name.strip(),
+                    driver=device.driver_version.strip(),
+                    compute_units=device.max_compute_units,
+                    memory=device.global_mem_size,
+                )
+            )
+    return found
+
+
+def _u32_words(value: bytes) -> np.ndarray:
+    return np.frombuffer(value, dtype="<u4").astype(np.uint32)
+
+
+class OpenCLBackend:
+    """mmpow-1 on one OpenCL device; matches ``protocol.ticket`` bit for bit."""
+
+    def __init__(
+        self,
+        platform_index: int = 0,
+        device_index: int = 0,
+        *,
+        cache_dir: Path | str | None = None,
+        config: KernelConfig | None = None,
+        autotune: bool = True,
+        launch_seconds: float = 0.05,
+        winner_cap: int = DEFAULT_WINNER_CAP,
+    ) -> None:
+        _require_cl()
+        try:
+            platform = cl.get_platforms()[platform_index]
+            self.device = platform.get_devices()[device_index]
+        except (IndexError, cl.Error) as exc:
+            raise BackendError(f"no OpenCL device {platform_index}:{device_index}") from exc
+        if config is not None and not config.valid():
+            raise BackendError(f"invalid kernel configuration {config}")
+        if launch_seconds <= 0 or winner_cap < 1:
+            raise BackendError("launch_seconds and winner_cap must be positive")
+        self.name = f"opencl:{platform_index}:{device_index}"
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.context = cl.Context([self.device])
+        self.queue = cl.CommandQueue(self.context)
+        self.launch_seconds = launch_seconds
+        self.winner_cap = winner_cap
+        self._fixed_config = config
+        self._autotune = autotune
+        self.config: KernelConfig | None = None
+        self._programs: dict[tuple[KernelConfig, bool], cl.Program] = {}
+        self._kernels: dict[tuple[KernelConfig, bool, str], cl.Kernel] = {}
+        self._workload: Workload | None = None
+        self._bufs: dict[str, cl.Buffer] = {}
+        self._band_tiles = 0
+        self._macs_per_second = 0.0
+
+    # -- programs ------------------------------------------------------------------------
+
+    def program(self, config: KernelConfig, plain_gemm: bool = False) -> cl.Program:
+        """The built program of ``config`` (cached in memory and, as binaries, on disk)."""
+        key = (config, plain_gemm)
+        if key not in self._programs:
+            cl_cache = self.cache_dir / "cl-programs"
+            cl_cache.mkdir(parents=True, exist_ok=True)
+            program = cl.Program(self.context, kernel_source())
+            try:
+                self._programs[key] = program.build(
+                    options=config.build_options(plain_gemm), cache_dir=str(cl_cache)
+                )
+            except cl.Error as exc:
+                raise BackendError(f"kernel build failed for {config}: {exc}") from exc
+        return self._programs[key]
+
+    def kernel(self, config: KernelConfig, name: str, plain_gemm: bool = False) -> cl.Kernel:
+        """One kernel of the program of ``config``, retrieved once and reused."""
+        key = (config, plain_gemm, name)
+        if key not in self._kernels:
+            self._kernels[key] = cl.Kernel(self.program(config, plain_gemm), name)
+        return self._kernels[key]
+
+    # -- workload ------------------------------------------------------------------------
+
+    def prepare(self, workload: Workload) -> None:
+        """Upload A and Bᵀ (once per work_root) and choose the kernel configuration."""
+        if self._workload is not None and self._workload.work_root == workload.work_root:
+            return
+        shape = workload.shape
+        mf = cl.mem_flags
+        ctx = self.context
+        self._bufs = {
+            "a": cl.Buffer(ctx, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=workload.a),
+            "bt": cl.Buffer(ctx, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=workload.bt),
+            "a_noisy": cl.Buffer(ctx, mf.READ_WRITE, workload.a.nbytes),
+            "bt_noisy": cl.Buffer(ctx, mf.READ_WRITE, workload.bt.nbytes),
+            "fa": cl.Buffer(ctx, mf.READ_ONLY, 2 * shape.k),
+            "ga": cl.Buffer(ctx, mf.READ_ONLY, 2 * shape.k),
+            "fb": cl.Buffer(ctx, mf.READ_ONLY, 2 * shape.k),
+            "gb": cl.Buffer(ctx, mf.READ_ONLY, 2 * shape.k),
+            "eal": cl.Buffer(ctx, mf.READ_ONLY, shape.m * shape.r),
+            "ebr": cl.Buffer(ctx, mf.READ_ONLY, shape.n * shape.r),
+            "key": cl.Buffer(ctx, mf.READ_ONLY, 32),
+            "limit": cl.Buffer(ctx, mf.READ_ONLY, 32),
+            "j": cl.Buffer(ctx, mf.READ_WRITE, shape.tiles * 64),
+            "count": cl.Buffer(ctx, mf.READ_WRITE, 4),
+            "winners": cl.Buffer(ctx, mf.READ_WRITE, 4 * WINNER_WORDS * self.winner_cap),
+            "no_acc": cl.Buffer(ctx, mf.READ_WRITE, 4),
+        }
+        self._workload = workload
+        self._band_tiles = 0
+        self.config = self._choose_config(workload)
+
+    def _choose_config(self, workload: Workload) -> KernelConfig:
+        shape = workload.shape
+        max_wg = self.device.max_work_group_size
+        if self._fixed_config is not None:
+            if not self._fixed_config.fits(shape, max_wg):
+                raise BackendError(
+                    f"kernel configuration {self._fixed_config} does not fit {shape}"
+                )
+            return self._fixed_config
+        candidates = [c for c in CANDIDATES if c.fits(shape, max_wg)]
+        if not candidates:
+            return SAFE_CONFIG
+        if not self._autotune:
+            return candidates[0]
+        key = autotune_key(self.device.name.strip(), self.device.driver_version.strip(), shape)
+        tuner = Autotuner(self.cache_dir)
+        return tuner.tune(key, candidates, self.measure).config
+
+    def measure(self, config: KernelConfig, seconds: float = 0.3) -> float:
+        """MAC/s of ``config`` on the prepared workload (a few launches of one band)."""
+        workload = require_prepared(self._workload)
+        shape = workload.shape
+        self._apply_noise(bytes(128))
+        self._set_key_limit(bytes(32), 0)
+        kernel = self.kernel(config, "mine")
+        band = config.bm // TILE
+        done, macs, start = 0, 0, time.perf_counter()
+        while True:
+            self._launch(kernel, config, done % shape.tiles_m, band, False)
+            self.queue.finish()
+            macs += band * TILE * shape.n * shape.k
+            done += band
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds or done >= shape.tiles_m:
+                return macs / elapsed
+
+    # -- one header ----------------------------------------------------------------------
+
+    def _apply_noise(self, header: bytes) -> bytes:
+        workload = require_prepared(self._workload)
+        shape = workload.shape
+        seed = pow_seed(header)
+        bufs = self._bufs
+        kernel = self.kernel(self.config or SAFE_CONFIG, "apply_noise")
+        for side, rows, x, out, f_buf, g_buf, e_buf in (
+            ("A", shape.m, "a", "a_noisy", "fa", "ga", "eal"),
+            ("B", shape.n, "bt", "bt_noisy", "fb", "gb", "ebr"),
+        ):
+            f, g = index_pairs(seed, side, shape.k, shape.r)
+            e = noise_factors(seed, side, 0, rows, shape.r).astype(np.int8)
+            cl.enqueue_copy(self.queue, bufs[f_buf], f.astype(np.uint16))
+            cl.enqueue_copy(self.queue, bufs[g_buf], g.astype(np.uint16))
+            cl.enqueue_copy(self.queue, bufs[e_buf], e)
+            kernel(
+                self.queue,
+                (shape.k, rows),
+                None,
+                bufs[x],
+                bufs[e_buf],
+                bufs[f_buf],
+                bufs[g_buf],
+                bufs[out],
+                np.int32(shape.k),
+                np.int32(shape.r),
+            )
+        return seed
+
+    def _set_key_limit(self, seed: bytes, limit: int) -> None:
+        cl.enqueue_copy(self.queue, self._bufs["key"], _u32_words(seed))
+        cl.enqueue_copy(self.queue, self._bufs["limit"], _u32_words(limit.to_bytes(32, "little")))
+
+    def _launch(
+        self,
+        kernel: cl.Kernel,
+        config: KernelConfig,
+        tile_row0: int,
+        band_tiles: int,
+        plain: bool,
+        acc: cl.Buffer | None = None,
+    ) -> None:
+        shape = require_prepared(self._workload).shape
+        bufs = self._bufs
+        lx, ly = config.local_size
+        global_size = (shape.n // config.bn * lx, band_tiles * TILE // config.bm * ly)
+        a, bt = (bufs["a"], bufs["bt"]) if plain else (bufs["a_noisy"], bufs["bt_noisy"])
+        kernel(
+            self.queue,
+            global_size,
+            (lx, ly),
+            a,
+            bt,
+            np.int32(shape.n),
+            np.int32(shape.k),
+            np.int32(shape.r),
+            np.int32(tile_row0),
+            bufs["key"],
+            bufs["limit"],
+            bufs["j"],
+            bufs["count"],
+            bufs["winners"],
+            np.uint32(self.winner_cap),
+            acc if acc is not None else bufs["no_acc"],
+            np.int32(acc is not None),
+        )
+
+    def _run(
+        self,
+        header: bytes,
+        limit: int,
+        should_stop: Callable[[], bool],
+        acc: cl.Buffer | None = None,
+    ) -> ScanResult:
+        check_header(header)
+        workload = require_prepared(self._workload)
+        config = self.config
+        assert config is not None
+        shape = workload.shape
+        seed = self._apply_noise(header)
+        self._set_key_limit(seed, limit)
+        kernel = self.kernel(config, "mine")
+        step = config.bm // TILE
+        band = self._band_tiles or step
+        winners: list[tuple[int, int, bytes]] = []
+        macs, row = 0, 0
+        zero = np.zeros(1, dtype=np.uint32)
+        count = np.zeros(1, dtype=np.uint32)
+        while row < shape.tiles_m:
+            if should_stop():
+                return ScanResult(sorted(winners), macs, False)
+            band = max(step, min(band, shape.tiles_m - row) // step * step)
+            cl.enqueue_copy(self.queue, self._bufs["count"], zero)
+            start = time.perf_counter()
+            self._launch(kernel, config, row, band, False, acc)
+            cl.enqueue_copy(self.queue, count, self._bufs["count"])  # blocking
+            elapsed = time.perf_counter() - start
+            winners.extend(self._band_winners(int(count[0]), seed, limit, row, band))
+            macs += band * TILE * shape.n * shape.k
+            row += band
+            band = self._next_band(band, elapsed, step)
+        return ScanResult(sorted(winners), macs, True)
+
+    def _next_band(self, band: int, elapsed: float, step: int) -> int:
+        """Tile rows of the next launch, aiming at ``launch_seconds`` per launch."""
+        if elapsed > 0:
+            scale = min(4.0, max(0.25, self.launch_seconds / elapsed))
+            band = max(step, int(band * scale) // step * step)
+        self._band_tiles = band
+        return band
+
+    def _band_winners(
+        self, count: int, seed: bytes, limit: int, row: int, band: int
+    ) -> list[tuple[int, int, bytes]]:
+        if count == 0:
+            return []
+        shape = require_prepared(self._workload).shape
+        if count > self.winner_cap:  # overflow: digest the band's transcripts on the host
+            j = np.empty((band, shape.tiles_n, 16), dtype=np.uint32)
+            cl.enqueue_copy(self.queue, j, self._bufs["j"], src_offset=row * shape.tiles_n * 64)
+            return winners_of(seed, j, limit, row, 0)
+        raw = np.empty((count, WINNER_WORDS), dtype=np.uint32)
+        cl.enqueue_copy(self.queue, raw, self._bufs["winners"])
+        return [(int(w[0]), int(w[1]), w[2:].astype("<u4").tobytes()) for w in raw]
+
+    # -- the Backend interface -----------------------------------------------------------
+
+    def scan(
+        self, header: bytes, share_target: int, should_stop: Callable[[], bool] = never_stop
+    ) -> ScanResult:
+        """Every ticket of ``header``; checks ``should_stop`` between launches."""
+        workload = require_prepared(self._workload)
+        return self._run(header, limit_of(share_target, workload.shape.k), should_stop)
+
+    def transcripts(self, header: bytes) -> np.ndarray:
+        """J of every ticket (tiles_m × tiles_n × 16, uint32), as the device computed it."""
+        shape = require_prepared(self._workload).shape
+        self._run(header, 0, never_stop)
+        j = np.empty((shape.tiles_m, shape.tiles_n, 16), dtype=np.uint32)
+        cl.enqueue_copy(self.queue, j, self._bufs["j"])
+        return j
+
+    def product(self, header: bytes) -> np.ndarray:
+        """The noisy product ``A'·B'`` (m × n int32), the input of ``protocol.denoise``."""
+        shape = require_prepared(self._workload).shape
+        out = np.empty((shape.m, shape.n), dtype=np.int32)
+        acc = cl.Buffer(self.context, cl.mem_flags.WRITE_ONLY, out.nbytes)
+        self._run(header, 0, never_stop, acc)
+        cl.enqueue_copy(self.queue, out, acc)
+        return out
+
+    def plain_gemm(self) -> np.ndarray:
+        """``A·B`` (int32, no noise, fold or hash) with the same tiling: the benchmark baseline."""
+        workload = require_prepared(self._workload)
+        config = self.config
+        assert config is not None
+        shape = workload.shape
+        out = np.empty((shape.m, shape.n), dtype=np.int32)
+        acc = cl.Buffer(self.context, cl.mem_flags.WRITE_ONLY, out.nbytes)
+        kernel = self.kernel(config, "mine", plain_gemm=True)
+        self._launch(kernel, config, 0, shape.tiles_m, True, acc)
+        cl.enqueue_copy(self.queue, out, acc)
+        return out
+
+
+def open_opencl(specs: list[str] | None, **options: object) -> list[OpenCLBackend]:
+    """Backends for ``"platform:device"`` specs (default: every device found)."""
+    _require_cl()
+    if specs is None:
+        specs = [d.spec for d in list_opencl_devices()]
+        if not specs:
+            raise BackendError("no OpenCL device found")
+    backends = []
+    for spec in specs:
+        try:
+            pi, di = (int(part) for part in spec.split(":"))
+        except ValueError as exc:
+            raise BackendError(f"bad OpenCL device {spec!r}: expected PLATFORM:DEVICE") from exc
+        backends.append(OpenCLBackend(pi, di, **options))  # type: ignore[arg-type]
+    return backends
+
+
+__all__ = ["OpenCLBackend", "kernel_source", "list_opencl_devices", "open_opencl"]

@@ -1,0 +1,220 @@
+"""``matmine-worker``: mine on a pool, list OpenCL devices, or benchmark the backends offline."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from protocol.errors import ProtocolError
+from protocol.workload import Shape
+
+from .config import (
+    BACKENDS,
+    DEFAULT_METRICS_PORT,
+    LOG_LEVELS,
+    ConfigError,
+    WorkerConfig,
+    load_config,
+    with_overrides,
+)
+
+log = logging.getLogger("worker")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+DEFAULT_BENCH_SHAPE = "256x256x2048:128"
+
+_DESCRIPTION = """\
+The matmine GPU worker. It mines mmpow-1 (useful int8 matrix-multiplication proof of work)
+for a pool: every job's matrices are multiplied with per-header noise on your devices,
+every candidate ticket is re-checked on the CPU before it is submitted, and it fails over
+between pools when one goes away.
+"""
+
+
+def parse_shape(text: str) -> Shape:
+    """``MxNxK:R`` → ``Shape``; ``argparse.ArgumentTypeError`` with the reason otherwise."""
+    try:
+        dims, _, r = text.lower().partition(":")
+        m, n, k = (int(x) for x in dims.split("x"))
+        return Shape(m, n, k, int(r))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"shape {text!r}: expected MxNxK:R, e.g. {DEFAULT_BENCH_SHAPE}") from None
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(f"shape {text!r}: {exc}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="matmine-worker", description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mine = commands.add_parser(
+        "mine", help="connect to one or more pools and mine",
+        description="Connect to the pools (first = preferred), mine their jobs on the chosen "
+                    "backend and submit CPU-checked shares. Every flag has a config-file "
+                    "equivalent (--config); flags win. Stop with Ctrl-C or SIGTERM.",
+    )
+    mine.add_argument("--pool", action="append", dest="pools", metavar="HOST:PORT",
+                      help="pool address, HOST:PORT or tls://HOST:PORT; repeat for failover "
+                           "pools in order of preference (config: [[pool]] url)")
+    mine.add_argument("--login", metavar="ADDRESS.WORKER",
+                      help="payout address, optionally .WORKER to tell rigs apart "
+                           "(config: login)")
+    mine.add_argument("--password", metavar="TEXT",
+                      help="pool password, if the pool wants one (config: password; default x)")
+    mine.add_argument("--backend", choices=BACKENDS,
+                      help="compute backend: opencl for GPUs, blas for the CPU "
+                           "(config: backend; default blas)")
+    mine.add_argument("--devices", nargs="+", metavar="P:D",
+                      help="OpenCL devices as PLATFORM:DEVICE (see `matmine-worker devices`); "
+                           "default all (config: devices)")
+    mine.add_argument("--metrics-port", type=int, metavar="PORT",
+                      help="port for Prometheus /metrics and the JSON /api/summary on "
+                           f"127.0.0.1; -1 turns it off (config: [metrics] port; default "
+                           f"{DEFAULT_METRICS_PORT})")
+    mine.add_argument("--config", metavar="FILE",
+                      help="TOML configuration file (keys documented in worker/config.py)")
+    mine.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                      help="log verbosity (config: log_level; default INFO)")
+
+    commands.add_parser(
+        "devices", help="list OpenCL platforms and devices",
+        description="List every OpenCL platform and device with the PLATFORM:DEVICE spec "
+                    "that --devices takes. Exits 1 if there is none.",
+    )
+
+    bench = commands.add_parser(
+        "bench", help="benchmark the backends offline, checked against the reference",
+        description="Mine a synthetic workload offline on each device, print MAC/s, and "
+                    "check every result against the reference implementation. Exits 1 on "
+                    "any mismatch (a device that computes wrong results).",
+    )
+    bench.add_argument("--backend", choices=(*BACKENDS, "all"), default="blas",
+                       help="which backend to measure (default blas; all = every backend)")
+    bench.add_argument("--shape", type=parse_shape, default=parse_shape(DEFAULT_BENCH_SHAPE),
+                       metavar="MxNxK:R",
+                       help=f"workload shape; R is the slab width (default {DEFAULT_BENCH_SHAPE})")
+    bench.add_argument("--devices", nargs="+", metavar="P:D",
+                       help="OpenCL devices as PLATFORM:DEVICE (default all)")
+    bench.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="WARNING",
+                       help="log verbosity (default WARNING)")
+    return parser
+
+
+def setup_logging(level: str, console: object | None = None) -> None:
+    """Log to stderr, or through ``rich`` when the live view owns the terminal."""
+    handler: logging.Handler
+    if console is not None:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=console, show_path=False)  # type: ignore[arg-type]
+        fmt = "%(message)s"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _mine(args: argparse.Namespace) -> int:
+    try:
+        config: WorkerConfig = with_overrides(
+            load_config(args.config), pools=args.pools, login=args.login,
+            password=args.password, backend=args.backend, devices=args.devices,
+            metrics_port=args.metrics_port, log_level=args.log_level,
+        ).validate()
+    except ConfigError as exc:
+        print(f"matmine-worker mine: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    import trio
+    from prometheus_client import CollectorRegistry
+    from rich.console import Console
+
+    from .app import WorkerApp, run_until_signal
+    from .backends import BackendError, open_backends
+
+    live = config.console.live == "on" or (config.console.live == "auto" and sys.stdout.isatty())
+    console = Console() if live else None
+    setup_logging(config.log_level.upper(), console)
+    specs = list(config.devices) or None
+    try:
+        backends = open_backends(config.backend, specs)
+    except BackendError as exc:
+        log.error("cannot open the %s backend: %s", config.backend, exc)
+        return EXIT_FAILURE
+    if specs is None and config.backend == "opencl":
+        specs = [f"{b.platform_index}:{b.device_index}" for b in backends]  # type: ignore[attr-defined]
+
+    def reopen(index: int) -> object:
+        return open_backends(config.backend, [specs[index]] if specs else None)[0]
+
+    app = WorkerApp(config, backends, CollectorRegistry(), reopen=reopen, console=console)
+    return trio.run(run_until_signal, app)
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from .backends import list_opencl_devices
+
+    devices = list_opencl_devices()
+    if not devices:
+        print("no OpenCL platform or device found (is an OpenCL driver or PoCL installed?)")
+        return EXIT_FAILURE
+    print(f"{'spec':<6} {'platform':<28} {'device':<40} {'CUs':>4} {'memory':>10}")
+    for d in devices:
+        print(f"{d.spec:<6} {d.platform[:28]:<28} {d.name[:40]:<40} {d.compute_units:>4} "
+              f"{d.memory / 2**30:>8.1f}Gi")
+    return EXIT_OK
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .backends import BackendError
+    from .bench import run_bench
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr)
+    kinds = list(BACKENDS) if args.backend == "all" else [args.backend]
+    shape: Shape = args.shape
+    rows: list[dict] = []
+    failed = False
+    for kind in kinds:
+        devices = args.devices if kind == "opencl" else None
+        try:
+            rows.extend(run_bench(kind, shape, devices))
+        except BackendError as exc:
+            print(f"{kind}: cannot run: {exc}", file=sys.stderr)
+            failed = True
+    print(f"shape {shape.m}x{shape.n}x{shape.k}:{shape.r}")
+    for row in rows:
+        name = row.get("device") or row.get("name") or row.get("backend", "?")
+        rate = float(row.get("macs_per_s", row.get("rate", 0.0)))
+        mismatches = int(row.get("mismatches", 0))
+        verdict = "OK" if mismatches == 0 else f"MISMATCH ×{mismatches}"
+        print(f"{name:<24} {rate / 1e9:10.3f} GMAC/s  {verdict}")
+        failed = failed or mismatches > 0
+    if not rows:
+        print("nothing was measured", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``matmine-worker`` console script."""
+    args = build_parser().parse_args(argv)
+    handlers = {"mine": _mine, "devices": _devices, "bench": _bench}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

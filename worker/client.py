@@ -1,0 +1,382 @@
+"""One connection to one pool: subscribe, authorize, receive jobs, submit shares (DESIGN §3).
+
+``PoolClient.run`` owns the socket and the sans-IO ``protocol.connection.Connection``;
+it returns a ``Disconnected`` saying why the connection ended (refused, closed,
+garbage, a request unanswered, no new job for too long, or ``client.reconnect``).
+Jobs are handed to ``on_job`` as they arrive; ``submit`` may be called from any task
+and always returns a ``SubmitOutcome`` (``lost`` if the connection is gone).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from protocol.connection import (
+    BadRequest,
+    Connection,
+    NotificationReceived,
+    ResponseReceived,
+)
+from protocol.errors import ProtocolError
+from protocol.messages import (
+    Authorize,
+    ErrorCode,
+    Message,
+    Notify,
+    Ping,
+    Reconnect,
+    ShowMessage,
+    Submit,
+    SubmitResult,
+    Subscribe,
+    SubscribeResult,
+    SuggestDifficulty,
+)
+
+from .config import ConnectionConfig, PoolEndpoint
+
+log = logging.getLogger(__name__)
+
+RECEIVE_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class Job:
+    """A ``mining.notify`` as received on one session (extranonce1 of that session)."""
+
+    notify: Notify
+    extranonce1: bytes
+    client: PoolClient = field(repr=False, compare=False)
+    received: float  # trio.current_time() at arrival
+
+    @property
+    def job_id(self) -> str:
+        return self.notify.job_id
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    """What became of one share: ``accepted``, ``rejected``, ``stale`` or ``lost``."""
+
+    result: str
+    difficulty: float = 0.0
+    block: bytes | None = None
+    code: int | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """Why a session ended; ``reconnect`` is set when the pool asked for it."""
+
+    reason: str
+    reconnect: Reconnect | None = None
+    got_job: bool = False
+
+
+class _Dropped(Exception):
+    """Internal: this connection is finished, for ``reason``."""
+
+    def __init__(self, reason: str, reconnect: Reconnect | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.reconnect = reconnect
+
+
+class _Waiter:
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.response: ResponseReceived | None = None
+
+
+async def open_stream(
+    endpoint: PoolEndpoint, settings: ConnectionConfig
+) -> trio.abc.Stream:
+    """TCP (or TLS over TCP) to ``endpoint`` within ``connect_timeout``; raises ``_Dropped``."""
+    try:
+        with trio.fail_after(settings.connect_timeout):
+            if endpoint.tls:
+                context = ssl.create_default_context(cafile=settings.tls_ca or None)
+                stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
+                    endpoint.host, endpoint.port, ssl_context=context
+                )
+                await stream.do_handshake()  # type: ignore[attr-defined]
+            else:
+                stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+    except trio.TooSlowError:
+        raise _Dropped(f"connect timed out after {settings.connect_timeout:g}s") from None
+    except (OSError, trio.BrokenResourceError) as exc:
+        raise _Dropped(f"cannot connect: {_why(exc)}") from None
+    return stream
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, OSError) and exc.__cause__ is not None:
+        return _why(exc.__cause__)
+    return str(exc) or type(exc).__name__
+
+
+class PoolClient:
+    """A pool session over one TCP/TLS connection; create a new one per connection."""
+
+    def __init__(
+        self,
+        endpoint: PoolEndpoint,
+        *,
+        login: str,
+        password: str,
+        agent: str,
+        settings: ConnectionConfig,
+        on_job: Callable[[Job], None],
+        resume: bytes | None = None,
+        suggest_difficulty: float = 0.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.login = login
+        self.password = password
+        self.agent = agent
+        self.settings = settings
+        self._on_job = on_job
+        self._resume = resume
+        self._suggest = suggest_difficulty
+        self._conn = Connection("client", max_frame_size=settings.max_frame_size)
+        self._stream: trio.abc.Stream | None = None
+        self._send_lock = trio.Lock()
+        self._waiters: dict[int, _Waiter] = {}
+        self._scope: trio.CancelScope | None = None
+        self._dropped: _Dropped | None = None
+        self._last_job_at = 0.0
+        self.subscription: SubscribeResult | None = None
+        self.ready = False
+        self.closed = False
+        self.jobs_received = 0
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def run(self, on_ready: Callable[[PoolClient], None] | None = None) -> Disconnected:
+        """Connect, subscribe, authorize, then serve until the connection ends; says why."""
+        try:
+            self._stream = await open_stream(self.endpoint, self.settings)
+        except _Dropped as exc:
+            self.closed = True
+            return Disconnected(exc.reason)
+        try:
+            async with self._stream, trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                nursery.start_soon(self._receive_loop)
+                nursery.start_soon(self._handshake, nursery, on_ready)
+        except trio.BrokenResourceError as exc:  # pragma: no cover - closing a dead stream
+            self._drop(_Dropped(f"connection broke: {_why(exc)}"))
+        finally:
+            self._close_waiters()
+        dropped = self._dropped or _Dropped("connection closed")
+        return Disconnected(dropped.reason, dropped.reconnect, self.jobs_received > 0)
+
+    async def _handshake(
+        self, nursery: trio.Nursery, on_ready: Callable[[PoolClient], None] | None
+    ) -> None:
+        try:
+            sub = await self._call(
+                Subscribe(agent=self.agent, protocol=1, resume=self._resume)
+            )
+            if sub.error is not None:
+                raise _Dropped(f"subscribe refused: {sub.error.code} {sub.error.message}")
+            self.subscription = sub.result
+            auth = await self._call(Authorize(login=self.login, password=self.password))
+            if auth.error is not None or not auth.result.ok:
+                why = f"{auth.error.code} {auth.error.message}" if auth.error else "false"
+                raise _Dropped(f"authorization of {self.login!r} refused: {why}")
+            if self._suggest > 0:
+                answer = await self._call(SuggestDifficulty(difficulty=self._suggest))
+                if answer.error is not None:
+                    log.info("pool %s ignored suggest_difficulty: %s",
+                             self.endpoint.label, answer.error.message)
+        except _Dropped as exc:
+            self._drop(exc)
+            return
+        self.ready = True
+        self._last_job_at = trio.current_time()
+        log.info("subscribed to %s as %s (extranonce1 %s)", self.endpoint.label, self.login,
+                 self.subscription.extranonce1.hex())
+        if on_ready is not None:
+            on_ready(self)
+        nursery.start_soon(self._keepalive)
+        nursery.start_soon(self._job_timeout)
+
+    def _drop(self, exc: _Dropped) -> None:
+        if self._dropped is None:
+            self._dropped = exc
+        self.closed = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _close_waiters(self) -> None:
+        self.closed = True
+        for waiter in self._waiters.values():
+            waiter.event.set()
+        self._waiters.clear()
+
+    def close(self) -> None:
+        """Drop the connection now (the ``run`` call returns)."""
+        self._drop(_Dropped("closed by the worker"))
+
+    # --- receiving ---------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        assert self._stream is not None
+        try:
+            while True:
+                data = await self._stream.receive_some(RECEIVE_CHUNK)
+                if not data:
+                    raise _Dropped("the pool closed the connection")
+                try:
+                    events = self._conn.receive_data(data)
+                except ProtocolError as exc:
+                    raise _Dropped(f"malformed data from the pool ({exc}); dropping it") from None
+                for event in events:
+                    await self._dispatch(event)
+        except _Dropped as exc:
+            self._drop(exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._drop(_Dropped(f"connection lost: {_why(exc)}"))
+
+    async def _dispatch(self, event: object) -> None:
+        if isinstance(event, ResponseReceived):
+            waiter = self._waiters.pop(event.id, None)
+            if waiter is not None:
+                waiter.response = event
+                waiter.event.set()
+        elif isinstance(event, NotificationReceived):
+            message = event.message
+            if isinstance(message, Notify):
+                self._job(message)
+            elif isinstance(message, Reconnect):
+                raise _Dropped(
+                    f"pool asked to reconnect to {message.host}:{message.port} "
+                    f"in {message.wait:g}s", message,
+                )
+            elif isinstance(message, ShowMessage):
+                log.warning("message from pool %s: %s", self.endpoint.label, message.text)
+        elif isinstance(event, BadRequest):
+            log.warning("pool %s sent something unusable, ignored: %s",
+                        self.endpoint.label, event.error)
+            if event.id is not None:
+                error = self._conn.send_error(event.id, event.error.code, str(event.error))
+                await self._send(error)
+
+    def _job(self, notify: Notify) -> None:
+        if self.subscription is None:
+            log.warning("pool %s sent job %s before subscribe finished; ignored",
+                        self.endpoint.label, notify.job_id)
+            return
+        self._last_job_at = trio.current_time()
+        self.jobs_received += 1
+        log.debug("job %s from %s (clean=%s, difficulty %g, height %d)", notify.job_id,
+                  self.endpoint.label, notify.clean, notify.difficulty, notify.height)
+        self._on_job(Job(notify, self.subscription.extranonce1, self, trio.current_time()))
+
+    # --- sending -----------------------------------------------------------------------
+
+    async def _send(self, data: bytes) -> None:
+        if self._stream is None or self.closed:
+            raise _Dropped("not connected")
+        try:
+            async with self._send_lock:
+                await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise _Dropped(f"connection lost while sending: {_why(exc)}") from None
+
+    async def _call(self, message: Message) -> ResponseReceived:
+        """Send a request and wait for its response; ``_Dropped`` if none comes."""
+        if self.closed:
+            raise _Dropped("not connected")
+        request_id, data = self._conn.send_request(message)
+        waiter = _Waiter()
+        self._waiters[request_id] = waiter
+        await self._send(data)
+        with trio.move_on_after(self.settings.response_timeout):
+            await waiter.event.wait()
+        if waiter.response is None:
+            if self.closed:
+                raise _Dropped("connection closed while waiting for an answer")
+            self._waiters.pop(request_id, None)
+            exc = _Dropped(
+                f"no answer to {message.method} in {self.settings.response_timeout:g}s"
+            )
+            self._drop(exc)
+            raise exc
+        return waiter.response
+
+    async def submit(
+        self, job_id: str, extranonce2: bytes, time: int, tile: tuple[int, int]
+    ) -> SubmitOutcome:
+        """Send one share and wait for the pool's verdict."""
+        try:
+            message = Submit(job_id=job_id, extranonce2=extranonce2, time=time, tile=tile)
+        except ProtocolError as exc:
+            return SubmitOutcome("lost", message=f"not sendable: {exc}")
+        try:
+            answer = await self._call(message)
+        except _Dropped as exc:
+            self._drop(exc)
+            return SubmitOutcome("lost", message=exc.reason)
+        if answer.error is None:
+            result: SubmitResult = answer.result
+            return SubmitOutcome("accepted", result.difficulty, result.block)
+        code = answer.error.code
+        kind = "stale" if code == ErrorCode.STALE else "rejected"
+        return SubmitOutcome(kind, code=code, message=answer.error.message)
+
+    # --- timers ------------------------------------------------------------------------
+
+    async def _keepalive(self) -> None:
+        try:
+            while True:
+                await trio.sleep(self.settings.ping_interval)
+                answer = await self._call(Ping())
+                if answer.error is not None:
+                    log.debug("pool %s answered ping with %s", self.endpoint.label, answer.error)
+        except _Dropped as exc:
+            self._drop(exc)
+
+    async def _job_timeout(self) -> None:
+        limit = self.settings.job_timeout
+        while True:
+            deadline = self._last_job_at + limit
+            if trio.current_time() >= deadline:
+                self._drop(_Dropped(f"no new job for {limit:g}s; reconnecting"))
+                return
+            await trio.sleep_until(deadline)
+
+
+async def probe(endpoint: PoolEndpoint, settings: ConnectionConfig, agent: str) -> str | None:
+    """Is a pool answering? Connect and subscribe, then hang up; ``None`` if fine, else why."""
+    client = PoolClient(endpoint, login="probe", password="", agent=agent, settings=settings,
+                        on_job=lambda job: None)
+    try:
+        client._stream = await open_stream(endpoint, settings)
+    except _Dropped as exc:
+        return exc.reason
+    reason: str | None = None
+    answered = False
+    async with client._stream, trio.open_nursery() as nursery:
+        client._scope = nursery.cancel_scope
+        nursery.start_soon(client._receive_loop)
+        try:
+            answer = await client._call(Subscribe(agent=agent, protocol=1))
+            answered = True
+            if answer.error is not None:
+                reason = f"subscribe refused: {answer.error.message}"
+        except _Dropped as exc:
+            reason = exc.reason
+        nursery.cancel_scope.cancel()
+    if not answered and reason is None:
+        reason = client._dropped.reason if client._dropped else "no answer"
+    return reason

@@ -1,0 +1,80 @@
+"""What the rig owner sees: a status line in the log every few seconds, and a live
+``rich`` table when stdout is a terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import trio
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .stats import WorkerStats
+
+log = logging.getLogger(__name__)
+
+_UNITS = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+
+
+def format_rate(macs_per_s: float) -> str:
+    """``1.23 GMAC/s``."""
+    for scale, prefix in _UNITS:
+        if macs_per_s >= scale:
+            return f"{macs_per_s / scale:.2f} {prefix}MAC/s"
+    return f"{macs_per_s:.0f} MAC/s"
+
+
+def status_line(stats: WorkerStats) -> str:
+    """One line: pool, hashrate 10s/60s/15m, shares A/R/S, hardware errors, best share."""
+    s = stats.shares
+    pool = stats.pool if stats.pool_connected else "no pool"
+    rates = "/".join(format_rate(stats.hashrate(w)) for w in (10, 60, 900))
+    return (f"{pool} | {rates} (10s/60s/15m) | accepted {s['accepted']} rejected "
+            f"{s['rejected']} stale {s['stale']} lost {s['lost']} | hw errors "
+            f"{stats.hw_errors} | best share {stats.best.difficulty:.4g} | blocks {stats.blocks}")
+
+
+def status_table(stats: WorkerStats) -> Group:
+    """The live view: one row per device and a total."""
+    table = Table(title="matmine worker", expand=False)
+    for column in ("device", "10s", "60s", "15m", "candidates", "hw errors", "restarts"):
+        table.add_column(column, justify="left" if column == "device" else "right")
+    for name, dev in stats.devices.items():
+        table.add_row(
+            name + (" [red](stalled)[/red]" if dev.stalled else ""),
+            *(format_rate(stats.hashrate(w, name)) for w in (10, 60, 900)),
+            str(dev.candidates), str(dev.hw_errors), str(dev.restarts),
+        )
+    table.add_row("[bold]total[/bold]", *(format_rate(stats.hashrate(w)) for w in (10, 60, 900)),
+                  "", str(stats.hw_errors), "")
+    return Group(table, Text(status_line(stats)))
+
+
+class StatusConsole:
+    """Logs ``status_line`` every ``interval`` s; drives a ``rich.live.Live`` if ``live``."""
+
+    def __init__(self, stats: WorkerStats, interval: float, live: str = "auto",
+                 console: Console | None = None) -> None:
+        self.stats = stats
+        self.interval = interval
+        self.live = live == "on" or (live == "auto" and sys.stdout.isatty())
+        self.console = console or Console()
+
+    async def run(self) -> None:
+        if not self.live:
+            while True:
+                await trio.sleep(self.interval)
+                log.info("%s", status_line(self.stats))
+        # auto_refresh=False: rich would start its own refresh thread; trio drives it instead
+        with Live(status_table(self.stats), console=self.console, auto_refresh=False,
+                  transient=False) as live:
+            next_line = trio.current_time() + self.interval
+            while True:
+                await trio.sleep(1.0)
+                live.update(status_table(self.stats), refresh=True)
+                if trio.current_time() >= next_line:
+                    next_line += self.interval
+                    log.info("%s", status_line(self.stats))

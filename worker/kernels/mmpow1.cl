@@ -1,0 +1,250 @@
+// mmpow-1 mining kernels (DESIGN.md §2): noise, tiled GEMM over k-slabs with the per-slab
+// XOR fold of every 16x16 tile, the transcript J, keyed BLAKE3 of J and the share-target test.
+//
+// Build parameters (-D):
+//   BM, BN   rows / columns of the output block of one work-group (multiples of 16)
+//   WM, WN   rows / columns of the micro-tile of one work-item (divide 16)
+//   KC       inner-dimension chunk staged in local memory (divides r)
+//   VW       vector width of the global loads (chars; divides KC)
+//   ACC_FLOAT 1: multiply-add in float32, exact per slab, then add to int32 accumulators
+//             0: multiply-add in int32
+//   PLAIN_GEMM 1: the same tiling without noise, fold, transcript or hash (benchmark baseline)
+// The work-group size is (BN / WN, BM / WM).
+
+#ifndef BM
+#define BM 32
+#endif
+#ifndef BN
+#define BN 32
+#endif
+#ifndef WM
+#define WM 4
+#endif
+#ifndef WN
+#define WN 4
+#endif
+#ifndef KC
+#define KC 16
+#endif
+#ifndef VW
+#define VW 4
+#endif
+#ifndef ACC_FLOAT
+#define ACC_FLOAT 1
+#endif
+#ifndef PLAIN_GEMM
+#define PLAIN_GEMM 0
+#endif
+
+#define LX (BN / WN)
+#define LY (BM / WM)
+#define LSIZE (LX * LY)
+#define TILES_M (BM / 16)
+#define TILES_N (BN / 16)
+#define NT (TILES_M * TILES_N)
+
+#define CAT2(a, b) a##b
+#define CAT(a, b) CAT2(a, b)
+
+#if ACC_FLOAT
+typedef float elem_t;
+#define CONVERT_VEC CAT(convert_float, VW)
+typedef CAT(float, VW) elemv_t;
+#else
+typedef int elem_t;
+#define CONVERT_VEC CAT(convert_int, VW)
+typedef CAT(int, VW) elemv_t;
+#endif
+#define VLOAD CAT(vload, VW)
+
+// ---- noise: out[i, l] = x[i, l] + e[i, f[l]] - e[i, g[l]] ------------------------------
+__kernel void apply_noise(__global const char *x, __global const char *e,
+                          __global const ushort *f, __global const ushort *g,
+                          __global char *out, const int k, const int r) {
+    const int l = get_global_id(0);
+    const int i = get_global_id(1);
+    const size_t at = (size_t)i * (size_t)k + (size_t)l;
+    const int v = (int)x[at] + (int)e[i * r + f[l]] - (int)e[i * r + g[l]];
+    out[at] = (char)v;
+}
+
+// ---- BLAKE3: one compression of one 64-byte block --------------------------------------
+#define ROTR(x, n) rotate((uint)(x), (uint)(32 - (n)))
+#define G(a, b, c, d, mx, my)       \
+    a = a + b + mx;                 \
+    d = ROTR(d ^ a, 16);            \
+    c = c + d;                      \
+    b = ROTR(b ^ c, 12);            \
+    a = a + b + my;                 \
+    d = ROTR(d ^ a, 8);             \
+    c = c + d;                      \
+    b = ROTR(b ^ c, 7);
+
+__constant uchar BLAKE3_PERM[16] = {2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8};
+
+// keyed hash of one full block: counter 0, block_len 64, CHUNK_START|CHUNK_END|ROOT|KEYED_HASH
+void blake3_keyed_block(__global const uint *key, const uint *block, uint *out) {
+    uint m[16];
+    uint t[16];
+    for (int i = 0; i < 16; i++) m[i] = block[i];
+    uint v0 = key[0], v1 = key[1], v2 = key[2], v3 = key[3];
+    uint v4 = key[4], v5 = key[5], v6 = key[6], v7 = key[7];
+    uint v8 = 0x6A09E667u, v9 = 0xBB67AE85u, v10 = 0x3C6EF372u, v11 = 0xA54FF53Au;
+    uint v12 = 0u, v13 = 0u, v14 = 64u, v15 = 1u | 2u | 8u | 16u;
+    for (int round = 0; round < 7; round++) {
+        G(v0, v4, v8, v12, m[0], m[1]);
+        G(v1, v5, v9, v13, m[2], m[3]);
+        G(v2, v6, v10, v14, m[4], m[5]);
+        G(v3, v7, v11, v15, m[6], m[7]);
+        G(v0, v5, v10, v15, m[8], m[9]);
+        G(v1, v6, v11, v12, m[10], m[11]);
+        G(v2, v7, v8, v13, m[12], m[13]);
+        G(v3, v4, v9, v14, m[14], m[15]);
+        for (int i = 0; i < 16; i++) t[i] = m[BLAKE3_PERM[i]];
+        for (int i = 0; i < 16; i++) m[i] = t[i];
+    }
+    out[0] = v0 ^ v8;
+    out[1] = v1 ^ v9;
+    out[2] = v2 ^ v10;
+    out[3] = v3 ^ v11;
+    out[4] = v4 ^ v12;
+    out[5] = v5 ^ v13;
+    out[6] = v6 ^ v14;
+    out[7] = v7 ^ v15;
+}
+
+// 256-bit little-endian compare: digest <= limit
+int digest_meets(const uint *d, __global const uint *limit) {
+    for (int i = 7; i >= 0; i--) {
+        if (d[i] < limit[i]) return 1;
+        if (d[i] > limit[i]) return 0;
+    }
+    return 1;
+}
+
+// ---- the mining kernel -------------------------------------------------------------------
+// One work-group computes rows row0 .. row0+BM of a band and columns col0 .. col0+BN,
+// over every slab of width r. `a` is m x k and `bt` is n x k (noisy unless PLAIN_GEMM).
+__kernel __attribute__((reqd_work_group_size(LX, LY, 1)))
+void mine(__global const char *a, __global const char *bt,
+          const int n, const int k, const int r, const int tile_row0,
+          __global const uint *key, __global const uint *limit,
+          __global uint *jout, __global volatile uint *win_count, __global uint *winners,
+          const uint win_cap, __global int *acc_out, const int write_acc) {
+    __local elem_t As[KC][BM];
+    __local elem_t Bs[KC][BN];
+#if !PLAIN_GEMM
+    __local uint xr[LY][LX];
+    __local uint Jl[NT][16];
+#endif
+    const int lx = get_local_id(0);
+    const int ly = get_local_id(1);
+    const int lid = ly * LX + lx;
+    const int row0 = tile_row0 * 16 + get_group_id(1) * BM;
+    const int col0 = get_group_id(0) * BN;
+
+    int acc[WM][WN];
+#if ACC_FLOAT
+    float part[WM][WN];
+#endif
+    for (int i = 0; i < WM; i++)
+        for (int j = 0; j < WN; j++) {
+            acc[i][j] = 0;
+#if ACC_FLOAT
+            part[i][j] = 0.0f;
+#endif
+        }
+#if !PLAIN_GEMM
+    if (lid < NT) {
+        for (int w = 0; w < 16; w++) Jl[lid][w] = 0u;
+        Jl[lid][0] = (uint)(row0 / 16 + lid / TILES_N);
+        Jl[lid][1] = (uint)(col0 / 16 + lid % TILES_N);
+    }
+#endif
+    const int chunks_per_slab = r / KC;
+    const int slabs = k / r;
+    for (int s = 0; s < slabs; s++) {
+        for (int cs = 0; cs < chunks_per_slab; cs++) {
+            const int kb = s * r + cs * KC;
+            for (int idx = lid; idx < BM * (KC / VW); idx += LSIZE) {
+                const int i = idx / (KC / VW);
+                const int cc = (idx % (KC / VW)) * VW;
+                const elemv_t v = CONVERT_VEC(VLOAD(0, a + (size_t)(row0 + i) * k + kb + cc));
+                const elem_t *pv = (const elem_t *)&v;
+                for (int q = 0; q < VW; q++) As[cc + q][i] = pv[q];
+            }
+            for (int idx = lid; idx < BN * (KC / VW); idx += LSIZE) {
+                const int j = idx / (KC / VW);
+                const int cc = (idx % (KC / VW)) * VW;
+                const elemv_t v = CONVERT_VEC(VLOAD(0, bt + (size_t)(col0 + j) * k + kb + cc));
+                const elem_t *pv = (const elem_t *)&v;
+                for (int q = 0; q < VW; q++) Bs[cc + q][j] = pv[q];
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (int kk = 0; kk < KC; kk++) {
+                elem_t ar[WM], br[WN];
+                for (int i = 0; i < WM; i++) ar[i] = As[kk][ly * WM + i];
+                for (int j = 0; j < WN; j++) br[j] = Bs[kk][lx * WN + j];
+                for (int i = 0; i < WM; i++)
+                    for (int j = 0; j < WN; j++) {
+#if ACC_FLOAT
+                        part[i][j] = mad(ar[i], br[j], part[i][j]);
+#else
+                        acc[i][j] += ar[i] * br[j];
+#endif
+                    }
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
+#if ACC_FLOAT
+        // exact: |slab partial| <= 127^2 * r < 2^24
+        for (int i = 0; i < WM; i++)
+            for (int j = 0; j < WN; j++) {
+                acc[i][j] += (int)part[i][j];
+                part[i][j] = 0.0f;
+            }
+#endif
+#if !PLAIN_GEMM
+        uint x = 0u;
+        for (int i = 0; i < WM; i++)
+            for (int j = 0; j < WN; j++) x ^= (uint)acc[i][j];
+        xr[ly][lx] = x;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (lid < NT) {
+            const int tr = lid / TILES_N;
+            const int tc = lid % TILES_N;
+            uint y = 0u;
+            for (int ii = 0; ii < 16 / WM; ii++)
+                for (int jj = 0; jj < 16 / WN; jj++)
+                    y ^= xr[tr * (16 / WM) + ii][tc * (16 / WN) + jj];
+            const uint w = Jl[lid][s % 16];
+            Jl[lid][s % 16] = rotate(w, 13u) ^ y;
+        }
+#endif
+    }
+    if (write_acc) {
+        for (int i = 0; i < WM; i++)
+            for (int j = 0; j < WN; j++)
+                acc_out[(size_t)(row0 + ly * WM + i) * n + col0 + lx * WN + j] = acc[i][j];
+    }
+#if !PLAIN_GEMM
+    if (lid < NT) {
+        uint jw[16];
+        uint d[8];
+        for (int w = 0; w < 16; w++) jw[w] = Jl[lid][w];
+        const uint ti = (uint)(row0 / 16 + lid / TILES_N);
+        const uint tj = (uint)(col0 / 16 + lid % TILES_N);
+        const size_t at = ((size_t)ti * (size_t)(n / 16) + tj) * 16;
+        for (int w = 0; w < 16; w++) jout[at + w] = jw[w];
+        blake3_keyed_block(key, jw, d);
+        if (digest_meets(d, limit)) {
+            const uint slot = atomic_inc(win_count);
+            if (slot < win_cap) {
+                winners[slot * 10 + 0] = ti;
+                winners[slot * 10 + 1] = tj;
+                for (int w = 0; w < 8; w++) winners[slot * 10 + 2 + w] = d[w];
+            }
+        }
+    }
+#endif
+}

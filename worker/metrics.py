@@ -1,0 +1,99 @@
+"""Prometheus metrics and the read-only JSON summary, on one port (hypercorn + starlette, trio).
+
+``/metrics``: ``matmine_worker_hashrate_macs{device}`` (60 s MAC/s; ``device="total"``
+too), ``matmine_worker_shares_total{result}``, ``matmine_worker_hw_errors_total{device}``,
+``matmine_worker_pool_connected``. Values are read from ``WorkerStats`` at scrape time.
+``/api/summary``: ``WorkerStats.summary()`` as JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .stats import SHARE_RESULTS, WorkerStats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+HASHRATE_WINDOW = 60.0
+
+
+class WorkerCollector(Collector):
+    """Reads ``WorkerStats`` on every scrape."""
+
+    def __init__(self, stats: WorkerStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        rate = GaugeMetricFamily("matmine_worker_hashrate_macs",
+                                 "Multiply-accumulates per second over the last 60 s",
+                                 labels=["device"])
+        for name in stats.devices:
+            rate.add_metric([name], stats.hashrate(HASHRATE_WINDOW, name))
+        rate.add_metric(["total"], stats.hashrate(HASHRATE_WINDOW))
+        yield rate
+        shares = CounterMetricFamily("matmine_worker_shares",
+                                     "Shares submitted, by outcome", labels=["result"])
+        for result in SHARE_RESULTS:
+            shares.add_metric([result], stats.shares[result])
+        yield shares
+        hw = CounterMetricFamily("matmine_worker_hw_errors",
+                                 "Candidates that failed the CPU re-check (not submitted)",
+                                 labels=["device"])
+        for name, dev in stats.devices.items():
+            hw.add_metric([name], dev.hw_errors)
+        yield hw
+        yield GaugeMetricFamily("matmine_worker_pool_connected",
+                                "1 while a pool session is up", value=int(stats.pool_connected))
+        yield GaugeMetricFamily("matmine_worker_best_share_difficulty",
+                                "Highest difficulty of a checked share since start",
+                                value=stats.best.difficulty)
+
+
+def register_metrics(registry: CollectorRegistry, stats: WorkerStats) -> WorkerCollector:
+    """Register the worker's collector in ``registry`` (one per worker instance)."""
+    collector = WorkerCollector(stats)
+    registry.register(collector)
+    return collector
+
+
+def metrics_app(registry: CollectorRegistry, stats: WorkerStats) -> Starlette:
+    """The ASGI app: ``GET /metrics`` and ``GET /api/summary``."""
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE)
+
+    async def summary(request: Request) -> JSONResponse:
+        return JSONResponse(stats.summary())
+
+    return Starlette(routes=[
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/api/summary", summary, methods=["GET"]),
+    ])
+
+
+async def serve_metrics(
+    registry: CollectorRegistry,
+    stats: WorkerStats,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled; ``task_status.started`` gets the bound URLs."""
+    config = HypercornConfig()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 1.0
+    await serve(metrics_app(registry, stats), config, task_status=task_status)

@@ -1,0 +1,357 @@
+"""Jobs → headers → backends → checked shares.
+
+Each device runs its own loop: take the current job, build a header with a fresh
+extranonce2 (top byte = device index, 7-byte counter below, kept across jobs of one
+session so no header is ever mined twice), roll ``time`` with the clock up to 600 s
+past the job's time, and scan it in a worker thread. ``should_stop`` turns true as soon
+as a clean job (or a new session, or no session) makes the work worthless, so the
+backend drops the scan at its next check. Winners are re-checked on the CPU and only
+then submitted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from protocol.errors import ProtocolError
+from protocol.header import Header, assemble_coinbase, coinbase_hash
+from protocol.messages import SyntheticSource
+from protocol.target import meets_target, target_from_bits, target_from_difficulty
+from protocol.workload import Shape, Workload, work_root
+
+from .checker import Checker
+from .client import Job, SubmitOutcome
+from .stats import WorkerStats
+
+log = logging.getLogger(__name__)
+
+MAX_TIME_ROLL = 600
+COUNTER_BYTES = 7
+MAX_DEVICES = 256
+
+
+class JobFeed:
+    """The current job; ``generation`` moves whenever earlier work must be abandoned."""
+
+    def __init__(self) -> None:
+        self.job: Job | None = None
+        self.generation = 0
+        self.version = 0
+        self._changed = trio.Event()
+
+    def publish(self, job: Job) -> None:
+        old = self.job
+        if old is None or job.notify.clean or job.client is not old.client:
+            self.generation += 1
+        self.job = job
+        self._bump()
+
+    def withdraw(self) -> None:
+        """No session: stop all work until the next job."""
+        if self.job is not None:
+            self.job = None
+            self.generation += 1
+            self._bump()
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_change(self, version: int) -> None:
+        """Return once ``version`` is no longer current."""
+        while self.version == version:
+            await self._changed.wait()
+
+
+@dataclass(frozen=True)
+class MinableJob:
+    """A job checked against its commitments, with its workload and targets."""
+
+    job: Job
+    workload: Workload
+    share_target: int
+    network_target: int
+
+    def header(self, extranonce2: bytes, time_: int) -> bytes:
+        n = self.job.notify
+        coinbase = assemble_coinbase(n.coinbase1, self.job.extranonce1, extranonce2, n.coinbase2)
+        return Header(n.version, n.height, n.prev_hash, coinbase_hash(coinbase),
+                      self.workload.work_root, time_, n.bits).encode()
+
+    def header_time(self, now: float, roll: bool) -> int:
+        """The job's time, rolled forward by the seconds since it arrived (≤ 600)."""
+        base = self.job.notify.time
+        if not roll:
+            return base
+        return base + max(0, min(MAX_TIME_ROLL, int(now - self.job.received)))
+
+
+class WorkloadCache:
+    """Synthetic workloads by (seed, shape), checked against the job's roots; keeps a few."""
+
+    def __init__(self, size: int = 2) -> None:
+        self._size = size
+        self._items: dict[tuple[bytes, Shape], Workload] = {}
+        self._lock = trio.Lock()
+
+    async def get(self, seed: bytes, shape: Shape) -> Workload:
+        async with self._lock:
+            key = (seed, shape)
+            workload = self._items.get(key)
+            if workload is None:
+                workload = await trio.to_thread.run_sync(_build_workload, seed, shape)
+                self._items[key] = workload
+                while len(self._items) > self._size:
+                    self._items.pop(next(iter(self._items)))
+            return workload
+
+
+def _build_workload(seed: bytes, shape: Shape) -> Workload:
+    workload = Workload.synthetic(seed, shape)
+    _ = workload.work_root  # hash the rows here, off the trio thread
+    return workload
+
+
+class StopFlag:
+    """The ``should_stop`` handed to a backend; every call also counts as a heartbeat."""
+
+    def __init__(self, stale: Callable[[], bool]) -> None:
+        self._stale = stale
+        self._stopped = False
+        self.last_poll = time.monotonic()
+
+    def set(self) -> None:
+        self._stopped = True
+
+    def __call__(self) -> bool:
+        self.last_poll = time.monotonic()
+        return self._stopped or self._stale()
+
+
+@dataclass
+class DeviceSlot:
+    """One backend and everything the miner and the watchdog track about it."""
+
+    index: int
+    backend: object
+    reopen: Callable[[], object] | None = None
+    limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
+    prepared_root: bytes | None = None
+    scope: trio.CancelScope | None = None
+    flag: StopFlag | None = None
+    scan_started: float | None = None
+    restart_requested: bool = False
+    counter: int = 0
+    session: object = None
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.backend, "name", f"device{self.index}"))
+
+    def next_extranonce2(self) -> bytes:
+        """Top byte = device index, then a 7-byte big-endian counter."""
+        value = self.counter
+        self.counter += 1
+        return bytes([self.index]) + (value % (1 << (8 * COUNTER_BYTES))).to_bytes(
+            COUNTER_BYTES, "big")
+
+    def last_progress(self) -> float | None:
+        """Monotonic time of the last sign of life of a scan in flight (``None``: idle)."""
+        if self.scan_started is None:
+            return None
+        polled = self.flag.last_poll if self.flag is not None else 0.0
+        return max(self.scan_started, polled)
+
+
+Submitter = Callable[[Job, bytes, int, tuple[int, int]], Awaitable[SubmitOutcome]]
+
+
+class Miner:
+    """Feeds every device from the ``JobFeed`` and submits checked shares."""
+
+    def __init__(
+        self,
+        slots: list[DeviceSlot],
+        feed: JobFeed,
+        submit: Submitter,
+        checker: Checker,
+        stats: WorkerStats,
+        *,
+        roll_time: bool = True,
+    ) -> None:
+        if not slots:
+            raise ValueError("no devices to mine with")
+        if len(slots) > MAX_DEVICES:
+            raise ValueError(f"at most {MAX_DEVICES} devices (one extranonce2 byte)")
+        self.slots = slots
+        self.feed = feed
+        self._submit = submit
+        self._checker = checker
+        self._stats = stats
+        self._roll = roll_time
+        self._workloads = WorkloadCache()
+        self._minable: tuple[int, MinableJob | None] = (-1, None)
+        self._prepare_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self.recent_shares: deque[tuple[str, tuple[int, int], SubmitOutcome]] = deque(maxlen=100)
+        for slot in slots:
+            stats.device(slot.name)
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for slot in self.slots:
+                nursery.start_soon(self._supervise, slot)
+
+    def restart(self, index: int) -> None:
+        """Stop device ``index``'s current work and reopen its backend (watchdog)."""
+        slot = self.slots[index]
+        slot.restart_requested = True
+        if slot.flag is not None:
+            slot.flag.set()
+        if slot.scope is not None:
+            slot.scope.cancel()
+
+    # --- per device ---------------------------------------------------------------------
+
+    async def _supervise(self, slot: DeviceSlot) -> None:
+        while True:
+            with trio.CancelScope() as scope:
+                slot.scope = scope
+                try:
+                    await self._device_loop(slot)
+                except Exception as exc:
+                    log.error("device %s failed: %s; restarting it in 1s", slot.name, exc,
+                              exc_info=log.isEnabledFor(logging.DEBUG))
+                    slot.restart_requested = True
+                    await trio.sleep(1.0)
+            slot.scan_started = None
+            slot.flag = None
+            if slot.restart_requested:
+                slot.restart_requested = False
+                await self._reopen(slot)
+
+    async def _reopen(self, slot: DeviceSlot) -> None:
+        stats = self._stats.device(slot.name)
+        stats.restarts += 1
+        slot.limiter = trio.CapacityLimiter(1)  # an abandoned scan may still hold the old one
+        slot.prepared_root = None
+        if slot.reopen is None:
+            return
+        try:
+            backend = await trio.to_thread.run_sync(slot.reopen, abandon_on_cancel=True)
+        except Exception as exc:
+            log.error("reopening %s failed: %s; keeping the old backend", slot.name, exc)
+            return
+        old = slot.name
+        slot.backend = backend
+        stats.stalled = False
+        log.warning("device %s reopened as %s", old, slot.name)
+        self._stats.device(slot.name)
+
+    async def _minable_job(self) -> MinableJob:
+        """The current job, checked and with its workload built; waits while there is none."""
+        while True:
+            version = self.feed.version
+            job = self.feed.job
+            if job is not None:
+                cached_version, minable = self._minable
+                if cached_version == version and minable is not None:
+                    return minable
+                async with self._prepare_lock:
+                    if self._minable[0] != version:
+                        self._minable = (version, await self._check_job(job))
+                if self._minable[0] == version and self._minable[1] is not None:
+                    return self._minable[1]
+            await self.feed.wait_change(version)
+
+    async def _check_job(self, job: Job) -> MinableJob | None:
+        n = job.notify
+        work = n.work
+        if not isinstance(work.source, SyntheticSource):
+            log.error("job %s: blob workloads are not supported by this worker; idle until "
+                      "the next job", n.job_id)
+            return None
+        try:
+            shape = work.shape
+            workload = await self._workloads.get(work.source.seed, shape)
+            if (workload.a_root, workload.b_root) != (work.a_root, work.b_root):
+                raise ProtocolError("the synthetic rows do not match the job's a_root/b_root")
+            if workload.work_root != work_root(shape, work.a_root, work.b_root):
+                raise ProtocolError("work_root does not match")  # pragma: no cover
+            share_target = target_from_difficulty(n.difficulty)
+            network_target = target_from_bits(n.bits)
+        except ProtocolError as exc:
+            log.error("job %s from %s cannot be mined: %s", n.job_id, job.client.endpoint.label,
+                      exc)
+            return None
+        self._stats.job_id = n.job_id
+        self._stats.job_difficulty = n.difficulty
+        return MinableJob(job, workload, share_target, network_target)
+
+    async def _device_loop(self, slot: DeviceSlot) -> None:
+        while True:
+            minable = await self._minable_job()
+            job = minable.job
+            generation = self.feed.generation
+            if slot.session is not job.client:
+                slot.session = job.client
+                slot.counter = 0
+            if slot.prepared_root != minable.workload.work_root:
+                await trio.to_thread.run_sync(slot.backend.prepare, minable.workload,
+                                              limiter=slot.limiter, abandon_on_cancel=True)
+                slot.prepared_root = minable.workload.work_root
+                if self.feed.generation != generation:
+                    continue
+            extranonce2 = slot.next_extranonce2()
+            header_time = minable.header_time(trio.current_time(), self._roll)
+            header = minable.header(extranonce2, header_time)
+            flag = StopFlag(lambda g=generation: self.feed.generation != g)
+            slot.flag = flag
+            slot.scan_started = time.monotonic()
+            try:
+                result = await trio.to_thread.run_sync(
+                    slot.backend.scan, header, minable.share_target, flag,
+                    limiter=slot.limiter, abandon_on_cancel=True,
+                )
+            finally:
+                flag.set()
+                slot.scan_started = None
+            self._stats.add_scan(slot.name, result.macs, result.complete)
+            if self.feed.generation != generation:
+                log.debug("%s: scan of job %s abandoned for a clean job", slot.name, job.job_id)
+                continue
+            for ti, tj, digest in result.winners:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._share, slot.name, minable, header, extranonce2,
+                                         header_time, (ti, tj), digest)
+
+    async def _share(self, device: str, minable: MinableJob, header: bytes, extranonce2: bytes,
+                     header_time: int, tile: tuple[int, int], digest: bytes) -> None:
+        check = await self._checker.check(device, minable.workload, header, tile, digest,
+                                          minable.share_target)
+        if not check.ok:
+            return
+        job = minable.job
+        if meets_target(digest, minable.network_target, minable.workload.shape.k):
+            log.info("block candidate from %s on job %s tile %s", device, job.job_id, tile)
+        outcome = await self._submit(job, extranonce2, header_time, tile)
+        self.recent_shares.append((device, tile, outcome))
+        self._stats.add_share(outcome.result, outcome.difficulty, outcome.code,
+                              outcome.block is not None)
+        if outcome.result == "accepted":
+            log.info("share accepted: %s job %s tile %s difficulty %g%s", device, job.job_id,
+                     tile, outcome.difficulty,
+                     f" — BLOCK {outcome.block.hex()}" if outcome.block else "")
+        elif outcome.result == "lost":
+            log.warning("share from %s not delivered: %s", device, outcome.message)
+        else:
+            log.warning("share %s: %s job %s tile %s: %s %s", outcome.result, device,
+                        job.job_id, tile, outcome.code, outcome.message)

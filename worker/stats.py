@@ -1,0 +1,176 @@
+"""Mining statistics: MAC/s over 10 s / 60 s / 15 min per device and in total, share counters.
+
+Plain bookkeeping driven from the trio thread; the clock is passed in so tests can step it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+WINDOWS = (10.0, 60.0, 900.0)
+SHARE_RESULTS = ("accepted", "rejected", "stale", "lost")
+
+
+class RateWindow:
+    """MACs in one-second buckets over the last 15 minutes; ``rate(window)`` in MAC/s.
+
+    Over a window longer than the time since ``start``, the rate is taken over the
+    time since ``start`` so that a fresh device does not read low for 15 minutes.
+    """
+
+    def __init__(self, start: float, horizon: float = WINDOWS[-1]) -> None:
+        self._start = start
+        self._horizon = horizon
+        self._buckets: deque[list[float]] = deque()  # [second, macs]
+
+    def add(self, now: float, macs: float) -> None:
+        second = float(int(now))
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += macs
+        else:
+            self._buckets.append([second, macs])
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._buckets and self._buckets[0][0] <= now - self._horizon - 1:
+            self._buckets.popleft()
+
+    def rate(self, now: float, window: float) -> float:
+        self._trim(now)
+        span = min(window, max(now - self._start, 1e-9))
+        since = now - span
+        total = sum(macs for second, macs in self._buckets if second + 1 > since)
+        return total / max(span, 1.0)
+
+
+@dataclass
+class DeviceStats:
+    """Counters of one device."""
+
+    name: str
+    rate: RateWindow
+    macs: int = 0
+    scans: int = 0
+    partial_scans: int = 0
+    candidates: int = 0
+    hw_errors: int = 0
+    restarts: int = 0
+    stalled: bool = False
+    last_progress: float = 0.0
+
+
+@dataclass
+class BestShare:
+    difficulty: float = 0.0
+    device: str = ""
+    at: float = 0.0
+
+
+@dataclass
+class WorkerStats:
+    """Everything the console, the metrics and ``/api/summary`` read."""
+
+    clock: Callable[[], float] = time.monotonic
+    devices: dict[str, DeviceStats] = field(default_factory=dict)
+    shares: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SHARE_RESULTS, 0))
+    rejects_by_code: dict[int, int] = field(default_factory=dict)
+    accepted_difficulty: float = 0.0
+    blocks: int = 0
+    best: BestShare = field(default_factory=BestShare)
+    pool: str = ""
+    pool_connected: bool = False
+    job_id: str = ""
+    job_difficulty: float = 0.0
+    started: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
+        self._total = RateWindow(self.started)
+
+    def device(self, name: str) -> DeviceStats:
+        dev = self.devices.get(name)
+        if dev is None:
+            now = self.clock()
+            dev = DeviceStats(name, RateWindow(now), last_progress=now)
+            self.devices[name] = dev
+        return dev
+
+    def add_scan(self, name: str, macs: int, complete: bool) -> None:
+        now = self.clock()
+        dev = self.device(name)
+        dev.macs += macs
+        dev.scans += 1
+        dev.partial_scans += 0 if complete else 1
+        dev.last_progress = now
+        dev.stalled = False
+        dev.rate.add(now, macs)
+        self._total.add(now, macs)
+
+    def add_candidate(self, name: str, ok: bool, difficulty: float = 0.0) -> None:
+        dev = self.device(name)
+        dev.candidates += 1
+        if not ok:
+            dev.hw_errors += 1
+        elif difficulty > self.best.difficulty:
+            self.best = BestShare(difficulty, name, self.clock())
+
+    def add_share(self, result: str, difficulty: float = 0.0, code: int | None = None,
+                  block: bool = False) -> None:
+        """Count one submit outcome: accepted / rejected / stale / lost (no answer)."""
+        if result not in self.shares:
+            raise ValueError(f"unknown share result {result!r}")
+        self.shares[result] += 1
+        if result == "accepted":
+            self.accepted_difficulty += difficulty
+            self.blocks += 1 if block else 0
+        if code is not None and result in ("rejected", "stale"):
+            self.rejects_by_code[code] = self.rejects_by_code.get(code, 0) + 1
+
+    def hashrate(self, window: float, name: str | None = None) -> float:
+        """MAC/s over ``window`` seconds for device ``name`` (``None`` = all devices)."""
+        now = self.clock()
+        if name is None:
+            return self._total.rate(now, window)
+        return self.device(name).rate.rate(now, window)
+
+    @property
+    def hw_errors(self) -> int:
+        return sum(d.hw_errors for d in self.devices.values())
+
+    def summary(self) -> dict:
+        """A JSON-ready snapshot (the body of ``/api/summary``)."""
+        now = self.clock()
+
+        def rates(name: str | None) -> dict[str, float]:
+            return {f"{int(w)}s": round(self.hashrate(w, name), 3) for w in WINDOWS}
+
+        return {
+            "uptime_s": round(now - self.started, 3),
+            "pool": {"url": self.pool, "connected": self.pool_connected,
+                     "job_id": self.job_id, "difficulty": self.job_difficulty},
+            "hashrate_macs": rates(None),
+            "shares": dict(self.shares),
+            "rejects_by_code": {str(k): v for k, v in sorted(self.rejects_by_code.items())},
+            "hw_errors": self.hw_errors,
+            "accepted_difficulty": self.accepted_difficulty,
+            "blocks": self.blocks,
+            "best_share": {"difficulty": self.best.difficulty, "device": self.best.device},
+            "devices": [
+                {
+                    "name": d.name,
+                    "hashrate_macs": rates(d.name),
+                    "macs": d.macs,
+                    "scans": d.scans,
+                    "partial_scans": d.partial_scans,
+                    "candidates": d.candidates,
+                    "hw_errors": d.hw_errors,
+                    "restarts": d.restarts,
+                    "stalled": d.stalled,
+                    "idle_s": round(now - d.last_progress, 3),
+                }
+                for d in self.devices.values()
+            ],
+        }
