@@ -29,7 +29,7 @@ from pool.config import ConfigError, PoolConfig
 from pool.hashrate import HashrateMeter
 from pool.http_api import create_app, serve_http
 from pool.jobs import JobManager
-from pool.ledger.sqlite import SqliteLedger
+from pool.ledger import Ledger, open_ledger
 from pool.metrics import PoolMetrics
 from pool.node.chain import NodeConfig
 from pool.payouts import run_payouts
@@ -58,7 +58,7 @@ class PoolHandle:
     tls_port: int | None
     http_port: int | None
     payout_address: str
-    ledger: SqliteLedger
+    ledger: Ledger
     ledger_limiter: trio.CapacityLimiter
     chain: Any
     jobs: JobManager
@@ -158,10 +158,11 @@ async def run_pool(config: PoolConfig, *,
     registry = CollectorRegistry()
     metrics = PoolMetrics(registry)
     ledger_limiter = trio.CapacityLimiter(1)
-    ledger = await trio.to_thread.run_sync(SqliteLedger, config.ledger_path)
+    ledger = await trio.to_thread.run_sync(open_ledger, config.ledger_location)
     chain = open_chain(config, wallet)
     p = config.pool
     fee_address = p.fee_address or None
+    started = time.time()
     try:
         async with trio.open_nursery() as nursery:
             sharelog = ShareLog(ledger, ledger_limiter,
@@ -190,7 +191,7 @@ async def run_pool(config: PoolConfig, *,
             ports = await nursery.start(server.serve)
             http_port = None
             if config.http.enabled:
-                data = PoolData(ledger, lambda: snapshot(ctx, time.time()), ledger_limiter,
+                data = PoolData(ledger, lambda: snapshot(ctx, started), ledger_limiter,
                                 fee_bps=p.fee_bps, min_payout=p.min_payout)
                 http_port = await nursery.start(serve_http, create_app(data, registry),
                                                 config.http.host, config.http.port)

@@ -31,6 +31,7 @@ class StratumConfig:
     tls_port: int = 3334
     tls_cert: str = ""
     tls_key: str = ""
+    public_host: str = ""
     max_frame_size: int = 16384
     idle_timeout: float = 300.0
     handshake_timeout: float = 30.0
@@ -101,6 +102,7 @@ class ChainSection:
 class LedgerSection:
     kind: str = "sqlite"
     path: str = ""
+    url: str = ""
     batch_max_shares: int = 256
     batch_interval_ms: float = 5.0
     max_pending_shares: int = 10000
@@ -117,7 +119,6 @@ class LimitsSection:
     max_banned_ips: int = 10000
     max_jobs_per_session: int = 16
     max_shares_per_job: int = 10000
-    max_workers_per_address: int = 1000
 
 
 @dataclass
@@ -140,6 +141,11 @@ class PoolConfig:
     @property
     def ledger_path(self) -> Path:
         return Path(self.ledger.path) if self.ledger.path else self.data_path / "pool.sqlite"
+
+    @property
+    def ledger_location(self) -> str | Path:
+        """What ``pool.ledger.open_ledger`` opens: the PostgreSQL URL or the SQLite file."""
+        return self.ledger.url if self.ledger.kind == "postgres" else self.ledger_path
 
     def vardiff_config(self) -> VardiffConfig:
         """The ``[vardiff]`` section as the vardiff module's own config."""
@@ -176,6 +182,8 @@ HELP: dict[str, dict[str, str]] = {
         "tls_port": "TLS miner port, used when tls = true",
         "tls_cert": "PEM certificate chain for the TLS port",
         "tls_key": "PEM private key for the TLS port",
+        "public_host": "host miners are told to reconnect to; empty = the address they "
+        "connected to",
         "max_frame_size": "largest frame a miner may send, bytes; bigger closes the connection",
         "idle_timeout": "seconds without any message from a miner before it is dropped",
         "handshake_timeout": "seconds a new connection has to subscribe and authorize",
@@ -233,8 +241,9 @@ HELP: dict[str, dict[str, str]] = {
         "node": "settings of the embedded node (table, passed to its config)",
     },
     "ledger": {
-        "kind": '"sqlite"',
-        "path": "ledger file; empty = data_dir/pool.sqlite",
+        "kind": '"sqlite" (a file) or "postgres" (needs the postgres extra)',
+        "path": "SQLite ledger file; empty = data_dir/pool.sqlite",
+        "url": "PostgreSQL URL (postgresql://user:pass@host/db) when kind = postgres",
         "batch_max_shares": "most shares committed in one transaction",
         "batch_interval_ms": "longest wait before a batch of shares is committed",
         "max_pending_shares": "shares waiting for a commit before submits wait",
@@ -250,7 +259,6 @@ HELP: dict[str, dict[str, str]] = {
         "max_banned_ips": "most IP addresses remembered as banned",
         "max_jobs_per_session": "jobs remembered per connection",
         "max_shares_per_job": "shares remembered per job for duplicate checks",
-        "max_workers_per_address": "distinct worker names tracked per address",
     },
 }
 
@@ -365,14 +373,17 @@ def validate(config: PoolConfig) -> None:
                         ("limits.invalid_window", lim.invalid_window),
                         ("limits.max_banned_ips", lim.max_banned_ips),
                         ("limits.max_jobs_per_session", lim.max_jobs_per_session),
-                        ("limits.max_shares_per_job", lim.max_shares_per_job),
-                        ("limits.max_workers_per_address", lim.max_workers_per_address)):
+                        ("limits.max_shares_per_job", lim.max_shares_per_job)):
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
     try:
         config.vardiff_config()
     except ValueError as exc:
         raise ConfigError(f"[vardiff] {exc}") from None
+    if not v.min_difficulty <= p.start_difficulty <= v.max_difficulty:
+        raise ConfigError(f"pool.start_difficulty {p.start_difficulty:g} must lie within "
+                          f"[vardiff.min_difficulty, vardiff.max_difficulty] = "
+                          f"[{v.min_difficulty:g}, {v.max_difficulty:g}]")
     if not 0 < lim.invalid_ratio <= 1:
         raise ConfigError("limits.invalid_ratio must be in (0, 1]")
     if not 0 <= p.fee_bps <= 10_000:
@@ -385,8 +396,11 @@ def validate(config: PoolConfig) -> None:
         raise ConfigError(f"work.profile must be one of {', '.join(WORK_PROFILES)}")
     if config.chain.kind not in ("embedded", "rpc"):
         raise ConfigError('chain.kind must be "embedded" or "rpc"')
-    if config.ledger.kind != "sqlite":
-        raise ConfigError('ledger.kind must be "sqlite"')
+    if config.ledger.kind not in ("sqlite", "postgres"):
+        raise ConfigError('ledger.kind must be "sqlite" or "postgres"')
+    if config.ledger.kind == "postgres" and not config.ledger.url.startswith(
+            ("postgresql://", "postgres://")):
+        raise ConfigError("ledger.kind = postgres needs ledger.url = postgresql://...")
     if p.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("pool.log_level must be debug, info, warning or error")
     try:

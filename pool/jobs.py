@@ -231,8 +231,19 @@ class JobManager:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Publish the first template, then follow the chain tip and refresh periodically."""
-        await self.refresh(clean=True)
+        """Publish the first template, then follow the chain tip and refresh periodically.
+
+        Until the chain answers for the first time, retry (logging why) with a backoff.
+        """
+        delay = self.poll_interval
+        while True:
+            try:
+                await self.refresh(clean=True)
+                break
+            except Exception as exc:
+                log.warning("waiting for the chain (retry in %.0f s): %s", delay, exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 30.0)
         task_status.started()
         last_refresh = trio.current_time()
         while True:

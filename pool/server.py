@@ -15,8 +15,12 @@ import trio
 
 from pool.config import StratumConfig
 from pool.session import PoolContext, Session
+from protocol import messages
+from protocol.connection import Connection
 
 log = logging.getLogger("pool.server")
+
+REFUSE_TIMEOUT = 1.0
 
 
 def peer_ip(stream: trio.abc.Stream) -> str:
@@ -35,6 +39,18 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
+async def refuse(stream: trio.abc.Stream, reason: str) -> None:
+    """Tell a refused miner why (one ``client.show_message``), then close."""
+    frame = Connection("server").send_notification(messages.ShowMessage(text=reason))
+    with trio.move_on_after(REFUSE_TIMEOUT):
+        try:
+            if not isinstance(stream, trio.SSLStream):  # no TLS handshake for the refused
+                await stream.send_all(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+    await trio.aclose_forcefully(stream)
+
+
 class StratumServer:
     """Accepts miner connections and runs a session for each (see the module doc)."""
 
@@ -50,12 +66,12 @@ class StratumServer:
         bans = self.ctx.bans
         if bans.is_banned(ip, now):
             log.info("refused connection from banned %s", ip)
-            await trio.aclose_forcefully(stream)
+            await refuse(stream, "banned for a while: too many invalid shares")
             return
         if self.connections >= self.config.max_connections or not bans.connect(
                 ip, self.config.max_connections_per_ip):
             log.warning("refused connection from %s: connection limit reached", ip)
-            await trio.aclose_forcefully(stream)
+            await refuse(stream, "connection limit reached, try again later")
             return
         self.connections += 1
         metrics = self.ctx.metrics

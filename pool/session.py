@@ -40,9 +40,16 @@ log = logging.getLogger("pool.session")
 
 READ_SIZE = 65536
 SEND_TIMEOUT = 10.0
+LINGER_SECONDS = 0.5
+LINGER_BYTES = 1 << 20
 # Outcomes that count against a miner in the escalation (stale shares are honest).
 INVALID_CODES = {ErrorCode.OTHER, ErrorCode.DUPLICATE, ErrorCode.LOW_DIFFICULTY,
                  ErrorCode.MALFORMED, ErrorCode.BAD_TIME}
+
+
+def short_address(address: str) -> str:
+    """``mmd16fa1…0a`` style: enough to recognise an address in a log line."""
+    return f"{address[:8]}…{address[-4:]}" if len(address) > 16 else address
 
 
 class CloseSession(Exception):
@@ -116,7 +123,10 @@ class Session:
 
     @property
     def login(self) -> str:
-        return f"{self.address}.{self.worker}" if self.address else f"<anonymous {self.peer}>"
+        """``mmd1abcd…wxyz.rig1`` for logs (the anonymous peer before authorize)."""
+        if not self.address:
+            return f"<anonymous {self.peer}>"
+        return f"{short_address(self.address)}.{self.worker}"
 
     @property
     def difficulty(self) -> float:
@@ -137,11 +147,29 @@ class Session:
             self.ctx.sessions.discard(self)
             if self.extranonce1 is not None:
                 self.ctx.remember_session(self.session_id, self.extranonce1)
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
+            with trio.CancelScope(shield=True), trio.move_on_after(LINGER_SECONDS + 1):
+                await self._linger()
                 await self.stream.aclose()
             log.info("miner %s from %s disconnected: %s (%d accepted, %d rejected)",
                      self.login, self.peer, self._close_reason or "closed by the pool",
                      self.accepted, self.rejected)
+
+    async def _linger(self) -> None:
+        """Half-close, then drain what the miner still sends for a moment, so that our
+        last words (the reason for closing) reach it instead of being lost to a reset."""
+        if not isinstance(self.stream, trio.SocketStream):
+            return
+        try:
+            await self.stream.send_eof()
+            drained = 0
+            with trio.move_on_after(LINGER_SECONDS):
+                while drained < LINGER_BYTES:
+                    data = await self.stream.receive_some(READ_SIZE)
+                    if not data:
+                        break
+                    drained += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
 
     def close(self, reason: str) -> None:
         """End the session (from any of its tasks, or from outside)."""
@@ -185,7 +213,7 @@ class Session:
 
     async def _rate_limited(self, event: object) -> None:
         if self.rate.refused > self.ctx.config.limits.message_burst:
-            raise CloseSession("message flood: too many messages too fast")
+            await self._notify_and_close("message flood: too many messages too fast")
         if isinstance(event, RequestReceived | BadRequest) and event.id is not None:
             await self._send(self.conn.send_error(event.id, ErrorCode.RATE_LIMITED,
                                                   "rate limited: slow down"))
@@ -259,8 +287,8 @@ class Session:
         self.address, self.worker = msg.address, msg.worker
         await self._send(self.conn.send_result(request_id, messages.AuthorizeResult()))
         if first:
-            log.info("miner %s connected from %s (%s)", self.login, self.peer,
-                     self.agent or "unknown agent")
+            log.info("miner %s connected from %s (%s, session %s)", self.login, self.peer,
+                     self.agent or "unknown agent", self.session_id.hex())
         self._authorized.set()
 
     async def _suggest(self, request_id: int, msg: messages.SuggestDifficulty) -> None:
@@ -320,10 +348,9 @@ class Session:
                 await self._push_job(self.ctx.jobs.current, clean=True)
         elif step == Escalation.RECONNECT:
             log.info("miner %s still sends invalid shares: asking it to reconnect", self.login)
-            s = self.ctx.config.stratum
+            host, port = self._local_address()
             await self._send(self.conn.send_notification(messages.Reconnect(
-                host=s.host if s.host not in ("0.0.0.0", "::", "") else "127.0.0.1",
-                port=max(s.port, 1) if s.port else 3333, wait=5.0)))
+                host=self.ctx.config.stratum.public_host or host, port=port, wait=5.0)))
         else:
             strikes = self.ctx.strike(self.peer)
             if strikes >= 2:
@@ -334,6 +361,16 @@ class Session:
                             self.peer, self.ctx.bans.ban_seconds, self.login)
                 await self._notify_and_close("banned: repeated invalid shares")
             await self._notify_and_close(f"dropped: {fraction}")
+
+    def _local_address(self) -> tuple[str, int]:
+        """The address and port this miner connected to (where to reconnect)."""
+        inner = self.stream.transport_stream if isinstance(self.stream, trio.SSLStream) \
+            else self.stream
+        try:
+            host, port = inner.socket.getsockname()[:2]  # type: ignore[attr-defined]
+            return str(host), int(port)
+        except (AttributeError, OSError, ValueError):
+            return "127.0.0.1", self.ctx.config.stratum.port or 3333
 
     # -- jobs ---------------------------------------------------------------------------
 

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import trio
 
@@ -48,6 +50,9 @@ from protocol.target import meets_target
 from protocol.ticket import verify_ticket
 
 log = logging.getLogger("pool.shares")
+
+COIN = 10**8
+T = TypeVar("T")
 
 class ShareRejected(Exception):
     """A submit that is not accepted; ``code`` is the wire error code."""
@@ -88,7 +93,15 @@ class Miner:
 
     @property
     def login(self) -> str:
-        return f"{self.address}.{self.worker}"
+        short = f"{self.address[:8]}…{self.address[-4:]}" if len(self.address) > 16 \
+            else self.address
+        return f"{short}.{self.worker}"
+
+
+def coins(amount: int) -> str:
+    """Base units as coins, for log lines ("50.0", "0.00012")."""
+    whole, frac = divmod(amount, COIN)
+    return f"{whole}.{(f'{frac:08d}'.rstrip('0') or '0')}"
 
 
 def check_ticket(job: Job, extranonce2: bytes, ntime: int, tile: tuple[int, int]
@@ -213,42 +226,66 @@ class ShareChecker:
 
     async def _submit_block(self, miner: Miner, job: Job, tile: tuple[int, int],
                             checked: CheckedTicket, record: ShareRecord) -> bytes | None:
+        """Store the share, record the block (durable intent), submit it, then credit it.
+
+        Recording before submitting costs a few ms but means a crash at any point never
+        leaves a block on chain that the ledger does not know: the unlocker credits a
+        block left "found", and orphans one the chain never accepted.
+        """
         t = job.template
+        height, reward = t.block.height, t.block.reward
+        block_hash = Header.decode(checked.header).hash()
+        # The share goes in first: PPLNS counts the shares at or before the block.
+        await self._store(record)
+        block_id = None
+        try:
+            block_id = await self._ledger(self.ledger.record_block, height, block_hash, reward,
+                                          record.time, record.address, record.worker,
+                                          record.network_difficulty)
+        except Exception as exc:  # submit anyway: a block must never be thrown away
+            log.error("could not record block %d before submitting it: %s", height, exc)
         sub = BlockSubmission(header=checked.header, coinbase=checked.coinbase,
                               shape=t.work.shape, tile=tile, **t.work.block_fields(tile))
         try:
             result = await self.chain.submit_block(sub)
-            accepted, reason, block_hash = result.accepted, result.reason, result.block_hash
+            accepted, reason = result.accepted, result.reason
         except Exception as exc:
-            accepted, reason, block_hash = False, f"error: {exc}", None
-        # The share goes in first: PPLNS counts shares at or before the block.
-        await self._store(record)
+            accepted, reason = False, f"error: {exc}"
         self.jobs.poke()
         if self.metrics is not None:
             self.metrics.block("found" if accepted else "rejected")
         if not accepted:
-            log.warning("block %d found by %s was rejected by the chain: %s",
-                        t.block.height, miner.login, reason)
+            log.warning("block %d found by %s was rejected by the chain: %s", height,
+                        miner.login, reason)
+            if block_id is not None:
+                await self._ledger_quietly(self.ledger.orphan_block, block_id)
             return None
-        if block_hash is None:
-            block_hash = Header.decode(checked.header).hash()
         self.blocks_found += 1
-        log.info("block %d found by %s, reward %d, submitted: accepted (hash %s)",
-                 t.block.height, miner.login, t.block.reward, block_hash.hex()[:16])
-        try:
-            await trio.to_thread.run_sync(self._record_and_credit, t.block.height, block_hash,
-                                          t.block.reward, record, limiter=self.ledger_limiter)
-        except Exception as exc:  # the unlocker retries blocks left "found"
-            log.error("block %d accepted by the chain but not credited yet: %s",
-                      t.block.height, exc)
+        log.info("block %d found by %s, reward %s, submitted: accepted (hash %s)", height,
+                 miner.login, coins(reward), block_hash.hex()[:16])
+        if block_id is not None:
+            credited = await self._ledger_quietly(self.ledger.credit_block, block_id,
+                                                  self.pplns_factor, self.fee_bps,
+                                                  self.fee_address)
+            if credited is not None:
+                credits = await self._ledger_quietly(self.ledger.block_credits, block_id)
+                log.info("block %d credited by PPLNS: %s to %d address(es) over %s shares, "
+                         "fee %s", height, coins(sum((credits or {}).values())),
+                         len(credits or {}), credited.shares_used, coins(credited.fee or 0))
         return block_hash
 
-    def _record_and_credit(self, height: int, block_hash: bytes, reward: int,
-                           record: ShareRecord) -> None:
-        block_id = self.ledger.record_block(height, block_hash, reward, record.time,
-                                            record.address, record.worker,
-                                            record.network_difficulty)
-        block = self.ledger.credit_block(block_id, self.pplns_factor, self.fee_bps,
-                                         self.fee_address)
-        log.info("block %d credited by PPLNS over %s shares (fee %s)", height,
-                 block.shares_used, block.fee)
+    async def _ledger(self, fn: Callable[..., T], *args: Any) -> T:
+        started = time.perf_counter()
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.ledger_limiter)
+        finally:
+            if self.metrics is not None:
+                self.metrics.db_write_seconds.observe(time.perf_counter() - started)
+
+    async def _ledger_quietly(self, fn: Callable[..., T], *args: Any) -> T | None:
+        """A ledger call whose failure the unlocker repairs later: log it, carry on."""
+        try:
+            return await self._ledger(fn, *args)
+        except Exception as exc:
+            log.error("ledger %s failed (the unlocker will retry): %s", fn.__name__, exc)
+            return None

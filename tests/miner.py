@@ -9,6 +9,7 @@ feed the pool garbage.
 from __future__ import annotations
 
 import secrets
+import ssl
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -90,7 +91,7 @@ class TestMiner:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, stream: trio.SocketStream, timeout: float = 10.0) -> None:
+    def __init__(self, stream: trio.abc.Stream, timeout: float = 10.0) -> None:
         self.stream = stream
         self.timeout = timeout
         self.conn = Connection("client")
@@ -105,6 +106,15 @@ class TestMiner:
     async def connect(cls, port: int, host: str = "127.0.0.1", timeout: float = 10.0
                       ) -> TestMiner:
         return cls(await trio.open_tcp_stream(host, port), timeout)
+
+    @classmethod
+    async def connect_tls(cls, port: int, cafile: str, host: str = "127.0.0.1",
+                          server_hostname: str = "localhost", timeout: float = 10.0
+                          ) -> TestMiner:
+        """A miner over TLS, trusting the certificate in ``cafile``."""
+        context = ssl.create_default_context(cafile=cafile)
+        tcp = await trio.open_tcp_stream(host, port)
+        return cls(trio.SSLStream(tcp, context, server_hostname=server_hostname), timeout)
 
     async def aclose(self) -> None:
         await self.stream.aclose()

@@ -13,7 +13,14 @@ from protocol.noise import pow_seed
 from protocol.target import digest_value
 from protocol.ticket import mine_header
 from protocol.workload import Shape, Workload
-from worker.autotune import CACHE_FILE, SAFE_CONFIG, Autotuner, KernelConfig, shape_key
+from worker.autotune import (
+    CACHE_FILE,
+    ITEM_CONFIG,
+    SAFE_CONFIG,
+    Autotuner,
+    KernelConfig,
+    shape_key,
+)
 from worker.backends import BackendError, open_backends
 from worker.backends.opencl import OpenCLBackend, list_opencl_devices
 
@@ -34,9 +41,17 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def backend(cache_dir):
-    """One device, one compiled program (16×16 blocks fit every vector shape)."""
-    return OpenCLBackend(0, 0, cache_dir=cache_dir, config=SMALL)
+def backends(cache_dir):
+    """Both kernel styles on one device, each compiled once (16×16 blocks fit every shape)."""
+    return {
+        "tiled": OpenCLBackend(0, 0, cache_dir=cache_dir, config=SMALL),
+        "item": OpenCLBackend(0, 0, cache_dir=cache_dir, config=ITEM_CONFIG),
+    }
+
+
+@pytest.fixture(params=["tiled", "item"])
+def backend(request, backends):
+    return backends[request.param]
 
 
 def case_inputs(case):
@@ -137,7 +152,7 @@ def test_autotune_cache_round_trip(cache_dir, tmp_path):
     (tmp_path / CACHE_FILE).write_text("{not json")
     assert Autotuner(tmp_path).lookup(key) is None
     # a backend that autotunes records its choice under its device key
-    tuned = OpenCLBackend(0, 0, cache_dir=tmp_path)
+    tuned = OpenCLBackend(0, 0, cache_dir=tmp_path, tune_seconds=0.01)
     tuned.prepare(workload)
     device_key = shape_key(tuned.device.name.strip(), tuned.device.driver_version.strip(), shape)
     assert Autotuner(tmp_path).lookup(device_key) == tuned.config

@@ -1,4 +1,9 @@
-"""SqliteLedger on real files: durable shares, block credit/confirm/orphan, payment batches."""
+"""The ledger on both stores: durable shares, block credit/confirm/orphan, payment batches.
+
+Every behaviour runs on SQLite (a real file) and on PostgreSQL (a real server started once
+for the session by ``tests/pg.py``, a fresh database per test); what only one store has
+(WAL files, server restarts, two pools on one database) is tested on that one.
+"""
 
 from __future__ import annotations
 
@@ -21,11 +26,14 @@ from pool.ledger import (
     FOUND,
     ORPHANED,
     PENDING,
+    Ledger,
     LedgerError,
     ShareRecord,
     SqliteLedger,
+    open_ledger,
 )
 from pool.pplns import ShareScore, pplns_split
+from tests import pg
 
 ALICE = "mmd1" + "a" * 48
 BOB = "mmd1" + "b" * 48
@@ -49,9 +57,38 @@ def share(
     )
 
 
+class Store:
+    """One test's ledger store; ``open()`` makes a new ``Ledger`` on it (a reopen)."""
+
+    def __init__(self, backend: str, target: str) -> None:
+        self.backend = backend
+        self.target = target
+
+    def open(self) -> Ledger:
+        return open_ledger(self.target)
+
+    def execute(self, sql: str) -> None:
+        """Run ``sql`` on a connection of its own, committed, bypassing the ledger."""
+        if self.backend == "sqlite":
+            raw = sqlite3.connect(self.target)
+            raw.execute(sql)
+            raw.commit()
+            raw.close()
+        else:
+            import psycopg
+
+            with psycopg.connect(self.target, autocommit=True) as raw:
+                raw.execute(sql)
+
+
+@pytest.fixture(params=pg.BACKENDS)
+def store(request, tmp_path) -> Store:
+    return Store(request.param, pg.ledger_target(request.param, request.config, tmp_path))
+
+
 @pytest.fixture
-def ledger(tmp_path):
-    with SqliteLedger(tmp_path / "pool.sqlite") as led:
+def ledger(store):
+    with store.open() as led:
         yield led
 
 
@@ -68,15 +105,11 @@ def test_file_is_wal_with_schema_version(tmp_path):
         assert led.schema_version() == 1
 
 
-def test_newer_schema_is_refused(tmp_path):
-    path = tmp_path / "pool.sqlite"
-    SqliteLedger(path).close()
-    raw = sqlite3.connect(path)
-    raw.execute("INSERT INTO schema_version (version) VALUES (99)")
-    raw.commit()
-    raw.close()
+def test_newer_schema_is_refused(store):
+    store.open().close()
+    store.execute("INSERT INTO schema_version (version) VALUES (99)")
     with pytest.raises(LedgerError, match="schema version 99"):
-        SqliteLedger(path)
+        store.open()
 
 
 def test_bad_options_are_refused(tmp_path):
@@ -86,13 +119,12 @@ def test_bad_options_are_refused(tmp_path):
         SqliteLedger(":memory:")
 
 
-def test_shares_survive_reopen_and_duplicates_are_ignored(tmp_path):
-    path = tmp_path / "pool.sqlite"
+def test_shares_survive_reopen_and_duplicates_are_ignored(store):
     shares = [share(i, ALICE if i % 2 else BOB, 1000.0 + i) for i in range(200)]
-    with SqliteLedger(path) as led:
+    with store.open() as led:
         assert led.insert_shares(shares[:150]) == 150
         assert led.insert_shares([]) == 0
-    with SqliteLedger(path) as led:
+    with store.open() as led:
         assert led.share_count() == 150
         # A replay after a crash overlaps what is stored: only the new ones count.
         assert led.insert_shares(shares[100:]) == 50
@@ -122,31 +154,43 @@ def test_bad_share_rejects_batch_and_loses_nothing(ledger):
 
 CHILD = textwrap.dedent(
     """
-    import os, signal, sys
-    from pool.ledger import ShareRecord, SqliteLedger
-    led = SqliteLedger(sys.argv[1])
-    for batch in range(5):
-        led.insert_shares([
-            ShareRecord((batch * 100 + i).to_bytes(32, "little"), float(batch * 100 + i),
+    import os, signal, sys, threading, time
+    from pool.ledger import ShareRecord, open_ledger
+
+    def batch_of(start, count):
+        return [
+            ShareRecord((start + i).to_bytes(32, "little"), float(start + i),
                         "mmd1" + "a" * 48, "w", "j", 1, 1.0, 2.0, b"s")
-            for i in range(100)
-        ])
+            for i in range(count)
+        ]
+
+    led = open_ledger(sys.argv[1])
+    for batch in range(5):
+        led.insert_shares(batch_of(batch * 100, 100))
         print("ack", batch, flush=True)      # the pool acknowledges only after return
+    # A big batch in flight when the process dies: stored whole or not at all.
+    big = batch_of(10_000, 5000)
+    threading.Thread(target=led.insert_shares, args=(big,), daemon=True).start()
+    time.sleep(0.02)
     os.kill(os.getpid(), signal.SIGKILL)      # no close, no checkpoint, no cleanup
     """
 )
 
 
-def test_acknowledged_shares_survive_sigkill(tmp_path):
-    path = tmp_path / "pool.sqlite"
+def test_acknowledged_shares_survive_sigkill(store):
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", CHILD, store.target],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == -signal.SIGKILL
     assert proc.stdout.split() == [w for b in range(5) for w in ("ack", str(b))], proc.stderr
-    assert os.path.exists(str(path) + "-wal")  # the data lives in the WAL, not checkpointed
-    with SqliteLedger(path) as led:
-        assert led.share_count() == 500
+    if store.backend == "sqlite":  # the data lives in the WAL, not checkpointed
+        assert os.path.exists(store.target + "-wal")
+    with store.open() as led:
+        assert led.share_count() in (500, 5500)
+        assert led.insert_shares([share(i, ALICE, float(i)) for i in range(500)]) == 0
 
 
 def test_concurrent_threads_are_safe(ledger):
@@ -185,10 +229,9 @@ def expected_split(shares, at, reward, fee_bps, factor):
     return pplns_split(scores, reward, fee_bps, factor)
 
 
-def test_block_credit_then_confirm_makes_balances(tmp_path):
-    path = tmp_path / "pool.sqlite"
+def test_block_credit_then_confirm_makes_balances(store):
     reward = 5_000_000_007
-    with SqliteLedger(path) as led:
+    with store.open() as led:
         shares = fill(led)
         block_id = led.record_block(7, b"\x07" * 32, reward, 60.0, ALICE, "rig0", 10.0)
         assert led.record_block(7, b"\x07" * 32, reward, 60.0, ALICE, "rig0", 10.0) == block_id
@@ -216,7 +259,7 @@ def test_block_credit_then_confirm_makes_balances(tmp_path):
         assert led.miner(ALICE).immature == credits[ALICE]
         assert led.pool_totals().immature == reward
 
-    with SqliteLedger(path) as led:  # durable across reopen
+    with store.open() as led:  # durable across reopen
         assert led.block(block_id).status == CREDITED
         confirmed = led.confirm_block(block_id)
         assert confirmed.status == CONFIRMED
@@ -386,17 +429,16 @@ def test_cancel_restores_balances(ledger):
     assert ledger.miner(ALICE).payments == []
 
 
-def test_pending_batch_survives_reopen(tmp_path):
-    path = tmp_path / "pool.sqlite"
-    with SqliteLedger(path) as led:
+def test_pending_batch_survives_reopen(store):
+    with store.open() as led:
         balances = confirmed_balances(led)
         batch = led.create_payment_batch("crash-key", {ALICE: balances[ALICE]})
-    with SqliteLedger(path) as led:
+    with store.open() as led:
         assert led.pending_payment_batches() == [batch]
         assert led.payment_batch("crash-key") == batch
         assert ALICE not in led.balances()
         led.complete_payment_batch("crash-key", "txid")
-    with SqliteLedger(path) as led:
+    with store.open() as led:
         assert led.pending_payment_batches() == []
         assert led.miner(ALICE).paid == balances[ALICE]
 
@@ -428,9 +470,235 @@ def test_prune_keeps_everything_while_window_is_unfilled(ledger):
     assert ledger.share_count() == 50
 
 
-def test_closed_ledger_raises(tmp_path):
-    led = SqliteLedger(tmp_path / "pool.sqlite")
+def test_closed_ledger_raises(store):
+    led = store.open()
     led.close()
     led.close()
     with pytest.raises(LedgerError, match="closed"):
         led.balances()
+
+
+# --- PostgreSQL only: schema, connection loss, dead server, two pools on one database ---
+
+
+@pytest.fixture
+def pg_url(request) -> str:
+    """A fresh database on the session's PostgreSQL server."""
+    return pg.postgres_database(request.config)
+
+
+def wait_for_lock_waiters(url: str, count: int) -> list[int]:
+    """Backend pids of ``count`` sessions blocked on a lock in the database at ``url``."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as probe:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pids = [
+                pid
+                for (pid,) in probe.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"
+                ).fetchall()
+            ]
+            if len(pids) >= count:
+                return pids
+            time.sleep(0.01)
+    raise AssertionError(f"{count} sessions never waited on the lock")
+
+
+def race_behind_lock(url: str, lock_sql: str, params: tuple, calls: list) -> list:
+    """Run each call in a thread while another session holds a row lock they all need.
+
+    The lock is let go only once every call waits on it, inside its own transaction,
+    so the calls really overlap. Returns each call's result or exception.
+    """
+    import psycopg
+
+    results: list = [None] * len(calls)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:
+            results[i] = exc
+
+    with psycopg.connect(url) as holder:
+        holder.execute(lock_sql, params)
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+        for t in threads:
+            t.start()
+        try:
+            wait_for_lock_waiters(url, len(calls))
+        finally:
+            holder.commit()
+            for t in threads:
+                t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    return results
+
+
+def test_postgres_schema_is_created_once_by_racing_pools(pg_url):
+    import psycopg
+
+    from pool.ledger.postgres import PostgresLedger
+
+    barrier = threading.Barrier(3)
+    opened: list = []
+
+    def open_one() -> None:
+        barrier.wait(timeout=10)
+        try:
+            opened.append(PostgresLedger(pg_url))
+        except Exception as exc:
+            opened.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    try:
+        assert all(isinstance(led, PostgresLedger) for led in opened), opened
+        assert [led.schema_version() for led in opened] == [1, 1, 1]
+    finally:
+        for led in opened:
+            if isinstance(led, PostgresLedger):
+                led.close()
+    with psycopg.connect(pg_url) as raw:
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        names = {r[0] for r in raw.execute("SELECT indexname FROM pg_indexes").fetchall()}
+        assert {"shares_by_time", "payment_outputs_by_address"} <= names
+    assert type(open_ledger(pg_url)).__name__ == "PostgresLedger"
+
+
+def test_postgres_bad_url_and_unreachable_server(pg_url):
+    from pool.ledger.postgres import LedgerConnectionError, PostgresLedger
+
+    with pytest.raises(ValueError, match="bad PostgreSQL URL"):
+        PostgresLedger("postgresql://127.0.0.1/x?no_such_option=1")
+    with pytest.raises(ValueError, match="max_attempts"):
+        PostgresLedger(pg_url, max_attempts=0)
+    nobody = f"postgresql://postgres:secret@127.0.0.1:{pg.free_port()}/pool"
+    with pytest.raises(LedgerConnectionError, match="cannot connect") as info:
+        open_ledger(nobody)
+    assert "secret" not in str(info.value)
+    assert isinstance(info.value, LedgerError)
+
+
+def test_postgres_two_pools_never_pay_one_balance_twice(pg_url):
+    from pool.ledger.postgres import PostgresLedger
+
+    with PostgresLedger(pg_url) as first, PostgresLedger(pg_url) as second:
+        balances = confirmed_balances(first)
+        results = race_behind_lock(
+            pg_url,
+            "SELECT 1 FROM balances WHERE address = %s FOR UPDATE",
+            (ALICE,),
+            [
+                lambda: first.create_payment_batch("pool-a", balances),
+                lambda: second.create_payment_batch("pool-b", balances),
+            ],
+        )
+        paid = [r for r in results if not isinstance(r, Exception)]
+        refused = [r for r in results if isinstance(r, Exception)]
+        assert len(paid) == 1 and len(refused) == 1, results
+        assert isinstance(refused[0], LedgerError) and "exceeds" in str(refused[0])
+        assert paid[0].outputs == balances
+        # The loser read the balance before the winner committed: it had to run again.
+        assert first.retries + second.retries >= 1
+        for led in (first, second):
+            assert led.balances() == {}
+            assert led.pending_payment_batches() == [paid[0]]
+            assert led.pending_payout_total() == sum(balances.values())
+
+
+def test_postgres_two_pools_never_confirm_one_block_twice(pg_url):
+    from pool.ledger.postgres import PostgresLedger
+
+    with PostgresLedger(pg_url) as first, PostgresLedger(pg_url) as second:
+        fill(first)
+        block_id = first.record_block(9, b"\x09" * 32, 10**9, 60.0, BOB, "w", 10.0)
+        results = race_behind_lock(
+            pg_url,
+            "SELECT 1 FROM blocks WHERE id = %s FOR UPDATE",
+            (block_id,),
+            [
+                lambda: first.credit_block(block_id, 2.0, 100, FEE),
+                lambda: second.credit_block(block_id, 2.0, 100, FEE),
+            ],
+        )
+        assert [r.status for r in results] == [CREDITED, CREDITED], results
+        credits = first.block_credits(block_id)
+        assert sum(credits.values()) == 10**9
+        results = race_behind_lock(
+            pg_url,
+            "SELECT 1 FROM blocks WHERE id = %s FOR UPDATE",
+            (block_id,),
+            [lambda: first.confirm_block(block_id), lambda: second.confirm_block(block_id)],
+        )
+        assert [r.status for r in results] == [CONFIRMED, CONFIRMED], results
+        assert second.balances() == credits  # credited once, not twice
+        assert first.retries + second.retries >= 2  # each race had a loser that ran again
+
+
+def test_postgres_killed_connection_loses_nothing_committed(pg_url):
+    import psycopg
+
+    from pool.ledger.postgres import LedgerConnectionError, PostgresLedger
+
+    with PostgresLedger(pg_url) as led:
+        balances = confirmed_balances(led)
+        block_id = led.record_block(10, b"\x0a" * 32, 10**6, 61.0, BOB, "w", 10.0)
+        led.credit_block(block_id, 2.0, 100, FEE)
+        outcome: list = []
+
+        def confirm() -> None:
+            try:
+                outcome.append(led.confirm_block(block_id))
+            except Exception as exc:
+                outcome.append(exc)
+
+        with psycopg.connect(pg_url) as holder:
+            holder.execute("SELECT 1 FROM blocks WHERE id = %s FOR UPDATE", (block_id,))
+            thread = threading.Thread(target=confirm)
+            thread.start()
+            try:
+                (pid,) = wait_for_lock_waiters(pg_url, 1)
+                # The ledger's session dies in the middle of its transaction.
+                holder.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            finally:
+                holder.rollback()
+                thread.join(timeout=30)
+        assert len(outcome) == 1 and isinstance(outcome[0], LedgerConnectionError), outcome
+        assert "lost" in str(outcome[0])
+        # The next calls reconnect; what was committed is there, the killed part is not.
+        assert led.balances() == balances
+        assert led.block(block_id).status == CREDITED
+        assert led.confirm_block(block_id).status == CONFIRMED
+        assert sum(led.balances().values()) == sum(balances.values()) + 10**6
+
+
+def test_postgres_dead_server_raises_and_the_ledger_recovers(request):
+    from pool.ledger.postgres import LedgerConnectionError, PostgresLedger
+
+    server = pg.postgres_server(request.config)
+    url = server.create_database()
+    with PostgresLedger(url) as led:
+        balances = confirmed_balances(led)
+        batch = led.create_payment_batch("before-crash", {ALICE: balances[ALICE]})
+        acked = led.share_count()
+        server.stop("immediate")  # a crash: no shutdown checkpoint
+        try:
+            with pytest.raises(LedgerConnectionError, match=r"PostgreSQL at 127\.0\.0\.1"):
+                led.insert_shares([share(50_000, ALICE, 70.0)])
+            with pytest.raises(LedgerConnectionError):
+                led.complete_payment_batch("before-crash", "tx")
+        finally:
+            server.start()
+        # The same object reconnects by itself; everything acknowledged survived the crash.
+        assert led.share_count() == acked
+        assert led.pending_payment_batches() == [batch]
+        assert led.balances() == {a: v for a, v in balances.items() if a != ALICE}
+        assert led.insert_shares([share(50_000, ALICE, 70.0)]) == 1
+        assert led.complete_payment_batch("before-crash", "tx").status == COMPLETED

@@ -75,7 +75,7 @@ def test_wrong_tile_is_a_mismatch(workload, blas_winners):
 
 
 def test_digest_from_another_header_is_a_mismatch(workload, blas_winners):
-    header, winners = blas_winners
+    _, winners = blas_winners
     ti, tj, digest = winners[0]
     assert not check_candidate(workload, header_for(workload, 2), (ti, tj), digest, EASY).ok
 
@@ -113,3 +113,45 @@ async def test_corrupted_backend_gives_hw_errors_and_no_submit(tmp_path, mode):
         assert sum(w.stats.shares.values()) == 0
         assert await pool.shares_received() == 0
         assert w.stats.pool_connected
+
+
+def test_stats_hashrate_windows_and_counters():
+    now = [1000.0]
+    stats = WorkerStats(clock=lambda: now[0])
+    for _ in range(20):  # 20 s of 1 MMAC/s on one device
+        now[0] += 1.0
+        stats.add_scan("gpu0", 1_000_000, True)
+    assert stats.hashrate(10, "gpu0") == pytest.approx(1e6, rel=0.11)
+    assert stats.hashrate(60) == pytest.approx(1e6, rel=0.06)  # over the 20 s since start
+    now[0] += 30.0  # idle: the 10 s window empties, the 60 s one thins out
+    assert stats.hashrate(10, "gpu0") == 0.0
+    assert 0 < stats.hashrate(60) < 1e6
+    stats.add_share("accepted", 0.5, block=True)
+    stats.add_share("stale", code=21)
+    stats.add_share("rejected", code=23)
+    stats.add_candidate("gpu0", False)
+    summary = stats.summary()
+    assert summary["shares"] == {"accepted": 1, "rejected": 1, "stale": 1, "lost": 0}
+    assert summary["rejects_by_code"] == {"21": 1, "23": 1}
+    assert summary["blocks"] == 1 and summary["hw_errors"] == 1
+    assert summary["devices"][0]["macs"] == 20_000_000
+    with pytest.raises(ValueError):
+        stats.add_share("weird")
+
+
+def test_status_line_and_live_view_render():
+    import io
+
+    from rich.console import Console
+
+    from worker.console import format_rate, status_line, status_table
+
+    stats = WorkerStats()
+    stats.add_scan("opencl:0:0", 3_000_000_000, True)
+    stats.pool, stats.pool_connected = "127.0.0.1:3333", True
+    line = status_line(stats)
+    assert line.startswith("127.0.0.1:3333 | ") and "accepted 0" in line
+    assert format_rate(2.5e9) == "2.50 GMAC/s" and format_rate(12) == "12 MAC/s"
+    out = io.StringIO()
+    Console(file=out, width=140, force_terminal=True).print(status_table(stats))
+    assert "opencl:0:0" in out.getvalue() and "total" in out.getvalue()

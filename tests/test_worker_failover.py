@@ -73,30 +73,32 @@ async def test_failover_from_a_dead_primary_and_back(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     primary = PoolEndpoint("127.0.0.1", free_port())
     blas = open_backends("blas", None, threads=1)[0]
-    async with running_pool(tmp_path / "secondary") as secondary:
-        async with running_worker([primary, secondary.endpoint], [blas]) as worker:
-            await wait_until(lambda: worker.failover.active is not None, 10)
-            assert worker.failover.active.endpoint == secondary.endpoint
-            await wait_until(lambda: worker.stats.device(blas.name).scans >= 3, 10)
-            assert worker.stats.pool == secondary.endpoint.label
-            assert secondary.sessions() == 1
+    async with (
+        running_pool(tmp_path / "secondary") as secondary,
+        running_worker([primary, secondary.endpoint], [blas]) as worker,
+    ):
+        await wait_until(lambda: worker.failover.active is not None, 10)
+        assert worker.failover.active.endpoint == secondary.endpoint
+        await wait_until(lambda: worker.stats.device(blas.name).scans >= 3, 10)
+        assert worker.stats.pool == secondary.endpoint.label
+        assert secondary.sessions() == 1
 
-            # the primary comes up on its port: the worker goes back to it
-            async with running_pool(tmp_path / "primary", port=primary.port) as first:
-                await wait_until(
-                    lambda: worker.failover.active is not None
-                    and worker.failover.active.endpoint == primary, 10)
-                assert worker.failover.switches_to_better == 1
-                await wait_until(lambda: first.sessions() == 1, 5)
-                await wait_until(lambda: secondary.sessions() == 0, 5)
-                scans = worker.stats.device(blas.name).scans
-                await wait_until(lambda: worker.stats.device(blas.name).scans > scans + 2, 10)
-                assert worker.feed.job is not None
-                assert worker.feed.job.client.endpoint == primary
-
-            # the primary goes away again: back to the secondary
+        # the primary comes up on its port: the worker goes back to it
+        async with running_pool(tmp_path / "primary", port=primary.port) as first:
             await wait_until(
                 lambda: worker.failover.active is not None
-                and worker.failover.active.endpoint == secondary.endpoint, 10)
+                and worker.failover.active.endpoint == primary, 10)
+            assert worker.failover.switches_to_better == 1
+            await wait_until(lambda: first.sessions() == 1, 5)
+            await wait_until(lambda: secondary.sessions() == 0, 5)
+            scans = worker.stats.device(blas.name).scans
+            await wait_until(lambda: worker.stats.device(blas.name).scans > scans + 2, 10)
+            assert worker.feed.job is not None
+            assert worker.feed.job.client.endpoint == primary
+
+        # the primary goes away again: back to the secondary
+        await wait_until(
+            lambda: worker.failover.active is not None
+            and worker.failover.active.endpoint == secondary.endpoint, 10)
     assert f"pool {primary.label} is back; leaving {secondary.endpoint.label}" in caplog.text
     assert f"pool {primary.label}: cannot connect" in caplog.text

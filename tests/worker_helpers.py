@@ -167,6 +167,12 @@ class WrappedBackend:
     def prepare(self, workload: Any) -> None:
         self.inner.prepare(workload)
 
+    def transcripts(self, header: bytes) -> Any:
+        return self.inner.transcripts(header)
+
+    def product(self, header: bytes) -> Any:
+        return self.inner.product(header)
+
     def scan(self, header: bytes, share_target: int, should_stop: Callable[[], bool]) -> ScanResult:
         result = self.inner.scan(header, share_target, should_stop)
         self.scans.append(result)

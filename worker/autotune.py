@@ -35,9 +35,17 @@ class KernelConfig:
     kc: int = 16  # inner chunk staged in local memory
     vw: int = 4  # vector width of global loads
     acc_float: bool = True  # float32 multiply-add per slab, then int32
+    item: bool = False  # one work-item per tile, explicit SIMD (mine_item; CPU devices)
 
     @property
-    def local_size(self) -> tuple[int, int]:
+    def kernel_name(self) -> str:
+        return "mine_item" if self.item else "mine"
+
+    @property
+    def local_size(self) -> tuple[int, int] | None:
+        """Work-group size of the mining kernel (None: the implementation chooses)."""
+        if self.item:
+            return None
         return (self.bn // self.wn, self.bm // self.wm)
 
     def valid(self) -> bool:
@@ -55,7 +63,9 @@ class KernelConfig:
 
     def fits(self, shape: Shape, max_work_group_size: int) -> bool:
         """Usable for ``shape`` on a device with this work-group size limit."""
-        lx, ly = self.local_size
+        if self.item:
+            return self.valid()
+        lx, ly = self.bn // self.wn, self.bm // self.wm
         return (
             self.valid()
             and shape.m % self.bm == 0
@@ -79,8 +89,10 @@ class KernelConfig:
 
 
 SAFE_CONFIG = KernelConfig(bm=16, bn=16, wm=4, wn=4, kc=16, vw=4, acc_float=True)
+ITEM_CONFIG = KernelConfig(bm=16, bn=16, item=True)
 
 CANDIDATES: tuple[KernelConfig, ...] = (
+    ITEM_CONFIG,
     KernelConfig(32, 32, 4, 4, 16, 4, True),
     KernelConfig(64, 64, 4, 4, 16, 8, True),
     KernelConfig(64, 64, 8, 8, 32, 8, True),

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from protocol.errors import ProtocolError
 from protocol.workload import Shape
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"workload shape; R is the slab width (default {DEFAULT_BENCH_SHAPE})")
     bench.add_argument("--devices", nargs="+", metavar="P:D",
                        help="OpenCL devices as PLATFORM:DEVICE (default all)")
+    bench.add_argument("--seconds", type=float, default=2.0, metavar="S",
+                       help="measuring time per device, after one warm-up header (default 2)")
     bench.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="WARNING",
                        help="log verbosity (default WARNING)")
     return parser
@@ -176,34 +179,40 @@ def _devices(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def report_bench(rows: list[dict], out: TextIO) -> int:
+    """Print one line per measured device; the exit status: 1 on any mismatch or no rows."""
+    failed = False
+    for row in rows:
+        name = str(row.get("backend", "?"))
+        rate = float(row.get("macs_per_s", 0.0))
+        mismatches = int(row.get("mismatches", 0))
+        verdict = "OK" if mismatches == 0 else f"MISMATCH x{mismatches}"
+        print(f"{name:<24} {row.get('shape', ''):<20} {rate / 1e9:10.3f} GMAC/s  "
+              f"{row.get('headers', '?')} headers  {verdict}", file=out)
+        failed = failed or mismatches > 0
+    if not rows:
+        print("nothing was measured", file=out)
+        return EXIT_FAILURE
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
 def _bench(args: argparse.Namespace) -> int:
     from .backends import BackendError
     from .bench import run_bench
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr)
     kinds = list(BACKENDS) if args.backend == "all" else [args.backend]
-    shape: Shape = args.shape
     rows: list[dict] = []
     failed = False
     for kind in kinds:
         devices = args.devices if kind == "opencl" else None
         try:
-            rows.extend(run_bench(kind, shape, devices))
+            rows.extend(run_bench(kind, args.shape, devices, seconds=args.seconds))
         except BackendError as exc:
             print(f"{kind}: cannot run: {exc}", file=sys.stderr)
             failed = True
-    print(f"shape {shape.m}x{shape.n}x{shape.k}:{shape.r}")
-    for row in rows:
-        name = row.get("device") or row.get("name") or row.get("backend", "?")
-        rate = float(row.get("macs_per_s", row.get("rate", 0.0)))
-        mismatches = int(row.get("mismatches", 0))
-        verdict = "OK" if mismatches == 0 else f"MISMATCH ×{mismatches}"
-        print(f"{name:<24} {rate / 1e9:10.3f} GMAC/s  {verdict}")
-        failed = failed or mismatches > 0
-    if not rows:
-        print("nothing was measured", file=sys.stderr)
-        return EXIT_FAILURE
-    return EXIT_FAILURE if failed else EXIT_OK
+    status = report_bench(rows, sys.stdout)
+    return EXIT_FAILURE if failed else status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

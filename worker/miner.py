@@ -1,12 +1,12 @@
 """Jobs → headers → backends → checked shares.
 
 Each device runs its own loop: take the current job, build a header with a fresh
-extranonce2 (top byte = device index, 7-byte counter below, kept across jobs of one
-session so no header is ever mined twice), roll ``time`` with the clock up to 600 s
-past the job's time, and scan it in a worker thread. ``should_stop`` turns true as soon
-as a clean job (or a new session, or no session) makes the work worthless, so the
-backend drops the scan at its next check. Winners are re-checked on the CPU and only
-then submitted.
+extranonce2 (top byte = device index, 7-byte counter below, kept per extranonce1 across
+jobs and resumed sessions, so no header is ever mined twice), roll ``time`` with the
+clock up to 600 s past the job's time, and scan it in a worker thread. ``should_stop``
+turns true as soon as a clean job (or a new session, or no session) makes the work
+worthless, so the backend drops the scan at its next check. Winners are re-checked on
+the CPU and only then submitted.
 """
 
 from __future__ import annotations
@@ -149,11 +149,24 @@ class DeviceSlot:
     scan_started: float | None = None
     restart_requested: bool = False
     counter: int = 0
-    session: object = None
+    extranonce1: bytes | None = None
+    counters: dict[bytes, int] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return str(getattr(self.backend, "name", f"device{self.index}"))
+
+    def use_extranonce1(self, extranonce1: bytes) -> None:
+        """Switch the counter to a session's extranonce1; a resumed session (same
+        extranonce1) continues where it was, so no header is mined twice."""
+        if extranonce1 == self.extranonce1:
+            return
+        if self.extranonce1 is not None:
+            self.counters[self.extranonce1] = self.counter
+            while len(self.counters) > 16:
+                self.counters.pop(next(iter(self.counters)))
+        self.extranonce1 = extranonce1
+        self.counter = self.counters.pop(extranonce1, 0)
 
     def next_extranonce2(self) -> bytes:
         """Top byte = device index, then a 7-byte big-endian counter."""
@@ -301,9 +314,7 @@ class Miner:
             minable = await self._minable_job()
             job = minable.job
             generation = self.feed.generation
-            if slot.session is not job.client:
-                slot.session = job.client
-                slot.counter = 0
+            slot.use_extranonce1(job.extranonce1)
             if slot.prepared_root != minable.workload.work_root:
                 await trio.to_thread.run_sync(slot.backend.prepare, minable.workload,
                                               limiter=slot.limiter, abandon_on_cancel=True)

@@ -1,4 +1,13 @@
-"""The pool's accounting store: the ``Ledger`` interface and its SQLite implementation."""
+"""The pool's accounting store: the ``Ledger`` interface, SQLite and PostgreSQL stores.
+
+``open_ledger`` picks the store from its argument: a ``postgresql://`` URL opens
+``PostgresLedger`` (needs ``psycopg``: the ``postgres`` extra), anything else is the path
+of a ``SqliteLedger`` file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 from .base import (
     CANCELLED,
@@ -20,6 +29,21 @@ from .base import (
 )
 from .sqlite import SqliteLedger
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def open_ledger(url_or_path: str | Path) -> Ledger:
+    """Open the ledger at ``url_or_path``: a PostgreSQL URL or a SQLite file path."""
+    if isinstance(url_or_path, str) and url_or_path.startswith(POSTGRES_SCHEMES):
+        try:
+            from .postgres import PostgresLedger
+        except ImportError as exc:
+            raise LedgerError(
+                f"a PostgreSQL ledger needs psycopg (pip install 'matmine[postgres]'): {exc}"
+            ) from exc
+        return PostgresLedger(url_or_path)
+    return SqliteLedger(url_or_path)
+
 __all__ = [
     "CANCELLED",
     "COMPLETED",
@@ -38,4 +62,5 @@ __all__ = [
     "ShareRecord",
     "ShareStat",
     "SqliteLedger",
+    "open_ledger",
 ]

@@ -71,7 +71,10 @@ class ResultDesk:
 
         A chunk that is refused drops the partial upload (the worker starts again at 0).
         """
-        if lease.session != session or lease.state != "active":
+        if lease.session != session:
+            raise ProtocolError("work.result: this job's unit is leased to another session",
+                                code=21)
+        if lease.state != "active":
             self._uploads.pop(lease.id, None)
             raise ProtocolError(f"work.result: the lease of this job is {lease.state}", code=21)
         if unit != lease.unit.unit_id:

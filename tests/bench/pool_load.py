@@ -41,7 +41,8 @@ import trio
 
 from protocol.address import new_address
 from protocol.framing import FrameDecoder, encode_frame
-from protocol.workload import Shape
+from protocol.ticket import verify_ticket
+from protocol.workload import Shape, synthetic_rows
 
 REPO = Path(__file__).resolve().parents[2]
 SHARE_DIFFICULTY = 1e-7  # every ticket of k >= 4·32 meets it: D <= 256·k / 2³²
@@ -58,6 +59,20 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def bare_check_seconds(shape: Shape, count: int = 100) -> float:
+    """Mean time of one share's CPU work in this process, nothing else running: derive the
+    16 + 16 synthetic rows and recompute the ticket (what the pool's check thread does)."""
+    seed = os.urandom(32)
+    start = time.perf_counter()
+    for i in range(count):
+        header = os.urandom(128)
+        tile = (i % shape.tiles_m, (i * 7) % shape.tiles_n)
+        a = synthetic_rows(seed, "A", tile[0] * 16, 16, shape.k)
+        bt = synthetic_rows(seed, "B", tile[1] * 16, 16, shape.k)
+        verify_ticket(header, shape, tile, a, bt)
+    return (time.perf_counter() - start) / count
 
 
 def pool_config(data: Path, stratum: int, http: int, shape: Shape, connections: int) -> str:
@@ -136,13 +151,18 @@ class Miner:
             self.inbox.extend(self.decoder.feed(data))
 
     async def wait_job(self) -> None:
-        while self.job is None:
-            data = await self.stream.receive_some(65536)
-            if not data:
-                raise ConnectionError("pool closed the connection")
-            for msg in self.decoder.feed(data):
+        """Wait for the first job (it may already sit in the inbox)."""
+        while True:
+            for msg in self.inbox:
                 if msg.get("method") == "mining.notify":
                     self.job = msg["params"]
+            self.inbox.clear()
+            if self.job is not None:
+                return
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise ConnectionError(f"pool closed the connection: {self.last_message!r}")
+            self.inbox.extend(self.decoder.feed(data))
 
     def next_share(self) -> dict:
         """A distinct, valid share for the current job (every ticket meets the difficulty)."""
@@ -247,7 +267,8 @@ async def bench(args: argparse.Namespace, pid: int, stratum: int, http: int) -> 
     shape = Shape(*args.shape)
     rss_before = rss_kib(pid)
     t0 = time.perf_counter()
-    miners = await connect_all(stratum, args.connections, shape, new_address())
+    with trio.fail_after(args.startup_timeout + args.connections * 0.2):
+        miners = await connect_all(stratum, args.connections, shape, new_address())
     connect_s = time.perf_counter() - t0
     await trio.sleep(1.0)  # let the pool settle before reading RSS
     rss_after = rss_kib(pid)
@@ -272,7 +293,8 @@ async def bench(args: argparse.Namespace, pid: int, stratum: int, http: int) -> 
     db, writes = histogram_mean(text, "matmine_pool_db_write_seconds")
     accepted = re.search(r'^matmine_pool_shares_total\{result="accepted"\} (\S+)$', text, re.M)
     print(
-        f"pool-side: share check mean {check * 1e3:.3f} ms over {checks:.0f} checks;"
+        f"pool-side (from /metrics): share_check_seconds mean {check * 1e3:.3f} ms over"
+        f" {checks:.0f} checks (includes waiting for a check thread);"
         f" db write mean {db * 1e3:.3f} ms over {writes:.0f} writes;"
         f" accepted counter {accepted.group(1) if accepted else '?'}"
     )
@@ -281,7 +303,12 @@ async def bench(args: argparse.Namespace, pid: int, stratum: int, http: int) -> 
             await miner.stream.aclose()
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # run the cleanup below (stop the pool) on SIGTERM too
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=500, help="simulated miners")
     parser.add_argument(
@@ -297,7 +324,12 @@ def main() -> None:
     )
     parser.add_argument("--startup-timeout", type=float, default=60.0)
     args = parser.parse_args()
-    Shape(*args.shape)  # validate early
+    shape = Shape(*args.shape)  # validate early
+    check = bare_check_seconds(shape)
+    print(
+        f"bare ticket check (rows + verify_ticket, 1 thread, no pool running):"
+        f" {check * 1e3:.3f} ms = {1 / check:.0f}/s per core"
+    )
     stratum, http = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="matmine-bench-") as tmp:
         config = Path(tmp) / "pool.toml"

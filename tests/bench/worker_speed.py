@@ -105,6 +105,10 @@ def main() -> int:
                 )
         again = numpy_rate(shape, args.seconds)
         rows.append((label, "numpy f32 A@B (again)", again, again / base, ""))
+        # the box is shared: the baseline is the better of its two measurements
+        best = max(base, again)
+        rows = [(lb, w, rate, rate / best if lb == label else q, n) for lb, w, rate, q, n in rows]
+    print("ratios are against the better of the two numpy measurements of the same shape")
     print(f"{'shape':<14} {'what':<60} {'GMAC/s':>8} {'x base':>7}  note")
     for label, what, rate, ratio, note in rows:
         print(f"{label:<14} {what:<60} {rate / 1e9:8.2f} {ratio:7.3f}  {note}")

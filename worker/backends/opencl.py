@@ -98,6 +98,7 @@ class OpenCLBackend:
         autotune: bool = True,
         launch_seconds: float = 0.05,
         winner_cap: int = DEFAULT_WINNER_CAP,
+        tune_seconds: float = 0.3,
     ) -> None:
         _require_cl()
         try:
@@ -114,6 +115,7 @@ class OpenCLBackend:
         self.context = cl.Context([self.device])
         self.queue = cl.CommandQueue(self.context)
         self.launch_seconds = launch_seconds
+        self.tune_seconds = tune_seconds
         self.winner_cap = winner_cap
         self._fixed_config = config
         self._autotune = autotune
@@ -196,15 +198,15 @@ class OpenCLBackend:
             return candidates[0]
         key = autotune_key(self.device.name.strip(), self.device.driver_version.strip(), shape)
         tuner = Autotuner(self.cache_dir)
-        return tuner.tune(key, candidates, self.measure).config
+        return tuner.tune(key, candidates, lambda c: self.measure(c, self.tune_seconds)).config
 
     def measure(self, config: KernelConfig, seconds: float = 0.3) -> float:
         """MAC/s of ``config`` on the prepared workload (a few launches of one band)."""
         workload = require_prepared(self._workload)
         shape = workload.shape
-        self._apply_noise(bytes(128))
+        self._apply_noise(bytes(128), config)
         self._set_key_limit(bytes(32), 0)
-        kernel = self.kernel(config, "mine")
+        kernel = self.kernel(config, config.kernel_name)
         band = config.bm // TILE
         done, macs, start = 0, 0, time.perf_counter()
         while True:
@@ -218,18 +220,21 @@ class OpenCLBackend:
 
     # -- one header ----------------------------------------------------------------------
 
-    def _apply_noise(self, header: bytes) -> bytes:
+    def _apply_noise(self, header: bytes, config: KernelConfig, zero_noise: bool = False) -> bytes:
+        """A' and B'ᵀ on the device, in the layout ``config``'s kernel reads."""
         workload = require_prepared(self._workload)
         shape = workload.shape
         seed = pow_seed(header)
         bufs = self._bufs
-        kernel = self.kernel(self.config or SAFE_CONFIG, "apply_noise")
+        kernel = self.kernel(config, "apply_noise_packed" if config.item else "apply_noise")
         for side, rows, x, out, f_buf, g_buf, e_buf in (
             ("A", shape.m, "a", "a_noisy", "fa", "ga", "eal"),
             ("B", shape.n, "bt", "bt_noisy", "fb", "gb", "ebr"),
         ):
             f, g = index_pairs(seed, side, shape.k, shape.r)
             e = noise_factors(seed, side, 0, rows, shape.r).astype(np.int8)
+            if zero_noise:
+                e[:] = 0
             cl.enqueue_copy(self.queue, bufs[f_buf], f.astype(np.uint16))
             cl.enqueue_copy(self.queue, bufs[g_buf], g.astype(np.uint16))
             cl.enqueue_copy(self.queue, bufs[e_buf], e)
@@ -262,13 +267,18 @@ class OpenCLBackend:
     ) -> None:
         shape = require_prepared(self._workload).shape
         bufs = self._bufs
-        lx, ly = config.local_size
-        global_size = (shape.n // config.bn * lx, band_tiles * TILE // config.bm * ly)
-        a, bt = (bufs["a"], bufs["bt"]) if plain else (bufs["a_noisy"], bufs["bt_noisy"])
+        local = config.local_size
+        if local is None:
+            global_size = (shape.tiles_n, band_tiles)
+        else:
+            lx, ly = local
+            global_size = (shape.n // config.bn * lx, band_tiles * TILE // config.bm * ly)
+        raw = plain and not config.item  # mine_item reads packed operands, made by the caller
+        a, bt = (bufs["a"], bufs["bt"]) if raw else (bufs["a_noisy"], bufs["bt_noisy"])
         kernel(
             self.queue,
             global_size,
-            (lx, ly),
+            local,
             a,
             bt,
             np.int32(shape.n),
@@ -297,9 +307,9 @@ class OpenCLBackend:
         config = self.config
         assert config is not None
         shape = workload.shape
-        seed = self._apply_noise(header)
+        seed = self._apply_noise(header, config)
         self._set_key_limit(seed, limit)
-        kernel = self.kernel(config, "mine")
+        kernel = self.kernel(config, config.kernel_name)
         step = config.bm // TILE
         band = self._band_tiles or step
         winners: list[tuple[int, int, bytes]] = []
@@ -377,7 +387,9 @@ class OpenCLBackend:
         shape = workload.shape
         out = np.empty((shape.m, shape.n), dtype=np.int32)
         acc = cl.Buffer(self.context, cl.mem_flags.WRITE_ONLY, out.nbytes)
-        kernel = self.kernel(config, "mine", plain_gemm=True)
+        if config.item:  # packed copies of A and Bᵀ without noise
+            self._apply_noise(bytes(128), config, zero_noise=True)
+        kernel = self.kernel(config, config.kernel_name, plain_gemm=True)
         self._launch(kernel, config, 0, shape.tiles_m, True, acc)
         cl.enqueue_copy(self.queue, out, acc)
         return out

@@ -68,6 +68,17 @@ __kernel void apply_noise(__global const char *x, __global const char *e,
     out[at] = (char)v;
 }
 
+// ---- noise into the tile-packed layout of mine_item: out[(i / 16, l, i % 16)] --------
+__kernel void apply_noise_packed(__global const char *x, __global const char *e,
+                                 __global const ushort *f, __global const ushort *g,
+                                 __global char *out, const int k, const int r) {
+    const int l = get_global_id(0);
+    const int i = get_global_id(1);
+    const int v = (int)x[(size_t)i * (size_t)k + (size_t)l] + (int)e[i * r + f[l]]
+                  - (int)e[i * r + g[l]];
+    out[((size_t)(i / 16) * (size_t)k + (size_t)l) * 16 + (i % 16)] = (char)v;
+}
+
 // ---- BLAKE3: one compression of one 64-byte block --------------------------------------
 #define ROTR(x, n) rotate((uint)(x), (uint)(32 - (n)))
 #define G(a, b, c, d, mx, my)       \
@@ -244,6 +255,89 @@ void mine(__global const char *a, __global const char *bt,
                 winners[slot * 10 + 1] = tj;
                 for (int w = 0; w < 8; w++) winners[slot * 10 + 2 + w] = d[w];
             }
+        }
+    }
+#endif
+}
+
+// ---- one work-item per tile (CPU devices) ----------------------------------------------
+// `ap` and `bp` are tile-packed: element (row i, inner l) at ((i / 16) * k + l) * 16 + i % 16,
+// so one tile's 16 values of one inner index are one char16. Each work-item keeps its
+// tile's 16 rows as float8 pairs (slab partials) and int8 pairs: explicit SIMD for
+// implementations (PoCL) that vectorise poorly across work-items.
+__kernel void mine_item(__global const char *ap, __global const char *bp,
+                        const int n, const int k, const int r, const int tile_row0,
+                        __global const uint *key, __global const uint *limit,
+                        __global uint *jout, __global volatile uint *win_count,
+                        __global uint *winners, const uint win_cap,
+                        __global int *acc_out, const int write_acc) {
+    const int tj = get_global_id(0);
+    const int ti = tile_row0 + get_global_id(1);
+    __global const char *pa = ap + (size_t)ti * (size_t)k * 16;
+    __global const char *pb = bp + (size_t)tj * (size_t)k * 16;
+    // 8-wide halves: 16-wide float vectors break some PoCL/LLVM builds
+    int8 acc_lo[16], acc_hi[16];
+    for (int i = 0; i < 16; i++) {
+        acc_lo[i] = (int8)(0);
+        acc_hi[i] = (int8)(0);
+    }
+    uint jw[16];
+    for (int w = 0; w < 16; w++) jw[w] = 0u;
+    jw[0] = (uint)ti;
+    jw[1] = (uint)tj;
+    const int slabs = k / r;
+    for (int s = 0; s < slabs; s++) {
+        float8 p_lo[16], p_hi[16];
+        for (int i = 0; i < 16; i++) {
+            p_lo[i] = (float8)(0.0f);
+            p_hi[i] = (float8)(0.0f);
+        }
+        for (int l = s * r; l < (s + 1) * r; l++) {
+            const float8 a_lo = convert_float8(vload8(2 * l, pa));
+            const float8 a_hi = convert_float8(vload8(2 * l + 1, pa));
+            const float8 b_lo = convert_float8(vload8(2 * l, pb));
+            const float8 b_hi = convert_float8(vload8(2 * l + 1, pb));
+#define ROW(i, av)                          \
+    p_lo[i] += (float8)(av) * b_lo;         \
+    p_hi[i] += (float8)(av) * b_hi;
+            ROW(0, a_lo.s0) ROW(1, a_lo.s1) ROW(2, a_lo.s2) ROW(3, a_lo.s3)
+            ROW(4, a_lo.s4) ROW(5, a_lo.s5) ROW(6, a_lo.s6) ROW(7, a_lo.s7)
+            ROW(8, a_hi.s0) ROW(9, a_hi.s1) ROW(10, a_hi.s2) ROW(11, a_hi.s3)
+            ROW(12, a_hi.s4) ROW(13, a_hi.s5) ROW(14, a_hi.s6) ROW(15, a_hi.s7)
+#undef ROW
+        }
+        int8 x = (int8)(0);
+        for (int i = 0; i < 16; i++) {
+            // exact: |slab partial| <= 127^2 * r < 2^24
+            acc_lo[i] += convert_int8(p_lo[i]);
+            acc_hi[i] += convert_int8(p_hi[i]);
+            x ^= acc_lo[i] ^ acc_hi[i];
+        }
+#if !PLAIN_GEMM
+        const int4 x4 = x.lo ^ x.hi;
+        const int2 x2 = x4.lo ^ x4.hi;
+        const uint y = (uint)(x2.x ^ x2.y);
+        jw[s % 16] = rotate(jw[s % 16], 13u) ^ y;
+#endif
+    }
+    if (write_acc) {
+        for (int i = 0; i < 16; i++) {
+            __global int *row = acc_out + (size_t)(ti * 16 + i) * n + tj * 16;
+            vstore8(acc_lo[i], 0, row);
+            vstore8(acc_hi[i], 1, row);
+        }
+    }
+#if !PLAIN_GEMM
+    const size_t at = ((size_t)ti * (size_t)(n / 16) + tj) * 16;
+    for (int w = 0; w < 16; w++) jout[at + w] = jw[w];
+    uint d[8];
+    blake3_keyed_block(key, jw, d);
+    if (digest_meets(d, limit)) {
+        const uint slot = atomic_inc(win_count);
+        if (slot < win_cap) {
+            winners[slot * 10 + 0] = (uint)ti;
+            winners[slot * 10 + 1] = (uint)tj;
+            for (int w = 0; w < 8; w++) winners[slot * 10 + 2 + w] = d[w];
         }
     }
 #endif

@@ -1,0 +1,191 @@
+"""``matmine-pool work …``: submit a product to a pool's work API, poll it, fetch C.
+
+    matmine-pool work submit --api http://HOST:PORT A.npy B.npy [--wait] [-o C.npy] [--token T]
+    matmine-pool work status --api http://HOST:PORT ID [--token T]
+    matmine-pool work result --api http://HOST:PORT ID -o C.npy [--token T]
+
+The pool CLI calls :func:`add_work_subcommands` on its subparsers; each parsed command
+carries ``func(args) -> exit code``. ``submit`` prints the work id on stdout (progress
+goes to stderr). The token may also come from ``MATMINE_TOKEN``. Exit codes: 0 done or
+accepted, 1 failed item or HTTP error, 2 bad usage or unreadable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_API = "http://127.0.0.1:8080"
+
+
+class CliError(Exception):
+    """A failure to report on stderr; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    token = args.token or os.environ.get("MATMINE_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=args.api.rstrip("/"), headers=headers,
+                        timeout=httpx.Timeout(args.http_timeout))
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            message = response.json().get("error", response.text)
+        except ValueError:
+            message = response.text
+        raise CliError(f"HTTP {response.status_code}: {message}")
+    return response.json()
+
+
+def _npy_stream(paths: list[Path]) -> Iterator[bytes]:
+    for path in paths:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                yield block
+
+
+def _status(client: httpx.Client, work_id: str) -> dict[str, Any]:
+    return _check(client.get(f"/api/work/{work_id}"))
+
+
+def _fetch_result(client: httpx.Client, work_id: str, output: Path) -> None:
+    with client.stream("GET", f"/api/work/{work_id}/result") as response:
+        if response.status_code >= 400:
+            response.read()
+            _check(response)
+        tmp = output.with_name(output.name + ".part")
+        with open(tmp, "wb") as f:
+            for block in response.iter_bytes():
+                f.write(block)
+        os.replace(tmp, output)
+
+
+def _progress(status: dict[str, Any]) -> str:
+    states = status.get("unit_states", {})
+    return (f"{status['id']}: {status['state']}, {states.get('done', 0)}/{status['units']} "
+            f"units done, {states.get('running', 0)} running")
+
+
+def submit(args: argparse.Namespace) -> int:
+    paths = [Path(args.a), Path(args.b)]
+    for path in paths:
+        if not path.is_file():
+            raise CliError(f"{path} is not a readable file", code=2)
+    size = sum(p.stat().st_size for p in paths)
+    with _client(args) as client:
+        status = _check(client.post(
+            "/api/work", content=_npy_stream(paths),
+            headers={"Content-Type": "application/x-npy", "Content-Length": str(size)},
+        ))
+        print(status["id"], flush=True)
+        print(_progress(status), file=sys.stderr)
+        if not args.wait:
+            if args.output:
+                print("--output needs --wait (or use 'work result')", file=sys.stderr)
+            return 0
+        deadline = time.monotonic() + args.timeout
+        while status["state"] not in ("done", "failed"):
+            if time.monotonic() > deadline:
+                raise CliError(f"gave up after {args.timeout:g} s: {_progress(status)}")
+            time.sleep(args.poll)
+            status = _status(client, status["id"])
+            print(_progress(status), file=sys.stderr)
+        if status["state"] == "failed":
+            raise CliError(f"work {status['id']} failed: {status.get('error')}")
+        if args.output:
+            _fetch_result(client, status["id"], Path(args.output))
+            print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(json.dumps(_status(client, args.id), indent=2))
+    return 0
+
+
+def result(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _fetch_result(client, args.id, Path(args.output))
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _run(func: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except CliError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.code
+        except httpx.HTTPError as exc:
+            print(f"error: cannot reach {args.api}: {exc}", file=sys.stderr)
+            return 1
+    return run
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api", default=DEFAULT_API,
+                        help=f"base URL of the pool's HTTP API (default {DEFAULT_API})")
+    parser.add_argument("--token", default=None,
+                        help="API token (default: $MATMINE_TOKEN; none for a loopback pool "
+                             "without tokens)")
+    parser.add_argument("--http-timeout", type=float, default=300.0,
+                        help="seconds one HTTP request may take (default 300)")
+
+
+def add_work_subcommands(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``work submit|status|result`` to the pool CLI's ``subparsers``."""
+    work = subparsers.add_parser("work", help="submit useful work (matrix products) to a pool",
+                                 description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = work.add_subparsers(dest="work_command", required=True)
+
+    p = sub.add_parser("submit", help="submit C = A·B (A m×k, B k×n int8 .npy, in [-64, 64])")
+    p.add_argument("a", help="A as .npy (int8, m×k)")
+    p.add_argument("b", help="B as .npy (int8, k×n)")
+    p.add_argument("--wait", action="store_true", help="poll until the product is done")
+    p.add_argument("-o", "--output", help="with --wait: write C (int32 .npy, m×n) here")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between polls (default 1)")
+    p.add_argument("--timeout", type=float, default=24 * 3600.0,
+                   help="with --wait: give up after this many seconds (default one day)")
+    _common(p)
+    p.set_defaults(func=_run(submit))
+
+    p = sub.add_parser("status", help="show the state and progress of a work item")
+    p.add_argument("id", help="work id printed by submit")
+    _common(p)
+    p.set_defaults(func=_run(status))
+
+    p = sub.add_parser("result", help="download the product of a finished work item")
+    p.add_argument("id", help="work id printed by submit")
+    p.add_argument("-o", "--output", required=True, help="where to write C (int32 .npy)")
+    _common(p)
+    p.set_defaults(func=_run(result))
+    return work
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``work …`` on its own (the pool CLI mounts the same subcommands)."""
+    parser = argparse.ArgumentParser(prog="matmine-pool")
+    add_work_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The pool as a real process: SIGKILL while shares stream in, restart, SIGTERM.
+
+Checked afterwards, on the files the process left behind:
+
+- every share the pool acknowledged is in the ledger (inserting it again adds nothing);
+- nothing was paid twice: each miner's on-chain balance (miners receive nothing but
+  payouts) equals what the ledger's payment batches sent to it — completed batches,
+  plus pending ones the node did receive — and never more than it was credited.
+
+Difficulties are set so that blocks come every few headers: the chain moves, blocks
+mature (maturity 2) and payouts run (every 0.2 s) while the pool is being killed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from pool.ledger.base import PENDING, ShareRecord
+from pool.ledger.sqlite import SqliteLedger
+from pool.node.chain import Chain, NodeConfig
+from pool.sharelog import ShareLog, ShareLogError
+from protocol.address import new_address
+from tests.miner import MinerClosed, TestMiner
+
+REPO = Path(__file__).resolve().parent.parent
+NODE = {"start_difficulty": 2e-4, "min_difficulty": 1e-6, "maturity": 2, "block_time": 1}
+
+CONFIG = """
+[stratum]
+port = 0
+[http]
+enabled = false
+[pool]
+data_dir = "{data_dir}"
+start_difficulty = 1e-5
+payout_interval = 0.2
+unlock_interval = 0.2
+min_payout = 1
+[vardiff]
+enabled = false
+min_difficulty = 1e-7
+[work]
+m = 64
+n = 64
+k = 256
+r = 64
+[chain]
+poll_interval = 0.05
+[chain.node]
+start_difficulty = 2e-4
+min_difficulty = 1e-6
+maturity = 2
+block_time = 1
+[ledger]
+batch_interval_ms = 2.0
+[limits]
+messages_per_second = 100000.0
+message_burst = 100000
+"""
+
+
+class PoolProcess:
+    """``python -m pool.cli serve`` with its log in a file."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.process: trio.Process | None = None
+
+    async def start(self) -> int:
+        """Start the pool; return its miner port once it listens."""
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as log:
+            self.process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "pool.cli", "serve", "--config", str(self.config),
+                 "--log-level", "info"],
+                cwd=REPO, stdout=log, stderr=log)
+        with trio.fail_after(30):
+            while True:
+                text = self.log.read_text()[offset:]
+                match = re.search(r"listening for miners on [\d.]+:(\d+)", text)
+                if match and "pool ready" in text:
+                    return int(match.group(1))
+                assert self.process.poll() is None, f"pool exited:\n{text}"
+                await trio.sleep(0.05)
+
+    async def stop(self, sig: int) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        with trio.fail_after(20):
+            return await self.process.wait()
+
+
+async def stream_shares(port: int, address: str, acked: list[ShareRecord],
+                        until: float) -> None:
+    """Mine and submit (pipelined, 4 at a time) until ``until`` or the pool goes away."""
+    try:
+        async with await TestMiner.connect(port, timeout=10) as miner:
+            await miner.login(address + ".w")
+            while time.monotonic() < until:
+                job = miner.job
+                found = await miner.find(job)
+                for i in range(0, len(found), 4):
+                    batch = found[i:i + 4]
+                    ids = [await miner.send_submit(c) for c in batch]
+                    for c, rid in zip(batch, ids, strict=True):
+                        r = await miner.response(rid)
+                        if r.error is None:
+                            acked.append(ShareRecord(c.digest, 0.0, address, "w", c.job_id,
+                                                     job.height, 1e-5, 1.0, b"check"))
+    except (MinerClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass  # the pool was killed under us
+
+
+async def run_miners(port: int, addresses: list[str], acked: list[ShareRecord],
+                     seconds: float, during=None) -> None:
+    until = time.monotonic() + seconds
+    async with trio.open_nursery() as nursery:
+        for address in addresses:
+            nursery.start_soon(stream_shares, port, address, acked, until)
+        if during is not None:
+            await during()
+
+
+async def test_sigkill_loses_no_acknowledged_share_and_pays_nothing_twice(tmp_path):
+    data_dir = tmp_path / "data"
+    config = tmp_path / "pool.toml"
+    config.write_text(CONFIG.format(data_dir=data_dir))
+    proc = PoolProcess(config, tmp_path / "pool.log")
+    addresses = [new_address() for _ in range(3)]
+    acked: list[ShareRecord] = []
+
+    port = await proc.start()
+
+    async def kill_midstream() -> None:
+        await trio.sleep(2.5)
+        assert proc.process is not None
+        proc.process.kill()  # SIGKILL while shares stream in
+        await proc.process.wait()
+
+    await run_miners(port, addresses, acked, 4.0, kill_midstream)
+    acked_before_kill = len(acked)
+    assert acked_before_kill > 10
+    log_text = (tmp_path / "pool.log").read_text()
+    assert "found by" in log_text, "the run should find blocks"
+
+    port = await proc.start()  # restart on the same data dir
+    await run_miners(port, addresses, acked, 2.5)
+    await trio.sleep(1.0)  # let the unlocker and payouts run a few rounds
+    assert await proc.stop(signal.SIGTERM) == 0
+    log_text = (tmp_path / "pool.log").read_text()
+    assert "shutting down" in log_text and "ledger closed" in log_text
+    assert len(acked) > acked_before_kill
+
+    ledger = SqliteLedger(data_dir / "pool.sqlite")
+    chain = Chain.open(data_dir / "node", NodeConfig(**NODE))
+    try:
+        # Every acknowledged share survived the SIGKILL.
+        assert ledger.insert_shares(acked[:acked_before_kill]) == 0
+        assert ledger.insert_shares(acked) == 0
+        # Nothing paid twice.
+        sent: dict[str, int] = dict.fromkeys(addresses, 0)
+        batches = ledger.payments(1000)
+        keys = [b.key for b in batches]
+        assert len(keys) == len(set(keys))
+        for batch in batches:
+            on_chain = chain.payment(batch.key)
+            if batch.status == PENDING and on_chain is None:
+                continue  # written, never reached the node: not paid (yet)
+            assert on_chain is not None, f"batch {batch.key} is {batch.status} but unknown"
+            for address, amount in batch.outputs.items():
+                sent[address] = sent.get(address, 0) + amount
+        for address in addresses:
+            assert chain.balance(address) == sent[address]
+            summary = ledger.miner(address)
+            credited = summary.paid + summary.pending_payment + summary.balance
+            assert sent[address] <= credited
+        assert any(sent.values()), "blocks matured and something was paid"
+    finally:
+        ledger.close()
+        chain.close()
+    assert os.path.exists(data_dir / "pool_address")
+
+
+# --- the share log on a real SQLite ledger ----------------------------------------------
+
+
+def share(i: int) -> ShareRecord:
+    return ShareRecord(i.to_bytes(32, "little"), float(i), new_address(), "w", "1.1", 1,
+                       1e-4, 1.0, b"s")
+
+
+async def test_sharelog_batches_commits_and_acks_after_them(tmp_path):
+    ledger = SqliteLedger(tmp_path / "l.sqlite")
+    commits: list[float] = []
+    log = ShareLog(ledger, trio.CapacityLimiter(1), interval=0.01, max_batch=50,
+                   observe_commit=commits.append)
+    done: list[int] = []
+
+    async def submit(i: int) -> None:
+        await log.commit(share(i))
+        # Acknowledged only once durable: a second connection sees it.
+        check = SqliteLedger(tmp_path / "l.sqlite")
+        try:
+            assert check.insert_shares([share(i)]) == 0
+        finally:
+            check.close()
+        done.append(i)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        async with trio.open_nursery() as submits:
+            for i in range(120):
+                submits.start_soon(submit, i)
+        nursery.cancel_scope.cancel()
+    assert sorted(done) == list(range(120))
+    assert ledger.share_count() == 120 and log.committed == 120
+    assert len(commits) < 20  # batched, not one commit per share
+    ledger.close()
+
+
+async def test_sharelog_failure_is_never_acknowledged(tmp_path):
+    ledger = SqliteLedger(tmp_path / "l.sqlite")
+    log = ShareLog(ledger, trio.CapacityLimiter(1), interval=0.001)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        await log.commit(share(1))
+        ledger.close()  # the store goes away: the next commit must fail loudly
+        with pytest.raises(ShareLogError, match="share not stored"):
+            await log.commit(share(2))
+        nursery.cancel_scope.cancel()
+
+
+async def test_sharelog_shutdown_commits_what_is_queued(tmp_path):
+    ledger = SqliteLedger(tmp_path / "l.sqlite")
+    log = ShareLog(ledger, trio.CapacityLimiter(1), interval=10.0, max_batch=1000)
+    acked: list[int] = []
+
+    async def submit(i: int) -> None:
+        await log.commit(share(i))
+        acked.append(i)
+
+    async with trio.open_nursery() as outer:
+        for i in range(10):
+            outer.start_soon(submit, i)
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as writer:
+                await writer.start(log.run)
+                await trio.sleep(0.05)  # all ten queued, the 10 s interval not over
+                assert ledger.share_count() == 0
+                scope.cancel()  # shutdown: the writer commits the queue first
+    assert ledger.share_count() == 10 and sorted(acked) == list(range(10))
+    with pytest.raises(ShareLogError, match="shut down"):
+        await log.commit(share(99))
+    ledger.close()
