@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -25,13 +25,12 @@ from pool.abuse import BanList
 from pool.api_data import PoolData, PoolSnapshot, WorkerSnapshot
 from pool.chain.embedded import EmbeddedChain
 from pool.chain.rpc import RpcChain
-from pool.config import ConfigError, PoolConfig
+from pool.config import ConfigError, PoolConfig, node_config
 from pool.hashrate import HashrateMeter
 from pool.http_api import create_app, serve_http
 from pool.jobs import JobManager
 from pool.ledger import Ledger, open_ledger
 from pool.metrics import PoolMetrics
-from pool.node.chain import NodeConfig
 from pool.payouts import run_payouts
 from pool.pplns import PplnsPolicy
 from pool.server import StratumServer
@@ -88,19 +87,6 @@ def ensure_payout_address(config: PoolConfig) -> str:
     os.replace(tmp, path)
     log.info("generated the pool wallet address %s (kept in %s)", address, path)
     return address
-
-
-def node_config(config: PoolConfig) -> NodeConfig:
-    """The embedded node's settings from ``[chain.node]``."""
-    known = {f.name for f in fields(NodeConfig)}
-    unknown = set(config.chain.node) - known
-    if unknown:
-        raise ConfigError(f"unknown key(s) in [chain.node]: {', '.join(sorted(unknown))} "
-                          f"(known: {', '.join(sorted(known))})")
-    try:
-        return NodeConfig(**config.chain.node)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"[chain.node] {exc}") from None
 
 
 def open_chain(config: PoolConfig, wallet: str) -> Any:

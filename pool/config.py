@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pool.node.chain import NodeConfig
 from pool.vardiff import VardiffConfig
 from protocol.workload import Shape
 
@@ -407,6 +408,8 @@ def validate(config: PoolConfig) -> None:
         config.work_shape()
     except Exception as exc:  # ProtocolError names the bad dimension
         raise ConfigError(f"[work] shape: {exc}") from None
+    if config.chain.kind == "embedded":
+        node_config(config)
     from protocol.address import validate_address
 
     for name, addr in (("pool.payout_address", p.payout_address),
@@ -416,6 +419,19 @@ def validate(config: PoolConfig) -> None:
                 validate_address(addr)
             except Exception as exc:
                 raise ConfigError(f"{name}: {exc}") from None
+
+
+def node_config(config: PoolConfig) -> NodeConfig:
+    """The embedded node's settings from ``[chain.node]`` (its defaults for what is unset)."""
+    known = {f.name for f in dataclasses.fields(NodeConfig)}
+    unknown = set(config.chain.node) - known
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [chain.node]: {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(sorted(known))})")
+    try:
+        return NodeConfig(**config.chain.node)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[chain.node] {exc}") from None
 
 
 def _toml_value(value: Any) -> str:
@@ -450,5 +466,9 @@ def default_config_text() -> str:
             lines.append("")
             lines.append(f"# {helps[name]}")
             lines.append(f"[{section}.{name}]")
+            if (section, name) == ("chain", "node"):
+                lines.append("# (uncomment to change; shown are the node's defaults)")
+                for f in dataclasses.fields(NodeConfig):
+                    lines.append(f"# {f.name} = {_toml_value(getattr(NodeConfig(), f.name))}")
         lines.append("")
     return "\n".join(lines)

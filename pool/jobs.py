@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import trio
 
 from pool.chain.base import BlockTemplate, ChainAdapter
-from pool.workloads import PreparedWork, WorkloadSource
+from pool.workloads import JobWork, PreparedWork, WorkloadSource
 from protocol import messages
 from protocol.header import coinbase_parts
 from protocol.messages import ErrorCode
@@ -87,6 +87,12 @@ class Job:
     created: float
     superseded: float | None = None  # trio clock when a newer job replaced it
     seen: set[tuple[bytes, int, tuple[int, int]]] = field(default_factory=set)
+    workload: JobWork | None = None  # a per-session workload (useful work); None = template's
+
+    @property
+    def work(self) -> JobWork:
+        """The matrices this job mines: its own workload, or the template's synthetic one."""
+        return self.workload if self.workload is not None else self.template.work
 
     @property
     def share_target(self) -> int:
@@ -94,7 +100,6 @@ class Job:
 
     def notify(self) -> messages.Notify:
         t = self.template
-        w = t.work
         return messages.Notify(
             job_id=self.job_id,
             clean=self.clean,
@@ -106,11 +111,7 @@ class Job:
             time=t.block.time,
             bits=t.block.bits,
             difficulty=self.difficulty,
-            work=messages.WorkSpec(
-                m=w.shape.m, n=w.shape.n, k=w.shape.k, r=w.shape.r,
-                a_root=w.a_root, b_root=w.b_root,
-                source=messages.SyntheticSource(seed=w.seed),
-            ),
+            work=self.work.work_spec(),
         )
 
 
@@ -191,9 +192,10 @@ class JobManager:
         return self._en1_prefix + struct.pack(">I", next(self._en1_counter) & 0xFFFFFFFF)
 
     def make_job(self, template: Template, extranonce1: bytes, difficulty: float,
-                 clean: bool, now: float) -> Job:
+                 clean: bool, now: float, workload: JobWork | None = None) -> Job:
+        """A session's job on ``template``; ``workload`` replaces the template's matrices."""
         job_id = f"{template.id:x}.{next(self._job_counter):x}"
-        return Job(job_id, template, extranonce1, difficulty, clean, now)
+        return Job(job_id, template, extranonce1, difficulty, clean, now, workload=workload)
 
     # -- templates ------------------------------------------------------------------------
 

@@ -402,7 +402,8 @@ class Session:
 
     async def _watchdog(self) -> None:
         s = self.ctx.config.stratum
-        tick = min(1.0, s.idle_timeout / 4, s.handshake_timeout / 4)
+        tick = min(1.0, s.idle_timeout / 4, s.handshake_timeout / 4,
+                   self.ctx.vardiff.idle_seconds / 4)
         while True:
             await trio.sleep(tick)
             now = trio.current_time()

@@ -108,19 +108,20 @@ def check_ticket(job: Job, extranonce2: bytes, ntime: int, tile: tuple[int, int]
                  ) -> CheckedTicket:
     """Recompute the ticket of a submit (CPU work: call it in a worker thread)."""
     t = job.template
+    work = job.work
     coinbase = assemble_coinbase(t.coinbase1, job.extranonce1, extranonce2, t.coinbase2)
     header = Header(HEADER_VERSION, t.block.height, t.block.prev_hash, coinbase_hash(coinbase),
-                    t.work.work_root, ntime, t.block.bits).encode()
-    a_rows, bt_rows = t.work.tile_rows(tile)
-    digest = verify_ticket(header, t.work.shape, tile, a_rows, bt_rows)
-    k = t.work.shape.k
+                    work.work_root, ntime, t.block.bits).encode()
+    a_rows, bt_rows = work.tile_rows(tile)
+    digest = verify_ticket(header, work.shape, tile, a_rows, bt_rows)
+    k = work.shape.k
     return CheckedTicket(digest, header, coinbase, meets_target(digest, job.share_target, k),
                          meets_target(digest, t.network_target, k))
 
 
 def precheck(job: Job, submit: messages.Submit, max_shares_per_job: int) -> None:
     """The cheap rules (tile, time, duplicate); reserves the duplicate key on success."""
-    shape = job.template.work.shape
+    shape = job.work.shape
     ti, tj = submit.tile
     if not (ti < shape.tiles_m and tj < shape.tiles_n):
         raise ShareRejected(f"tile {list(submit.tile)} is outside the job's "
@@ -244,8 +245,10 @@ class ShareChecker:
                                           record.network_difficulty)
         except Exception as exc:  # submit anyway: a block must never be thrown away
             log.error("could not record block %d before submitting it: %s", height, exc)
+        block_fields = await trio.to_thread.run_sync(job.work.block_fields, tile,
+                                                     limiter=self.check_limiter)
         sub = BlockSubmission(header=checked.header, coinbase=checked.coinbase,
-                              shape=t.work.shape, tile=tile, **t.work.block_fields(tile))
+                              shape=job.work.shape, tile=tile, **block_fields)
         try:
             result = await self.chain.submit_block(sub)
             accepted, reason = result.accepted, result.reason

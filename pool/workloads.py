@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pool.chain.base import BlockTemplate
+from protocol import messages
 from protocol.workload import TILE, Shape, Workload, synthetic_rows
 
 
@@ -43,6 +44,26 @@ class PreparedWork:
     def block_fields(self, tile: tuple[int, int]) -> dict[str, Any]:
         """Keyword arguments of ``BlockSubmission`` that let the node re-check the ticket."""
         return {"workload_seed": self.seed}
+
+    def work_spec(self) -> messages.WorkSpec:
+        """The ``work`` member of ``mining.notify``."""
+        s = self.shape
+        return messages.WorkSpec(m=s.m, n=s.n, k=s.k, r=s.r, a_root=self.a_root,
+                                 b_root=self.b_root,
+                                 source=messages.SyntheticSource(seed=self.seed))
+
+
+class JobWork(Protocol):
+    """What a job needs of its workload; ``PreparedWork`` and ``pool.useful.unitwork.UnitWork``
+    (a customer's matrices, per session) both have this face."""
+
+    @property
+    def shape(self) -> Shape: ...
+    @property
+    def work_root(self) -> bytes: ...
+    def tile_rows(self, tile: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]: ...
+    def block_fields(self, tile: tuple[int, int]) -> dict[str, Any]: ...
+    def work_spec(self) -> messages.WorkSpec: ...
 
 
 class WorkloadSource(Protocol):

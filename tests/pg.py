@@ -1,9 +1,9 @@
 """A throw-away PostgreSQL server for tests: one per pytest session, a database per test.
 
-The server is the machine's own PostgreSQL (``initdb``/``pg_ctl`` on PATH or under
-``/usr/lib/postgresql/*/bin``), its data directory in a fresh temporary folder, listening on
-127.0.0.1 on a free port with trust authentication. PostgreSQL refuses to run as root, so
-under euid 0 it runs as the ``postgres`` user through ``runuser``.
+The server is the machine's own PostgreSQL (``initdb``/``pg_ctl`` from ``$MATMINE_PG_BIN``,
+PATH or ``/usr/lib/postgresql/*/bin``), its data directory in a fresh temporary folder,
+listening on 127.0.0.1 on a free port with trust authentication. PostgreSQL refuses to run
+as root, so under euid 0 it runs as the ``postgres`` user through ``runuser``.
 
 When the server cannot be started the tests that need it are skipped with the reason,
 unless ``MATMINE_REQUIRE_POSTGRES`` is set (CI sets it): then they fail.
@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 REQUIRE_ENV = "MATMINE_REQUIRE_POSTGRES"
+BIN_ENV = "MATMINE_PG_BIN"  # a folder with initdb and pg_ctl, to pick one install
 START_TIMEOUT_S = 60
 
 # Settings for a fast, disposable test server. fsync off loses data only on power loss
@@ -45,7 +46,13 @@ class PostgresUnavailable(RuntimeError):
 
 
 def find_bin_dir() -> Path:
-    """The folder of ``initdb`` and ``pg_ctl``: PATH first, then the newest Debian install."""
+    """The folder of ``initdb`` and ``pg_ctl``: ``$MATMINE_PG_BIN`` if set, else PATH,
+    else the newest Debian install."""
+    chosen = os.environ.get(BIN_ENV)
+    if chosen:
+        if not (Path(chosen) / "initdb").exists():
+            raise PostgresUnavailable(f"{BIN_ENV}={chosen} holds no initdb")
+        return Path(chosen)
     on_path = shutil.which("initdb")
     if on_path and shutil.which("pg_ctl"):
         return Path(on_path).resolve().parent

@@ -29,7 +29,17 @@ from pool.node.rpc_server import NodeRpcServer
 from protocol.address import validate_address
 from protocol.framing import FrameDecoder, encode_frame
 from protocol.hashing import H
-from tests.test_node import ALICE, POOL, REWARD, config, mine, synthetic, synthetic_sub
+from tests.test_node import (
+    ALICE,
+    POOL,
+    REWARD,
+    blob_sub,
+    blob_workload,
+    config,
+    mine,
+    synthetic,
+    synthetic_sub,
+)
 
 NODE = [sys.executable, "-m", "pool.node.cli"]
 
@@ -72,37 +82,39 @@ async def raw_exchange(port: int, payload: bytes, frames: int) -> tuple[list[dic
 
 
 async def test_rpc_chain_end_to_end(tmp_path: Path) -> None:
-    async with node_server(tmp_path) as port:
-        async with RpcChain("127.0.0.1", port, wallet_address=POOL) as node:
-            assert isinstance(node, ChainAdapter)
-            assert (await node.info())["network"] == "devnet"
-            template = await node.template()
-            assert template.height == 1 and template.reward == REWARD
-            sub = synthetic_sub(mine(template, synthetic()))
-            result = await node.submit_block(sub)
-            assert result.accepted and result.block_hash == H(sub.header)
-            assert (await node.submit_block(sub)).reason == "duplicate"
-            assert await node.tip() == (1, H(sub.header))
-            status = await node.block_status(H(sub.header))
-            assert (status.state, status.confirmations, status.height) == ("pending", 0, 1)
-            assert (await node.block_status(H(b"?"))).state == "unknown"
-            assert await node.balances(POOL) == (0, REWARD)
-            with pytest.raises(InsufficientFunds, match="immature"):
-                await node.send_many("k1", {ALICE: 5})
-            assert len(await node.devnet_advance(3)) == 3
-            assert (await node.block_status(H(sub.header))).state == "confirmed"
-            assert await node.balance(POOL) == REWARD
-            txid = await node.send_many("k1", {ALICE: 5})
-            assert await node.send_many("k1", {ALICE: 5}) == txid
-            assert await node.payment("k1") == txid
-            assert await node.payment("k2") is None
-            with pytest.raises(PaymentKeyConflict):
-                await node.send_many("k1", {ALICE: 6})
-            assert await node.balance(ALICE) == 5
-            with pytest.raises(ChainError) as bad:
-                await node.balance("not-an-address")
-            assert bad.value.code == ERR_MALFORMED
-            validate_address(await node.new_address())
+    async with (
+        node_server(tmp_path) as port,
+        RpcChain("127.0.0.1", port, wallet_address=POOL) as node,
+    ):
+        assert isinstance(node, ChainAdapter)
+        assert (await node.info())["network"] == "devnet"
+        template = await node.template()
+        assert template.height == 1 and template.reward == REWARD
+        sub = synthetic_sub(mine(template, synthetic()))
+        result = await node.submit_block(sub)
+        assert result.accepted and result.block_hash == H(sub.header)
+        assert (await node.submit_block(sub)).reason == "duplicate"
+        assert await node.tip() == (1, H(sub.header))
+        status = await node.block_status(H(sub.header))
+        assert (status.state, status.confirmations, status.height) == ("pending", 0, 1)
+        assert (await node.block_status(H(b"?"))).state == "unknown"
+        assert await node.balances(POOL) == (0, REWARD)
+        with pytest.raises(InsufficientFunds, match="immature"):
+            await node.send_many("k1", {ALICE: 5})
+        assert len(await node.devnet_advance(3)) == 3
+        assert (await node.block_status(H(sub.header))).state == "confirmed"
+        assert await node.balance(POOL) == REWARD
+        txid = await node.send_many("k1", {ALICE: 5})
+        assert await node.send_many("k1", {ALICE: 5}) == txid
+        assert await node.payment("k1") == txid
+        assert await node.payment("k2") is None
+        with pytest.raises(PaymentKeyConflict):
+            await node.send_many("k1", {ALICE: 6})
+        assert await node.balance(ALICE) == 5
+        with pytest.raises(ChainError) as bad:
+            await node.balance("not-an-address")
+        assert bad.value.code == ERR_MALFORMED
+        validate_address(await node.new_address())
 
 
 async def test_malformed_frame_gets_an_error_and_the_server_lives(tmp_path: Path) -> None:
@@ -170,11 +182,65 @@ async def test_rpc_chain_gives_up_with_chain_unavailable(tmp_path: Path) -> None
     async with node_server(tmp_path) as port:
         pass  # the port is free again now
     node = RpcChain("127.0.0.1", port, retries=1, retry_delay=0.01, wallet_address=POOL)
-    with pytest.raises(ChainUnavailable, match="did not answer node.tip after 2 tries"):
+    with pytest.raises(ChainUnavailable, match=r"did not answer node\.tip after 2 tries"):
         await node.tip()
     no_wallet = RpcChain("127.0.0.1", port)
     with pytest.raises(ChainError, match="wallet_address"):
         await no_wallet.send_many("k", {ALICE: 1})
+
+
+async def test_blob_block_over_rpc(tmp_path: Path) -> None:
+    async with node_server(tmp_path) as port, RpcChain("127.0.0.1", port) as node:
+        w = blob_workload()
+        found = mine(await node.template(), w)
+        sub = blob_sub(found, w)
+        assert found.loser is not None
+        assert (await node.submit_block(blob_sub(found, w, found.loser))).reason == "high-hash"
+        assert (await node.submit_block(sub)).accepted
+        assert await node.tip() == (1, H(sub.header))
+
+
+async def lossy_proxy(upstream_port: int, *, task_status: trio.TaskStatus[int]) -> None:
+    """Forwards to the node, but hangs up instead of passing on the first answer it sees."""
+    dropped = False
+
+    async def handle(client: trio.SocketStream) -> None:
+        nonlocal dropped
+        upstream = await trio.open_tcp_stream("127.0.0.1", upstream_port)
+        async with client, upstream, trio.open_nursery() as nursery:
+
+            async def up() -> None:
+                while data := await client.receive_some(65536):
+                    await upstream.send_all(data)
+
+            nursery.start_soon(up)
+            decoder = FrameDecoder()
+            while data := await upstream.receive_some(65536):
+                if not dropped and decoder.feed(data):
+                    dropped = True
+                    break  # the node answered; the client never hears it
+                await client.send_all(data)
+            nursery.cancel_scope.cancel()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handle, listeners)
+
+
+async def test_submit_whose_answer_was_lost_is_reported_accepted(tmp_path: Path) -> None:
+    async with node_server(tmp_path) as port, trio.open_nursery() as nursery:
+        proxy_port = await nursery.start(lossy_proxy, port)
+        async with RpcChain("127.0.0.1", port) as direct:
+            template = await direct.template()
+        async with RpcChain("127.0.0.1", proxy_port, retry_delay=0.01) as node:
+            sub = synthetic_sub(mine(template, synthetic()))
+            # First try: the node accepts, the answer is lost; the retry hears "duplicate".
+            result = await node.submit_block(sub)
+            assert (result.accepted, result.reason) == (True, "accepted")
+            assert result.block_hash == H(sub.header)
+            assert await node.tip() == (1, H(sub.header))
+            assert (await node.submit_block(sub)).reason == "duplicate"  # no retry this time
+        nursery.cancel_scope.cancel()
 
 
 # --- the matmine-node command ----------------------------------------------------------

@@ -702,3 +702,8 @@ def test_postgres_dead_server_raises_and_the_ledger_recovers(request):
         assert led.balances() == {a: v for a, v in balances.items() if a != ALICE}
         assert led.insert_shares([share(50_000, ALICE, 70.0)]) == 1
         assert led.complete_payment_batch("before-crash", "tx").status == COMPLETED
+        # A restart while the pool is idle goes unnoticed: the next call reconnects.
+        server.stop("fast")
+        server.start()
+        assert led.share_count() == acked + 1
+        assert led.miner(ALICE).paid == balances[ALICE]

@@ -1,9 +1,10 @@
-"""Unlocker and payouts against the real embedded devnet node and a real SQLite ledger.
+"""Unlocker and payouts against the real embedded devnet node and a real ledger.
 
 Blocks are mined for real (reference miner, tiny shape, tiny network difficulty) and
 submitted to the node, which verifies the winning ticket; maturity is reached with the
 node's devnet facility ``devnet_advance``. Crashes are simulated by dropping and
-reopening both stores from disk, and by SIGKILL of a subprocess in mid-round.
+reopening both stores, and by SIGKILL of a subprocess in mid-round. Every test runs on
+both ledgers: a SQLite file and a fresh PostgreSQL database (``tests/pg.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ from prometheus_client import CollectorRegistry
 
 from pool.chain.base import BlockSubmission, ChainAdapter
 from pool.chain.embedded import EmbeddedChain
-from pool.ledger import COMPLETED, CONFIRMED, CREDITED, FOUND, ORPHANED, ShareRecord, SqliteLedger
+from pool.ledger import (
+    COMPLETED,
+    CONFIRMED,
+    CREDITED,
+    FOUND,
+    ORPHANED,
+    Ledger,
+    ShareRecord,
+    open_ledger,
+)
 from pool.metrics import PoolMetrics
 from pool.node.chain import NodeConfig
 from pool.payouts import payout_round, run_payouts
@@ -32,6 +42,7 @@ from protocol.header import Header, assemble_coinbase, coinbase_hash, coinbase_p
 from protocol.target import difficulty_from_bits, target_from_bits
 from protocol.ticket import mine_header
 from protocol.workload import Shape, Workload
+from tests import pg
 
 POOL = make_address(H(b"test/pool-wallet")[:20])
 FEE = make_address(H(b"test/fee")[:20])
@@ -90,7 +101,7 @@ async def mine_block(chain: EmbeddedChain) -> tuple[int, bytes, float]:
     raise AssertionError("no winning ticket in 200 headers")
 
 
-def add_shares(ledger: SqliteLedger, network_difficulty: float, start: int, t0: float) -> None:
+def add_shares(ledger: Ledger, network_difficulty: float, start: int, t0: float) -> None:
     """Thirty shares from three miners, scoring 0.1 each: a full N = 2 window needs 20."""
     ledger.insert_shares(
         [
@@ -110,7 +121,7 @@ def add_shares(ledger: SqliteLedger, network_difficulty: float, start: int, t0: 
     )
 
 
-async def found_block(ledger: SqliteLedger, chain: EmbeddedChain, start: int = 0) -> int:
+async def found_block(ledger: Ledger, chain: EmbeddedChain, start: int = 0) -> int:
     """Shares, then a real block; recorded and credited like the pool does."""
     template = await chain.template()
     t0 = time.time() - 100
@@ -121,9 +132,17 @@ async def found_block(ledger: SqliteLedger, chain: EmbeddedChain, start: int = 0
     return block_id
 
 
-async def matured_ledger(tmp_path: Path) -> tuple[SqliteLedger, EmbeddedChain, dict[str, int]]:
+@pytest.fixture(params=pg.BACKENDS)
+def where(request, tmp_path) -> str:
+    """Where the test's ledger lives: a SQLite path or a PostgreSQL URL."""
+    return pg.ledger_target(request.param, request.config, tmp_path)
+
+
+async def matured_ledger(
+    tmp_path: Path, where: str
+) -> tuple[Ledger, EmbeddedChain, dict[str, int]]:
     """A ledger whose one block is confirmed (balances set) and a node holding the reward."""
-    ledger = SqliteLedger(tmp_path / "pool.sqlite")
+    ledger = open_ledger(where)
     chain = open_chain(tmp_path)
     limiter = trio.CapacityLimiter(1)
     block_id = await found_block(ledger, chain)
@@ -137,8 +156,8 @@ async def node_balances(chain: ChainAdapter) -> dict[str, int]:
     return {a: await chain.balance(a) for a in (*MINERS, FEE)}
 
 
-async def test_block_found_matured_credited_and_paid_once(tmp_path):
-    ledger = SqliteLedger(tmp_path / "pool.sqlite")
+async def test_block_found_matured_credited_and_paid_once(tmp_path, where):
+    ledger = open_ledger(where)
     chain = open_chain(tmp_path)
     limiter = trio.CapacityLimiter(1)
     try:
@@ -187,8 +206,8 @@ async def test_block_found_matured_credited_and_paid_once(tmp_path):
         await chain.aclose()
 
 
-async def test_crash_after_send_reconciles_without_paying_twice(tmp_path):
-    ledger, chain, balances = await matured_ledger(tmp_path)
+async def test_crash_after_send_reconciles_without_paying_twice(tmp_path, where):
+    ledger, chain, balances = await matured_ledger(tmp_path, where)
     key = "crash-after-send"
     batch = ledger.create_payment_batch(key, balances)
     txid = await chain.send_many(key, dict(batch.outputs))
@@ -197,7 +216,7 @@ async def test_crash_after_send_reconciles_without_paying_twice(tmp_path):
     await chain.aclose()
     del ledger, chain
 
-    ledger = SqliteLedger(tmp_path / "pool.sqlite")
+    ledger = open_ledger(where)
     chain = open_chain(tmp_path)
     try:
         assert [b.key for b in ledger.pending_payment_batches()] == [key]
@@ -212,15 +231,15 @@ async def test_crash_after_send_reconciles_without_paying_twice(tmp_path):
         await chain.aclose()
 
 
-async def test_batch_written_but_never_sent_is_sent_exactly_once(tmp_path):
-    ledger, chain, balances = await matured_ledger(tmp_path)
+async def test_batch_written_but_never_sent_is_sent_exactly_once(tmp_path, where):
+    ledger, chain, balances = await matured_ledger(tmp_path, where)
     key = "crash-before-send"
     ledger.create_payment_batch(key, balances)
     ledger.close()
     await chain.aclose()
     del ledger, chain
 
-    ledger = SqliteLedger(tmp_path / "pool.sqlite")
+    ledger = open_ledger(where)
     chain = open_chain(tmp_path)
     limiter = trio.CapacityLimiter(1)
     try:
@@ -240,8 +259,8 @@ async def test_batch_written_but_never_sent_is_sent_exactly_once(tmp_path):
         await chain.aclose()
 
 
-async def test_failed_send_stays_pending_and_is_retried(tmp_path):
-    ledger, chain, balances = await matured_ledger(tmp_path)
+async def test_failed_send_stays_pending_and_is_retried(tmp_path, where):
+    ledger, chain, balances = await matured_ledger(tmp_path, where)
     limiter = trio.CapacityLimiter(1)
     try:
         # Someone else spends the pool wallet: the node refuses the payout for lack of funds.
@@ -275,8 +294,8 @@ async def test_failed_send_stays_pending_and_is_retried(tmp_path):
         await chain.aclose()
 
 
-async def test_orphaned_block_pays_nothing(tmp_path):
-    ledger = SqliteLedger(tmp_path / "pool.sqlite")
+async def test_orphaned_block_pays_nothing(tmp_path, where):
+    ledger = open_ledger(where)
     chain = open_chain(tmp_path, orphan_probability=1.0)  # every mined block is reorged out
     limiter = trio.CapacityLimiter(1)
     try:
@@ -293,8 +312,8 @@ async def test_orphaned_block_pays_nothing(tmp_path):
         await chain.aclose()
 
 
-async def test_uncredited_block_is_credited_by_the_unlocker(tmp_path):
-    ledger = SqliteLedger(tmp_path / "pool.sqlite")
+async def test_uncredited_block_is_credited_by_the_unlocker(tmp_path, where):
+    ledger = open_ledger(where)
     chain = open_chain(tmp_path)
     limiter = trio.CapacityLimiter(1)
     try:
@@ -314,8 +333,8 @@ async def test_uncredited_block_is_credited_by_the_unlocker(tmp_path):
         await chain.aclose()
 
 
-async def test_block_unknown_to_the_node(tmp_path):
-    ledger = SqliteLedger(tmp_path / "pool.sqlite")
+async def test_block_unknown_to_the_node(tmp_path, where):
+    ledger = open_ledger(where)
     chain = open_chain(tmp_path)
     limiter = trio.CapacityLimiter(1)
     try:
@@ -329,8 +348,8 @@ async def test_block_unknown_to_the_node(tmp_path):
         await chain.aclose()
 
 
-async def test_run_payouts_loop_pays_and_sets_metrics(tmp_path):
-    ledger, chain, balances = await matured_ledger(tmp_path)
+async def test_run_payouts_loop_pays_and_sets_metrics(tmp_path, where):
+    ledger, chain, balances = await matured_ledger(tmp_path, where)
     registry = CollectorRegistry()
     metrics = PoolMetrics(registry)
 
@@ -365,11 +384,11 @@ KILLED_ROUND = textwrap.dedent(
     import os, signal, sys
     import trio
     from pool.chain.embedded import EmbeddedChain
-    from pool.ledger import SqliteLedger
+    from pool.ledger import open_ledger
     from pool.payouts import payout_round
     from tests.test_payouts import POOL, node_config
 
-    tmp, when = sys.argv[1], sys.argv[2]
+    tmp, when, where = sys.argv[1], sys.argv[2], sys.argv[3]
 
     class DyingChain(EmbeddedChain):
         # The real node; the process dies just before or just after it pays.
@@ -382,7 +401,7 @@ KILLED_ROUND = textwrap.dedent(
             return txid
 
     async def main():
-        ledger = SqliteLedger(tmp + "/pool.sqlite")
+        ledger = open_ledger(where)
         chain = DyingChain(tmp + "/node", node_config(), wallet_address=POOL)
         await payout_round(ledger, chain, 1, trio.CapacityLimiter(1))
 
@@ -392,20 +411,20 @@ KILLED_ROUND = textwrap.dedent(
 
 
 @pytest.mark.parametrize("when", ["before-send", "after-send"])
-async def test_sigkill_in_mid_payout_round(tmp_path, when):
-    ledger, chain, balances = await matured_ledger(tmp_path)
+async def test_sigkill_in_mid_payout_round(tmp_path, where, when):
+    ledger, chain, balances = await matured_ledger(tmp_path, where)
     ledger.close()
     await chain.aclose()
     root = Path(__file__).resolve().parents[1]
     proc = await trio.run_process(
-        [sys.executable, "-c", KILLED_ROUND, str(tmp_path), when],
+        [sys.executable, "-c", KILLED_ROUND, str(tmp_path), when, where],
         cwd=root,
         check=False,
         capture_stderr=True,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
 
-    ledger = SqliteLedger(tmp_path / "pool.sqlite")
+    ledger = open_ledger(where)
     chain = open_chain(tmp_path)
     try:
         pending = ledger.pending_payment_batches()

@@ -54,6 +54,10 @@ def test_init_config_command_prints_it():
     ({"stratum": {"tls": True}}, "needs stratum.tls_cert"),
     ({"vardiff": {"min_difficulty": 5.0, "max_difficulty": 1.0}}, "[vardiff]"),
     ({"chain": {"kind": "bitcoin"}}, "chain.kind"),
+    ({"chain": {"node": {"maturty": 3}}}, "unknown key(s) in [chain.node]: maturty"),
+    ({"chain": {"node": {"maturity": -1}}}, "[chain.node] maturity"),
+    ({"pool": {"start_difficulty": 1e-9}}, "pool.start_difficulty"),
+    ({"ledger": {"kind": "postgres"}}, "ledger.url"),
 ])
 def test_bad_config_is_named(data, message):
     with pytest.raises(ConfigError) as info:

@@ -107,3 +107,26 @@ async def test_vardiff_raises_difficulty_with_a_new_unclean_job(start_pool):
         extra = await miner.shares(1, job)
         r = await miner.submit(extra[0])
         assert r.error is None and r.result.difficulty == 1e-5
+
+
+async def test_two_pool_instances_never_share_an_extranonce1(start_pool, tmp_path):
+    one = await start_pool({"pool.instance_id": 1}, data_dir=tmp_path / "one")
+    two = await start_pool({"pool.instance_id": 2}, data_dir=tmp_path / "two")
+    seen = set()
+    for pool, prefix in ((one, b"\x00\x01"), (two, b"\x00\x02")):
+        for _ in range(3):
+            async with await TestMiner.connect(pool.stratum_port) as miner:
+                sub = await miner.subscribe()
+                assert sub.extranonce1.startswith(prefix)
+                seen.add(sub.extranonce1)
+    assert len(seen) == 6
+
+
+async def test_idle_miner_gets_a_lower_difficulty_job(start_pool):
+    pool = await start_pool({"vardiff.enabled": True, "vardiff.idle_seconds": 0.3,
+                             "pool.start_difficulty": 1e-3})
+    async with await TestMiner.connect(pool.stratum_port) as miner:
+        job = await miner.login(new_address() + ".idle")
+        lower = await miner.next_job(1)  # no shares at all: the idle sweep steps down
+        assert not lower.clean and lower.difficulty < job.difficulty
+        assert lower.height == job.height
