@@ -1,7 +1,8 @@
 """The pool program: build every part from the config and run them in one nursery.
 
 :func:`run_pool` opens the ledger and the chain adapter, starts the share log writer,
-the job manager, the miner ports, the HTTP API, the block unlocker and payouts, and
+the job manager, useful work (queue, results, lease expiry; ``[useful]``), the miner
+ports, the HTTP API (with the work API), the block unlocker and payouts, and
 reports a :class:`PoolHandle` (bound ports and the live parts) through ``task_status``.
 Cancelling it shuts everything down: the share log commits what is queued, then the
 ledger and the chain are closed. :func:`serve_until_signalled` is the CLI's entry: it
@@ -38,6 +39,9 @@ from pool.session import PoolContext
 from pool.share_check import ShareChecker
 from pool.sharelog import ShareLog
 from pool.unlocker import run_unlocker
+from pool.useful import UsefulMetrics
+from pool.useful.api import create_work_routes
+from pool.useful.service import UsefulWork
 from pool.workloads import SyntheticSource
 from protocol.address import new_address, validate_address
 from protocol.errors import ProtocolError
@@ -65,6 +69,7 @@ class PoolHandle:
     sharelog: ShareLog
     metrics: PoolMetrics
     registry: CollectorRegistry
+    useful: UsefulWork | None = None
 
 
 def ensure_payout_address(config: PoolConfig) -> str:
@@ -146,6 +151,10 @@ async def run_pool(config: PoolConfig, *,
     ledger_limiter = trio.CapacityLimiter(1)
     ledger = await trio.to_thread.run_sync(open_ledger, config.ledger_location)
     chain = open_chain(config, wallet)
+    useful = None
+    if config.useful.enabled:
+        useful = await trio.to_thread.run_sync(
+            UsefulWork, config.data_path, config.useful.useful_config(), UsefulMetrics(registry))
     p = config.pool
     fee_address = p.fee_address or None
     started = time.time()
@@ -167,19 +176,26 @@ async def run_pool(config: PoolConfig, *,
                                    pplns_factor=p.pplns_factor, fee_bps=p.fee_bps,
                                    fee_address=fee_address,
                                    max_shares_per_job=config.limits.max_shares_per_job,
-                                   metrics=metrics)
+                                   metrics=metrics, useful=useful)
             ctx = PoolContext(config=config, jobs=jobs, checker=checker,
                               bans=BanList(config.limits.ban_seconds,
                                            config.limits.max_banned_ips),
                               vardiff=config.vardiff_config(), metrics=metrics,
-                              pool_hashrate=HashrateMeter(trio.current_time()))
+                              pool_hashrate=HashrateMeter(trio.current_time()),
+                              useful=useful)
+            if useful is not None:
+                await useful.start()
+                await nursery.start(useful.run_expiry, ctx.lease_ended)
             server = StratumServer(config.stratum, ctx)
             ports = await nursery.start(server.serve)
             http_port = None
             if config.http.enabled:
                 data = PoolData(ledger, lambda: snapshot(ctx, started), ledger_limiter,
                                 fee_bps=p.fee_bps, min_payout=p.min_payout)
-                http_port = await nursery.start(serve_http, create_app(data, registry),
+                work_routes = [] if useful is None else create_work_routes(
+                    useful.queue, useful.blobs, config.useful.tokens, useful.limiter)
+                http_port = await nursery.start(serve_http,
+                                                create_app(data, registry, work_routes),
                                                 config.http.host, config.http.port)
                 log.info("HTTP API and /metrics on http://%s:%d/", config.http.host, http_port)
             policy = PplnsPolicy(p.pplns_factor, p.fee_bps, fee_address)
@@ -195,10 +211,12 @@ async def run_pool(config: PoolConfig, *,
                 tls_port=ports[1] if len(ports) > 1 else None, http_port=http_port,
                 payout_address=wallet, ledger=ledger, ledger_limiter=ledger_limiter,
                 chain=chain, jobs=jobs, context=ctx, sharelog=sharelog, metrics=metrics,
-                registry=registry))
+                registry=registry, useful=useful))
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(ledger.close, limiter=ledger_limiter)
+            if useful is not None:
+                await trio.to_thread.run_sync(useful.close)
             await chain.aclose()
             log.info("pool stopped; ledger closed")
 

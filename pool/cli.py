@@ -2,6 +2,8 @@
 
     matmine-pool init-config > pool.toml
     matmine-pool serve --config pool.toml [--stratum-port 3333] [--http-port 8080] ...
+    matmine-pool work submit --api http://HOST:PORT A.npy B.npy [--wait] [-o C.npy] [--token T]
+    matmine-pool work status|result ...
 
 Flags override the file; the file overrides the defaults (``pool.config``).
 """
@@ -17,6 +19,7 @@ from urllib.parse import urlsplit
 import trio
 
 from pool.config import ConfigError, default_config_text, load_config
+from pool.useful.cli import add_work_subcommands
 
 
 def parse_chain_url(url: str) -> dict[str, Any]:
@@ -64,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="job shape preset, [work] profile (default cpu)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                        help="how much to log, [pool] log_level (default info)")
+    add_work_subcommands(sub)
     return parser
 
 
@@ -89,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "init-config":
         sys.stdout.write(default_config_text())
         return 0
+    if args.command == "work":
+        return int(args.func(args))
     try:
         config = load_config(args.config, overrides_from_args(args))
     except ConfigError as exc:

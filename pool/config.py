@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pool.node.chain import NodeConfig
+from pool.useful import UsefulConfig
 from pool.vardiff import VardiffConfig
+from protocol.work_messages import CHUNK_SIZE
 from protocol.workload import Shape
 
 
@@ -77,6 +79,7 @@ class VardiffSection:
     max_difficulty: float = 1e12
     idle_seconds: float = 60.0
     window_shares: int = 64
+    confidence: float = 2.0
 
 
 @dataclass
@@ -123,6 +126,18 @@ class LimitsSection:
 
 
 @dataclass
+class UsefulSection(UsefulConfig):
+    """``[useful]``: every :class:`~pool.useful.UsefulConfig` key, plus the API tokens."""
+
+    tokens: dict[str, Any] = field(default_factory=dict)
+
+    def useful_config(self) -> UsefulConfig:
+        """The section without its tokens, as the useful-work modules take it."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(UsefulConfig)}
+        return UsefulConfig(**values)
+
+
+@dataclass
 class PoolConfig:
     """The whole configuration; one attribute per TOML section."""
 
@@ -134,6 +149,7 @@ class PoolConfig:
     chain: ChainSection = field(default_factory=ChainSection)
     ledger: LedgerSection = field(default_factory=LedgerSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    useful: UsefulSection = field(default_factory=UsefulSection)
 
     @property
     def data_path(self) -> Path:
@@ -156,6 +172,7 @@ class PoolConfig:
             retarget_seconds=v.retarget_seconds, variance=v.variance, max_step=v.max_step,
             min_difficulty=v.min_difficulty, max_difficulty=v.max_difficulty,
             idle_seconds=v.idle_seconds, window_shares=max(v.window_shares, v.retarget_shares),
+            confidence=v.confidence,
         )
 
     def work_shape(self) -> Shape:
@@ -224,6 +241,7 @@ HELP: dict[str, dict[str, str]] = {
         "max_difficulty": "highest share difficulty",
         "idle_seconds": "a connection silent this long gets a lower difficulty",
         "window_shares": "recent shares used for the share-rate estimate",
+        "confidence": "also ignore deviations within this many standard deviations of noise",
     },
     "work": {
         "profile": 'job shape preset: "cpu" (1024x1024x1024, r=64) or "gpu" (4096-sized)',
@@ -260,6 +278,23 @@ HELP: dict[str, dict[str, str]] = {
         "max_banned_ips": "most IP addresses remembered as banned",
         "max_jobs_per_session": "jobs remembered per connection",
         "max_shares_per_job": "shares remembered per job for duplicate checks",
+    },
+    "useful": {
+        "enabled": "lease customers' matrix products (work API) to miners that announce "
+        '"useful-1"; synthetic work when none is queued',
+        "unit_m": "most output rows per work unit (multiple of 16)",
+        "unit_n": "most output columns per work unit (multiple of 16)",
+        "r": "preferred slab width of unit jobs (small k gets a smaller r)",
+        "chunk_max": f"largest work.get_blob / work.result chunk, bytes (>= {CHUNK_SIZE})",
+        "lease_seconds": "seconds a miner has to return a unit's product",
+        "max_attempts": "wrong results before a unit (and its work item) fails",
+        "freivalds_rounds": "rounds of Freivalds' check; each false-accepts with p <= 2^-16",
+        "max_dim": "largest m or n of a submitted product",
+        "max_k": "largest k of a submitted product (after padding)",
+        "max_upload_bytes": "largest A plus B upload, bytes",
+        "max_active_items": "unfinished work items per customer",
+        "max_queued_bytes": "operand bytes of one customer's unfinished items",
+        "tokens": 'work API tokens: token = "customer name"; none = loopback clients only',
     },
 }
 
@@ -410,6 +445,7 @@ def validate(config: PoolConfig) -> None:
         raise ConfigError(f"[work] shape: {exc}") from None
     if config.chain.kind == "embedded":
         node_config(config)
+    validate_useful(config)
     from protocol.address import validate_address
 
     for name, addr in (("pool.payout_address", p.payout_address),
@@ -419,6 +455,25 @@ def validate(config: PoolConfig) -> None:
                 validate_address(addr)
             except Exception as exc:
                 raise ConfigError(f"{name}: {exc}") from None
+
+
+def validate_useful(config: PoolConfig) -> None:
+    """The ``[useful]`` section: UsefulConfig's rules, chunk sizes against the frame size."""
+    u = config.useful
+    try:
+        u.useful_config().validate()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if u.chunk_max < CHUNK_SIZE:
+        raise ConfigError(f"useful.chunk_max must be at least {CHUNK_SIZE} (the chunk every "
+                          f"worker may use), got {u.chunk_max}")
+    if u.enabled and config.stratum.max_frame_size < u.chunk_max + 512:
+        raise ConfigError(f"stratum.max_frame_size ({config.stratum.max_frame_size}) must be "
+                          f"at least useful.chunk_max + 512 = {u.chunk_max + 512}")
+    for token, customer in u.tokens.items():
+        if not isinstance(customer, str) or not customer or len(token) < 8:
+            raise ConfigError("[useful.tokens] entries are TOKEN = \"customer name\", tokens "
+                              f"of at least 8 characters; got {token[:4]!r}… = {customer!r:.40}")
 
 
 def node_config(config: PoolConfig) -> NodeConfig:
@@ -466,6 +521,8 @@ def default_config_text() -> str:
             lines.append("")
             lines.append(f"# {helps[name]}")
             lines.append(f"[{section}.{name}]")
+            if (section, name) == ("useful", "tokens"):
+                lines.append('# "token-of-at-least-8-chars" = "customer name"')
             if (section, name) == ("chain", "node"):
                 lines.append("# (uncomment to change; shown are the node's defaults)")
                 for f in dataclasses.fields(NodeConfig):

@@ -9,6 +9,8 @@ A Starlette app (``create_app``) served by Hypercorn on trio (``serve_http``). R
 - ``GET /api/miners/{address}`` one miner (404 JSON for a malformed or unknown address)
 - ``GET /api/blocks?limit=``   newest blocks (limit 1..500, default 50; else 400 JSON)
 - ``GET /api/payments?limit=`` newest payment batches (same limit rules)
+- the work API (``POST /api/work``, ``GET /api/work/{id}``, ``GET /api/work/{id}/result``)
+  when the pool passes its routes (``pool.useful.api.create_work_routes``)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from pool.api_data import PoolData, UnknownMiner
 
@@ -52,8 +54,9 @@ def parse_limit(request: Request) -> int:
     return limit
 
 
-def create_app(data: PoolData, registry: CollectorRegistry) -> Starlette:
-    """The API app over ``data`` exposing ``registry`` at /metrics."""
+def create_app(data: PoolData, registry: CollectorRegistry,
+               extra_routes: list[BaseRoute] | None = None) -> Starlette:
+    """The API app over ``data`` exposing ``registry`` at /metrics, plus ``extra_routes``."""
     dashboard = DASHBOARD.read_text(encoding="utf-8")
 
     async def index(request: Request) -> Response:
@@ -96,6 +99,7 @@ def create_app(data: PoolData, registry: CollectorRegistry) -> Starlette:
             Route("/api/miners/{address}", miner),
             Route("/api/blocks", blocks),
             Route("/api/payments", payments),
+            *(extra_routes or []),
         ],
         exception_handlers={BadRequest: bad_request, HTTPException: http_error},
     )

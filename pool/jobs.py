@@ -88,6 +88,7 @@ class Job:
     superseded: float | None = None  # trio clock when a newer job replaced it
     seen: set[tuple[bytes, int, tuple[int, int]]] = field(default_factory=set)
     workload: JobWork | None = None  # a per-session workload (useful work); None = template's
+    lease_id: int | None = None  # the useful-work lease this job mines; its shares are held
 
     @property
     def work(self) -> JobWork:
@@ -192,10 +193,13 @@ class JobManager:
         return self._en1_prefix + struct.pack(">I", next(self._en1_counter) & 0xFFFFFFFF)
 
     def make_job(self, template: Template, extranonce1: bytes, difficulty: float,
-                 clean: bool, now: float, workload: JobWork | None = None) -> Job:
-        """A session's job on ``template``; ``workload`` replaces the template's matrices."""
+                 clean: bool, now: float, workload: JobWork | None = None,
+                 lease_id: int | None = None) -> Job:
+        """A session's job on ``template``; ``workload`` replaces the template's matrices
+        (a leased useful-work unit, ``lease_id``)."""
         job_id = f"{template.id:x}.{next(self._job_counter):x}"
-        return Job(job_id, template, extranonce1, difficulty, clean, now, workload=workload)
+        return Job(job_id, template, extranonce1, difficulty, clean, now, workload=workload,
+                   lease_id=lease_id)
 
     # -- templates ------------------------------------------------------------------------
 

@@ -11,6 +11,15 @@ Closing rules: framing garbage or an oversized frame → ``client.show_message``
 reason, then close; a message rate above the limit → error 27 for each refused request
 and a drop after ``message_burst`` refusals; mostly-invalid shares → the escalation of
 ``pool.abuse`` (resend work → ``client.reconnect`` → drop → IP ban).
+
+Useful work (SPEC §12.7): a miner that announces ``useful-1`` in ``mining.subscribe
+{capabilities}`` gets jobs on a leased unit of a customer's product while one is queued
+(synthetic jobs otherwise); it fetches the unit's operands with ``work.get_blob`` and
+returns the product with ``work.result``. Its shares on such a job are held until the
+result passes Freivalds' check, then credited; a wrong result voids them and counts each
+against the session in the escalation. ``work.*`` requests are outside the message-rate
+limit (a unit is hundreds of chunks); the per-lease byte bound replaces it. When the
+connection ends, its lease ends and the unit goes back to the queue.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from pool.config import PoolConfig
 from pool.hashrate import HashrateMeter
 from pool.jobs import JobManager, SessionJobs, Template
 from pool.share_check import Miner, ShareChecker, ShareRejected
+from pool.useful.queue import LeaseEnd
+from pool.useful.service import UsefulWork, share_from_json
 from pool.vardiff import Vardiff, VardiffConfig
 from protocol import messages
 from protocol.address import validate_address
@@ -35,6 +46,7 @@ from protocol.connection import BadRequest, Connection, NotificationReceived, Re
 from protocol.errors import ProtocolError
 from protocol.header import EXTRANONCE2_SIZE
 from protocol.messages import ErrorCode
+from protocol.work_messages import USEFUL_CAPABILITY, GetBlob, WorkResult
 
 log = logging.getLogger("pool.session")
 
@@ -70,6 +82,13 @@ class PoolContext:
     resumable: OrderedDict[bytes, bytes] = field(default_factory=OrderedDict)
     pool_hashrate: HashrateMeter | None = None
     strikes: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    useful: UsefulWork | None = None
+
+    def lease_ended(self, end: LeaseEnd) -> None:
+        """A lease ended without a result (deadline): give its session new work."""
+        for session in list(self.sessions):
+            if session.work_key == end.lease.session:
+                session.work_lost()
 
     def remember_session(self, session_id: bytes, extranonce1: bytes) -> None:
         """Keep a closed session's extranonce1 for ``mining.subscribe {resume}`` (bounded)."""
@@ -118,6 +137,8 @@ class Session:
         self._close_reason: str | None = None
         self._scope: trio.CancelScope | None = None
         self._job_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self.useful_capable = False
 
     # -- identity -----------------------------------------------------------------------
 
@@ -132,6 +153,16 @@ class Session:
     def difficulty(self) -> float:
         return self.vardiff.difficulty
 
+    @property
+    def work_key(self) -> str:
+        """How the useful-work queue names this session (its leases, jobs, held shares)."""
+        return self.session_id.hex()
+
+    @property
+    def useful(self) -> UsefulWork | None:
+        """The pool's useful work, if this session takes it."""
+        return self.ctx.useful if self.useful_capable else None
+
     # -- lifetime -----------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -140,13 +171,21 @@ class Session:
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
+                self._nursery = nursery
                 nursery.start_soon(self._guard, self._job_pusher)
                 nursery.start_soon(self._guard, self._watchdog)
                 nursery.start_soon(self._guard, self._reader, nursery)
         finally:
             self.ctx.sessions.discard(self)
-            if self.extranonce1 is not None:
-                self.ctx.remember_session(self.session_id, self.extranonce1)
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                if self.useful is not None:  # before it can be resumed: a resume starts afresh
+                    try:
+                        await self.useful.release_session(self.work_key)
+                    except Exception as exc:
+                        log.error("could not release the lease of %s: %s", self.login, exc)
+                if self.extranonce1 is not None:
+                    self.ctx.remember_session(self.session_id, self.extranonce1)
             with trio.CancelScope(shield=True), trio.move_on_after(LINGER_SECONDS + 1):
                 await self._linger()
                 await self.stream.aclose()
@@ -198,7 +237,9 @@ class Session:
                 await self._notify_and_close(f"protocol error: {exc}")
             for event in events:
                 self.last_message = trio.current_time()
-                if not self.rate.allow(self.last_message):
+                chunked = isinstance(event, RequestReceived) and isinstance(
+                    event.message, GetBlob | WorkResult)
+                if not chunked and not self.rate.allow(self.last_message):
                     await self._rate_limited(event)
                     continue
                 if isinstance(event, RequestReceived):
@@ -251,6 +292,10 @@ class Session:
             await self._suggest(event.id, msg)
         elif isinstance(msg, messages.Ping):
             await self._send(self.conn.send_result(event.id, messages.PingResult()))
+        elif isinstance(msg, GetBlob):
+            await self._get_blob(event.id, msg)
+        elif isinstance(msg, WorkResult):
+            await self._work_result(event.id, msg)
         else:  # pragma: no cover - Connection only yields the methods above
             await self._send(self.conn.send_error(event.id, ErrorCode.OTHER, "unsupported"))
 
@@ -267,6 +312,7 @@ class Session:
         else:
             self.extranonce1 = self.ctx.jobs.new_extranonce1()
         self.agent = msg.agent
+        self.useful_capable = USEFUL_CAPABILITY in (msg.capabilities or ())
         result = messages.SubscribeResult(session_id=self.session_id,
                                           extranonce1=self.extranonce1,
                                           extranonce2_size=EXTRANONCE2_SIZE)
@@ -333,6 +379,55 @@ class Session:
             if changed is not None:
                 await self._new_difficulty(changed)
 
+    # -- useful work --------------------------------------------------------------------
+
+    async def _get_blob(self, request_id: int, msg: GetBlob) -> None:
+        useful = self.useful
+        try:
+            if useful is None:
+                raise ProtocolError("work.get_blob: this session takes no useful work "
+                                    f'(subscribe with capabilities ["{USEFUL_CAPABILITY}"])',
+                                    code=ErrorCode.OTHER)
+            result = await useful.get_blob(self.work_key, msg)
+        except ProtocolError as exc:
+            await self._send(self.conn.send_error(request_id, exc.code, str(exc)))
+            return
+        await self._send(self.conn.send_result(request_id, result))
+
+    async def _work_result(self, request_id: int, msg: WorkResult) -> None:
+        useful = self.useful
+        try:
+            if useful is None:
+                raise ProtocolError("work.result: this session takes no useful work",
+                                    code=ErrorCode.OTHER)
+            ack, verdict = await useful.take_result(self.work_key, msg)
+        except ProtocolError as exc:
+            await self._send(self.conn.send_error(request_id, exc.code, str(exc)))
+            return
+        if verdict is not None and verdict.passed:
+            records = [share_from_json(s) for s in verdict.end.shares]
+            try:
+                await self.ctx.checker.credit(records)
+            except Exception as exc:
+                log.error("could not credit %d verified share(s) of %s: %s", len(records),
+                          self.login, exc)
+        await self._send(self.conn.send_result(request_id, ack))
+        if verdict is None:
+            return
+        if not verdict.passed:
+            for _ in range(max(1, len(verdict.end.shares))):
+                await self._judge(False)
+        if self._authorized.is_set():
+            await self._push_job(self.ctx.jobs.current, clean=True)
+
+    def work_lost(self) -> None:
+        """This session's lease ended without a result: push new work (never blocks)."""
+        if self._nursery is not None and self._authorized.is_set():
+            self._nursery.start_soon(self._guard, self._push_new_work)
+
+    async def _push_new_work(self) -> None:
+        await self._push_job(self.ctx.jobs.current, clean=True)
+
     # -- escalation ---------------------------------------------------------------------
 
     async def _judge(self, valid: bool) -> None:
@@ -386,12 +481,38 @@ class Session:
         if template is None or self.extranonce1 is None:
             return
         async with self._job_lock:  # make, remember and send jobs in one order
+            leased = await self._lease()
+            if leased is not None and not self._holds_lease(leased[0].id):
+                clean = True  # new unit: shares of the earlier jobs are no use any more
             now = trio.current_time()
-            job = self.ctx.jobs.make_job(template, self.extranonce1, self.vardiff.difficulty,
-                                         clean, now)
+            if leased is None:
+                job = self.ctx.jobs.make_job(template, self.extranonce1,
+                                             self.vardiff.difficulty, clean, now)
+            else:
+                lease, work = leased
+                job = self.ctx.jobs.make_job(template, self.extranonce1,
+                                             self.vardiff.difficulty, clean, now,
+                                             workload=work, lease_id=lease.id)
+                assert self.useful is not None
+                await self.useful.attach(lease, self.work_key, job.job_id)
             self._template_id = max(self._template_id, template.id)
             self.book.add(job, now)
             await self._send(self.conn.send_notification(job.notify()))
+
+    async def _lease(self) -> Any:
+        """The session's useful-work lease and workload, or None for synthetic work."""
+        useful = self.useful
+        if useful is None:
+            return None
+        try:
+            return await useful.lease(self.work_key)
+        except Exception as exc:  # a broken unit must not stop mining: synthetic work
+            log.error("could not lease useful work to %s: %s", self.login, exc)
+            return None
+
+    def _holds_lease(self, lease_id: int) -> bool:
+        current = self.book.current
+        return current is not None and current.lease_id == lease_id
 
     async def _new_difficulty(self, difficulty: float) -> None:
         current = self.book.current

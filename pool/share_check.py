@@ -24,8 +24,12 @@ a worker thread behind a ``CapacityLimiter``; the event loop only does dictionar
 
 An accepted share is committed through the :class:`~pool.sharelog.ShareLog` before the
 ack. A share that also meets the network target is submitted to the chain at once
-(``BlockSubmission`` with the workload seed), then recorded in the ledger and credited by
-PPLNS.
+(``BlockSubmission`` with the workload seed, or for a useful-work unit its 16 + 16 rows
+with Merkle proofs), then recorded in the ledger and credited by PPLNS.
+
+A share of a job made for a useful-work lease (``Job.lease_id``) is **held** in the work
+queue instead of the ledger; :meth:`ShareChecker.credit` writes it once the unit's result
+verified. If the lease has ended, the share is stale (21).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from pool.jobs import HEADER_VERSION, MAX_TIME_ROLL, Job, JobError, JobManager, 
 from pool.ledger.base import Ledger, ShareRecord
 from pool.metrics import PoolMetrics
 from pool.sharelog import ShareLog, ShareLogError
+from pool.useful.service import UsefulWork
 from protocol import messages
 from protocol.header import Header, assemble_coinbase, coinbase_hash
 from protocol.messages import ErrorCode
@@ -159,6 +164,7 @@ class ShareChecker:
         fee_address: str | None,
         max_shares_per_job: int,
         metrics: PoolMetrics | None = None,
+        useful: UsefulWork | None = None,
     ) -> None:
         self.jobs = jobs
         self.sharelog = sharelog
@@ -171,6 +177,7 @@ class ShareChecker:
         self.fee_address = fee_address
         self.max_shares_per_job = max_shares_per_job
         self.metrics = metrics
+        self.useful = useful
         self.blocks_found = 0
 
     def count(self, code: int | None) -> None:
@@ -190,17 +197,21 @@ class ShareChecker:
         except JobError as exc:
             raise ShareRejected(str(exc), exc.code) from None
         precheck(job, submit, self.max_shares_per_job)
-        started = time.perf_counter()
+
+        def timed_check() -> CheckedTicket:
+            # Timed inside the thread: the metric is the check, not the wait for a thread.
+            started = time.perf_counter()
+            try:
+                return check_ticket(job, submit.extranonce2, submit.time, submit.tile)
+            finally:
+                if self.metrics is not None:
+                    self.metrics.share_check_seconds.observe(time.perf_counter() - started)
+
         try:
-            checked = await trio.to_thread.run_sync(
-                check_ticket, job, submit.extranonce2, submit.time, submit.tile,
-                limiter=self.check_limiter)
+            checked = await trio.to_thread.run_sync(timed_check, limiter=self.check_limiter)
         except Exception as exc:  # ProtocolError from the header/coinbase/ticket rules
             raise ShareRejected(f"share cannot be checked: {exc}",
                                 getattr(exc, "code", ErrorCode.OTHER)) from None
-        finally:
-            if self.metrics is not None:
-                self.metrics.share_check_seconds.observe(time.perf_counter() - started)
         if not checked.meets_share:
             raise ShareRejected(f"ticket does not meet the job's difficulty {job.difficulty:g}",
                                 ErrorCode.LOW_DIFFICULTY)
@@ -215,8 +226,28 @@ class ShareChecker:
         if checked.meets_network:
             block_hash = await self._submit_block(miner, job, submit.tile, checked, record)
         else:
-            await self._store(record)
+            await self._keep(job, record)
         return AcceptedShare(job, job.difficulty, checked.digest, block_hash)
+
+    async def _keep(self, job: Job, record: ShareRecord) -> None:
+        """Store a share, or hold it when it was mined on a leased useful-work unit."""
+        if job.lease_id is None or self.useful is None:
+            await self._store(record)
+            return
+        try:
+            held = await self.useful.hold(job.lease_id, record)
+        except Exception as exc:
+            raise ShareRejected(f"share not stored, please resubmit: {exc}",
+                                ErrorCode.OTHER) from None
+        if not held:
+            raise ShareRejected(f"job {job.job_id!r}: its work unit is no longer leased to "
+                                "this session", ErrorCode.STALE)
+
+    async def credit(self, records: list[ShareRecord]) -> int:
+        """Write held shares whose unit verified into the ledger (one transaction)."""
+        if not records:
+            return 0
+        return await self._ledger(self.ledger.insert_shares, records)
 
     async def _store(self, record: ShareRecord) -> None:
         try:
@@ -236,8 +267,16 @@ class ShareChecker:
         t = job.template
         height, reward = t.block.height, t.block.reward
         block_hash = Header.decode(checked.header).hash()
-        # The share goes in first: PPLNS counts the shares at or before the block.
-        await self._store(record)
+        # The share goes in first: PPLNS counts the shares at or before the block. A share
+        # on a useful-work unit is held instead (credited once the unit's result verifies);
+        # if its lease has just ended the share is stale, but the block is still submitted.
+        stale: ShareRejected | None = None
+        try:
+            await self._keep(job, record)
+        except ShareRejected as exc:
+            if exc.code != ErrorCode.STALE:
+                raise
+            stale = exc
         block_id = None
         try:
             block_id = await self._ledger(self.ledger.record_block, height, block_hash, reward,
@@ -262,6 +301,8 @@ class ShareChecker:
                         miner.login, reason)
             if block_id is not None:
                 await self._ledger_quietly(self.ledger.orphan_block, block_id)
+            if stale is not None:
+                raise stale
             return None
         self.blocks_found += 1
         log.info("block %d found by %s, reward %s, submitted: accepted (hash %s)", height,
@@ -275,6 +316,8 @@ class ShareChecker:
                 log.info("block %d credited by PPLNS: %s to %d address(es) over %s shares, "
                          "fee %s", height, coins(sum((credits or {}).values())),
                          len(credits or {}), credited.shares_used, coins(credited.fee or 0))
+        if stale is not None:
+            raise stale
         return block_hash
 
     async def _ledger(self, fn: Callable[..., T], *args: Any) -> T:

@@ -149,6 +149,24 @@ class _Tile(_Codec):
         return list(value)
 
 
+class _StrList(_Codec):
+    """An array of at most ``max_items`` strings, each as ``_Str(max_len)``; a tuple in Python."""
+
+    def __init__(self, max_items: int, max_len: int) -> None:
+        self.max_items = max_items
+        self.item = _Str(max_len=max_len)
+
+    def check(self, value: Any, path: str) -> tuple[str, ...]:
+        if not isinstance(value, tuple | list) or len(value) > self.max_items:
+            raise ProtocolError(
+                f"{path} must be an array of at most {self.max_items} strings, got {_show(value)}"
+            )
+        return tuple(self.item.check(v, f"{path}[{i}]") for i, v in enumerate(value))
+
+    def encode(self, value: tuple[str, ...]) -> list[str]:
+        return list(value)
+
+
 class _Optional(_Codec):
     optional = True
 
@@ -353,13 +371,18 @@ class PingResult(_TrueResult):
 
 @dataclass(frozen=True)
 class Subscribe(Message):
-    """Open a session; ``resume`` is an earlier ``session_id`` to get its extranonce1 back."""
+    """Open a session; ``resume`` is an earlier ``session_id`` to get its extranonce1 back.
+
+    ``capabilities`` (optional, additive) lists features the miner supports; absent = none.
+    """
 
     method: ClassVar[str] = "mining.subscribe"
     result_type: ClassVar[type[Result]] = SubscribeResult
     agent: str = _field(_Str(max_len=128))
     protocol: int = _field(_UInt(32, lo=1, hi=(1 << 32) - 1), 1)
     resume: bytes | None = _field(_Optional(_Bin(min_len=1, max_len=32)), None)
+    capabilities: tuple[str, ...] | None = _field(_Optional(_StrList(16, 32)), None)
+    """Optional features the miner supports, e.g. ``("useful-1",)`` (SPEC §12.7)."""
 
 
 @dataclass(frozen=True)

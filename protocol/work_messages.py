@@ -33,6 +33,13 @@ from .messages import (
 MAX_CHUNK = 1 << 20
 """Hard ceiling of one chunk (the largest frame); pools configure a smaller maximum."""
 
+CHUNK_SIZE = 8192
+"""A chunk size every pool serves and accepts (its configured maximum is never below it)."""
+
+USEFUL_CAPABILITY = "useful-1"
+"""Announced in ``mining.subscribe {capabilities}``: this miner takes blob jobs, fetches
+their operands with ``work.get_blob`` and returns each unit's product with ``work.result``."""
+
 
 @dataclass(frozen=True)
 class GetBlobResult(Result):

@@ -11,6 +11,8 @@ import trio
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 
+from protocol.work_messages import USEFUL_CAPABILITY
+
 from .checker import Checker
 from .client import Job, PoolClient
 from .config import PoolEndpoint, WorkerConfig
@@ -19,6 +21,7 @@ from .failover import Failover
 from .metrics import register_metrics, serve_metrics
 from .miner import DeviceSlot, JobFeed, Miner
 from .stats import WorkerStats
+from .useful import UsefulWork
 from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,10 @@ class WorkerApp:
         self.stats = WorkerStats()
         self.feed = JobFeed()
         self.checker = Checker(self.stats, config.mining.check_threads)
+        self.useful: UsefulWork | None = None
+        if config.useful.enabled:
+            self.useful = UsefulWork(self.stats, config.useful.cache_path(),
+                                     config.useful.cache_max_bytes)
         self.failover = Failover(
             list(config.pools), self._make_client, config.connection, agent=config.agent,
             on_connected=self._connected,
@@ -51,7 +58,7 @@ class WorkerApp:
             for i, backend in enumerate(backends)
         ]
         self.miner = Miner(slots, self.feed, self.failover.submit, self.checker, self.stats,
-                           roll_time=config.mining.roll_time)
+                           roll_time=config.mining.roll_time, useful=self.useful)
         stall = config.watchdog.stall_timeout
         self.watchdog = Watchdog(self.miner, self.stats, stall) if stall > 0 else None
         self.registry = registry
@@ -64,7 +71,8 @@ class WorkerApp:
         c = self.config
         return PoolClient(endpoint, login=c.login, password=c.password, agent=c.agent,
                           settings=c.connection, on_job=self._on_job, resume=resume,
-                          suggest_difficulty=c.mining.suggest_difficulty)
+                          suggest_difficulty=c.mining.suggest_difficulty,
+                          capabilities=(USEFUL_CAPABILITY,) if self.useful else ())
 
     def _on_job(self, job: Job) -> None:
         self.feed.publish(job)

@@ -49,6 +49,24 @@ def parse_shape(text: str) -> Shape:
         raise argparse.ArgumentTypeError(f"shape {text!r}: {exc}") from None
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``"512M"`` → bytes (K/M/G/T are powers of 1024, an optional trailing B ignored)."""
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = raw[-1:] if raw[-1:] in _SIZE_UNITS else ""
+    try:
+        value = float(raw[: len(raw) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"size {text!r}: expected a number of bytes, optionally with K, M, G or T"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"size {text!r} must not be negative")
+    return int(value * _SIZE_UNITS[unit])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="matmine-worker", description=_DESCRIPTION,
@@ -80,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="port for Prometheus /metrics and the JSON /api/summary on "
                            f"127.0.0.1; -1 turns it off (config: [metrics] port; default "
                            f"{DEFAULT_METRICS_PORT})")
+    mine.add_argument("--no-useful", action="store_true", default=None,
+                      help="do not take useful-work (blob) jobs, only synthetic ones "
+                           "(config: [useful] enabled = false)")
+    mine.add_argument("--blob-cache", metavar="DIR",
+                      help="directory of verified operand blobs (config: [useful] cache_dir; "
+                           "default ~/.cache/matmine-worker/blobs)")
+    mine.add_argument("--blob-cache-max", type=parse_size, metavar="SIZE",
+                      help="size bound of the blob cache, bytes or with K/M/G "
+                           "(config: [useful] cache_max_bytes; default 1G)")
     mine.add_argument("--config", metavar="FILE",
                       help="TOML configuration file (keys documented in worker/config.py)")
     mine.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
@@ -134,6 +161,8 @@ def _mine(args: argparse.Namespace) -> int:
             load_config(args.config), pools=args.pools, login=args.login,
             password=args.password, backend=args.backend, devices=args.devices,
             metrics_port=args.metrics_port, log_level=args.log_level,
+            no_useful=args.no_useful, blob_cache=args.blob_cache,
+            blob_cache_max=args.blob_cache_max,
         ).validate()
     except ConfigError as exc:
         print(f"matmine-worker mine: {exc}", file=sys.stderr)

@@ -37,6 +37,7 @@ from protocol.messages import (
     SubscribeResult,
     SuggestDifficulty,
 )
+from protocol.work_messages import GetBlob, WorkResult, WorkResultAck
 
 from .config import ConnectionConfig, PoolEndpoint
 
@@ -77,6 +78,14 @@ class Disconnected:
     reason: str
     reconnect: Reconnect | None = None
     got_job: bool = False
+
+
+class RequestFailed(Exception):
+    """A ``work.*`` request the pool refused (``code`` set) or that got no answer."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class _Dropped(Exception):
@@ -137,6 +146,7 @@ class PoolClient:
         on_job: Callable[[Job], None],
         resume: bytes | None = None,
         suggest_difficulty: float = 0.0,
+        capabilities: tuple[str, ...] = (),
     ) -> None:
         self.endpoint = endpoint
         self.login = login
@@ -146,6 +156,7 @@ class PoolClient:
         self._on_job = on_job
         self._resume = resume
         self._suggest = suggest_difficulty
+        self.capabilities = tuple(capabilities)
         self._conn = Connection("client", max_frame_size=settings.max_frame_size)
         self._stream: trio.abc.Stream | None = None
         self._send_lock = trio.Lock()
@@ -184,7 +195,8 @@ class PoolClient:
     ) -> None:
         try:
             sub = await self._call(
-                Subscribe(agent=self.agent, protocol=1, resume=self._resume)
+                Subscribe(agent=self.agent, protocol=1, resume=self._resume,
+                          capabilities=self.capabilities or None)
             )
             if sub.error is not None:
                 raise _Dropped(f"subscribe refused: {sub.error.code} {sub.error.message}")
@@ -333,6 +345,36 @@ class PoolClient:
         code = answer.error.code
         kind = "stale" if code == ErrorCode.STALE else "rejected"
         return SubmitOutcome(kind, code=code, message=answer.error.message)
+
+    async def _work_call(self, message: Message) -> object:
+        try:
+            answer = await self._call(message)
+        except _Dropped as exc:
+            self._drop(exc)
+            raise RequestFailed(exc.reason) from None
+        if answer.error is not None:
+            raise RequestFailed(f"{message.method} refused: {answer.error.code} "
+                                f"{answer.error.message}", answer.error.code)
+        return answer.result
+
+    async def get_blob(self, blob: bytes, offset: int, length: int) -> tuple[bytes, int]:
+        """One ``work.get_blob``: ``(data, total)``; ``RequestFailed`` if refused or lost."""
+        try:
+            message = GetBlob(hash=blob, offset=offset, length=length)
+        except ProtocolError as exc:
+            raise RequestFailed(f"not sendable: {exc}") from None
+        result = await self._work_call(message)
+        return result.data, result.total  # type: ignore[attr-defined]
+
+    async def send_result(self, job_id: str, unit: bytes, offset: int, data: bytes,
+                          final: bool) -> WorkResultAck:
+        """One ``work.result`` chunk; the pool's ack, ``RequestFailed`` if refused or lost."""
+        try:
+            message = WorkResult(job_id=job_id, unit=unit, offset=offset, data=data,
+                                 final=final)
+        except ProtocolError as exc:
+            raise RequestFailed(f"not sendable: {exc}") from None
+        return await self._work_call(message)  # type: ignore[return-value]
 
     # --- timers ------------------------------------------------------------------------
 

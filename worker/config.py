@@ -30,6 +30,11 @@ roll_time = true                # header time follows the clock, up to 600 s pas
 suggest_difficulty = 0.0        # 0 = do not send mining.suggest_difficulty
 check_threads = 1               # CPU threads for re-checking candidates
 
+[useful]
+enabled = true                  # --no-useful: announce "useful-1" and take blob jobs
+cache_dir = ""                  # --blob-cache: verified operand blobs; "" = the user's cache
+cache_max_bytes = 1073741824    # --blob-cache-max: size bound of that cache (LRU)
+
 [watchdog]
 stall_timeout = 120.0           # a device without progress this long is restarted; 0 = off
 
@@ -45,6 +50,7 @@ live = "auto"                   # "auto" (when stdout is a terminal) | "on" | "o
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -122,6 +128,22 @@ class MiningConfig:
 
 
 @dataclass(frozen=True)
+class UsefulConfig:
+    """Useful work (blob jobs): on by default; operands cached on disk up to a bound."""
+
+    enabled: bool = True
+    cache_dir: str = ""
+    cache_max_bytes: int = 1 << 30
+
+    def cache_path(self) -> Path:
+        """``cache_dir``, or ``$XDG_CACHE_HOME/matmine-worker/blobs`` (~/.cache if unset)."""
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "matmine-worker" / "blobs"
+
+
+@dataclass(frozen=True)
 class WatchdogConfig:
     stall_timeout: float = 120.0
 
@@ -151,6 +173,7 @@ class WorkerConfig:
     log_level: str = "INFO"
     connection: ConnectionConfig = field(default_factory=ConnectionConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
+    useful: UsefulConfig = field(default_factory=UsefulConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
@@ -177,6 +200,8 @@ class WorkerConfig:
             raise ConfigError("connection.max_frame_size must be at least 1024")
         if self.mining.suggest_difficulty < 0 or self.mining.check_threads < 1:
             raise ConfigError("mining.suggest_difficulty must be ≥ 0, check_threads ≥ 1")
+        if self.useful.cache_max_bytes < 0:
+            raise ConfigError("useful.cache_max_bytes must be ≥ 0")
         if self.watchdog.stall_timeout < 0:
             raise ConfigError("watchdog.stall_timeout must be ≥ 0 (0 = off)")
         if not -1 <= self.metrics.port < 65536:
@@ -189,6 +214,7 @@ class WorkerConfig:
 _SECTIONS: dict[str, type] = {
     "connection": ConnectionConfig,
     "mining": MiningConfig,
+    "useful": UsefulConfig,
     "watchdog": WatchdogConfig,
     "metrics": MetricsConfig,
     "console": ConsoleConfig,
@@ -287,4 +313,13 @@ def with_overrides(config: WorkerConfig, **flags: Any) -> WorkerConfig:
         top["devices"] = tuple(flags["devices"])
     if flags.get("metrics_port") is not None:
         top["metrics"] = replace(config.metrics, port=flags["metrics_port"])
+    useful: dict[str, Any] = {}
+    if flags.get("no_useful"):
+        useful["enabled"] = False
+    if flags.get("blob_cache") is not None:
+        useful["cache_dir"] = flags["blob_cache"]
+    if flags.get("blob_cache_max") is not None:
+        useful["cache_max_bytes"] = flags["blob_cache_max"]
+    if useful:
+        top["useful"] = replace(config.useful, **useful)
     return replace(config, **top)

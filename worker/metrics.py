@@ -2,7 +2,9 @@
 
 ``/metrics``: ``matmine_worker_hashrate_macs{device}`` (60 s MAC/s; ``device="total"``
 too), ``matmine_worker_shares_total{result}``, ``matmine_worker_hw_errors_total{device}``,
-``matmine_worker_pool_connected``. Values are read from ``WorkerStats`` at scrape time.
+``matmine_worker_pool_connected``, ``matmine_worker_blob_bytes_total``,
+``matmine_worker_blobs_rejected_total``, ``matmine_worker_useful_results_total{outcome}``.
+Values are read from ``WorkerStats`` at scrape time.
 ``/api/summary``: ``WorkerStats.summary()`` as JSON.
 """
 
@@ -55,6 +57,19 @@ class WorkerCollector(Collector):
         yield hw
         yield GaugeMetricFamily("matmine_worker_pool_connected",
                                 "1 while a pool session is up", value=int(stats.pool_connected))
+        yield CounterMetricFamily("matmine_worker_blob_bytes",
+                                  "Operand blob bytes downloaded with work.get_blob",
+                                  value=stats.blob_bytes)
+        yield CounterMetricFamily("matmine_worker_blobs_rejected",
+                                  "Blob jobs dropped: an operand failed verification",
+                                  value=stats.blobs_rejected)
+        results = CounterMetricFamily("matmine_worker_useful_results",
+                                      "Unit results by outcome (verified by the pool, "
+                                      "rejected by its check, failed to deliver)",
+                                      labels=["outcome"])
+        for outcome, count in stats.useful_results.items():
+            results.add_metric([outcome], count)
+        yield results
         yield GaugeMetricFamily("matmine_worker_best_share_difficulty",
                                 "Highest difficulty of a checked share since start",
                                 value=stats.best.difficulty)

@@ -21,13 +21,15 @@ import trio
 
 from protocol.errors import ProtocolError
 from protocol.header import Header, assemble_coinbase, coinbase_hash
-from protocol.messages import SyntheticSource
+from protocol.messages import ErrorCode, SyntheticSource
 from protocol.target import meets_target, target_from_bits, target_from_difficulty
 from protocol.workload import Shape, Workload, work_root
 
+from .blobcache import BlobRejected
 from .checker import Checker
 from .client import Job, SubmitOutcome
 from .stats import WorkerStats
+from .useful import UsefulError, UsefulWork
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +200,7 @@ class Miner:
         stats: WorkerStats,
         *,
         roll_time: bool = True,
+        useful: UsefulWork | None = None,
     ) -> None:
         if not slots:
             raise ValueError("no devices to mine with")
@@ -209,6 +212,7 @@ class Miner:
         self._checker = checker
         self._stats = stats
         self._roll = roll_time
+        self._useful = useful
         self._workloads = WorkloadCache()
         self._minable: tuple[int, MinableJob | None] = (-1, None)
         self._prepare_lock = trio.Lock()
@@ -288,15 +292,17 @@ class Miner:
     async def _check_job(self, job: Job) -> MinableJob | None:
         n = job.notify
         work = n.work
-        if not isinstance(work.source, SyntheticSource):
-            log.error("job %s: blob workloads are not supported by this worker; idle until "
-                      "the next job", n.job_id)
-            return None
         try:
             shape = work.shape
-            workload = await self._workloads.get(work.source.seed, shape)
-            if (workload.a_root, workload.b_root) != (work.a_root, work.b_root):
-                raise ProtocolError("the synthetic rows do not match the job's a_root/b_root")
+            if isinstance(work.source, SyntheticSource):
+                workload = await self._workloads.get(work.source.seed, shape)
+                if (workload.a_root, workload.b_root) != (work.a_root, work.b_root):
+                    raise ProtocolError("the synthetic rows do not match the job's "
+                                        "a_root/b_root")
+            else:
+                workload = await self._blob_workload(job)
+                if workload is None:
+                    return None
             if workload.work_root != work_root(shape, work.a_root, work.b_root):
                 raise ProtocolError("work_root does not match")  # pragma: no cover
             share_target = target_from_difficulty(n.difficulty)
@@ -308,6 +314,48 @@ class Miner:
         self._stats.job_id = n.job_id
         self._stats.job_difficulty = n.difficulty
         return MinableJob(job, workload, share_target, network_target)
+
+    async def _blob_workload(self, job: Job) -> Workload | None:
+        """The verified operands of a blob job; None (job dropped) if they cannot be had."""
+        n = job.notify
+        if self._useful is None:
+            log.error("job %s: blob workloads are switched off in this worker; idle until "
+                      "the next job", n.job_id)
+            return None
+        try:
+            return await self._useful.workload(job)
+        except BlobRejected as exc:
+            self._stats.blobs_rejected += 1
+            log.error("job %s from %s: operand rejected, not mining it: %s; reconnecting",
+                      n.job_id, job.client.endpoint.label, exc)
+            job.client.close()  # the lease goes back to the pool's queue
+        except UsefulError as exc:
+            if exc.code == ErrorCode.STALE:
+                log.info("job %s: its unit is no longer this session's (%s); waiting for "
+                         "the next job", n.job_id, exc)
+            else:
+                log.error("job %s from %s: cannot get its operands: %s; reconnecting",
+                          n.job_id, job.client.endpoint.label, exc)
+                job.client.close()
+        return None
+
+    async def _keep_product(self, slot: DeviceSlot, minable: MinableJob, header: bytes) -> None:
+        """Compute ``header``'s noisy product on ``slot`` and hand it to the useful task."""
+        assert self._useful is not None and self._nursery is not None
+        job = minable.job
+        try:
+            noisy = await trio.to_thread.run_sync(slot.backend.product, header,
+                                                  limiter=slot.limiter, abandon_on_cancel=True)
+        except BaseException:
+            self._useful.unclaim(job)
+            raise
+        current = self.feed.job
+        if (current is None or current.client is not job.client
+                or current.notify.work.work_root != minable.workload.work_root):
+            log.info("unit %s… ended before its result was ready; dropped",
+                     minable.workload.work_root.hex()[:16])
+            return
+        self._nursery.start_soon(self._useful.deliver, job, minable.workload, header, noisy)
 
     async def _device_loop(self, slot: DeviceSlot) -> None:
         while True:
@@ -343,6 +391,8 @@ class Miner:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._share, slot.name, minable, header, extranonce2,
                                          header_time, (ti, tj), digest)
+            if result.complete and self._useful is not None and self._useful.claim(job):
+                await self._keep_product(slot, minable, header)
 
     async def _share(self, device: str, minable: MinableJob, header: bytes, extranonce2: bytes,
                      header_time: int, tile: tuple[int, int], digest: bytes) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 WINDOWS = (10.0, 60.0, 900.0)
 SHARE_RESULTS = ("accepted", "rejected", "stale", "lost")
+USEFUL_RESULTS = ("verified", "rejected", "failed")
 
 
 class RateWindow:
@@ -85,6 +86,11 @@ class WorkerStats:
     job_id: str = ""
     job_difficulty: float = 0.0
     started: float = 0.0
+    blob_bytes: int = 0  # operand bytes downloaded with work.get_blob
+    blobs_rejected: int = 0  # blob jobs dropped because an operand failed verification
+    useful_results: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(USEFUL_RESULTS, 0))
+    useful_macs: int = 0  # MACs (padded unit shape) of results the pool verified
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -158,6 +164,8 @@ class WorkerStats:
             "accepted_difficulty": self.accepted_difficulty,
             "blocks": self.blocks,
             "best_share": {"difficulty": self.best.difficulty, "device": self.best.device},
+            "useful": {"blob_bytes": self.blob_bytes, "blobs_rejected": self.blobs_rejected,
+                       "results": dict(self.useful_results), "macs": self.useful_macs},
             "devices": [
                 {
                     "name": d.name,

@@ -6,8 +6,10 @@ devnet node runs behind it in-process (:mod:`pool.chain.embedded`) or over loopb
 
 Besides the interface in ARCHITECTURE.md this module carries (additively):
 
-- ``BlockSubmission.a_root`` / ``b_root``: for blob workloads, the roots the row proofs
-  open against (the node checks ``work_root(shape, a_root, b_root)`` against the header).
+- ``BlockSubmission.a_root`` / ``b_root`` (optional): for blob workloads, the roots the
+  row proofs open against. Left out, the node takes the root the first row's proof leads
+  to; either way it checks ``work_root(shape, a_root, b_root)`` against the header and
+  every opened row against its root.
 - ``to_wire()`` / ``from_wire()`` on the dataclasses: msgpack-ready maps for the node RPC.
 - :class:`ChainError` and its subclasses, raised by every adapter with a wire ``code``.
 """

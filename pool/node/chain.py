@@ -11,8 +11,17 @@ Conventions:
 - Difficulty retargets every block: the mean target of the last ``retarget_window``
   blocks scaled by (their actual span / expected span), the span clamped to
   ``[expected / max_adjust, expected · max_adjust]``, never easier than ``min_difficulty``.
+  While the chain is younger than the window, the missing intervals count as on time at
+  the tip's target, so one lucky early block moves the difficulty only a little.
 - The wallet is a block-less ledger: ``send_many`` moves mature funds at once, recorded
   under its idempotency key; balances are derived from blocks and payments on demand.
+  The sender is named by the caller (``from_address``; the adapters pass the pool's
+  coinbase address, their ``wallet_address``), so a pool spends only what matured to its
+  own address. The devnet has no keys: any loopback client could name any sender.
+- Orphan simulation (tests): with ``orphan_probability`` p, an accepted block whose
+  ``H(orphan_seed ‖ hash)`` draw falls under p is at once beaten by a node-made branch
+  (a sibling at its height plus one block on top): it is reported accepted, then
+  "orphaned", and its reward never matures.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from protocol.address import make_address, validate_address
 from protocol.errors import ProtocolError
 from protocol.hashing import H
 from protocol.header import Coinbase, Header, coinbase_hash, parse_coinbase
-from protocol.merkle import verify_proof
+from protocol.merkle import row_leaf, verify_proof
 from protocol.target import (
     bits_from_target,
     difficulty_from_bits,
@@ -345,12 +354,15 @@ class Chain:
         cfg = self.config
         window = self.store.main_chain(max(0, tip.height - cfg.retarget_window), tip.height)
         intervals = len(window) - 1
-        if intervals == 0:
-            return tip.bits
-        expected = intervals * cfg.block_time
-        span = window[-1].time - window[0].time
+        # A young chain has fewer than retarget_window intervals: the missing ones count
+        # as on time at the tip's target, so one lucky early block cannot swing the
+        # difficulty by the full max_adjust.
+        missing = cfg.retarget_window - intervals
+        expected = cfg.retarget_window * cfg.block_time
+        span = window[-1].time - window[0].time + missing * cfg.block_time
         span = min(max(span, -(-expected // cfg.max_adjust)), expected * cfg.max_adjust)
-        mean_target = sum(target_from_bits(b.bits) for b in window[1:]) // intervals
+        targets = [target_from_bits(b.bits) for b in window[1:]]
+        mean_target = (sum(targets) + missing * target_from_bits(tip.bits)) // cfg.retarget_window
         target = max(1, min(mean_target * span // expected, cfg.max_target))
         return bits_from_target(target)
 
@@ -439,15 +451,19 @@ class Chain:
             a = synthetic_rows(sub.workload_seed, "A", ti * TILE, TILE, shape.k)
             bt = synthetic_rows(sub.workload_seed, "B", tj * TILE, TILE, shape.k)
         else:
-            if any(f is None for f in blob_fields):
-                raise Rejected("bad-workload", "need a workload seed, or rows, proofs and roots")
-            assert sub.a_root is not None and sub.b_root is not None
-            if len(sub.a_root) != 32 or len(sub.b_root) != 32:
+            if any(f is None for f in blob_fields[:4]):
+                raise Rejected("bad-workload", "need a workload seed, or opened rows and proofs")
+            if any(r is not None and len(r) != 32 for r in (sub.a_root, sub.b_root)):
                 raise Rejected("bad-workload", "a_root and b_root must be 32 bytes")
-            if work_root(shape, sub.a_root, sub.b_root) != header.work_root:
-                raise Rejected("bad-work-root", "header work_root does not match a_root/b_root")
-            a = _opened_rows(sub.a_rows, sub.a_proofs, ti, shape.m, shape.k, sub.a_root, "A")
-            bt = _opened_rows(sub.bt_rows, sub.b_proofs, tj, shape.n, shape.k, sub.b_root, "B")
+            a = _opened_rows(sub.a_rows, sub.a_proofs, shape.m, shape.k, "A")
+            bt = _opened_rows(sub.bt_rows, sub.b_proofs, shape.n, shape.k, "B")
+            a_root = sub.a_root or _root_of(a[0], ti * TILE, sub.a_proofs)
+            b_root = sub.b_root or _root_of(bt[0], tj * TILE, sub.b_proofs)
+            if work_root(shape, a_root, b_root) != header.work_root:
+                raise Rejected("bad-work-root", "header work_root does not match the opened "
+                               "rows' Merkle roots")
+            _check_proofs(a, sub.a_proofs, ti, a_root, "A")
+            _check_proofs(bt, sub.b_proofs, tj, b_root, "B")
         try:
             digest = verify_ticket(sub.header, shape, (ti, tj), a, bt)
         except ProtocolError as exc:
@@ -503,9 +519,9 @@ class Chain:
         return block
 
 
-def _opened_rows(raw: bytes | None, proofs: list[list[bytes]] | None, tile: int, rows: int,
-                 k: int, root: bytes, name: str) -> np.ndarray:
-    """The 16 opened rows of a blob matrix, each checked against ``root``."""
+def _opened_rows(raw: bytes | None, proofs: list[list[bytes]] | None, rows: int, k: int,
+                 name: str) -> np.ndarray:
+    """The 16 opened rows of a blob matrix as int8, with proofs of the right shape."""
     assert raw is not None and proofs is not None
     if len(raw) != TILE * k:
         raise Rejected("bad-rows", f"{name} rows must be {TILE}x{k} bytes, got {len(raw)}")
@@ -518,12 +534,29 @@ def _opened_rows(raw: bytes | None, proofs: list[list[bytes]] | None, tile: int,
     if len(proofs) != TILE:
         raise Rejected("bad-merkle-proof", f"need {TILE} {name} proofs, got {len(proofs)}")
     for i, proof in enumerate(proofs):
-        index = tile * TILE + i
         if len(proof) != depth or not all(len(h) == 32 for h in proof):
-            raise Rejected("bad-merkle-proof", f"{name} row {index}: proof must be {depth} hashes")
+            raise Rejected("bad-merkle-proof", f"{name} proof {i} must be {depth} hashes")
+    return matrix
+
+
+def _root_of(row: np.ndarray, index: int, proof: list[list[bytes]] | None) -> bytes:
+    """The root that ``proof`` (of row ``index``) leads to (mmpow-1 row tree)."""
+    assert proof is not None
+    node = row_leaf(row.tobytes())
+    for sibling in proof[0]:
+        pair = (sibling, node) if index & 1 else (node, sibling)
+        node = H(b"mmpow1/node", *pair)
+        index >>= 1
+    return node
+
+
+def _check_proofs(matrix: np.ndarray, proofs: list[list[bytes]] | None, tile: int, root: bytes,
+                  name: str) -> None:
+    assert proofs is not None
+    for i, proof in enumerate(proofs):
+        index = tile * TILE + i
         if not verify_proof(matrix[i].tobytes(), index, proof, root):
             raise Rejected("bad-merkle-proof", f"{name} row {index} is not in the committed matrix")
-    return matrix
 
 
 def _check_payment(key: Any, outputs: Any, from_address: Any) -> None:

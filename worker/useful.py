@@ -1,0 +1,221 @@
+"""The worker's useful work: a blob job's operands in, its unit's exact product out.
+
+A job whose ``work.source`` is a blob names a unit of a customer's product A·B (DESIGN
+§useful work). :meth:`UsefulWork.workload` gets both operands through the
+:class:`~worker.blobcache.BlobCache`: from disk when cached, else fetched over the job's
+own session with ``work.get_blob`` in chunks of at most ``chunk_max`` bytes. Each blob is
+verified against the job's commitments (size, content hash, entry range, row root)
+before a :class:`Workload` is made of it, so no device ever mines an unverified row; a
+blob that fails raises :class:`BlobRejected`.
+
+While mining, the miner asks :meth:`UsefulWork.claim` once per completed header; the
+first header of a unit on a session gets ``True`` and the miner hands its noisy product
+``A'·B'`` (the backend's final accumulators) to :meth:`UsefulWork.deliver`, which
+denoises it in a worker thread (``protocol.denoise``), sends the unit's C as int32
+little-endian in ``work.result`` chunks on the session that gave the job, and reads the
+pool's verdict from the answer to the final chunk. Mining goes on meanwhile: the pool
+pushes new work once it has judged the result.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import trio
+
+from protocol.denoise import denoise
+from protocol.errors import ProtocolError
+from protocol.messages import BlobSource
+from protocol.noise import pow_seed
+from protocol.useful import RESULT_DTYPE, chunks
+from protocol.work_messages import CHUNK_SIZE
+from protocol.workload import Workload
+
+from .blobcache import BlobCache, BlobRejected, BlobSpec
+from .client import Job, PoolClient, RequestFailed
+from .stats import WorkerStats
+
+log = logging.getLogger(__name__)
+
+RESULT_OUTCOMES = ("verified", "rejected", "failed")
+"""``verified``: the pool's check passed; ``rejected``: it failed; ``failed``: not delivered."""
+
+
+class UsefulError(Exception):
+    """A blob job that cannot be mined: the pool refused a blob request (``code``) or the
+    session ended (``code`` None)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def is_blob_job(job: Job) -> bool:
+    """Does ``job`` carry a blob workload (useful work) rather than a synthetic one?"""
+    return isinstance(job.notify.work.source, BlobSource)
+
+
+@dataclass
+class _Unit:
+    """What this worker did with one unit on one session."""
+
+    job: Job  # the latest job of this unit (its id goes with the result)
+    claimed: bool = False
+    outcome: str | None = None
+
+
+@dataclass
+class UsefulWork:
+    """Operand fetching and result delivery for blob jobs; one per worker."""
+
+    stats: WorkerStats
+    cache_dir: Path
+    cache_max_bytes: int
+    chunk_max: int = CHUNK_SIZE
+    limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
+    _cache: BlobCache | None = field(default=None, init=False, repr=False)
+    _client: PoolClient | None = field(default=None, init=False, repr=False)
+    _units: dict[bytes, _Unit] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.chunk_max <= CHUNK_SIZE:
+            raise ValueError(f"chunk_max must be in 1..{CHUNK_SIZE}, got {self.chunk_max}")
+        self.cache_dir = Path(self.cache_dir)
+
+    @property
+    def cache(self) -> BlobCache:
+        """The blob cache, its directory made on first use (so synthetic-only mining
+        leaves no trace on disk)."""
+        if self._cache is None:
+            self._cache = BlobCache(self.cache_dir, self.cache_max_bytes, self._count_bytes)
+        return self._cache
+
+    def _count_bytes(self, n: int) -> None:
+        self.stats.blob_bytes += n  # matmine_worker_blob_bytes_total
+
+    # --- operands ------------------------------------------------------------------------
+
+    async def workload(self, job: Job) -> Workload:
+        """The job's verified workload, fetched through the cache if need be.
+
+        Raises :class:`BlobRejected` when a blob does not match the job's commitments and
+        :class:`UsefulError` when the pool refuses a request or the session ends.
+        """
+        work = job.notify.work
+        a_spec, b_spec = BlobSpec.operands(work)
+        client = job.client
+
+        async def get_chunk(blob: bytes, offset: int, length: int) -> tuple[bytes, int]:
+            try:
+                return await client.get_blob(blob, offset, length)
+            except RequestFailed as exc:
+                raise UsefulError(str(exc), exc.code) from None
+
+        before = self.stats.blob_bytes
+        a = await self.cache.ensure(a_spec, get_chunk, self.chunk_max, self.limiter)
+        b = await self.cache.ensure(b_spec, get_chunk, self.chunk_max, self.limiter)
+        fetched = self.stats.blob_bytes - before
+        if fetched:
+            log.info("job %s: fetched %d bytes of operands for unit %s…", job.job_id, fetched,
+                     work.work_root.hex()[:16])
+        workload = await trio.to_thread.run_sync(_make_workload, work.shape, a.matrix, b.matrix,
+                                                 limiter=self.limiter)
+        if workload.work_root != work.work_root:
+            raise BlobRejected("the verified operands do not give the job's work_root")
+        self._track(job)
+        return workload
+
+    # --- results -------------------------------------------------------------------------
+
+    def _track(self, job: Job) -> _Unit:
+        if job.client is not self._client:
+            self._client = job.client
+            self._units.clear()
+        unit_id = job.notify.work.work_root
+        unit = self._units.get(unit_id)
+        if unit is None:
+            unit = self._units[unit_id] = _Unit(job)
+        else:
+            unit.job = job
+        return unit
+
+    def claim(self, job: Job) -> bool:
+        """True once per unit and session: the miner should hand this header's product over."""
+        if not is_blob_job(job):
+            return False
+        unit = self._track(job)
+        if unit.claimed:
+            return False
+        unit.claimed = True
+        return True
+
+    def unclaim(self, job: Job) -> None:
+        """The product of a claimed header could not be computed; let another header try."""
+        unit = self._units.get(job.notify.work.work_root)
+        if unit is not None and job.client is self._client and unit.outcome is None:
+            unit.claimed = False
+
+    def outcome(self, job: Job) -> str | None:
+        """``verified``/``rejected``/``failed`` once the job's unit has been delivered."""
+        unit = self._units.get(job.notify.work.work_root)
+        return unit.outcome if unit is not None and job.client is self._client else None
+
+    async def deliver(self, job: Job, workload: Workload, header: bytes,
+                      noisy: np.ndarray) -> str:
+        """Denoise ``noisy`` (A'·B' of ``header``), send C to the pool, return the outcome."""
+        unit_id = workload.work_root
+        short = unit_id.hex()[:16]
+        try:
+            raw = await trio.to_thread.run_sync(_exact_product, workload, header, noisy,
+                                                limiter=self.limiter)
+        except (ProtocolError, ValueError) as exc:  # pragma: no cover - a backend bug
+            return self._finish(job, "failed", f"unit {short}…: cannot denoise: {exc}")
+        client = job.client
+        for offset, data, final in chunks(raw, self.chunk_max):
+            latest = self._units.get(unit_id)
+            job_id = latest.job.job_id if latest and latest.job.client is client else job.job_id
+            try:
+                ack = await client.send_result(job_id, unit_id, offset, data, final)
+            except RequestFailed as exc:
+                return self._finish(job, "failed", f"unit {short}…: result not delivered: {exc}")
+            why = ack.reason or "no reason given"
+            if final and ack.verified is not None:
+                if ack.verified and ack.accepted:
+                    self.stats.useful_macs += workload.shape.macs_per_header
+                    return self._finish(job, "verified", f"unit {short}…: result verified by "
+                                        f"the pool ({ack.received} bytes)")
+                return self._finish(job, "rejected", f"unit {short}…: the pool's check of "
+                                    f"the result failed: {why}")
+            if not ack.accepted:
+                return self._finish(job, "failed", f"unit {short}…: pool refused the result "
+                                    f"chunk at {offset}: {why}")
+            if final:
+                return self._finish(job, "failed", f"unit {short}…: the pool took the final "
+                                    f"chunk but gave no verdict")
+        raise AssertionError("chunks() always ends with a final chunk")  # pragma: no cover
+
+    def _finish(self, job: Job, outcome: str, message: str) -> str:
+        unit = self._units.get(job.notify.work.work_root)
+        if unit is not None and job.client is self._client:
+            unit.outcome = outcome
+        self.stats.useful_results[outcome] += 1
+        (log.info if outcome == "verified" else log.error)("%s", message)
+        return outcome
+
+
+def _make_workload(shape: object, a: np.ndarray, bt: np.ndarray) -> Workload:
+    workload = Workload(shape, a, bt)  # type: ignore[arg-type]
+    _ = workload.work_root  # hash the rows here, off the trio thread
+    return workload
+
+
+def _exact_product(workload: Workload, header: bytes, noisy: np.ndarray) -> bytes:
+    """The unit's C = A·B from one header's noisy product, as int32 LE bytes."""
+    c = denoise(noisy, workload.a, workload.bt, pow_seed(header), workload.shape.r)
+    return np.ascontiguousarray(c, dtype=RESULT_DTYPE).tobytes()
+
+
+__all__ = ["RESULT_OUTCOMES", "BlobRejected", "UsefulError", "UsefulWork", "is_blob_job"]
