@@ -152,7 +152,11 @@ async def run_pool(config: PoolConfig, *,
     ledger = await trio.to_thread.run_sync(open_ledger, config.ledger_location)
     chain = open_chain(config, wallet)
     useful = None
-    if config.useful.enabled:
+    why_not = config.useful.usable(config.stratum.max_frame_size)
+    if why_not is not None:
+        log.log(logging.WARNING if config.useful.enabled else logging.INFO,
+                "useful work is off (%s): every miner gets synthetic work", why_not)
+    else:
         useful = await trio.to_thread.run_sync(
             UsefulWork, config.data_path, config.useful.useful_config(), UsefulMetrics(registry))
     p = config.pool

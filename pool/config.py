@@ -131,6 +131,15 @@ class UsefulSection(UsefulConfig):
 
     tokens: dict[str, Any] = field(default_factory=dict)
 
+    def usable(self, max_frame_size: int) -> str | None:
+        """Why useful work cannot run with this frame size (None: it can)."""
+        if not self.enabled:
+            return "useful.enabled = false"
+        if max_frame_size < self.chunk_max + 512:
+            return (f"stratum.max_frame_size ({max_frame_size}) is below useful.chunk_max + "
+                    f"512 = {self.chunk_max + 512}")
+        return None
+
     def useful_config(self) -> UsefulConfig:
         """The section without its tokens, as the useful-work modules take it."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(UsefulConfig)}
@@ -285,7 +294,8 @@ HELP: dict[str, dict[str, str]] = {
         "unit_m": "most output rows per work unit (multiple of 16)",
         "unit_n": "most output columns per work unit (multiple of 16)",
         "r": "preferred slab width of unit jobs (small k gets a smaller r)",
-        "chunk_max": f"largest work.get_blob / work.result chunk, bytes (>= {CHUNK_SIZE})",
+        "chunk_max": f"largest work.get_blob / work.result chunk, bytes (>= {CHUNK_SIZE}); "
+        "useful work stays off unless stratum.max_frame_size >= chunk_max + 512",
         "lease_seconds": "seconds a miner has to return a unit's product",
         "max_attempts": "wrong results before a unit (and its work item) fails",
         "freivalds_rounds": "rounds of Freivalds' check; each false-accepts with p <= 2^-16",
@@ -458,7 +468,7 @@ def validate(config: PoolConfig) -> None:
 
 
 def validate_useful(config: PoolConfig) -> None:
-    """The ``[useful]`` section: UsefulConfig's rules, chunk sizes against the frame size."""
+    """The ``[useful]`` section: UsefulConfig's rules, the chunk size, the tokens."""
     u = config.useful
     try:
         u.useful_config().validate()
@@ -467,9 +477,6 @@ def validate_useful(config: PoolConfig) -> None:
     if u.chunk_max < CHUNK_SIZE:
         raise ConfigError(f"useful.chunk_max must be at least {CHUNK_SIZE} (the chunk every "
                           f"worker may use), got {u.chunk_max}")
-    if u.enabled and config.stratum.max_frame_size < u.chunk_max + 512:
-        raise ConfigError(f"stratum.max_frame_size ({config.stratum.max_frame_size}) must be "
-                          f"at least useful.chunk_max + 512 = {u.chunk_max + 512}")
     for token, customer in u.tokens.items():
         if not isinstance(customer, str) or not customer or len(token) < 8:
             raise ConfigError("[useful.tokens] entries are TOKEN = \"customer name\", tokens "

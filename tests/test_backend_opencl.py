@@ -33,6 +33,8 @@ pytestmark = pytest.mark.opencl
 VECTORS = Path(__file__).parent.parent / "protocol" / "vectors" / "mmpow1.json"
 CASES = json.loads(VECTORS.read_text())["cases"]
 SMALL = KernelConfig(bm=16, bn=16, wm=4, wn=4, kc=16, vw=4, acc_float=True)
+# 16 work-items across, each with interleaved columns j*16+lx (the other fold path)
+INTERLEAVED = KernelConfig(bm=16, bn=16, wm=4, wn=1, kc=16, vw=4, interleave=True)
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +48,11 @@ def backends(cache_dir):
     return {
         "tiled": OpenCLBackend(0, 0, cache_dir=cache_dir, config=SMALL),
         "item": OpenCLBackend(0, 0, cache_dir=cache_dir, config=ITEM_CONFIG),
+        "interleaved": OpenCLBackend(0, 0, cache_dir=cache_dir, config=INTERLEAVED),
     }
 
 
-@pytest.fixture(params=["tiled", "item"])
+@pytest.fixture(params=["tiled", "item", "interleaved"])
 def backend(request, backends):
     return backends[request.param]
 
@@ -133,6 +136,7 @@ def test_plain_gemm_is_the_plain_product(backend):
     backend.prepare(workload)
     expected = workload.a.astype(np.int64) @ workload.bt.astype(np.int64).T
     assert np.array_equal(backend.plain_gemm(), expected)
+    assert np.array_equal(backend.plain_gemm(banded=False), expected)
 
 
 def test_autotune_cache_round_trip(cache_dir, tmp_path):
@@ -154,7 +158,8 @@ def test_autotune_cache_round_trip(cache_dir, tmp_path):
     # a backend that autotunes records its choice under its device key
     tuned = OpenCLBackend(0, 0, cache_dir=tmp_path, tune_seconds=0.01)
     tuned.prepare(workload)
-    device_key = shape_key(tuned.device.name.strip(), tuned.device.driver_version.strip(), shape)
+    device_key = tuned.autotune_key(shape)
+    assert tuned.device.name.strip() in device_key and "64x64x256/r64" in device_key
     assert Autotuner(tmp_path).lookup(device_key) == tuned.config
 
 

@@ -19,7 +19,11 @@ from worker.stats import WorkerStats
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 METRIC = re.compile(r"\bmatmine_[a-z0-9_]+")
-PROGRAMS = {"matmine-pool": "pool.cli", "matmine-worker": "worker.cli", "matmine-node": "pool.node.cli"}
+PROGRAMS = {
+    "matmine-pool": "pool.cli",
+    "matmine-worker": "worker.cli",
+    "matmine-node": "pool.node.cli",
+}
 
 
 def exported_metric_names() -> set[str]:
@@ -69,7 +73,10 @@ def test_deploy_commands_use_real_flags(argv):
     subcommand = argv[1]
     help_text = subprocess.run(
         [sys.executable, "-m", PROGRAMS[program], subcommand, "--help"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     flags = [a.split("=")[0] for a in argv[2:] if a.startswith("--")]
     assert flags

@@ -140,7 +140,7 @@ async def test_block_rejected_by_the_chain_is_recorded_orphaned_and_credits_noth
         r = await miner.submit(winner)
         assert r.error is None  # still a good share ...
         assert r.result.block is None  # ... but no block
-        newer = await miner.next_job()  # the rejection made the pool look at the tip
+        newer = await miner.next_job(1)  # the rejection made the pool look at the tip
         assert newer.clean and newer.height == miner.jobs[0].height + 1
     (block,) = await ledger_call(pool, pool.ledger.blocks, 10)
     assert block.status == ORPHANED and block.address == address

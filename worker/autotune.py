@@ -36,6 +36,7 @@ class KernelConfig:
     vw: int = 4  # vector width of global loads
     acc_float: bool = True  # float32 multiply-add per slab, then int32
     item: bool = False  # one work-item per tile, explicit SIMD (mine_item; CPU devices)
+    interleave: bool = False  # columns j*16+lx of a work-item (needs bn == 16*wn)
 
     @property
     def kernel_name(self) -> str:
@@ -85,6 +86,7 @@ class KernelConfig:
             f"-DVW={self.vw}",
             f"-DACC_FLOAT={int(self.acc_float)}",
             f"-DPLAIN_GEMM={int(plain_gemm)}",
+            f"-DINTERLEAVE={int(self.interleave and self.bn == TILE * self.wn)}",
         ]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,14 @@ class BlobCache:
         self.on_bytes = on_bytes
         """Called with the byte count of every downloaded chunk
         (``matmine_worker_blob_bytes_total``)."""
+        self._last_use_ns = 0
+
+    def _touch(self, path: Path) -> None:
+        """Mark ``path`` most recently used: an mtime strictly after every earlier use
+        (kernel file times are coarse; two uses in one tick must still be ordered)."""
+        now = max(time.time_ns(), self._last_use_ns + 1)
+        self._last_use_ns = now
+        os.utime(path, ns=(now, now))
 
     def _path(self, bid: bytes) -> Path:
         return self.dir / f"{bid.hex()}.blob"
@@ -195,7 +204,7 @@ class BlobCache:
         else:
             matrix = np.frombuffer(raw, dtype=np.int8).reshape(spec.rows, spec.k)
             verified = VerifiedBlob(spec, matrix)
-        os.utime(path)  # most recently used
+        self._touch(path)
         return verified
 
     def store(self, blob: VerifiedBlob) -> bool:
@@ -207,7 +216,7 @@ class BlobCache:
             return False
         path = self._path(blob.spec.blob_id)
         if path.exists():
-            os.utime(path)
+            self._touch(path)
             return True
         self._evict(self.max_bytes - size)
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
@@ -218,6 +227,7 @@ class BlobCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self._touch(path)
         self._write_meta(path, blob.spec)
         return True
 

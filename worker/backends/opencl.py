@@ -10,6 +10,7 @@ quickly.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from protocol.noise import index_pairs, noise_factors, pow_seed
-from protocol.workload import TILE, Workload
+from protocol.workload import TILE, Shape, Workload
 
 from ..autotune import CANDIDATES, SAFE_CONFIG, Autotuner, KernelConfig, default_cache_dir
 from ..autotune import shape_key as autotune_key
@@ -45,6 +46,11 @@ DEFAULT_WINNER_CAP = 256
 def kernel_source() -> str:
     """The OpenCL C source of the mmpow-1 kernels."""
     return resources.files("worker").joinpath("kernels/mmpow1.cl").read_text()
+
+
+def _source_tag() -> str:
+    """A short hash of the kernel source: autotune choices are remembered per kernel version."""
+    return hashlib.blake2b(kernel_source().encode(), digest_size=6).hexdigest()
 
 
 def _require_cl() -> None:
@@ -96,7 +102,7 @@ class OpenCLBackend:
         cache_dir: Path | str | None = None,
         config: KernelConfig | None = None,
         autotune: bool = True,
-        launch_seconds: float = 0.05,
+        launch_seconds: float = 0.1,
         winner_cap: int = DEFAULT_WINNER_CAP,
         tune_seconds: float = 0.3,
     ) -> None:
@@ -196,9 +202,14 @@ class OpenCLBackend:
             return SAFE_CONFIG
         if not self._autotune:
             return candidates[0]
-        key = autotune_key(self.device.name.strip(), self.device.driver_version.strip(), shape)
+        key = self.autotune_key(shape)
         tuner = Autotuner(self.cache_dir)
         return tuner.tune(key, candidates, lambda c: self.measure(c, self.tune_seconds)).config
+
+    def autotune_key(self, shape: Shape) -> str:
+        """The autotune cache key: device, driver, kernel source version and job shape."""
+        driver = f"{self.device.driver_version.strip()}|kernel {_source_tag()}"
+        return autotune_key(self.device.name.strip(), driver, shape)
 
     def measure(self, config: KernelConfig, seconds: float = 0.3) -> float:
         """MAC/s of ``config`` on the prepared workload (a few launches of one band)."""
@@ -301,15 +312,19 @@ class OpenCLBackend:
         limit: int,
         should_stop: Callable[[], bool],
         acc: cl.Buffer | None = None,
+        plain: bool = False,
     ) -> ScanResult:
         check_header(header)
         workload = require_prepared(self._workload)
         config = self.config
         assert config is not None
         shape = workload.shape
-        seed = self._apply_noise(header, config)
-        self._set_key_limit(seed, limit)
-        kernel = self.kernel(config, config.kernel_name)
+        if plain:  # the plain GEMM kernel: no noise, fold, transcript or hash
+            seed = bytes(32)
+        else:
+            seed = self._apply_noise(header, config)
+            self._set_key_limit(seed, limit)
+        kernel = self.kernel(config, config.kernel_name, plain_gemm=plain)
         step = config.bm // TILE
         band = self._band_tiles or step
         winners: list[tuple[int, int, bytes]] = []
@@ -322,7 +337,7 @@ class OpenCLBackend:
             band = max(step, min(band, shape.tiles_m - row) // step * step)
             cl.enqueue_copy(self.queue, self._bufs["count"], zero)
             start = time.perf_counter()
-            self._launch(kernel, config, row, band, False, acc)
+            self._launch(kernel, config, row, band, plain, acc)
             cl.enqueue_copy(self.queue, count, self._bufs["count"])  # blocking
             elapsed = time.perf_counter() - start
             winners.extend(self._band_winners(int(count[0]), seed, limit, row, band))
@@ -379,8 +394,12 @@ class OpenCLBackend:
         cl.enqueue_copy(self.queue, out, acc)
         return out
 
-    def plain_gemm(self) -> np.ndarray:
-        """``A·B`` (int32, no noise, fold or hash) with the same tiling: the benchmark baseline."""
+    def plain_gemm(self, banded: bool = True) -> np.ndarray:
+        """``A·B`` (int32, no noise, fold or hash) with the same tiling: the benchmark baseline.
+
+        ``banded``: the same launches as ``scan`` (bands sized to ``launch_seconds``), so
+        that the PoW overhead compares like with like; otherwise one launch for the whole.
+        """
         workload = require_prepared(self._workload)
         config = self.config
         assert config is not None
@@ -389,8 +408,11 @@ class OpenCLBackend:
         acc = cl.Buffer(self.context, cl.mem_flags.WRITE_ONLY, out.nbytes)
         if config.item:  # packed copies of A and Bᵀ without noise
             self._apply_noise(bytes(128), config, zero_noise=True)
-        kernel = self.kernel(config, config.kernel_name, plain_gemm=True)
-        self._launch(kernel, config, 0, shape.tiles_m, True, acc)
+        if banded:
+            self._run(bytes(128), 0, never_stop, acc, plain=True)
+        else:
+            kernel = self.kernel(config, config.kernel_name, plain_gemm=True)
+            self._launch(kernel, config, 0, shape.tiles_m, True, acc)
         cl.enqueue_copy(self.queue, out, acc)
         return out
 

@@ -43,6 +43,22 @@
 #define TILES_N (BN / 16)
 #define NT (TILES_M * TILES_N)
 
+// Columns of a work-item: with 16 work-items across (LX == 16) they are interleaved,
+// column j * 16 + lx, so neighbouring work-items read neighbouring local-memory words
+// (what an implicitly vectorising CPU compiler such as PoCL's turns into vector loads)
+// and a work-item's column j lies in tile column j of the block. Otherwise contiguous.
+#ifndef INTERLEAVE
+#define INTERLEAVE (LX == 16)
+#endif
+#if INTERLEAVE && LX != 16
+#error INTERLEAVE needs 16 work-items across (BN == 16 * WN)
+#endif
+#if INTERLEAVE
+#define COL(j) ((j) * 16 + lx)
+#else
+#define COL(j) (lx * WN + (j))
+#endif
+
 #define CAT2(a, b) a##b
 #define CAT(a, b) CAT2(a, b)
 
@@ -145,7 +161,11 @@ void mine(__global const char *a, __global const char *bt,
     __local elem_t As[KC][BM];
     __local elem_t Bs[KC][BN];
 #if !PLAIN_GEMM
-    __local uint xr[LY][LX];
+#if INTERLEAVE
+    __local uint xr[WN][LY][LX];
+#else
+    __local uint xr[1][LY][LX];
+#endif
     __local uint Jl[NT][16];
 #endif
     const int lx = get_local_id(0);
@@ -195,11 +215,11 @@ void mine(__global const char *a, __global const char *bt,
             for (int kk = 0; kk < KC; kk++) {
                 elem_t ar[WM], br[WN];
                 for (int i = 0; i < WM; i++) ar[i] = As[kk][ly * WM + i];
-                for (int j = 0; j < WN; j++) br[j] = Bs[kk][lx * WN + j];
+                for (int j = 0; j < WN; j++) br[j] = Bs[kk][COL(j)];
                 for (int i = 0; i < WM; i++)
                     for (int j = 0; j < WN; j++) {
 #if ACC_FLOAT
-                        part[i][j] = mad(ar[i], br[j], part[i][j]);
+                        part[i][j] += ar[i] * br[j];
 #else
                         acc[i][j] += ar[i] * br[j];
 #endif
@@ -216,10 +236,27 @@ void mine(__global const char *a, __global const char *bt,
             }
 #endif
 #if !PLAIN_GEMM
+#if INTERLEAVE
+        for (int j = 0; j < WN; j++) {
+            uint x = 0u;
+            for (int i = 0; i < WM; i++) x ^= (uint)acc[i][j];
+            xr[j][ly][lx] = x;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (lid < NT) {
+            const int tr = lid / TILES_N;
+            const int tc = lid % TILES_N;
+            uint y = 0u;
+            for (int ii = 0; ii < 16 / WM; ii++)
+                for (int jj = 0; jj < 16; jj++) y ^= xr[tc][tr * (16 / WM) + ii][jj];
+            const uint w = Jl[lid][s % 16];
+            Jl[lid][s % 16] = rotate(w, 13u) ^ y;
+        }
+#else
         uint x = 0u;
         for (int i = 0; i < WM; i++)
             for (int j = 0; j < WN; j++) x ^= (uint)acc[i][j];
-        xr[ly][lx] = x;
+        xr[0][ly][lx] = x;
         barrier(CLK_LOCAL_MEM_FENCE);
         if (lid < NT) {
             const int tr = lid / TILES_N;
@@ -227,16 +264,17 @@ void mine(__global const char *a, __global const char *bt,
             uint y = 0u;
             for (int ii = 0; ii < 16 / WM; ii++)
                 for (int jj = 0; jj < 16 / WN; jj++)
-                    y ^= xr[tr * (16 / WM) + ii][tc * (16 / WN) + jj];
+                    y ^= xr[0][tr * (16 / WM) + ii][tc * (16 / WN) + jj];
             const uint w = Jl[lid][s % 16];
             Jl[lid][s % 16] = rotate(w, 13u) ^ y;
         }
+#endif
 #endif
     }
     if (write_acc) {
         for (int i = 0; i < WM; i++)
             for (int j = 0; j < WN; j++)
-                acc_out[(size_t)(row0 + ly * WM + i) * n + col0 + lx * WN + j] = acc[i][j];
+                acc_out[(size_t)(row0 + ly * WM + i) * n + col0 + COL(j)] = acc[i][j];
     }
 #if !PLAIN_GEMM
     if (lid < NT) {
