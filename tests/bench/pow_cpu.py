@@ -12,22 +12,13 @@ cost of one ``verify_ticket`` against the time the miner needs for the expected
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from timing import best_of
 
 from protocol.target import share_macs
 from protocol.ticket import mine_header, verify_ticket
 from protocol.workload import Shape, Workload
-
-
-def best_of(repeat: int, fn) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def measure(size: int, r: int, repeat: int) -> str:
