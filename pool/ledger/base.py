@@ -152,7 +152,7 @@ class PoolTotals:
 
 
 class Ledger(abc.ABC):
-    """Durable accounting store. Implementations: ``SqliteLedger`` (PostgreSQL later)."""
+    """Durable accounting store: ``SqliteLedger`` and ``PostgresLedger``, over ``SqlLedger``."""
 
     # --- shares -----------------------------------------------------------------------
 
