@@ -294,13 +294,22 @@ def main(argv: list[str] | None = None) -> int:
         api = local.api
     else:
         api = args.api.rstrip("/")
+    def scanned() -> int | None:
+        """MACs the local worker's devices have scanned so far (None: no local worker)."""
+        if local is None:
+            return None
+        devices = httpx.get(f"{local.worker_api}/api/summary").json().get("devices", [])
+        return sum(int(d.get("macs", 0)) for d in devices)
+
     try:
         before = metrics(api)
+        scanned_before = scanned()
         print(f"submitting to {api}")
         submitted = time.time()
         c, _, elapsed = run_product(api, model.x_q, model.w_q, args.timeout, args.token)
         finished = time.time()
         after = metrics(api)
+        scanned_after = scanned()
         summary = httpx.get(f"{local.worker_api}/api/summary").json() if local else None
     finally:
         if local is not None:
@@ -341,6 +350,13 @@ def main(argv: list[str] | None = None) -> int:
             u = summary.get("useful", {})
             print(f"worker: {summary['shares']}, blob bytes fetched {u.get('blob_bytes')}, "
                   f"unit results {u.get('results')}")
+        if scanned_before is not None and scanned_after is not None and checks["pass"]:
+            mined = scanned_after - scanned_before
+            units = int(checks["pass"])
+            print(f"worker scanned {mined:,} MACs while the product was in the pool "
+                  f"(exact, not share-sampled): useful fraction {useful / mined:.1%}; "
+                  f"≈ {mined / useful:.1f} headers mined per unit ({units} units) before "
+                  f"the next job arrived, of which one header's product is the result")
         unit = min(args.unit, m), min(args.unit, n)
         rounds = 3
         check = rounds * (unit[0] * unit[1] + unit[1] * k + unit[0] * k)

@@ -54,6 +54,14 @@ def test_vector_tickets_and_product(case, backend):
         assert digests[tuple(ticket["tile"])] == ticket["digest"]
     ab = denoise(backend.product(header), workload.a, workload.bt, seed, workload.shape.r)
     assert H(ab.astype("<i4").tobytes()).hex() == case["product_hash"]
+    # the product in the same pass: the reference noisy product, with the same winners
+    assert all_win.product is None  # not asked for
+    with_product = backend.scan(header, 1 << 256, lambda: False, want_product=True)
+    assert with_product.complete and with_product.winners == all_win.winners
+    assert with_product.product.dtype == np.int32
+    assert np.array_equal(with_product.product, mine_header(header, workload).noisy_product)
+    ab = denoise(with_product.product, workload.a, workload.bt, seed, workload.shape.r)
+    assert H(ab.astype("<i4").tobytes()).hex() == case["product_hash"]
 
 
 @pytest.mark.parametrize("shape", [Shape(64, 96, 256, 64), Shape(48, 32, 512, 128)])
@@ -65,7 +73,8 @@ def test_winners_are_exactly_the_reference_winners(shape, backend):
     expected = work.winners(target, shape.k)
     assert 0 < len(expected) < shape.tiles
     backend.prepare(workload)
-    result = backend.scan(header, target, lambda: False)
+    result = backend.scan(header, target, lambda: False, want_product=True)
+    assert np.array_equal(result.product, work.noisy_product)
     assert result.winners == expected
     assert np.array_equal(backend.transcripts(header), work.j)
     assert np.array_equal(backend.product(header), work.noisy_product)
@@ -82,14 +91,17 @@ def test_should_stop_cuts_the_scan_short():
         calls.append(1)
         return len(calls) > 5
 
-    result = backend.scan(os.urandom(128), 1 << 256, stop_after_five)
+    result = backend.scan(os.urandom(128), 1 << 256, stop_after_five, want_product=True)
     assert not result.complete
+    assert result.product is None  # a partial product is no product
     assert 0 < result.macs < shape.macs_per_header
     # a new job right after the switch is mined completely and correctly
     header = os.urandom(128)
-    again = backend.scan(header, 1 << 256, lambda: False)
+    again = backend.scan(header, 1 << 256, lambda: False, want_product=True)
     assert again.complete and len(again.winners) == shape.tiles
-    assert again.winners == mine_header(header, workload).winners(1 << 256, shape.k)
+    reference = mine_header(header, workload)
+    assert again.winners == reference.winners(1 << 256, shape.k)
+    assert np.array_equal(again.product, reference.noisy_product)
 
 
 def test_bad_input_gets_clear_errors():

@@ -5,6 +5,8 @@ the ``[useful]`` configuration."""
 from __future__ import annotations
 
 import argparse
+import logging
+from typing import Any
 
 import httpx
 import numpy as np
@@ -12,12 +14,14 @@ import pytest
 import trio
 
 from protocol.header import Header
+from protocol.messages import ErrorCode, ErrorInfo, Response
 from protocol.useful import RESULT_DTYPE
 from protocol.workload import Shape, Workload
-from worker.backends import open_backends
+from worker.backends import ScanResult, open_backends
 from worker.cli import build_parser, parse_size
 from worker.config import (
     ConfigError,
+    PoolEndpoint,
     UsefulConfig,
     WorkerConfig,
     config_from_dict,
@@ -27,6 +31,7 @@ from worker.useful import _exact_product
 
 from .test_useful_e2e import (
     RecordingBackend,
+    TamperingProxy,
     api_url,
     blas,
     fetch_result,
@@ -38,7 +43,7 @@ from .test_useful_e2e import (
     useful_settings,
     wait_done,
 )
-from .worker_helpers import running_worker
+from .worker_helpers import running_worker, wait_until
 
 
 def header(time_: int) -> bytes:
@@ -192,3 +197,104 @@ def test_parse_size(text, value):
 def test_parse_size_refuses_nonsense(text):
     with pytest.raises(argparse.ArgumentTypeError):
         parse_size(text)
+
+
+# --- the product in the same pass, and old backends without it ---------------------------
+
+
+class ThreeArgumentBackend:
+    """A backend written before ``want_product`` existed: ``scan`` takes three arguments
+    and returns no product (the real BLAS backend underneath)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = f"old:{inner.name}"
+        self.product_calls = 0
+
+    def prepare(self, workload: Any) -> None:
+        self.inner.prepare(workload)
+
+    def transcripts(self, header: bytes) -> Any:
+        return self.inner.transcripts(header)
+
+    def product(self, header: bytes) -> Any:
+        self.product_calls += 1
+        return self.inner.product(header)
+
+    def scan(self, header: bytes, share_target: int, should_stop: Any) -> ScanResult:
+        return self.inner.scan(header, share_target, should_stop)
+
+
+async def test_a_backend_without_want_product_still_delivers_through_product(tmp_path):
+    a, b = operands(40, 96, 24, seed=8)
+    device = ThreeArgumentBackend(blas())
+    async with (
+        running_useful_pool(tmp_path / "pool") as pool,
+        running_worker([pool.endpoint], [device], useful=useful_settings(tmp_path)) as worker,
+        httpx.AsyncClient(base_url=api_url(pool)) as customer,
+    ):
+        work_id = await submit(customer, a, b)
+        await wait_done(customer, work_id, 60)
+        c = await fetch_result(customer, work_id)
+        assert np.array_equal(c.astype(np.int64), a.astype(np.int64) @ b.astype(np.int64))
+        assert worker.stats.useful_results["verified"] == 1
+        assert device.product_calls == 1  # the fallback: one second pass for the one unit
+        assert worker.stats.devices[device.name].restarts == 0
+
+
+# --- error 21 to work.get_blob ----------------------------------------------------------
+
+
+class StaleBlobProxy(TamperingProxy):
+    """Forwards worker ↔ pool; answers the first ``stale`` ``work.get_blob`` requests with
+    error 21 instead of the pool's data, as a pool does when the unit stopped being the
+    session's between the job and the fetch."""
+
+    def __init__(self, pool: PoolEndpoint, stale: int = 1) -> None:
+        super().__init__(pool)
+        self.stale = stale
+
+    def _maybe_tamper(self, frame: dict) -> dict:
+        result = frame.get("result")
+        if not (isinstance(result, dict) and set(result) == {"data", "total"}):
+            return frame
+        self.blob_answers += 1
+        if self.tampered >= self.stale:
+            return frame
+        self.tampered += 1
+        return Response(frame["id"], error=ErrorInfo(
+            ErrorCode.STALE, "work.get_blob: blob is not an operand of this session's "
+            "current work unit")).to_wire()
+
+
+async def test_error_21_to_get_blob_waits_for_the_next_job_without_reconnecting(
+        tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="worker")
+    a, b = operands(40, 96, 24, seed=7)
+    device = RecordingBackend(blas())
+    async with running_useful_pool(tmp_path / "pool") as pool, trio.open_nursery() as nursery:
+        proxy = StaleBlobProxy(pool.endpoint)
+        port = await nursery.start(proxy.serve)
+        async with (
+            running_worker([PoolEndpoint("127.0.0.1", port)], [device],
+                           useful=useful_settings(tmp_path)) as worker,
+            httpx.AsyncClient(base_url=api_url(pool)) as customer,
+        ):
+            await wait_until(lambda: worker.failover.active is not None, 10)
+            session = worker.failover.active
+            work_id = await submit(customer, a, b)
+            await wait_done(customer, work_id, 60)
+            c = await fetch_result(customer, work_id)
+            s = worker.stats
+            assert proxy.tampered == 1 and proxy.blob_answers >= 2
+            # the refused fetch left the session alone: same connection, no device restart
+            assert proxy.connections == 1 and worker.failover.active is session
+            assert s.devices[device.name].restarts == 0 and s.blobs_rejected == 0
+            stale = [r for r in caplog.records if "no longer this session's" in r.getMessage()]
+            assert len(stale) == 1 and stale[0].levelno == logging.INFO
+            assert not [r for r in caplog.records if "reconnecting" in r.getMessage()]
+            # the next job (a refresh of the same unit) fetched the operands and finished it
+            assert np.array_equal(c.astype(np.int64), a.astype(np.int64) @ b.astype(np.int64))
+            assert s.useful_results == {"verified": 1, "rejected": 0, "failed": 0}
+            assert s.blob_bytes == sum(genuine_blobs(a, b).values())
+        nursery.cancel_scope.cancel()

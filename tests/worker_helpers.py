@@ -163,6 +163,7 @@ class WrappedBackend:
         self.inner = inner
         self.name = f"{type(self).__name__.lower()}:{inner.name}"
         self.scans: list[ScanResult] = []
+        self.product_calls = 0  # second passes (product(header)) the worker asked for
 
     def prepare(self, workload: Any) -> None:
         self.inner.prepare(workload)
@@ -171,10 +172,12 @@ class WrappedBackend:
         return self.inner.transcripts(header)
 
     def product(self, header: bytes) -> Any:
+        self.product_calls += 1
         return self.inner.product(header)
 
-    def scan(self, header: bytes, share_target: int, should_stop: Callable[[], bool]) -> ScanResult:
-        result = self.inner.scan(header, share_target, should_stop)
+    def scan(self, header: bytes, share_target: int, should_stop: Callable[[], bool],
+             want_product: bool = False) -> ScanResult:
+        result = self.inner.scan(header, share_target, should_stop, want_product)
         self.scans.append(result)
         return result
 
@@ -187,8 +190,9 @@ class CorruptingBackend(WrappedBackend):
         self.mode = mode
         self.corrupted = 0
 
-    def scan(self, header: bytes, share_target: int, should_stop: Callable[[], bool]) -> ScanResult:
-        result = super().scan(header, share_target, should_stop)
+    def scan(self, header: bytes, share_target: int, should_stop: Callable[[], bool],
+             want_product: bool = False) -> ScanResult:
+        result = super().scan(header, share_target, should_stop, want_product)
         bad = []
         for ti, tj, digest in result.winners:
             if self.mode == "digest":
@@ -196,7 +200,7 @@ class CorruptingBackend(WrappedBackend):
             else:
                 bad.append((ti, (tj + 1) % 4, digest))
             self.corrupted += 1
-        return ScanResult(bad, result.macs, result.complete)
+        return ScanResult(bad, result.macs, result.complete, result.product)
 
 
 class LongScanBackend(WrappedBackend):
@@ -210,8 +214,9 @@ class LongScanBackend(WrappedBackend):
         self.stopped_early = 0
         self.stop_latency: list[float] = []
 
-    def scan(self, header: bytes, share_target: int, should_stop: Callable[[], bool]) -> ScanResult:
-        result = self.inner.scan(header, share_target, should_stop)
+    def scan(self, header: bytes, share_target: int, should_stop: Callable[[], bool],
+             want_product: bool = False) -> ScanResult:
+        result = self.inner.scan(header, share_target, should_stop, want_product)
         self.in_scan.set()
         deadline = time.monotonic() + self.hold
         try:
@@ -220,7 +225,7 @@ class LongScanBackend(WrappedBackend):
                     self.stopped_early += 1
                     # a real device would report what it had found so far: the worker
                     # must drop these winners, their job is gone
-                    out = ScanResult(result.winners, result.macs, False)
+                    out = ScanResult(result.winners, result.macs, False)  # no product
                     self.scans.append(out)
                     return out
                 time.sleep(0.005)
@@ -241,9 +246,10 @@ class StallingBackend(WrappedBackend):
         self.release = threading.Event()
         self.stalled_scans = 0
 
-    def scan(self, header: bytes, share_target: int, should_stop: Callable[[], bool]) -> ScanResult:
+    def scan(self, header: bytes, share_target: int, should_stop: Callable[[], bool],
+             want_product: bool = False) -> ScanResult:
         if self.stalled_scans < self.stalls:
             self.stalled_scans += 1
             self.release.wait(self.limit)
             return ScanResult([], 0, False)
-        return super().scan(header, share_target, should_stop)
+        return super().scan(header, share_target, should_stop, want_product)

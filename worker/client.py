@@ -110,11 +110,18 @@ async def open_stream(
     try:
         with trio.fail_after(settings.connect_timeout):
             if endpoint.tls:
-                context = ssl.create_default_context(cafile=settings.tls_ca or None)
+                context = _tls_context(settings.tls_ca)
                 stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
                     endpoint.host, endpoint.port, ssl_context=context
                 )
-                await stream.do_handshake()  # type: ignore[attr-defined]
+                try:
+                    await stream.do_handshake()  # type: ignore[attr-defined]
+                except trio.BrokenResourceError as exc:
+                    await trio.aclose_forcefully(stream)
+                    trusted = f"CA file {settings.tls_ca}" if settings.tls_ca else \
+                        "the system's CAs"
+                    raise _Dropped(f"TLS handshake failed: {_why(exc)} (trusting {trusted})"
+                                   ) from None
             else:
                 stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
     except trio.TooSlowError:
@@ -124,10 +131,23 @@ async def open_stream(
     return stream
 
 
+def _tls_context(cafile: str) -> ssl.SSLContext:
+    """Verify the pool's certificate against ``cafile`` ("" = the system's CAs)."""
+    try:
+        return ssl.create_default_context(cafile=cafile or None)
+    except (OSError, ssl.SSLError) as exc:  # missing or unreadable CA file
+        raise _Dropped(f"cannot use TLS CA file {cafile!r}: {_why(exc)}") from None
+
+
 def _why(exc: BaseException) -> str:
+    """A short reason for a connection failure (the SSL reason for a TLS one)."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason).replace("_", " ").lower()
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    if isinstance(exc, OSError) and exc.__cause__ is not None:
+    if exc.__cause__ is not None:
         return _why(exc.__cause__)
     return str(exc) or type(exc).__name__
 

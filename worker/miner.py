@@ -11,6 +11,8 @@ the CPU and only then submitted.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import time
 from collections import deque
@@ -153,6 +155,8 @@ class DeviceSlot:
     counter: int = 0
     extranonce1: bytes | None = None
     counters: dict[bytes, int] = field(default_factory=dict)
+    _checked_backend: object = field(default=None, repr=False)
+    _takes_want_product: bool = field(default=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -176,6 +180,22 @@ class DeviceSlot:
         self.counter += 1
         return bytes([self.index]) + (value % (1 << (8 * COUNTER_BYTES))).to_bytes(
             COUNTER_BYTES, "big")
+
+    def offers_product(self) -> bool:
+        """Does this backend's ``scan`` take ``want_product`` (the product in the same
+        pass)? Backends written before the flag existed do not; the miner then computes
+        the product with ``product(header)`` after the scan."""
+        backend = self.backend
+        if backend is not self._checked_backend:
+            self._checked_backend = backend
+            try:
+                params = inspect.signature(backend.scan).parameters  # type: ignore[attr-defined]
+            except (AttributeError, TypeError, ValueError):
+                self._takes_want_product = False
+            else:
+                self._takes_want_product = "want_product" in params or any(
+                    p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        return self._takes_want_product
 
     def last_progress(self) -> float | None:
         """Monotonic time of the last sign of life of a scan in flight (``None``: idle)."""
@@ -340,15 +360,21 @@ class Miner:
         return None
 
     async def _keep_product(self, slot: DeviceSlot, minable: MinableJob, header: bytes) -> None:
-        """Compute ``header``'s noisy product on ``slot`` and hand it to the useful task."""
-        assert self._useful is not None and self._nursery is not None
-        job = minable.job
+        """Fallback for a backend whose scan gave no product: compute ``header``'s noisy
+        product on ``slot`` in a second pass and hand it to the useful task."""
+        assert self._useful is not None
         try:
             noisy = await trio.to_thread.run_sync(slot.backend.product, header,
                                                   limiter=slot.limiter, abandon_on_cancel=True)
         except BaseException:
-            self._useful.unclaim(job)
+            self._useful.unclaim(minable.job)
             raise
+        self._deliver(minable, header, noisy)
+
+    def _deliver(self, minable: MinableJob, header: bytes, noisy: object) -> None:
+        """Start the useful task on ``header``'s noisy product, unless its unit has ended."""
+        assert self._useful is not None and self._nursery is not None
+        job = minable.job
         current = self.feed.job
         if (current is None or current.client is not job.client
                 or current.notify.work.work_root != minable.workload.work_root):
@@ -375,9 +401,13 @@ class Miner:
             flag = StopFlag(lambda g=generation: self.feed.generation != g)
             slot.flag = flag
             slot.scan_started = time.monotonic()
+            want = (self._useful is not None and self._useful.wants_product(job)
+                    and slot.offers_product())
+            scan = (functools.partial(slot.backend.scan, want_product=True) if want
+                    else slot.backend.scan)
             try:
                 result = await trio.to_thread.run_sync(
-                    slot.backend.scan, header, minable.share_target, flag,
+                    scan, header, minable.share_target, flag,
                     limiter=slot.limiter, abandon_on_cancel=True,
                 )
             finally:
@@ -392,7 +422,11 @@ class Miner:
                 self._nursery.start_soon(self._share, slot.name, minable, header, extranonce2,
                                          header_time, (ti, tj), digest)
             if result.complete and self._useful is not None and self._useful.claim(job):
-                await self._keep_product(slot, minable, header)
+                noisy = getattr(result, "product", None)
+                if noisy is not None:  # computed by the scan itself: no second pass
+                    self._deliver(minable, header, noisy)
+                else:
+                    await self._keep_product(slot, minable, header)
 
     async def _share(self, device: str, minable: MinableJob, header: bytes, extranonce2: bytes,
                      header_time: int, tile: tuple[int, int], digest: bytes) -> None:

@@ -8,9 +8,12 @@ verified against the job's commitments (size, content hash, entry range, row roo
 before a :class:`Workload` is made of it, so no device ever mines an unverified row; a
 blob that fails raises :class:`BlobRejected`.
 
-While mining, the miner asks :meth:`UsefulWork.claim` once per completed header; the
-first header of a unit on a session gets ``True`` and the miner hands its noisy product
-``A'·B'`` (the backend's final accumulators) to :meth:`UsefulWork.deliver`, which
+While mining, the miner asks each scan of a blob job for the header's noisy product
+``A'·B'`` (the backend's final accumulators, ``scan(..., want_product=True)``) as long as
+:meth:`UsefulWork.wants_product` says so, and :meth:`UsefulWork.claim` once per completed
+header; the first header of a unit on a session gets ``True`` and the miner hands its
+product (from the scan, or from ``backend.product(header)`` for a backend that gives
+none) to :meth:`UsefulWork.deliver`, which
 denoises it in a worker thread (``protocol.denoise``), sends the unit's C as int32
 little-endian in ``work.result`` chunks on the session that gave the job, and reads the
 pool's verdict from the answer to the final chunk. Mining goes on meanwhile: the pool
@@ -141,6 +144,14 @@ class UsefulWork:
         else:
             unit.job = job
         return unit
+
+    def wants_product(self, job: Job) -> bool:
+        """Should the next scan of ``job`` also return its noisy product? True for a blob
+        job whose unit has no claimed header on this session yet (does not claim)."""
+        if not is_blob_job(job):
+            return False
+        unit = self._units.get(job.notify.work.work_root)
+        return job.client is not self._client or unit is None or not unit.claimed
 
     def claim(self, job: Job) -> bool:
         """True once per unit and session: the miner should hand this header's product over."""

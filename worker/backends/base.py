@@ -24,6 +24,9 @@ class ScanResult:
     winners: list[tuple[int, int, bytes]]  # (ti, tj, digest) meeting the share target
     macs: int  # multiply-accumulates actually done (partial if stopped)
     complete: bool  # False if should_stop() cut the scan short
+    # the noisy product A'·B' (m × n int32) of the header: only when the scan was asked for
+    # it (``want_product=True``) and completed; None otherwise
+    product: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,17 @@ class Backend(Protocol):
     def prepare(self, workload: Workload) -> None:
         """Upload / cache the operands of ``workload`` (keyed by its work_root)."""
 
-    def scan(self, header: bytes, share_target: int, should_stop: Callable[[], bool]) -> ScanResult:
-        """Every ticket of ``header``; winners meet ``ticket_limit(share_target, k)``."""
+    def scan(self, header: bytes, share_target: int, should_stop: Callable[[], bool],
+             want_product: bool = False) -> ScanResult:
+        """Every ticket of ``header``; winners meet ``ticket_limit(share_target, k)``.
+
+        ``want_product``: also return the header's noisy product ``A'·B'`` (the final
+        accumulators, the same array ``product(header)`` gives) in ``ScanResult.product``
+        when the scan completes, so useful work needs no second pass. A backend that cannot
+        may leave it None; callers then fall back to ``product(header)``. Backends written
+        before this flag existed (three positional arguments) are still accepted by the
+        worker: it only passes the flag when it wants the product.
+        """
 
     def transcripts(self, header: bytes) -> np.ndarray:
         """The transcript J (tiles_m × tiles_n × 16, uint32) of every ticket of ``header``."""

@@ -101,12 +101,27 @@ class BlasBackend:
         self._b32 = _slabs(workload.bt, workload.shape.r)
 
     def scan(
-        self, header: bytes, share_target: int, should_stop: Callable[[], bool] = never_stop
+        self,
+        header: bytes,
+        share_target: int,
+        should_stop: Callable[[], bool] = never_stop,
+        want_product: bool = False,
     ) -> ScanResult:
-        """Every ticket of ``header``; stops between slabs once ``should_stop()`` is true."""
+        """Every ticket of ``header``; stops between slabs once ``should_stop()`` is true.
+
+        ``want_product``: each block's int32 accumulators are kept (copied into one m × n
+        array, no extra arithmetic) and returned as ``ScanResult.product`` if the scan
+        completes.
+        """
         workload = require_prepared(self._workload)
         limit = limit_of(share_target, workload.shape.k)
-        return self._run(header, limit, None, should_stop)
+        product = None
+        if want_product:
+            product = np.empty((workload.shape.m, workload.shape.n), dtype=np.int32)
+        result = self._run(header, limit, product, should_stop)
+        if want_product and result.complete:
+            result.product = product
+        return result
 
     def transcripts(self, header: bytes) -> np.ndarray:
         """J of every ticket (tiles_m × tiles_n × 16, uint32)."""

@@ -371,11 +371,38 @@ class OpenCLBackend:
     # -- the Backend interface -----------------------------------------------------------
 
     def scan(
-        self, header: bytes, share_target: int, should_stop: Callable[[], bool] = never_stop
+        self,
+        header: bytes,
+        share_target: int,
+        should_stop: Callable[[], bool] = never_stop,
+        want_product: bool = False,
     ) -> ScanResult:
-        """Every ticket of ``header``; checks ``should_stop`` between launches."""
+        """Every ticket of ``header``; checks ``should_stop`` between launches.
+
+        ``want_product``: the mining kernel also stores its final int32 accumulators
+        (``write_acc``: one m × n write per header, no second GEMM) into a device buffer,
+        read back as ``ScanResult.product`` once the scan completes.
+        """
         workload = require_prepared(self._workload)
-        return self._run(header, limit_of(share_target, workload.shape.k), should_stop)
+        limit = limit_of(share_target, workload.shape.k)
+        if not want_product:
+            return self._run(header, limit, should_stop)
+        acc = self._acc_buffer()
+        result = self._run(header, limit, should_stop, acc)
+        if result.complete:
+            out = np.empty((workload.shape.m, workload.shape.n), dtype=np.int32)
+            cl.enqueue_copy(self.queue, out, acc)
+            result.product = out
+        return result
+
+    def _acc_buffer(self) -> cl.Buffer:
+        """The device buffer for a header's accumulators (made once per workload)."""
+        acc = self._bufs.get("acc")
+        if acc is None:
+            shape = require_prepared(self._workload).shape
+            acc = self._bufs["acc"] = cl.Buffer(self.context, cl.mem_flags.READ_WRITE,
+                                                4 * shape.m * shape.n)
+        return acc
 
     def transcripts(self, header: bytes) -> np.ndarray:
         """J of every ticket (tiles_m × tiles_n × 16, uint32), as the device computed it."""
@@ -389,7 +416,7 @@ class OpenCLBackend:
         """The noisy product ``A'·B'`` (m × n int32), the input of ``protocol.denoise``."""
         shape = require_prepared(self._workload).shape
         out = np.empty((shape.m, shape.n), dtype=np.int32)
-        acc = cl.Buffer(self.context, cl.mem_flags.WRITE_ONLY, out.nbytes)
+        acc = self._acc_buffer()
         self._run(header, 0, never_stop, acc)
         cl.enqueue_copy(self.queue, out, acc)
         return out
