@@ -4,7 +4,8 @@ Each slab product ``A'[:, s] · B'[s, :]`` is exact in float32 (|partial| ≤ 12
 Output blocks of ``block_rows × block_cols`` keep their int32 accumulators in cache while
 every slab goes by; each block runs on one of ``threads`` threads with a single-threaded
 BLAS (``threadpoolctl``), so the per-slab elementwise work (int conversion, add, XOR fold)
-of one thread overlaps the sgemm of the other.
+of one thread overlaps the sgemm of the other. Operands are kept transposed (k × rows), so
+a slab is a block of contiguous rows and the noise of a header is two row gathers.
 """
 
 from __future__ import annotations
@@ -29,33 +30,22 @@ except ImportError:  # pragma: no cover - depends on the environment
     ThreadpoolController = None
 
 
-def _selector(f: np.ndarray, g: np.ndarray, r: int) -> np.ndarray:
-    """S (r×k, float32) with column l = e_f − e_g, so that ``E @ S`` is the noise."""
-    k = len(f)
-    s = np.zeros((r, k), dtype=np.float32)
-    cols = np.arange(k)
-    s[f, cols] += 1.0
-    s[g, cols] -= 1.0
-    return s
+def _transposed(x: np.ndarray) -> np.ndarray:
+    """``x`` (rows × k, int8) as float32 ``xᵀ`` (k × rows): slab s is rows s·r..(s+1)·r."""
+    return np.ascontiguousarray(x.T, dtype=np.float32)
 
 
-def _slabs(x: np.ndarray, r: int) -> np.ndarray:
-    """``x`` (rows × k) as float32 slabs: (k/r) × rows × r, contiguous."""
-    rows, k = x.shape
-    return np.ascontiguousarray(x.reshape(rows, k // r, r).transpose(1, 0, 2), dtype=np.float32)
+def _noisy_transposed(xt: np.ndarray, seed: bytes, side: str, r: int) -> np.ndarray:
+    """``X'ᵀ`` from ``Xᵀ``: row l gains ``E[:, f_l] − E[:, g_l]`` (exact in float32).
 
-
-def _noisy_slabs(x32: np.ndarray, seed: bytes, side: str, r: int) -> np.ndarray:
-    """``X' = X + E·S`` (exact in float32) from slabs of X, in the same layout."""
-    slabs, rows, _ = x32.shape
-    k = slabs * r
+    In this layout the noise is two gathers of whole contiguous rows of ``Eᵀ``.
+    """
+    k, rows = xt.shape
     f, g = index_pairs(seed, side, k, r)
-    e = noise_factors(seed, side, 0, rows, r).astype(np.float32)
-    sel = _selector(f, g, r)
-    out = np.empty((k // r, rows, r), dtype=np.float32)
-    for s in range(k // r):
-        np.matmul(e, sel[:, s * r : (s + 1) * r], out=out[s])
-        np.add(out[s], x32[s], out=out[s])
+    et = np.ascontiguousarray(noise_factors(seed, side, 0, rows, r).T, dtype=np.float32)
+    out = np.take(et, f, axis=0)
+    out -= np.take(et, g, axis=0)
+    out += xt
     return out
 
 
@@ -64,8 +54,9 @@ class _Pass:
     """One header's operands and outputs, shared (read-only / disjoint writes) by threads."""
 
     seed: bytes
-    a_slabs: np.ndarray  # S × m × r float32
-    b_slabs: np.ndarray  # S × n × r float32
+    r: int
+    a_t: np.ndarray  # A'ᵀ, k × m float32
+    b_t: np.ndarray  # B'ᵀᵀ = B', k × n float32
     j: np.ndarray  # tiles_m × tiles_n × 16 uint32
     limit: int | None  # digest limit, None: no digests
     product: np.ndarray | None  # m × n int32, filled if wanted
@@ -93,12 +84,12 @@ class BlasBackend:
         self._b32: np.ndarray | None = None
 
     def prepare(self, workload: Workload) -> None:
-        """Keep float32 slabs of A and Bᵀ (once per work_root)."""
+        """Keep float32 ``Aᵀ`` and ``B`` (once per work_root)."""
         if self._workload is not None and self._workload.work_root == workload.work_root:
             return
         self._workload = workload
-        self._a32 = _slabs(workload.a, workload.shape.r)
-        self._b32 = _slabs(workload.bt, workload.shape.r)
+        self._a32 = _transposed(workload.a)
+        self._b32 = _transposed(workload.bt)
 
     def scan(
         self,
@@ -162,17 +153,18 @@ class BlasBackend:
         j[:, :, 1] = np.arange(shape.tiles_n, dtype=np.uint32)[None, :]
         a32, b32 = self._a32, self._b32
         if self.threads == 1:
-            a_slabs = _noisy_slabs(a32, seed, "A", shape.r)
-            b_slabs = _noisy_slabs(b32, seed, "B", shape.r)
+            a_t = _noisy_transposed(a32, seed, "A", shape.r)
+            b_t = _noisy_transposed(b32, seed, "B", shape.r)
         else:
-            with self._single_threaded_blas(), ThreadPoolExecutor(2) as pool:
-                a_job = pool.submit(_noisy_slabs, a32, seed, "A", shape.r)
-                b_job = pool.submit(_noisy_slabs, b32, seed, "B", shape.r)
-                a_slabs, b_slabs = a_job.result(), b_job.result()
+            with ThreadPoolExecutor(2) as pool:
+                a_job = pool.submit(_noisy_transposed, a32, seed, "A", shape.r)
+                b_job = pool.submit(_noisy_transposed, b32, seed, "B", shape.r)
+                a_t, b_t = a_job.result(), b_job.result()
         work = _Pass(
             seed=seed,
-            a_slabs=a_slabs,
-            b_slabs=b_slabs,
+            r=shape.r,
+            a_t=a_t,
+            b_t=b_t,
             j=j,
             limit=limit,
             product=product,
@@ -210,7 +202,8 @@ class BlasBackend:
         if work.should_stop():
             return [], 0, False
         mb, nb = i1 - i0, j1 - j0
-        slabs, _, r = work.a_slabs.shape
+        r = work.r
+        slabs = work.a_t.shape[0] // r
         part = np.empty((mb, nb), dtype=np.float32)
         part_int = np.empty((mb, nb), dtype=np.int32)
         acc = np.zeros((mb, nb), dtype=np.int32)
@@ -223,7 +216,8 @@ class BlasBackend:
         for s in range(slabs):
             if s and work.should_stop():
                 return [], s * macs_per_slab, False
-            np.matmul(work.a_slabs[s, i0:i1], work.b_slabs[s, j0:j1].T, out=part)
+            rows = slice(s * r, (s + 1) * r)
+            np.matmul(work.a_t[rows, i0:i1].T, work.b_t[rows, j0:j1], out=part)
             np.copyto(part_int, part, casting="unsafe")
             np.add(acc, part_int, out=acc)
             np.bitwise_xor.reduce(tiles, axis=1, out=rows_folded)
