@@ -190,6 +190,7 @@ async def run_pool(config: PoolConfig, *,
             if useful is not None:
                 await useful.start()
                 await nursery.start(useful.run_expiry, ctx.lease_ended)
+                await nursery.start(useful.watch_queue, ctx.units_queued)
             server = StratumServer(config.stratum, ctx)
             ports = await nursery.start(server.serve)
             http_port = None
@@ -204,7 +205,8 @@ async def run_pool(config: PoolConfig, *,
                 log.info("HTTP API and /metrics on http://%s:%d/", config.http.host, http_port)
             policy = PplnsPolicy(p.pplns_factor, p.fee_bps, fee_address)
             await nursery.start(partial(run_unlocker, ledger, chain, p.unlock_interval,
-                                        ledger_limiter, metrics, policy=policy))
+                                        ledger_limiter, metrics, policy=policy,
+                                        unknown_grace=p.unknown_block_grace))
             await nursery.start(run_payouts, ledger, chain, p.payout_interval, p.min_payout,
                                 ledger_limiter, metrics)
             nursery.start_soon(_stats, ctx, metrics)

@@ -62,6 +62,7 @@ class PoolSection:
     min_payout: int = 100_000_000
     payout_interval: float = 600.0
     unlock_interval: float = 30.0
+    unknown_block_grace: float = 3600.0
     start_difficulty: float = 1.0
     check_threads: int = 2
     log_level: str = "info"
@@ -235,6 +236,8 @@ HELP: dict[str, dict[str, str]] = {
         "min_payout": "smallest balance paid out, base units",
         "payout_interval": "seconds between payout runs",
         "unlock_interval": "seconds between checks of found blocks for maturity/orphaning",
+        "unknown_block_grace": "seconds a found block the node does not know (never accepted, "
+        "wiped devnet) stays pending before it is orphaned",
         "start_difficulty": "share difficulty of a new connection",
         "check_threads": "worker threads checking shares",
         "log_level": "debug, info, warning or error",
@@ -396,6 +399,7 @@ def validate(config: PoolConfig) -> None:
                         ("stratum.handshake_timeout", s.handshake_timeout),
                         ("pool.payout_interval", p.payout_interval),
                         ("pool.unlock_interval", p.unlock_interval),
+                        ("pool.unknown_block_grace", p.unknown_block_grace),
                         ("pool.start_difficulty", p.start_difficulty),
                         ("pool.pplns_factor", p.pplns_factor),
                         ("vardiff.target_seconds", v.target_seconds),

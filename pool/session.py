@@ -17,9 +17,15 @@ Useful work (SPEC §12.7): a miner that announces ``useful-1`` in ``mining.subsc
 (synthetic jobs otherwise); it fetches the unit's operands with ``work.get_blob`` and
 returns the product with ``work.result``. Its shares on such a job are held until the
 result passes Freivalds' check, then credited; a wrong result voids them and counts each
-against the session in the escalation. ``work.*`` requests are outside the message-rate
-limit (a unit is hundreds of chunks); the per-lease byte bound replaces it. When the
-connection ends, its lease ends and the unit goes back to the queue.
+against the session in the escalation. The final result chunk ends the unit's mining at
+once: the session gets its next job (another unit, or synthetic) before the verdict,
+which answers that chunk when it is ready. ``work.*`` requests are outside the
+message-rate limit (a unit is hundreds of chunks); the per-lease byte bound replaces it.
+When the connection ends, its lease ends and the unit goes back to the queue. When units
+are queued, idle capable sessions (synthetic work, no lease) are offered one at once.
+
+A ban (the last step of the escalation) also drops the IP's other open connections,
+each told why with ``client.show_message`` first.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from pool.hashrate import HashrateMeter
 from pool.jobs import JobManager, SessionJobs, Template
 from pool.share_check import Miner, ShareChecker, ShareRejected
 from pool.useful.queue import LeaseEnd
-from pool.useful.service import UsefulWork, share_from_json
+from pool.useful.service import Delivery, UsefulWork
 from pool.vardiff import Vardiff, VardiffConfig
 from protocol import messages
 from protocol.address import validate_address
@@ -46,7 +52,7 @@ from protocol.connection import BadRequest, Connection, NotificationReceived, Re
 from protocol.errors import ProtocolError
 from protocol.header import EXTRANONCE2_SIZE
 from protocol.messages import ErrorCode
-from protocol.work_messages import USEFUL_CAPABILITY, GetBlob, WorkResult
+from protocol.work_messages import USEFUL_CAPABILITY, GetBlob, WorkResult, WorkResultAck
 
 log = logging.getLogger("pool.session")
 
@@ -89,6 +95,20 @@ class PoolContext:
         for session in list(self.sessions):
             if session.work_key == end.lease.session:
                 session.work_lost()
+
+    def units_queued(self) -> None:
+        """Units wait in the queue: every idle capable session tries to lease one now."""
+        for session in list(self.sessions):
+            session.offer_work()
+
+    def drop_peer(self, ip: str, reason: str, keep: Session | None = None) -> int:
+        """Close every open session from ``ip`` (but ``keep``), telling each ``reason``."""
+        dropped = 0
+        for session in list(self.sessions):
+            if session.peer == ip and session is not keep:
+                session.kick(reason)
+                dropped += 1
+        return dropped
 
     def remember_session(self, session_id: bytes, extranonce1: bytes) -> None:
         """Keep a closed session's extranonce1 for ``mining.subscribe {resume}`` (bounded)."""
@@ -138,6 +158,7 @@ class Session:
         self._scope: trio.CancelScope | None = None
         self._job_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        self._offering = False
         self.useful_capable = False
 
     # -- identity -----------------------------------------------------------------------
@@ -217,6 +238,13 @@ class Session:
         if self._scope is not None:
             self._scope.cancel()
 
+    def kick(self, reason: str) -> None:
+        """Tell the miner ``reason`` (``client.show_message``), then close (never blocks)."""
+        if self._nursery is None:
+            self.close(reason)
+        else:
+            self._nursery.start_soon(self._guard, self._notify_and_close, reason)
+
     async def _guard(self, fn: Any, *args: Any) -> None:
         """Run one task of the session; a reason to close ends the whole session."""
         try:
@@ -295,7 +323,7 @@ class Session:
         elif isinstance(msg, GetBlob):
             await self._get_blob(event.id, msg)
         elif isinstance(msg, WorkResult):
-            await self._work_result(event.id, msg)
+            await self._work_result(event.id, msg, nursery)
         else:  # pragma: no cover - Connection only yields the methods above
             await self._send(self.conn.send_error(event.id, ErrorCode.OTHER, "unsupported"))
 
@@ -394,31 +422,44 @@ class Session:
             return
         await self._send(self.conn.send_result(request_id, result))
 
-    async def _work_result(self, request_id: int, msg: WorkResult) -> None:
+    async def _work_result(self, request_id: int, msg: WorkResult, nursery: trio.Nursery
+                           ) -> None:
         useful = self.useful
         try:
             if useful is None:
                 raise ProtocolError("work.result: this session takes no useful work",
                                     code=ErrorCode.OTHER)
-            ack, verdict = await useful.take_result(self.work_key, msg)
+            taken = await useful.take_result(self.work_key, msg)
         except ProtocolError as exc:
             await self._send(self.conn.send_error(request_id, exc.code, str(exc)))
             return
-        if verdict is not None and verdict.passed:
-            records = [share_from_json(s) for s in verdict.end.shares]
-            try:
-                await self.ctx.checker.credit(records)
-            except Exception as exc:
-                log.error("could not credit %d verified share(s) of %s: %s", len(records),
-                          self.login, exc)
-        await self._send(self.conn.send_result(request_id, ack))
-        if verdict is None:
+        if isinstance(taken, WorkResultAck):
+            await self._send(self.conn.send_result(request_id, taken))
             return
+        # The whole unit is in: its mining is over. The verdict is reached meanwhile, but
+        # answered only after the next job went out (another unit, or synthetic).
+        pushed = trio.Event()
+        nursery.start_soon(self._guard, self._verdict, request_id, taken, pushed)
+        try:
+            if self._authorized.is_set():
+                await self._push_job(self.ctx.jobs.current, clean=True)
+        finally:
+            pushed.set()
+
+    async def _verdict(self, request_id: int, delivery: Delivery, pushed: trio.Event) -> None:
+        """Judge a delivered unit (credit or void its held shares); answer its last chunk."""
+        assert self.ctx.useful is not None
+        try:
+            ack, verdict = await self.ctx.useful.judge(delivery, self.ctx.checker.credit)
+        except ProtocolError as exc:
+            await pushed.wait()
+            await self._send(self.conn.send_error(request_id, exc.code, str(exc)))
+            return
+        await pushed.wait()
+        await self._send(self.conn.send_result(request_id, ack))
         if not verdict.passed:
             for _ in range(max(1, len(verdict.end.shares))):
                 await self._judge(False)
-        if self._authorized.is_set():
-            await self._push_job(self.ctx.jobs.current, clean=True)
 
     def work_lost(self) -> None:
         """This session's lease ended without a result: push new work (never blocks)."""
@@ -427,6 +468,25 @@ class Session:
 
     async def _push_new_work(self) -> None:
         await self._push_job(self.ctx.jobs.current, clean=True)
+
+    def offer_work(self) -> None:
+        """Units are queued: if this session takes useful work and holds no lease, lease
+        one and push its job now (never blocks; nothing happens when none is free)."""
+        useful = self.useful
+        if (useful is None or self._nursery is None or self.book.current is None
+                or self._offering or useful.current(self.work_key) is not None):
+            return  # (before its first job, the session leases with that job anyway)
+        self._offering = True
+        self._nursery.start_soon(self._guard, self._take_offered_work)
+
+    async def _take_offered_work(self) -> None:
+        try:
+            useful = self.useful
+            if useful is None or useful.current(self.work_key) is not None:
+                return
+            await self._push_job(self.ctx.jobs.current, clean=True, new_unit_only=True)
+        finally:
+            self._offering = False
 
     # -- escalation ---------------------------------------------------------------------
 
@@ -452,8 +512,11 @@ class Session:
                 self.ctx.bans.ban(self.peer, trio.current_time())
                 if self.ctx.metrics is not None:
                     self.ctx.metrics.bans.inc()
-                log.warning("banning %s for %.0f s: repeated invalid shares from %s",
-                            self.peer, self.ctx.bans.ban_seconds, self.login)
+                others = self.ctx.drop_peer(
+                    self.peer, "banned: repeated invalid shares from this IP address", keep=self)
+                log.warning("banning %s for %.0f s: repeated invalid shares from %s; "
+                            "dropping its %d other connection(s)", self.peer,
+                            self.ctx.bans.ban_seconds, self.login, others)
                 await self._notify_and_close("banned: repeated invalid shares")
             await self._notify_and_close(f"dropped: {fraction}")
 
@@ -477,11 +540,16 @@ class Session:
             await self._push_job(template, clean=first or template.clean)
             first = False
 
-    async def _push_job(self, template: Template | None, *, clean: bool) -> None:
+    async def _push_job(self, template: Template | None, *, clean: bool,
+                        new_unit_only: bool = False) -> None:
+        """Make, remember and send the session's next job (on its leased unit, if any);
+        with ``new_unit_only``, only if that is a unit the session did not mine yet."""
         if template is None or self.extranonce1 is None:
             return
         async with self._job_lock:  # make, remember and send jobs in one order
             leased = await self._lease()
+            if new_unit_only and (leased is None or self._holds_lease(leased[0].id)):
+                return
             if leased is not None and not self._holds_lease(leased[0].id):
                 clean = True  # new unit: shares of the earlier jobs are no use any more
             now = trio.current_time()

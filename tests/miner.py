@@ -124,6 +124,8 @@ class TestMiner:
         self.session_id = b""
         self.closed = False
         self.workloads: dict[bytes, Workload] = {}  # blob jobs' operands, by work root
+        # what arrived, in order: ("job", job_id), ("response", request id), ("message", msg)
+        self.arrivals: list[tuple[str, object]] = []
 
     @classmethod
     async def connect(cls, port: int, host: str = "127.0.0.1", timeout: float = 10.0
@@ -163,11 +165,14 @@ class TestMiner:
         for event in self.conn.receive_data(data):
             if isinstance(event, ResponseReceived):
                 self.responses[event.id] = event
+                self.arrivals.append(("response", event.id))
             elif isinstance(event, NotificationReceived):
                 if isinstance(event.message, messages.Notify):
                     self.jobs.append(event.message)
+                    self.arrivals.append(("job", event.message.job_id))
                 else:
                     self.messages.append(event.message)
+                    self.arrivals.append(("message", event.message))
             elif isinstance(event, RequestReceived | BadRequest):
                 raise AssertionError(f"pool sent an unexpected frame: {event}")
 

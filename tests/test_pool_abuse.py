@@ -221,3 +221,45 @@ def test_ban_list_is_bounded_and_expires():
     bans.disconnect("1.1.1.1")
     bans.disconnect("1.1.1.1")
     assert bans.connect("3.3.3.3", limit=5)
+
+
+async def test_a_ban_drops_the_other_connections_from_that_ip(start_pool):
+    # every invalid share is one step of the ladder: resend, reconnect, drop (strike 1);
+    # the same again from a second connection is strike 2: the IP is banned
+    pool = await start_pool({"limits.invalid_window": 1, "limits.invalid_min_shares": 1,
+                             "limits.invalid_ratio": 0.5, "limits.ban_seconds": 60.0})
+
+    async def misbehave(miner: TestMiner) -> None:
+        await miner.login(new_address() + ".bad")
+        with contextlib.suppress(MinerClosed):
+            for step in range(3):
+                seen = len(miner.jobs)
+                (c, *_) = await trio.to_thread.run_sync(losing_tiles, miner.job,
+                                                        miner.extranonce1, secrets.token_bytes(8))
+                r = await miner.submit(c)
+                assert r.error.code == messages.ErrorCode.LOW_DIFFICULTY
+                if step == 0:  # resend work: mine the fresh job next
+                    await miner.next_job(seen)
+        await miner.wait_closed()
+
+    async with await TestMiner.connect(pool.stratum_port) as bystander, \
+            await TestMiner.connect(pool.stratum_port) as other:
+        await bystander.login(new_address() + ".rig")
+        await other.subscribe()  # not even authorized yet
+        async with await TestMiner.connect(pool.stratum_port) as bad:
+            await misbehave(bad)
+            assert any("dropped" in t for t in shown(bad))
+        assert (await bystander.request(messages.Ping())).error is None  # a drop is no ban
+        async with await TestMiner.connect(pool.stratum_port) as bad:
+            await misbehave(bad)
+            assert any("banned" in t for t in shown(bad))
+        for miner in (bystander, other):  # told why, then closed
+            await miner.wait_closed()
+            assert any("banned" in t for t in shown(miner)), shown(miner)
+    assert pool.registry.get_sample_value("matmine_pool_bans_total") == 1
+    with trio.fail_after(5):
+        while pool.context.sessions:  # every session from the banned IP is gone
+            await trio.sleep(0.02)
+    async with await TestMiner.connect(pool.stratum_port) as late:
+        await late.wait_closed()
+        assert late.jobs == [] and any("banned" in t for t in shown(late))

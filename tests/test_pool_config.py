@@ -6,11 +6,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
 from pool.cli import build_parser, overrides_from_args
 from pool.config import (
@@ -21,6 +23,7 @@ from pool.config import (
     default_config_text,
     load_config,
 )
+from pool.ledger.base import CREDITED, ORPHANED
 from protocol.address import new_address
 from tests.miner import TestMiner
 
@@ -58,6 +61,7 @@ def test_init_config_command_prints_it():
     ({"chain": {"node": {"maturity": -1}}}, "[chain.node] maturity"),
     ({"pool": {"start_difficulty": 1e-9}}, "pool.start_difficulty"),
     ({"ledger": {"kind": "postgres"}}, "ledger.url"),
+    ({"pool": {"unknown_block_grace": 0.0}}, "pool.unknown_block_grace must be positive"),
 ])
 def test_bad_config_is_named(data, message):
     with pytest.raises(ConfigError) as info:
@@ -126,3 +130,24 @@ async def test_tls_port(start_pool, tmp_path):
         (c, *_) = await miner.shares(1, job)
         r = await miner.submit(c)
         assert r.error is None
+
+
+async def test_unknown_block_grace_reaches_the_unlocker(start_pool, ledger_call):
+    assert PoolConfig().pool.unknown_block_grace == 3600.0
+    pool = await start_pool({"pool.unknown_block_grace": 50.0})
+    ledger, now, address = pool.ledger, time.time(), new_address()
+    # two blocks the node never saw: one past the grace, one within it
+    old = await ledger_call(pool, ledger.record_block, 5, b"\x01" * 32, 1000, now - 100,
+                            address, "rig", 1.0)
+    young = await ledger_call(pool, ledger.record_block, 6, b"\x02" * 32, 1000, now - 10,
+                              address, "rig", 1.0)
+
+    async def states() -> tuple[str, str]:
+        return ((await ledger_call(pool, ledger.block, old)).status,
+                (await ledger_call(pool, ledger.block, young)).status)
+
+    with trio.fail_after(5):  # unlock rounds every 0.2 s
+        while await states() != (ORPHANED, CREDITED):  # the young one: credited, pending
+            await trio.sleep(0.05)
+    await trio.sleep(0.5)  # more rounds change nothing
+    assert await states() == (ORPHANED, CREDITED)

@@ -261,3 +261,87 @@ async def test_sharelog_shutdown_commits_what_is_queued(tmp_path):
     with pytest.raises(ShareLogError, match="shut down"):
         await log.commit(share(99))
     ledger.close()
+
+
+# --- useful work: a crash between crediting held shares and completing the unit ----------
+
+CRASH_AFTER_CREDIT = """
+import os, sys
+from pathlib import Path
+
+import numpy as np
+import trio
+from prometheus_client import CollectorRegistry
+
+from pool.ledger.base import ShareRecord
+from pool.ledger.sqlite import SqliteLedger
+from pool.useful import UsefulConfig, UsefulMetrics
+from pool.useful.service import UsefulWork
+from protocol.work_messages import WorkResult
+
+root = Path(sys.argv[1])
+
+
+async def main():
+    useful = UsefulWork(root, UsefulConfig(unit_m=32, unit_n=32, r=32),
+                        UsefulMetrics(CollectorRegistry()))
+    ledger = SqliteLedger(root / "ledger.sqlite")
+    rng = np.random.default_rng(5)
+    a = rng.integers(-64, 65, (32, 128), dtype=np.int8)
+    b = rng.integers(-64, 65, (128, 32), dtype=np.int8)
+    useful.queue.submit("alice", a, b)  # one unit, no padding
+    lease, _ = await useful.lease("s1")
+    await useful.attach(lease, "s1", "job1")
+    for i in range(3):
+        record = ShareRecord(bytes([i + 1]) * 32, 1.0e9 + i, "mmd1test", "rig", "job1", 7,
+                             1e-5, 1.0, b"s" * 8)
+        assert await useful.hold(lease.id, record)
+    raw = (a.astype(np.int64) @ b.astype(np.int64)).astype("<i4").tobytes()
+    delivery = await useful.take_result("s1", WorkResult(
+        job_id="job1", unit=lease.unit.unit_id, offset=0, data=raw, final=True))
+
+    async def credit(records):
+        # the order under test: the unit is not done yet when its shares are written
+        assert useful.queue.unit(lease.unit.key).state == "running"
+        assert useful.queue.get_lease(lease.id).state == "delivered"
+        ledger.insert_shares(records)
+        os._exit(17)  # the pool dies here, before the unit is marked done
+
+    await useful.judge(delivery, credit)
+    sys.exit("judge returned: credit was never called")
+
+
+trio.run(main)
+"""
+
+
+def test_crash_between_credit_and_unit_completion_loses_no_share(tmp_path):
+    import subprocess
+
+    from pool.useful import UsefulConfig
+    from pool.useful.blobstore import BlobStore
+    from pool.useful.queue import WorkQueue
+
+    run = subprocess.run([sys.executable, "-c", CRASH_AFTER_CREDIT, str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 17, run.stderr
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    try:
+        assert ledger.share_count() == 3  # every acknowledged share survived the crash
+        # the restart releases the delivered lease: the unit is computed again, and the
+        # voided held copies are the very shares already in the ledger
+        queue = WorkQueue(tmp_path / "useful.sqlite", BlobStore(tmp_path / "useful" / "blobs"),
+                          UsefulConfig(unit_m=32, unit_n=32, r=32))
+        try:
+            (end,) = queue.recovered
+            assert end.state == "released" and len(end.shares) == 3
+            assert queue.unit(end.lease.unit.key).state == "queued"
+            assert queue.lease("s2").unit.key == end.lease.unit.key
+        finally:
+            queue.close()
+        digests = sorted(bytes.fromhex(s["digest"]) for s in end.shares)
+        assert digests == [bytes([i]) * 32 for i in (1, 2, 3)]
+        assert ledger.insert_shares([ShareRecord(d, 1.0e9, "mmd1test", "rig", "job1", 7, 1e-5,
+                                                 1.0, b"s" * 8) for d in digests]) == 0
+    finally:
+        ledger.close()

@@ -20,7 +20,8 @@ from pool.app import PoolHandle, run_pool
 from protocol import messages
 from protocol.address import new_address
 from protocol.messages import ErrorCode
-from protocol.work_messages import USEFUL_CAPABILITY
+from protocol.useful import chunks
+from protocol.work_messages import USEFUL_CAPABILITY, WorkResult, WorkResultAck
 from tests.conftest import make_config
 from tests.miner import TestMiner
 
@@ -149,6 +150,8 @@ async def test_wrong_product_is_caught_shares_voided_unit_redone_by_another(star
             await TestMiner.connect(handle.stratum_port) as honest:
         job = await cheat.login(login_of(1), useful=True)
         assert is_blob(job)
+        idle = await honest.login(login_of(2), useful=True)
+        assert not is_blob(idle)  # the only unit is taken: synthetic work meanwhile
         c, _ = await mine_unit(cheat, job, min_shares=2)
         c = c.copy()
         c[5, 7] += 1  # one element off
@@ -169,8 +172,10 @@ async def test_wrong_product_is_caught_shares_voided_unit_redone_by_another(star
             r = await cheat.submit(late[0])
             assert r.error is not None and r.error.code == ErrorCode.STALE
 
-        job2 = await honest.login(login_of(2), useful=True)
+        with trio.fail_after(5):  # the rejected unit is queued again: the idle miner gets it
+            job2 = await honest.next_job(1)
         assert is_blob(job2) and job2.work.work_root == job.work.work_root  # re-leased
+        assert job2.job_id.split(".")[0] == idle.job_id.split(".")[0]  # not a refresh
         c2, found2 = await mine_unit(honest, job2)
         r = await honest.send_result(job2, c2)
         assert r.result.verified is True
@@ -178,6 +183,87 @@ async def test_wrong_product_is_caught_shares_voided_unit_redone_by_another(star
     assert np.array_equal(await fetch_result(handle, work_id), exact(a, b))
     assert metric(handle, "matmine_pool_result_checks_total", outcome="fail") == 1
     assert metric(handle, "matmine_pool_result_checks_total", outcome="pass") == 1
+
+
+def template_of(job: messages.Notify) -> str:
+    """The template part of a pool job id (``template.counter``, hex)."""
+    return job.job_id.split(".")[0]
+
+
+async def test_idle_capable_miners_take_newly_queued_units_at_once(start_pool):
+    handle = await start_pool(USEFUL)
+    assert handle.config.work.job_refresh_seconds == 30.0  # the default: no refresh helps
+    async with await TestMiner.connect(handle.stratum_port) as m1, \
+            await TestMiner.connect(handle.stratum_port) as m2, \
+            await TestMiner.connect(handle.stratum_port) as old:
+        first = await m1.login(login_of(1), useful=True)
+        await m2.login(login_of(2), useful=True)
+        await old.login(login_of(0))
+        assert not is_blob(first)  # nothing queued yet
+        a, b = operands(32, 128, 32, seed=10)  # one unit
+        await submit(handle, a, b)
+        with trio.fail_after(3):  # pushed at once, not at the next refresh (30 s)
+            while not any(is_blob(j) for m in (m1, m2) for j in m.jobs):
+                with trio.move_on_after(0.05):
+                    await m1.next_job()
+                with trio.move_on_after(0.05):
+                    await m2.next_job()
+        holder, idle = (m1, m2) if any(is_blob(j) for j in m1.jobs) else (m2, m1)
+        job = holder.job
+        assert is_blob(job) and job.clean and template_of(job) == template_of(first)
+        assert not any(is_blob(j) for j in idle.jobs)  # one unit, one lease
+        assert (await old.request(messages.Ping())).error is None
+        assert len(old.jobs) == 1  # a miner without the capability is left alone
+        # the holder leaves: its unit is queued again and the idle miner gets it at once
+        seen = len(idle.jobs)
+        await holder.aclose()
+        with trio.fail_after(3):
+            again = await idle.next_job(seen)
+        assert is_blob(again) and again.work.work_root == job.work.work_root
+        assert template_of(again) == template_of(first)
+        c, _ = await idle.product(again)
+        r = await idle.send_result(again, c)
+        assert r.result.verified is True
+
+
+async def test_next_job_goes_out_at_delivery_before_the_verdict(start_pool):
+    handle = await start_pool(USEFUL)
+    a, b = operands(32, 128, 64, seed=11)  # two units
+    work_id = await submit(handle, a, b)
+    async with await TestMiner.connect(handle.stratum_port) as miner:
+        job = await miner.login(login_of(1), useful=True)
+        assert is_blob(job)
+        c, found = await mine_unit(miner, job, min_shares=2)
+        raw = np.ascontiguousarray(c, dtype="<i4").tobytes()
+        parts = list(chunks(raw, 1024))
+        for offset, data, final in parts[:-1]:
+            r = await miner.request(WorkResult(job_id=job.job_id, unit=job.work.work_root,
+                                               offset=offset, data=data, final=final))
+            assert r.result == WorkResultAck(accepted=True, received=offset + len(data))
+        seen = len(miner.jobs)
+        offset, data, final = parts[-1]
+        final_id = await miner.send(WorkResult(job_id=job.job_id, unit=job.work.work_root,
+                                               offset=offset, data=data, final=final))
+        r = await miner.response(final_id)
+        assert r.result.verified is True and r.result.received == len(raw)
+        nxt = miner.jobs[seen]  # the next unit's job came first, then the verdict
+        assert miner.arrivals.index(("job", nxt.job_id)) < \
+            miner.arrivals.index(("response", final_id))
+        assert nxt.clean and is_blob(nxt) and nxt.work.work_root != job.work.work_root
+        assert await ledger_shares(handle) == len(found)  # held shares credited
+        # shares of the delivered unit's jobs are stale now, and never credited
+        (late, *_) = await miner.shares(1, job)
+        r = await miner.submit(late)
+        assert r.error is not None and r.error.code == ErrorCode.STALE
+        r = await miner.request(WorkResult(job_id=job.job_id, unit=job.work.work_root,
+                                           offset=0, data=raw[:1024], final=False))
+        assert r.error is not None and r.error.code == ErrorCode.STALE
+        c2, found2 = await mine_unit(miner, nxt)
+        r = await miner.send_result(nxt, c2)
+        assert r.result.verified is True
+        assert await ledger_shares(handle) == len(found) + len(found2)
+        assert not is_blob(miner.job)  # nothing queued: synthetic work again
+    assert np.array_equal(await fetch_result(handle, work_id), exact(a, b))
 
 
 async def test_lease_deadline_returns_the_unit_and_voids_held_shares(start_pool):

@@ -160,7 +160,9 @@ def test_parse_shape():
 
 
 async def test_mine_process_against_a_real_pool_and_sigint(tmp_path):
-    async with running_pool(tmp_path / "pool") as pool:
+    # A real-sized share difficulty (≈ 2·10⁹ MACs a share): with vardiff off, the tiny
+    # default would let a fast box flood the pool past its message-rate limit.
+    async with running_pool(tmp_path / "pool", share_difficulty=0.5) as pool:
         address = new_address()
         config = tmp_path / "worker.toml"
         config.write_text("[console]\nstatus_interval = 0.5\nlive = \"off\"\n"

@@ -6,13 +6,19 @@ in the :class:`~pool.useful.blobstore.BlobStore`. Unit states: ``queued`` → ``
 (leased) → ``done`` (result verified) or back to ``queued`` (worker gone, deadline
 missed, wrong result); ``failed`` after ``max_attempts`` wrong results, which fails the
 item. Item states: ``queued``, ``running``, ``done`` (product assembled), ``failed``.
+Lease states: ``active`` → ``delivered`` (the whole result is in and being judged: no
+more shares are held, the session may take another unit) → ``verified`` or ``rejected``;
+or ``released`` (disconnect, restart) / ``expired`` (deadline; active leases only).
 
 A **lease** gives one unit to one session until a deadline. A session holds at most one
 active lease: :meth:`WorkQueue.lease` returns it again while it lasts, so each new job of
 the session (new block, vardiff) continues the same unit. The pool records which jobs
 belong to a lease (:meth:`attach_job`) and **holds** the shares mined on them
 (:meth:`hold_share`); :meth:`complete` hands the held shares back for crediting,
-:meth:`reject`, :meth:`release_session` and :meth:`expire` hand them back voided.
+:meth:`reject`, :meth:`release_session` and :meth:`expire` hand them back voided. The
+pool credits a verified lease's held shares (:meth:`held_shares`) *before* it calls
+:meth:`complete`, so a crash in between never loses an acknowledged share: the restart
+releases the lease (the unit is computed again) and the ledger ignores a share twice.
 
 Everything is in one SQLite file (WAL) in the pool's data dir, so a restart loses no
 queued unit, verified result or held share. At start, leases of the previous process
@@ -97,7 +103,9 @@ CREATE TABLE IF NOT EXISTS held_shares (
 CREATE INDEX IF NOT EXISTS held_shares_lease ON held_shares(lease);
 """
 
-LEASE_STATES = ("active", "released", "expired", "verified", "rejected")
+LEASE_STATES = ("active", "delivered", "released", "expired", "verified", "rejected")
+OPEN_STATES = ("active", "delivered")
+"""Leases whose unit is still with its session: released on disconnect and restart."""
 
 
 class WorkError(Exception):
@@ -238,7 +246,8 @@ class WorkQueue:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
-        self.recovered = self._release_where("state = 'active'", (), "released", "restart")
+        self.recovered = self._release_where("state IN ('active', 'delivered')", (),
+                                             "released", "restart")
         self._units_changed()
 
     def close(self) -> None:
@@ -427,7 +436,8 @@ class WorkQueue:
     def lease(self, session: str) -> Lease | None:
         """The session's active lease, or a new one on the oldest queued unit; None if idle.
 
-        A unit is not leased again to a session whose result for it was rejected.
+        A unit is not leased again to a session whose result for it was rejected. A
+        delivered lease is not active: its session gets another unit.
         """
         self.expire()
         now = self.clock()
@@ -436,26 +446,25 @@ class WorkQueue:
                 "SELECT id FROM leases WHERE session = ? AND state = 'active'", (session,)
             ).fetchone()
             if row is not None:
-                lease_id = row[0]
-            else:
-                unit = db.execute(
-                    "SELECT u.key, u.item FROM units u WHERE u.state = 'queued' AND NOT EXISTS "
-                    "(SELECT 1 FROM leases l WHERE l.unit = u.key AND l.session = ? "
-                    "AND l.state = 'rejected') ORDER BY u.key LIMIT 1", (session,),
-                ).fetchone()
-                if unit is None:
-                    return None
-                key, item = unit
-                lease_id = db.execute(
-                    "INSERT INTO leases (unit, session, created, deadline, state) "
-                    "VALUES (?, ?, ?, ?, 'active')",
-                    (key, session, now, now + self.config.lease_seconds),
-                ).lastrowid
-                db.execute("UPDATE units SET state = 'running' WHERE key = ?", (key,))
-                db.execute(
-                    "UPDATE items SET state = 'running' WHERE id = ? AND state = 'queued'",
-                    (item,),
-                )
+                return self._lease(db, row[0])  # continued: the unit counts did not change
+            unit = db.execute(
+                "SELECT u.key, u.item FROM units u WHERE u.state = 'queued' AND NOT EXISTS "
+                "(SELECT 1 FROM leases l WHERE l.unit = u.key AND l.session = ? "
+                "AND l.state = 'rejected') ORDER BY u.key LIMIT 1", (session,),
+            ).fetchone()
+            if unit is None:
+                return None
+            key, item = unit
+            lease_id = db.execute(
+                "INSERT INTO leases (unit, session, created, deadline, state) "
+                "VALUES (?, ?, ?, ?, 'active')",
+                (key, session, now, now + self.config.lease_seconds),
+            ).lastrowid
+            db.execute("UPDATE units SET state = 'running' WHERE key = ?", (key,))
+            db.execute(
+                "UPDATE items SET state = 'running' WHERE id = ? AND state = 'queued'",
+                (item,),
+            )
             lease = self._lease(db, lease_id)
         self._units_changed()
         return lease
@@ -498,6 +507,17 @@ class WorkQueue:
             db.execute("INSERT INTO held_shares (lease, share) VALUES (?, ?)", (lease_id, text))
         return True
 
+    def deliver(self, lease_id: int) -> Lease:
+        """The lease's whole result is in: hold no more shares for it (they are stale) and
+        let its session lease another unit, while the result is judged.
+
+        Raises :class:`LeaseError` if the lease is not active.
+        """
+        with self._tx() as db:
+            lease = self._active(db, lease_id)
+            db.execute("UPDATE leases SET state = 'delivered' WHERE id = ?", (lease_id,))
+            return Lease(lease.id, lease.session, lease.deadline, "delivered", lease.unit)
+
     def held_shares(self, lease_id: int) -> list[Any]:
         with self._lock:
             return [json.loads(r[0]) for r in self._db.execute(
@@ -506,12 +526,13 @@ class WorkQueue:
     def complete(self, lease_id: int, result_blob: bytes) -> LeaseEnd:
         """The lease's result verified: the unit is done; returns the shares to credit.
 
-        Call it after storing the result blob. Raises :class:`LeaseError` if the lease is
-        not active any more (its shares were already voided).
+        Call it after storing the result blob and crediting :meth:`held_shares`. Raises
+        :class:`LeaseError` if the lease is not active or delivered any more (its shares
+        were already voided).
         """
         now = self.clock()
         with self._tx() as db:
-            lease = self._active(db, lease_id)
+            lease = self._open(db, lease_id)
             db.execute(
                 "UPDATE units SET state = 'done', result_blob = ? WHERE key = ?",
                 (result_blob, lease.unit.key),
@@ -528,7 +549,7 @@ class WorkQueue:
         """The lease's result was wrong: void its shares, re-queue (or fail) the unit."""
         now = self.clock()
         with self._tx() as db:
-            lease = self._active(db, lease_id)
+            lease = self._open(db, lease_id)
             attempts = lease.unit.attempts + 1
             unit_state = "failed" if attempts >= self.config.max_attempts else "queued"
             db.execute("UPDATE units SET state = ?, attempts = ? WHERE key = ?",
@@ -549,8 +570,8 @@ class WorkQueue:
 
     def release_session(self, session: str) -> list[LeaseEnd]:
         """The session disconnected: its active lease ends, the unit goes back to the queue."""
-        ends = self._release_where("state = 'active' AND session = ?", (session,), "released",
-                                   "disconnected")
+        ends = self._release_where("state IN ('active', 'delivered') AND session = ?",
+                                   (session,), "released", "disconnected")
         self._units_changed()
         return ends
 
@@ -595,6 +616,12 @@ class WorkQueue:
     def _active(self, db: sqlite3.Connection, lease_id: int) -> Lease:
         lease = self._lease(db, lease_id)
         if lease.state != "active":
+            raise LeaseError(f"lease {lease_id} is {lease.state}, not active")
+        return lease
+
+    def _open(self, db: sqlite3.Connection, lease_id: int) -> Lease:
+        lease = self._lease(db, lease_id)
+        if lease.state not in OPEN_STATES:
             raise LeaseError(f"lease {lease_id} is {lease.state}, not active")
         return lease
 

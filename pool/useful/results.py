@@ -2,10 +2,14 @@
 
 The pool's ``work.result`` handler feeds each chunk to :meth:`ResultDesk.receive` (fast,
 in memory, bounded by the unit's result size). When the final chunk is in, it runs
-:meth:`ResultDesk.judge` in a worker thread: Freivalds' test in exact int64 with a fresh
-unpredictable ``x`` (``freivalds_rounds`` rounds, each false-accepting with p ≤ 2⁻¹⁶);
-a passing C is stored as a blob and its lease completed (held shares to credit), a
-failing one rejects the lease (held shares void, the unit goes back to the queue).
+:meth:`ResultDesk.check` in a worker thread: Freivalds' test in exact int64 with a fresh
+unpredictable ``x`` (``freivalds_rounds`` rounds, each false-accepting with p ≤ 2⁻¹⁶).
+A failing C rejects the lease at once (held shares void, the unit goes back to the
+queue). A passing C is stored as a blob and comes back as :class:`Passed` with the
+lease's held shares: the caller credits them to the ledger, *then* calls
+:meth:`ResultDesk.complete` (unit done), so that a crash in between costs at worst a
+recomputed unit, never an acknowledged share. :meth:`ResultDesk.judge` does both steps
+at once for callers that credit afterwards.
 When every unit of an item is verified, the customer's product is assembled into one
 ``.npy`` (int32, m×n) blob, written through a memory map so it never needs two copies.
 """
@@ -17,12 +21,13 @@ import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pool.useful import UsefulConfig, UsefulMetrics
 from pool.useful.blobstore import BlobStore
-from pool.useful.queue import Lease, LeaseEnd, LeaseError, WorkQueue
+from pool.useful.queue import OPEN_STATES, Lease, LeaseEnd, LeaseError, WorkQueue
 from protocol.denoise import freivalds
 from protocol.errors import ProtocolError
 from protocol.useful import RESULT_DTYPE, ChunkAssembler, cut_result, decode_result
@@ -52,6 +57,19 @@ class Verdict:
     @property
     def passed(self) -> bool:
         return self.outcome == "pass"
+
+
+@dataclass(frozen=True)
+class Passed:
+    """A result that passed the check and is stored; its lease is not completed yet.
+
+    ``shares`` are the lease's held shares (JSON records): credit them, then
+    :meth:`ResultDesk.complete`.
+    """
+
+    lease: Lease
+    result_blob: bytes
+    shares: list[Any]
 
 
 class ResultDesk:
@@ -105,14 +123,15 @@ class ResultDesk:
             raise ProtocolError("work.result: no complete result for this lease")
         return upload.value()
 
-    def judge(self, lease_id: int, raw: bytes) -> Verdict:
-        """Check the unit's C (padded, int32 LE), then complete or reject the lease.
+    def check(self, lease_id: int, raw: bytes) -> Verdict | Passed:
+        """Check the unit's C (padded, int32 LE): a failing one rejects the lease (a
+        :class:`Verdict`), a passing one is stored (:class:`Passed`, lease still open).
 
         CPU work: run it in a worker thread. Raises :class:`LeaseError` if the lease is
-        no longer active.
+        neither active nor delivered.
         """
         lease = self.queue.get_lease(lease_id)
-        if lease.state != "active":
+        if lease.state not in OPEN_STATES:
             raise LeaseError(f"lease {lease_id} is {lease.state}, not active")
         unit = lease.unit
         try:
@@ -125,11 +144,23 @@ class ResultDesk:
         if not freivalds(a, bt, c, self.config.freivalds_rounds, rng):
             return self._reject(lease, "fail", "the product does not match (Freivalds)")
         result_blob = self.blobs.put(raw)
-        end = self.queue.complete(lease.id, result_blob)
+        return Passed(lease, result_blob, self.queue.held_shares(lease.id))
+
+    def complete(self, passed: Passed) -> Verdict:
+        """Mark a passed unit done (after its held shares were credited); assemble the
+        item's product when it was the last unit. ``end.shares`` are every share the
+        lease held (normally ``passed.shares``)."""
+        end = self.queue.complete(passed.lease.id, passed.result_blob)
         if self.metrics is not None:
-            self.metrics.result_checked("pass", unit.plan.macs)
-        delivered = self.assemble(unit.item) if end.item_done else None
+            self.metrics.result_checked("pass", passed.lease.unit.plan.macs)
+        delivered = self.assemble(passed.lease.unit.item) if end.item_done else None
         return Verdict("pass", end, None, delivered)
+
+    def judge(self, lease_id: int, raw: bytes) -> Verdict:
+        """:meth:`check`, then :meth:`complete` at once (the caller credits ``end.shares``
+        afterwards). CPU work: run it in a worker thread."""
+        checked = self.check(lease_id, raw)
+        return checked if isinstance(checked, Verdict) else self.complete(checked)
 
     def _reject(self, lease: Lease, outcome: str, reason: str) -> Verdict:
         end = self.queue.reject(lease.id, reason)

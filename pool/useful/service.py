@@ -11,8 +11,13 @@ parts in worker threads behind one ``CapacityLimiter``:
   shares (a :class:`~pool.ledger.base.ShareRecord` kept as JSON until the result is judged);
 - :meth:`get_blob` — ``work.get_blob``, only for the blobs of the session's current lease,
   bounded in bytes per lease;
-- :meth:`take_result` — ``work.result`` chunks; the final one is judged (Freivalds);
-- :meth:`release_session` and :meth:`run_expiry` — leases that end without a result.
+- :meth:`take_result` — ``work.result`` chunks; the final one makes the lease
+  ``delivered`` (a :class:`Delivery`: the session takes its next job at once) and
+  :meth:`judge` then checks it (Freivalds), credits the held shares to the ledger and
+  only then marks the unit done (a crash in between never loses an acknowledged share);
+- :meth:`release_session` and :meth:`run_expiry` — leases that end without a result;
+- :meth:`watch_queue` — tells the pool whenever units are queued (submitted, or back
+  from an ended lease or a rejected result), so idle capable sessions lease one at once.
 
 Sessions hear of ended leases through the ``on_lease_end`` callback of :meth:`run_expiry`
 (the pool pushes them a new job). Every synchronous call is made through
@@ -21,11 +26,12 @@ Sessions hear of ended leases through the ``on_lease_end`` callback of :meth:`ru
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,7 +41,7 @@ from pool.ledger.base import ShareRecord
 from pool.useful import UsefulConfig, UsefulMetrics
 from pool.useful.blobstore import BlobStore
 from pool.useful.queue import Lease, LeaseEnd, LeaseError, WorkQueue
-from pool.useful.results import ResultDesk, Verdict
+from pool.useful.results import Passed, ResultDesk, Verdict
 from pool.useful.unitwork import UnitWork
 from protocol.errors import ProtocolError
 from protocol.messages import ErrorCode
@@ -65,6 +71,20 @@ def share_from_json(data: dict[str, Any]) -> ShareRecord:
                           "session_id": bytes.fromhex(data["session_id"])})
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """A lease's whole result, received and the lease marked delivered; not judged yet."""
+
+    lease: Lease
+    session: str
+    raw: bytes
+    received: int
+
+
+Credit = Callable[[list[ShareRecord]], Awaitable[object]]
+"""Writes verified shares to the ledger (idempotent by digest)."""
+
+
 class UsefulWork:
     """Useful work of one pool instance; see the module doc."""
 
@@ -75,9 +95,11 @@ class UsefulWork:
         self.config = config
         self.metrics = metrics
         self.limiter = limiter or trio.CapacityLimiter(2)
+        self._token: trio.lowlevel.TrioToken | None = None  # set by watch_queue
+        self._queued = trio.Event()
         self.blobs = BlobStore(root / "useful" / "blobs")
         self.queue = WorkQueue(root / "useful.sqlite", self.blobs, config, clock=clock,
-                               on_units_changed=metrics.set_unit_counts)
+                               on_units_changed=self._units_changed)
         self.desk = ResultDesk(self.queue, self.blobs, config, metrics)
         self._works: OrderedDict[int, UnitWork] = OrderedDict()
         self._current: dict[str, Lease] = {}   # session → the lease of its newest job
@@ -99,6 +121,37 @@ class UsefulWork:
 
     def close(self) -> None:
         self.queue.close()
+
+    # -- units queued -----------------------------------------------------------------------
+
+    def _units_changed(self, counts: dict[str, int]) -> None:
+        """The queue's unit counts changed (any thread): metrics, and wake watch_queue."""
+        self.metrics.set_unit_counts(counts)
+        token = self._token
+        if token is not None and counts.get("queued", 0) > 0:
+            with contextlib.suppress(trio.RunFinishedError):  # the pool is stopping
+                token.run_sync_soon(self._poke_queued)
+
+    def _poke_queued(self) -> None:
+        self._queued.set()
+
+    async def watch_queue(self, on_units_queued: Callable[[], None], *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                          ) -> None:
+        """Call ``on_units_queued`` (it must not block) whenever the queue's unit counts
+        change while units are queued, and once at start if some are; several changes
+        close together make one call. Runs until cancelled."""
+        self._token = trio.lowlevel.current_trio_token()
+        task_status.started()
+        try:
+            if (await self._call(self.queue.unit_counts)).get("queued", 0) > 0:
+                on_units_queued()
+            while True:
+                await self._queued.wait()
+                self._queued = trio.Event()
+                on_units_queued()
+        finally:
+            self._token = None
 
     # -- leases and jobs ------------------------------------------------------------------
 
@@ -174,13 +227,12 @@ class UsefulWork:
 
     # -- work.result ----------------------------------------------------------------------
 
-    async def take_result(self, session: str, msg: WorkResult
-                          ) -> tuple[WorkResultAck, Verdict | None]:
-        """Take one ``work.result`` chunk; on the final one, judge the unit's product.
+    async def take_result(self, session: str, msg: WorkResult) -> WorkResultAck | Delivery:
+        """Take one ``work.result`` chunk: the ack of a non-final one, or on the final one
+        the :class:`Delivery` (the lease is now ``delivered``: its session no longer holds
+        it, new shares of its jobs are stale); pass that to :meth:`judge`.
 
-        Raises ``ProtocolError`` (wire code) for a chunk that is refused. The verdict's
-        ``end.shares`` are JSON share records: credit them on ``pass`` (see
-        :func:`share_from_json`), they are void otherwise.
+        Raises ``ProtocolError`` (wire code) for a chunk that is refused.
         """
         lease = await self.lease_of_job(session, msg.job_id)
         if lease is None:
@@ -188,27 +240,58 @@ class UsefulWork:
                                 "of this session", code=ErrorCode.OTHER)
         receipt = self.desk.receive(lease, session, msg.unit, msg.offset, msg.data, msg.final)
         if not receipt.complete:
-            return WorkResultAck(accepted=True, received=receipt.received), None
+            return WorkResultAck(accepted=True, received=receipt.received)
         raw = self.desk.take_upload(lease.id)
         try:
-            verdict = await self._call(self.desk.judge, lease.id, raw)
-        except LeaseError as exc:  # it ended while the upload was checked
+            with trio.CancelScope(shield=True):  # delivered, the result is judged regardless
+                lease = await self._call(self.queue.deliver, lease.id)
+        except LeaseError as exc:  # it ended (deadline) while the last chunk came in
             raise ProtocolError(f"work.result: {exc}", code=ErrorCode.STALE) from None
-        self._ended_by_verdict(verdict)
+        self._end_current(lease)
+        return Delivery(lease, session, raw, receipt.received)
+
+    async def judge(self, delivery: Delivery, credit: Credit
+                    ) -> tuple[WorkResultAck, Verdict]:
+        """Check a delivered result; on a pass, ``credit`` the held shares, then mark the
+        unit done — in that order, shielded from cancellation (a session that closes now
+        still has its result judged). Returns the final chunk's ack and the verdict;
+        ``ProtocolError`` (21) if the lease ended meanwhile."""
+        lease, session = delivery.lease, delivery.session
+        short = lease.unit.unit_id.hex()[:16]
+        with trio.CancelScope(shield=True):
+            try:
+                checked = await self._call(self.desk.check, lease.id, delivery.raw)
+                if isinstance(checked, Passed):
+                    await self._credit(credit, checked.shares, session)
+                    verdict = await self._call(self.desk.complete, checked)
+                    credited = {s["digest"] for s in checked.shares}
+                    await self._credit(credit, [s for s in verdict.end.shares
+                                                if s["digest"] not in credited], session)
+                else:
+                    verdict = checked
+            except LeaseError as exc:  # released meanwhile: the unit is computed again
+                raise ProtocolError(f"work.result: {exc}", code=ErrorCode.STALE) from None
         if verdict.passed:
-            log.info("unit %s… verified (session %s): %d held share(s) to credit%s",
-                     lease.unit.unit_id.hex()[:16], session, len(verdict.end.shares),
+            log.info("unit %s… verified (session %s): %d held share(s) credited%s", short,
+                     session, len(verdict.end.shares),
                      f"; item {lease.unit.item} delivered" if verdict.delivered else "")
-            return WorkResultAck(accepted=True, received=receipt.received, verified=True), \
+            return WorkResultAck(accepted=True, received=delivery.received, verified=True), \
                 verdict
         log.warning("unit %s… result of session %s rejected (%s): %d held share(s) voided",
-                    lease.unit.unit_id.hex()[:16], session, verdict.reason,
-                    len(verdict.end.shares))
-        return WorkResultAck(accepted=False, received=receipt.received, verified=False,
+                    short, session, verdict.reason, len(verdict.end.shares))
+        return WorkResultAck(accepted=False, received=delivery.received, verified=False,
                              reason=(verdict.reason or verdict.outcome)[:256]), verdict
 
-    def _ended_by_verdict(self, verdict: Verdict) -> None:
-        lease = verdict.end.lease
+    async def _credit(self, credit: Credit, shares: list[Any], session: str) -> None:
+        if not shares:
+            return
+        try:
+            await credit([share_from_json(s) for s in shares])
+        except Exception as exc:  # the unit's result stands; the shares could not be written
+            log.error("could not credit %d verified share(s) of session %s: %s", len(shares),
+                      session, exc)
+
+    def _end_current(self, lease: Lease) -> None:
         self._served.pop(lease.id, None)
         current = self._current.get(lease.session)
         if current is not None and current.id == lease.id:
