@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -325,26 +325,40 @@ class PoolClient:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise _Dropped(f"connection lost while sending: {_why(exc)}") from None
 
-    async def _call(self, message: Message) -> ResponseReceived:
-        """Send a request and wait for its response; ``_Dropped`` if none comes."""
+    async def _start_call(
+        self, message: Message
+    ) -> Callable[[], Awaitable[ResponseReceived]]:
+        """Send a request now; the returned coroutine function waits for its response.
+
+        Requests leave in the order of these calls, so a caller may keep several in
+        flight (pipelining) and collect their answers later.
+        """
         if self.closed:
             raise _Dropped("not connected")
         request_id, data = self._conn.send_request(message)
         waiter = _Waiter()
         self._waiters[request_id] = waiter
         await self._send(data)
-        with trio.move_on_after(self.settings.response_timeout):
-            await waiter.event.wait()
-        if waiter.response is None:
-            if self.closed:
-                raise _Dropped("connection closed while waiting for an answer")
-            self._waiters.pop(request_id, None)
-            exc = _Dropped(
-                f"no answer to {message.method} in {self.settings.response_timeout:g}s"
-            )
-            self._drop(exc)
-            raise exc
-        return waiter.response
+
+        async def answer() -> ResponseReceived:
+            with trio.move_on_after(self.settings.response_timeout):
+                await waiter.event.wait()
+            if waiter.response is None:
+                if self.closed:
+                    raise _Dropped("connection closed while waiting for an answer")
+                self._waiters.pop(request_id, None)
+                exc = _Dropped(
+                    f"no answer to {message.method} in {self.settings.response_timeout:g}s"
+                )
+                self._drop(exc)
+                raise exc
+            return waiter.response
+
+        return answer
+
+    async def _call(self, message: Message) -> ResponseReceived:
+        """Send a request and wait for its response; ``_Dropped`` if none comes."""
+        return await (await self._start_call(message))()
 
     async def submit(
         self, job_id: str, extranonce2: bytes, time: int, tile: tuple[int, int]
@@ -366,16 +380,32 @@ class PoolClient:
         kind = "stale" if code == ErrorCode.STALE else "rejected"
         return SubmitOutcome(kind, code=code, message=answer.error.message)
 
-    async def _work_call(self, message: Message) -> object:
+    async def _start_work_call(self, message: Message) -> Callable[[], Awaitable[object]]:
+        """Send a ``work.*`` request; the returned coroutine function gives its result.
+
+        Both steps raise ``RequestFailed``: the connection was lost, or the pool refused.
+        """
         try:
-            answer = await self._call(message)
+            answer = await self._start_call(message)
         except _Dropped as exc:
             self._drop(exc)
             raise RequestFailed(exc.reason) from None
-        if answer.error is not None:
-            raise RequestFailed(f"{message.method} refused: {answer.error.code} "
-                                f"{answer.error.message}", answer.error.code)
-        return answer.result
+
+        async def result() -> object:
+            try:
+                reply = await answer()
+            except _Dropped as exc:
+                self._drop(exc)
+                raise RequestFailed(exc.reason) from None
+            if reply.error is not None:
+                raise RequestFailed(f"{message.method} refused: {reply.error.code} "
+                                    f"{reply.error.message}", reply.error.code)
+            return reply.result
+
+        return result
+
+    async def _work_call(self, message: Message) -> object:
+        return await (await self._start_work_call(message))()
 
     async def get_blob(self, blob: bytes, offset: int, length: int) -> tuple[bytes, int]:
         """One ``work.get_blob``: ``(data, total)``; ``RequestFailed`` if refused or lost."""
@@ -387,14 +417,18 @@ class PoolClient:
         return result.data, result.total  # type: ignore[attr-defined]
 
     async def send_result(self, job_id: str, unit: bytes, offset: int, data: bytes,
-                          final: bool) -> WorkResultAck:
-        """One ``work.result`` chunk; the pool's ack, ``RequestFailed`` if refused or lost."""
+                          final: bool) -> Callable[[], Awaitable[WorkResultAck]]:
+        """Send one ``work.result`` chunk; await the returned function for the pool's ack.
+
+        Chunks may be pipelined: send several, then collect their acks in order.
+        ``RequestFailed`` if the chunk is refused or the connection is lost.
+        """
         try:
             message = WorkResult(job_id=job_id, unit=unit, offset=offset, data=data,
                                  final=final)
         except ProtocolError as exc:
             raise RequestFailed(f"not sendable: {exc}") from None
-        return await self._work_call(message)  # type: ignore[return-value]
+        return await self._start_work_call(message)  # type: ignore[return-value]
 
     # --- timers ------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ pushes new work once it has judged the result.
 from __future__ import annotations
 
 import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from protocol.errors import ProtocolError
 from protocol.messages import BlobSource
 from protocol.noise import pow_seed
 from protocol.useful import RESULT_DTYPE, chunks
-from protocol.work_messages import CHUNK_SIZE
+from protocol.work_messages import CHUNK_SIZE, WorkResultAck
 from protocol.workload import Workload
 
 from .blobcache import BlobCache, BlobRejected, BlobSpec
@@ -44,6 +46,7 @@ from .stats import WorkerStats
 log = logging.getLogger(__name__)
 
 RESULT_OUTCOMES = ("verified", "rejected", "failed")
+RESULT_WINDOW = 8  # result chunks in flight at once (acks are collected in order)
 """``verified``: the pool's check passed; ``rejected``: it failed; ``failed``: not delivered."""
 
 
@@ -185,28 +188,41 @@ class UsefulWork:
         except (ProtocolError, ValueError) as exc:  # pragma: no cover - a backend bug
             return self._finish(job, "failed", f"unit {short}…: cannot denoise: {exc}")
         client = job.client
-        for offset, data, final in chunks(raw, self.chunk_max):
-            latest = self._units.get(unit_id)
-            job_id = latest.job.job_id if latest and latest.job.client is client else job.job_id
-            try:
-                ack = await client.send_result(job_id, unit_id, offset, data, final)
-            except RequestFailed as exc:
-                return self._finish(job, "failed", f"unit {short}…: result not delivered: {exc}")
-            why = ack.reason or "no reason given"
-            if final and ack.verified is not None:
-                if ack.verified and ack.accepted:
-                    self.stats.useful_macs += workload.shape.macs_per_header
-                    return self._finish(job, "verified", f"unit {short}…: result verified by "
-                                        f"the pool ({ack.received} bytes)")
-                return self._finish(job, "rejected", f"unit {short}…: the pool's check of "
-                                    f"the result failed: {why}")
-            if not ack.accepted:
-                return self._finish(job, "failed", f"unit {short}…: pool refused the result "
-                                    f"chunk at {offset}: {why}")
-            if final:
-                return self._finish(job, "failed", f"unit {short}…: the pool took the final "
-                                    f"chunk but gave no verdict")
+        in_flight: deque[tuple[int, Callable[[], Awaitable[WorkResultAck]]]] = deque()
+        try:
+            for offset, data, final in chunks(raw, self.chunk_max):
+                latest = self._units.get(unit_id)
+                job_id = latest.job.job_id if latest and latest.job.client is client else job.job_id
+                in_flight.append((offset, await client.send_result(job_id, unit_id, offset,
+                                                                   data, final)))
+                # Up to RESULT_WINDOW chunks in flight; the final one waits for all before it.
+                while in_flight and (len(in_flight) >= RESULT_WINDOW or final):
+                    sent_at, ack_of = in_flight.popleft()
+                    ack = await ack_of()
+                    if not in_flight and final:
+                        return self._verdict(job, workload, ack)
+                    if not ack.accepted:
+                        why = ack.reason or "no reason given"
+                        return self._finish(job, "failed", f"unit {short}…: pool refused the "
+                                            f"result chunk at {sent_at}: {why}")
+        except RequestFailed as exc:
+            return self._finish(job, "failed", f"unit {short}…: result not delivered: {exc}")
         raise AssertionError("chunks() always ends with a final chunk")  # pragma: no cover
+
+    def _verdict(self, job: Job, workload: Workload, ack: WorkResultAck) -> str:
+        """The outcome of a unit from the pool's answer to its final result chunk."""
+        short = workload.work_root.hex()[:16]
+        why = ack.reason or "no reason given"
+        if ack.verified is None:
+            what = "took the final chunk but gave no verdict" if ack.accepted else (
+                f"refused the final result chunk: {why}")
+            return self._finish(job, "failed", f"unit {short}…: the pool {what}")
+        if ack.verified and ack.accepted:
+            self.stats.useful_macs += workload.shape.macs_per_header
+            return self._finish(job, "verified", f"unit {short}…: result verified by "
+                                f"the pool ({ack.received} bytes)")
+        return self._finish(job, "rejected", f"unit {short}…: the pool's check of "
+                            f"the result failed: {why}")
 
     def _finish(self, job: Job, outcome: str, message: str) -> str:
         unit = self._units.get(job.notify.work.work_root)
