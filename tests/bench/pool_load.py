@@ -294,7 +294,7 @@ async def bench(args: argparse.Namespace, pid: int, stratum: int, http: int) -> 
     accepted = re.search(r'^matmine_pool_shares_total\{result="accepted"\} (\S+)$', text, re.M)
     print(
         f"pool-side (from /metrics): share_check_seconds mean {check * 1e3:.3f} ms over"
-        f" {checks:.0f} checks (includes waiting for a check thread);"
+        f" {checks:.0f} checks (timed inside the check thread);"
         f" db write mean {db * 1e3:.3f} ms over {writes:.0f} writes;"
         f" accepted counter {accepted.group(1) if accepted else '?'}"
     )
