@@ -197,7 +197,9 @@ class PoolConfig:
 
 
 WORK_PROFILES: dict[str, Shape] = {
-    "cpu": Shape(1024, 1024, 1024, 64),
+    # 2048³ with r = 128: the BLAS miner reaches about half of the machine's float32
+    # matmul there (tests/bench/worker_speed.py); smaller shapes spend more on per-slab work.
+    "cpu": Shape(2048, 2048, 2048, 128),
     "gpu": Shape(4096, 4096, 4096, 128),
 }
 
@@ -256,7 +258,7 @@ HELP: dict[str, dict[str, str]] = {
         "confidence": "also ignore deviations within this many standard deviations of noise",
     },
     "work": {
-        "profile": 'job shape preset: "cpu" (1024x1024x1024, r=64) or "gpu" (4096-sized)',
+        "profile": 'job shape preset: "cpu" (2048x2048x2048, r=128) or "gpu" (4096-sized)',
         "m": "rows of A (0 = from profile), multiple of 16",
         "n": "rows of Bᵀ (0 = from profile), multiple of 16",
         "k": "inner dimension (0 = from profile), multiple of r, >= 4r",

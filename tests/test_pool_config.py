@@ -25,6 +25,7 @@ from pool.config import (
 )
 from pool.ledger.base import CREDITED, ORPHANED
 from protocol.address import new_address
+from protocol.workload import Shape
 from tests.miner import TestMiner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,7 +83,7 @@ def test_file_then_flags(tmp_path):
     assert (config.chain.kind, config.chain.rpc_host, config.chain.rpc_port) == \
         ("rpc", "127.0.0.1", 18555)
     assert config.work_shape().m == 4096
-    assert load_config().work_shape().m == 1024  # the CPU-friendly default
+    assert load_config().work_shape() == Shape(2048, 2048, 2048, 128)  # the CPU profile
     with pytest.raises(ConfigError):
         overrides_from_args(build_parser().parse_args(["serve", "--chain", "http://x"]))
     with pytest.raises(ConfigError, match="does not exist"):

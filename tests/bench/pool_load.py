@@ -318,7 +318,7 @@ def main() -> None:
         "--shape",
         type=int,
         nargs=4,
-        default=(1024, 1024, 1024, 64),
+        default=(2048, 2048, 2048, 128),
         metavar=("M", "N", "K", "R"),
         help="job shape (the pool's default cpu profile)",
     )

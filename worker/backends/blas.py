@@ -67,7 +67,7 @@ class BlasBackend:
     """mmpow-1 on the CPU through numpy's float32 BLAS; matches the reference bit for bit."""
 
     def __init__(
-        self, threads: int | None = None, block_rows: int = 256, block_cols: int = 1024
+        self, threads: int | None = None, block_rows: int = 512, block_cols: int = 512
     ) -> None:
         if block_rows <= 0 or block_cols <= 0 or block_rows % TILE or block_cols % TILE:
             raise BackendError(f"block sizes must be positive multiples of {TILE}")
