@@ -43,10 +43,15 @@ class KernelConfig:
         return "mine_item" if self.item else "mine"
 
     @property
-    def local_size(self) -> tuple[int, int] | None:
-        """Work-group size of the mining kernel (None: the implementation chooses)."""
+    def local_size(self) -> tuple[int, int]:
+        """Work-group size of the mining kernel.
+
+        An item kernel does one whole tile per work-item with explicit SIMD, so it runs in
+        work-groups of one: left to choose, PoCL made large groups that were slower and, for
+        one launch over a 2048² output, crashed.
+        """
         if self.item:
-            return None
+            return (1, 1)
         return (self.bn // self.wn, self.bm // self.wm)
 
     def valid(self) -> bool:

@@ -48,9 +48,14 @@ def kernel_source() -> str:
     return resources.files("worker").joinpath("kernels/mmpow1.cl").read_text()
 
 
+LAUNCH_RULES = "item kernels in work-groups of 1"  # change it when launches change
+
+
 def _source_tag() -> str:
-    """A short hash of the kernel source: autotune choices are remembered per kernel version."""
-    return hashlib.blake2b(kernel_source().encode(), digest_size=6).hexdigest()
+    """A short hash of the kernel source and launch rules: autotune choices are remembered
+    per kernel version."""
+    text = kernel_source() + f"\nlaunch rules: {LAUNCH_RULES}"
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 
 
 def _require_cl() -> None:
@@ -279,7 +284,7 @@ class OpenCLBackend:
         shape = require_prepared(self._workload).shape
         bufs = self._bufs
         local = config.local_size
-        if local is None:
+        if config.item:  # one tile per work-item
             global_size = (shape.tiles_n, band_tiles)
         else:
             lx, ly = local
