@@ -1,18 +1,13 @@
 """The OpenCL backend (PoCL in CI) against the mmpow-1 vectors and the reference miner."""
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from protocol.denoise import denoise
-from protocol.hashing import H
-from protocol.noise import pow_seed
-from protocol.target import digest_value
 from protocol.ticket import mine_header
 from protocol.workload import Shape, Workload
+from tests.backend_checks import CASES, check_vector_case, check_winners
 from worker.autotune import (
     CACHE_FILE,
     ITEM_CONFIG,
@@ -30,8 +25,6 @@ if not list_opencl_devices():
 
 pytestmark = pytest.mark.opencl
 
-VECTORS = Path(__file__).parent.parent / "protocol" / "vectors" / "mmpow1.json"
-CASES = json.loads(VECTORS.read_text())["cases"]
 SMALL = KernelConfig(bm=16, bn=16, wm=4, wn=4, kc=16, vw=4, acc_float=True)
 # 16 work-items across, each with interleaved columns j*16+lx (the other fold path)
 INTERLEAVED = KernelConfig(bm=16, bn=16, wm=4, wn=1, kc=16, vw=4, interleave=True)
@@ -57,54 +50,15 @@ def backend(request, backends):
     return backends[request.param]
 
 
-def case_inputs(case):
-    shape = Shape(case["m"], case["n"], case["k"], case["r"])
-    workload = Workload.synthetic(bytes.fromhex(case["workload_seed"]), shape)
-    return workload, bytes.fromhex(case["header"])
-
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c["name"])
 def test_vector_tickets_and_product(case, backend):
-    workload, header = case_inputs(case)
-    backend.prepare(workload)
-    j = backend.transcripts(header)
-    for ticket in case["tickets"]:
-        ti, tj = ticket["tile"]
-        assert [int(x) for x in j[ti, tj]] == ticket["J"]
-    all_win = backend.scan(header, 1 << 256, lambda: False)  # every tile wins: digests
-    assert all_win.complete and all_win.macs == workload.shape.macs_per_header
-    digests = {(ti, tj): d.hex() for ti, tj, d in all_win.winners}
-    assert len(digests) == workload.shape.tiles
-    for ticket in case["tickets"]:
-        assert digests[tuple(ticket["tile"])] == ticket["digest"]
-    seed = pow_seed(header)
-    ab = denoise(backend.product(header), workload.a, workload.bt, seed, workload.shape.r)
-    assert H(ab.astype("<i4").tobytes()).hex() == case["product_hash"]
-    # the product in the same pass: the reference noisy product, with the same winners
-    assert all_win.product is None  # not asked for
-    with_product = backend.scan(header, 1 << 256, lambda: False, want_product=True)
-    assert with_product.complete and with_product.winners == all_win.winners
-    assert with_product.product.dtype == np.int32
-    assert np.array_equal(with_product.product, mine_header(header, workload).noisy_product)
-    ab = denoise(with_product.product, workload.a, workload.bt, seed, workload.shape.r)
-    assert H(ab.astype("<i4").tobytes()).hex() == case["product_hash"]
+    check_vector_case(backend, case)
 
 
 @pytest.mark.parametrize("shape", [Shape(64, 96, 256, 64), Shape(32, 48, 512, 128)])
 def test_winners_are_exactly_the_reference_winners(shape, backend):
-    workload = Workload.synthetic(os.urandom(32), shape)
-    header = os.urandom(128)
-    work = mine_header(header, workload)
-    values = sorted(digest_value(work.digest(ti, tj)) for ti, tj in np.ndindex(work.j.shape[:2]))
-    target = values[len(values) // 2] // (256 * shape.k)
-    expected = work.winners(target, shape.k)
-    assert 0 < len(expected) < shape.tiles
-    backend.prepare(workload)
-    result = backend.scan(header, target, lambda: False, want_product=True)
-    assert np.array_equal(result.product, work.noisy_product)
-    assert result.complete
-    assert result.winners == expected
-    assert np.array_equal(backend.product(header), work.noisy_product)
+    check_winners(backend, shape)
 
 
 def test_winner_buffer_overflow_falls_back_to_host_digests(cache_dir):

@@ -36,7 +36,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from pool.useful.blobstore import BlobStore
-from pool.useful.queue import WorkError, WorkInputError, WorkLimitError, WorkQueue
+from pool.useful.queue import ItemStatus, WorkError, WorkInputError, WorkLimitError, WorkQueue
 
 LOCAL_CUSTOMER = "local"
 UPLOAD_SLACK = 64 * 1024
@@ -184,10 +184,11 @@ class WorkApi:
         return JSONResponse(status.to_json(), status_code=201,
                             headers={"Location": f"/api/work/{status.id}"})
 
-    async def status(self, request: Request) -> Response:
+    async def _item_status(self, request: Request) -> ItemStatus | Response:
+        """The status of the work item a request names, or the error response."""
         try:
             customer = self.customer(request)
-            status = await trio.to_thread.run_sync(
+            return await trio.to_thread.run_sync(
                 self.queue.status, request.path_params["work_id"], customer,
                 limiter=self.limiter,
             )
@@ -195,19 +196,15 @@ class WorkApi:
             return _error(exc.status, str(exc))
         except WorkError as exc:
             return _error(exc.http_status, str(exc))
-        return JSONResponse(status.to_json())
+
+    async def status(self, request: Request) -> Response:
+        status = await self._item_status(request)
+        return status if isinstance(status, Response) else JSONResponse(status.to_json())
 
     async def result(self, request: Request) -> Response:
-        try:
-            customer = self.customer(request)
-            status = await trio.to_thread.run_sync(
-                self.queue.status, request.path_params["work_id"], customer,
-                limiter=self.limiter,
-            )
-        except _Denied as exc:
-            return _error(exc.status, str(exc))
-        except WorkError as exc:
-            return _error(exc.http_status, str(exc))
+        status = await self._item_status(request)
+        if isinstance(status, Response):
+            return status
         if status.state != "done" or status.result_blob is None:
             done = status.unit_states.get("done", 0)
             why = f": {status.error}" if status.error else ""
