@@ -42,7 +42,7 @@ from pool.abuse import BanList, Escalation, RateLimiter, ShareJudge
 from pool.config import PoolConfig
 from pool.hashrate import HashrateMeter
 from pool.jobs import JobManager, SessionJobs, Template
-from pool.share_check import Miner, ShareChecker, ShareRejected
+from pool.share_check import Miner, ShareChecker, ShareRejected, short_address
 from pool.useful.queue import LeaseEnd
 from pool.useful.service import Delivery, UsefulWork
 from pool.vardiff import Vardiff, VardiffConfig
@@ -63,11 +63,6 @@ LINGER_BYTES = 1 << 20
 # Outcomes that count against a miner in the escalation (stale shares are honest).
 INVALID_CODES = {ErrorCode.OTHER, ErrorCode.DUPLICATE, ErrorCode.LOW_DIFFICULTY,
                  ErrorCode.MALFORMED, ErrorCode.BAD_TIME}
-
-
-def short_address(address: str) -> str:
-    """``mmd16fa1…0a`` style: enough to recognise an address in a log line."""
-    return f"{address[:8]}…{address[-4:]}" if len(address) > 16 else address
 
 
 class CloseSession(Exception):

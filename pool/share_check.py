@@ -14,7 +14,7 @@ code   when
 27     the job has seen ``max_shares_per_job`` shares (the per-job duplicate
        memory is bounded; take the next job)
 23     the ticket does not meet the job's share difficulty
-20     the share could not be stored (never acknowledged then)
+20     the share could not be stored (never acknowledged then; it may be resubmitted)
 =====  ==========================================================================
 
 24 (unauthorized), 25 (not subscribed), 26 (malformed) and 27 (message rate) are the
@@ -98,9 +98,12 @@ class Miner:
 
     @property
     def login(self) -> str:
-        short = f"{self.address[:8]}…{self.address[-4:]}" if len(self.address) > 16 \
-            else self.address
-        return f"{short}.{self.worker}"
+        return f"{short_address(self.address)}.{self.worker}"
+
+
+def short_address(address: str) -> str:
+    """``mmd16fa1…0a`` style: enough to recognise an address in a log line."""
+    return f"{address[:8]}…{address[-4:]}" if len(address) > 16 else address
 
 
 def coins(amount: int) -> str:
@@ -124,8 +127,10 @@ def check_ticket(job: Job, extranonce2: bytes, ntime: int, tile: tuple[int, int]
                          meets_target(digest, t.network_target, k))
 
 
-def precheck(job: Job, submit: messages.Submit, max_shares_per_job: int) -> None:
-    """The cheap rules (tile, time, duplicate); reserves the duplicate key on success."""
+def precheck(job: Job, submit: messages.Submit, max_shares_per_job: int
+             ) -> tuple[bytes, int, tuple[int, int]]:
+    """The cheap rules (tile, time, duplicate); reserves the duplicate key on success and
+    returns it."""
     shape = job.work.shape
     ti, tj = submit.tile
     if not (ti < shape.tiles_m and tj < shape.tiles_n):
@@ -145,6 +150,7 @@ def precheck(job: Job, submit: messages.Submit, max_shares_per_job: int) -> None
         raise ShareRejected("too many shares for one job; mine the newest job",
                             ErrorCode.RATE_LIMITED)
     job.seen.add(key)
+    return key
 
 
 class ShareChecker:
@@ -196,7 +202,7 @@ class ShareChecker:
             job = book.lookup(submit.job_id, self.jobs.epoch, trio.current_time())
         except JobError as exc:
             raise ShareRejected(str(exc), exc.code) from None
-        precheck(job, submit, self.max_shares_per_job)
+        key = precheck(job, submit, self.max_shares_per_job)
 
         def timed_check() -> CheckedTicket:
             # Timed inside the thread: the metric is the check, not the wait for a thread.
@@ -223,10 +229,15 @@ class ShareChecker:
             session_id=miner.session_id,
         )
         block_hash = None
-        if checked.meets_network:
-            block_hash = await self._submit_block(miner, job, submit.tile, checked, record)
-        else:
-            await self._keep(job, record)
+        try:
+            if checked.meets_network:
+                block_hash = await self._submit_block(miner, job, submit.tile, checked, record)
+            else:
+                await self._keep(job, record)
+        except ShareRejected as exc:
+            if exc.code == ErrorCode.OTHER:  # not stored: a resubmit must not be a duplicate
+                job.seen.discard(key)
+            raise
         return AcceptedShare(job, job.difficulty, checked.digest, block_hash)
 
     async def _keep(self, job: Job, record: ShareRecord) -> None:

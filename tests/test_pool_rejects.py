@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import trio
 
+from pool.ledger.sqlite import SqliteLedger
 from protocol import messages
 from protocol.address import new_address
 from protocol.framing import encode_frame
@@ -80,6 +81,23 @@ async def test_share_rejects_20_21_22_23_28(pool, ledger_call):
     assert shares_metric(pool, "duplicate") == 1
     assert shares_metric(pool, "low_difficulty") == 1
     assert shares_metric(pool, "stale") == 1
+
+
+async def test_share_not_stored_may_be_resubmitted(pool, ledger_call, tmp_path):
+    broken = SqliteLedger(tmp_path / "broken.sqlite")
+    broken.close()  # a store that fails every write: the share is refused, not acked
+    async with await TestMiner.connect(pool.stratum_port) as miner:
+        job = await miner.login(new_address() + ".rig")
+        c = (await miner.shares(1, job))[0]
+        pool.sharelog.ledger = broken
+        try:
+            r = await miner.submit(c)
+        finally:
+            pool.sharelog.ledger = pool.ledger
+        assert code(r) == ErrorCode.OTHER and "resubmit" in r.error.message
+        assert code(await miner.submit(c)) is None  # not a duplicate: it was never stored
+        assert code(await miner.submit(c)) == ErrorCode.DUPLICATE
+    assert await ledger_call(pool, pool.ledger.share_count) == 1
 
 
 async def test_malformed_request_26_keeps_connection(pool):

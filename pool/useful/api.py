@@ -107,16 +107,20 @@ class WorkApi:
             raise _Denied(403, "unknown API token")
         return found
 
-    async def _body(self, request: Request) -> bytes:
+    def _check_declared_size(self, request: Request) -> None:
+        """Refuse an upload whose ``Content-Length`` is over the limit before reading it."""
         declared = request.headers.get("content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                raise WorkInputError("Content-Length is not a number") from None
-            if size > self.max_body:
-                raise WorkLimitError(f"the upload is {size} bytes, over the limit of "
-                                     f"{self.max_body}")
+        if declared is None:
+            return
+        size = _decimal(declared)
+        if size is None:
+            raise WorkInputError("Content-Length is not a number")
+        if size > self.max_body:
+            raise WorkLimitError(f"the upload is {size} bytes, over the limit of "
+                                 f"{self.max_body}")
+
+    async def _body(self, request: Request) -> bytes:
+        self._check_declared_size(request)
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
@@ -142,10 +146,7 @@ class WorkApi:
         )
 
     async def _multipart(self, request: Request) -> tuple[np.ndarray, np.ndarray]:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            raise WorkLimitError(f"the upload is {declared} bytes, over the limit of "
-                                 f"{self.max_body}")
+        self._check_declared_size(request)
         parts: dict[str, bytes] = {}
         try:
             async with request.form(max_files=2, max_fields=4,
@@ -276,6 +277,14 @@ def _npy_pair(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+def _decimal(text: str) -> int | None:
+    """``text`` as a plain ASCII decimal number, or None (``str.isdigit`` alone also takes
+    "²", and ``int`` refuses over 4300 digits: both would escape as a server error)."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 20):
+        return None
+    return int(text)
+
+
 def _raw_dims(query: Mapping[str, str]) -> tuple[int, int, int]:
     dtype = query.get("dtype", "int8")
     if dtype not in ("int8", "i1", "|i1"):
@@ -283,10 +292,11 @@ def _raw_dims(query: Mapping[str, str]) -> tuple[int, int, int]:
     dims = []
     for name in ("m", "k", "n"):
         value = query.get(name)
-        if value is None or not value.isdigit() or int(value) < 1:
+        number = None if value is None else _decimal(value)
+        if number is None or number < 1:
             raise WorkInputError(f"query parameter {name} must be a positive integer, "
                                  f"got {value!r:.20}")
-        dims.append(int(value))
+        dims.append(number)
     return dims[0], dims[1], dims[2]
 
 
