@@ -134,6 +134,10 @@ def test_devices_and_bad_input(cache_dir):
     assert devices and devices[0].compute_units > 0 and devices[0].memory > 0
     (dev,) = open_backends("opencl", [devices[0].spec], cache_dir=cache_dir, config=SMALL)
     assert dev.name == f"opencl:{devices[0].spec}"
+    # what `matmine-worker mine` keeps to reopen a device it opened without --devices
+    everything = open_backends("opencl", None, cache_dir=cache_dir, config=SMALL)
+    assert [f"{b.platform_index}:{b.device_index}" for b in everything] == [
+        d.spec for d in devices]
     with pytest.raises(BackendError, match="PLATFORM:DEVICE"):
         open_backends("opencl", ["gpu0"])
     with pytest.raises(BackendError, match="no OpenCL device"):

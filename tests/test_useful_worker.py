@@ -43,7 +43,7 @@ from .test_useful_e2e import (
     useful_settings,
     wait_done,
 )
-from .worker_helpers import running_worker, wait_until
+from .worker_helpers import WrappedBackend, running_worker, wait_until
 
 
 def header(time_: int) -> bytes:
@@ -193,7 +193,7 @@ def test_parse_size(text, value):
     assert parse_size(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "lots", "-1M", "1X"])
+@pytest.mark.parametrize("text", ["", "lots", "-1M", "1X", "inf", "1e400K", "nan"])
 def test_parse_size_refuses_nonsense(text):
     with pytest.raises(argparse.ArgumentTypeError):
         parse_size(text)
@@ -202,24 +202,9 @@ def test_parse_size_refuses_nonsense(text):
 # --- the product in the same pass, and old backends without it ---------------------------
 
 
-class ThreeArgumentBackend:
+class ThreeArgumentBackend(WrappedBackend):
     """A backend written before ``want_product`` existed: ``scan`` takes three arguments
     and returns no product (the real BLAS backend underneath)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.name = f"old:{inner.name}"
-        self.product_calls = 0
-
-    def prepare(self, workload: Any) -> None:
-        self.inner.prepare(workload)
-
-    def transcripts(self, header: bytes) -> Any:
-        return self.inner.transcripts(header)
-
-    def product(self, header: bytes) -> Any:
-        self.product_calls += 1
-        return self.inner.product(header)
 
     def scan(self, header: bytes, share_target: int, should_stop: Any) -> ScanResult:
         return self.inner.scan(header, share_target, should_stop)

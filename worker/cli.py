@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -62,8 +63,8 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"size {text!r}: expected a number of bytes, optionally with K, M, G or T"
         ) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"size {text!r} must not be negative")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be a finite, non-negative number")
     return int(value * _SIZE_UNITS[unit])
 
 
@@ -174,9 +175,9 @@ def _mine(args: argparse.Namespace) -> int:
 
     from .app import WorkerApp, run_until_signal
     from .backends import BackendError, open_backends
+    from .console import live_view
 
-    live = config.console.live == "on" or (config.console.live == "auto" and sys.stdout.isatty())
-    console = Console() if live else None
+    console = Console() if live_view(config.console.live) else None
     setup_logging(config.log_level.upper(), console)
     specs = list(config.devices) or None
     try:

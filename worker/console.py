@@ -53,6 +53,12 @@ def status_table(stats: WorkerStats) -> Group:
     return Group(table, Text(status_line(stats)))
 
 
+def live_view(setting: str) -> bool:
+    """Whether ``console.live`` ("auto" | "on" | "off") asks for the live table now:
+    "auto" means when stdout is a terminal."""
+    return setting == "on" or (setting == "auto" and sys.stdout.isatty())
+
+
 class StatusConsole:
     """Logs ``status_line`` every ``interval`` s; drives a ``rich.live.Live`` if ``live``."""
 
@@ -60,7 +66,7 @@ class StatusConsole:
                  console: Console | None = None) -> None:
         self.stats = stats
         self.interval = interval
-        self.live = live == "on" or (live == "auto" and sys.stdout.isatty())
+        self.live = live_view(live)
         self.console = console or Console()
 
     async def run(self) -> None:

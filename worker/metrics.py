@@ -3,7 +3,8 @@
 ``/metrics``: ``matmine_worker_hashrate_macs{device}`` (60 s MAC/s; ``device="total"``
 too), ``matmine_worker_shares_total{result}``, ``matmine_worker_hw_errors_total{device}``,
 ``matmine_worker_pool_connected``, ``matmine_worker_blob_bytes_total``,
-``matmine_worker_blobs_rejected_total``, ``matmine_worker_useful_results_total{outcome}``.
+``matmine_worker_blobs_rejected_total``, ``matmine_worker_useful_results_total{outcome}``,
+``matmine_worker_best_share_difficulty``.
 Values are read from ``WorkerStats`` at scrape time.
 ``/api/summary``: ``WorkerStats.summary()`` as JSON.
 """

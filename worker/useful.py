@@ -41,13 +41,14 @@ from protocol.workload import Workload
 
 from .blobcache import BlobCache, BlobRejected, BlobSpec
 from .client import Job, PoolClient, RequestFailed
-from .stats import WorkerStats
+from .stats import USEFUL_RESULTS, WorkerStats
 
 log = logging.getLogger(__name__)
 
-RESULT_OUTCOMES = ("verified", "rejected", "failed")
-RESULT_WINDOW = 8  # result chunks in flight at once (acks are collected in order)
+RESULT_OUTCOMES = USEFUL_RESULTS
 """``verified``: the pool's check passed; ``rejected``: it failed; ``failed``: not delivered."""
+RESULT_WINDOW = 8  # result chunks in flight at once (acks are collected in order)
+MAX_UNITS = 64  # units remembered per session (the oldest is forgotten first)
 
 
 class UsefulError(Exception):
@@ -144,6 +145,8 @@ class UsefulWork:
         unit = self._units.get(unit_id)
         if unit is None:
             unit = self._units[unit_id] = _Unit(job)
+            while len(self._units) > MAX_UNITS:
+                self._units.pop(next(iter(self._units)))
         else:
             unit.job = job
         return unit

@@ -17,12 +17,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from blake3 import blake3
 
 from protocol.noise import index_pairs, noise_factors, pow_seed
 from protocol.workload import TILE, Workload
 
-from .base import BackendError, ScanResult, check_header, limit_of, never_stop, require_prepared
+from .base import (
+    BackendError,
+    ScanResult,
+    check_header,
+    limit_of,
+    never_stop,
+    require_prepared,
+    winners_of,
+)
 
 try:  # optional: without it the backend runs one thread on a multi-threaded BLAS
     from threadpoolctl import ThreadpoolController
@@ -231,20 +238,6 @@ class BlasBackend:
             work.product[i0:i1, j0:j1] = acc
         found: list[tuple[int, int, bytes]] = []
         if work.limit is not None:
-            found = _winners(work.seed, jb, work.limit, i0 // TILE, j0 // TILE)
+            found = winners_of(work.seed, jb, work.limit, i0 // TILE, j0 // TILE)
         return found, slabs * macs_per_slab, True
 
-
-def _winners(
-    seed: bytes, j: np.ndarray, limit: int, ti0: int, tj0: int
-) -> list[tuple[int, int, bytes]]:
-    """Digest every transcript of a block of tiles and keep the winners."""
-    raw = np.ascontiguousarray(j, dtype="<u4").tobytes()
-    keyed = blake3(key=seed)
-    tn = j.shape[1]
-    found = []
-    for idx in range(j.shape[0] * tn):
-        digest = keyed.copy().update(raw[64 * idx : 64 * idx + 64]).digest()
-        if int.from_bytes(digest, "little") <= limit:
-            found.append((ti0 + idx // tn, tj0 + idx % tn, digest))
-    return found

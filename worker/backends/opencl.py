@@ -122,6 +122,8 @@ class OpenCLBackend:
         if launch_seconds <= 0 or winner_cap < 1:
             raise BackendError("launch_seconds and winner_cap must be positive")
         self.name = f"opencl:{platform_index}:{device_index}"
+        self.platform_index = platform_index  # "platform:device", as ``open_opencl`` takes
+        self.device_index = device_index
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.context = cl.Context([self.device])
         self.queue = cl.CommandQueue(self.context)

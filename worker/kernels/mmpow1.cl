@@ -9,7 +9,8 @@
 //   ACC_FLOAT 1: multiply-add in float32, exact per slab, then add to int32 accumulators
 //             0: multiply-add in int32
 //   PLAIN_GEMM 1: the same tiling without noise, fold, transcript or hash (benchmark baseline)
-// The work-group size is (BN / WN, BM / WM).
+//   INTERLEAVE 1: interleaved columns in `mine` (needs BN == 16 * WN); the host always sets it
+// `mine` runs in work-groups of (BN / WN, BM / WM); `mine_item` in work-groups of one.
 
 #ifndef BM
 #define BM 32
@@ -43,10 +44,11 @@
 #define TILES_N (BN / 16)
 #define NT (TILES_M * TILES_N)
 
-// Columns of a work-item: with 16 work-items across (LX == 16) they are interleaved,
-// column j * 16 + lx, so neighbouring work-items read neighbouring local-memory words
-// (what an implicitly vectorising CPU compiler such as PoCL's turns into vector loads)
-// and a work-item's column j lies in tile column j of the block. Otherwise contiguous.
+// Columns of a work-item: with INTERLEAVE (16 work-items across, LX == 16) they are
+// interleaved, column j * 16 + lx, so neighbouring work-items read neighbouring local-memory
+// words and a work-item's column j lies in tile column j of the block; otherwise contiguous.
+// (Meant for implicitly vectorising CPU compilers such as PoCL's; it was reported no
+// faster there, so the host leaves it off unless KernelConfig.interleave asks for it.)
 #ifndef INTERLEAVE
 #define INTERLEAVE (LX == 16)
 #endif
@@ -302,7 +304,8 @@ void mine(__global const char *a, __global const char *bt,
 // `ap` and `bp` are tile-packed: element (row i, inner l) at ((i / 16) * k + l) * 16 + i % 16,
 // so one tile's 16 values of one inner index are one char16. Each work-item keeps its
 // tile's 16 rows as float8 pairs (slab partials) and int8 pairs: explicit SIMD for
-// implementations (PoCL) that vectorise poorly across work-items.
+// implementations (PoCL) that vectorise poorly across work-items. Launched in work-groups
+// of one (KernelConfig.local_size).
 __kernel void mine_item(__global const char *ap, __global const char *bp,
                         const int n, const int k, const int r, const int tile_row0,
                         __global const uint *key, __global const uint *limit,
