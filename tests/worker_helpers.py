@@ -68,6 +68,10 @@ def pool_config(
     for key, value in shape.items():
         setattr(config.work, key, value)
     config.chain.poll_interval = 0.1
+    # Fixed tiny difficulties give hundreds of shares a second: these tests are not about
+    # the flood limits (tests/test_pool_abuse.py is), so they must not trip them.
+    config.limits.messages_per_second = 100_000.0
+    config.limits.message_burst = 100_000
     config.chain.node = {
         "start_difficulty": network_difficulty,
         "min_difficulty": min(network_difficulty, 1.0),
