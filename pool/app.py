@@ -150,19 +150,21 @@ async def run_pool(config: PoolConfig, *,
     metrics = PoolMetrics(registry)
     ledger_limiter = trio.CapacityLimiter(1)
     ledger = await trio.to_thread.run_sync(open_ledger, config.ledger_location)
-    chain = open_chain(config, wallet)
+    chain = None
     useful = None
-    why_not = config.useful.usable(config.stratum.max_frame_size)
-    if why_not is not None:
-        log.log(logging.WARNING if config.useful.enabled else logging.INFO,
-                "useful work is off (%s): every miner gets synthetic work", why_not)
-    else:
-        useful = await trio.to_thread.run_sync(
-            UsefulWork, config.data_path, config.useful.useful_config(), UsefulMetrics(registry))
     p = config.pool
     fee_address = p.fee_address or None
     started = time.time()
-    try:
+    try:  # from here on, whatever was opened is closed again, however the pool ends
+        chain = open_chain(config, wallet)
+        why_not = config.useful.usable(config.stratum.max_frame_size)
+        if why_not is not None:
+            log.log(logging.WARNING if config.useful.enabled else logging.INFO,
+                    "useful work is off (%s): every miner gets synthetic work", why_not)
+        else:
+            useful = await trio.to_thread.run_sync(
+                UsefulWork, config.data_path, config.useful.useful_config(),
+                UsefulMetrics(registry))
         async with trio.open_nursery() as nursery:
             sharelog = ShareLog(ledger, ledger_limiter,
                                 interval=config.ledger.batch_interval_ms / 1000,
@@ -223,7 +225,8 @@ async def run_pool(config: PoolConfig, *,
             await trio.to_thread.run_sync(ledger.close, limiter=ledger_limiter)
             if useful is not None:
                 await trio.to_thread.run_sync(useful.close)
-            await chain.aclose()
+            if chain is not None:
+                await chain.aclose()
             log.info("pool stopped; ledger closed")
 
 

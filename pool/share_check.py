@@ -49,6 +49,7 @@ from pool.metrics import PoolMetrics
 from pool.sharelog import ShareLog, ShareLogError
 from pool.useful.service import UsefulWork
 from protocol import messages
+from protocol.errors import ProtocolError
 from protocol.header import Header, assemble_coinbase, coinbase_hash
 from protocol.messages import ErrorCode
 from protocol.target import meets_target
@@ -215,9 +216,11 @@ class ShareChecker:
 
         try:
             checked = await trio.to_thread.run_sync(timed_check, limiter=self.check_limiter)
-        except Exception as exc:  # ProtocolError from the header/coinbase/ticket rules
-            raise ShareRejected(f"share cannot be checked: {exc}",
-                                getattr(exc, "code", ErrorCode.OTHER)) from None
+        except ProtocolError as exc:  # the header, coinbase or ticket rules
+            raise ShareRejected(f"share cannot be checked: {exc}", exc.code) from None
+        except Exception as exc:  # a bug: reject the share, keep the session, say so loudly
+            log.exception("share check of job %s failed unexpectedly", submit.job_id)
+            raise ShareRejected(f"share cannot be checked: {exc}", ErrorCode.OTHER) from None
         if not checked.meets_share:
             raise ShareRejected(f"ticket does not meet the job's difficulty {job.difficulty:g}",
                                 ErrorCode.LOW_DIFFICULTY)
