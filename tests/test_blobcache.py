@@ -222,3 +222,13 @@ async def test_fetch_over_a_real_connection(store, tmp_path):
                 await fetch_blob(missing, get_chunk, CHUNK)
         await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+def test_half_written_files_of_a_crashed_worker_are_removed(tmp_path):
+    leftover = tmp_path / ".tmp-abc123"
+    leftover.write_bytes(b"half a blob")
+    kept = tmp_path / "unrelated.txt"
+    kept.write_text("not ours to remove")
+    BlobCache(tmp_path, max_bytes=1 << 20)
+    assert not leftover.exists()
+    assert kept.exists()

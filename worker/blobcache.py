@@ -18,6 +18,7 @@ The cache keeps blobs under ``dir`` up to ``max_bytes``, evicting the least rece
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -160,6 +161,8 @@ class BlobCache:
         """Called with the byte count of every downloaded chunk
         (``matmine_worker_blob_bytes_total``)."""
         self._last_use_ns = 0
+        for leftover in self.dir.glob(".tmp-*"):  # half-written by a worker that crashed
+            leftover.unlink(missing_ok=True)
 
     def _touch(self, path: Path) -> None:
         """Mark ``path`` most recently used: an mtime strictly after every earlier use
@@ -232,12 +235,17 @@ class BlobCache:
         return True
 
     def _evict(self, keep_at_most: int) -> None:
-        files = sorted(self._files(), key=lambda p: p.stat().st_mtime_ns)
-        total = sum(p.stat().st_size for p in files)
-        for path in files:
+        files = []  # (mtime, size, path); a file another process removed meanwhile is skipped
+        for path in self._files():
+            with contextlib.suppress(FileNotFoundError):
+                st = path.stat()
+                files.append((st.st_mtime_ns, st.st_size, path))
+        files.sort()
+        total = sum(size for _, size, _ in files)
+        for _, size, path in files:
             if total <= keep_at_most:
                 break
-            total -= path.stat().st_size
+            total -= size
             path.unlink(missing_ok=True)
             path.with_suffix(".json").unlink(missing_ok=True)
 
