@@ -165,10 +165,13 @@ class Autotuner:
         key: str,
         candidates: Iterable[KernelConfig],
         measure: Callable[[KernelConfig], float],
+        rounds: int = 2,
     ) -> TuneResult:
         """The cached choice for ``key``, or measure every candidate (MAC/s) and cache the best.
 
-        A candidate whose measurement raises is skipped; if all fail the first is kept.
+        Candidates are measured ``rounds`` times, in alternating order, and each keeps its
+        best rate, so that one noisy trial does not decide. A candidate whose measurement
+        raises is skipped; if all fail the first is kept.
         """
         cached = self.lookup(key)
         if cached is not None:
@@ -177,14 +180,18 @@ class Autotuner:
         if not candidates:
             raise ValueError("no kernel configuration to choose from")
         rates: dict[str, float] = {}
-        best, best_rate = candidates[0], -1.0
-        for config in candidates:
-            try:
-                rate = measure(config)
-            except Exception:  # a candidate the device cannot build or run
-                continue
-            rates[str(config)] = rate
-            if rate > best_rate:
-                best, best_rate = config, rate
+        failed: set[str] = set()
+        for round_ in range(rounds):
+            for config in candidates if round_ % 2 == 0 else reversed(candidates):
+                name = str(config)
+                if name in failed:
+                    continue
+                try:
+                    rate = measure(config)
+                except Exception:  # a candidate the device cannot build or run
+                    failed.add(name)
+                    continue
+                rates[name] = max(rate, rates.get(name, 0.0))
+        best = max(candidates, key=lambda c: rates.get(str(c), -1.0))
         self.store(key, best, rates)
         return TuneResult(best, False, rates)
