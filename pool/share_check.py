@@ -50,14 +50,13 @@ from pool.sharelog import ShareLog, ShareLogError
 from pool.useful.service import UsefulWork
 from protocol import messages
 from protocol.errors import ProtocolError
-from protocol.header import Header, assemble_coinbase, coinbase_hash
+from protocol.header import Header, assemble_coinbase, coinbase_hash, coins
 from protocol.messages import ErrorCode
 from protocol.target import meets_target
 from protocol.ticket import verify_ticket
 
 log = logging.getLogger("pool.shares")
 
-COIN = 10**8
 T = TypeVar("T")
 
 class ShareRejected(Exception):
@@ -105,12 +104,6 @@ class Miner:
 def short_address(address: str) -> str:
     """``mmd16fa1…0a`` style: enough to recognise an address in a log line."""
     return f"{address[:8]}…{address[-4:]}" if len(address) > 16 else address
-
-
-def coins(amount: int) -> str:
-    """Base units as coins, for log lines ("50.0", "0.00012")."""
-    whole, frac = divmod(amount, COIN)
-    return f"{whole}.{(f'{frac:08d}'.rstrip('0') or '0')}"
 
 
 def check_ticket(job: Job, extranonce2: bytes, ntime: int, tile: tuple[int, int]

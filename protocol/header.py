@@ -9,6 +9,7 @@ from .errors import ProtocolError
 from .hashing import H
 
 HEADER_SIZE = 128
+COIN = 10**8  # base units per coin: every amount (rewards, balances, payments) is in base units
 EXTRANONCE2_SIZE = 8
 _HEADER = struct.Struct("<II32s32s32sQI12s")
 _COINBASE_MAGIC = b"MMCB\x01"
@@ -131,3 +132,9 @@ def parse_coinbase(raw: bytes) -> Coinbase:
     except (IndexError, struct.error, UnicodeDecodeError):
         raise ProtocolError("truncated or garbled coinbase") from None
     return Coinbase(height, reward, address, tag, en1, en2)
+
+
+def coins(amount: int) -> str:
+    """Base units as a plain decimal number of coins, for log lines ("50.0", "0.00012")."""
+    whole, frac = divmod(amount, COIN)
+    return f"{whole}.{f'{frac:08d}'.rstrip('0') or '0'}"

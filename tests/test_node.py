@@ -26,10 +26,10 @@ from pool.chain.base import (
     PaymentKeyConflict,
 )
 from pool.chain.embedded import EmbeddedChain
-from pool.node.chain import Chain, NodeConfig, coins
+from pool.node.chain import Chain, NodeConfig
 from protocol.address import make_address
 from protocol.hashing import H
-from protocol.header import Header, assemble_coinbase, coinbase_hash, coinbase_parts
+from protocol.header import Header, assemble_coinbase, coinbase_hash, coinbase_parts, coins
 from protocol.merkle import RowTree
 from protocol.target import difficulty_from_bits, target_from_bits
 from protocol.ticket import mine_header

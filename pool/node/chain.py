@@ -41,7 +41,7 @@ import numpy as np
 from protocol.address import make_address, validate_address
 from protocol.errors import ProtocolError
 from protocol.hashing import H
-from protocol.header import Coinbase, Header, coinbase_hash, parse_coinbase
+from protocol.header import COIN, Coinbase, Header, coinbase_hash, coins, parse_coinbase
 from protocol.merkle import row_leaf, verify_proof
 from protocol.target import (
     bits_from_target,
@@ -67,7 +67,6 @@ from .store import NodeStore, StoredBlock, StoredPayment
 
 log = logging.getLogger("matmine.node")
 
-COIN = 10**8
 MEDIAN_TIME_SPAN = 11
 HEADER_VERSION = 1
 DEFAULT_NODE_ADDRESS = make_address(H(b"matmine-node/devnet-node-address")[:20])
@@ -75,13 +74,6 @@ FORGED_WORK_ROOT = H(b"matmine-node/devnet-forged-block")
 MAX_PAYMENT_KEY = 200
 MAX_OUTPUTS = 10_000
 DB_FILE = "node.sqlite3"
-
-
-def coins(amount: int) -> str:
-    """Base units as a plain decimal number of coins ("50.0", "0.00012")."""
-    whole, frac = divmod(amount, COIN)
-    digits = f"{frac:08d}".rstrip("0") or "0"
-    return f"{whole}.{digits}"
 
 
 def short(address: str) -> str:
