@@ -15,10 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS blocks (
     hash      BLOB PRIMARY KEY,
     height    INTEGER NOT NULL,
@@ -125,19 +121,6 @@ class NodeStore:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
-
-    # meta -------------------------------------------------------------------------------
-
-    def get_meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row[0]
-
-    def set_meta(self, key: str, value: str) -> None:
-        self._db.execute(
-            "INSERT INTO meta(key, value) VALUES(?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
 
     # blocks -----------------------------------------------------------------------------
 
