@@ -2,8 +2,10 @@
 and every flag a unit file or the compose file passes is one the program accepts."""
 
 import json
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,11 +61,14 @@ def deploy_commands() -> list[list[str]]:
         for line in unit.read_text().splitlines():
             if line.startswith("ExecStart="):
                 commands.append(shlex.split(line.removeprefix("ExecStart=")))
-    compose = yaml.safe_load((DEPLOY / "compose.yml").read_text())
-    for service in compose["services"].values():
-        if "command" in service:
+    for service in compose_services().values():
+        if "command" in service and "build" in service:
             commands.append(shlex.split(service["command"]))
     return commands
+
+
+def compose_services() -> dict[str, dict]:
+    return yaml.safe_load((DEPLOY / "compose.yml").read_text())["services"]
 
 
 @pytest.mark.parametrize("argv", deploy_commands(), ids=lambda a: " ".join(a[:2]))
@@ -84,3 +89,81 @@ def test_deploy_commands_use_real_flags(argv):
         assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text), (
             f"{program} {subcommand} has no {flag}"
         )
+
+
+def real_tool(name: str) -> str:
+    """The path of a Debian tool the deploy checks run; skip without it, fail under CI."""
+    exe = shutil.which(name)
+    if exe is None:
+        message = f"{name} not found (.ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return exe
+
+
+def test_systemd_units_verify_against_the_installed_programs(tmp_path):
+    """``systemd-analyze verify`` on each unit, its ExecStart pointed at this install's
+    programs: no error and no warning (an unknown key is only a warning)."""
+    tool = real_tool("systemd-analyze")
+    bin_dir = Path(sys.executable).parent
+    assert (bin_dir / "matmine-pool").exists(), "the package is not installed in this venv"
+    units = sorted((DEPLOY / "systemd").glob("*.service"))
+    assert len(units) == 3
+    for unit in units:
+        text = unit.read_text().replace("/opt/matmine/.venv/bin", str(bin_dir))
+        (tmp_path / unit.name).write_text(text)
+    done = subprocess.run([tool, "verify", *sorted(str(p) for p in tmp_path.iterdir())],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("unit", sorted((DEPLOY / "systemd").glob("*.service")),
+                         ids=lambda p: p.stem)
+def test_systemd_units_run_unprivileged_with_their_own_state(unit):
+    text = unit.read_text()
+    assert "\nUser=matmine\n" in text
+    assert "Wants=network-online.target" in text and "After=network-online.target" in text
+    assert re.search(r"^(StateDirectory|CacheDirectory)=matmine/", text, re.M)
+    assert "ProtectSystem=strict" in text
+    if unit.stem == "matmine-worker":
+        groups = re.search(r"^SupplementaryGroups=(.*)$", text, re.M)
+        assert groups and {"video", "render"} <= set(groups.group(1).split())
+    sysusers = (DEPLOY / "systemd" / "matmine.sysusers.conf").read_text()
+    assert re.search(r"^u matmine ", sysusers, re.M)
+
+
+def test_dockerfile_runs_as_a_user_with_a_healthcheck():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    base = re.search(r"^FROM (\S+)", dockerfile, re.M).group(1)
+    assert re.fullmatch(r"[\w./-]+:\d[\w.-]*", base), f"base image not pinned: {base}"
+    users = re.findall(r"^USER (\S+)", dockerfile, re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", dockerfile, re.M)
+    ignored = (DEPLOY.parent / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "tests"} <= set(ignored)
+
+
+def test_compose_is_pinned_healthy_and_keeps_the_node_private():
+    services = compose_services()
+    for name, service in services.items():
+        if "build" not in service:
+            image = service["image"]
+            assert re.fullmatch(r"[\w./-]+:v?\d[\w.-]*", image), f"{name}: image not pinned"
+        assert service.get("restart") in ("unless-stopped", "always", "on-failure"), name
+        assert "healthcheck" in service or name == "pool", f"{name}: no healthcheck"
+    node = services["node"]
+    assert "0.0.0.0" not in node["command"] and "ports" not in node
+    compose = yaml.safe_load((DEPLOY / "compose.yml").read_text())
+    assert compose["networks"][node["networks"][0]].get("internal") is True
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = [t for am in prometheus["alerting"]["alertmanagers"]
+               for sc in am["static_configs"] for t in sc["targets"]]
+    assert targets == ["alertmanager:9093"] and "alertmanager" in services
+
+
+def test_alertmanager_config_is_valid():
+    tool = real_tool("amtool")
+    done = subprocess.run([tool, "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
