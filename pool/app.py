@@ -234,7 +234,9 @@ async def serve_until_signalled(config: PoolConfig) -> None:
     """Run the pool until SIGINT or SIGTERM, then shut down cleanly."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_pool, config)
+            # start_soon, not start: a signal stops the pool even while it is still starting
+            # (waiting for an unreachable node, say).
+            nursery.start_soon(run_pool, config)
             async for signum in signals:
                 log.info("received %s, shutting down (committing queued shares)",
                          signal.Signals(signum).name)

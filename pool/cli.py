@@ -19,7 +19,9 @@ from urllib.parse import urlsplit
 import trio
 
 from pool.config import ConfigError, default_config_text, load_config
+from pool.preflight import preflight
 from pool.useful.cli import add_work_subcommands
+from protocol.version import package_version
 
 
 def parse_chain_url(url: str) -> dict[str, Any]:
@@ -37,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="matmine-pool",
         description="The matmine mining pool: miners prove int8 matrix products (mmpow-1) "
                     "and are paid by PPLNS.")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("init-config", help="print a commented default configuration file",
                    description="Print a complete TOML configuration with every key at its "
@@ -97,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     try:
         config = load_config(args.config, overrides_from_args(args))
+        preflight(config)
     except ConfigError as exc:
         print(f"matmine-pool: {exc}", file=sys.stderr)
         return 2

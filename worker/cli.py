@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from protocol.errors import ProtocolError
+from protocol.version import package_version
 from protocol.workload import Shape
 
 from .config import (
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="matmine-worker", description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     mine = commands.add_parser(

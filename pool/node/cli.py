@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from protocol.address import new_address
+from protocol.version import package_version
 
 from .chain import NodeConfig
 from .rpc_server import DEFAULT_HOST, DEFAULT_MAX_FRAME_SIZE, DEFAULT_PORT, run_node
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The matmine devnet node: a small chain for the pool, served over "
                     "loopback RPC.",
     )
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
         "serve", help="run the node and its RPC server",
