@@ -23,6 +23,7 @@ from worker.config import ConfigError, PoolEndpoint, load_config, with_overrides
 from .worker_helpers import CorruptingBackend, running_pool, wait_until
 
 WORKER = [sys.executable, "-m", "worker.cli"]
+ADDRESS = new_address()
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -124,7 +125,7 @@ def test_mine_rejects_a_bad_config_file(tmp_path):
 def test_config_file_and_flags(tmp_path):
     path = tmp_path / "worker.toml"
     path.write_text(
-        'login = "mmd1abc.rig"\nbackend = "opencl"\ndevices = ["0:0"]\n'
+        f'login = "{ADDRESS}.rig"\nbackend = "opencl"\ndevices = ["0:0"]\n'
         '[[pool]]\nurl = "tls://pool.example:4444"\n'
         '[[pool]]\nurl = "10.0.0.2:3333"\npriority = 5\n'
         "[connection]\nbackoff_max = 30\nprimary_retry = 12.5\n"
@@ -140,7 +141,7 @@ def test_config_file_and_flags(tmp_path):
                             devices=None, login=None)
     assert merged.pools == (PoolEndpoint("127.0.0.1", 1),)
     assert merged.metrics.port == 0 and merged.backend == "blas"
-    assert merged.login == "mmd1abc.rig" and merged.devices == ("0:0",)
+    assert merged.login == f"{ADDRESS}.rig" and merged.devices == ("0:0",)
     unknown = tmp_path / "unknown.toml"
     unknown.write_text("[connection]\nbackof = 1\n")
     with pytest.raises(ConfigError, match=r"unknown key connection\.backof"):
@@ -198,3 +199,44 @@ async def test_mine_process_against_a_real_pool_and_sigint(tmp_path):
     assert "stopped: accepted" in text
     status = next(line for line in text.splitlines() if "(10s/60s/15m)" in line)
     assert pool.endpoint.label in status and "MAC/s" in status and "hw errors 0" in status
+
+
+def test_mine_refuses_a_login_that_is_not_an_address():
+    done = run_cli("mine", "--pool", "127.0.0.1:1", "--login", "notanaddress.rig")
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "login 'notanaddress.rig'" in lines[0], done.stderr
+
+
+async def test_a_pool_that_refuses_the_login_is_not_retried(tmp_path):
+    from worker.client import PoolClient
+    from worker.failover import Failover, WorkerStopped
+
+    from .worker_helpers import fast_connection
+
+    tries = []
+    settings = fast_connection()
+    async with running_pool(tmp_path / "pool") as pool:
+        def factory(ep, resume):
+            tries.append(ep)
+            return PoolClient(ep, login="x.y", password="", agent="t", settings=settings,
+                              on_job=lambda job: None)
+
+        failover = Failover([pool.endpoint], factory, settings)
+        with trio.fail_after(20), pytest.raises(WorkerStopped, match="refused"):
+            await failover.run()
+    assert len(tries) == 1
+
+
+def test_a_busy_metrics_port_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run_cli("mine", "--pool", "127.0.0.1:1", "--login", f"{ADDRESS}.rig",
+                       "--backend", "blas", "--metrics-port", str(port))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"metrics port {port}" in done.stderr

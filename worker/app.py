@@ -17,7 +17,7 @@ from .checker import Checker
 from .client import Job, PoolClient
 from .config import PoolEndpoint, WorkerConfig
 from .console import StatusConsole
-from .failover import Failover
+from .failover import Failover, WorkerStopped
 from .metrics import register_metrics, serve_metrics
 from .miner import DeviceSlot, JobFeed, Miner
 from .stats import WorkerStats
@@ -90,8 +90,14 @@ class WorkerApp:
         async with trio.open_nursery() as nursery:
             metrics = self.config.metrics
             if metrics.port >= 0:
-                self.metrics_urls = await nursery.start(
-                    serve_metrics, self.registry, self.stats, metrics.host, metrics.port)
+                try:
+                    self.metrics_urls = await nursery.start(
+                        serve_metrics, self.registry, self.stats, metrics.host, metrics.port)
+                except* OSError as group:
+                    why = "; ".join(getattr(e, "strerror", None) or str(e)
+                                    for e in group.exceptions)
+                    raise WorkerStopped(f"metrics port {metrics.port} on {metrics.host}: {why}"
+                                        " (another worker running? --metrics-port)") from None
                 log.info("metrics and /api/summary on %s", ", ".join(self.metrics_urls))
             nursery.start_soon(self.failover.run)
             nursery.start_soon(self.miner.run)
@@ -105,14 +111,24 @@ class WorkerApp:
 
 
 async def run_until_signal(app: WorkerApp) -> int:
-    """Run ``app`` until SIGINT or SIGTERM; returns the exit status (0)."""
+    """Run ``app`` until SIGINT or SIGTERM; returns the exit status (0, or 2 when the
+    worker cannot go on: the reason is logged as one line)."""
+    stopped: WorkerStopped | None = None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(app.run)
-            async for signum in signals:
-                log.info("%s received; shutting down", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(app.run)
+                async for signum in signals:
+                    log.info("%s received; shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+        except* WorkerStopped as group:
+            while isinstance(group, BaseExceptionGroup):  # the first leaf: nurseries nest
+                group = group.exceptions[0]  # type: ignore[assignment]
+            stopped = group  # type: ignore[assignment]
+    if stopped is not None:
+        log.error("cannot go on: %s", stopped)
+        return 2
     s = app.stats.shares
     log.info("stopped: accepted %d rejected %d stale %d lost %d, hw errors %d",
              s["accepted"], s["rejected"], s["stale"], s["lost"], app.stats.hw_errors)

@@ -78,6 +78,7 @@ class Disconnected:
     reason: str
     reconnect: Reconnect | None = None
     got_job: bool = False
+    login_refused: bool = False  # the pool answered 24: retrying the same login is pointless
 
 
 class RequestFailed(Exception):
@@ -91,10 +92,12 @@ class RequestFailed(Exception):
 class _Dropped(Exception):
     """Internal: this connection is finished, for ``reason``."""
 
-    def __init__(self, reason: str, reconnect: Reconnect | None = None) -> None:
+    def __init__(self, reason: str, reconnect: Reconnect | None = None, *,
+                 login_refused: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.reconnect = reconnect
+        self.login_refused = login_refused
 
 
 class _Waiter:
@@ -208,7 +211,8 @@ class PoolClient:
         finally:
             self._close_waiters()
         dropped = self._dropped or _Dropped("connection closed")
-        return Disconnected(dropped.reason, dropped.reconnect, self.jobs_received > 0)
+        return Disconnected(dropped.reason, dropped.reconnect, self.jobs_received > 0,
+                            dropped.login_refused)
 
     async def _handshake(
         self, nursery: trio.Nursery, on_ready: Callable[[PoolClient], None] | None
@@ -224,7 +228,9 @@ class PoolClient:
             auth = await self._call(Authorize(login=self.login, password=self.password))
             if auth.error is not None or not auth.result.ok:
                 why = f"{auth.error.code} {auth.error.message}" if auth.error else "false"
-                raise _Dropped(f"authorization of {self.login!r} refused: {why}")
+                refused = auth.error is not None and auth.error.code == ErrorCode.UNAUTHORIZED
+                raise _Dropped(f"authorization of {self.login!r} refused: {why}",
+                               login_refused=refused)
             if self._suggest > 0:
                 answer = await self._call(SuggestDifficulty(difficulty=self._suggest))
                 if answer.error is not None:

@@ -56,6 +56,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from protocol.address import validate_address
+from protocol.errors import ProtocolError
+
 DEFAULT_METRICS_PORT = 9110
 BACKENDS = ("blas", "opencl")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -208,6 +211,11 @@ class WorkerConfig:
             raise ConfigError("metrics.port must be -1 (off), 0 (any) or a port number")
         if self.console.live not in ("auto", "on", "off"):
             raise ConfigError("console.live must be 'auto', 'on' or 'off'")
+        try:  # a pool refuses any other address for good (24): say so before connecting
+            validate_address(self.login.partition(".")[0])
+        except ProtocolError as exc:
+            raise ConfigError(f"login {self.login!r}: {exc} (make an address with"
+                              " 'matmine-node new-address')") from None
         return self
 
 

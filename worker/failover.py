@@ -24,6 +24,10 @@ from .config import ConnectionConfig, PoolEndpoint
 log = logging.getLogger(__name__)
 
 
+class WorkerStopped(Exception):
+    """The worker cannot go on (every pool refused its login, say); the message says why."""
+
+
 @dataclass
 class Backoff:
     """Exponential backoff with ± ``jitter`` (a fraction), capped at ``maximum``."""
@@ -54,6 +58,7 @@ class PoolState:
     redirect: PoolEndpoint | None = None
     resume: bytes | None = None
     last_error: str = ""
+    refused: bool = False  # the pool refused this login (24): never retried
 
     @property
     def target(self) -> PoolEndpoint:
@@ -106,6 +111,9 @@ class Failover:
     async def run(self) -> None:
         """Forever: connect to the best available pool; on loss, back off and move on."""
         while True:
+            if all(p.refused for p in self.pools):
+                raise WorkerStopped("; ".join(f"pool {p.endpoint.label}: {p.last_error}"
+                                              for p in self.pools))
             state = self._choose()
             if state is None:
                 wake = min(p.retry_at for p in self.pools)
@@ -159,6 +167,10 @@ class Failover:
 
     def _after(self, state: PoolState, outcome: Disconnected) -> None:
         now = trio.current_time()
+        if outcome.login_refused:
+            state.refused, state.retry_at, state.last_error = True, float("inf"), outcome.reason
+            log.error("pool %s: %s; not retrying this pool", state.target.label, outcome.reason)
+            return
         if outcome.got_job:
             state.backoff.reset()
         request = outcome.reconnect
