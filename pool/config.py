@@ -442,6 +442,10 @@ def validate(config: PoolConfig) -> None:
         raise ConfigError(f"pool.fee_bps must be in 0..10000, got {p.fee_bps}")
     if not 0 <= p.instance_id <= 0xFFFF:
         raise ConfigError(f"pool.instance_id must be in 0..65535, got {p.instance_id}")
+    from pool.jobs import MAX_TAG_BYTES  # every job's coinbase tag adds "/JOB_ID"
+
+    if len(p.tag.encode()) > MAX_TAG_BYTES:
+        raise ConfigError(f"pool.tag must be at most {MAX_TAG_BYTES} bytes (UTF-8)")
     if p.min_payout < 1:
         raise ConfigError("pool.min_payout must be at least 1 base unit")
     if w.profile not in WORK_PROFILES:

@@ -8,7 +8,10 @@ template into their own :class:`Job` with :meth:`JobManager.make_job`.
 
 A job fixes what a share is judged by: its template (hence header fields and the
 network target), the session's extranonce1 and the **share difficulty**; a vardiff change
-is a new job with ``clean = false`` (DESIGN §3). :class:`SessionJobs` keeps a session's
+is a new job with ``clean = false`` (DESIGN §3). Every job has its own coinbase2: the
+coinbase tag ends in ``/JOB_ID``, so the header, hence every ticket, commits to exactly one
+job and one difficulty (SPEC §12.8): a ticket cannot be shopped around the session's jobs
+for the hardest difficulty it happens to meet. :class:`SessionJobs` keeps a session's
 recent jobs (bounded) and answers "which job is this?" with the stale rules:
 
 - a job from before the newest block is stale at once;
@@ -16,7 +19,9 @@ recent jobs (bounded) and answers "which job is this?" with the stale rules:
 - an unknown id (never issued, or pushed out of the bounded book) is stale too.
 
 Extranonce1 = u16 instance_id ‖ 2 random bytes per process start ‖ u32 counter, so two
-pool instances (distinct ``instance_id``) never hand out the same one.
+pool instances (distinct ``instance_id``) never hand out the same one. Job ids are
+``TEMPLATE.COUNTER.RUN`` (hex), ``RUN`` naming this process start (its start second and
+16 random bits), so an id from before a restart never names a job of the new process.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import itertools
 import logging
 import secrets
 import struct
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -33,7 +39,7 @@ import trio
 from pool.chain.base import BlockTemplate, ChainAdapter
 from pool.workloads import JobWork, PreparedWork, WorkloadSource
 from protocol import messages
-from protocol.header import coinbase_parts
+from protocol.header import Header, assemble_coinbase, coinbase_hash, coinbase_parts
 from protocol.messages import ErrorCode
 from protocol.target import difficulty_from_bits, target_from_bits, target_from_difficulty
 
@@ -43,6 +49,13 @@ HEADER_VERSION = 1
 EXTRANONCE1_SIZE = 8
 MAX_TIME_ROLL = 600
 """A miner may roll a job's time forward by up to this many seconds, never backward."""
+MAX_JOB_ID = 64
+"""Longest job id on the wire (SPEC §12.4)."""
+MAX_TAG_BYTES = 255 - 1 - MAX_JOB_ID
+"""Longest configured coinbase tag: ``/JOB_ID`` is appended to it in every job."""
+
+ShareKey = tuple[bytes, tuple[int, int]]
+"""What makes a ticket unique: ``(H(header), tile)`` (SPEC §12.8)."""
 
 
 class JobError(Exception):
@@ -62,7 +75,7 @@ class Template:
     block: BlockTemplate
     work: PreparedWork
     coinbase1: bytes
-    coinbase2: bytes
+    tag: str  # the pool's coinbase tag; each job's coinbase2 adds "/JOB_ID"
     clean: bool
     created: float  # trio clock
 
@@ -75,9 +88,18 @@ class Template:
         return difficulty_from_bits(self.block.bits)
 
 
+def job_coinbase2(tag: str, job_id: str) -> bytes:
+    """The coinbase2 of one job: ``u8 len ‖ tag "/" job_id`` (SPEC §5.2, §12.8)."""
+    raw = f"{tag}/{job_id}".encode()
+    if len(raw) > 255:
+        raise ValueError(f"coinbase tag {tag[:40]!r}… is over {MAX_TAG_BYTES} bytes")
+    return bytes([len(raw)]) + raw
+
+
 @dataclass
 class Job:
-    """A template as one session mines it: its extranonce1 and share difficulty."""
+    """A template as one session mines it: its extranonce1, share difficulty and
+    coinbase2 (which names the job, so its headers are its own)."""
 
     job_id: str
     template: Template
@@ -85,8 +107,9 @@ class Job:
     difficulty: float
     clean: bool
     created: float
+    coinbase2: bytes
     superseded: float | None = None  # trio clock when a newer job replaced it
-    seen: set[tuple[bytes, int, tuple[int, int]]] = field(default_factory=set)
+    seen: set[ShareKey] = field(default_factory=set)
     workload: JobWork | None = None  # a per-session workload (useful work); None = template's
     lease_id: int | None = None  # the useful-work lease this job mines; its shares are held
 
@@ -99,6 +122,16 @@ class Job:
     def share_target(self) -> int:
         return target_from_difficulty(self.difficulty)
 
+    def header(self, extranonce2: bytes, ntime: int) -> tuple[bytes, bytes]:
+        """``(coinbase, header)`` of a share on this job (two small hashes: cheap)."""
+        t = self.template
+        coinbase = assemble_coinbase(t.coinbase1, self.extranonce1, extranonce2,
+                                     self.coinbase2)
+        header = Header(HEADER_VERSION, t.block.height, t.block.prev_hash,
+                        coinbase_hash(coinbase), self.work.work_root, ntime,
+                        t.block.bits).encode()
+        return coinbase, header
+
     def notify(self) -> messages.Notify:
         t = self.template
         return messages.Notify(
@@ -108,7 +141,7 @@ class Job:
             height=t.block.height,
             prev_hash=t.block.prev_hash,
             coinbase1=t.coinbase1,
-            coinbase2=t.coinbase2,
+            coinbase2=self.coinbase2,
             time=t.block.time,
             bits=t.block.bits,
             difficulty=self.difficulty,
@@ -141,6 +174,10 @@ class SessionJobs:
 
     def __len__(self) -> int:
         return len(self._jobs)
+
+    def has_share(self, key: ShareKey) -> bool:
+        """Whether any of the session's jobs already took the ticket ``key``."""
+        return any(key in job.seen for job in self._jobs.values())
 
     def lookup(self, job_id: str, current_epoch: int, now: float) -> Job:
         """The job ``job_id`` if shares for it are still accepted, else ``JobError`` (21)."""
@@ -179,6 +216,7 @@ class JobManager:
         self._en1_prefix = struct.pack(">H", instance_id) + secrets.token_bytes(2)
         self._en1_counter = itertools.count(1)
         self._job_counter = itertools.count(1)
+        self.run_id = f"{int(time.time()) & 0xFFFFFFFF:x}{secrets.randbits(16):04x}"
         self._template_ids = itertools.count(1)
         self.current: Template | None = None
         self.epoch = 0
@@ -197,9 +235,9 @@ class JobManager:
                  lease_id: int | None = None) -> Job:
         """A session's job on ``template``; ``workload`` replaces the template's matrices
         (a leased useful-work unit, ``lease_id``)."""
-        job_id = f"{template.id:x}.{next(self._job_counter):x}"
-        return Job(job_id, template, extranonce1, difficulty, clean, now, workload=workload,
-                   lease_id=lease_id)
+        job_id = f"{template.id:x}.{next(self._job_counter):x}.{self.run_id}"
+        return Job(job_id, template, extranonce1, difficulty, clean, now,
+                   job_coinbase2(template.tag, job_id), workload=workload, lease_id=lease_id)
 
     # -- templates ------------------------------------------------------------------------
 
@@ -223,9 +261,9 @@ class JobManager:
         if new_block or self.current is None:
             self.epoch += 1
             self._tip = block.prev_hash
-        c1, c2 = coinbase_parts(block.height, block.reward, self.payout_address, self.tag,
-                                EXTRANONCE1_SIZE)
-        template = Template(next(self._template_ids), self.epoch, block, work, c1, c2,
+        c1, _ = coinbase_parts(block.height, block.reward, self.payout_address, self.tag,
+                               EXTRANONCE1_SIZE)
+        template = Template(next(self._template_ids), self.epoch, block, work, c1, self.tag,
                             clean, trio.current_time())
         self.current = template
         self._changed.set()

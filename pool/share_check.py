@@ -10,12 +10,17 @@ code   when
 20     tile outside the job's tile grid (the code ``protocol.ticket.verify_ticket``
        uses for it; 26 stays for shares that do not even parse)
 28     ``time`` before the job's time or more than 600 s after it
-22     the same (extranonce2, time, tile) already submitted for this job
+22     the same ticket — ``(H(header), tile)`` — already taken by one of the session's
+       jobs, or already in the ledger for another share (SPEC §12.8)
 27     the job has seen ``max_shares_per_job`` shares (the per-job duplicate
        memory is bounded; take the next job)
 23     the ticket does not meet the job's share difficulty
 20     the share could not be stored (never acknowledged then; it may be resubmitted)
 =====  ==========================================================================
+
+Credit = proven work (SPEC §12.8): each job's coinbase names the job, so a header belongs
+to one job and a ticket is a share of that job's difficulty only; an ack means the share
+was stored as new and is credited (``ShareLog.commit`` says whether the ledger took it).
 
 24 (unauthorized), 25 (not subscribed), 26 (malformed) and 27 (message rate) are the
 session's (``pool.session``). Everything that touches numpy or hashes rows — building the
@@ -43,14 +48,15 @@ from typing import Any, TypeVar
 import trio
 
 from pool.chain.base import BlockSubmission, ChainAdapter
-from pool.jobs import HEADER_VERSION, MAX_TIME_ROLL, Job, JobError, JobManager, SessionJobs
+from pool.jobs import MAX_TIME_ROLL, Job, JobError, JobManager, SessionJobs, ShareKey
 from pool.ledger.base import Ledger, ShareRecord
 from pool.metrics import PoolMetrics
 from pool.sharelog import ShareLog, ShareLogError
 from pool.useful.service import UsefulWork
 from protocol import messages
 from protocol.errors import ProtocolError
-from protocol.header import Header, assemble_coinbase, coinbase_hash, coins
+from protocol.hashing import H
+from protocol.header import Header, coins
 from protocol.messages import ErrorCode
 from protocol.target import meets_target
 from protocol.ticket import verify_ticket
@@ -106,14 +112,12 @@ def short_address(address: str) -> str:
     return f"{address[:8]}…{address[-4:]}" if len(address) > 16 else address
 
 
-def check_ticket(job: Job, extranonce2: bytes, ntime: int, tile: tuple[int, int]
+def check_ticket(job: Job, coinbase: bytes, header: bytes, tile: tuple[int, int]
                  ) -> CheckedTicket:
-    """Recompute the ticket of a submit (CPU work: call it in a worker thread)."""
+    """Recompute the ticket of a submit on ``job``'s ``header`` (from :meth:`Job.header`;
+    CPU work: call it in a worker thread)."""
     t = job.template
     work = job.work
-    coinbase = assemble_coinbase(t.coinbase1, job.extranonce1, extranonce2, t.coinbase2)
-    header = Header(HEADER_VERSION, t.block.height, t.block.prev_hash, coinbase_hash(coinbase),
-                    work.work_root, ntime, t.block.bits).encode()
     a_rows, bt_rows = work.tile_rows(tile)
     digest = verify_ticket(header, work.shape, tile, a_rows, bt_rows)
     k = work.shape.k
@@ -121,10 +125,19 @@ def check_ticket(job: Job, extranonce2: bytes, ntime: int, tile: tuple[int, int]
                          meets_target(digest, t.network_target, k))
 
 
-def precheck(job: Job, submit: messages.Submit, max_shares_per_job: int
-             ) -> tuple[bytes, int, tuple[int, int]]:
-    """The cheap rules (tile, time, duplicate); reserves the duplicate key on success and
-    returns it."""
+@dataclass(frozen=True)
+class Prechecked:
+    """A submit past the cheap rules: its ticket's key (reserved), coinbase and header."""
+
+    key: ShareKey
+    coinbase: bytes
+    header: bytes
+
+
+def precheck(book: SessionJobs, job: Job, submit: messages.Submit, max_shares_per_job: int
+             ) -> Prechecked:
+    """The cheap rules (tile, time, duplicate across the session's jobs); reserves the
+    ticket's key ``(H(header), tile)`` in ``job`` on success."""
     shape = job.work.shape
     ti, tj = submit.tile
     if not (ti < shape.tiles_m and tj < shape.tiles_n):
@@ -137,14 +150,18 @@ def precheck(job: Job, submit: messages.Submit, max_shares_per_job: int
     if submit.time > job_time + MAX_TIME_ROLL:
         raise ShareRejected(f"time {submit.time} is more than {MAX_TIME_ROLL} s after the "
                             f"job's time {job_time}", ErrorCode.BAD_TIME)
-    key = (submit.extranonce2, submit.time, submit.tile)
-    if key in job.seen:
+    try:
+        coinbase, header = job.header(submit.extranonce2, submit.time)
+    except ProtocolError as exc:
+        raise ShareRejected(f"share cannot be checked: {exc}", exc.code) from None
+    key: ShareKey = (H(header), (ti, tj))
+    if book.has_share(key):
         raise ShareRejected("duplicate share", ErrorCode.DUPLICATE)
     if len(job.seen) >= max_shares_per_job:
         raise ShareRejected("too many shares for one job; mine the newest job",
                             ErrorCode.RATE_LIMITED)
     job.seen.add(key)
-    return key
+    return Prechecked(key, coinbase, header)
 
 
 class ShareChecker:
@@ -196,13 +213,13 @@ class ShareChecker:
             job = book.lookup(submit.job_id, self.jobs.epoch, trio.current_time())
         except JobError as exc:
             raise ShareRejected(str(exc), exc.code) from None
-        key = precheck(job, submit, self.max_shares_per_job)
+        pre = precheck(book, job, submit, self.max_shares_per_job)
 
         def timed_check() -> CheckedTicket:
             # Timed inside the thread: the metric is the check, not the wait for a thread.
             started = time.perf_counter()
             try:
-                return check_ticket(job, submit.extranonce2, submit.time, submit.tile)
+                return check_ticket(job, pre.coinbase, pre.header, submit.tile)
             finally:
                 if self.metrics is not None:
                     self.metrics.share_check_seconds.observe(time.perf_counter() - started)
@@ -214,7 +231,7 @@ class ShareChecker:
         except Exception as exc:  # a bug: reject the share, keep the session, say so loudly
             log.exception("share check of job %s failed unexpectedly", submit.job_id)
             raise ShareRejected(f"share cannot be checked: {exc}", ErrorCode.OTHER) from None
-        if not checked.meets_share:
+        if not checked.meets_share:  # (the key stays taken: the same ticket fails again)
             raise ShareRejected(f"ticket does not meet the job's difficulty {job.difficulty:g}",
                                 ErrorCode.LOW_DIFFICULTY)
         t = job.template
@@ -232,7 +249,7 @@ class ShareChecker:
                 await self._keep(job, record)
         except ShareRejected as exc:
             if exc.code == ErrorCode.OTHER:  # not stored: a resubmit must not be a duplicate
-                job.seen.discard(key)
+                job.seen.discard(pre.key)
             raise
         return AcceptedShare(job, job.difficulty, checked.digest, block_hash)
 
@@ -258,10 +275,13 @@ class ShareChecker:
 
     async def _store(self, record: ShareRecord) -> None:
         try:
-            await self.sharelog.commit(record)
+            stored = await self.sharelog.commit(record)
         except ShareLogError as exc:
             raise ShareRejected(f"share not stored, please resubmit: {exc}",
                                 ErrorCode.OTHER) from None
+        if not stored:  # the ledger holds this ticket for another share: no second credit
+            raise ShareRejected("duplicate share: this ticket is already credited",
+                                ErrorCode.DUPLICATE)
 
     async def _submit_block(self, miner: Miner, job: Job, tile: tuple[int, int],
                             checked: CheckedTicket, record: ShareRecord) -> bytes | None:

@@ -1,7 +1,9 @@
 """Batched, durable share commits: an acknowledged share is never lost (DESIGN §4).
 
 Submits call :meth:`ShareLog.commit` with their :class:`ShareRecord`; it returns only once
-the share is in the ledger (``insert_shares`` is durable on return). One writer task
+the share is in the ledger (``store_shares`` is durable on return), and says whether the
+ledger took it as this share: False when its ticket digest is already stored for another
+share (a duplicate, which must not be acknowledged). One writer task
 collects what arrived within ``interval`` seconds (or ``max_batch`` shares, whichever comes
 first) and commits the batch in a worker thread, so many submits share one fsync.
 
@@ -33,6 +35,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.records: list[ShareRecord] = []
+        self.stored: list[bool] = []
         self.done = trio.Event()
         self.error: BaseException | None = None
 
@@ -62,12 +65,14 @@ class ShareLog:
         self._observe = observe_commit
         self.committed = 0
 
-    async def commit(self, record: ShareRecord) -> None:
-        """Queue ``record`` and return once it is durable; raise ``ShareLogError`` if not."""
+    async def commit(self, record: ShareRecord) -> bool:
+        """Queue ``record``; once durable, return whether the ledger holds it as this share
+        (False: a duplicate of a stored one). Raise ``ShareLogError`` if not stored."""
         if self._closed:
             raise ShareLogError("the share log is shut down")
         async with self._room:
             batch = self._batch
+            index = len(batch.records)
             batch.records.append(record)
             self._wakeup.set()
             if len(batch.records) >= self.max_batch:
@@ -75,6 +80,7 @@ class ShareLog:
             await batch.done.wait()
         if batch.error is not None:
             raise ShareLogError(f"share not stored: {batch.error}") from batch.error
+        return batch.stored[index]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -102,13 +108,17 @@ class ShareLog:
             return
         started = time.perf_counter()
         try:
-            await trio.to_thread.run_sync(self.ledger.insert_shares, batch.records,
-                                          limiter=self.limiter)
+            stored = await trio.to_thread.run_sync(self.ledger.store_shares, batch.records,
+                                                   limiter=self.limiter)
+            if len(stored) != len(batch.records):
+                raise RuntimeError(f"the ledger answered {len(stored)} of "
+                                   f"{len(batch.records)} shares")
+            batch.stored = stored
         except Exception as exc:  # the ledger's own error, disk full, ...
             log.error("could not store %d shares: %s", len(batch.records), exc)
             batch.error = exc
         else:
-            self.committed += len(batch.records)
+            self.committed += sum(batch.stored)
             if self._observe is not None:
                 self._observe(time.perf_counter() - started)
         finally:

@@ -164,6 +164,16 @@ class Ledger(abc.ABC):
         """
 
     @abc.abstractmethod
+    def store_shares(self, shares: Sequence[ShareRecord]) -> list[bool]:
+        """Store ``shares`` in one transaction, durable on return; for each, whether the
+        ledger now holds it as that share (what an ack promises, SPEC §12.8).
+
+        True: inserted now, or already stored by the same session and job (a replay after
+        a commit whose outcome was lost). False: its digest is stored for another share,
+        or came earlier in ``shares`` — a duplicate, credited once only.
+        """
+
+    @abc.abstractmethod
     def share_stats(self, since: float) -> list[ShareStat]:
         """Per (address, worker): count and difficulty sum of shares with time >= since."""
 

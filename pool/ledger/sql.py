@@ -111,6 +111,33 @@ def _check_amount(amount: object, what: str) -> int:
     return amount
 
 
+INSERT_SHARE = (
+    "INSERT INTO shares (digest, time, address, worker, job_id, height, difficulty,"
+    " network_difficulty, session_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (digest) DO NOTHING"
+)
+
+
+def _share_rows(shares: Sequence[ShareRecord]) -> list[tuple]:
+    """The rows of ``INSERT_SHARE`` for ``shares`` (each checked first)."""
+    for share in shares:
+        _check_share(share)
+    return [
+        (
+            bytes(s.digest),
+            float(s.time),
+            s.address,
+            s.worker,
+            s.job_id,
+            int(s.height),
+            float(s.difficulty),
+            float(s.network_difficulty),
+            bytes(s.session_id),
+        )
+        for s in shares
+    ]
+
+
 class Transaction:
     """One open transaction on a DB-API connection, running ``?``-style SQL.
 
@@ -194,32 +221,30 @@ class SqlLedger(Ledger):
     # --- shares -------------------------------------------------------------------------
 
     def insert_shares(self, shares: Sequence[ShareRecord]) -> int:
-        for share in shares:
-            _check_share(share)
-        if not shares:
-            return 0
-        rows = [
-            (
-                bytes(s.digest),
-                float(s.time),
-                s.address,
-                s.worker,
-                s.job_id,
-                int(s.height),
-                float(s.difficulty),
-                float(s.network_difficulty),
-                bytes(s.session_id),
-            )
-            for s in shares
-        ]
-        return self._write(
-            lambda tx: tx.executemany(
-                "INSERT INTO shares (digest, time, address, worker, job_id, height, difficulty,"
-                " network_difficulty, session_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (digest) DO NOTHING",
-                rows,
-            )
-        )
+        rows = _share_rows(shares)
+        return self._write(lambda tx: tx.executemany(INSERT_SHARE, rows)) if rows else 0
+
+    def store_shares(self, shares: Sequence[ShareRecord]) -> list[bool]:
+        rows = _share_rows(shares)
+        if not rows:
+            return []
+
+        def store(tx: Transaction) -> list[bool]:
+            first = {}  # digest -> index of its first record in this batch
+            for i, row in enumerate(rows):
+                first.setdefault(row[0], i)
+            if tx.executemany(INSERT_SHARE, rows) == len(first):  # all new: the usual case
+                return [first[row[0]] == i for i, row in enumerate(rows)]
+            stored = []
+            for i, row in enumerate(rows):
+                owner = tx.execute(
+                    "SELECT session_id, job_id FROM shares WHERE digest = ?", (row[0],)
+                ).fetchone()
+                stored.append(first[row[0]] == i and owner is not None
+                              and (bytes(owner[0]), owner[1]) == (row[8], row[4]))
+            return stored
+
+        return self._write(store)
 
     def share_stats(self, since: float) -> list[ShareStat]:
         rows = self._read(
