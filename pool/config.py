@@ -309,6 +309,8 @@ HELP: dict[str, dict[str, str]] = {
         "max_upload_bytes": "largest A plus B upload, bytes",
         "max_active_items": "unfinished work items per customer",
         "max_queued_bytes": "operand bytes of one customer's unfinished items",
+        "max_inflight_upload_bytes": "bytes of work API uploads received at once, all customers "
+        "together (a body without Content-Length counts as max_upload_bytes); beyond: 503",
         "tokens": 'work API tokens: token = "customer name"; none = loopback clients only',
     },
 }
