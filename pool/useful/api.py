@@ -47,6 +47,7 @@ from pool.useful.upload import (
 LOCAL_CUSTOMER = "local"
 UPLOAD_SLACK = 64 * 1024
 """Bytes allowed beyond the operand limit for .npy headers and multipart framing."""
+DRAIN_SECONDS = 60.0
 Body = MultipartBody | NpyPairBody | RawPairBody
 
 
@@ -188,17 +189,31 @@ class WorkApi:
             finally:
                 del a, b  # unmap before the spool is closed
 
+    async def _drain(self, request: Request) -> None:
+        """Read and drop what is left of a refused body (at most ``max_body`` bytes, 60 s),
+        so that the client, still sending, reads the answer; nothing of it is kept."""
+        left = self.max_body
+        with trio.move_on_after(DRAIN_SECONDS):
+            while left > 0:
+                message = await request.receive()
+                if message["type"] != "http.request":
+                    return
+                left -= len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+
     async def submit(self, request: Request) -> Response:
         try:
             customer = self.customer(request)
             status = await self._receive(request, customer)
-        except _Denied as exc:
-            return _error(exc.status, str(exc))
+        except _Denied as exc:  # the body may be unread: close the connection after
+            return _error(exc.status, str(exc), headers={"Connection": "close"})
         except WorkBusyError as exc:
-            return _error(exc.http_status, str(exc),
-                          headers={"Retry-After": str(exc.retry_after)})
+            return _error(exc.http_status, str(exc), headers={
+                "Retry-After": str(exc.retry_after), "Connection": "close"})
         except WorkError as exc:
-            return _error(exc.http_status, str(exc))
+            await self._drain(request)
+            return _error(exc.http_status, str(exc), headers={"Connection": "close"})
         return JSONResponse(status.to_json(), status_code=201,
                             headers={"Location": f"/api/work/{status.id}"})
 
