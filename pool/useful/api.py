@@ -48,6 +48,8 @@ LOCAL_CUSTOMER = "local"
 UPLOAD_SLACK = 64 * 1024
 """Bytes allowed beyond the operand limit for .npy headers and multipart framing."""
 DRAIN_SECONDS = 60.0
+BODY_DONE = "matmine.body_done"
+"""Scope key: the request body was read to its end (nothing left to drain)."""
 Body = MultipartBody | NpyPairBody | RawPairBody
 
 
@@ -177,7 +179,9 @@ class WorkApi:
                         await self._admit(customer, body)
                     if spool.pending_bytes >= FLUSH_BYTES:
                         await spool.flush()
+                request.scope[BODY_DONE] = True
             except ClientDisconnect:
+                request.scope[BODY_DONE] = True
                 raise WorkInputError("the client closed the connection mid-upload") from None
             a_op, b_op = body.finish()
             await spool.flush()
@@ -192,6 +196,8 @@ class WorkApi:
     async def _drain(self, request: Request) -> None:
         """Read and drop what is left of a refused body (at most ``max_body`` bytes, 60 s),
         so that the client, still sending, reads the answer; nothing of it is kept."""
+        if request.scope.get(BODY_DONE):
+            return
         left = self.max_body
         with trio.move_on_after(DRAIN_SECONDS):
             while left > 0:
