@@ -138,7 +138,7 @@ async def test_concurrent_large_bad_uploads_keep_the_pool_small(pool_process):
 
 
 async def test_large_valid_upload_round_trips_exactly(pool_process, tmp_path):
-    pid, url = pool_process
+    _, url = pool_process
     m = k = n = 4096  # 16 MiB + 16 MiB, chunked (no Content-Length)
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         r = await client.post("/api/work", content=stream(header((m, k)), m * k,
