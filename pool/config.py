@@ -309,6 +309,8 @@ HELP: dict[str, dict[str, str]] = {
         "max_upload_bytes": "largest A plus B upload, bytes",
         "max_active_items": "unfinished work items per customer",
         "max_queued_bytes": "operand bytes of one customer's unfinished items",
+        "max_inflight_upload_bytes": "bytes of work API uploads received at once, all customers "
+        "together (a body without Content-Length counts as max_upload_bytes); beyond: 503",
         "tokens": 'work API tokens: token = "customer name"; none = loopback clients only',
     },
 }
@@ -487,10 +489,28 @@ def validate_useful(config: PoolConfig) -> None:
     if u.chunk_max < CHUNK_SIZE:
         raise ConfigError(f"useful.chunk_max must be at least {CHUNK_SIZE} (the chunk every "
                           f"worker may use), got {u.chunk_max}")
+    if (config.http.enabled and u.usable(config.stratum.max_frame_size) is None
+            and not u.tokens and not _is_loopback_host(config.http.host)):
+        raise ConfigError(
+            f"http.host = {config.http.host!r} is not a loopback address and [useful.tokens] "
+            "is empty: the work API would take anyone's work; set [useful.tokens], bind "
+            "http.host to 127.0.0.1, or set useful.enabled = false")
     for token, customer in u.tokens.items():
         if not isinstance(customer, str) or not customer or len(token) < 8:
             raise ConfigError("[useful.tokens] entries are TOKEN = \"customer name\", tokens "
                               f"of at least 8 characters; got {token[:4]!r}… = {customer!r:.40}")
+
+
+def _is_loopback_host(host: str) -> bool:
+    """True for "localhost" and loopback IP literals (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def node_config(config: PoolConfig) -> NodeConfig:

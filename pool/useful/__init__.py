@@ -39,6 +39,7 @@ class UsefulConfig:
     max_upload_bytes: int = 256 << 20   # A plus B bytes of one product
     max_active_items: int = 8       # queued or running items per customer
     max_queued_bytes: int = 1 << 30 # operand bytes of a customer's unfinished items
+    max_inflight_upload_bytes: int = 1 << 30  # uploads being received at once (503 beyond)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting that cannot work."""
@@ -53,7 +54,8 @@ class UsefulConfig:
         if not self.lease_seconds > 0:
             raise ValueError("useful.lease_seconds must be positive")
         for name in ("max_attempts", "freivalds_rounds", "max_dim", "max_k",
-                     "max_upload_bytes", "max_active_items", "max_queued_bytes"):
+                     "max_upload_bytes", "max_active_items", "max_queued_bytes",
+                     "max_inflight_upload_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"useful.{name} must be at least 1")
 

@@ -23,24 +23,34 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import trio
-from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from pool.useful.blobstore import BlobStore
 from pool.useful.queue import ItemStatus, WorkError, WorkInputError, WorkLimitError, WorkQueue
+from pool.useful.upload import (
+    FLUSH_BYTES,
+    MultipartBody,
+    NpyPairBody,
+    RawPairBody,
+    Spool,
+    UploadBudget,
+    WorkBusyError,
+)
 
 LOCAL_CUSTOMER = "local"
 UPLOAD_SLACK = 64 * 1024
 """Bytes allowed beyond the operand limit for .npy headers and multipart framing."""
+DRAIN_SECONDS = 60.0
+BODY_DONE = "matmine.body_done"
+"""Scope key: the request body was read to its end (nothing left to drain)."""
+Body = MultipartBody | NpyPairBody | RawPairBody
 
 
 def customers_from_tokens(tokens: Mapping[str, str] | Iterable[str] | None) -> dict[str, str]:
@@ -64,8 +74,10 @@ def is_loopback(host: str | None) -> bool:
     return addr.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def _error(status: int, message: str, headers: dict[str, str] | None = None,
+           **extra: Any) -> JSONResponse:
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
@@ -86,6 +98,7 @@ class WorkApi:
         self.customers = customers_from_tokens(tokens)
         self.limiter = limiter
         self.max_body = queue.config.max_upload_bytes + UPLOAD_SLACK
+        self.budget = UploadBudget(queue.config.max_inflight_upload_bytes)
 
     def customer(self, request: Request) -> str:
         """The customer behind ``request``; raises ``_Denied`` (401/403)."""
@@ -107,81 +120,106 @@ class WorkApi:
             raise _Denied(403, "unknown API token")
         return found
 
-    def _check_declared_size(self, request: Request) -> None:
-        """Refuse an upload whose ``Content-Length`` is over the limit before reading it."""
+    def _declared_size(self, request: Request) -> int | None:
+        """The body's ``Content-Length``; an upload over the limit is refused unread (413)."""
         declared = request.headers.get("content-length")
         if declared is None:
-            return
+            return None
         size = _decimal(declared)
         if size is None:
             raise WorkInputError("Content-Length is not a number")
         if size > self.max_body:
             raise WorkLimitError(f"the upload is {size} bytes, over the limit of "
                                  f"{self.max_body}")
+        return size
 
-    async def _body(self, request: Request) -> bytes:
-        self._check_declared_size(request)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.max_body:
-                raise WorkLimitError(f"the upload is over the limit of {self.max_body} bytes")
-        return bytes(body)
-
-    async def _operands(self, request: Request) -> tuple[np.ndarray, np.ndarray]:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    def _body_parser(self, request: Request, declared: int | None) -> Body:
+        """The streaming parser for the request's Content-Type (refusing bad query/type)."""
+        content_type = request.headers.get("content-type", "")
+        ctype = content_type.split(";")[0].strip().lower()
+        config = self.queue.config
         if ctype == "multipart/form-data":
-            return await self._multipart(request)
+            return MultipartBody(content_type, config)
         if ctype in ("application/x-npy", "application/npy"):
-            body = await self._body(request)
-            return await trio.to_thread.run_sync(_npy_pair, body, limiter=self.limiter)
+            return NpyPairBody(config, declared)
         if ctype in ("application/octet-stream", ""):
-            dims = _raw_dims(request.query_params)
-            body = await self._body(request)
-            return await trio.to_thread.run_sync(_raw_pair, body, *dims, limiter=self.limiter)
+            return RawPairBody(*_raw_dims(request.query_params), config, declared)
         raise WorkInputError(
             f"unsupported Content-Type {ctype!r:.60}: use multipart/form-data (fields a, b), "
             "application/x-npy (A.npy then B.npy) or application/octet-stream with "
             "?m=&k=&n=&dtype=int8"
         )
 
-    async def _multipart(self, request: Request) -> tuple[np.ndarray, np.ndarray]:
-        self._check_declared_size(request)
-        parts: dict[str, bytes] = {}
-        try:
-            async with request.form(max_files=2, max_fields=4,
-                                    max_part_size=self.max_body) as form:
-                for name in ("a", "b"):
-                    value = form.get(name)
-                    if value is None:
-                        raise WorkInputError(f"multipart field {name!r} (a .npy file) is missing")
-                    if isinstance(value, UploadFile):
-                        parts[name] = await value.read()
-                    else:
-                        parts[name] = value.encode()
-        except WorkError:
-            raise
-        except Exception as exc:  # starlette's MultiPartException / HTTPException
-            raise WorkInputError(f"malformed multipart body: {exc}") from None
-        total = len(parts["a"]) + len(parts["b"])
-        if total > self.max_body:
-            raise WorkLimitError(f"the upload is {total} bytes, over the limit of "
-                                 f"{self.max_body}")
-        a = await trio.to_thread.run_sync(_npy_one, parts["a"], "A", limiter=self.limiter)
-        b = await trio.to_thread.run_sync(_npy_one, parts["b"], "B", limiter=self.limiter)
-        return a, b
+    async def _admit(self, customer: str, body: Body) -> None:
+        shapes = body.shapes()
+        assert shapes is not None
+        (m, k), (_, n) = shapes
+        await trio.to_thread.run_sync(self.queue.admit, customer, m, k, n,
+                                      limiter=self.limiter)
+
+    async def _receive(self, request: Request, customer: str) -> ItemStatus:
+        """Stream the body to a spool, refusing it at the first bad byte, then queue it."""
+        declared = self._declared_size(request)
+        body = self._body_parser(request, declared)
+        admitted = body.shapes() is not None
+        if admitted:  # raw bytes: the query gave the shape
+            await self._admit(customer, body)
+        with self.budget.reserve(self.max_body if declared is None else declared), \
+                Spool(self.blobs.upload_dir) as spool:
+            received = 0
+            try:
+                async for chunk in request.stream():
+                    received += len(chunk)
+                    if received > self.max_body:
+                        raise WorkLimitError(f"the upload is over the limit of {self.max_body} "
+                                             "bytes")
+                    spool.add(body.feed(chunk))
+                    if not admitted and body.shapes() is not None:
+                        admitted = True
+                        await self._admit(customer, body)
+                    if spool.pending_bytes >= FLUSH_BYTES:
+                        await spool.flush()
+                request.scope[BODY_DONE] = True
+            except ClientDisconnect:
+                request.scope[BODY_DONE] = True
+                raise WorkInputError("the client closed the connection mid-upload") from None
+            a_op, b_op = body.finish()
+            await spool.flush()
+            a, b = spool.array(a_op), spool.array(b_op)
+            try:
+                return await trio.to_thread.run_sync(
+                    self.queue.submit, customer, a, b, limiter=self.limiter
+                )
+            finally:
+                del a, b  # unmap before the spool is closed
+
+    async def _drain(self, request: Request) -> None:
+        """Read and drop what is left of a refused body (at most ``max_body`` bytes, 60 s),
+        so that the client, still sending, reads the answer; nothing of it is kept."""
+        if request.scope.get(BODY_DONE):
+            return
+        left = self.max_body
+        with trio.move_on_after(DRAIN_SECONDS):
+            while left > 0:
+                message = await request.receive()
+                if message["type"] != "http.request":
+                    return
+                left -= len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
 
     async def submit(self, request: Request) -> Response:
         try:
             customer = self.customer(request)
-            a, b = await self._operands(request)
-            status = await trio.to_thread.run_sync(
-                self.queue.submit, customer, a, b, limiter=self.limiter
-            )
-        except _Denied as exc:
-            return _error(exc.status, str(exc))
+            status = await self._receive(request, customer)
+        except _Denied as exc:  # the body may be unread: close the connection after
+            return _error(exc.status, str(exc), headers={"Connection": "close"})
+        except WorkBusyError as exc:
+            return _error(exc.http_status, str(exc), headers={
+                "Retry-After": str(exc.retry_after), "Connection": "close"})
         except WorkError as exc:
-            return _error(exc.http_status, str(exc))
+            await self._drain(request)
+            return _error(exc.http_status, str(exc), headers={"Connection": "close"})
         return JSONResponse(status.to_json(), status_code=201,
                             headers={"Location": f"/api/work/{status.id}"})
 
@@ -235,48 +273,6 @@ def create_work_routes(queue: WorkQueue, blobstore: BlobStore,
 # --- parsing (worker threads) --------------------------------------------------------
 
 
-def _read_npy(f: io.BytesIO, name: str) -> np.ndarray:
-    try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
-    except Exception as exc:
-        raise WorkInputError(f"{name} is not a valid .npy: {exc}") from None
-    if dtype != np.int8:
-        raise WorkInputError(f"{name} must be int8, got {dtype}")
-    if len(shape) != 2:
-        raise WorkInputError(f"{name} must be 2-D, got shape {shape}")
-    count = int(np.prod(shape, dtype=np.int64))
-    data = f.read(count)
-    if len(data) != count:
-        raise WorkInputError(f"{name}.npy is cut short: {len(data)} of {count} data bytes")
-    order = "F" if fortran else "C"
-    return np.frombuffer(data, dtype=np.int8).reshape(shape, order=order)
-
-
-def _npy_one(raw: bytes, name: str) -> np.ndarray:
-    f = io.BytesIO(raw)
-    array = _read_npy(f, name)
-    if f.tell() != len(raw):
-        raise WorkInputError(f"{name}: {len(raw) - f.tell()} bytes after the array")
-    return array
-
-
-def _npy_pair(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
-    f = io.BytesIO(raw)
-    a = _read_npy(f, "A")
-    if f.tell() == len(raw):
-        raise WorkInputError("the body holds only A: send A.npy followed by B.npy")
-    b = _read_npy(f, "B")
-    if f.tell() != len(raw):
-        raise WorkInputError(f"{len(raw) - f.tell()} bytes after B.npy")
-    return a, b
-
-
 def _decimal(text: str) -> int | None:
     """``text`` as a plain ASCII decimal number, or None (``str.isdigit`` alone also takes
     "²", and ``int`` refuses over 4300 digits: both would escape as a server error)."""
@@ -298,12 +294,3 @@ def _raw_dims(query: Mapping[str, str]) -> tuple[int, int, int]:
                                  f"got {value!r:.20}")
         dims.append(number)
     return dims[0], dims[1], dims[2]
-
-
-def _raw_pair(raw: bytes, m: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    want = m * k + k * n
-    if len(raw) != want:
-        raise WorkInputError(f"the body is {len(raw)} bytes; A ({m}x{k}) and B ({k}x{n}) "
-                             f"int8 need {want}")
-    data = np.frombuffer(raw, dtype=np.int8)
-    return data[: m * k].reshape(m, k), data[m * k :].reshape(k, n)

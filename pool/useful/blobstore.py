@@ -58,6 +58,11 @@ class BlobStore:
         h = bid.hex()
         return self.root / h[:2] / f"{h}.blob"
 
+    @property
+    def upload_dir(self) -> Path:
+        """Where uploads being received are spooled (nameless temporary files)."""
+        return self.root / "uploads"
+
     def _meta_path(self, bid: bytes) -> Path:
         return self.path(bid).with_suffix(".json")
 

@@ -45,7 +45,14 @@ from pool.useful import UNIT_STATES, UsefulConfig
 from pool.useful.blobstore import BlobInfo, BlobStore
 from protocol.errors import ProtocolError
 from protocol.messages import BlobSource, WorkSpec
-from protocol.useful import UnitPlan, check_operands, plan_product, unit_id, unit_operands
+from protocol.useful import (
+    ProductPlan,
+    UnitPlan,
+    check_operands,
+    plan_product,
+    unit_id,
+    unit_operands,
+)
 from protocol.workload import Shape
 
 SCHEMA = """
@@ -278,38 +285,26 @@ class WorkQueue:
         :class:`WorkLimitError` when it breaks a size or count limit. CPU work (row
         hashing, blob writes): call it in a worker thread.
         """
-        cfg = self.config
         try:
             check_operands(a, b)
         except ProtocolError as exc:
             raise WorkInputError(str(exc)) from None
         (m, k), n = a.shape, b.shape[1]
-        for name, value in (("m", m), ("n", n)):
-            if value > cfg.max_dim:
-                raise WorkLimitError(f"{name} = {value} is over the limit of {cfg.max_dim}")
+        plan = self.admit(customer, m, k, n)
         operand_bytes = a.nbytes + b.nbytes
-        if operand_bytes > cfg.max_upload_bytes:
-            raise WorkLimitError(
-                f"A and B are {operand_bytes} bytes, over the limit of {cfg.max_upload_bytes}"
-            )
-        try:
-            plan = plan_product(m, n, k, r=cfg.r, unit_m=cfg.unit_m, unit_n=cfg.unit_n)
-        except ProtocolError as exc:
-            raise WorkLimitError(str(exc)) from None
-        if plan.k_padded > cfg.max_k:
-            raise WorkLimitError(f"k = {k} (padded {plan.k_padded}) is over the limit {cfg.max_k}")
-        self._check_customer(customer, operand_bytes)
 
-        bt = np.ascontiguousarray(b.T)
+        bt = b.T  # a view: each unit copies its own columns, B is never copied whole
         a_blobs: dict[int, BlobInfo] = {}
         b_blobs: dict[int, BlobInfo] = {}
         rows = []
         for unit in plan.units:
-            ua, ub = unit_operands(a, bt, unit)
-            if unit.row0 not in a_blobs:
-                a_blobs[unit.row0] = self.blobs.put_matrix(ua)
-            if unit.col0 not in b_blobs:
-                b_blobs[unit.col0] = self.blobs.put_matrix(ub)
+            if unit.row0 not in a_blobs or unit.col0 not in b_blobs:
+                ua, ub = unit_operands(a, bt, unit)
+                if unit.row0 not in a_blobs:
+                    a_blobs[unit.row0] = self.blobs.put_matrix(ua)
+                if unit.col0 not in b_blobs:
+                    b_blobs[unit.col0] = self.blobs.put_matrix(ub)
+                del ua, ub
             ai, bi = a_blobs[unit.row0], b_blobs[unit.col0]
             s = unit.shape
             rows.append((unit.index, unit_id(s, ai.rows_root, bi.rows_root), unit.row0,
@@ -332,6 +327,30 @@ class WorkQueue:
             )
         self._units_changed()
         return self.status(item_id)
+
+    def admit(self, customer: str, m: int, k: int, n: int) -> ProductPlan:
+        """The plan of ``A (m×k) · B (k×n)`` if ``customer`` may submit it now.
+
+        Raises :class:`WorkLimitError` for a size or count limit, as :meth:`submit` does,
+        so the work API can refuse an upload from its headers, before its body.
+        """
+        cfg = self.config
+        for name, value in (("m", m), ("n", n)):
+            if value > cfg.max_dim:
+                raise WorkLimitError(f"{name} = {value} is over the limit of {cfg.max_dim}")
+        operand_bytes = m * k + k * n
+        if operand_bytes > cfg.max_upload_bytes:
+            raise WorkLimitError(
+                f"A and B are {operand_bytes} bytes, over the limit of {cfg.max_upload_bytes}"
+            )
+        try:
+            plan = plan_product(m, n, k, r=cfg.r, unit_m=cfg.unit_m, unit_n=cfg.unit_n)
+        except ProtocolError as exc:
+            raise WorkLimitError(str(exc)) from None
+        if plan.k_padded > cfg.max_k:
+            raise WorkLimitError(f"k = {k} (padded {plan.k_padded}) is over the limit {cfg.max_k}")
+        self._check_customer(customer, operand_bytes)
+        return plan
 
     def _check_customer(self, customer: str, operand_bytes: int,
                         db: sqlite3.Connection | None = None) -> None:
