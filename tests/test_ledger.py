@@ -680,9 +680,9 @@ def test_postgres_killed_connection_loses_nothing_committed(pg_url):
 
 
 def test_postgres_dead_server_raises_and_the_ledger_recovers(request):
+    server = pg.postgres_server(request.config)  # skips first where PostgreSQL is absent
     from pool.ledger.postgres import LedgerConnectionError, PostgresLedger
 
-    server = pg.postgres_server(request.config)
     url = server.create_database()
     with PostgresLedger(url) as led:
         balances = confirmed_balances(led)

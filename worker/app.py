@@ -1,5 +1,6 @@
 """The worker program: failover + pool client, miner, checker, watchdog, metrics and console,
-all in one nursery; SIGINT/SIGTERM cancel it for a clean shutdown."""
+all in one nursery; SIGINT/SIGTERM cancel it for a clean shutdown. When no device is left to
+mine with, it stops by itself and ``run_until_signal`` returns 1."""
 
 from __future__ import annotations
 
@@ -66,6 +67,14 @@ class WorkerApp:
         self.console = (StatusConsole(self.stats, config.console.status_interval,
                                       config.console.live, console) if status else None)
         self.metrics_urls: list[str] = []
+        self.failure: str | None = None  # why the app stopped by itself (None: it did not)
+
+    async def _mine(self, scope: trio.CancelScope) -> None:
+        """The miner; when it returns (every device retired) the whole app stops."""
+        await self.miner.run()
+        reasons = "; ".join(f"{name}: {why}" for name, why in self.miner.retired().items())
+        self.failure = f"no device left to mine with ({reasons})"
+        scope.cancel()
 
     def _make_client(self, endpoint: PoolEndpoint, resume: bytes | None) -> PoolClient:
         c = self.config
@@ -100,7 +109,7 @@ class WorkerApp:
                                         " (another worker running? --metrics-port)") from None
                 log.info("metrics and /api/summary on %s", ", ".join(self.metrics_urls))
             nursery.start_soon(self.failover.run)
-            nursery.start_soon(self.miner.run)
+            nursery.start_soon(self._mine, nursery.cancel_scope)
             if self.watchdog is not None:
                 nursery.start_soon(self.watchdog.run)
             if self.console is not None:
@@ -111,13 +120,19 @@ class WorkerApp:
 
 
 async def run_until_signal(app: WorkerApp) -> int:
-    """Run ``app`` until SIGINT or SIGTERM; returns the exit status (0, or 2 when the
-    worker cannot go on: the reason is logged as one line)."""
+    """Run ``app`` until SIGINT or SIGTERM (exit status 0); until it stops by itself because
+    no device is left (1); or until it cannot go on (2: every pool refused the login, the
+    metrics port is taken). The reason is logged as one line."""
     stopped: WorkerStopped | None = None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(app.run)
+
+                async def run_app() -> None:
+                    await app.run()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(run_app)
                 async for signum in signals:
                     log.info("%s received; shutting down", signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
@@ -132,4 +147,7 @@ async def run_until_signal(app: WorkerApp) -> int:
     s = app.stats.shares
     log.info("stopped: accepted %d rejected %d stale %d lost %d, hw errors %d",
              s["accepted"], s["rejected"], s["stale"], s["lost"], app.stats.hw_errors)
+    if app.failure is not None:
+        log.error("%s", app.failure)
+        return 1
     return 0

@@ -116,6 +116,15 @@ def shape_key(device_name: str, driver: str, shape: Shape) -> str:
     return f"{device_name}|{driver}|{shape.m}x{shape.n}x{shape.k}/r{shape.r}"
 
 
+class NoWorkingCandidate(RuntimeError):
+    """Every candidate failed to build or run; ``errors`` maps each to its exception."""
+
+    def __init__(self, errors: dict[str, Exception]) -> None:
+        first = next(iter(errors.values()), None)
+        super().__init__(f"no kernel configuration works ({len(errors)} tried): {first}")
+        self.errors = errors
+
+
 @dataclass
 class TuneResult:
     """The chosen configuration, whether it came from the cache, and the measured rates."""
@@ -171,7 +180,7 @@ class Autotuner:
 
         Candidates are measured ``rounds`` times, in alternating order, and each keeps its
         best rate, so that one noisy trial does not decide. A candidate whose measurement
-        raises is skipped; if all fail the first is kept.
+        raises is skipped; if all fail, ``NoWorkingCandidate`` is raised and nothing is cached.
         """
         cached = self.lookup(key)
         if cached is not None:
@@ -180,7 +189,7 @@ class Autotuner:
         if not candidates:
             raise ValueError("no kernel configuration to choose from")
         rates: dict[str, float] = {}
-        failed: set[str] = set()
+        failed: dict[str, Exception] = {}
         for round_ in range(rounds):
             for config in candidates if round_ % 2 == 0 else reversed(candidates):
                 name = str(config)
@@ -188,10 +197,12 @@ class Autotuner:
                     continue
                 try:
                     rate = measure(config)
-                except Exception:  # a candidate the device cannot build or run
-                    failed.add(name)
+                except Exception as exc:  # a candidate the device cannot build or run
+                    failed[name] = exc
                     continue
                 rates[name] = max(rate, rates.get(name, 0.0))
+        if not rates:
+            raise NoWorkingCandidate(failed)
         best = max(candidates, key=lambda c: rates.get(str(c), -1.0))
         self.store(key, best, rates)
         return TuneResult(best, False, rates)

@@ -2,11 +2,14 @@
 
 Each row is one backend/device on one shape; ``mismatches`` counts winners that fail
 ``protocol.ticket.verify_ticket`` or the target, and sampled tiles whose transcript J
-differs from the reference (or that the backend missed as a winner).
+differs from the reference (or that the backend missed as a winner). A device that turns
+out unusable (kernels that do not build for the shape, ``DeviceUnusable``) is skipped with
+one warning; the bench fails only when no device was measured.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -19,7 +22,9 @@ from protocol.target import meets_target
 from protocol.ticket import ticket_digest, transcripts, verify_ticket
 from protocol.workload import TILE, Shape, Workload
 
-from .backends import Backend, open_backends
+from .backends import Backend, BackendError, DeviceUnusable, open_backends
+
+log = logging.getLogger(__name__)
 
 BENCH_SEED = bytes(range(32))
 
@@ -102,9 +107,16 @@ def bench_backend(
 def run_bench(
     kind: str, shape: Shape, devices: list[str] | None = None, seconds: float = 2.0, **options: Any
 ) -> list[dict[str, Any]]:
-    """One row per backend/device of ``kind`` ("blas" or "opencl") on a synthetic ``shape``."""
+    """One row per usable backend/device of ``kind`` ("blas" or "opencl") on a synthetic
+    ``shape``; ``BackendError`` if none could be measured."""
     workload = Workload.synthetic(BENCH_SEED, shape)
-    return [
-        bench_backend(backend, workload, seconds)
-        for backend in open_backends(kind, devices, **options)
-    ]
+    rows, skipped = [], []
+    for backend in open_backends(kind, devices, **options):
+        try:
+            rows.append(bench_backend(backend, workload, seconds))
+        except DeviceUnusable as exc:
+            log.warning("device %s skipped: %s", exc.device, exc.reason)
+            skipped.append(f"{exc.device}: {exc.reason}")
+    if not rows:
+        raise BackendError("no device could be measured: " + "; ".join(skipped))
+    return rows

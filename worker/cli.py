@@ -117,16 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="log verbosity (config: log_level; default INFO)")
 
     commands.add_parser(
-        "devices", help="list OpenCL platforms and devices",
+        "devices", help="list OpenCL platforms and devices, and whether the kernels build",
         description="List every OpenCL platform and device with the PLATFORM:DEVICE spec "
-                    "that --devices takes. Exits 1 if there is none.",
+                    "that --devices takes, and whether the mining kernels build and pass the "
+                    "self-test on it (and why not). Exits 1 if no device is usable.",
     )
 
     bench = commands.add_parser(
         "bench", help="benchmark the backends offline, checked against the reference",
-        description="Mine a synthetic workload offline on each device, print MAC/s, and "
-                    "check every result against the reference implementation. Exits 1 on "
-                    "any mismatch (a device that computes wrong results).",
+        description="Mine a synthetic workload offline on each usable device, print MAC/s, "
+                    "and check every result against the reference implementation. A device "
+                    "whose kernels do not build is skipped with a warning. Exits 1 on any "
+                    "mismatch (a device that computes wrong results) or when no device works.",
     )
     bench.add_argument("--backend", choices=(*BACKENDS, "all"), default="blas",
                        help="which backend to measure (default blas; all = every backend)")
@@ -178,37 +180,45 @@ def _mine(args: argparse.Namespace) -> int:
 
     from .app import WorkerApp, run_until_signal
     from .backends import BackendError, open_backends
+    from .backends.opencl import open_device
     from .console import live_view
 
     console = Console() if live_view(config.console.live) else None
     setup_logging(config.log_level.upper(), console)
-    specs = list(config.devices) or None
     try:
-        backends = open_backends(config.backend, specs)
+        backends = open_backends(config.backend, list(config.devices) or None)
     except BackendError as exc:
         log.error("cannot open the %s backend: %s", config.backend, exc)
         return EXIT_FAILURE
-    if specs is None and config.backend == "opencl":
-        specs = [f"{b.platform_index}:{b.device_index}" for b in backends]  # type: ignore[attr-defined]
+    # the devices that passed their self-test, by index, for the watchdog to reopen
+    specs = [str(getattr(b, "spec", "")) for b in backends]
 
     def reopen(index: int) -> object:
-        return open_backends(config.backend, [specs[index]] if specs else None)[0]
+        if config.backend == "opencl":
+            return open_device(specs[index])
+        return open_backends(config.backend, None)[0]
 
     app = WorkerApp(config, backends, CollectorRegistry(), reopen=reopen, console=console)
     return trio.run(run_until_signal, app)
 
 
 def _devices(args: argparse.Namespace) -> int:
-    from .backends import list_opencl_devices
+    from .backends import probe_devices
 
-    devices = list_opencl_devices()
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    devices = probe_devices()
     if not devices:
         print("no OpenCL platform or device found (is an OpenCL driver or PoCL installed?)")
         return EXIT_FAILURE
-    print(f"{'spec':<6} {'platform':<28} {'device':<40} {'CUs':>4} {'memory':>10}")
-    for d in devices:
+    print(f"{'spec':<6} {'platform':<28} {'device':<40} {'CUs':>4} {'memory':>10}  kernels")
+    for d, reason in devices:
+        verdict = "ok" if reason is None else f"FAIL: {reason}"
         print(f"{d.spec:<6} {d.platform[:28]:<28} {d.name[:40]:<40} {d.compute_units:>4} "
-              f"{d.memory / 2**30:>8.1f}Gi")
+              f"{d.memory / 2**30:>8.1f}Gi  {verdict}")
+    usable = sum(reason is None for _, reason in devices)
+    if not usable:
+        print("no usable OpenCL device: the kernels build and pass the self-test on none")
+        return EXIT_FAILURE
     return EXIT_OK
 
 

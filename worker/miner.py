@@ -7,6 +7,11 @@ clock up to 600 s past the job's time, and scan it in a worker thread. ``should_
 turns true as soon as a clean job (or a new session, or no session) makes the work
 worthless, so the backend drops the scan at its next check. Winners are re-checked on
 the CPU and only then submitted.
+
+A device that fails is restarted with a growing delay (1 s, 2 s, 4 s … at most a minute)
+and retired after ``MAX_FAILURES`` failures in a row without a completed scan; a device
+that is unusable (``DeviceUnusable``: kernels that do not build, wrong results) is retired
+at once with one warning. The others mine on; ``Miner.run`` returns when none is left.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from protocol.messages import ErrorCode, SyntheticSource
 from protocol.target import meets_target, target_from_bits, target_from_difficulty
 from protocol.workload import Shape, Workload, work_root
 
+from .backends.base import DeviceUnusable
 from .blobcache import BlobRejected
 from .checker import Checker
 from .client import Job, SubmitOutcome
@@ -38,6 +44,9 @@ log = logging.getLogger(__name__)
 MAX_TIME_ROLL = 600
 COUNTER_BYTES = 7
 MAX_DEVICES = 256
+MAX_FAILURES = 5  # failures in a row (no completed scan between) before a device is retired
+RESTART_DELAY = 1.0  # first restart delay; doubles per failure in a row
+MAX_RESTART_DELAY = 60.0
 
 
 class JobFeed:
@@ -152,6 +161,8 @@ class DeviceSlot:
     flag: StopFlag | None = None
     scan_started: float | None = None
     restart_requested: bool = False
+    failures: int = 0  # failures in a row since the last completed scan
+    retired: str | None = None  # why the device no longer mines (None: it does)
     counter: int = 0
     extranonce1: bytes | None = None
     counters: dict[bytes, int] = field(default_factory=dict)
@@ -242,10 +253,21 @@ class Miner:
             stats.device(slot.name)
 
     async def run(self) -> None:
+        """Mine on every device; returns only when every device has been retired."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for slot in self.slots:
-                nursery.start_soon(self._supervise, slot)
+                nursery.start_soon(self._supervise_until_retired, slot)
+
+    async def _supervise_until_retired(self, slot: DeviceSlot) -> None:
+        await self._supervise(slot)
+        if all(s.retired is not None for s in self.slots):
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()  # pending share checks go with the devices
+
+    def retired(self) -> dict[str, str]:
+        """Name → reason of every device that no longer mines."""
+        return {s.name: s.retired for s in self.slots if s.retired is not None}
 
     def restart(self, index: int) -> None:
         """Stop device ``index``'s current work and reopen its backend (watchdog)."""
@@ -259,21 +281,35 @@ class Miner:
     # --- per device ---------------------------------------------------------------------
 
     async def _supervise(self, slot: DeviceSlot) -> None:
-        while True:
+        """Run one device's loop, restarting it after failures; returns once retired."""
+        while slot.retired is None:
             with trio.CancelScope() as scope:
                 slot.scope = scope
                 try:
                     await self._device_loop(slot)
+                except DeviceUnusable as exc:
+                    self._retire(slot, exc.reason)
                 except Exception as exc:
-                    log.error("device %s failed: %s; restarting it in 1s", slot.name, exc,
-                              exc_info=log.isEnabledFor(logging.DEBUG))
-                    slot.restart_requested = True
-                    await trio.sleep(1.0)
+                    slot.failures += 1
+                    if slot.failures >= MAX_FAILURES:
+                        self._retire(slot, f"failed {slot.failures} times in a row, last: {exc}")
+                    else:
+                        delay = min(MAX_RESTART_DELAY, RESTART_DELAY * 2 ** (slot.failures - 1))
+                        log.error("device %s failed: %s; restarting it in %gs", slot.name, exc,
+                                  delay, exc_info=log.isEnabledFor(logging.DEBUG))
+                        slot.restart_requested = True
+                        await trio.sleep(delay)
             slot.scan_started = None
             slot.flag = None
-            if slot.restart_requested:
+            if slot.restart_requested and slot.retired is None:
                 slot.restart_requested = False
                 await self._reopen(slot)
+
+    def _retire(self, slot: DeviceSlot, reason: str) -> None:
+        slot.retired = reason
+        left = [s.name for s in self.slots if s.retired is None]
+        log.warning("device %s skipped: %s; %s", slot.name, reason,
+                    f"mining goes on with {', '.join(left)}" if left else "no device is left")
 
     async def _reopen(self, slot: DeviceSlot) -> None:
         stats = self._stats.device(slot.name)
@@ -284,6 +320,9 @@ class Miner:
             return
         try:
             backend = await trio.to_thread.run_sync(slot.reopen, abandon_on_cancel=True)
+        except DeviceUnusable as exc:
+            self._retire(slot, exc.reason)
+            return
         except Exception as exc:
             log.error("reopening %s failed: %s; keeping the old backend", slot.name, exc)
             return
@@ -414,6 +453,8 @@ class Miner:
                 flag.set()
                 slot.scan_started = None
             self._stats.add_scan(slot.name, result.macs, result.complete)
+            if result.complete:
+                slot.failures = 0
             if self.feed.generation != generation:
                 log.debug("%s: scan of job %s abandoned for a clean job", slot.name, job.job_id)
                 continue

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .base import Backend, BackendError, DeviceInfo, ScanResult
+from .base import Backend, BackendError, DeviceInfo, DeviceUnusable, ScanResult
 from .blas import BlasBackend
-from .opencl import OpenCLBackend, list_opencl_devices, open_opencl
+from .opencl import OpenCLBackend, list_opencl_devices, open_opencl, probe_devices
 
 
 def open_backends(kind: str, devices: list[str] | None = None, **options: object) -> list[Backend]:
@@ -23,8 +23,10 @@ __all__ = [
     "BackendError",
     "BlasBackend",
     "DeviceInfo",
+    "DeviceUnusable",
     "OpenCLBackend",
     "ScanResult",
     "list_opencl_devices",
     "open_backends",
+    "probe_devices",
 ]

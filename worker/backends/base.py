@@ -17,6 +17,16 @@ class BackendError(RuntimeError):
     """A backend cannot run: no such device, bad option, or no workload prepared."""
 
 
+class DeviceUnusable(BackendError):
+    """A device that cannot mine at all: its kernels do not build, or its results differ
+    from the CPU reference. The worker skips it (once, with ``reason``) and never retries it."""
+
+    def __init__(self, device: str, reason: str) -> None:
+        super().__init__(f"{device}: {reason}")
+        self.device = device
+        self.reason = reason
+
+
 @dataclass
 class ScanResult:
     """Outcome of scanning every ticket (tile) of one header."""
@@ -124,6 +134,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "DeviceInfo",
+    "DeviceUnusable",
     "ScanResult",
     "check_header",
     "limit_of",

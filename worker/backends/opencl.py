@@ -6,11 +6,19 @@ with the XOR fold of every tile and the transcript J, hashes each J with keyed B
 appends the tiles that meet the share target to a small result buffer. Launches cover
 bands of tile rows sized to about ``launch_seconds`` so that ``should_stop`` is honoured
 quickly.
+
+A device that cannot mine is found before it is given work: ``self_test`` builds its kernels
+and checks one small header (every ticket and the product) against the CPU reference, and
+``prepare`` does the same for the configuration it chooses. Such a device raises
+``DeviceUnusable`` with the compiler's own reason (its first error line, not the whole log);
+``open_opencl`` skips it with one warning and keeps the rest.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -19,13 +27,22 @@ from pathlib import Path
 import numpy as np
 
 from protocol.noise import index_pairs, noise_factors, pow_seed
+from protocol.ticket import mine_header
 from protocol.workload import TILE, Shape, Workload
 
-from ..autotune import CANDIDATES, SAFE_CONFIG, Autotuner, KernelConfig, default_cache_dir
+from ..autotune import (
+    CANDIDATES,
+    SAFE_CONFIG,
+    Autotuner,
+    KernelConfig,
+    NoWorkingCandidate,
+    default_cache_dir,
+)
 from ..autotune import shape_key as autotune_key
 from .base import (
     BackendError,
     DeviceInfo,
+    DeviceUnusable,
     ScanResult,
     check_header,
     limit_of,
@@ -39,8 +56,13 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     cl = None
 
+log = logging.getLogger(__name__)
+
 WINNER_WORDS = 10  # ti, tj, 8 digest words
 DEFAULT_WINNER_CAP = 256
+SELF_TEST_SEED = b"matmine opencl self-test".ljust(32, b"\0")
+SELF_TEST_HEADER = bytes(range(128))
+_LOG_FRAME = ("clBuildProgram failed", "Build on ", "(options:")
 
 
 def kernel_source() -> str:
@@ -56,6 +78,29 @@ def _source_tag() -> str:
     per kernel version."""
     text = kernel_source() + f"\nlaunch rules: {LAUNCH_RULES}"
     return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def compiler_reason(error: BaseException, max_lines: int = 2) -> str:
+    """The compiler's own words from a failed build or launch: its first error line(s).
+
+    pyopencl's message frames the whole build log ("Build on <device>: ... (options: ...)");
+    the lines that say ``error`` are the reason, else the log's first line, else the
+    message's first line.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    body = [line for line in lines if not line.startswith(_LOG_FRAME)]
+    errors = [line for line in body if "error" in line.lower()]
+    chosen = (errors or body or lines or [type(error).__name__])[:max_lines]
+    return "; ".join(dict.fromkeys(line[:240] for line in chosen))
+
+
+def self_test_shape(config: KernelConfig) -> Shape:
+    """The small job of a configuration's known-answer test: two block rows, one block
+    column (32×32 tiles for the one-tile-per-item kernel)."""
+    if config.item:
+        return Shape(32, 32, 128, 32)
+    r = max(32, config.kc)
+    return Shape(2 * config.bm, config.bn, 4 * r, r)
 
 
 def _require_cl() -> None:
@@ -124,9 +169,15 @@ class OpenCLBackend:
         self.name = f"opencl:{platform_index}:{device_index}"
         self.platform_index = platform_index  # "platform:device", as ``open_opencl`` takes
         self.device_index = device_index
+        # how warnings name the device: spec, device name and platform version
+        version = re.split(r"\s{2,}|,", platform.version.strip())[0]
+        self.description = f"{self.name} ({self.device.name.strip()}, {version})"
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.context = cl.Context([self.device])
-        self.queue = cl.CommandQueue(self.context)
+        try:
+            self.context = cl.Context([self.device])
+            self.queue = cl.CommandQueue(self.context)
+        except cl.Error as exc:
+            raise DeviceUnusable(self.description, f"no context: {compiler_reason(exc)}") from exc
         self.launch_seconds = launch_seconds
         self.tune_seconds = tune_seconds
         self.winner_cap = winner_cap
@@ -139,6 +190,12 @@ class OpenCLBackend:
         self._bufs: dict[str, cl.Buffer] = {}
         self._band_tiles = 0
         self._macs_per_second = 0.0
+        self._checked: set[KernelConfig] = set()  # configurations that passed the self-test
+
+    @property
+    def spec(self) -> str:
+        """``"platform:device"``, the form ``open_opencl`` takes."""
+        return f"{self.platform_index}:{self.device_index}"
 
     # -- programs ------------------------------------------------------------------------
 
@@ -154,7 +211,8 @@ class OpenCLBackend:
                     options=config.build_options(plain_gemm), cache_dir=str(cl_cache)
                 )
             except cl.Error as exc:
-                raise BackendError(f"kernel build failed for {config}: {exc}") from exc
+                raise DeviceUnusable(
+                    self.description, f"kernels do not build: {compiler_reason(exc)}") from exc
         return self._programs[key]
 
     def kernel(self, config: KernelConfig, name: str, plain_gemm: bool = False) -> cl.Kernel:
@@ -167,9 +225,21 @@ class OpenCLBackend:
     # -- workload ------------------------------------------------------------------------
 
     def prepare(self, workload: Workload) -> None:
-        """Upload A and Bᵀ (once per work_root) and choose the kernel configuration."""
+        """Upload A and Bᵀ (once per work_root) and choose the kernel configuration; a
+        configuration not used before passes the self-test first (``DeviceUnusable``)."""
         if self._workload is not None and self._workload.work_root == workload.work_root:
             return
+        self._upload(workload)
+        try:
+            config = self._choose_config(workload)
+            self.check_config(config)
+        except BaseException:
+            self._workload = None  # not prepared: the next prepare starts again
+            raise
+        self.config = config
+
+    def _upload(self, workload: Workload) -> None:
+        """Device buffers for ``workload`` (its operands copied in); no configuration yet."""
         shape = workload.shape
         mf = cl.mem_flags
         ctx = self.context
@@ -193,7 +263,7 @@ class OpenCLBackend:
         }
         self._workload = workload
         self._band_tiles = 0
-        self.config = self._choose_config(workload)
+        self.config = None
 
     def _choose_config(self, workload: Workload) -> KernelConfig:
         shape = workload.shape
@@ -211,7 +281,61 @@ class OpenCLBackend:
             return candidates[0]
         key = self.autotune_key(shape)
         tuner = Autotuner(self.cache_dir)
-        return tuner.tune(key, candidates, lambda c: self.measure(c, self.tune_seconds)).config
+        try:
+            return tuner.tune(key, candidates,
+                              lambda c: self.measure(c, self.tune_seconds)).config
+        except NoWorkingCandidate as exc:
+            first = next(iter(exc.errors.values()))
+            if isinstance(first, DeviceUnusable):
+                raise DeviceUnusable(self.description, first.reason) from exc
+            raise DeviceUnusable(self.description,
+                                 f"no kernel configuration runs: {compiler_reason(first)}"
+                                 ) from exc
+
+    # -- self-test -----------------------------------------------------------------------
+
+    def self_test(self) -> None:
+        """Build the kernels and check a small header against the CPU reference.
+
+        Uses the fixed configuration if one was given, else the safe one (it fits every
+        shape); raises ``DeviceUnusable`` with the reason. Run before a device gets work.
+        """
+        self.check_config(self._fixed_config or SAFE_CONFIG)
+
+    def check_config(self, config: KernelConfig) -> None:
+        """Known-answer test of ``config`` (once per configuration): every ticket's digest
+        and the noisy product of one header of a small job must equal the reference's."""
+        if config in self._checked:
+            return
+        shape = self_test_shape(config)
+        if not config.fits(shape, self.device.max_work_group_size):
+            raise BackendError(f"kernel configuration {config} does not fit this device")
+        workload = Workload.synthetic(SELF_TEST_SEED, shape)
+        saved = (self._workload, self._bufs, self.config, self._band_tiles)
+        try:
+            self._upload(workload)
+            self.config = config
+            result = self.scan(SELF_TEST_HEADER, 1 << 256, never_stop, want_product=True)
+        except DeviceUnusable:
+            raise
+        except (cl.Error, BackendError) as exc:
+            raise DeviceUnusable(self.description,
+                                 f"kernels do not run: {compiler_reason(exc)}") from exc
+        finally:
+            self._workload, self._bufs, self.config, self._band_tiles = saved
+        reference = mine_header(SELF_TEST_HEADER, workload)
+        expected = dict(((ti, tj), d) for ti, tj, d in reference.winners(1 << 256, shape.k))
+        got = {(ti, tj): d for ti, tj, d in result.winners}
+        wrong = sum(got.get(tile) != digest for tile, digest in expected.items())
+        wrong += len(set(got) - set(expected))
+        product_ok = (result.product is not None
+                      and np.array_equal(result.product, reference.noisy_product))
+        if wrong or not product_ok:
+            raise DeviceUnusable(
+                self.description,
+                f"results differ from the CPU reference ({wrong} of {shape.tiles} tickets "
+                f"wrong, product {'right' if product_ok else 'wrong'}) with {config}")
+        self._checked.add(config)
 
     def autotune_key(self, shape: Shape) -> str:
         """The autotune cache key: device, driver, kernel source version and job shape."""
@@ -451,21 +575,77 @@ class OpenCLBackend:
         return out
 
 
-def open_opencl(specs: list[str] | None, **options: object) -> list[OpenCLBackend]:
-    """Backends for ``"platform:device"`` specs (default: every device found)."""
+def _parse_spec(spec: str) -> tuple[int, int]:
+    try:
+        pi, di = (int(part) for part in spec.split(":"))
+    except ValueError as exc:
+        raise BackendError(f"bad OpenCL device {spec!r}: expected PLATFORM:DEVICE") from exc
+    return pi, di
+
+
+def open_device(spec: str, *, self_test: bool = True, **options: object) -> OpenCLBackend:
+    """One device by its ``"platform:device"`` spec, self-tested (``DeviceUnusable``)."""
+    pi, di = _parse_spec(spec)
+    backend = OpenCLBackend(pi, di, **options)  # type: ignore[arg-type]
+    if self_test:
+        backend.self_test()
+    return backend
+
+
+def open_opencl(specs: list[str] | None, *, self_test: bool = True,
+                **options: object) -> list[OpenCLBackend]:
+    """Backends for ``"platform:device"`` specs (default: every device found).
+
+    A device that cannot be opened or fails its self-test is skipped with one warning
+    naming it and the reason; ``BackendError`` only when no device is left.
+    """
     _require_cl()
     if specs is None:
         specs = [d.spec for d in list_opencl_devices()]
         if not specs:
-            raise BackendError("no OpenCL device found")
-    backends = []
+            raise BackendError("no OpenCL device found (is an OpenCL driver or PoCL installed?)")
+    for spec in specs:
+        _parse_spec(spec)  # a malformed spec is a usage error, before anything is opened
+    backends, skipped = [], []
     for spec in specs:
         try:
-            pi, di = (int(part) for part in spec.split(":"))
-        except ValueError as exc:
-            raise BackendError(f"bad OpenCL device {spec!r}: expected PLATFORM:DEVICE") from exc
-        backends.append(OpenCLBackend(pi, di, **options))  # type: ignore[arg-type]
+            backend = open_device(spec, self_test=self_test, **options)
+        except DeviceUnusable as exc:
+            log.warning("OpenCL device %s skipped: %s", exc.device, exc.reason)
+            skipped.append(f"{exc.device}: {exc.reason}")
+            continue
+        except BackendError as exc:
+            log.warning("OpenCL device %s skipped: %s", spec, exc)
+            skipped.append(f"{spec}: {exc}")
+            continue
+        backends.append(backend)
+    if not backends:
+        raise BackendError("no usable OpenCL device: " + "; ".join(skipped))
     return backends
 
 
-__all__ = ["OpenCLBackend", "kernel_source", "list_opencl_devices", "open_opencl"]
+def probe_devices() -> list[tuple[DeviceInfo, str | None]]:
+    """Every OpenCL device with ``None`` if its kernels build and pass the self-test, else
+    the reason they do not (what ``matmine-worker devices`` shows)."""
+    found: list[tuple[DeviceInfo, str | None]] = []
+    for info in list_opencl_devices():
+        try:
+            OpenCLBackend(info.platform_index, info.device_index, autotune=False).self_test()
+        except DeviceUnusable as exc:
+            found.append((info, exc.reason))
+        except BackendError as exc:
+            found.append((info, str(exc)))
+        else:
+            found.append((info, None))
+    return found
+
+
+__all__ = [
+    "OpenCLBackend",
+    "compiler_reason",
+    "kernel_source",
+    "list_opencl_devices",
+    "open_device",
+    "open_opencl",
+    "probe_devices",
+]
