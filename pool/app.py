@@ -214,7 +214,8 @@ async def run_pool(config: PoolConfig, *,
                                 ledger_limiter, metrics)
             r = config.retention
             await nursery.start(run_retention, ledger, ledger_limiter, r.interval,
-                                p.pplns_factor, r.share_history_seconds, r.block_grace_seconds)
+                                p.pplns_factor, r.share_history_seconds, r.block_grace_seconds,
+                                metrics)
             nursery.start_soon(_stats, ctx, metrics)
             log.info("pool ready: payout address %s, fee %.2f%%, work %s", wallet,
                      p.fee_bps / 100, config.work_shape())

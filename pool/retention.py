@@ -15,6 +15,7 @@ import time
 import trio
 
 from pool.ledger.base import Ledger
+from pool.metrics import PoolMetrics
 
 log = logging.getLogger("pool.retention")
 
@@ -27,11 +28,14 @@ def retention_round(ledger: Ledger, factor: float, history: float, grace: float,
 
 
 async def run_retention(ledger: Ledger, limiter: trio.CapacityLimiter, interval: float,
-                        factor: float, history: float, grace: float, *,
+                        factor: float, history: float, grace: float,
+                        metrics: PoolMetrics | None = None, *,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Run :func:`retention_round` every ``interval`` seconds, forever (cancel to stop)."""
     if interval <= 0:
         raise ValueError(f"retention interval must be positive, got {interval}")
+    if metrics is not None:
+        metrics.retention_interval.set(interval)
     task_status.started()
     while True:
         try:
@@ -39,6 +43,10 @@ async def run_retention(ledger: Ledger, limiter: trio.CapacityLimiter, interval:
                                                  grace, limiter=limiter)
             if gone:
                 log.info("retention: pruned %d share(s)", gone)
+            if metrics is not None:
+                rows = await trio.to_thread.run_sync(ledger.share_count, limiter=limiter)
+                metrics.share_rows.set(rows)
+                metrics.retention_last_run.set(time.time())
         except Exception:
             log.exception("retention round failed")
         await trio.sleep(interval)

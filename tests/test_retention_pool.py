@@ -21,3 +21,7 @@ async def test_running_pool_prunes_old_shares_but_keeps_the_window(start_pool, l
             await trio.sleep(0.05)
     await trio.sleep(0.3)  # more rounds delete nothing more
     assert await ledger_call(pool, pool.ledger.share_count) == 20
+    assert pool.registry.get_sample_value("matmine_pool_share_rows") == 20
+    assert pool.registry.get_sample_value("matmine_pool_retention_interval_seconds") == 0.1
+    last = pool.registry.get_sample_value("matmine_pool_retention_last_run_timestamp_seconds")
+    assert now < last <= time.time()
