@@ -34,6 +34,7 @@ from pool.ledger import Ledger, open_ledger
 from pool.metrics import PoolMetrics
 from pool.payouts import run_payouts
 from pool.pplns import PplnsPolicy
+from pool.retention import run_retention
 from pool.server import StratumServer
 from pool.session import PoolContext
 from pool.share_check import ShareChecker
@@ -211,6 +212,10 @@ async def run_pool(config: PoolConfig, *,
                                         unknown_grace=p.unknown_block_grace))
             await nursery.start(run_payouts, ledger, chain, p.payout_interval, p.min_payout,
                                 ledger_limiter, metrics)
+            r = config.retention
+            await nursery.start(run_retention, ledger, ledger_limiter, r.interval,
+                                p.pplns_factor, r.share_history_seconds, r.block_grace_seconds,
+                                metrics)
             nursery.start_soon(_stats, ctx, metrics)
             log.info("pool ready: payout address %s, fee %.2f%%, work %s", wallet,
                      p.fee_bps / 100, config.work_shape())

@@ -127,6 +127,13 @@ class LimitsSection:
 
 
 @dataclass
+class RetentionSection:
+    interval: float = 600.0
+    share_history_seconds: float = 172800.0
+    block_grace_seconds: float = 600.0
+
+
+@dataclass
 class UsefulSection(UsefulConfig):
     """``[useful]``: every :class:`~pool.useful.UsefulConfig` key, plus the API tokens."""
 
@@ -160,6 +167,7 @@ class PoolConfig:
     ledger: LedgerSection = field(default_factory=LedgerSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     useful: UsefulSection = field(default_factory=UsefulSection)
+    retention: RetentionSection = field(default_factory=RetentionSection)
 
     @property
     def data_path(self) -> Path:
@@ -313,6 +321,13 @@ HELP: dict[str, dict[str, str]] = {
         "together (a body without Content-Length counts as max_upload_bytes); beyond: 503",
         "tokens": 'work API tokens: token = "customer name"; none = loopback clients only',
     },
+    "retention": {
+        "interval": "seconds between retention runs (share pruning)",
+        "share_history_seconds": "shares kept at least this long, beyond what any PPLNS "
+        "window of a block not yet credited still needs",
+        "block_grace_seconds": "the window of a block this old is kept too (a block found "
+        "but not yet in the ledger)",
+    },
 }
 
 
@@ -414,7 +429,8 @@ def validate(config: PoolConfig) -> None:
                         ("chain.poll_interval", config.chain.poll_interval),
                         ("ledger.batch_interval_ms", config.ledger.batch_interval_ms),
                         ("limits.messages_per_second", lim.messages_per_second),
-                        ("limits.ban_seconds", lim.ban_seconds)):
+                        ("limits.ban_seconds", lim.ban_seconds),
+                        ("retention.interval", config.retention.interval)):
         if not value > 0:
             raise ConfigError(f"{name} must be positive, got {value}")
     for name, value in (("stratum.max_connections", s.max_connections),

@@ -109,6 +109,19 @@ class PoolMetrics:
         self.bans = Counter(
             "matmine_pool_bans", "Connections banned for misbehaviour.", registry=registry
         )
+        self.retention_last_run = Gauge(
+            "matmine_pool_retention_last_run_timestamp_seconds",
+            "Unix time of the last retention run that succeeded (0: none yet).",
+            registry=registry,
+        )
+        self.retention_interval = Gauge(
+            "matmine_pool_retention_interval_seconds",
+            "Configured seconds between retention runs.",
+            registry=registry,
+        )
+        self.share_rows = Gauge(
+            "matmine_pool_share_rows", "Rows in the ledger's share table.", registry=registry
+        )
         for result in SHARE_RESULTS:
             self.shares.labels(result=result)
         for status in BLOCK_STATUSES:

@@ -182,12 +182,16 @@ class Ledger(abc.ABC):
         """Number of shares stored."""
 
     @abc.abstractmethod
-    def prune_shares(self, before: float, factor: float = 2.0) -> int:
+    def prune_shares(
+        self, before: float, factor: float = 2.0, *, blocks_after: float = float("inf")
+    ) -> int:
         """Delete shares older than ``before`` that no PPLNS window can still need.
 
-        Kept whatever ``before`` says: every share of the window that a block found now
-        would use with ``factor`` (pass the largest factor the pool may use), and the
-        windows of blocks not yet credited. Returns the number of shares deleted.
+        Kept whatever ``before`` says: every share of the window that a block at time
+        ``blocks_after`` would use with ``factor`` (pass the largest factor the pool may
+        use; windows only move forward in time, so this covers every later block too: pass
+        the oldest time a block not yet recorded may carry), and the windows of blocks not
+        yet credited. Returns the number of shares deleted.
         """
 
     # --- blocks -----------------------------------------------------------------------

@@ -271,13 +271,15 @@ class SqlLedger(Ledger):
                     return t
         return None
 
-    def prune_shares(self, before: float, factor: float = 2.0) -> int:
+    def prune_shares(
+        self, before: float, factor: float = 2.0, *, blocks_after: float = math.inf
+    ) -> int:
         check_parameters(0, 0, factor)
 
         def prune(tx: Transaction) -> int:
             cutoff = before
             found = tx.execute("SELECT time FROM blocks WHERE status = ?", (FOUND,)).fetchall()
-            for at in [math.inf] + [t for (t,) in found]:
+            for at in [blocks_after] + [t for (t,) in found]:
                 start = self._window_start(tx, at, factor)
                 if start is None:
                     return 0

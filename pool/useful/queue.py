@@ -429,13 +429,18 @@ class WorkQueue:
         return [r[0] for r in rows]
 
     def referenced_blobs(self) -> set[bytes]:
-        """Every blob an item still needs (operands of unfinished units, results)."""
+        """Every blob an item still needs (operands of unfinished units, results).
+
+        A queued or leased unit keeps its operands even when its item has failed: a
+        session may still be mining it (its lease ends on its own).
+        """
         with self._lock:
             keep = {r[0] for r in self._db.execute(
                 "SELECT result_blob FROM items WHERE result_blob IS NOT NULL")}
             for a, b, c in self._db.execute(
                 "SELECT u.a_blob, u.b_blob, u.result_blob FROM units u JOIN items i "
-                "ON u.item = i.id WHERE i.state IN ('queued', 'running')"
+                "ON u.item = i.id WHERE i.state IN ('queued', 'running') "
+                "OR u.state IN ('queued', 'running')"
             ):
                 keep.update(x for x in (a, b, c) if x is not None)
         return keep
