@@ -9,6 +9,8 @@ A Starlette app (``create_app``) served by Hypercorn on trio (``serve_http``). R
 - ``GET /api/miners/{address}`` one miner (404 JSON for a malformed or unknown address)
 - ``GET /api/blocks?limit=``   newest blocks (limit 1..500, default 50; else 400 JSON)
 - ``GET /api/payments?limit=`` newest payment batches (same limit rules)
+- ``GET /api/pool/history``     pool hashrate samples ``[[unix_time, MAC/s], ...]``, oldest first
+- ``GET /api/miners/{address}/history`` one miner's samples (404 JSON if not tracked)
 - the work API (``POST /api/work``, ``GET /api/work/{id}``, ``GET /api/work/{id}/result``)
   when the pool passes its routes (``pool.useful.api.create_work_routes``)
 """
@@ -30,6 +32,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from pool.api_data import PoolData, UnknownMiner
+from pool.history import HashrateHistory
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -55,8 +58,13 @@ def parse_limit(request: Request) -> int:
 
 
 def create_app(data: PoolData, registry: CollectorRegistry,
-               extra_routes: list[BaseRoute] | None = None) -> Starlette:
-    """The API app over ``data`` exposing ``registry`` at /metrics, plus ``extra_routes``."""
+               extra_routes: list[BaseRoute] | None = None,
+               history: HashrateHistory | None = None) -> Starlette:
+    """The API app over ``data`` exposing ``registry`` at /metrics, plus ``extra_routes``.
+
+    ``history`` (empty if None) backs the ``/history`` routes.
+    """
+    hist = HashrateHistory(capacity=1) if history is None else history
     dashboard = DASHBOARD.read_text(encoding="utf-8")
 
     async def index(request: Request) -> Response:
@@ -77,6 +85,16 @@ def create_app(data: PoolData, registry: CollectorRegistry,
         except UnknownMiner as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
 
+    async def pool_history(request: Request) -> Response:
+        return JSONResponse({"window": "1m", "samples": hist.pool_series()})
+
+    async def miner_history(request: Request) -> Response:
+        series = hist.miner_series(request.path_params["address"])
+        if series is None:
+            return JSONResponse({"error": "no hashrate history for this address"},
+                                status_code=404)
+        return JSONResponse({"window": "1m", "samples": series})
+
     async def blocks(request: Request) -> Response:
         return JSONResponse(await data.blocks(parse_limit(request)))
 
@@ -96,7 +114,9 @@ def create_app(data: PoolData, registry: CollectorRegistry,
             Route("/healthz", healthz),
             Route("/metrics", metrics),
             Route("/api/pool", pool_stats),
+            Route("/api/pool/history", pool_history),
             Route("/api/miners/{address}", miner),
+            Route("/api/miners/{address}/history", miner_history),
             Route("/api/blocks", blocks),
             Route("/api/payments", payments),
             *(extra_routes or []),
