@@ -3,6 +3,7 @@
 A Starlette app (``create_app``) served by Hypercorn on trio (``serve_http``). Routes:
 
 - ``GET /``                    the dashboard page (static HTML + a little JS)
+- ``GET /static/...``          the vendored charting library (uPlot), no CDN
 - ``GET /healthz``             liveness
 - ``GET /metrics``             Prometheus exposition of the registry passed in
 - ``GET /api/pool``            pool stats
@@ -29,7 +30,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from pool.api_data import PoolData, UnknownMiner
 from pool.history import HashrateHistory
@@ -37,6 +39,7 @@ from pool.history import HashrateHistory
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 DASHBOARD = Path(__file__).with_name("dashboard.html")
+STATIC = Path(__file__).with_name("static")  # vendored uPlot (MIT, see uPlot.LICENSE)
 
 
 class BadRequest(ValueError):
@@ -119,6 +122,7 @@ def create_app(data: PoolData, registry: CollectorRegistry,
             Route("/api/miners/{address}/history", miner_history),
             Route("/api/blocks", blocks),
             Route("/api/payments", payments),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
             *(extra_routes or []),
         ],
         exception_handlers={BadRequest: bad_request, HTTPException: http_error},

@@ -61,3 +61,19 @@ async def test_history_routes(tmp_path) -> None:
             assert r.status_code == 404 and "error" in r.json()
         nursery.cancel_scope.cancel()
     ledger.close()
+
+
+async def test_dashboard_serves_the_vendored_chart_library(tmp_path) -> None:
+    ledger = SqliteLedger(tmp_path / "l.db")
+    data = PoolData(ledger, PoolSnapshot, trio.CapacityLimiter(1), fee_bps=0, min_payout=1)
+    app = create_app(data, CollectorRegistry())
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, app, "127.0.0.1", 0)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            page = (await client.get("/")).text
+            assert "/static/uPlot.iife.min.js" in page and "/api/pool/history" in page
+            r = await client.get("/static/uPlot.iife.min.js")
+            assert r.status_code == 200 and "uPlot" in r.text
+            assert (await client.get("/static/uPlot.min.css")).status_code == 200
+        nursery.cancel_scope.cancel()
+    ledger.close()
