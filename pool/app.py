@@ -203,7 +203,8 @@ async def run_pool(config: PoolConfig, *,
                 work_routes = [] if useful is None else create_work_routes(
                     useful.queue, useful.blobs, config.useful.tokens, useful.limiter)
                 history = HashrateHistory()
-                await nursery.start(run_sampler, history, lambda: snapshot(ctx, started), 60.0)
+                await nursery.start(run_sampler, history, lambda: snapshot(ctx, started),
+                                    config.http.history_interval)
                 http_port = await nursery.start(serve_http,
                                                 create_app(data, registry, work_routes, history),
                                                 config.http.host, config.http.port)
