@@ -7,6 +7,7 @@ A Starlette app (``create_app``) served by Hypercorn on trio (``serve_http``). R
 - ``GET /healthz``             liveness
 - ``GET /metrics``             Prometheus exposition of the registry passed in
 - ``GET /api/pool``            pool stats
+- ``GET /api/miners?limit=``   connected miners, highest hashrate first
 - ``GET /api/miners/{address}`` one miner (404 JSON for a malformed or unknown address)
 - ``GET /api/blocks?limit=``   newest blocks (limit 1..500, default 50; else 400 JSON)
 - ``GET /api/payments?limit=`` newest payment batches (same limit rules)
@@ -82,6 +83,9 @@ def create_app(data: PoolData, registry: CollectorRegistry,
     async def pool_stats(request: Request) -> Response:
         return JSONResponse(await data.pool())
 
+    async def miners(request: Request) -> Response:
+        return JSONResponse(data.live_miners()[: parse_limit(request)])
+
     async def miner(request: Request) -> Response:
         try:
             return JSONResponse(await data.miner(request.path_params["address"]))
@@ -118,6 +122,7 @@ def create_app(data: PoolData, registry: CollectorRegistry,
             Route("/metrics", metrics),
             Route("/api/pool", pool_stats),
             Route("/api/pool/history", pool_history),
+            Route("/api/miners", miners),
             Route("/api/miners/{address}", miner),
             Route("/api/miners/{address}/history", miner_history),
             Route("/api/blocks", blocks),

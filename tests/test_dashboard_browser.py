@@ -115,13 +115,14 @@ def browse(url: str, address: str, user_dir: Path, shot: Path) -> dict[str, Any]
             "return c && c.data[0].length >= 2 && !!document.querySelector('#chart canvas') "
             "? c.data[0].length : 0; })()")
         max_rate = cdp.evaluate("Math.max(...charts['chart'].data[1])")
+        miners = cdp.wait_for("document.querySelector('#miners tbody').textContent")
         cdp.call("Page.navigate", url=f"{url}#/miner/{address}")
         workers = cdp.wait_for("document.querySelector('#workers tbody').textContent")
         time.sleep(0.5)
         png = cdp.call("Page.captureScreenshot", format="png")["data"]
         shot.write_bytes(base64.b64decode(png))
         cdp.evaluate("1")  # drain pending events
-        return {"points": points, "max_rate": max_rate, "workers": workers,
+        return {"points": points, "max_rate": max_rate, "miners": miners, "workers": workers,
                 "errors": cdp.errors}
     finally:
         proc.terminate()
@@ -147,5 +148,6 @@ async def test_dashboard_in_chromium(start_pool: StartPool, tmp_path: Path) -> N
     print(f"dashboard screenshot: {shot}")
     assert seen["errors"] == []
     assert seen["points"] >= 2 and seen["max_rate"] > 0
+    assert address in seen["miners"] and "rig1" in seen["miners"]
     assert "rig1" in seen["workers"]
     assert shot.stat().st_size > 1000

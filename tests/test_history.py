@@ -77,3 +77,15 @@ async def test_dashboard_serves_the_vendored_chart_library(tmp_path) -> None:
             assert (await client.get("/static/uPlot.min.css")).status_code == 200
         nursery.cancel_scope.cancel()
     ledger.close()
+
+
+async def test_live_miners_sorted_by_hashrate(tmp_path) -> None:
+    ledger = SqliteLedger(tmp_path / "l.db")
+    live = PoolSnapshot(miners={
+        "slow": [WorkerSnapshot("a", {"1m": 1.0})],
+        "fast": [WorkerSnapshot("b", {"1m": 2.0}), WorkerSnapshot("c", {"1m": 3.0})]})
+    data = PoolData(ledger, lambda: live, trio.CapacityLimiter(1), fee_bps=0, min_payout=1)
+    assert data.live_miners() == [
+        {"address": "fast", "workers": ["b", "c"], "hashrate": {"1m": 5.0}},
+        {"address": "slow", "workers": ["a"], "hashrate": {"1m": 1.0}}]
+    ledger.close()
