@@ -191,6 +191,19 @@ class PoolData:
             ],
         }  # fmt: skip
 
+    def live_miners(self) -> list[dict[str, Any]]:
+        """Connected miners, highest 1m hashrate first: address, workers, summed hashrate."""
+        rows = []
+        for address, workers in self.snapshot().miners.items():
+            rate: dict[str, float] = {}
+            for w in workers:
+                for window, r in w.hashrate.items():
+                    rate[window] = rate.get(window, 0.0) + r
+            rows.append({"address": address, "workers": sorted(w.name for w in workers),
+                         "hashrate": rate})
+        rows.sort(key=lambda m: -m["hashrate"].get("1m", 0.0))
+        return rows
+
     async def blocks(self, limit: int) -> list[dict[str, Any]]:
         """The newest ``limit`` blocks, newest first."""
         return [block_json(b) for b in await self._ledger(lambda: self.ledger.blocks(limit))]

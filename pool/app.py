@@ -28,6 +28,7 @@ from pool.chain.embedded import EmbeddedChain
 from pool.chain.rpc import RpcChain
 from pool.config import ConfigError, PoolConfig, node_config
 from pool.hashrate import HashrateMeter
+from pool.history import HashrateHistory, run_sampler
 from pool.http_api import create_app, serve_http
 from pool.jobs import JobManager
 from pool.ledger import Ledger, open_ledger
@@ -202,8 +203,11 @@ async def run_pool(config: PoolConfig, *,
                                 fee_bps=p.fee_bps, min_payout=p.min_payout)
                 work_routes = [] if useful is None else create_work_routes(
                     useful.queue, useful.blobs, config.useful.tokens, useful.limiter)
+                history = HashrateHistory()
+                await nursery.start(run_sampler, history, lambda: snapshot(ctx, started),
+                                    config.http.history_interval)
                 http_port = await nursery.start(serve_http,
-                                                create_app(data, registry, work_routes),
+                                                create_app(data, registry, work_routes, history),
                                                 config.http.host, config.http.port)
                 log.info("HTTP API and /metrics on http://%s:%d/", config.http.host, http_port)
             policy = PplnsPolicy(p.pplns_factor, p.fee_bps, fee_address)

@@ -48,6 +48,7 @@ class HttpConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8080
+    history_interval: float = 60.0
 
 
 @dataclass
@@ -233,6 +234,7 @@ HELP: dict[str, dict[str, str]] = {
         "enabled": "serve /metrics and the JSON API",
         "host": "address the HTTP port binds to",
         "port": "HTTP port (0 picks a free port)",
+        "history_interval": "seconds between hashrate history samples (1440 kept per series)",
     },
     "pool": {
         "data_dir": "directory for the ledger, the embedded node and the pool wallet address",
@@ -430,7 +432,8 @@ def validate(config: PoolConfig) -> None:
                         ("ledger.batch_interval_ms", config.ledger.batch_interval_ms),
                         ("limits.messages_per_second", lim.messages_per_second),
                         ("limits.ban_seconds", lim.ban_seconds),
-                        ("retention.interval", config.retention.interval)):
+                        ("retention.interval", config.retention.interval),
+                        ("http.history_interval", config.http.history_interval)):
         if not value > 0:
             raise ConfigError(f"{name} must be positive, got {value}")
     for name, value in (("stratum.max_connections", s.max_connections),

@@ -3,12 +3,16 @@
 A Starlette app (``create_app``) served by Hypercorn on trio (``serve_http``). Routes:
 
 - ``GET /``                    the dashboard page (static HTML + a little JS)
+- ``GET /static/...``          the vendored charting library (uPlot), no CDN
 - ``GET /healthz``             liveness
 - ``GET /metrics``             Prometheus exposition of the registry passed in
 - ``GET /api/pool``            pool stats
+- ``GET /api/miners?limit=``   connected miners, highest hashrate first
 - ``GET /api/miners/{address}`` one miner (404 JSON for a malformed or unknown address)
 - ``GET /api/blocks?limit=``   newest blocks (limit 1..500, default 50; else 400 JSON)
 - ``GET /api/payments?limit=`` newest payment batches (same limit rules)
+- ``GET /api/pool/history``     pool hashrate samples ``[[unix_time, MAC/s], ...]``, oldest first
+- ``GET /api/miners/{address}/history`` one miner's samples (404 JSON if not tracked)
 - the work API (``POST /api/work``, ``GET /api/work/{id}``, ``GET /api/work/{id}/result``)
   when the pool passes its routes (``pool.useful.api.create_work_routes``)
 """
@@ -27,13 +31,16 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from pool.api_data import PoolData, UnknownMiner
+from pool.history import HashrateHistory
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 DASHBOARD = Path(__file__).with_name("dashboard.html")
+STATIC = Path(__file__).with_name("static")  # vendored uPlot (MIT, see uPlot.LICENSE)
 
 
 class BadRequest(ValueError):
@@ -55,8 +62,13 @@ def parse_limit(request: Request) -> int:
 
 
 def create_app(data: PoolData, registry: CollectorRegistry,
-               extra_routes: list[BaseRoute] | None = None) -> Starlette:
-    """The API app over ``data`` exposing ``registry`` at /metrics, plus ``extra_routes``."""
+               extra_routes: list[BaseRoute] | None = None,
+               history: HashrateHistory | None = None) -> Starlette:
+    """The API app over ``data`` exposing ``registry`` at /metrics, plus ``extra_routes``.
+
+    ``history`` (empty if None) backs the ``/history`` routes.
+    """
+    hist = HashrateHistory(capacity=1) if history is None else history
     dashboard = DASHBOARD.read_text(encoding="utf-8")
 
     async def index(request: Request) -> Response:
@@ -71,11 +83,24 @@ def create_app(data: PoolData, registry: CollectorRegistry,
     async def pool_stats(request: Request) -> Response:
         return JSONResponse(await data.pool())
 
+    async def miners(request: Request) -> Response:
+        return JSONResponse(data.live_miners()[: parse_limit(request)])
+
     async def miner(request: Request) -> Response:
         try:
             return JSONResponse(await data.miner(request.path_params["address"]))
         except UnknownMiner as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
+
+    async def pool_history(request: Request) -> Response:
+        return JSONResponse({"window": "1m", "samples": hist.pool_series()})
+
+    async def miner_history(request: Request) -> Response:
+        series = hist.miner_series(request.path_params["address"])
+        if series is None:
+            return JSONResponse({"error": "no hashrate history for this address"},
+                                status_code=404)
+        return JSONResponse({"window": "1m", "samples": series})
 
     async def blocks(request: Request) -> Response:
         return JSONResponse(await data.blocks(parse_limit(request)))
@@ -96,9 +121,13 @@ def create_app(data: PoolData, registry: CollectorRegistry,
             Route("/healthz", healthz),
             Route("/metrics", metrics),
             Route("/api/pool", pool_stats),
+            Route("/api/pool/history", pool_history),
+            Route("/api/miners", miners),
             Route("/api/miners/{address}", miner),
+            Route("/api/miners/{address}/history", miner_history),
             Route("/api/blocks", blocks),
             Route("/api/payments", payments),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
             *(extra_routes or []),
         ],
         exception_handlers={BadRequest: bad_request, HTTPException: http_error},

@@ -1,0 +1,153 @@
+"""The dashboard in a real headless Chromium against a running pool with a mining miner.
+
+Chromium is driven over the DevTools protocol (websocket-client). Without chromium the test
+skips, except under CI (env ``CI`` set) where it fails. The screenshot is saved under
+``$MATMINE_SCREENSHOT_DIR`` (else pytest's tmp dir) and its path printed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from protocol.address import new_address
+from tests.conftest import StartPool
+from tests.miner import TestMiner
+
+CHROMIUM = shutil.which("chromium")
+if CHROMIUM is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("chromium is required under CI for the dashboard test")
+    pytest.skip("chromium not installed", allow_module_level=True)
+
+import websocket  # noqa: E402
+
+
+class Cdp:
+    """A tiny DevTools-protocol client for one page: commands, and console/exception events."""
+
+    def __init__(self, ws_url: str) -> None:
+        self.ws = websocket.create_connection(ws_url, timeout=30)
+        self.next_id = 0
+        self.errors: list[str] = []
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg["result"]
+            self._event(msg)
+
+    def _event(self, msg: dict[str, Any]) -> None:
+        method, params = msg.get("method"), msg.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            self.errors.append(json.dumps(params["exceptionDetails"])[:500])
+        elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
+            self.errors.append(json.dumps(params["args"])[:500])
+        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+            self.errors.append(params["entry"].get("text", "")[:500])
+
+    def evaluate(self, expression: str) -> Any:
+        r = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                      awaitPromise=True)
+        return r["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 20.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {expression}")
+
+
+def _devtools_page(port: int, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as r:
+                pages = [t for t in json.load(r) if t["type"] == "page"]
+            if pages:
+                return pages[0]["webSocketDebuggerUrl"]
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("chromium's DevTools endpoint did not come up")
+
+
+def browse(url: str, address: str, user_dir: Path, shot: Path) -> dict[str, Any]:
+    """Load ``url`` in headless Chromium; what the page shows, and any console errors."""
+    proc = subprocess.Popen(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={user_dir}", "--remote-debugging-port=0",
+         "--window-size=1100,1400", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        active = user_dir / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (active.exists() and active.read_text().strip()):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("chromium did not start")
+            time.sleep(0.1)
+        port = int(active.read_text().split()[0])
+        cdp = Cdp(_devtools_page(port))
+        for domain in ("Runtime", "Log", "Page"):
+            cdp.call(f"{domain}.enable")
+        cdp.call("Page.navigate", url=url)
+        points = cdp.wait_for(
+            "(() => { const c = charts && charts['chart']; "
+            "return c && c.data[0].length >= 2 && !!document.querySelector('#chart canvas') "
+            "? c.data[0].length : 0; })()")
+        max_rate = cdp.evaluate("Math.max(...charts['chart'].data[1])")
+        miners = cdp.wait_for("document.querySelector('#miners tbody').textContent")
+        cdp.call("Page.navigate", url=f"{url}#/miner/{address}")
+        workers = cdp.wait_for("document.querySelector('#workers tbody').textContent")
+        time.sleep(0.5)
+        png = cdp.call("Page.captureScreenshot", format="png")["data"]
+        shot.write_bytes(base64.b64decode(png))
+        cdp.evaluate("1")  # drain pending events
+        return {"points": points, "max_rate": max_rate, "miners": miners, "workers": workers,
+                "errors": cdp.errors}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def test_dashboard_in_chromium(start_pool: StartPool, tmp_path: Path) -> None:
+    pool = await start_pool(settings={"http.enabled": True, "http.history_interval": 0.5})
+    address = new_address()
+    async with await TestMiner.connect(pool.stratum_port) as miner:
+        job = await miner.login(address + ".rig1")
+        accepted = 0
+        for c in await miner.shares(3, job):
+            r = await miner.submit(c)
+            accepted += r.error is None
+        assert accepted >= 1
+        await trio.sleep(1.5)  # a few history samples after the shares
+        shot_dir = Path(os.environ.get("MATMINE_SCREENSHOT_DIR", tmp_path))
+        shot_dir.mkdir(parents=True, exist_ok=True)
+        shot = shot_dir / "dashboard.png"
+        url = f"http://127.0.0.1:{pool.http_port}/"
+        seen = await trio.to_thread.run_sync(browse, url, address, tmp_path / "chromium", shot)
+    print(f"dashboard screenshot: {shot}")
+    assert seen["errors"] == []
+    assert seen["points"] >= 2 and seen["max_rate"] > 0
+    assert address in seen["miners"] and "rig1" in seen["miners"]
+    assert "rig1" in seen["workers"]
+    assert shot.stat().st_size > 1000
