@@ -3,7 +3,8 @@
 A Starlette app (``create_app``) served by Hypercorn on trio (``serve_http``). Routes:
 
 - ``GET /``                    the dashboard page (static HTML + a little JS)
-- ``GET /healthz``             liveness
+- ``GET /healthz``             200 ``{"status": "ok"}``, or 503 ``{"status": "degraded",
+  "down": {dependency: reason}}`` while the ledger or the chain is down
 - ``GET /metrics``             Prometheus exposition of the registry passed in
 - ``GET /api/pool``            pool stats
 - ``GET /api/miners/{address}`` one miner (404 JSON for a malformed or unknown address)
@@ -30,6 +31,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from pool.api_data import PoolData, UnknownMiner
+from pool.health import DependencyHealth
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -55,14 +57,19 @@ def parse_limit(request: Request) -> int:
 
 
 def create_app(data: PoolData, registry: CollectorRegistry,
-               extra_routes: list[BaseRoute] | None = None) -> Starlette:
-    """The API app over ``data`` exposing ``registry`` at /metrics, plus ``extra_routes``."""
+               extra_routes: list[BaseRoute] | None = None,
+               health: DependencyHealth | None = None) -> Starlette:
+    """The API app over ``data`` exposing ``registry`` at /metrics, plus ``extra_routes``;
+    /healthz reports ``health``."""
     dashboard = DASHBOARD.read_text(encoding="utf-8")
 
     async def index(request: Request) -> Response:
         return HTMLResponse(dashboard)
 
     async def healthz(request: Request) -> Response:
+        down = health.down_reasons() if health is not None else {}
+        if down:
+            return JSONResponse({"status": "degraded", "down": down}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def metrics(request: Request) -> Response:
