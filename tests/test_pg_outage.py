@@ -178,3 +178,74 @@ async def test_killed_postgres_restarted(start_pool, own_server):
     finally:
         if not own_server.running:
             own_server.start()
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("fault", ["sigstop", "sigkill"])
+async def test_ledger_lost_between_send_and_complete_pays_once(tmp_path, own_server, fault):
+    """The worst moment of a two-phase payout round: the node has paid, the ledger dies
+    before the batch is marked completed. The round fails in bounded time; once the
+    database is back, the next round reconciles the batch by its key and pays nothing more."""
+    from pool.chain.embedded import EmbeddedChain
+    from pool.ledger import open_ledger
+    from pool.ledger.base import LedgerError
+    from pool.payouts import payout_round
+    from pool.unlocker import unlock_round
+    from tests.test_payouts import MATURITY, POOL, REWARD, found_block, node_balances, node_config
+
+    pids: list[int] = []
+
+    class FaultAfterSend(EmbeddedChain):
+        """The real embedded node; the database fails right after a payment is sent."""
+
+        armed = False
+
+        async def send_many(self, key: str, outputs: dict[str, int]) -> str:
+            txid = await super().send_many(key, outputs)
+            if self.armed:
+                self.armed = False
+                if fault == "sigstop":
+                    pids[:] = cluster_pids(own_server)
+                    signal_cluster(pids, signal.SIGSTOP)
+                else:
+                    await trio.to_thread.run_sync(kill_cluster, own_server)
+            return txid
+
+    url = await trio.to_thread.run_sync(own_server.create_database)
+    ledger = open_ledger(url, call_timeout=CALL_TIMEOUT, connect_timeout=2,
+                         statement_timeout=2)
+    chain = FaultAfterSend(tmp_path / "node", node_config(), wallet_address=POOL)
+    limiter = trio.CapacityLimiter(1)
+    try:
+        await found_block(ledger, chain)
+        await chain.devnet_advance(MATURITY)
+        await unlock_round(ledger, chain, limiter)
+        balances = ledger.balances()
+        assert balances
+        chain.armed = True
+        started = time.monotonic()
+        with pytest.raises(LedgerError):
+            await payout_round(ledger, chain, 1, limiter)
+        assert time.monotonic() - started < ANSWER_BOUND
+        assert await node_balances(chain) == balances  # paid once, on the node
+        if fault == "sigstop":
+            signal_cluster(pids, signal.SIGCONT)
+        else:
+            await trio.to_thread.run_sync(own_server.start)
+        with trio.fail_after(60):
+            while True:
+                try:
+                    report = await payout_round(ledger, chain, 1, limiter)
+                    break
+                except LedgerError:
+                    await trio.sleep(0.2)
+        assert len(report.reconciled) == 1 and report.resent == [] and report.batch is None
+        assert ledger.pending_payment_batches() == [] and ledger.balances() == {}
+        assert await node_balances(chain) == balances  # not paid twice
+        assert await chain.balance(POOL) == REWARD - sum(balances.values())
+    finally:
+        signal_cluster(pids, signal.SIGCONT)
+        if not own_server.running:
+            own_server.start()
+        ledger.close()
+        await chain.aclose()
