@@ -28,6 +28,7 @@ from pool.chain.embedded import EmbeddedChain
 from pool.chain.rpc import RpcChain
 from pool.config import ConfigError, PoolConfig, node_config
 from pool.hashrate import HashrateMeter
+from pool.health import DependencyHealth, HealthChange, miner_message
 from pool.history import HashrateHistory, run_sampler
 from pool.http_api import create_app, serve_http
 from pool.jobs import JobManager
@@ -72,6 +73,7 @@ class PoolHandle:
     metrics: PoolMetrics
     registry: CollectorRegistry
     useful: UsefulWork | None = None
+    health: DependencyHealth | None = None
 
 
 def ensure_payout_address(config: PoolConfig) -> str:
@@ -150,8 +152,12 @@ async def run_pool(config: PoolConfig, *,
     wallet = ensure_payout_address(config)
     registry = CollectorRegistry()
     metrics = PoolMetrics(registry)
+    health = DependencyHealth(registry)
     ledger_limiter = trio.CapacityLimiter(1)
-    ledger = await trio.to_thread.run_sync(open_ledger, config.ledger_location)
+    lc = config.ledger
+    ledger = await trio.to_thread.run_sync(partial(
+        open_ledger, config.ledger_location, connect_timeout=lc.connect_timeout,
+        statement_timeout=lc.statement_timeout, call_timeout=lc.call_timeout))
     chain = None
     useful = None
     p = config.pool
@@ -172,12 +178,14 @@ async def run_pool(config: PoolConfig, *,
                                 interval=config.ledger.batch_interval_ms / 1000,
                                 max_batch=config.ledger.batch_max_shares,
                                 max_pending=config.ledger.max_pending_shares,
-                                observe_commit=metrics.db_write_seconds.observe)
+                                observe_commit=metrics.db_write_seconds.observe,
+                                health=health, retry_interval=lc.retry_interval)
             await nursery.start(sharelog.run)
             jobs = JobManager(chain, SyntheticSource(config.work_shape()),
                               payout_address=wallet, tag=p.tag, instance_id=p.instance_id,
                               poll_interval=config.chain.poll_interval,
-                              refresh_seconds=config.work.job_refresh_seconds)
+                              refresh_seconds=config.work.job_refresh_seconds,
+                              health=health)
             await nursery.start(jobs.run)
             checker = ShareChecker(jobs, sharelog, chain, ledger, ledger_limiter,
                                    trio.CapacityLimiter(p.check_threads),
@@ -191,6 +199,12 @@ async def run_pool(config: PoolConfig, *,
                               vardiff=config.vardiff_config(), metrics=metrics,
                               pool_hashrate=HashrateMeter(trio.current_time()),
                               useful=useful)
+
+            def tell_miners(change: HealthChange) -> None:  # once per outage and recovery
+                for session in list(ctx.sessions):
+                    session.show_message(miner_message(change))
+
+            health.subscribe(tell_miners)
             if useful is not None:
                 await useful.start()
                 await nursery.start(useful.run_expiry, ctx.lease_ended)
@@ -207,7 +221,8 @@ async def run_pool(config: PoolConfig, *,
                 await nursery.start(run_sampler, history, lambda: snapshot(ctx, started),
                                     config.http.history_interval)
                 http_port = await nursery.start(serve_http,
-                                                create_app(data, registry, work_routes, history),
+                                                create_app(data, registry, work_routes,
+                                                           health, history),
                                                 config.http.host, config.http.port)
                 log.info("HTTP API and /metrics on http://%s:%d/", config.http.host, http_port)
             policy = PplnsPolicy(p.pplns_factor, p.fee_bps, fee_address)
@@ -228,7 +243,7 @@ async def run_pool(config: PoolConfig, *,
                 tls_port=ports[1] if len(ports) > 1 else None, http_port=http_port,
                 payout_address=wallet, ledger=ledger, ledger_limiter=ledger_limiter,
                 chain=chain, jobs=jobs, context=ctx, sharelog=sharelog, metrics=metrics,
-                registry=registry, useful=useful))
+                registry=registry, useful=useful, health=health))
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(ledger.close, limiter=ledger_limiter)

@@ -112,6 +112,10 @@ class LedgerSection:
     batch_max_shares: int = 256
     batch_interval_ms: float = 5.0
     max_pending_shares: int = 10000
+    connect_timeout: float = 10.0
+    statement_timeout: float = 30.0
+    call_timeout: float = 60.0
+    retry_interval: float = 2.0
 
 
 @dataclass
@@ -290,6 +294,12 @@ HELP: dict[str, dict[str, str]] = {
         "batch_max_shares": "most shares committed in one transaction",
         "batch_interval_ms": "longest wait before a batch of shares is committed",
         "max_pending_shares": "shares waiting for a commit before submits wait",
+        "connect_timeout": "PostgreSQL: seconds to wait for a connection",
+        "statement_timeout": "PostgreSQL: seconds one statement may run on the server",
+        "call_timeout": "PostgreSQL: seconds one ledger call may take before the pool gives up"
+        " on it (a hung server)",
+        "retry_interval": "seconds between checks of an unavailable ledger (submits are "
+        "answered 20 meanwhile)",
     },
     "limits": {
         "messages_per_second": "sustained messages per second from one connection",
@@ -430,6 +440,10 @@ def validate(config: PoolConfig) -> None:
                         ("work.job_expiry_seconds", w.job_expiry_seconds),
                         ("chain.poll_interval", config.chain.poll_interval),
                         ("ledger.batch_interval_ms", config.ledger.batch_interval_ms),
+                        ("ledger.connect_timeout", config.ledger.connect_timeout),
+                        ("ledger.statement_timeout", config.ledger.statement_timeout),
+                        ("ledger.call_timeout", config.ledger.call_timeout),
+                        ("ledger.retry_interval", config.ledger.retry_interval),
                         ("limits.messages_per_second", lim.messages_per_second),
                         ("limits.ban_seconds", lim.ban_seconds),
                         ("retention.interval", config.retention.interval),

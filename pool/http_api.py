@@ -4,7 +4,8 @@ A Starlette app (``create_app``) served by Hypercorn on trio (``serve_http``). R
 
 - ``GET /``                    the dashboard page (static HTML + a little JS)
 - ``GET /static/...``          the vendored charting library (uPlot), no CDN
-- ``GET /healthz``             liveness
+- ``GET /healthz``             200 ``{"status": "ok"}``, or 503 ``{"status": "degraded",
+  "down": {dependency: reason}}`` while the ledger or the chain is down
 - ``GET /metrics``             Prometheus exposition of the registry passed in
 - ``GET /api/pool``            pool stats
 - ``GET /api/miners?limit=``   connected miners, highest hashrate first
@@ -35,6 +36,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from pool.api_data import PoolData, UnknownMiner
+from pool.health import DependencyHealth
 from pool.history import HashrateHistory
 
 DEFAULT_LIMIT = 50
@@ -63,10 +65,10 @@ def parse_limit(request: Request) -> int:
 
 def create_app(data: PoolData, registry: CollectorRegistry,
                extra_routes: list[BaseRoute] | None = None,
+               health: DependencyHealth | None = None,
                history: HashrateHistory | None = None) -> Starlette:
-    """The API app over ``data`` exposing ``registry`` at /metrics, plus ``extra_routes``.
-
-    ``history`` (empty if None) backs the ``/history`` routes.
+    """The API app over ``data`` exposing ``registry`` at /metrics, plus ``extra_routes``;
+    /healthz reports ``health``; ``history`` (empty if None) backs the ``/history`` routes.
     """
     hist = HashrateHistory(capacity=1) if history is None else history
     dashboard = DASHBOARD.read_text(encoding="utf-8")
@@ -75,6 +77,9 @@ def create_app(data: PoolData, registry: CollectorRegistry,
         return HTMLResponse(dashboard)
 
     async def healthz(request: Request) -> Response:
+        down = health.down_reasons() if health is not None else {}
+        if down:
+            return JSONResponse({"status": "degraded", "down": down}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def metrics(request: Request) -> Response:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import trio
 
 from pool.chain.base import BlockTemplate, ChainAdapter
+from pool.health import CHAIN, DependencyHealth
 from pool.workloads import JobWork, PreparedWork, WorkloadSource
 from protocol import messages
 from protocol.header import Header, assemble_coinbase, coinbase_hash, coinbase_parts
@@ -205,8 +206,10 @@ class JobManager:
         poll_interval: float = 1.0,
         refresh_seconds: float = 30.0,
         prepare_limiter: trio.CapacityLimiter | None = None,
+        health: DependencyHealth | None = None,
     ) -> None:
         self.chain = chain
+        self.health = health if health is not None else DependencyHealth()
         self.source = source
         self.payout_address = payout_address
         self.tag = tag
@@ -283,8 +286,10 @@ class JobManager:
         while True:
             try:
                 await self.refresh(clean=True)
+                self.health.up(CHAIN)
                 break
             except Exception as exc:
+                self.health.down(CHAIN, str(exc))
                 log.warning("waiting for the chain (retry in %.0f s): %s", delay, exc)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -303,5 +308,8 @@ class JobManager:
                 elif now - last_refresh >= self.refresh_seconds:
                     await self.refresh(clean=False)
                     last_refresh = now
+                self.health.up(CHAIN)
             except Exception as exc:  # a chain hiccup must not stop the pool
-                log.warning("could not get work from the chain: %s", exc)
+                # Logged once per outage by the health report, not once per poll.
+                log.debug("could not get work from the chain: %s", exc)
+                self.health.down(CHAIN, f"could not get work from the chain: {exc}")

@@ -233,6 +233,12 @@ class Session:
         if self._scope is not None:
             self._scope.cancel()
 
+    def show_message(self, text: str) -> None:
+        """Send ``client.show_message {text}`` soon (never blocks; nothing once closed)."""
+        if self._nursery is not None and self._authorized.is_set():
+            notice = self.conn.send_notification(messages.ShowMessage(text=text))
+            self._nursery.start_soon(self._guard, self._send, notice)
+
     def kick(self, reason: str) -> None:
         """Tell the miner ``reason`` (``client.show_message``), then close (never blocks)."""
         if self._nursery is None:
@@ -383,7 +389,8 @@ class Session:
             self.rejected += 1
             self.ctx.checker.count(exc.code)
             await self._send(self.conn.send_error(request_id, exc.code, str(exc)))
-            await self._judge(exc.code not in INVALID_CODES)
+            if not exc.pool_fault:  # the pool's own trouble never counts against a miner
+                await self._judge(exc.code not in INVALID_CODES)
             return
         finally:
             self._inflight.release()

@@ -66,11 +66,13 @@ log = logging.getLogger("pool.shares")
 T = TypeVar("T")
 
 class ShareRejected(Exception):
-    """A submit that is not accepted; ``code`` is the wire error code."""
+    """A submit that is not accepted; ``code`` is the wire error code. ``pool_fault``: the
+    pool's own state (its ledger could not store the share), never the miner's doing."""
 
-    def __init__(self, message: str, code: int) -> None:
+    def __init__(self, message: str, code: int, *, pool_fault: bool = False) -> None:
         super().__init__(message)
         self.code = int(code)
+        self.pool_fault = pool_fault
 
 
 @dataclass(frozen=True)
@@ -262,7 +264,7 @@ class ShareChecker:
             held = await self.useful.hold(job.lease_id, record)
         except Exception as exc:
             raise ShareRejected(f"share not stored, please resubmit: {exc}",
-                                ErrorCode.OTHER) from None
+                                ErrorCode.OTHER, pool_fault=True) from None
         if not held:
             raise ShareRejected(f"job {job.job_id!r}: its work unit is no longer leased to "
                                 "this session", ErrorCode.STALE)
@@ -278,7 +280,7 @@ class ShareChecker:
             stored = await self.sharelog.commit(record)
         except ShareLogError as exc:
             raise ShareRejected(f"share not stored, please resubmit: {exc}",
-                                ErrorCode.OTHER) from None
+                                ErrorCode.OTHER, pool_fault=True) from None
         if not stored:  # the ledger holds this ticket for another share: no second credit
             raise ShareRejected("duplicate share: this ticket is already credited",
                                 ErrorCode.DUPLICATE)

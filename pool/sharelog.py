@@ -11,6 +11,12 @@ If a commit fails, every submit of that batch gets :class:`ShareLogError` (the p
 answers the miner with an error instead of an ack) and the writer carries on. At most
 ``max_pending`` shares wait at a time; further submits wait for room (backpressure).
 On shutdown ``run`` commits whatever is still queued before it returns.
+
+A failed commit also means the ledger is unavailable (reported once to
+:class:`~pool.health.DependencyHealth`): from then on submits are refused at once
+(``ShareLogError``, nothing is buffered) and every ``retry_interval`` seconds the writer
+checks the ledger with a read; when it answers, the ledger is up again and shares are
+committed as before. A share that was acknowledged was committed; nothing else is kept.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections.abc import Callable
 
 import trio
 
+from pool.health import LEDGER, DependencyHealth
 from pool.ledger.base import Ledger, ShareRecord
 
 log = logging.getLogger("pool.sharelog")
@@ -52,6 +59,8 @@ class ShareLog:
         max_batch: int = 256,
         max_pending: int = 10000,
         observe_commit: Callable[[float], None] | None = None,
+        health: DependencyHealth | None = None,
+        retry_interval: float = 1.0,
     ) -> None:
         self.ledger = ledger
         self.limiter = ledger_limiter
@@ -63,13 +72,25 @@ class ShareLog:
         self._full = trio.Event()
         self._closed = False
         self._observe = observe_commit
+        self.health = health if health is not None else DependencyHealth()
+        self.retry_interval = retry_interval
+        self._unavailable: str | None = None  # why the ledger cannot commit, while it cannot
         self.committed = 0
+        self.refused = 0  # submits refused at once while the ledger was unavailable
+
+    @property
+    def available(self) -> bool:
+        """False from a failed commit until the ledger answers again."""
+        return self._unavailable is None
 
     async def commit(self, record: ShareRecord) -> bool:
         """Queue ``record``; once durable, return whether the ledger holds it as this share
         (False: a duplicate of a stored one). Raise ``ShareLogError`` if not stored."""
         if self._closed:
             raise ShareLogError("the share log is shut down")
+        if self._unavailable is not None:
+            self.refused += 1
+            raise ShareLogError(f"ledger unavailable: {self._unavailable}")
         async with self._room:
             batch = self._batch
             index = len(batch.records)
@@ -88,6 +109,9 @@ class ShareLog:
         task_status.started()
         try:
             while True:
+                if self._unavailable is not None:
+                    await self._wait_for_ledger()
+                    continue
                 await self._wakeup.wait()
                 with trio.move_on_after(self.interval):
                     await self._full.wait()
@@ -97,6 +121,23 @@ class ShareLog:
             with trio.CancelScope(shield=True):
                 while self._batch.records:
                     await self._flush()
+
+    async def _wait_for_ledger(self) -> None:
+        await trio.sleep(self.retry_interval)
+        try:
+            await trio.to_thread.run_sync(self.ledger.schema_version, limiter=self.limiter)
+        except Exception as exc:
+            log.debug("ledger still unavailable: %s", exc)
+            return
+        self._unavailable = None
+        self.health.up(LEDGER)
+
+    def _fail_queued(self, reason: str) -> None:
+        """The ledger just failed: the shares queued behind the failed batch fail too."""
+        batch = self._batch
+        self._batch = _Batch()
+        batch.error = ShareLogError(f"ledger unavailable: {reason}")
+        batch.done.set()
 
     async def _flush(self) -> None:
         batch = self._batch
@@ -115,8 +156,13 @@ class ShareLog:
                                    f"{len(batch.records)} shares")
             batch.stored = stored
         except Exception as exc:  # the ledger's own error, disk full, ...
-            log.error("could not store %d shares: %s", len(batch.records), exc)
+            log.debug("could not store %d shares: %s", len(batch.records), exc)
             batch.error = exc
+            if self._unavailable is None and not self._closed:
+                self._unavailable = str(exc) or type(exc).__name__
+                self.health.down(LEDGER, f"{self._unavailable} ({len(batch.records)} shares "
+                                         "not stored; submits answered 20 until it is back)")
+                self._fail_queued(self._unavailable)
         else:
             self.committed += sum(batch.stored)
             if self._observe is not None:

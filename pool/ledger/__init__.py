@@ -32,8 +32,11 @@ from .sqlite import SqliteLedger
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def open_ledger(url_or_path: str | Path) -> Ledger:
-    """Open the ledger at ``url_or_path``: a PostgreSQL URL or a SQLite file path."""
+def open_ledger(url_or_path: str | Path, **postgres_options: float) -> Ledger:
+    """Open the ledger at ``url_or_path``: a PostgreSQL URL or a SQLite file path.
+
+    ``postgres_options`` (``connect_timeout``, ``statement_timeout``, ``call_timeout``)
+    go to ``PostgresLedger``; a SQLite ledger ignores them."""
     if isinstance(url_or_path, str) and url_or_path.startswith(POSTGRES_SCHEMES):
         try:
             from .postgres import PostgresLedger
@@ -41,7 +44,7 @@ def open_ledger(url_or_path: str | Path) -> Ledger:
             raise LedgerError(
                 f"a PostgreSQL ledger needs psycopg (pip install 'matmine[postgres]'): {exc}"
             ) from exc
-        return PostgresLedger(url_or_path)
+        return PostgresLedger(url_or_path, **postgres_options)  # type: ignore[arg-type]
     return SqliteLedger(url_or_path)
 
 __all__ = [

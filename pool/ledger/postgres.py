@@ -17,12 +17,21 @@ connection turns out dead before anything was sent (a restart while the pool was
 the call reconnects and goes on by itself. If the connection breaks during COMMIT the
 outcome is unknown to the caller; every write is idempotent (share digests, block hashes,
 payment keys), so doing it again is safe.
+
+A database that hangs (a stopped server, a lost network) never blocks a call for long:
+libpq's ``connect_timeout``, TCP keepalives and ``tcp_user_timeout`` bound the connection,
+the server's ``statement_timeout`` bounds each statement, and a client-side deadline
+(``call_timeout``) shuts the socket of a call that has not finished in time, because a
+stopped server on the same host still acknowledges every TCP segment. Such a call raises
+``LedgerConnectionError``; the next call connects again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import socket
 import threading
 import time as _time
 from collections.abc import Callable, Iterator
@@ -136,15 +145,28 @@ class PostgresLedger(SqlLedger):
 
     SCHEMA = SCHEMA_V1
 
-    def __init__(self, url: str, *, connect_timeout: int = 10, max_attempts: int = 20) -> None:
+    def __init__(self, url: str, *, connect_timeout: float = 10, statement_timeout: float = 30,
+                 call_timeout: float = 60, max_attempts: int = 20) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        if not (connect_timeout > 0 and statement_timeout > 0 and call_timeout > 0):
+            raise ValueError("PostgreSQL timeouts must be positive")
         try:
             params = conninfo_to_dict(url)
         except psycopg.ProgrammingError as exc:
             raise ValueError(f"bad PostgreSQL URL: {exc}") from None
-        params.setdefault("connect_timeout", connect_timeout)
+        params.setdefault("connect_timeout", max(1, round(connect_timeout)))
         params.setdefault("application_name", "matmine-pool")
+        # A dead peer is noticed within about 10 + 3 x 5 s; unacknowledged data in 20 s.
+        for key, value in (("keepalives", 1), ("keepalives_idle", 10),
+                           ("keepalives_interval", 5), ("keepalives_count", 3),
+                           ("tcp_user_timeout", 20_000)):
+            params.setdefault(key, value)
+        ms = max(1, round(statement_timeout * 1000))
+        params["options"] = (f"-c statement_timeout={ms} "
+                             f"-c idle_in_transaction_session_timeout={ms} "
+                             + str(params.get("options", ""))).strip()
+        self.call_timeout = call_timeout
         self._params = params
         # Where, for messages: never the password.
         self.where = "{}:{}/{}".format(
@@ -155,6 +177,9 @@ class PostgresLedger(SqlLedger):
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._closed = False
+        self._deadline_lock = threading.Lock()
+        self._watched: Connection | None = None  # the connection a deadline may shut
+        self._timed_out = False
         try:
             self._migrate()
         except BaseException:
@@ -185,6 +210,31 @@ class PostgresLedger(SqlLedger):
                 self._conn.close()
             self._conn = None
 
+    def _shut(self, conn: Connection) -> None:
+        """The deadline passed: shut the call's socket so the waiting thread wakes up."""
+        with self._deadline_lock:
+            if self._watched is not conn:
+                return  # the call ended meanwhile
+            self._timed_out = True
+            with contextlib.suppress(Exception):
+                fd = conn.pgconn.socket
+                with socket.socket(fileno=os.dup(fd)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    @contextlib.contextmanager
+    def _deadline(self, conn: Connection) -> Iterator[None]:
+        timer = threading.Timer(self.call_timeout, self._shut, (conn,))
+        timer.daemon = True
+        with self._deadline_lock:
+            self._watched, self._timed_out = conn, False
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+            with self._deadline_lock:
+                self._watched = None
+
     def _run(
         self,
         body: Callable[[Transaction], T],
@@ -207,7 +257,7 @@ class PostgresLedger(SqlLedger):
                 conn.read_only = not write
                 began = False
                 try:
-                    with conn.transaction():
+                    with self._deadline(conn), conn.transaction():
                         began = True
                         return body(PostgresTransaction(conn))
                 except RETRYABLE as exc:
@@ -217,7 +267,17 @@ class PostgresLedger(SqlLedger):
                         ) from exc
                     self.retries += 1
                     _time.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.2)))
+                except errors.QueryCanceled as exc:  # statement_timeout
+                    raise LedgerConnectionError(
+                        f"PostgreSQL at {self.where} did not finish a statement in time: {exc}"
+                    ) from exc
                 except psycopg.OperationalError as exc:
+                    if self._timed_out:
+                        self._discard()
+                        raise LedgerConnectionError(
+                            f"PostgreSQL at {self.where} did not answer within "
+                            f"{self.call_timeout:g} s"
+                        ) from exc
                     if not (conn.closed or conn.broken):
                         raise  # a live connection: the statement itself failed
                     self._discard()
