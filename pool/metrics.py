@@ -109,6 +109,12 @@ class PoolMetrics:
         self.bans = Counter(
             "matmine_pool_bans", "Connections banned for misbehaviour.", registry=registry
         )
+        self.ban_decisions = Counter(
+            "matmine_pool_ban_decisions",
+            "IP ban decisions at a session's second or later drop within ban_seconds: banned,"
+            " or spared because the IP's honest sessions outweigh its drops.",
+            ["decision"], registry=registry,
+        )
         self.retention_last_run = Gauge(
             "matmine_pool_retention_last_run_timestamp_seconds",
             "Unix time of the last retention run that succeeded (0: none yet).",

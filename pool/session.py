@@ -60,9 +60,14 @@ READ_SIZE = 65536
 SEND_TIMEOUT = 10.0
 LINGER_SECONDS = 0.5
 LINGER_BYTES = 1 << 20
-# Outcomes that count against a miner in the escalation (stale shares are honest).
-INVALID_CODES = {ErrorCode.OTHER, ErrorCode.DUPLICATE, ErrorCode.LOW_DIFFICULTY,
-                 ErrorCode.MALFORMED, ErrorCode.BAD_TIME}
+# Answers to a submit that are neutral in the escalation (SPEC §12.9): a stale share is
+# honest, a rate-limited one was never judged. Every other refusal that is not the pool's
+# own fault counts against the miner; only an accepted share counts for it, so cheap stale
+# submits cannot dilute the invalid ratio of bogus tickets.
+NEUTRAL_CODES = {ErrorCode.STALE, ErrorCode.RATE_LIMITED}
+# An IP is banned only when its drops (within limits.ban_seconds) outweigh its honest
+# sessions (live ones with an accepted share) this many times over (SPEC §12.9).
+HONEST_SESSION_WEIGHT = 4
 
 
 class CloseSession(Exception):
@@ -82,7 +87,7 @@ class PoolContext:
     sessions: set[Session] = field(default_factory=set)
     resumable: OrderedDict[bytes, bytes] = field(default_factory=OrderedDict)
     pool_hashrate: HashrateMeter | None = None
-    strikes: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    strikes: OrderedDict[str, list[float]] = field(default_factory=OrderedDict)
     useful: UsefulWork | None = None
 
     def lease_ended(self, end: LeaseEnd) -> None:
@@ -112,12 +117,19 @@ class PoolContext:
             self.resumable.popitem(last=False)
 
     def strike(self, ip: str) -> int:
-        """Count a drop for invalid shares against ``ip``; return its strikes (bounded)."""
-        count = self.strikes.pop(ip, 0) + 1
-        self.strikes[ip] = count
+        """Count a drop for invalid shares against ``ip``; return its strikes within the
+        last ``limits.ban_seconds`` (bounded in IPs and in times kept)."""
+        now = trio.current_time()
+        times = [t for t in self.strikes.pop(ip, []) if now - t < self.config.limits.ban_seconds]
+        times = [*times[-63:], now]
+        self.strikes[ip] = times
         while len(self.strikes) > self.config.limits.max_banned_ips:
             self.strikes.popitem(last=False)
-        return count
+        return len(times)
+
+    def honest_sessions(self, ip: str, but: Session) -> int:
+        """Live sessions from ``ip`` (but ``but``) that have had a share accepted."""
+        return sum(1 for s in self.sessions if s.peer == ip and s is not but and s.accepted)
 
 
 class Session:
@@ -389,8 +401,8 @@ class Session:
             self.rejected += 1
             self.ctx.checker.count(exc.code)
             await self._send(self.conn.send_error(request_id, exc.code, str(exc)))
-            if not exc.pool_fault:  # the pool's own trouble never counts against a miner
-                await self._judge(exc.code not in INVALID_CODES)
+            if not exc.pool_fault and exc.code not in NEUTRAL_CODES:
+                await self._judge(False)
             return
         finally:
             self._inflight.release()
@@ -510,7 +522,14 @@ class Session:
                 host=self.ctx.config.stratum.public_host or host, port=port, wait=5.0)))
         else:
             strikes = self.ctx.strike(self.peer)
-            if strikes >= 2:
+            honest = self.ctx.honest_sessions(self.peer, self)
+            if strikes >= 2 and strikes <= HONEST_SESSION_WEIGHT * honest:
+                self.ctx.metrics.ban_decisions.labels("spared").inc()
+                log.warning("not banning %s: its %d drop(s) do not outweigh its %d honest "
+                            "session(s); dropping %s only", self.peer, strikes, honest,
+                            self.login)
+            elif strikes >= 2:
+                self.ctx.metrics.ban_decisions.labels("banned").inc()
                 self.ctx.bans.ban(self.peer, trio.current_time())
                 if self.ctx.metrics is not None:
                     self.ctx.metrics.bans.inc()
