@@ -320,3 +320,23 @@ class TestMiner:
                 return response
         assert response is not None
         return response
+
+
+async def misbehave(miner: TestMiner) -> None:
+    """Log in and submit tickets that miss the difficulty until the pool closes the session
+    (fresh work after the first: every invalid share is one escalation step at window 1)."""
+    from protocol.address import new_address
+
+    await miner.login(new_address() + ".bad")
+    try:
+        for step in range(3):
+            seen = len(miner.jobs)
+            (c, *_) = await trio.to_thread.run_sync(losing_tiles, miner.job,
+                                                    miner.extranonce1, secrets.token_bytes(8))
+            r = await miner.submit(c)
+            assert r.error.code == messages.ErrorCode.LOW_DIFFICULTY
+            if step == 0:  # resend work: mine the fresh job next
+                await miner.next_job(seen)
+    except MinerClosed:
+        pass
+    await miner.wait_closed()

@@ -15,7 +15,7 @@ from pool.abuse import BanList, Escalation, RateLimiter, ShareJudge
 from protocol import messages
 from protocol.address import new_address
 from protocol.framing import FrameDecoder, encode_frame
-from tests.miner import MinerClosed, TestMiner, losing_tiles
+from tests.miner import MinerClosed, TestMiner, losing_tiles, misbehave
 
 
 def shown(miner: TestMiner) -> list[str]:
@@ -229,18 +229,6 @@ async def test_a_ban_drops_the_other_connections_from_that_ip(start_pool):
     pool = await start_pool({"limits.invalid_window": 1, "limits.invalid_min_shares": 1,
                              "limits.invalid_ratio": 0.5, "limits.ban_seconds": 60.0})
 
-    async def misbehave(miner: TestMiner) -> None:
-        await miner.login(new_address() + ".bad")
-        with contextlib.suppress(MinerClosed):
-            for step in range(3):
-                seen = len(miner.jobs)
-                (c, *_) = await trio.to_thread.run_sync(losing_tiles, miner.job,
-                                                        miner.extranonce1, secrets.token_bytes(8))
-                r = await miner.submit(c)
-                assert r.error.code == messages.ErrorCode.LOW_DIFFICULTY
-                if step == 0:  # resend work: mine the fresh job next
-                    await miner.next_job(seen)
-        await miner.wait_closed()
 
     async with await TestMiner.connect(pool.stratum_port) as bystander, \
             await TestMiner.connect(pool.stratum_port) as other:

@@ -12,7 +12,7 @@ import trio
 
 from protocol import messages
 from protocol.address import new_address
-from tests.miner import MinerClosed, TestMiner, losing_tiles
+from tests.miner import MinerClosed, TestMiner, losing_tiles, misbehave
 
 LADDER = {"limits.invalid_window": 4, "limits.invalid_min_shares": 4,
           "limits.invalid_ratio": 0.5, "limits.ban_seconds": 60.0}
@@ -50,17 +50,6 @@ async def test_a_hostile_client_does_not_get_its_honest_neighbours_banned(start_
     pool = await start_pool({"limits.invalid_window": 1, "limits.invalid_min_shares": 1,
                              "limits.invalid_ratio": 0.5, "limits.ban_seconds": 60.0})
 
-    async def misbehave(miner: TestMiner) -> None:
-        await miner.login(new_address() + ".bad")
-        with contextlib.suppress(MinerClosed):
-            for step in range(3):
-                seen = len(miner.jobs)
-                (c, *_) = await trio.to_thread.run_sync(losing_tiles, miner.job,
-                                                        miner.extranonce1, secrets.token_bytes(8))
-                await miner.submit(c)
-                if step == 0:
-                    await miner.next_job(seen)
-        await miner.wait_closed()
 
     acked = submitted = 0
     async with await TestMiner.connect(pool.stratum_port) as honest:
