@@ -150,7 +150,9 @@ class Session:
         self.connected_at = now
         self.last_message = now
         self.book = SessionJobs(cfg.limits.max_jobs_per_session, cfg.work.job_expiry_seconds)
-        self.vardiff = Vardiff(ctx.vardiff, cfg.pool.start_difficulty)
+        # The window opens now, so every accepted share counts (and none depends on whether
+        # the first share or the first idle sweep comes first).
+        self.vardiff = Vardiff(ctx.vardiff, cfg.pool.start_difficulty, now)
         self.rate = RateLimiter(cfg.limits.messages_per_second, cfg.limits.message_burst, now)
         self.judge = ShareJudge(cfg.limits.invalid_window, cfg.limits.invalid_min_shares,
                                 cfg.limits.invalid_ratio)
