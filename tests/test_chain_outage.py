@@ -61,6 +61,7 @@ async def wait_for(client: httpx.AsyncClient, want: tuple[float, int]) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_killed_node_marks_the_chain_down_then_up(start_pool, tmp_path: Path):
     port = free_port()

@@ -129,6 +129,7 @@ def browse(url: str, address: str, user_dir: Path, shot: Path) -> dict[str, Any]
         proc.wait(timeout=10)
 
 
+@pytest.mark.slow
 async def test_dashboard_in_chromium(start_pool: StartPool, tmp_path: Path) -> None:
     pool = await start_pool(settings={"http.enabled": True, "http.history_interval": 0.5})
     address = new_address()

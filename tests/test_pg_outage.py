@@ -155,6 +155,7 @@ async def outage(start_pool, server: PostgresServer, stop: Callable[[], None],
     assert pool.context.bans.ban_seconds and not pool.context.strikes
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_hung_postgres_sigstop_then_sigcont(start_pool, own_server):
     pids: list[int] = []
@@ -170,6 +171,7 @@ async def test_hung_postgres_sigstop_then_sigcont(start_pool, own_server):
         signal_cluster(pids, signal.SIGCONT)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_killed_postgres_restarted(start_pool, own_server):
     try:
@@ -180,6 +182,7 @@ async def test_killed_postgres_restarted(start_pool, own_server):
             own_server.start()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("fault", ["sigstop", "sigkill"])
 async def test_ledger_lost_between_send_and_complete_pays_once(tmp_path, own_server, fault):

@@ -80,6 +80,7 @@ def test_an_unwritable_data_dir_is_one_line(readonly_dir: Path):
     assert len(lines) == 1 and str(readonly_dir) in lines[0] and "not writable" in lines[0], stderr
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_pool_waiting_for_an_unreachable_node(tmp_path: Path):
     proc = serve("--data-dir", str(tmp_path / "data"), "--stratum-port", "0", "--no-http",
                  "--chain", f"rpc://127.0.0.1:{free_port()}")

@@ -130,6 +130,7 @@ async def run_miners(port: int, addresses: list[str], acked: list[ShareRecord],
             await during()
 
 
+@pytest.mark.slow
 async def test_sigkill_loses_no_acknowledged_share_and_pays_nothing_twice(tmp_path):
     data_dir = tmp_path / "data"
     config = tmp_path / "pool.toml"

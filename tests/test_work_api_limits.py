@@ -91,6 +91,7 @@ async def pool_process(tmp_path):
         process.wait(20)
 
 
+@pytest.mark.slow
 async def test_concurrent_large_bad_uploads_keep_the_pool_small(pool_process):
     pid, url = pool_process
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
@@ -137,6 +138,7 @@ async def test_concurrent_large_bad_uploads_keep_the_pool_small(pool_process):
     assert growth < 64, f"peak RSS grew by {growth:.1f} MiB"
 
 
+@pytest.mark.slow
 async def test_large_valid_upload_round_trips_exactly(pool_process, tmp_path):
     _, url = pool_process
     m = k = n = 4096  # 16 MiB + 16 MiB, chunked (no Content-Length)

@@ -160,6 +160,7 @@ def test_parse_shape():
     assert parse_shape("64x32x256:64") == Shape(64, 32, 256, 64)
 
 
+@pytest.mark.slow
 async def test_mine_process_against_a_real_pool_and_sigint(tmp_path):
     # A real-sized share difficulty (≈ 2·10⁹ MACs a share): with vardiff off, the tiny
     # default would let a fast box flood the pool past its message-rate limit.
