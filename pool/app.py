@@ -152,7 +152,7 @@ async def run_pool(config: PoolConfig, *,
     wallet = ensure_payout_address(config)
     registry = CollectorRegistry()
     metrics = PoolMetrics(registry)
-    health = DependencyHealth(registry)
+    health = DependencyHealth(metrics.dependency_up)
     ledger_limiter = trio.CapacityLimiter(1)
     lc = config.ledger
     ledger = await trio.to_thread.run_sync(partial(

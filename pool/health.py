@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import Gauge
 
 log = logging.getLogger("pool.health")
 
@@ -39,19 +39,13 @@ Listener = Callable[[HealthChange], None]
 
 
 class DependencyHealth:
-    """Up/down per dependency; see the module doc."""
+    """Up/down per dependency, shown in ``gauge`` (``PoolMetrics.dependency_up``)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, gauge: Gauge | None = None) -> None:
         self._down: dict[str, tuple[str, float]] = {}  # dependency -> (reason, since)
         self._listeners: list[Listener] = []
         self.outages: dict[str, int] = dict.fromkeys(DEPENDENCIES, 0)
-        self._gauge = None
-        if registry is not None:
-            self._gauge = Gauge("matmine_pool_dependency_up",
-                                "1 while the dependency answers, 0 while it is down.",
-                                ["dependency"], registry=registry)
-            for name in DEPENDENCIES:
-                self._gauge.labels(dependency=name).set(1)
+        self._gauge = gauge
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener`` on every change (it must not block)."""

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 SHARE_RESULTS = ("accepted", "stale", "duplicate", "low_difficulty", "invalid", "malformed")
 BLOCK_STATUSES = ("found", "rejected", "confirmed", "orphaned")
 VARDIFF_DIRECTIONS = ("up", "down")
+DEPENDENCIES = ("ledger", "chain")  # pool.health reports them
 
 _RESULT_BY_CODE = {21: "stale", 22: "duplicate", 23: "low_difficulty", 26: "malformed"}
 
@@ -128,6 +129,14 @@ class PoolMetrics:
         self.share_rows = Gauge(
             "matmine_pool_share_rows", "Rows in the ledger's share table.", registry=registry
         )
+        self.dependency_up = Gauge(
+            "matmine_pool_dependency_up",
+            "1 while the dependency (ledger, chain) answers, 0 while it is down.",
+            ["dependency"],
+            registry=registry,
+        )
+        for dependency in DEPENDENCIES:
+            self.dependency_up.labels(dependency=dependency).set(1)
         for result in SHARE_RESULTS:
             self.shares.labels(result=result)
         for status in BLOCK_STATUSES:

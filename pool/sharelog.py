@@ -13,10 +13,13 @@ answers the miner with an error instead of an ack) and the writer carries on. At
 On shutdown ``run`` commits whatever is still queued before it returns.
 
 A failed commit also means the ledger is unavailable (reported once to
-:class:`~pool.health.DependencyHealth`): from then on submits are refused at once
-(``ShareLogError``, nothing is buffered) and every ``retry_interval`` seconds the writer
-checks the ledger with a read; when it answers, the ledger is up again and shares are
-committed as before. A share that was acknowledged was committed; nothing else is kept.
+:class:`~pool.health.DependencyHealth`): the writer checks it with a read when the next
+submit arrives (or after ``retry_interval`` seconds), then, while the checks fail, every
+``retry_interval`` seconds. Submits that arrive during a check wait for it (bounded by the
+ledger's own timeouts); between checks they are refused at once (``ShareLogError``;
+nothing is buffered). When a check answers, shares are committed again, and the ledger is
+reported up by the first commit that succeeds (so a ledger that reads but cannot write
+does not flap). A share that was acknowledged was committed; nothing else is kept.
 """
 
 from __future__ import annotations
@@ -75,6 +78,10 @@ class ShareLog:
         self.health = health if health is not None else DependencyHealth()
         self.retry_interval = retry_interval
         self._unavailable: str | None = None  # why the ledger cannot commit, while it cannot
+        self._checking = False  # a check of the ledger is running
+        self._on_demand = False  # the next submit starts a check (first one after a failure)
+        self._wanted = trio.Event()  # a submit asks for a check
+        self._checked = trio.Event()  # set when the next (or running) check ends
         self.committed = 0
         self.refused = 0  # submits refused at once while the ledger was unavailable
 
@@ -88,6 +95,10 @@ class ShareLog:
         (False: a duplicate of a stored one). Raise ``ShareLogError`` if not stored."""
         if self._closed:
             raise ShareLogError("the share log is shut down")
+        if self._unavailable is not None and (self._checking or self._on_demand):
+            checked = self._checked
+            self._wanted.set()
+            await checked.wait()
         if self._unavailable is not None:
             self.refused += 1
             raise ShareLogError(f"ledger unavailable: {self._unavailable}")
@@ -123,14 +134,21 @@ class ShareLog:
                     await self._flush()
 
     async def _wait_for_ledger(self) -> None:
-        await trio.sleep(self.retry_interval)
+        with trio.move_on_after(self.retry_interval):
+            await self._wanted.wait()
+        self._wanted = trio.Event()
+        self._checking = True
         try:
             await trio.to_thread.run_sync(self.ledger.schema_version, limiter=self.limiter)
         except Exception as exc:
             log.debug("ledger still unavailable: %s", exc)
-            return
-        self._unavailable = None
-        self.health.up(LEDGER)
+            self._on_demand = False  # refuse at once until the next timed check
+        else:
+            self._unavailable = None  # try commits again; the first that succeeds reports up
+        finally:
+            self._checking = False
+            checked, self._checked = self._checked, trio.Event()
+            checked.set()
 
     def _fail_queued(self, reason: str) -> None:
         """The ledger just failed: the shares queued behind the failed batch fail too."""
@@ -160,11 +178,14 @@ class ShareLog:
             batch.error = exc
             if self._unavailable is None and not self._closed:
                 self._unavailable = str(exc) or type(exc).__name__
+                # Reported once per outage: a no-op while it is reported down.
                 self.health.down(LEDGER, f"{self._unavailable} ({len(batch.records)} shares "
                                          "not stored; submits answered 20 until it is back)")
+                self._on_demand = True
                 self._fail_queued(self._unavailable)
         else:
             self.committed += sum(batch.stored)
+            self.health.up(LEDGER)
             if self._observe is not None:
                 self._observe(time.perf_counter() - started)
         finally:
