@@ -1,4 +1,4 @@
-"""Dependency health: is the ledger up, is the chain up (SPEC §12.8).
+"""Dependency health: is the ledger up, is the chain up (SPEC §12.10).
 
 :class:`DependencyHealth` keeps one up/down state per dependency, exports it as the gauge
 ``matmine_pool_dependency_up{dependency}`` (1 up, 0 down), logs each change once (not
