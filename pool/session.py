@@ -525,13 +525,14 @@ class Session:
         else:
             strikes = self.ctx.strike(self.peer)
             honest = self.ctx.honest_sessions(self.peer, self)
-            if strikes >= 2 and strikes <= HONEST_SESSION_WEIGHT * honest:
-                self.ctx.metrics.ban_decisions.labels("spared").inc()
+            banned = strikes >= 2 and strikes > HONEST_SESSION_WEIGHT * honest
+            if strikes >= 2 and self.ctx.metrics is not None:
+                self.ctx.metrics.ban_decisions.labels("banned" if banned else "spared").inc()
+            if strikes >= 2 and not banned:
                 log.warning("not banning %s: its %d drop(s) do not outweigh its %d honest "
                             "session(s); dropping %s only", self.peer, strikes, honest,
                             self.login)
-            elif strikes >= 2:
-                self.ctx.metrics.ban_decisions.labels("banned").inc()
+            if banned:
                 self.ctx.bans.ban(self.peer, trio.current_time())
                 if self.ctx.metrics is not None:
                     self.ctx.metrics.bans.inc()
