@@ -9,6 +9,8 @@ Everything here is sans-IO (the caller passes the clock) and bounded in memory:
   ladder). A good stretch (the window back under the ratio) resets the ladder.
 - :class:`BanList` — IP → expiry, at most ``max_entries`` (the oldest ban is forgotten
   first when full), and a per-IP connection counter, equally bounded.
+- :class:`CheckBudget` — a token bucket per IP for full share checks (the pool's costly
+  work), so no IP can take more than its share of the check threads (SPEC §12.9).
 """
 
 from __future__ import annotations
@@ -114,10 +116,16 @@ class BanList:
     def __len__(self) -> int:
         return len(self._bans)
 
-    def connect(self, ip: str, limit: int) -> bool:
-        """Count a new connection from ``ip``; False (and not counted) above ``limit``."""
+    def connections(self, ip: str) -> int:
+        """Live connections counted for ``ip``."""
+        return self._connections.get(ip, 0)
+
+    def connect(self, ip: str, limit: int | None = None) -> bool:
+        """Count a new connection from ``ip``; False (and not counted) at ``limit`` or when
+        the per-IP table is full."""
         count = self._connections.get(ip, 0)
-        if count >= limit or (count == 0 and len(self._connections) >= self.max_entries):
+        if (limit is not None and count >= limit) or (
+                count == 0 and len(self._connections) >= self.max_entries):
             return False
         self._connections[ip] = count + 1
         return True
@@ -128,3 +136,22 @@ class BanList:
             self._connections[ip] = count
         else:
             self._connections.pop(ip, None)
+
+
+class CheckBudget:
+    """Full share checks per IP: ``rate`` per second over ``burst``, at most ``max_entries``
+    IPs remembered (the longest unused is forgotten first; a forgotten IP starts full)."""
+
+    def __init__(self, rate: float, burst: int, max_entries: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_entries = max_entries
+        self._buckets: OrderedDict[str, RateLimiter] = OrderedDict()
+
+    def allow(self, ip: str, now: float) -> bool:
+        """Spend one check of ``ip``'s budget; False when it has none left now."""
+        bucket = self._buckets.pop(ip, None) or RateLimiter(self.rate, self.burst, now)
+        self._buckets[ip] = bucket
+        while len(self._buckets) > self.max_entries:
+            self._buckets.popitem(last=False)
+        return bucket.allow(now)

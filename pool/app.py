@@ -22,7 +22,7 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry
 
-from pool.abuse import BanList
+from pool.abuse import BanList, CheckBudget
 from pool.api_data import PoolData, PoolSnapshot, WorkerSnapshot
 from pool.chain.embedded import EmbeddedChain
 from pool.chain.rpc import RpcChain
@@ -192,7 +192,10 @@ async def run_pool(config: PoolConfig, *,
                                    pplns_factor=p.pplns_factor, fee_bps=p.fee_bps,
                                    fee_address=fee_address,
                                    max_shares_per_job=config.limits.max_shares_per_job,
-                                   metrics=metrics, useful=useful)
+                                   metrics=metrics, useful=useful,
+                                   budget=CheckBudget(config.limits.checks_per_ip_per_second,
+                                                      config.limits.check_burst_per_ip,
+                                                      config.limits.max_banned_ips))
             ctx = PoolContext(config=config, jobs=jobs, checker=checker,
                               bans=BanList(config.limits.ban_seconds,
                                            config.limits.max_banned_ips),

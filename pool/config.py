@@ -37,9 +37,9 @@ class StratumConfig:
     public_host: str = ""
     max_frame_size: int = 16384
     idle_timeout: float = 300.0
-    handshake_timeout: float = 30.0
+    handshake_timeout: float = 10.0
     max_connections: int = 10000
-    max_connections_per_ip: int = 256
+    max_connections_per_ip: int = 64
     max_inflight_submits: int = 16
 
 
@@ -129,6 +129,8 @@ class LimitsSection:
     max_banned_ips: int = 10000
     max_jobs_per_session: int = 16
     max_shares_per_job: int = 10000
+    checks_per_ip_per_second: float = 100.0
+    check_burst_per_ip: int = 500
 
 
 @dataclass
@@ -312,6 +314,9 @@ HELP: dict[str, dict[str, str]] = {
         "max_banned_ips": "most IP addresses remembered as banned",
         "max_jobs_per_session": "jobs remembered per connection",
         "max_shares_per_job": "shares remembered per job for duplicate checks",
+        "checks_per_ip_per_second": "sustained full share checks per second for one IP "
+        "address (beyond it, submits are answered 27, which never counts against a miner)",
+        "check_burst_per_ip": "full share checks one IP address may have in a burst",
     },
     "useful": {
         "enabled": "lease customers' matrix products (work API) to miners that announce "
@@ -446,6 +451,7 @@ def validate(config: PoolConfig) -> None:
                         ("ledger.retry_interval", config.ledger.retry_interval),
                         ("limits.messages_per_second", lim.messages_per_second),
                         ("limits.ban_seconds", lim.ban_seconds),
+                        ("limits.checks_per_ip_per_second", lim.checks_per_ip_per_second),
                         ("retention.interval", config.retention.interval),
                         ("http.history_interval", config.http.history_interval)):
         if not value > 0:
@@ -460,7 +466,8 @@ def validate(config: PoolConfig) -> None:
                         ("limits.invalid_window", lim.invalid_window),
                         ("limits.max_banned_ips", lim.max_banned_ips),
                         ("limits.max_jobs_per_session", lim.max_jobs_per_session),
-                        ("limits.max_shares_per_job", lim.max_shares_per_job)):
+                        ("limits.max_shares_per_job", lim.max_shares_per_job),
+                        ("limits.check_burst_per_ip", lim.check_burst_per_ip)):
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
     try:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-SHARE_RESULTS = ("accepted", "stale", "duplicate", "low_difficulty", "invalid", "malformed")
+SHARE_RESULTS = ("accepted", "stale", "duplicate", "low_difficulty", "invalid", "malformed",
+                 "rate_limited")
 BLOCK_STATUSES = ("found", "rejected", "confirmed", "orphaned")
 VARDIFF_DIRECTIONS = ("up", "down")
 DEPENDENCIES = ("ledger", "chain")  # pool.health reports them
 
-_RESULT_BY_CODE = {21: "stale", 22: "duplicate", 23: "low_difficulty", 26: "malformed"}
+_RESULT_BY_CODE = {21: "stale", 22: "duplicate", 23: "low_difficulty", 26: "malformed",
+                   27: "rate_limited"}
 
 # Share checks take microseconds to a millisecond (one ticket) plus queueing.
 SHARE_CHECK_BUCKETS = (
@@ -30,8 +32,8 @@ DB_WRITE_BUCKETS = (
 def result_for_error_code(code: int) -> str:
     """The ``shares_total{result}`` label of a share rejected with wire error ``code``.
 
-    21 → stale, 22 → duplicate, 23 → low_difficulty, 26 → malformed; every other code
-    (20 other, 24 unauthorized, 25 not subscribed, 27 banned, 28 bad time) → invalid.
+    21 → stale, 22 → duplicate, 23 → low_difficulty, 26 → malformed, 27 → rate_limited;
+    every other code (20 other, 24 unauthorized, 25 not subscribed, 28 bad time) → invalid.
     """
     return _RESULT_BY_CODE.get(code, "invalid")
 
@@ -50,7 +52,7 @@ class PoolMetrics:
         self.shares = Counter(
             "matmine_pool_shares",
             "Submitted shares by result: accepted, stale, duplicate, low_difficulty, invalid,"
-            " malformed.",
+            " malformed, rate_limited.",
             ["result"],
             registry=registry,
         )
@@ -109,6 +111,11 @@ class PoolMetrics:
         )
         self.bans = Counter(
             "matmine_pool_bans", "Connections banned for misbehaviour.", registry=registry
+        )
+        self.evictions = Counter(
+            "matmine_pool_connection_evictions",
+            "Connections closed to make room for a new one (they had not proven work).",
+            registry=registry,
         )
         self.ban_decisions = Counter(
             "matmine_pool_ban_decisions",

@@ -2,8 +2,11 @@
 
 :func:`serve_stratum` opens the listeners and reports them through ``task_status`` (so
 port 0 gives a free port, as the tests use), then serves every connection with a
-:class:`~pool.session.Session` in its own task. Banned IPs, connections over
-``max_connections`` and over ``max_connections_per_ip`` are closed at once.
+:class:`~pool.session.Session` in its own task. Banned IPs are closed at once. Slots are
+kept for miners that prove work (SPEC §12.9): when ``max_connections`` (or the IP's
+``max_connections_per_ip``) are taken, the oldest connection (from that IP) without an
+acknowledged share is closed to make room, preferring those not yet authorized; only when
+every slot holds a miner with an acknowledged share is the new connection refused.
 """
 
 from __future__ import annotations
@@ -58,6 +61,27 @@ class StratumServer:
         self.config = config
         self.ctx = ctx
         self.connections = 0
+        self.evicting: set[Session] = set()  # closed to make room, not yet gone
+
+    def make_room(self, ip: str) -> bool:
+        """Whether a new connection from ``ip`` fits, evicting an unproven one if needed."""
+        from_ip = sum(1 for s in self.evicting if s.peer == ip)
+        ip_full = self.ctx.bans.connections(ip) - from_ip >= self.config.max_connections_per_ip
+        if not ip_full and self.connections - len(self.evicting) < self.config.max_connections:
+            return True
+        unproven = [s for s in self.ctx.sessions if not s.accepted and s not in self.evicting
+                    and (s.peer == ip or not ip_full)]
+        if not unproven:
+            return False
+        victim = min(unproven, key=lambda s: (s.authorized, s.connected_at))
+        self.evicting.add(victim)
+        log.info("closing %s (no share yet) to make room for a new connection from %s",
+                 victim.login, ip)
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.evictions.inc()
+        victim.kick("closed to make room for another miner: the pool is full and this "
+                    "connection had not submitted a share yet")
+        return True
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one accepted connection to its end."""
@@ -68,8 +92,7 @@ class StratumServer:
             log.info("refused connection from banned %s", ip)
             await refuse(stream, "banned for a while: too many invalid shares")
             return
-        if self.connections >= self.config.max_connections or not bans.connect(
-                ip, self.config.max_connections_per_ip):
+        if not self.make_room(ip) or not bans.connect(ip):
             log.warning("refused connection from %s: connection limit reached", ip)
             await refuse(stream, "connection limit reached, try again later")
             return
@@ -83,7 +106,11 @@ class StratumServer:
                     await stream.do_handshake()
                 if scope.cancelled_caught:
                     raise trio.BrokenResourceError("TLS handshake timed out")
-            await Session(stream, ip, self.ctx).run()
+            session = Session(stream, ip, self.ctx)
+            try:
+                await session.run()
+            finally:
+                self.evicting.discard(session)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
             log.info("connection from %s failed: %s", ip, exc)
             await trio.aclose_forcefully(stream)

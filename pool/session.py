@@ -173,6 +173,11 @@ class Session:
     # -- identity -----------------------------------------------------------------------
 
     @property
+    def authorized(self) -> bool:
+        """Whether ``mining.authorize`` succeeded."""
+        return self._authorized.is_set()
+
+    @property
     def login(self) -> str:
         """``mmd1abcd…wxyz.rig1`` for logs (the anonymous peer before authorize)."""
         if not self.address:
@@ -397,7 +402,7 @@ class Session:
                 raise ShareRejected("subscribe first", ErrorCode.NOT_SUBSCRIBED)
             if self.address is None or self.worker is None:
                 raise ShareRejected("authorize first", ErrorCode.UNAUTHORIZED)
-            miner = Miner(self.session_id, self.address, self.worker)
+            miner = Miner(self.session_id, self.address, self.worker, self.peer)
             share = await self.ctx.checker.check(miner, self.book, msg)
         except ShareRejected as exc:
             self.rejected += 1

@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from pool.abuse import CheckBudget
 from pool.chain.base import BlockSubmission, ChainAdapter
 from pool.jobs import MAX_TIME_ROLL, Job, JobError, JobManager, SessionJobs, ShareKey
 from pool.ledger.base import Ledger, ShareRecord
@@ -103,6 +104,7 @@ class Miner:
     session_id: bytes
     address: str
     worker: str
+    ip: str = ""
 
     @property
     def login(self) -> str:
@@ -184,6 +186,7 @@ class ShareChecker:
         max_shares_per_job: int,
         metrics: PoolMetrics | None = None,
         useful: UsefulWork | None = None,
+        budget: CheckBudget | None = None,
     ) -> None:
         self.jobs = jobs
         self.sharelog = sharelog
@@ -197,6 +200,7 @@ class ShareChecker:
         self.max_shares_per_job = max_shares_per_job
         self.metrics = metrics
         self.useful = useful
+        self.budget = budget
         self.blocks_found = 0
 
     def count(self, code: int | None) -> None:
@@ -216,6 +220,10 @@ class ShareChecker:
         except JobError as exc:
             raise ShareRejected(str(exc), exc.code) from None
         pre = precheck(book, job, submit, self.max_shares_per_job)
+        if self.budget is not None and not self.budget.allow(miner.ip, trio.current_time()):
+            job.seen.discard(pre.key)  # not checked: the same share may come again
+            raise ShareRejected("too many share checks from your IP address; slow down",
+                                ErrorCode.RATE_LIMITED)
 
         def timed_check() -> CheckedTicket:
             # Timed inside the thread: the metric is the check, not the wait for a thread.

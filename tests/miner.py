@@ -128,9 +128,11 @@ class TestMiner:
         self.arrivals: list[tuple[str, object]] = []
 
     @classmethod
-    async def connect(cls, port: int, host: str = "127.0.0.1", timeout: float = 10.0
-                      ) -> TestMiner:
-        return cls(await trio.open_tcp_stream(host, port), timeout)
+    async def connect(cls, port: int, host: str = "127.0.0.1", timeout: float = 10.0,
+                      local: str | None = None) -> TestMiner:
+        """A miner over TCP; ``local`` picks its source address (e.g. ``127.0.0.2``: another
+        IP on loopback)."""
+        return cls(await trio.open_tcp_stream(host, port, local_address=local), timeout)
 
     @classmethod
     async def connect_tls(cls, port: int, cafile: str, host: str = "127.0.0.1",

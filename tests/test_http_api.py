@@ -221,7 +221,7 @@ async def test_metrics_exposition(api: Api) -> None:
 def test_result_for_error_code_and_bad_labels() -> None:
     assert [result_for_error_code(c) for c in range(20, 29)] == [
         "invalid", "stale", "duplicate", "low_difficulty", "invalid", "invalid",
-        "malformed", "invalid", "invalid",
+        "malformed", "rate_limited", "invalid",
     ]  # fmt: skip
     metrics = PoolMetrics(CollectorRegistry())
     with pytest.raises(ValueError):

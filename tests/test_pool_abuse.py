@@ -157,17 +157,51 @@ async def test_invalid_shares_escalate_to_a_ban(start_pool):
         assert any("banned" in t for t in shown(miner))
 
 
-async def test_connection_limit_per_ip(start_pool):
+async def proven(miner: TestMiner) -> None:
+    """Log ``miner`` in and have one of its shares acknowledged."""
+    job = await miner.login(new_address() + ".rig")
+    (share, *_) = await miner.shares(1, job)
+    assert (await miner.submit(share)).error is None
+
+
+async def test_connection_limit_per_ip_evicts_the_unproven(start_pool):
+    """With an IP's slots taken, a new connection from it closes the oldest one without an
+    acknowledged share (unauthorized first); only when every slot holds a miner that proved
+    work is the newcomer refused (before: refused at once, whoever held the slots)."""
     pool = await start_pool({"stratum.max_connections_per_ip": 2})
-    async with await TestMiner.connect(pool.stratum_port) as m1, \
-            await TestMiner.connect(pool.stratum_port) as m2:
-        await m1.subscribe()
-        await m2.subscribe()
-        async with await TestMiner.connect(pool.stratum_port) as m3:
-            await m3.wait_closed()
-            assert any("limit" in t for t in shown(m3))
-    await trio.sleep(0.1)  # the two closed: room again
+    async with await TestMiner.connect(pool.stratum_port) as rig, \
+            await TestMiner.connect(pool.stratum_port) as idle:
+        await proven(rig)
+        await idle.subscribe()
+        async with await TestMiner.connect(pool.stratum_port) as newcomer:
+            await idle.wait_closed()
+            assert any("make room" in t for t in shown(idle)), shown(idle)
+            await proven(newcomer)  # admitted, and mines
+            async with await TestMiner.connect(pool.stratum_port) as refused:
+                await refused.wait_closed()
+                assert any("limit" in t for t in shown(refused)), shown(refused)
+            assert (await rig.request(messages.Ping())).error is None  # proven: kept
+            assert (await newcomer.request(messages.Ping())).error is None
+    assert pool.registry.get_sample_value("matmine_pool_connection_evictions_total") == 1
+    await trio.sleep(0.1)  # all closed: room again
     await round_trip(pool.stratum_port)
+
+
+async def test_full_pool_evicts_the_oldest_unproven_of_any_ip(start_pool):
+    """``max_connections`` taken by a proven miner and two silent connections from other IPs
+    (127.0.0.2 older than 127.0.0.3): a new miner closes the oldest silent one."""
+    pool = await start_pool({"stratum.max_connections": 3})
+    async with await TestMiner.connect(pool.stratum_port) as rig, \
+            await TestMiner.connect(pool.stratum_port, local="127.0.0.2") as oldest, \
+            await TestMiner.connect(pool.stratum_port, local="127.0.0.3") as younger:
+        await proven(rig)
+        await oldest.request(messages.Ping())
+        await younger.request(messages.Ping())
+        async with await TestMiner.connect(pool.stratum_port, local="127.0.0.4") as newcomer:
+            await oldest.wait_closed()
+            assert any("make room" in t for t in shown(oldest)), shown(oldest)
+            await proven(newcomer)
+            assert (await younger.request(messages.Ping())).error is None
 
 
 async def test_idle_and_silent_connections_are_closed(start_pool):

@@ -1,6 +1,6 @@
 """Escalation that hits the abuser (issue 9, SPEC §12.9): stale submits cannot dilute the
-invalid ratio of bogus tickets, and one misbehaving client behind an IP does not get the
-honest miners behind the same IP banned."""
+invalid ratio of bogus tickets, one misbehaving client behind an IP does not get the
+honest miners behind the same IP banned, and one IP's share checks are bounded."""
 
 from __future__ import annotations
 
@@ -74,3 +74,39 @@ async def test_a_hostile_client_does_not_get_its_honest_neighbours_banned(start_
         "matmine_pool_ban_decisions_total", {"decision": "spared"}) == 2
     async with await TestMiner.connect(pool.stratum_port) as late:  # the IP is not banned
         assert (await late.request(messages.Ping())).error is None
+
+
+async def test_share_checks_are_bounded_per_ip(start_pool):
+    """A flooder on 127.0.0.1 sends distinct bogus tickets (each one a full check) as fast as
+    it can: beyond its IP's budget they are answered 27 without a check (neutral: no
+    escalation); a miner on 127.0.0.2 meanwhile has every share checked and acknowledged, and
+    a refused ticket is checked when it comes again later (it was not remembered)."""
+    rate, burst, flood = 4.0, 6, 40
+    pool = await start_pool({**LADDER, "limits.invalid_window": 10_000,
+                             "limits.invalid_min_shares": 10_000,
+                             "limits.checks_per_ip_per_second": rate,
+                             "limits.check_burst_per_ip": burst})
+    async with await TestMiner.connect(pool.stratum_port) as flooder, \
+            await TestMiner.connect(pool.stratum_port, local="127.0.0.2") as honest:
+        await flooder.login(new_address() + ".flood")
+        job = await honest.login(new_address() + ".rig")
+        tickets = []
+        while len(tickets) < flood:
+            tickets += await trio.to_thread.run_sync(
+                losing_tiles, flooder.job, flooder.extranonce1, secrets.token_bytes(8))
+        started = trio.current_time()
+        codes = [(await flooder.submit(t)).error.code for t in tickets[:flood]]
+        elapsed = trio.current_time() - started
+        checked = codes.count(messages.ErrorCode.LOW_DIFFICULTY)
+        refused = codes.count(messages.ErrorCode.RATE_LIMITED)
+        print(f"flooder: {checked} of {flood} bogus tickets checked in {elapsed:.2f} s "
+              f"(budget {burst} + {rate:g}/s), {refused} answered 27")
+        assert checked + refused == flood
+        assert refused > 0 and checked <= burst + rate * elapsed + 1
+        shares = (await honest.shares(3, job))[:3]
+        answers = [await honest.submit(share) for share in shares]
+        assert [a.error for a in answers] == [None] * 3  # another IP: its own budget
+        await trio.sleep(1.5 / rate)  # budget back: the refused ticket is judged, not a dup
+        again = tickets[codes.index(messages.ErrorCode.RATE_LIMITED)]
+        assert (await flooder.submit(again)).error.code == messages.ErrorCode.LOW_DIFFICULTY
+        assert not any("invalid" in t for t in shown(flooder))  # 27 never escalates
