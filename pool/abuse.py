@@ -139,19 +139,41 @@ class BanList:
 
 
 class CheckBudget:
-    """Full share checks per IP: ``rate`` per second over ``burst``, at most ``max_entries``
-    IPs remembered (the longest unused is forgotten first; a forgotten IP starts full)."""
+    """Full share checks per IP: ``rate`` per second over ``burst``.
+
+    A session earns one check beyond its IP's budget with each acknowledged share (at most
+    ``EARNED_MAX`` kept), so a miner that proves work is checked even while another client
+    behind its IP floods; a flooder gets one bogus check per real share. At most
+    ``max_entries`` IPs and sessions are remembered (the longest unused is forgotten first).
+    """
+
+    EARNED_MAX = 4
 
     def __init__(self, rate: float, burst: int, max_entries: int) -> None:
         self.rate = rate
         self.burst = burst
         self.max_entries = max_entries
         self._buckets: OrderedDict[str, RateLimiter] = OrderedDict()
+        self._earned: OrderedDict[bytes, int] = OrderedDict()
 
-    def allow(self, ip: str, now: float) -> bool:
-        """Spend one check of ``ip``'s budget; False when it has none left now."""
+    def allow(self, ip: str, session: bytes, now: float) -> bool:
+        """Spend one check of ``ip``'s budget (or one ``session`` earned); False if none."""
         bucket = self._buckets.pop(ip, None) or RateLimiter(self.rate, self.burst, now)
         self._buckets[ip] = bucket
         while len(self._buckets) > self.max_entries:
             self._buckets.popitem(last=False)
-        return bucket.allow(now)
+        if bucket.allow(now):
+            return True
+        earned = self._earned.pop(session, 0)
+        if earned:
+            self._keep(session, earned - 1)
+        return earned > 0
+
+    def earn(self, session: bytes) -> None:
+        """``session`` had a share acknowledged."""
+        self._keep(session, min(self._earned.pop(session, 0) + 1, self.EARNED_MAX))
+
+    def _keep(self, session: bytes, earned: int) -> None:
+        self._earned[session] = earned
+        while len(self._earned) > self.max_entries:
+            self._earned.popitem(last=False)

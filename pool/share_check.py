@@ -220,7 +220,8 @@ class ShareChecker:
         except JobError as exc:
             raise ShareRejected(str(exc), exc.code) from None
         pre = precheck(book, job, submit, self.max_shares_per_job)
-        if self.budget is not None and not self.budget.allow(miner.ip, trio.current_time()):
+        if self.budget is not None and not self.budget.allow(miner.ip, miner.session_id,
+                                                             trio.current_time()):
             job.seen.discard(pre.key)  # not checked: the same share may come again
             raise ShareRejected("too many share checks from your IP address; slow down",
                                 ErrorCode.RATE_LIMITED)
@@ -261,6 +262,8 @@ class ShareChecker:
             if exc.code == ErrorCode.OTHER:  # not stored: a resubmit must not be a duplicate
                 job.seen.discard(pre.key)
             raise
+        if self.budget is not None:
+            self.budget.earn(miner.session_id)
         return AcceptedShare(job, job.difficulty, checked.digest, block_hash)
 
     async def _keep(self, job: Job, record: ShareRecord) -> None:

@@ -11,7 +11,7 @@ import struct
 
 import trio
 
-from pool.abuse import BanList, Escalation, RateLimiter, ShareJudge
+from pool.abuse import BanList, CheckBudget, Escalation, RateLimiter, ShareJudge
 from protocol import messages
 from protocol.address import new_address
 from protocol.framing import FrameDecoder, encode_frame
@@ -285,3 +285,18 @@ async def test_a_ban_drops_the_other_connections_from_that_ip(start_pool):
     async with await TestMiner.connect(pool.stratum_port) as late:
         await late.wait_closed()
         assert late.jobs == [] and any("banned" in t for t in shown(late))
+
+
+def test_check_budget_per_ip_with_earned_checks():
+    budget = CheckBudget(rate=1.0, burst=2, max_entries=2)
+    assert [budget.allow("a", b"s1", 0.0) for _ in range(3)] == [True, True, False]
+    assert budget.allow("b", b"s2", 0.0)  # another IP: its own bucket
+    for _ in range(CheckBudget.EARNED_MAX + 3):  # acks earn checks, at most EARNED_MAX
+        budget.earn(b"s1")
+    extra = [budget.allow("a", b"s1", 0.0) for _ in range(CheckBudget.EARNED_MAX + 1)]
+    assert extra == [True] * CheckBudget.EARNED_MAX + [False]
+    assert not budget.allow("a", b"s3", 0.0)  # earned by s1 only
+    assert budget.allow("a", b"s3", 1.0)  # a second later: one back
+    for ip in "cdef":  # bounded: the longest unused IPs are forgotten (and start full)
+        budget.allow(ip, b"x", 1.0)
+    assert len(budget._buckets) == 2 and budget.allow("a", b"s3", 1.0)

@@ -79,17 +79,22 @@ async def test_a_hostile_client_does_not_get_its_honest_neighbours_banned(start_
 async def test_share_checks_are_bounded_per_ip(start_pool):
     """A flooder on 127.0.0.1 sends distinct bogus tickets (each one a full check) as fast as
     it can: beyond its IP's budget they are answered 27 without a check (neutral: no
-    escalation); a miner on 127.0.0.2 meanwhile has every share checked and acknowledged, and
-    a refused ticket is checked when it comes again later (it was not remembered)."""
+    escalation). A rig behind the same IP that proved work keeps every share checked and
+    acknowledged (each ack earns it a check), a miner on 127.0.0.2 has its own budget, and a
+    refused ticket is checked when it comes again later (it was not remembered)."""
     rate, burst, flood = 4.0, 6, 40
     pool = await start_pool({**LADDER, "limits.invalid_window": 10_000,
                              "limits.invalid_min_shares": 10_000,
                              "limits.checks_per_ip_per_second": rate,
                              "limits.check_burst_per_ip": burst})
     async with await TestMiner.connect(pool.stratum_port) as flooder, \
-            await TestMiner.connect(pool.stratum_port, local="127.0.0.2") as honest:
+            await TestMiner.connect(pool.stratum_port) as neighbour, \
+            await TestMiner.connect(pool.stratum_port, local="127.0.0.2") as elsewhere:
         await flooder.login(new_address() + ".flood")
-        job = await honest.login(new_address() + ".rig")
+        rig_job = await neighbour.login(new_address() + ".rig")
+        rig_shares = (await neighbour.shares(4, rig_job))[:4]
+        assert (await neighbour.submit(rig_shares[0])).error is None  # proven before
+        job = await elsewhere.login(new_address() + ".rig")
         tickets = []
         while len(tickets) < flood:
             tickets += await trio.to_thread.run_sync(
@@ -103,8 +108,12 @@ async def test_share_checks_are_bounded_per_ip(start_pool):
               f"(budget {burst} + {rate:g}/s), {refused} answered 27")
         assert checked + refused == flood
         assert refused > 0 and checked <= burst + rate * elapsed + 1
-        shares = (await honest.shares(3, job))[:3]
-        answers = [await honest.submit(share) for share in shares]
+        answers = [await neighbour.submit(share) for share in rig_shares[1:]]
+        print(f"rig behind the flooded IP: {sum(a.error is None for a in answers) + 1}/4 "
+              "shares acknowledged")
+        assert [a.error for a in answers] == [None] * 3
+        shares = (await elsewhere.shares(3, job))[:3]
+        answers = [await elsewhere.submit(share) for share in shares]
         assert [a.error for a in answers] == [None] * 3  # another IP: its own budget
         await trio.sleep(1.5 / rate)  # budget back: the refused ticket is judged, not a dup
         again = tickets[codes.index(messages.ErrorCode.RATE_LIMITED)]
