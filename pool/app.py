@@ -235,9 +235,15 @@ async def run_pool(config: PoolConfig, *,
             await nursery.start(run_payouts, ledger, chain, p.payout_interval, p.min_payout,
                                 ledger_limiter, metrics)
             r = config.retention
-            await nursery.start(run_retention, ledger, ledger_limiter, r.interval,
-                                p.pplns_factor, r.share_history_seconds, r.block_grace_seconds,
-                                metrics)
+            databases = {} if config.ledger.kind == "postgres" else {
+                "ledger": config.ledger_path}
+            if useful is not None:
+                databases["useful"] = config.data_path / "useful.sqlite"
+            await nursery.start(partial(
+                run_retention, ledger, ledger_limiter, r.interval, p.pplns_factor,
+                r.share_history_seconds, r.block_grace_seconds, metrics, useful=useful,
+                useful_history=r.useful_history_seconds, blob_grace=r.blob_grace_seconds,
+                databases=databases))
             nursery.start_soon(_stats, ctx, metrics)
             log.info("pool ready: payout address %s, fee %.2f%%, work %s", wallet,
                      p.fee_bps / 100, config.work_shape())

@@ -138,6 +138,8 @@ class RetentionSection:
     interval: float = 600.0
     share_history_seconds: float = 172800.0
     block_grace_seconds: float = 600.0
+    useful_history_seconds: float = 604800.0
+    blob_grace_seconds: float = 3600.0
 
 
 @dataclass
@@ -344,6 +346,10 @@ HELP: dict[str, dict[str, str]] = {
         "window of a block not yet credited still needs",
         "block_grace_seconds": "the window of a block this old is kept too (a block found "
         "but not yet in the ledger)",
+        "useful_history_seconds": "customers' finished work items (and their results) are "
+        "kept this long",
+        "blob_grace_seconds": "blobs stored this recently are never collected (an upload "
+        "whose item is not recorded yet)",
     },
 }
 
@@ -453,6 +459,9 @@ def validate(config: PoolConfig) -> None:
                         ("limits.ban_seconds", lim.ban_seconds),
                         ("limits.checks_per_ip_per_second", lim.checks_per_ip_per_second),
                         ("retention.interval", config.retention.interval),
+                        ("retention.useful_history_seconds",
+                         config.retention.useful_history_seconds),
+                        ("retention.blob_grace_seconds", config.retention.blob_grace_seconds),
                         ("http.history_interval", config.http.history_interval)):
         if not value > 0:
             raise ConfigError(f"{name} must be positive, got {value}")

@@ -136,6 +136,18 @@ class PoolMetrics:
         self.share_rows = Gauge(
             "matmine_pool_share_rows", "Rows in the ledger's share table.", registry=registry
         )
+        self.blob_bytes = Gauge(
+            "matmine_pool_blob_bytes", "Bytes in the useful-work blob store.", registry=registry
+        )
+        self.work_items = Gauge(
+            "matmine_pool_work_item_rows", "Work items (customers' products) remembered.",
+            registry=registry,
+        )
+        self.database_bytes = Gauge(
+            "matmine_pool_database_bytes",
+            "Size on disk of each SQLite database of the pool (its WAL included).",
+            ["database"], registry=registry,
+        )
         self.dependency_up = Gauge(
             "matmine_pool_dependency_up",
             "1 while the dependency (ledger, chain) answers, 0 while it is down.",

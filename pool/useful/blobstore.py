@@ -11,9 +11,11 @@ Synchronous file I/O: the pool calls it through ``trio.to_thread.run_sync``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,7 @@ class BlobStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # a reused blob is never collected under its feet
 
     def path(self, bid: bytes) -> Path:
         """Where blob ``bid`` lives (whether or not it exists)."""
@@ -83,11 +86,20 @@ class BlobStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def _reuse(self, target: Path) -> bool:
+        """Whether ``target`` exists; if so, it is touched (new again for :meth:`collect`)."""
+        with self._lock:
+            try:
+                os.utime(target)
+                return True
+            except FileNotFoundError:
+                return False
+
     def put(self, data: bytes | memoryview) -> bytes:
-        """Store ``data``; returns its id. Storing the same bytes again is a no-op."""
+        """Store ``data``; returns its id. Storing the same bytes again only touches it."""
         bid = blob_id(data)
         target = self.path(bid)
-        if not target.exists():
+        if not self._reuse(target):
             self._write_atomic(target, [data])
         return bid
 
@@ -113,7 +125,7 @@ class BlobStore:
         bid = h.digest()
         target = self.path(bid)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
+        if self._reuse(target):
             source.unlink()
         else:
             os.replace(source, target)
@@ -179,11 +191,28 @@ class BlobStore:
         """Ids of every blob in the store."""
         return [bytes.fromhex(p.stem) for p in self.root.glob("??/*.blob")]
 
-    def collect(self, keep: set[bytes]) -> int:
-        """Delete every blob not in ``keep``; returns the number deleted."""
+    def collect(self, keep: set[bytes], older_than: float | None = None) -> int:
+        """Delete every blob not in ``keep`` (and, with ``older_than``, last stored before
+        that Unix time: a blob being stored for an item not yet recorded is newer); returns
+        the number deleted."""
         gone = 0
         for bid in self.ids():
-            if bid not in keep:
+            if bid in keep:
+                continue
+            with self._lock:
+                try:
+                    if older_than is not None and self.path(bid).stat().st_mtime >= older_than:
+                        continue
+                except FileNotFoundError:
+                    continue
                 self.delete(bid)
-                gone += 1
+            gone += 1
         return gone
+
+    def total_bytes(self) -> int:
+        """Bytes of every blob in the store."""
+        total = 0
+        for path in self.root.glob("??/*.blob"):
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size
+        return total

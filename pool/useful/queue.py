@@ -445,6 +445,31 @@ class WorkQueue:
                 keep.update(x for x in (a, b, c) if x is not None)
         return keep
 
+    def prune_finished(self, before: float) -> int:
+        """Forget items finished (done or failed) before ``before``, with their units,
+        leases and held shares, once no unit of theirs is still queued or leased; returns
+        the number of items forgotten (their blobs go at the next :meth:`BlobStore.collect`)."""
+        gone_items = ("SELECT id FROM items i WHERE state IN ('done', 'failed') AND finished < ?"
+                      " AND NOT EXISTS (SELECT 1 FROM units u WHERE u.item = i.id"
+                      " AND u.state IN ('queued', 'running'))")
+        units = f"SELECT key FROM units WHERE item IN ({gone_items})"
+        leases = f"SELECT id FROM leases WHERE unit IN ({units})"
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute(gone_items, (before,))]
+            if not ids:
+                return 0
+            db.execute(f"DELETE FROM held_shares WHERE lease IN ({leases})", (before,))
+            db.execute(f"DELETE FROM lease_jobs WHERE lease IN ({leases})", (before,))
+            db.execute(f"DELETE FROM leases WHERE unit IN ({units})", (before,))
+            db.execute(f"DELETE FROM units WHERE item IN ({gone_items})", (before,))
+            db.execute(f"DELETE FROM items WHERE id IN ({gone_items})", (before,))
+        return len(ids)
+
+    def item_count(self) -> int:
+        """Items remembered (for ``matmine_pool_work_item_rows``)."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
     def unit_counts(self) -> dict[str, int]:
         """Units by state, over all items (for ``matmine_pool_work_units{state}``)."""
         counts = dict.fromkeys(UNIT_STATES, 0)
