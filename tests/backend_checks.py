@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from protocol.denoise import denoise
 from protocol.hashing import H
@@ -67,3 +68,17 @@ def check_winners(backend, shape: Shape) -> None:
     assert np.array_equal(result.product, work.noisy_product)
     assert np.array_equal(backend.transcripts(header), work.j)
     assert np.array_equal(backend.product(header), work.noisy_product)
+
+
+def working_opencl_device() -> tuple[int, int]:
+    """``(platform, device)`` of the first OpenCL device whose kernels build and pass the
+    self-test; skips the calling test (module) with every device's reason when none does."""
+    from worker.backends.opencl import probe_devices
+
+    found = probe_devices()
+    for info, reason in found:
+        if reason is None:
+            return info.platform_index, info.device_index
+    reasons = "; ".join(f"{info.spec}: {reason}" for info, reason in found) or "none found"
+    pytest.skip(f"no working OpenCL device ({reasons})", allow_module_level=True)
+

@@ -7,7 +7,7 @@ import pytest
 
 from protocol.ticket import mine_header
 from protocol.workload import Shape, Workload
-from tests.backend_checks import CASES, check_vector_case, check_winners
+from tests.backend_checks import CASES, check_vector_case, check_winners, working_opencl_device
 from worker.autotune import (
     CACHE_FILE,
     ITEM_CONFIG,
@@ -24,6 +24,7 @@ if not list_opencl_devices():
     pytest.skip("no OpenCL platform", allow_module_level=True)
 
 pytestmark = pytest.mark.opencl
+DEVICE = working_opencl_device()  # not always 0:0: a broken platform may come first
 
 SMALL = KernelConfig(bm=16, bn=16, wm=4, wn=4, kc=16, vw=4, acc_float=True)
 # 16 work-items across, each with interleaved columns j*16+lx (the other fold path)
@@ -39,9 +40,9 @@ def cache_dir(tmp_path_factory):
 def backends(cache_dir):
     """Both kernel styles on one device, each compiled once (16×16 blocks fit every shape)."""
     return {
-        "tiled": OpenCLBackend(0, 0, cache_dir=cache_dir, config=SMALL),
-        "item": OpenCLBackend(0, 0, cache_dir=cache_dir, config=ITEM_CONFIG),
-        "interleaved": OpenCLBackend(0, 0, cache_dir=cache_dir, config=INTERLEAVED),
+        "tiled": OpenCLBackend(*DEVICE, cache_dir=cache_dir, config=SMALL),
+        "item": OpenCLBackend(*DEVICE, cache_dir=cache_dir, config=ITEM_CONFIG),
+        "interleaved": OpenCLBackend(*DEVICE, cache_dir=cache_dir, config=INTERLEAVED),
     }
 
 
@@ -64,7 +65,7 @@ def test_winners_are_exactly_the_reference_winners(shape, backend):
 def test_winner_buffer_overflow_falls_back_to_host_digests(cache_dir):
     shape = Shape(48, 32, 128, 32)
     workload = Workload.synthetic(bytes(32), shape)
-    small = OpenCLBackend(0, 0, cache_dir=cache_dir, config=SMALL, winner_cap=2)
+    small = OpenCLBackend(*DEVICE, cache_dir=cache_dir, config=SMALL, winner_cap=2)
     small.prepare(workload)
     header = os.urandom(128)
     result = small.scan(header, 1 << 256, lambda: False)
@@ -75,7 +76,7 @@ def test_job_switch_mid_scan(cache_dir):
     shape = Shape(128, 32, 256, 64)
     workload = Workload.synthetic(bytes(32), shape)
     # tiny launch budget: every launch covers one block row of tiles (8 launches in all)
-    dev = OpenCLBackend(0, 0, cache_dir=cache_dir, config=SMALL, launch_seconds=1e-9)
+    dev = OpenCLBackend(*DEVICE, cache_dir=cache_dir, config=SMALL, launch_seconds=1e-9)
     dev.prepare(workload)
     calls = []
 
@@ -108,7 +109,7 @@ def test_plain_gemm_is_the_plain_product(backend):
 def test_autotune_cache_round_trip(cache_dir, tmp_path):
     shape = Shape(64, 64, 256, 64)
     workload = Workload.synthetic(bytes(32), shape)
-    dev = OpenCLBackend(0, 0, cache_dir=cache_dir, config=SMALL)
+    dev = OpenCLBackend(*DEVICE, cache_dir=cache_dir, config=SMALL)
     dev.prepare(workload)
     other = KernelConfig(bm=32, bn=32, wm=4, wn=4, kc=16, vw=4, acc_float=True)
     key = shape_key("dev", "drv", shape)
@@ -122,7 +123,7 @@ def test_autotune_cache_round_trip(cache_dir, tmp_path):
     (tmp_path / CACHE_FILE).write_text("{not json")
     assert Autotuner(tmp_path).lookup(key) is None
     # a backend that autotunes records its choice under its device key
-    tuned = OpenCLBackend(0, 0, cache_dir=tmp_path, tune_seconds=0.01)
+    tuned = OpenCLBackend(*DEVICE, cache_dir=tmp_path, tune_seconds=0.01)
     tuned.prepare(workload)
     device_key = tuned.autotune_key(shape)
     assert tuned.device.name.strip() in device_key and "64x64x256/r64" in device_key
@@ -145,7 +146,7 @@ def test_devices_and_bad_input(cache_dir):
     with pytest.raises(BackendError, match="prepare"):
         dev.scan(bytes(128), 1, lambda: False)
     with pytest.raises(BackendError, match="does not fit"):
-        OpenCLBackend(0, 0, cache_dir=cache_dir, config=KernelConfig(bm=64)).prepare(
+        OpenCLBackend(*DEVICE, cache_dir=cache_dir, config=KernelConfig(bm=64)).prepare(
             Workload.synthetic(bytes(32), Shape(32, 32, 128, 32))
         )
     dev.prepare(Workload.synthetic(bytes(32), Shape(16, 16, 128, 32)))
