@@ -72,6 +72,8 @@ def pool_config(
     # the flood limits (tests/test_pool_abuse.py is), so they must not trip them.
     config.limits.messages_per_second = 100_000.0
     config.limits.message_burst = 100_000
+    config.limits.checks_per_ip_per_second = 100_000.0
+    config.limits.check_burst_per_ip = 100_000
     config.chain.node = {
         "start_difficulty": network_difficulty,
         "min_difficulty": min(network_difficulty, 1.0),
