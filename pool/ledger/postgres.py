@@ -2,11 +2,10 @@
 
 The SQL is ``SqlLedger``'s (``sql.py`` and its repositories), shared with
 ``SqliteLedger``; this file adds the connection and the transactions. One connection per
-object, guarded by a lock. Every
-write is one explicit ``SERIALIZABLE`` transaction that also locks the rows it decides on
-(``SELECT ... FOR UPDATE``): two pool instances on one database run their writes as if
-one after the other, so a balance is never paid twice and a block never credited or
-confirmed twice. A transaction that loses such a race
+object, guarded by a lock. Every write is one explicit ``SERIALIZABLE`` transaction that
+also locks the rows it decides on (``SELECT ... FOR UPDATE``): two pool instances on one
+database run their writes as if one after the other, so a balance is never paid twice and
+a block never credited or confirmed twice. A transaction that loses such a race
 (serialization failure, deadlock) is rolled back and run again from the start, up to
 ``max_attempts`` times. Reads are one ``REPEATABLE READ READ ONLY`` transaction (one
 consistent snapshot). A method returns only after its COMMIT is acknowledged, which with
