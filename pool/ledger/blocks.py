@@ -23,7 +23,6 @@ BLOCK_COLUMNS = (
 )
 
 
-
 def _block(row: Sequence[Any]) -> BlockRecord:
     return BlockRecord(
         id=row[0],

@@ -17,7 +17,6 @@ INSERT_SHARE = (
 )
 
 
-
 def _check_share(share: ShareRecord) -> None:
     if not isinstance(share.digest, bytes | bytearray) or not share.digest:
         raise ValueError(f"share digest must be non-empty bytes, got {share.digest!r}")

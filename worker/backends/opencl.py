@@ -47,7 +47,6 @@ def list_opencl_devices() -> list[DeviceInfo]:
     return found
 
 
-
 def _parse_spec(spec: str) -> tuple[int, int]:
     try:
         pi, di = (int(part) for part in spec.split(":"))
