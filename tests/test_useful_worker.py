@@ -206,17 +206,18 @@ def test_parse_size_refuses_nonsense(text):
 # --- the product in the same pass, and old backends without it ---------------------------
 
 
-class ThreeArgumentBackend(WrappedBackend):
-    """A backend written before ``want_product`` existed: ``scan`` takes three arguments
-    and returns no product (the real BLAS backend underneath)."""
+class NoProductBackend(WrappedBackend):
+    """A backend whose ``scan`` never gives the product, even when asked
+    (``want_product``): the real BLAS backend underneath."""
 
-    def scan(self, header: bytes, share_target: int, should_stop: Any) -> ScanResult:
+    def scan(self, header: bytes, share_target: int, should_stop: Any,
+             want_product: bool = False) -> ScanResult:
         return self.inner.scan(header, share_target, should_stop)
 
 
 async def test_a_backend_without_want_product_still_delivers_through_product(tmp_path):
     a, b = operands(40, 96, 24, seed=8)
-    device = ThreeArgumentBackend(blas())
+    device = NoProductBackend(blas())
     async with (
         running_useful_pool(tmp_path / "pool") as pool,
         running_worker([pool.endpoint], [device], useful=useful_settings(tmp_path)) as worker,

@@ -87,7 +87,7 @@ async def test_subscribe_authorize_job_and_share_outcomes(tmp_path):
             assert notify.clean and notify.work.shape.m == 64
 
             # find a real share of this job with the BLAS backend and the miner's header code
-            from worker.miner import MinableJob
+            from worker.jobfeed import MinableJob
 
             workload = Workload.synthetic(notify.work.source.seed, notify.work.shape)
             minable = MinableJob(job, workload, target_from_difficulty(notify.difficulty),

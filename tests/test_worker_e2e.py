@@ -11,7 +11,8 @@ import trio
 
 from protocol.workload import Workload
 from worker.backends import open_backends
-from worker.miner import MAX_TIME_ROLL, DeviceSlot, MinableJob
+from worker.device_slot import DeviceSlot
+from worker.jobfeed import MAX_TIME_ROLL, MinableJob
 
 from .worker_helpers import (
     NETWORK_DIFFICULTY,

@@ -18,9 +18,11 @@ from .checker import Checker
 from .client import Job, PoolClient
 from .config import PoolEndpoint, WorkerConfig
 from .console import StatusConsole
+from .device_slot import DeviceSlot
 from .failover import Failover, WorkerStopped
+from .jobfeed import JobFeed
 from .metrics import register_metrics, serve_metrics
-from .miner import DeviceSlot, JobFeed, Miner
+from .miner import Miner
 from .stats import WorkerStats
 from .useful import UsefulWork
 from .watchdog import Watchdog

@@ -12,209 +12,39 @@ A device that fails is restarted with a growing delay (1 s, 2 s, 4 s … at most
 and retired after ``MAX_FAILURES`` failures in a row without a completed scan; a device
 that is unusable (``DeviceUnusable``: kernels that do not build, wrong results) is retired
 at once with one warning. The others mine on; ``Miner.run`` returns when none is left.
+
+The jobs and their workloads are ``jobfeed.py``; one device's state is ``device_slot.py``.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 import trio
 
 from protocol.errors import ProtocolError
-from protocol.header import Header, assemble_coinbase, coinbase_hash
 from protocol.messages import ErrorCode, SyntheticSource
 from protocol.target import meets_target, target_from_bits, target_from_difficulty
-from protocol.workload import Shape, Workload, work_root
+from protocol.workload import Workload, work_root
 
 from .backends.base import DeviceUnusable
 from .blobcache import BlobRejected
 from .checker import Checker
 from .client import Job, SubmitOutcome
+from .device_slot import DeviceSlot, StopFlag
+from .jobfeed import JobFeed, MinableJob, WorkloadCache
 from .stats import WorkerStats
 from .useful import UsefulError, UsefulWork
 
 log = logging.getLogger(__name__)
 
-MAX_TIME_ROLL = 600
-COUNTER_BYTES = 7
 MAX_DEVICES = 256
 MAX_FAILURES = 5  # failures in a row (no completed scan between) before a device is retired
 RESTART_DELAY = 1.0  # first restart delay; doubles per failure in a row
 MAX_RESTART_DELAY = 60.0
-
-
-class JobFeed:
-    """The current job; ``generation`` moves whenever earlier work must be abandoned."""
-
-    def __init__(self) -> None:
-        self.job: Job | None = None
-        self.generation = 0
-        self.version = 0
-        self._changed = trio.Event()
-
-    def publish(self, job: Job) -> None:
-        old = self.job
-        if old is None or job.notify.clean or job.client is not old.client:
-            self.generation += 1
-        self.job = job
-        self._bump()
-
-    def withdraw(self) -> None:
-        """No session: stop all work until the next job."""
-        if self.job is not None:
-            self.job = None
-            self.generation += 1
-            self._bump()
-
-    def _bump(self) -> None:
-        self.version += 1
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_change(self, version: int) -> None:
-        """Return once ``version`` is no longer current."""
-        while self.version == version:
-            await self._changed.wait()
-
-
-@dataclass(frozen=True)
-class MinableJob:
-    """A job checked against its commitments, with its workload and targets."""
-
-    job: Job
-    workload: Workload
-    share_target: int
-    network_target: int
-
-    def header(self, extranonce2: bytes, time_: int) -> bytes:
-        n = self.job.notify
-        coinbase = assemble_coinbase(n.coinbase1, self.job.extranonce1, extranonce2, n.coinbase2)
-        return Header(n.version, n.height, n.prev_hash, coinbase_hash(coinbase),
-                      self.workload.work_root, time_, n.bits).encode()
-
-    def header_time(self, now: float, roll: bool) -> int:
-        """The job's time, rolled forward by the seconds since it arrived (≤ 600)."""
-        base = self.job.notify.time
-        if not roll:
-            return base
-        return base + max(0, min(MAX_TIME_ROLL, int(now - self.job.received)))
-
-
-class WorkloadCache:
-    """Synthetic workloads by (seed, shape), checked against the job's roots; keeps a few."""
-
-    def __init__(self, size: int = 2) -> None:
-        self._size = size
-        self._items: dict[tuple[bytes, Shape], Workload] = {}
-        self._lock = trio.Lock()
-
-    async def get(self, seed: bytes, shape: Shape) -> Workload:
-        async with self._lock:
-            key = (seed, shape)
-            workload = self._items.get(key)
-            if workload is None:
-                workload = await trio.to_thread.run_sync(_build_workload, seed, shape)
-                self._items[key] = workload
-                while len(self._items) > self._size:
-                    self._items.pop(next(iter(self._items)))
-            return workload
-
-
-def _build_workload(seed: bytes, shape: Shape) -> Workload:
-    workload = Workload.synthetic(seed, shape)
-    _ = workload.work_root  # hash the rows here, off the trio thread
-    return workload
-
-
-class StopFlag:
-    """The ``should_stop`` handed to a backend; every call also counts as a heartbeat."""
-
-    def __init__(self, stale: Callable[[], bool]) -> None:
-        self._stale = stale
-        self._stopped = False
-        self.last_poll = time.monotonic()
-
-    def set(self) -> None:
-        self._stopped = True
-
-    def __call__(self) -> bool:
-        self.last_poll = time.monotonic()
-        return self._stopped or self._stale()
-
-
-@dataclass
-class DeviceSlot:
-    """One backend and everything the miner and the watchdog track about it."""
-
-    index: int
-    backend: object
-    reopen: Callable[[], object] | None = None
-    limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
-    prepared_root: bytes | None = None
-    scope: trio.CancelScope | None = None
-    flag: StopFlag | None = None
-    scan_started: float | None = None
-    restart_requested: bool = False
-    failures: int = 0  # failures in a row since the last completed scan
-    retired: str | None = None  # why the device no longer mines (None: it does)
-    counter: int = 0
-    extranonce1: bytes | None = None
-    counters: dict[bytes, int] = field(default_factory=dict)
-    _checked_backend: object = field(default=None, repr=False)
-    _takes_want_product: bool = field(default=False, repr=False)
-
-    @property
-    def name(self) -> str:
-        return str(getattr(self.backend, "name", f"device{self.index}"))
-
-    def use_extranonce1(self, extranonce1: bytes) -> None:
-        """Switch the counter to a session's extranonce1; a resumed session (same
-        extranonce1) continues where it was, so no header is mined twice."""
-        if extranonce1 == self.extranonce1:
-            return
-        if self.extranonce1 is not None:
-            self.counters[self.extranonce1] = self.counter
-            while len(self.counters) > 16:
-                self.counters.pop(next(iter(self.counters)))
-        self.extranonce1 = extranonce1
-        self.counter = self.counters.pop(extranonce1, 0)
-
-    def next_extranonce2(self) -> bytes:
-        """Top byte = device index, then a 7-byte big-endian counter."""
-        value = self.counter
-        self.counter += 1
-        return bytes([self.index]) + (value % (1 << (8 * COUNTER_BYTES))).to_bytes(
-            COUNTER_BYTES, "big")
-
-    def offers_product(self) -> bool:
-        """Does this backend's ``scan`` take ``want_product`` (the product in the same
-        pass)? Backends written before the flag existed do not; the miner then computes
-        the product with ``product(header)`` after the scan."""
-        backend = self.backend
-        if backend is not self._checked_backend:
-            self._checked_backend = backend
-            try:
-                params = inspect.signature(backend.scan).parameters  # type: ignore[attr-defined]
-            except (AttributeError, TypeError, ValueError):
-                self._takes_want_product = False
-            else:
-                self._takes_want_product = "want_product" in params or any(
-                    p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        return self._takes_want_product
-
-    def last_progress(self) -> float | None:
-        """Monotonic time of the last sign of life of a scan in flight (``None``: idle)."""
-        if self.scan_started is None:
-            return None
-        polled = self.flag.last_poll if self.flag is not None else 0.0
-        return max(self.scan_started, polled)
-
 
 Submitter = Callable[[Job, bytes, int, tuple[int, int]], Awaitable[SubmitOutcome]]
 
@@ -440,13 +270,10 @@ class Miner:
             flag = StopFlag(lambda g=generation: self.feed.generation != g)
             slot.flag = flag
             slot.scan_started = time.monotonic()
-            want = (self._useful is not None and self._useful.wants_product(job)
-                    and slot.offers_product())
-            scan = (functools.partial(slot.backend.scan, want_product=True) if want
-                    else slot.backend.scan)
+            want = self._useful is not None and self._useful.wants_product(job)
             try:
                 result = await trio.to_thread.run_sync(
-                    scan, header, minable.share_target, flag,
+                    slot.backend.scan, header, minable.share_target, flag, want,
                     limiter=slot.limiter, abandon_on_cancel=True,
                 )
             finally:

@@ -1,11 +1,11 @@
 """``PostgresLedger``: the ledger in a PostgreSQL database, shared by any number of pools.
 
-The SQL is ``SqlLedger``'s (``sql.py``), shared with ``SqliteLedger``; this file adds
-the connection and the transactions. One connection per object, guarded by a lock. Every
-write is one explicit ``SERIALIZABLE`` transaction that also locks the rows it decides on
-(``SELECT ... FOR UPDATE``): two pool instances on one database run their writes as if
-one after the other, so a balance is never paid twice and a block never credited or
-confirmed twice. A transaction that loses such a race
+The SQL is ``SqlLedger``'s (``sql.py`` and its repositories), shared with
+``SqliteLedger``; this file adds the connection and the transactions. One connection per
+object, guarded by a lock. Every write is one explicit ``SERIALIZABLE`` transaction that
+also locks the rows it decides on (``SELECT ... FOR UPDATE``): two pool instances on one
+database run their writes as if one after the other, so a balance is never paid twice and
+a block never credited or confirmed twice. A transaction that loses such a race
 (serialization failure, deadlock) is rolled back and run again from the start, up to
 ``max_attempts`` times. Reads are one ``REPEATABLE READ READ ONLY`` transaction (one
 consistent snapshot). A method returns only after its COMMIT is acknowledged, which with
@@ -42,7 +42,8 @@ from psycopg import IsolationLevel, errors
 from psycopg.conninfo import conninfo_to_dict
 
 from .base import LedgerError
-from .sql import HISTORY, SqlLedger, Transaction
+from .sql import SqlLedger
+from .transaction import HISTORY, Transaction
 
 T = TypeVar("T")
 Connection = psycopg.Connection[Any]

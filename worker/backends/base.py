@@ -73,9 +73,7 @@ class Backend(Protocol):
         ``want_product``: also return the header's noisy product ``A'·B'`` (the final
         accumulators, the same array ``product(header)`` gives) in ``ScanResult.product``
         when the scan completes, so useful work needs no second pass. A backend that cannot
-        may leave it None; callers then fall back to ``product(header)``. Backends written
-        before this flag existed (three positional arguments) are still accepted by the
-        worker: it only passes the flag when it wants the product.
+        may leave it None; callers then fall back to ``product(header)``.
         """
 
     def transcripts(self, header: bytes) -> np.ndarray:
