@@ -165,8 +165,10 @@ def from_dict(cls: type, data: Mapping[str, Any], *, style: Style = DOTTED,
             if style.sections:
                 raise ConfigError(f"unknown key {key!r} in [{'.'.join(path)}]"
                                   f"{_unknown(key, known)}")
-            name = ".".join(where) if path else repr(key)
-            raise ConfigError(f"unknown key {name}{_unknown(key, known)}")
+            if not path:
+                raise ConfigError(f"unknown key {key!r}{_unknown(key, known)}")
+            full = [".".join((*path, name)) for name in known]
+            raise ConfigError(f"unknown key {'.'.join(where)}{_unknown('.'.join(where), full)}")
         hint = hints[key]
         if _is_section(hint):
             if not isinstance(value, dict):
