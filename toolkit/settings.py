@@ -364,6 +364,6 @@ def add_flags(parser: Any, cls: type, *, flag: Callable[[str], str] | None = Non
         if _is_section(hint):
             continue
         option = flag(name) if flag else f"--{name.replace('_', '-')}"
-        parser.add_argument(option, dest=name, default=None,
-                            type=functools.partial(parse_text, hint),
+        kind = hint if hint in (int, float, str) else functools.partial(parse_text, hint)
+        parser.add_argument(option, dest=name, default=None, type=kind,
                             help=f"{help_of(f)} (default: {getattr(defaults, name)})")
