@@ -289,9 +289,11 @@ def check_bounds(obj: Any) -> None:
 
 
 def help_table(cls: type) -> dict[str, dict[str, str]]:
-    """``{section: {key: help}}`` of a tree whose top level is all sections."""
-    return {name: {path[-1]: help_of(f) for path, f, _ in walk(getattr(cls(), name))}
-            for name in _fields(cls)}
+    """``{"section": {key: help}}`` of every setting of ``cls`` (top-level keys under "")."""
+    table: dict[str, dict[str, str]] = {}
+    for path, f, _ in walk(cls()):
+        table.setdefault(".".join(path[:-1]), {})[path[-1]] = help_of(f)
+    return table
 
 
 def toml_value(value: Any) -> str:
@@ -307,6 +309,11 @@ def toml_value(value: Any) -> str:
     if isinstance(value, tuple | list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return str(value)
+
+
+def _toml_key(key: str) -> str:
+    bare = key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key)
+    return key if bare else toml_value(key)
 
 
 def toml_text(obj: Any, header: tuple[str, ...] = ()) -> str:
@@ -334,7 +341,7 @@ def _toml_lines(obj: Any, path: tuple[str, ...], lines: list[str]) -> None:
         if isinstance(value, dict) and not _is_section(hints[name]):
             lines += ["", f"# {help_of(f)}", f"[{'.'.join((*path, name))}]",
                       *f.metadata.get("example", ()),
-                      *(f"{k} = {toml_value(v)}" for k, v in value.items())]
+                      *(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items())]
     if path:
         lines.append("")
     for name in sections:
