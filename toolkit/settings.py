@@ -138,7 +138,7 @@ def check_type(hint: Any, value: Any, path: tuple[str, ...], style: Style = DOTT
         if not isinstance(value, dict):
             raise fail
         return dict(value)
-    elif origin is tuple:
+    elif origin is tuple and typing.get_args(hint) in ((str, ...), ()):
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise fail
         return tuple(value)
