@@ -23,7 +23,15 @@ from typing import Any
 
 from protocol.address import validate_address
 from protocol.errors import ProtocolError
-from toolkit.settings import ConfigError, from_dict, override, read_toml, section, setting
+from toolkit.settings import (
+    ConfigError,
+    check_bounds,
+    from_dict,
+    override,
+    read_toml,
+    section,
+    setting,
+)
 
 DEFAULT_METRICS_PORT = 9110
 BACKENDS = ("blas", "opencl")
@@ -72,19 +80,24 @@ class PoolEndpoint:
 
 @dataclass(frozen=True)
 class ConnectionConfig:
-    job_timeout: float = setting(300.0, "seconds without a new job before reconnecting")
-    ping_interval: float = setting(30.0, "keepalive mining.ping period, seconds")
+    job_timeout: float = setting(300.0, "seconds without a new job before reconnecting",
+                                 positive=True)
+    ping_interval: float = setting(30.0, "keepalive mining.ping period, seconds",
+                                   positive=True)
     response_timeout: float = setting(30.0, "a request unanswered this long (seconds) drops "
-                                      "the connection")
-    connect_timeout: float = setting(10.0, "seconds to wait for a TCP/TLS connection")
-    backoff_initial: float = setting(1.0, "first reconnect delay, seconds (then doubling)")
-    backoff_max: float = setting(60.0, "longest reconnect delay, seconds")
+                                      "the connection", positive=True)
+    connect_timeout: float = setting(10.0, "seconds to wait for a TCP/TLS connection",
+                                     positive=True)
+    backoff_initial: float = setting(1.0, "first reconnect delay, seconds (then doubling)",
+                                     positive=True)
+    backoff_max: float = setting(60.0, "longest reconnect delay, seconds", positive=True)
     backoff_jitter: float = setting(0.25, "reconnect delays vary by ± this fraction")
     primary_retry: float = setting(30.0, "how often (seconds) a better pool is probed while "
-                                   "on a worse one")
+                                   "on a worse one", positive=True)
     follow_foreign_redirects: bool = setting(False, "client.reconnect to another host is "
                                              "refused unless true")
-    max_frame_size: int = setting(1 << 20, "largest frame accepted from a pool, bytes")
+    max_frame_size: int = setting(1 << 20, "largest frame accepted from a pool, bytes",
+                                  min=1024)
     tls_ca: str = setting("", 'CA bundle for tls:// pools; "" = the system\'s')
 
 
@@ -161,15 +174,9 @@ class WorkerConfig:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
-        c = self.connection
-        for name in ("job_timeout", "ping_interval", "response_timeout", "connect_timeout",
-                     "backoff_initial", "backoff_max", "primary_retry"):
-            if getattr(c, name) <= 0:
-                raise ConfigError(f"connection.{name} must be positive")
-        if not 0 <= c.backoff_jitter < 1:
+        check_bounds(self)  # the connection's timeouts and frame size
+        if not 0 <= self.connection.backoff_jitter < 1:
             raise ConfigError("connection.backoff_jitter must be in [0, 1)")
-        if c.max_frame_size < 1024:
-            raise ConfigError("connection.max_frame_size must be at least 1024")
         if self.mining.suggest_difficulty < 0 or self.mining.check_threads < 1:
             raise ConfigError("mining.suggest_difficulty must be ≥ 0, check_threads ≥ 1")
         if self.useful.cache_max_bytes < 0:
