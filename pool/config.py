@@ -34,9 +34,12 @@ from toolkit.settings import (
     toml_value,
 )
 
-__all__ = ["HELP", "WORK_PROFILES", "ConfigError", "PoolConfig", "apply_overrides",
-           "config_from_dict", "default_config_text", "load_config", "node_config",
-           "validate", "validate_useful"]
+__all__ = [  # the sections, the loader and the rules (pool.config_rules) in one place
+    "HELP", "WORK_PROFILES", "ChainSection", "ConfigError", "HttpConfig", "LedgerSection",
+    "LimitsSection", "PoolConfig", "PoolSection", "RetentionSection", "StratumConfig",
+    "UsefulSection", "VardiffSection", "WorkSection", "apply_overrides", "config_from_dict",
+    "default_config_text", "load_config", "node_config", "validate", "validate_useful",
+]
 
 STYLE = Style(sections=True)  # messages name keys as "[stratum] port"
 

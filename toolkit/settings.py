@@ -26,12 +26,13 @@ How a key is named in messages is the :class:`Style` (``[http] port`` or ``http.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import functools
 import tomllib
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -348,7 +349,7 @@ def _toml_lines(obj: Any, path: tuple[str, ...], lines: list[str]) -> None:
         _toml_lines(getattr(obj, name), (*path, name), lines)
 
 
-def cli_help(cls: type, dotted: str, *, name: str | None = None) -> str:
+def cli_help(cls: type, dotted: str) -> str:
     """A flag's help: the setting's help, its config key and its default."""
     *parents, key = dotted.split(".")
     obj = cls()
@@ -356,10 +357,10 @@ def cli_help(cls: type, dotted: str, *, name: str | None = None) -> str:
         obj = getattr(obj, part)
     f = _fields(obj)[key]
     where = f"[{'.'.join(parents)}] {key}" if parents else key
-    return f"{help_of(f)} (config: {name or where}; default {toml_value(getattr(obj, key))})"
+    return f"{help_of(f)} (config: {where}; default {toml_value(getattr(obj, key))})"
 
 
-def add_flags(parser: Any, cls: type, *, flag: Callable[[str], str] | None = None) -> None:
+def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """One ``--key`` option per top-level setting of ``cls``, typed, help from the field.
 
     Every option defaults to ``None`` (not given), so the result can go to
@@ -370,7 +371,6 @@ def add_flags(parser: Any, cls: type, *, flag: Callable[[str], str] | None = Non
         hint = _hints(cls)[name]
         if _is_section(hint):
             continue
-        option = flag(name) if flag else f"--{name.replace('_', '-')}"
         kind = hint if hint in (int, float, str) else functools.partial(parse_text, hint)
-        parser.add_argument(option, dest=name, default=None, type=kind,
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, type=kind,
                             help=f"{help_of(f)} (default: {getattr(defaults, name)})")
