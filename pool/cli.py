@@ -18,10 +18,12 @@ from urllib.parse import urlsplit
 
 import trio
 
-from pool.config import ConfigError, default_config_text, load_config
+from pool.config import WORK_PROFILES, ConfigError, PoolConfig, default_config_text, load_config
+from pool.config_rules import LOG_LEVELS
 from pool.preflight import preflight
 from pool.useful.cli import add_work_subcommands
 from protocol.version import package_version
+from toolkit.settings import cli_help, setting_type
 
 
 def parse_chain_url(url: str) -> dict[str, Any]:
@@ -32,6 +34,18 @@ def parse_chain_url(url: str) -> dict[str, Any]:
     if parts.scheme != "rpc" or not parts.hostname or parts.port is None:
         raise ConfigError(f"--chain must be 'embedded' or rpc://HOST:PORT, got {url!r}")
     return {"chain.kind": "rpc", "chain.rpc_host": parts.hostname, "chain.rpc_port": parts.port}
+
+
+# Flags that set one config key each: (flag, dotted key, argparse options); help from the field.
+FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("--stratum-host", "stratum.host", {"metavar": "HOST"}),
+    ("--stratum-port", "stratum.port", {"metavar": "PORT"}),
+    ("--http-host", "http.host", {"metavar": "HOST"}),
+    ("--http-port", "http.port", {"metavar": "PORT"}),
+    ("--data-dir", "pool.data_dir", {"metavar": "DIR"}),
+    ("--work-profile", "work.profile", {"choices": tuple(WORK_PROFILES)}),
+    ("--log-level", "pool.log_level", {"choices": LOG_LEVELS}),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,24 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE",
                        help="TOML configuration file (default: built-in defaults; "
                             "see 'matmine-pool init-config')")
-    serve.add_argument("--stratum-host", metavar="HOST",
-                       help="address the miner port binds to [stratum] host (default 127.0.0.1)")
-    serve.add_argument("--stratum-port", type=int, metavar="PORT",
-                       help="miner port, [stratum] port (default 3333; 0 = any free port)")
-    serve.add_argument("--http-host", metavar="HOST",
-                       help="address the HTTP API binds to, [http] host (default 127.0.0.1)")
-    serve.add_argument("--http-port", type=int, metavar="PORT",
-                       help="HTTP API and /metrics port, [http] port (default 8080)")
+    for flag, key, options in FLAGS:
+        serve.add_argument(flag, type=setting_type(PoolConfig, key), **options,
+                           help=cli_help(PoolConfig, key))
     serve.add_argument("--no-http", action="store_true", help="do not serve the HTTP API")
-    serve.add_argument("--data-dir", metavar="DIR",
-                       help="directory for the ledger, the embedded node and the pool "
-                            "address, [pool] data_dir (default ./data)")
     serve.add_argument("--chain", metavar="URL",
                        help="'embedded' (default) or rpc://HOST:PORT of a matmine-node")
-    serve.add_argument("--work-profile", choices=("cpu", "gpu"),
-                       help="job shape preset, [work] profile (default cpu)")
-    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                       help="how much to log, [pool] log_level (default info)")
     add_work_subcommands(sub)
     return parser
 
@@ -78,11 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Config overrides (dotted keys) for the flags that were given."""
     out: dict[str, Any] = {}
-    for flag, key in (("stratum_host", "stratum.host"), ("stratum_port", "stratum.port"),
-                      ("http_host", "http.host"), ("http_port", "http.port"),
-                      ("data_dir", "pool.data_dir"), ("work_profile", "work.profile"),
-                      ("log_level", "pool.log_level")):
-        value = getattr(args, flag)
+    for flag, key, _ in FLAGS:
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
         if value is not None:
             out[key] = value
     if args.no_http:

@@ -1,71 +1,41 @@
 """The worker's configuration: one TOML file, every key with a default, every flag mirrored.
 
-```toml
-login = "ADDRESS.WORKER"        # --login
-password = "x"                  # --password
-agent = "matmine-worker/0.1"
-backend = "blas"                # --backend: "blas" | "opencl"
-devices = []                    # --devices: OpenCL "PLATFORM:DEVICE" specs; [] = all
-log_level = "INFO"              # --log-level
+Each key is a dataclass field below with its default and help text
+(:func:`toolkit.settings.setting`); sections are TOML tables. The pools are an array::
 
-[[pool]]                        # --pool HOST:PORT (repeat; earlier = higher priority)
-url = "127.0.0.1:3333"          # "HOST:PORT", "tcp://HOST:PORT" or "tls://HOST:PORT"
-priority = 0                    # lower is preferred; default = position in the list
+    login = "ADDRESS.WORKER"        # --login
+    backend = "blas"                # --backend: "blas" | "opencl"
 
-[connection]
-job_timeout = 300.0             # seconds without a new job before reconnecting
-ping_interval = 30.0            # keepalive mining.ping period
-response_timeout = 30.0         # a request unanswered this long drops the connection
-connect_timeout = 10.0
-backoff_initial = 1.0           # reconnect backoff: initial, doubling, capped, ±jitter
-backoff_max = 60.0
-backoff_jitter = 0.25
-primary_retry = 30.0            # how often a better pool is probed while on a worse one
-follow_foreign_redirects = false  # client.reconnect to another host is refused unless true
-max_frame_size = 1048576
-tls_ca = ""                     # CA bundle for tls:// pools; "" = the system's
+    [[pool]]                        # --pool HOST:PORT (repeat; earlier = higher priority)
+    url = "127.0.0.1:3333"          # "HOST:PORT", "tcp://HOST:PORT" or "tls://HOST:PORT"
+    priority = 0                    # lower is preferred; default = position in the list
 
-[mining]
-roll_time = true                # header time follows the clock, up to 600 s past the job
-suggest_difficulty = 0.0        # 0 = do not send mining.suggest_difficulty
-check_threads = 1               # CPU threads for re-checking candidates
-
-[useful]
-enabled = true                  # --no-useful: announce "useful-1" and take blob jobs
-cache_dir = ""                  # --blob-cache: verified operand blobs; "" = the user's cache
-cache_max_bytes = 1073741824    # --blob-cache-max: size bound of that cache (LRU)
-
-[watchdog]
-stall_timeout = 120.0           # a device without progress this long is restarted; 0 = off
-
-[metrics]
-host = "127.0.0.1"
-port = 9110                     # --metrics-port; 0 = pick a free port; -1 = no server
-
-[console]
-status_interval = 30.0          # seconds between status lines in the log
-live = "auto"                   # "auto" (when stdout is a terminal) | "on" | "off"
-```
+    [connection]
+    backoff_max = 60.0
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from protocol.address import validate_address
 from protocol.errors import ProtocolError
+from toolkit.settings import (
+    ConfigError,
+    check_bounds,
+    from_dict,
+    override,
+    read_toml,
+    section,
+    setting,
+)
 
 DEFAULT_METRICS_PORT = 9110
 BACKENDS = ("blas", "opencl")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-class ConfigError(ValueError):
-    """A configuration file or flag that cannot be used, with the reason."""
 
 
 @dataclass(frozen=True)
@@ -110,33 +80,42 @@ class PoolEndpoint:
 
 @dataclass(frozen=True)
 class ConnectionConfig:
-    job_timeout: float = 300.0
-    ping_interval: float = 30.0
-    response_timeout: float = 30.0
-    connect_timeout: float = 10.0
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    backoff_jitter: float = 0.25
-    primary_retry: float = 30.0
-    follow_foreign_redirects: bool = False
-    max_frame_size: int = 1 << 20
-    tls_ca: str = ""
+    job_timeout: float = setting(300.0, "seconds without a new job before reconnecting",
+                                 positive=True)
+    ping_interval: float = setting(30.0, "keepalive mining.ping period, seconds",
+                                   positive=True)
+    response_timeout: float = setting(30.0, "a request unanswered this long (seconds) drops "
+                                      "the connection", positive=True)
+    connect_timeout: float = setting(10.0, "seconds to wait for a TCP/TLS connection",
+                                     positive=True)
+    backoff_initial: float = setting(1.0, "first reconnect delay, seconds (then doubling)",
+                                     positive=True)
+    backoff_max: float = setting(60.0, "longest reconnect delay, seconds", positive=True)
+    backoff_jitter: float = setting(0.25, "reconnect delays vary by ± this fraction")
+    primary_retry: float = setting(30.0, "how often (seconds) a better pool is probed while "
+                                   "on a worse one", positive=True)
+    follow_foreign_redirects: bool = setting(False, "client.reconnect to another host is "
+                                             "refused unless true")
+    max_frame_size: int = setting(1 << 20, "largest frame accepted from a pool, bytes",
+                                  min=1024)
+    tls_ca: str = setting("", 'CA bundle for tls:// pools; "" = the system\'s')
 
 
 @dataclass(frozen=True)
 class MiningConfig:
-    roll_time: bool = True
-    suggest_difficulty: float = 0.0
-    check_threads: int = 1
+    roll_time: bool = setting(True, "header time follows the clock, up to 600 s past the job")
+    suggest_difficulty: float = setting(0.0, "0 = do not send mining.suggest_difficulty")
+    check_threads: int = setting(1, "CPU threads for re-checking candidates")
 
 
 @dataclass(frozen=True)
 class UsefulConfig:
     """Useful work (blob jobs): on by default; operands cached on disk up to a bound."""
 
-    enabled: bool = True
-    cache_dir: str = ""
-    cache_max_bytes: int = 1 << 30
+    enabled: bool = setting(True, 'announce "useful-1" and take blob jobs (--no-useful)')
+    cache_dir: str = setting("", 'verified operand blobs (--blob-cache); "" = the user\'s '
+                             "cache")
+    cache_max_bytes: int = setting(1 << 30, "size bound of that cache, LRU (--blob-cache-max)")
 
     def cache_path(self) -> Path:
         """``cache_dir``, or ``$XDG_CACHE_HOME/matmine-worker/blobs`` (~/.cache if unset)."""
@@ -148,38 +127,41 @@ class UsefulConfig:
 
 @dataclass(frozen=True)
 class WatchdogConfig:
-    stall_timeout: float = 120.0
+    stall_timeout: float = setting(120.0, "a device without progress this long (seconds) is "
+                                   "restarted; 0 = off")
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_METRICS_PORT
+    host: str = setting("127.0.0.1", "address of the /metrics and /api/summary server")
+    port: int = setting(DEFAULT_METRICS_PORT, "its port (--metrics-port); 0 = pick a free "
+                        "port; -1 = no server")
 
 
 @dataclass(frozen=True)
 class ConsoleConfig:
-    status_interval: float = 30.0
-    live: str = "auto"
+    status_interval: float = setting(30.0, "seconds between status lines in the log")
+    live: str = setting("auto", '"auto" (when stdout is a terminal) | "on" | "off"')
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
     """Everything ``matmine-worker mine`` needs; defaults for every key."""
 
-    pools: tuple[PoolEndpoint, ...] = ()
-    login: str = ""
-    password: str = "x"
-    agent: str = "matmine-worker/0.1"
-    backend: str = "blas"
-    devices: tuple[str, ...] = ()
-    log_level: str = "INFO"
-    connection: ConnectionConfig = field(default_factory=ConnectionConfig)
-    mining: MiningConfig = field(default_factory=MiningConfig)
-    useful: UsefulConfig = field(default_factory=UsefulConfig)
-    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    pools: tuple[PoolEndpoint, ...] = ()  # TOML: [[pool]] tables (--pool)
+    login: str = setting("", "ADDRESS or ADDRESS.WORKER the pool credits (--login)")
+    password: str = setting("x", "pool password, if the pool wants one (--password)")
+    agent: str = setting("matmine-worker/0.1", "user agent sent to the pool")
+    backend: str = setting("blas", '"blas" (CPU) or "opencl" (GPUs) (--backend)')
+    devices: tuple[str, ...] = setting((), 'OpenCL "PLATFORM:DEVICE" specs; [] = all '
+                                       "(--devices)")
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR (--log-level)")
+    connection: ConnectionConfig = section(ConnectionConfig)
+    mining: MiningConfig = section(MiningConfig)
+    useful: UsefulConfig = section(UsefulConfig)
+    watchdog: WatchdogConfig = section(WatchdogConfig)
+    metrics: MetricsConfig = section(MetricsConfig)
+    console: ConsoleConfig = section(ConsoleConfig)
 
     def validate(self) -> WorkerConfig:
         """Raise ``ConfigError`` for anything ``mine`` cannot run with; return self."""
@@ -192,15 +174,9 @@ class WorkerConfig:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
-        c = self.connection
-        for name in ("job_timeout", "ping_interval", "response_timeout", "connect_timeout",
-                     "backoff_initial", "backoff_max", "primary_retry"):
-            if getattr(c, name) <= 0:
-                raise ConfigError(f"connection.{name} must be positive")
-        if not 0 <= c.backoff_jitter < 1:
+        check_bounds(self)  # the connection's timeouts and frame size
+        if not 0 <= self.connection.backoff_jitter < 1:
             raise ConfigError("connection.backoff_jitter must be in [0, 1)")
-        if c.max_frame_size < 1024:
-            raise ConfigError("connection.max_frame_size must be at least 1024")
         if self.mining.suggest_difficulty < 0 or self.mining.check_threads < 1:
             raise ConfigError("mining.suggest_difficulty must be ≥ 0, check_threads ≥ 1")
         if self.useful.cache_max_bytes < 0:
@@ -219,115 +195,51 @@ class WorkerConfig:
         return self
 
 
-_SECTIONS: dict[str, type] = {
-    "connection": ConnectionConfig,
-    "mining": MiningConfig,
-    "useful": UsefulConfig,
-    "watchdog": WatchdogConfig,
-    "metrics": MetricsConfig,
-    "console": ConsoleConfig,
-}
-
-
-def _coerce(section: str, cls: type, raw: Any) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"[{section}] must be a table")
-    known = {f.name: f for f in fields(cls)}
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in known:
-            raise ConfigError(f"unknown key {section}.{key}")
-        default = getattr(cls(), key)
-        values[key] = _typed(f"{section}.{key}", default, value)
-    return cls(**values)
-
-
-def _typed(name: str, default: Any, value: Any) -> Any:
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name} must be an integer")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{name} must be a number")
-        return float(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise ConfigError(f"{name} must be a string")
-        return value
-    raise ConfigError(f"{name}: unsupported type")  # pragma: no cover
-
-
 def config_from_dict(raw: dict[str, Any]) -> WorkerConfig:
     """Build a ``WorkerConfig`` from parsed TOML; unknown keys are errors, not ignored."""
-    base = WorkerConfig()
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key == "pool":
-            if not isinstance(value, list):
-                raise ConfigError("[[pool]] must be an array of tables")
-            pools = []
-            for position, entry in enumerate(value):
-                if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
-                    raise ConfigError("every [[pool]] needs url = \"HOST:PORT\"")
-                extra = set(entry) - {"url", "priority"}
-                if extra:
-                    raise ConfigError(f"unknown key(s) in [[pool]]: {sorted(extra)}")
-                priority = entry.get("priority", position)
-                if isinstance(priority, bool) or not isinstance(priority, int):
-                    raise ConfigError("pool priority must be an integer")
-                pools.append(PoolEndpoint.parse(entry["url"], priority))
-            values["pools"] = tuple(pools)
-        elif key == "devices":
-            if not isinstance(value, list) or not all(isinstance(d, str) for d in value):
-                raise ConfigError("devices must be a list of strings")
-            values["devices"] = tuple(value)
-        elif key in _SECTIONS:
-            values[key] = _coerce(key, _SECTIONS[key], value)
-        elif key in ("login", "password", "agent", "backend", "log_level"):
-            values[key] = _typed(key, getattr(base, key), value)
-        else:
-            raise ConfigError(f"unknown key {key!r}")
-    return replace(base, **values)
+    rest = {key: value for key, value in raw.items() if key != "pool"}
+    config: WorkerConfig = from_dict(WorkerConfig, rest, skip=("pools",))
+    if "pool" in raw:
+        config = replace(config, pools=_pools(raw["pool"]))
+    return config
+
+
+def _pools(value: Any) -> tuple[PoolEndpoint, ...]:
+    """The ``[[pool]]`` tables: ``url`` and an optional ``priority`` (default: position)."""
+    if not isinstance(value, list):
+        raise ConfigError("[[pool]] must be an array of tables")
+    pools = []
+    for position, entry in enumerate(value):
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+            raise ConfigError("every [[pool]] needs url = \"HOST:PORT\"")
+        extra = set(entry) - {"url", "priority"}
+        if extra:
+            raise ConfigError(f"unknown key(s) in [[pool]]: {sorted(extra)}")
+        priority = entry.get("priority", position)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ConfigError("pool priority must be an integer")
+        pools.append(PoolEndpoint.parse(entry["url"], priority))
+    return tuple(pools)
 
 
 def load_config(path: str | Path | None) -> WorkerConfig:
     """Read a TOML file (``None`` = all defaults)."""
-    if path is None:
-        return WorkerConfig()
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
-    return config_from_dict(raw)
+    return config_from_dict(read_toml(path) if path is not None else {})
 
 
 def with_overrides(config: WorkerConfig, **flags: Any) -> WorkerConfig:
     """Apply command-line flags (``None`` = not given) over a loaded config."""
-    top: dict[str, Any] = {}
-    if flags.get("pools"):
-        top["pools"] = tuple(PoolEndpoint.parse(u, i) for i, u in enumerate(flags["pools"]))
+    pools = tuple(PoolEndpoint.parse(u, i) for i, u in enumerate(flags.get("pools") or ()))
+    settings: dict[str, Any] = {}
     for key in ("login", "password", "backend", "log_level"):
         if flags.get(key) is not None:
-            top[key] = flags[key]
-    if flags.get("devices") is not None:
-        top["devices"] = tuple(flags["devices"])
-    if flags.get("metrics_port") is not None:
-        top["metrics"] = replace(config.metrics, port=flags["metrics_port"])
-    useful: dict[str, Any] = {}
+            settings[key] = flags[key]
+    for flag, key in (("devices", "devices"), ("metrics_port", "metrics.port"),
+                      ("blob_cache", "useful.cache_dir"),
+                      ("blob_cache_max", "useful.cache_max_bytes")):
+        if flags.get(flag) is not None:
+            settings[key] = tuple(flags[flag]) if flag == "devices" else flags[flag]
     if flags.get("no_useful"):
-        useful["enabled"] = False
-    if flags.get("blob_cache") is not None:
-        useful["cache_dir"] = flags["blob_cache"]
-    if flags.get("blob_cache_max") is not None:
-        useful["cache_max_bytes"] = flags["blob_cache_max"]
-    if useful:
-        top["useful"] = replace(config.useful, **useful)
-    return replace(config, **top)
+        settings["useful.enabled"] = False
+    config = override(config, settings)
+    return replace(config, pools=pools) if pools else config
