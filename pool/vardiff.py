@@ -91,6 +91,10 @@ class Vardiff:
         self.config = config
         self._floor = config.min_difficulty
         self.difficulty = self._clamp(_check_difficulty(start_difficulty, "start difficulty"))
+        self._window_start: float | None = None
+        self._last_check = self._last_share = self._weight = 0.0
+        self._since_check = 0
+        self._shares: deque[tuple[float, float]] = deque()
         self._open_window(now)
 
     # -- public -------------------------------------------------------------------------
@@ -197,9 +201,9 @@ class Vardiff:
         return min(max(difficulty, self._floor), self.config.max_difficulty)
 
     def _open_window(self, now: float | None) -> None:
-        self._window_start: float | None = now
+        self._window_start = now
         self._last_check = now if now is not None else 0.0
         self._last_share = now if now is not None else 0.0
         self._since_check = 0
-        self._shares: deque[tuple[float, float]] = deque()
+        self._shares = deque()
         self._weight = 0.0
