@@ -166,6 +166,7 @@ class Vardiff:
 
     def _retarget(self, now: float) -> float | None:
         cfg = self.config
+        assert self._window_start is not None, "a retarget needs an open window"
         elapsed = now - self._window_start
         if elapsed <= 0 or self._weight <= 0:
             # A burst within one clock tick: the rate is huge, step up by the maximum.
