@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pool.node.chain import NodeConfig
+from pool.chain.embedded import NodeConfig
 from pool.useful import UsefulConfig
 from pool.vardiff import VardiffConfig
 from protocol.work_messages import CHUNK_SIZE

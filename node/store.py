@@ -1,6 +1,6 @@
 """SQLite persistence of the devnet node: blocks, the main chain, payments (WAL mode).
 
-One connection, used by one thread at a time (the owner, :class:`pool.node.chain.Chain`,
+One connection, used by one thread at a time (the owner, :class:`node.chain.Chain`,
 serialises access with its lock). Balances are not stored but derived from blocks and
 payments, so they can never drift from the chain after a reorg or a crash.
 """

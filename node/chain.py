@@ -39,6 +39,16 @@ from typing import Any
 import numpy as np
 
 from protocol.address import make_address, validate_address
+from protocol.chain import (
+    ERR_MALFORMED,
+    BlockStatus,
+    BlockSubmission,
+    BlockTemplate,
+    ChainError,
+    InsufficientFunds,
+    PaymentKeyConflict,
+    SubmitResult,
+)
 from protocol.errors import ProtocolError
 from protocol.hashing import H
 from protocol.header import COIN, Coinbase, Header, coinbase_hash, coins, parse_coinbase
@@ -53,16 +63,6 @@ from protocol.target import (
 from protocol.ticket import verify_ticket
 from protocol.workload import TILE, Shape, Workload, check_entries, synthetic_rows, work_root
 
-from ..chain.base import (
-    ERR_MALFORMED,
-    BlockStatus,
-    BlockSubmission,
-    BlockTemplate,
-    ChainError,
-    InsufficientFunds,
-    PaymentKeyConflict,
-    SubmitResult,
-)
 from .store import NodeStore, StoredBlock, StoredPayment
 
 log = logging.getLogger("matmine.node")
