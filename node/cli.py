@@ -22,6 +22,7 @@ import trio
 
 from protocol.address import new_address
 from protocol.version import package_version
+from toolkit.sqlite import StoreError
 
 from .chain import NodeConfig
 from .rpc_server import DEFAULT_HOST, DEFAULT_MAX_FRAME_SIZE, DEFAULT_PORT, run_node
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trio.run(serve_until_signalled, values, config)
     except* OSError as group:
+        failure = "; ".join(str(exc) for exc in group.exceptions)
+    except* StoreError as group:  # e.g. a chain database written by newer code
         failure = "; ".join(str(exc) for exc in group.exceptions)
     if failure is not None:
         print(f"matmine-node: {failure}", file=sys.stderr)
