@@ -32,6 +32,7 @@ from protocol.chain import (
     ChainError,
     rpc_error,
     rpc_result,
+    tip_to_wire,
 )
 from protocol.errors import ProtocolError
 from protocol.framing import FrameDecoder, encode_frame
@@ -63,8 +64,7 @@ def _template(chain: Chain, params: dict[str, Any]) -> Any:
 
 
 def _tip(chain: Chain, params: dict[str, Any]) -> Any:
-    height, block_hash = chain.tip()
-    return {"height": height, "hash": block_hash}
+    return tip_to_wire(*chain.tip())
 
 
 def _submit_block(chain: Chain, params: dict[str, Any]) -> Any:

@@ -14,6 +14,7 @@ request ``{"id", "method", "params"}`` → ``{"id", "result"}`` or
   every opened row against its root.
 - :class:`ChainError` and its subclasses, raised by every adapter with an RPC ``code``;
   :func:`chain_error_from_code` turns an RPC error back into one.
+- :func:`tip_to_wire` / :func:`tip_from_wire`: the ``node.tip`` answer.
 - :func:`rpc_request`, :func:`rpc_result`, :func:`rpc_error`: the three envelopes.
 """
 
@@ -216,6 +217,16 @@ class BlockStatus:
         if state not in ("pending", "confirmed", "orphaned", "unknown"):
             raise ProtocolError(f"unknown block state {state!r}")
         return cls(cast(BlockState, state), _need(d, "confirmations", int), _need(d, "height", int))
+
+
+def tip_to_wire(height: int, block_hash: bytes) -> dict[str, Any]:
+    """The answer to ``node.tip``: the tip's height and hash."""
+    return {"height": height, "hash": block_hash}
+
+
+def tip_from_wire(d: Any) -> tuple[int, bytes]:
+    """(height, hash) from a ``node.tip`` answer; ``ProtocolError`` if it is not one."""
+    return _need(d, "height", int), _need(d, "hash", bytes)
 
 
 def rpc_request(request_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:

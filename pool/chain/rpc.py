@@ -28,6 +28,7 @@ from protocol.chain import (
     SubmitResult,
     chain_error_from_code,
     rpc_request,
+    tip_from_wire,
 )
 from protocol.errors import ProtocolError
 from protocol.framing import FrameDecoder, encode_frame
@@ -92,10 +93,10 @@ class RpcChain:
 
     async def tip(self) -> tuple[int, bytes]:
         result = await self.call("node.tip")
-        if not isinstance(result, dict) or not isinstance(result.get("height"), int) or \
-                not isinstance(result.get("hash"), bytes):
-            raise ChainError(f"node.tip answered {result!r:.80}")
-        return result["height"], result["hash"]
+        try:
+            return tip_from_wire(result)
+        except ProtocolError:
+            raise ChainError(f"node.tip answered {result!r:.80}") from None
 
     async def submit_block(self, sub: BlockSubmission) -> SubmitResult:
         result, tries = await self._call_counting("node.submit_block", sub.to_wire())

@@ -203,6 +203,19 @@ class ItemStatus:
         }
 
 
+UNIT_COLUMNS = ("key, item, idx, row0, rows, col0, cols, k_real, m, n, k, r, unit_id, "
+                "a_blob, b_blob, a_root, b_root, state, attempts, result_blob")
+
+
+def unit_from_row(row: tuple) -> Unit:
+    """A :class:`Unit` from a row of ``SELECT {UNIT_COLUMNS} FROM units``."""
+    (key, item, idx, row0, rows, col0, cols, k_real, m, n, k, r, uid, a_blob, b_blob,
+     a_root, b_root, state, attempts, result_blob) = row
+    plan = UnitPlan(idx, row0, rows, col0, cols, k_real, Shape(m, n, k, r))
+    return Unit(key, item, plan, uid, a_blob, b_blob, a_root, b_root, state, attempts,
+                result_blob)
+
+
 class QueueDb:
     """The queue's SQLite file at ``path`` (created or migrated on opening)."""
 
@@ -258,17 +271,3 @@ class QueueDb:
         unit = db.execute(f"SELECT {UNIT_COLUMNS} FROM units WHERE key = ?",
                           (row[4],)).fetchone()
         return Lease(row[0], row[1], row[2], row[3], unit_from_row(unit))
-
-
-
-UNIT_COLUMNS = ("key, item, idx, row0, rows, col0, cols, k_real, m, n, k, r, unit_id, "
-                 "a_blob, b_blob, a_root, b_root, state, attempts, result_blob")
-
-
-def unit_from_row(row: tuple) -> Unit:
-    """A :class:`Unit` from a row of ``SELECT {UNIT_COLUMNS} FROM units``."""
-    (key, item, idx, row0, rows, col0, cols, k_real, m, n, k, r, uid, a_blob, b_blob,
-     a_root, b_root, state, attempts, result_blob) = row
-    plan = UnitPlan(idx, row0, rows, col0, cols, k_real, Shape(m, n, k, r))
-    return Unit(key, item, plan, uid, a_blob, b_blob, a_root, b_root, state, attempts,
-                result_blob)
