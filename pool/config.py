@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pool.chain.embedded import NodeConfig
 from pool.config_rules import node_config, validate, validate_useful
-from pool.node.chain import NodeConfig
 from pool.useful import UsefulConfig
 from pool.vardiff import VardiffConfig
 from protocol.work_messages import CHUNK_SIZE

@@ -12,7 +12,7 @@ import dataclasses
 import ipaddress
 from typing import TYPE_CHECKING
 
-from pool.node.chain import NodeConfig
+from pool.chain.embedded import NodeConfig
 from protocol.work_messages import CHUNK_SIZE
 from toolkit.settings import ConfigError, check_bounds
 

@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from pool.chain.base import BlockTemplate, ChainAdapter
+from pool.chain.base import ChainAdapter
 from pool.health import CHAIN, DependencyHealth
 from pool.workloads import JobWork, PreparedWork, WorkloadSource
 from protocol import messages
+from protocol.chain import BlockTemplate
 from protocol.header import Header, assemble_coinbase, coinbase_hash, coinbase_parts
 from protocol.messages import ErrorCode
 from protocol.target import difficulty_from_bits, target_from_bits, target_from_difficulty

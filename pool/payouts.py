@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .chain.base import ChainAdapter, ChainError
+from protocol.chain import ChainError
+
+from .chain.base import ChainAdapter
 from .ledger.base import Ledger, PaymentBatch
 from .metrics import PoolMetrics
 

@@ -48,13 +48,14 @@ from typing import Any, TypeVar
 import trio
 
 from pool.abuse import CheckBudget
-from pool.chain.base import BlockSubmission, ChainAdapter
+from pool.chain.base import ChainAdapter
 from pool.jobs import MAX_TIME_ROLL, Job, JobError, JobManager, SessionJobs, ShareKey
 from pool.ledger.base import Ledger, ShareRecord
 from pool.metrics import PoolMetrics
 from pool.sharelog import ShareLog, ShareLogError
 from pool.useful.service import UsefulWork
 from protocol import messages
+from protocol.chain import BlockSubmission
 from protocol.errors import ProtocolError
 from protocol.hashing import H
 from protocol.header import Header, coins

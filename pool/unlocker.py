@@ -23,7 +23,9 @@ from typing import TypeVar
 
 import trio
 
-from .chain.base import ChainAdapter, ChainError
+from protocol.chain import ChainError
+
+from .chain.base import ChainAdapter
 from .ledger.base import CONFIRMED, FOUND, ORPHANED, BlockRecord, Ledger
 from .metrics import PoolMetrics
 from .pplns import PplnsPolicy

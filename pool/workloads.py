@@ -19,8 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pool.chain.base import BlockTemplate
 from protocol import messages
+from protocol.chain import BlockTemplate
 from protocol.workload import TILE, Shape, Workload, synthetic_rows
 
 

@@ -21,7 +21,7 @@ from protocol.address import new_address
 from tests.miner import TestMiner
 from tests.pg import free_port
 
-NODE = [sys.executable, "-m", "pool.node.cli"]
+NODE = [sys.executable, "-m", "node.cli"]
 
 
 async def start_node(nursery: trio.Nursery, port: int, data: Path) -> trio.Process:

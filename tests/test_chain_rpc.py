@@ -14,19 +14,19 @@ from pathlib import Path
 import pytest
 import trio
 
-from pool.chain.base import (
+from node.chain import Chain
+from node.rpc_server import NodeRpcServer
+from pool.chain.base import ChainAdapter
+from pool.chain.rpc import RpcChain
+from protocol.address import validate_address
+from protocol.chain import (
     ERR_MALFORMED,
     ERR_UNKNOWN_METHOD,
-    ChainAdapter,
     ChainError,
     ChainUnavailable,
     InsufficientFunds,
     PaymentKeyConflict,
 )
-from pool.chain.rpc import RpcChain
-from pool.node.chain import Chain
-from pool.node.rpc_server import NodeRpcServer
-from protocol.address import validate_address
 from protocol.framing import FrameDecoder, encode_frame
 from protocol.hashing import H
 from tests.test_node import (
@@ -41,7 +41,7 @@ from tests.test_node import (
     synthetic_sub,
 )
 
-NODE = [sys.executable, "-m", "pool.node.cli"]
+NODE = [sys.executable, "-m", "node.cli"]
 
 
 @asynccontextmanager

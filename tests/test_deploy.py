@@ -24,7 +24,7 @@ METRIC = re.compile(r"\bmatmine_[a-z0-9_]+")
 PROGRAMS = {
     "matmine-pool": "pool.cli",
     "matmine-worker": "worker.cli",
-    "matmine-node": "pool.node.cli",
+    "matmine-node": "node.cli",
 }
 
 

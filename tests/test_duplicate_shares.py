@@ -14,13 +14,13 @@ import secrets
 import pytest
 import trio
 
-from pool.chain.base import BlockTemplate
 from pool.jobs import Job, JobManager, SessionJobs, Template
 from pool.ledger import ShareRecord, open_ledger
 from pool.share_check import ShareRejected, precheck
 from pool.workloads import SyntheticSource
 from protocol import messages
 from protocol.address import new_address
+from protocol.chain import BlockTemplate
 from protocol.header import Header, assemble_coinbase, coinbase_hash
 from protocol.messages import ErrorCode
 from protocol.target import meets_target, target_from_difficulty

@@ -23,11 +23,11 @@ from fractions import Fraction
 
 import trio
 
-from pool.chain.base import BlockTemplate
 from pool.jobs import JobManager, Template
 from pool.workloads import SyntheticSource
 from protocol import messages
 from protocol.address import new_address
+from protocol.chain import BlockTemplate
 from protocol.header import Header, assemble_coinbase, coinbase_hash
 from protocol.messages import ErrorCode
 from protocol.target import meets_target, target_from_difficulty

@@ -16,18 +16,18 @@ import numpy as np
 import pytest
 import trio
 
-from pool.chain.base import (
+from node.chain import Chain, NodeConfig
+from pool.chain.base import ChainAdapter
+from pool.chain.embedded import EmbeddedChain
+from protocol.address import make_address
+from protocol.chain import (
     ERR_MALFORMED,
     BlockSubmission,
     BlockTemplate,
-    ChainAdapter,
     ChainError,
     InsufficientFunds,
     PaymentKeyConflict,
 )
-from pool.chain.embedded import EmbeddedChain
-from pool.node.chain import Chain, NodeConfig
-from protocol.address import make_address
 from protocol.hashing import H
 from protocol.header import Header, assemble_coinbase, coinbase_hash, coinbase_parts, coins
 from protocol.merkle import RowTree

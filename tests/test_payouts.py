@@ -19,7 +19,8 @@ import pytest
 import trio
 from prometheus_client import CollectorRegistry
 
-from pool.chain.base import BlockSubmission, ChainAdapter
+from node.chain import NodeConfig
+from pool.chain.base import ChainAdapter
 from pool.chain.embedded import EmbeddedChain
 from pool.ledger import (
     COMPLETED,
@@ -32,11 +33,11 @@ from pool.ledger import (
     open_ledger,
 )
 from pool.metrics import PoolMetrics
-from pool.node.chain import NodeConfig
 from pool.payouts import payout_round, run_payouts
 from pool.pplns import PplnsPolicy
 from pool.unlocker import unlock_round
 from protocol.address import make_address
+from protocol.chain import BlockSubmission
 from protocol.hashing import H
 from protocol.header import Header, assemble_coinbase, coinbase_hash, coinbase_parts
 from protocol.target import difficulty_from_bits, target_from_bits

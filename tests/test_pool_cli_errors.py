@@ -100,7 +100,7 @@ def test_sigterm_stops_a_pool_waiting_for_an_unreachable_node(tmp_path: Path):
     assert proc.returncode == 0
 
 
-@pytest.mark.parametrize("program", ["pool.cli", "pool.node.cli", "worker.cli"])
+@pytest.mark.parametrize("program", ["pool.cli", "node.cli", "worker.cli"])
 def test_every_program_has_version(program: str):
     done = subprocess.run([sys.executable, "-m", program, "--version"], capture_output=True,
                           text=True, timeout=60, check=True)

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from node.chain import Chain, NodeConfig
 from pool.ledger.base import PENDING, ShareRecord
 from pool.ledger.sqlite import SqliteLedger
-from pool.node.chain import Chain, NodeConfig
 from pool.sharelog import ShareLog, ShareLogError
 from protocol.address import new_address
 from tests.miner import MinerClosed, TestMiner

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from pool.config import PoolConfig, UsefulSection, VardiffSection, default_config_text
-from pool.node.chain import NodeConfig
-from pool.node.cli import NodeSettings, load_settings
+from node.chain import NodeConfig
+from node.cli import NodeSettings, load_settings
 from pool.useful import UsefulConfig
 from pool.vardiff import VardiffConfig
 from toolkit.settings import (

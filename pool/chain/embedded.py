@@ -1,6 +1,6 @@
 """``EmbeddedChain``: the devnet node running inside the pool process (the default).
 
-Wraps :class:`pool.node.chain.Chain`; every call (SQLite, ticket verification) runs in
+Wraps :class:`node.chain.Chain`; every call (SQLite, ticket verification) runs in
 a worker thread under a ``CapacityLimiter`` so the pool's event loop never blocks.
 """
 
@@ -14,10 +14,12 @@ from typing import Any, TypeVar
 
 import trio
 
-from ..node.chain import Chain, NodeConfig
-from .base import BlockStatus, BlockSubmission, BlockTemplate, ChainError, SubmitResult
+from node.chain import Chain, NodeConfig
+from protocol.chain import BlockStatus, BlockSubmission, BlockTemplate, ChainError, SubmitResult
 
 T = TypeVar("T")
+
+__all__ = ["EmbeddedChain", "NodeConfig"]  # NodeConfig: the [chain.node] settings
 
 
 class EmbeddedChain:

@@ -18,11 +18,8 @@ from typing import Any
 
 import trio
 
-from protocol.errors import ProtocolError
-from protocol.framing import FrameDecoder, encode_frame
-from protocol.header import block_hash
-
-from .base import (
+from protocol.chain import (
+    ERR_OTHER,
     BlockStatus,
     BlockSubmission,
     BlockTemplate,
@@ -30,7 +27,12 @@ from .base import (
     ChainUnavailable,
     SubmitResult,
     chain_error_from_code,
+    rpc_request,
+    tip_from_wire,
 )
+from protocol.errors import ProtocolError
+from protocol.framing import FrameDecoder, encode_frame
+from protocol.header import block_hash
 
 log = logging.getLogger("matmine.chain.rpc")
 
@@ -91,10 +93,10 @@ class RpcChain:
 
     async def tip(self) -> tuple[int, bytes]:
         result = await self.call("node.tip")
-        if not isinstance(result, dict) or not isinstance(result.get("height"), int) or \
-                not isinstance(result.get("hash"), bytes):
-            raise ChainError(f"node.tip answered {result!r:.80}")
-        return result["height"], result["hash"]
+        try:
+            return tip_from_wire(result)
+        except ProtocolError:
+            raise ChainError(f"node.tip answered {result!r:.80}") from None
 
     async def submit_block(self, sub: BlockSubmission) -> SubmitResult:
         result, tries = await self._call_counting("node.submit_block", sub.to_wire())
@@ -173,8 +175,7 @@ class RpcChain:
         stream = self._stream
         request_id = self._next_id
         self._next_id += 1
-        await stream.send_all(encode_frame({"id": request_id, "method": method,
-                                            "params": params}))
+        await stream.send_all(encode_frame(rpc_request(request_id, method, params)))
         while True:
             data = await stream.receive_some(RECEIVE_SIZE)
             if not data:
@@ -192,7 +193,7 @@ class RpcChain:
                     error = frame["error"]
                     if not isinstance(error, dict):
                         raise ChainError(f"malformed error from the node: {error!r:.80}")
-                    raise chain_error_from_code(int(error.get("code", 20)),
+                    raise chain_error_from_code(int(error.get("code", ERR_OTHER)),
                                                 str(error.get("message", "")))
                 if "result" not in frame:
                     raise ChainError(f"node answered {method} with neither result nor error")

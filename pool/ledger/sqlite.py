@@ -3,7 +3,9 @@
 One connection per object, guarded by a lock; every write is one ``BEGIN IMMEDIATE``
 transaction, so with ``synchronous=FULL`` (the default) a method that returns has its
 effect on disk. The SQL is ``SqlLedger``'s (``sql.py``), shared with the PostgreSQL
-ledger; SQLite specifics (pragmas, ``BEGIN IMMEDIATE``) stay in this file.
+ledger; the pragmas and transactions are :mod:`toolkit.sqlite`'s, like every store's.
+The schema version is kept in ``SqlLedger``'s portable ``schema_version`` table (one for
+both databases), not in ``PRAGMA user_version``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from toolkit.sqlite import StoreError, connect, transaction
+
 from .base import LedgerError
 from .sql import SqlLedger, Transaction
 
 T = TypeVar("T")
-SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 SCHEMA_V1 = """
 CREATE TABLE shares (
@@ -96,25 +99,18 @@ class SqliteLedger(SqlLedger):
     def __init__(
         self, path: str | Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000
     ) -> None:
-        mode = synchronous.upper()
-        if mode not in SYNCHRONOUS_MODES:
-            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, got {synchronous!r}")
         if str(path) == ":memory:":
             raise ValueError("SqliteLedger needs a file path (WAL does not apply to :memory:)")
         self.path = Path(path)
         self.where = str(self.path)
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False
-        )
         try:
-            conn = self._conn
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            journal = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if journal.lower() != "wal":
-                raise LedgerError(f"could not put {self.path} in WAL mode (got {journal})")
-            conn.execute(f"PRAGMA synchronous = {mode}")
-            conn.execute("PRAGMA foreign_keys = ON")
+            self._conn: sqlite3.Connection | None = connect(
+                self.path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms
+            )
+        except StoreError as exc:
+            raise LedgerError(str(exc)) from None
+        try:
             self._write(self._create_schema)
         except BaseException:
             self._conn.close()
@@ -128,15 +124,8 @@ class SqliteLedger(SqlLedger):
             conn = self._conn
             if conn is None:
                 raise LedgerError("ledger is closed")
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                result = body(Transaction(conn))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
+            with transaction(conn, write=write):
+                return body(Transaction(conn))
 
     def close(self) -> None:
         with self._lock:

@@ -31,6 +31,7 @@ from toolkit.settings import (
     read_toml,
     setting,
 )
+from toolkit.sqlite import StoreError
 
 from .chain import NodeConfig
 from .rpc_server import DEFAULT_HOST, DEFAULT_MAX_FRAME_SIZE, DEFAULT_PORT, run_node
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trio.run(serve_until_signalled, settings, config)
     except* OSError as group:
+        failure = "; ".join(str(exc) for exc in group.exceptions)
+    except* StoreError as group:  # e.g. a chain database written by newer code
         failure = "; ".join(str(exc) for exc in group.exceptions)
     if failure is not None:
         print(f"matmine-node: {failure}", file=sys.stderr)

@@ -1,4 +1,7 @@
-"""The devnet chain: consensus rules, retarget, maturity, orphans and the wallet ledger.
+"""The devnet chain: its state, maturity, orphans and the wallet ledger.
+
+The rules a block must meet (header, coinbase, work, ticket, retarget) are
+:mod:`node.rules`; this module applies them to the chain kept in :class:`NodeStore`.
 
 Synchronous and free of trio: every public method of :class:`Chain` may be called from
 a worker thread (the adapters use ``trio.to_thread.run_sync``). State changes are
@@ -30,31 +33,15 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from protocol.address import make_address, validate_address
-from protocol.errors import ProtocolError
-from protocol.hashing import H
-from protocol.header import COIN, Coinbase, Header, coinbase_hash, coins, parse_coinbase
-from protocol.merkle import row_leaf, verify_proof
-from protocol.target import (
-    bits_from_target,
-    difficulty_from_bits,
-    meets_target,
-    target_from_bits,
-    target_from_difficulty,
-)
-from protocol.ticket import verify_ticket
-from protocol.workload import TILE, Shape, Workload, check_entries, synthetic_rows, work_root
-
-from ..chain.base import (
+from protocol.chain import (
     ERR_MALFORMED,
+    BlockState,
     BlockStatus,
     BlockSubmission,
     BlockTemplate,
@@ -63,16 +50,33 @@ from ..chain.base import (
     PaymentKeyConflict,
     SubmitResult,
 )
+from protocol.errors import ProtocolError
+from protocol.hashing import H
+from protocol.header import COIN, Coinbase, Header, coinbase_hash, coins
+from protocol.target import (
+    bits_from_target,
+    difficulty_from_bits,
+    target_from_difficulty,
+)
+
+from .rules import (
+    HEADER_VERSION,
+    Rejected,
+    WorkloadRoots,
+    check_coinbase,
+    check_payment,
+    check_work,
+    decode_header,
+    height_of,
+    retarget,
+)
 from .store import NodeStore, StoredBlock, StoredPayment
 
 log = logging.getLogger("matmine.node")
 
 MEDIAN_TIME_SPAN = 11
-HEADER_VERSION = 1
 DEFAULT_NODE_ADDRESS = make_address(H(b"matmine-node/devnet-node-address")[:20])
 FORGED_WORK_ROOT = H(b"matmine-node/devnet-forged-block")
-MAX_PAYMENT_KEY = 200
-MAX_OUTPUTS = 10_000
 DB_FILE = "node.sqlite3"
 
 
@@ -127,15 +131,6 @@ class NodeConfig:
         return target_from_difficulty(self.min_difficulty)
 
 
-class Rejected(Exception):
-    """Internal: a submission broke rule ``reason``; ``detail`` is for the log."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
 class Chain:
     """The devnet node's chain state over a :class:`NodeStore`."""
 
@@ -146,8 +141,7 @@ class Chain:
         self.config = config
         self._clock = clock
         self._lock = threading.Lock()
-        self._roots: OrderedDict[tuple[bytes, Shape], tuple[bytes, bytes]] = OrderedDict()
-        self._roots_lock = threading.Lock()
+        self._roots = WorkloadRoots(config.workload_cache)
         with self._lock:
             self._ensure_genesis()
 
@@ -189,7 +183,7 @@ class Chain:
             if not block.main:
                 return BlockStatus("orphaned", 0, block.height)
             confirmations = self._tip().height - block.height
-            state = "confirmed" if confirmations >= self.config.maturity else "pending"
+            state: BlockState = "confirmed" if confirmations >= self.config.maturity else "pending"
             return BlockStatus(state, confirmations, block.height)
 
     def balance(self, address: str) -> int:
@@ -235,17 +229,17 @@ class Chain:
         """Fully verify ``sub``; on success append it to the main chain."""
         block_hash: bytes | None = None
         try:
-            header = self._decode_header(sub.header)
+            header = decode_header(sub.header)
             block_hash = header.hash()
             with self._lock:
                 coinbase = self._check_context(header, block_hash, sub.coinbase)
-            self._check_work(header, sub)
+            check_work(header, sub, self._roots)
             with self._lock:
                 # The tip may have moved while the ticket was being checked.
                 self._check_context(header, block_hash, sub.coinbase)
                 next_bits = self._accept(header, block_hash, sub.coinbase, coinbase.address)
         except Rejected as exc:
-            log.info("block %s rejected: %s (%s)", _height_of(sub.header), exc.reason,
+            log.info("block %s rejected: %s (%s)", height_of(sub.header), exc.reason,
                      exc.detail)
             return SubmitResult(False, block_hash, exc.reason)
         log.info(
@@ -282,7 +276,7 @@ class Chain:
         The same key with the same sender and outputs returns the first txid and debits
         nothing; the same key with anything else raises :class:`PaymentKeyConflict`.
         """
-        _check_payment(key, outputs, from_address)
+        check_payment(key, outputs, from_address)
         with self._lock, self.store.transaction():
             earlier = self.store.payment(key)
             if earlier is not None:
@@ -343,20 +337,9 @@ class Chain:
 
     def _next_bits(self, tip: StoredBlock) -> int:
         """Compact target of the block after ``tip`` (see the module doc)."""
-        cfg = self.config
-        window = self.store.main_chain(max(0, tip.height - cfg.retarget_window), tip.height)
-        intervals = len(window) - 1
-        # A young chain has fewer than retarget_window intervals: the missing ones count
-        # as on time at the tip's target, so one lucky early block cannot swing the
-        # difficulty by the full max_adjust.
-        missing = cfg.retarget_window - intervals
-        expected = cfg.retarget_window * cfg.block_time
-        span = window[-1].time - window[0].time + missing * cfg.block_time
-        span = min(max(span, -(-expected // cfg.max_adjust)), expected * cfg.max_adjust)
-        targets = [target_from_bits(b.bits) for b in window[1:]]
-        mean_target = (sum(targets) + missing * target_from_bits(tip.bits)) // cfg.retarget_window
-        target = max(1, min(mean_target * span // expected, cfg.max_target))
-        return bits_from_target(target)
+        window = self.store.main_chain(max(0, tip.height - self.config.retarget_window),
+                                       tip.height)
+        return retarget(window, tip.bits, self.config)
 
     def _balances(self, address: str) -> tuple[int, int]:
         mature_height = self._tip().height - self.config.maturity
@@ -365,16 +348,6 @@ class Chain:
         received = self.store.received_total(address)
         sent = self.store.sent_total(address)
         return mature + received - sent, immature
-
-    @staticmethod
-    def _decode_header(raw: bytes) -> Header:
-        try:
-            header = Header.decode(raw)
-        except ProtocolError as exc:
-            raise Rejected("bad-header", str(exc)) from None
-        if header.version != HEADER_VERSION:
-            raise Rejected("bad-version", f"header version {header.version}")
-        return header
 
     def _check_context(self, header: Header, block_hash: bytes, raw_coinbase: bytes) -> Coinbase:
         """Rules that depend on the chain: parent, height, bits, time, coinbase."""
@@ -395,74 +368,7 @@ class Chain:
         now = int(self._clock())
         if header.time > now + self.config.max_future_time:
             raise Rejected("time-too-new", f"time {header.time} is {header.time - now} s ahead")
-        if coinbase_hash(raw_coinbase) != header.coinbase_hash:
-            raise Rejected("bad-coinbase-hash", "header does not commit to this coinbase")
-        try:
-            coinbase = parse_coinbase(raw_coinbase)
-            validate_address(coinbase.address)
-        except ProtocolError as exc:
-            raise Rejected("bad-coinbase", str(exc)) from None
-        if coinbase.height != header.height:
-            raise Rejected("bad-coinbase-height",
-                           f"coinbase height {coinbase.height}, header {header.height}")
-        if coinbase.reward != self.config.block_reward:
-            raise Rejected("bad-reward", f"coinbase pays {coins(coinbase.reward)}, "
-                           f"reward is {coins(self.config.block_reward)}")
-        return coinbase
-
-    def _synthetic_roots(self, seed: bytes, shape: Shape) -> tuple[bytes, bytes]:
-        key = (seed, shape)
-        with self._roots_lock:
-            if key in self._roots:
-                self._roots.move_to_end(key)
-                return self._roots[key]
-        workload = Workload.synthetic(seed, shape)
-        roots = (workload.a_root, workload.b_root)
-        with self._roots_lock:
-            self._roots[key] = roots
-            while len(self._roots) > self.config.workload_cache:
-                self._roots.popitem(last=False)
-        return roots
-
-    def _check_work(self, header: Header, sub: BlockSubmission) -> None:
-        """Work root, opened rows and the winning ticket (the expensive part, no lock)."""
-        shape = sub.shape
-        ti, tj = sub.tile
-        if not (0 <= ti < shape.tiles_m and 0 <= tj < shape.tiles_n):
-            raise Rejected("bad-tile", f"tile {sub.tile} outside {shape.tiles_m}x{shape.tiles_n}")
-        blob_fields = (sub.a_rows, sub.bt_rows, sub.a_proofs, sub.b_proofs, sub.a_root,
-                       sub.b_root)
-        if sub.workload_seed is not None:
-            if any(f is not None for f in blob_fields):
-                raise Rejected("bad-workload", "both a workload seed and opened rows given")
-            if len(sub.workload_seed) != 32:
-                raise Rejected("bad-workload", "workload seed must be 32 bytes")
-            a_root, b_root = self._synthetic_roots(sub.workload_seed, shape)
-            if work_root(shape, a_root, b_root) != header.work_root:
-                raise Rejected("bad-work-root", "header work_root is not this synthetic workload")
-            a = synthetic_rows(sub.workload_seed, "A", ti * TILE, TILE, shape.k)
-            bt = synthetic_rows(sub.workload_seed, "B", tj * TILE, TILE, shape.k)
-        else:
-            if any(f is None for f in blob_fields[:4]):
-                raise Rejected("bad-workload", "need a workload seed, or opened rows and proofs")
-            if any(r is not None and len(r) != 32 for r in (sub.a_root, sub.b_root)):
-                raise Rejected("bad-workload", "a_root and b_root must be 32 bytes")
-            a = _opened_rows(sub.a_rows, sub.a_proofs, shape.m, shape.k, "A")
-            bt = _opened_rows(sub.bt_rows, sub.b_proofs, shape.n, shape.k, "B")
-            a_root = sub.a_root or _root_of(a[0], ti * TILE, sub.a_proofs)
-            b_root = sub.b_root or _root_of(bt[0], tj * TILE, sub.b_proofs)
-            if work_root(shape, a_root, b_root) != header.work_root:
-                raise Rejected("bad-work-root", "header work_root does not match the opened "
-                               "rows' Merkle roots")
-            _check_proofs(a, sub.a_proofs, ti, a_root, "A")
-            _check_proofs(bt, sub.b_proofs, tj, b_root, "B")
-        try:
-            digest = verify_ticket(sub.header, shape, (ti, tj), a, bt)
-        except ProtocolError as exc:
-            raise Rejected("bad-ticket", str(exc)) from None
-        if not meets_target(digest, target_from_bits(header.bits), shape.k):
-            raise Rejected("high-hash", f"ticket {digest.hex()[:16]} of tile {sub.tile} does "
-                           "not meet the network target")
+        return check_coinbase(header, raw_coinbase, self.config.block_reward)
 
     def _accept(self, header: Header, block_hash: bytes, raw_coinbase: bytes,
                 address: str) -> int:
@@ -509,65 +415,3 @@ class Chain:
                             self._clock())
         self.store.insert_block(block)
         return block
-
-
-def _opened_rows(raw: bytes | None, proofs: list[list[bytes]] | None, rows: int, k: int,
-                 name: str) -> np.ndarray:
-    """The 16 opened rows of a blob matrix as int8, with proofs of the right shape."""
-    assert raw is not None and proofs is not None
-    if len(raw) != TILE * k:
-        raise Rejected("bad-rows", f"{name} rows must be {TILE}x{k} bytes, got {len(raw)}")
-    matrix = np.frombuffer(raw, dtype=np.int8).reshape(TILE, k)
-    try:
-        check_entries(matrix, name)
-    except ProtocolError as exc:
-        raise Rejected("bad-rows", str(exc)) from None
-    depth = (rows - 1).bit_length()
-    if len(proofs) != TILE:
-        raise Rejected("bad-merkle-proof", f"need {TILE} {name} proofs, got {len(proofs)}")
-    for i, proof in enumerate(proofs):
-        if len(proof) != depth or not all(len(h) == 32 for h in proof):
-            raise Rejected("bad-merkle-proof", f"{name} proof {i} must be {depth} hashes")
-    return matrix
-
-
-def _root_of(row: np.ndarray, index: int, proof: list[list[bytes]] | None) -> bytes:
-    """The root that ``proof`` (of row ``index``) leads to (mmpow-1 row tree)."""
-    assert proof is not None
-    node = row_leaf(row.tobytes())
-    for sibling in proof[0]:
-        pair = (sibling, node) if index & 1 else (node, sibling)
-        node = H(b"mmpow1/node", *pair)
-        index >>= 1
-    return node
-
-
-def _check_proofs(matrix: np.ndarray, proofs: list[list[bytes]] | None, tile: int, root: bytes,
-                  name: str) -> None:
-    assert proofs is not None
-    for i, proof in enumerate(proofs):
-        index = tile * TILE + i
-        if not verify_proof(matrix[i].tobytes(), index, proof, root):
-            raise Rejected("bad-merkle-proof", f"{name} row {index} is not in the committed matrix")
-
-
-def _check_payment(key: Any, outputs: Any, from_address: Any) -> None:
-    if not isinstance(key, str) or not 0 < len(key) <= MAX_PAYMENT_KEY:
-        raise ChainError(f"payment key must be a string of 1..{MAX_PAYMENT_KEY} characters",
-                         ERR_MALFORMED)
-    if not isinstance(outputs, dict) or not 0 < len(outputs) <= MAX_OUTPUTS:
-        raise ChainError(f"outputs must map 1..{MAX_OUTPUTS} addresses to amounts",
-                         ERR_MALFORMED)
-    try:
-        validate_address(from_address)
-        for address, amount in outputs.items():
-            validate_address(address)
-            if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-                raise ChainError(f"amount for {address} must be a positive integer of base "
-                                 f"units, got {amount!r}", ERR_MALFORMED)
-    except ProtocolError as exc:
-        raise ChainError(str(exc), ERR_MALFORMED) from None
-
-
-def _height_of(raw_header: bytes) -> str:
-    return str(int.from_bytes(raw_header[4:8], "little")) if len(raw_header) >= 8 else "?"

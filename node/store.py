@@ -1,6 +1,11 @@
 """SQLite persistence of the devnet node: blocks, the main chain, payments (WAL mode).
 
-One connection, used by one thread at a time (the owner, :class:`pool.node.chain.Chain`,
+Opened, migrated and run in transactions by :mod:`toolkit.sqlite` (``synchronous=NORMAL``:
+the devnet chain may lose its last blocks on power loss, never its consistency). Schema
+version 1 is the schema from before versioning (``IF NOT EXISTS`` throughout), so a file
+made by older code opens as it is.
+
+One connection, used by one thread at a time (the owner, :class:`node.chain.Chain`,
 serialises access with its lock). Balances are not stored but derived from blocks and
 payments, so they can never drift from the chain after a reorg or a crash.
 """
@@ -8,13 +13,14 @@ payments, so they can never drift from the chain after a reorg or a crash.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA = """
+from toolkit.sqlite import connect, migrate, transaction
+
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS blocks (
     hash      BLOB PRIMARY KEY,
     height    INTEGER NOT NULL,
@@ -48,6 +54,7 @@ CREATE TABLE IF NOT EXISTS payment_outputs (
 );
 CREATE INDEX IF NOT EXISTS payment_outputs_address ON payment_outputs(address);
 """
+MIGRATIONS = [SCHEMA_V1]
 
 _BLOCK_COLUMNS = (
     "hash, height, prev_hash, header, coinbase, address, reward, bits, time, forged, main, received"
@@ -102,11 +109,12 @@ class NodeStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        self._db = connect(self.path, synchronous="NORMAL")
+        try:
+            migrate(self._db, MIGRATIONS, where=str(self.path))
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -114,13 +122,8 @@ class NodeStore:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """``BEGIN IMMEDIATE`` … ``COMMIT``; rolls back on any exception."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._db):
             yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     # blocks -----------------------------------------------------------------------------
 

@@ -24,16 +24,19 @@ from typing import Any
 import trio
 
 from protocol.address import new_address
-from protocol.errors import ProtocolError
-from protocol.framing import FrameDecoder, encode_frame
-
-from ..chain.base import (
+from protocol.chain import (
     ERR_MALFORMED,
     ERR_OTHER,
     ERR_UNKNOWN_METHOD,
     BlockSubmission,
     ChainError,
+    rpc_error,
+    rpc_result,
+    tip_to_wire,
 )
+from protocol.errors import ProtocolError
+from protocol.framing import FrameDecoder, encode_frame
+
 from .chain import Chain, NodeConfig
 
 log = logging.getLogger("matmine.node.rpc")
@@ -61,8 +64,7 @@ def _template(chain: Chain, params: dict[str, Any]) -> Any:
 
 
 def _tip(chain: Chain, params: dict[str, Any]) -> Any:
-    height, block_hash = chain.tip()
-    return {"height": height, "hash": block_hash}
+    return tip_to_wire(*chain.tip())
 
 
 def _submit_block(chain: Chain, params: dict[str, Any]) -> Any:
@@ -117,10 +119,6 @@ METHODS: dict[str, Handler] = {
 }
 
 
-def _error(request_id: Any, code: int, message: str) -> dict[str, Any]:
-    return {"id": request_id, "error": {"code": code, "message": message}}
-
-
 class NodeRpcServer:
     """Serves one :class:`Chain` to any number of loopback connections."""
 
@@ -161,7 +159,7 @@ class NodeRpcServer:
                     frames = decoder.feed(data)
                 except ProtocolError as exc:
                     log.info("closing an RPC connection after a malformed frame: %s", exc)
-                    await self._send(stream, _error(None, exc.code, f"malformed frame: {exc}"))
+                    await self._send(stream, rpc_error(None, exc.code, f"malformed frame: {exc}"))
                     return
                 for frame in frames:
                     response = await self.answer(frame)
@@ -175,16 +173,16 @@ class NodeRpcServer:
         if not notification and (
             not isinstance(request_id, int) or isinstance(request_id, bool) or request_id < 0
         ):
-            return _error(None, ERR_MALFORMED, f"request id must be an unsigned integer, "
+            return rpc_error(None, ERR_MALFORMED, f"request id must be an unsigned integer, "
                           f"got {request_id!r:.40}")
         method = frame.get("method")
         params = frame.get("params", {})
         if not isinstance(method, str):
-            response = _error(request_id, ERR_MALFORMED, "request has no method name")
+            response = rpc_error(request_id, ERR_MALFORMED, "request has no method name")
         elif not isinstance(params, dict):
-            response = _error(request_id, ERR_MALFORMED, "params must be a map")
+            response = rpc_error(request_id, ERR_MALFORMED, "params must be a map")
         elif method not in METHODS:
-            response = _error(request_id, ERR_UNKNOWN_METHOD,
+            response = rpc_error(request_id, ERR_UNKNOWN_METHOD,
                               f"unknown method {method!r:.60}; known: {', '.join(METHODS)}")
         else:
             response = await self._call(request_id, method, params)
@@ -197,13 +195,13 @@ class NodeRpcServer:
                 partial(handler, self.chain, params), limiter=self.limiter
             )
         except ChainError as exc:
-            return _error(request_id, exc.code, str(exc))
+            return rpc_error(request_id, exc.code, str(exc))
         except ProtocolError as exc:
-            return _error(request_id, exc.code, f"bad params for {method}: {exc}")
+            return rpc_error(request_id, exc.code, f"bad params for {method}: {exc}")
         except Exception as exc:
             log.exception("RPC %s failed", method)
-            return _error(request_id, ERR_OTHER, f"internal error in {method}: {exc}")
-        return {"id": request_id, "result": result}
+            return rpc_error(request_id, ERR_OTHER, f"internal error in {method}: {exc}")
+        return rpc_result(request_id, result)
 
     async def _send(self, stream: trio.abc.Stream, message: dict[str, Any]) -> bool:
         try:

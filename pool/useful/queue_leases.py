@@ -1,0 +1,211 @@
+"""The lease side of the useful-work queue: units leased to sessions, their held shares.
+
+A session leases a unit (:meth:`LeaseSide.lease`), its jobs are attached to the lease,
+the shares mined on them are held until the result is judged, and the lease ends
+verified (:meth:`~LeaseSide.complete`), rejected, released or expired.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from pool.useful.queue_model import OPEN_STATES, Lease, LeaseEnd, LeaseError, QueueDb
+
+
+class LeaseSide(QueueDb):
+    """Leases of units to sessions and the shares held on them."""
+
+    def lease(self, session: str) -> Lease | None:
+        """The session's active lease, or a new one on the oldest queued unit; None if idle.
+
+        A unit is not leased again to a session whose result for it was rejected. A
+        delivered lease is not active: its session gets another unit.
+        """
+        self.expire()
+        now = self.clock()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT id FROM leases WHERE session = ? AND state = 'active'", (session,)
+            ).fetchone()
+            if row is not None:
+                return self._lease(db, row[0])  # continued: the unit counts did not change
+            unit = db.execute(
+                "SELECT u.key, u.item FROM units u WHERE u.state = 'queued' AND NOT EXISTS "
+                "(SELECT 1 FROM leases l WHERE l.unit = u.key AND l.session = ? "
+                "AND l.state = 'rejected') ORDER BY u.key LIMIT 1", (session,),
+            ).fetchone()
+            if unit is None:
+                return None
+            key, item = unit
+            lease_id = db.execute(
+                "INSERT INTO leases (unit, session, created, deadline, state) "
+                "VALUES (?, ?, ?, ?, 'active')",
+                (key, session, now, now + self.config.lease_seconds),
+            ).lastrowid
+            assert lease_id is not None
+            db.execute("UPDATE units SET state = 'running' WHERE key = ?", (key,))
+            db.execute(
+                "UPDATE items SET state = 'running' WHERE id = ? AND state = 'queued'",
+                (item,),
+            )
+            lease = self._lease(db, lease_id)
+        self._units_changed()
+        return lease
+
+    def get_lease(self, lease_id: int) -> Lease:
+        with self._lock:
+            return self._lease(self._db, lease_id)
+
+    def attach_job(self, lease_id: int, session: str, job_id: str) -> None:
+        """Record that ``job_id`` of ``session`` mines the unit of ``lease_id``."""
+        with self._tx() as db:
+            lease = self._lease(db, lease_id)
+            if lease.session != session or lease.state != "active":
+                raise LeaseError(f"lease {lease_id} is not an active lease of this session")
+            db.execute(
+                "INSERT OR REPLACE INTO lease_jobs (session, job_id, lease) VALUES (?, ?, ?)",
+                (session, job_id, lease_id),
+            )
+
+    def lease_of_job(self, session: str, job_id: str) -> Lease | None:
+        """The lease (in any state) a job of ``session`` was made for; None: not useful work."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT lease FROM lease_jobs WHERE session = ? AND job_id = ?",
+                (session, job_id),
+            ).fetchone()
+            return None if row is None else self._lease(self._db, row[0])
+
+    def hold_share(self, lease_id: int, share: Any) -> bool:
+        """Keep a JSON-able share record until the lease's result is judged.
+
+        Returns False (nothing held) when the lease is no longer active: the share is
+        then stale and must not be credited.
+        """
+        text = json.dumps(share, sort_keys=True)
+        with self._tx() as db:
+            state = db.execute("SELECT state FROM leases WHERE id = ?", (lease_id,)).fetchone()
+            if state is None or state[0] != "active":
+                return False
+            db.execute("INSERT INTO held_shares (lease, share) VALUES (?, ?)", (lease_id, text))
+        return True
+
+    def deliver(self, lease_id: int) -> Lease:
+        """The lease's whole result is in: hold no more shares for it (they are stale) and
+        let its session lease another unit, while the result is judged.
+
+        Raises :class:`LeaseError` if the lease is not active.
+        """
+        with self._tx() as db:
+            lease = self._active(db, lease_id)
+            db.execute("UPDATE leases SET state = 'delivered' WHERE id = ?", (lease_id,))
+            return Lease(lease.id, lease.session, lease.deadline, "delivered", lease.unit)
+
+    def held_shares(self, lease_id: int) -> list[Any]:
+        with self._lock:
+            return [json.loads(r[0]) for r in self._db.execute(
+                "SELECT share FROM held_shares WHERE lease = ? ORDER BY id", (lease_id,))]
+
+    def complete(self, lease_id: int, result_blob: bytes) -> LeaseEnd:
+        """The lease's result verified: the unit is done; returns the shares to credit.
+
+        Call it after storing the result blob and crediting :meth:`held_shares`. Raises
+        :class:`LeaseError` if the lease is not active or delivered any more (its shares
+        were already voided).
+        """
+        now = self.clock()
+        with self._tx() as db:
+            lease = self._open(db, lease_id)
+            db.execute(
+                "UPDATE units SET state = 'done', result_blob = ? WHERE key = ?",
+                (result_blob, lease.unit.key),
+            )
+            shares = self._end(db, lease, "verified", now, None)
+            left = db.execute(
+                "SELECT COUNT(*) FROM units WHERE item = ? AND state != 'done'",
+                (lease.unit.item,),
+            ).fetchone()[0]
+        self._units_changed()
+        return LeaseEnd(lease, "verified", shares, "done", item_done=left == 0)
+
+    def reject(self, lease_id: int, reason: str) -> LeaseEnd:
+        """The lease's result was wrong: void its shares, re-queue (or fail) the unit."""
+        now = self.clock()
+        with self._tx() as db:
+            lease = self._open(db, lease_id)
+            attempts = lease.unit.attempts + 1
+            unit_state = "failed" if attempts >= self.config.max_attempts else "queued"
+            db.execute("UPDATE units SET state = ?, attempts = ? WHERE key = ?",
+                       (unit_state, attempts, lease.unit.key))
+            if unit_state == "failed":
+                db.execute(
+                    "UPDATE items SET state = 'failed', finished = ?, error = ? WHERE id = ?",
+                    (now, f"unit {lease.unit.plan.index} failed {attempts} checks; last: "
+                     f"{reason}", lease.unit.item),
+                )
+                db.execute(
+                    "UPDATE units SET state = 'failed' WHERE item = ? AND state = 'queued'",
+                    (lease.unit.item,),
+                )
+            shares = self._end(db, lease, "rejected", now, reason)
+        self._units_changed()
+        return LeaseEnd(lease, "rejected", shares, unit_state)
+
+    def release_session(self, session: str) -> list[LeaseEnd]:
+        """The session disconnected: its active lease ends, the unit goes back to the queue."""
+        ends = self._release_where("state IN ('active', 'delivered') AND session = ?",
+                                   (session,), "released", "disconnected")
+        self._units_changed()
+        return ends
+
+    def expire(self) -> list[LeaseEnd]:
+        """End every active lease past its deadline; their units go back to the queue."""
+        ends = self._release_where("state = 'active' AND deadline < ?", (self.clock(),),
+                                   "expired", "deadline passed")
+        if ends:
+            self._units_changed()
+        return ends
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of an active lease (when to call :meth:`expire` next)."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT MIN(deadline) FROM leases WHERE state = 'active'").fetchone()[0]
+
+    # --- internals ------------------------------------------------------------------
+
+    def _release_where(self, where: str, args: tuple, state: str, reason: str
+                       ) -> list[LeaseEnd]:
+        now = self.clock()
+        ends = []
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute(f"SELECT id FROM leases WHERE {where}", args)]
+            for lease_id in ids:
+                lease = self._lease(db, lease_id)
+                db.execute("UPDATE units SET state = 'queued' WHERE key = ? AND state = 'running'",
+                           (lease.unit.key,))
+                ends.append(LeaseEnd(lease, state, self._end(db, lease, state, now, reason)))
+        return ends
+
+    def _end(self, db: sqlite3.Connection, lease: Lease, state: str, now: float,
+             reason: str | None) -> list[Any]:
+        db.execute("UPDATE leases SET state = ?, ended = ?, reason = ? WHERE id = ?",
+                   (state, now, reason, lease.id))
+        shares = [json.loads(r[0]) for r in db.execute(
+            "SELECT share FROM held_shares WHERE lease = ? ORDER BY id", (lease.id,))]
+        db.execute("DELETE FROM held_shares WHERE lease = ?", (lease.id,))
+        return shares
+
+    def _active(self, db: sqlite3.Connection, lease_id: int) -> Lease:
+        lease = self._lease(db, lease_id)
+        if lease.state != "active":
+            raise LeaseError(f"lease {lease_id} is {lease.state}, not active")
+        return lease
+
+    def _open(self, db: sqlite3.Connection, lease_id: int) -> Lease:
+        lease = self._lease(db, lease_id)
+        if lease.state not in OPEN_STATES:
+            raise LeaseError(f"lease {lease_id} is {lease.state}, not active")
+        return lease
