@@ -82,7 +82,7 @@ def test_relative_imports_are_resolved():
     assert "node.chain" in {t for _, t in imported_modules(ROOT / "node" / "cli.py")}
     assert "pool.chain.base" in {t for _, t in imported_modules(ROOT / "pool" / "chain" /
                                                                 "__init__.py")}
-    assert "pool.pplns" in {t for _, t in imported_modules(ROOT / "pool" / "ledger" / "sql.py")}
+    assert "pool.pplns" in {t for _, t in imported_modules(ROOT / "pool" / "ledger" / "blocks.py")}
 
 
 @pytest.mark.parametrize("package", OURS)

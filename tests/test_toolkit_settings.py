@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from pool.config import PoolConfig, UsefulSection, VardiffSection, default_config_text
 from node.chain import NodeConfig
 from node.cli import NodeSettings, load_settings
+from pool.config import PoolConfig, UsefulSection, VardiffSection, default_config_text
 from pool.useful import UsefulConfig
 from pool.vardiff import VardiffConfig
 from toolkit.settings import (
