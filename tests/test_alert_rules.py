@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
-PROMETHEUS = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
+from tests.support import REPO
+
+PROMETHEUS = REPO / "deploy" / "prometheus"
 RULES = PROMETHEUS / "alerts.yml"
 RULE_TESTS = PROMETHEUS / "alerts_test.yml"
 

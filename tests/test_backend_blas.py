@@ -7,7 +7,7 @@ import pytest
 
 from protocol.ticket import mine_header
 from protocol.workload import Shape, Workload
-from tests.backend_checks import CASES, check_vector_case, check_winners
+from tests.support.backend_checks import CASES, check_vector_case, check_winners
 from worker.backends import BackendError, BlasBackend, open_backends
 
 

@@ -7,7 +7,12 @@ import pytest
 
 from protocol.ticket import mine_header
 from protocol.workload import Shape, Workload
-from tests.backend_checks import CASES, check_vector_case, check_winners, working_opencl_device
+from tests.support.backend_checks import (
+    CASES,
+    check_vector_case,
+    check_winners,
+    working_opencl_device,
+)
 from worker.autotune import (
     CACHE_FILE,
     ITEM_CONFIG,

@@ -18,8 +18,8 @@ import pytest
 import trio
 
 from protocol.address import new_address
-from tests.miner import TestMiner
-from tests.pg import free_port
+from tests.support.miner import TestMiner
+from tests.support.pg import free_port
 
 NODE = [sys.executable, "-m", "node.cli"]
 

@@ -29,7 +29,7 @@ from protocol.chain import (
 )
 from protocol.framing import FrameDecoder, encode_frame
 from protocol.hashing import H
-from tests.test_node import (
+from tests.support.node_data import (
     ALICE,
     POOL,
     REWARD,

@@ -37,8 +37,8 @@ from protocol.messages import (
     SyntheticSource,
     WorkSpec,
 )
-from tests.test_framing import pieces
-from tests.test_messages import client_messages, server_messages
+from tests.support.messages_data import client_messages, server_messages
+from tests.support.wire import pieces
 
 WORK = WorkSpec(64, 64, 256, 64, b"a" * 32, b"b" * 32, SyntheticSource(b"s" * 32))
 NOTIFY = Notify("j1", True, 1, 10, b"p" * 32, b"cb1", b"cb2", 1_700_000_000, 0x1F00FFFF, 2.0, WORK)

@@ -21,8 +21,8 @@ import pytest
 import trio
 
 from protocol.address import new_address
-from tests.conftest import StartPool
-from tests.miner import TestMiner
+from tests.support.miner import TestMiner
+from tests.support.pools import StartPool
 
 CHROMIUM = shutil.which("chromium")
 if CHROMIUM is None:

@@ -16,10 +16,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from pool.metrics import PoolMetrics
 from pool.useful import UsefulMetrics
+from tests.support import REPO
 from worker.metrics import register_metrics
 from worker.stats import WorkerStats
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = REPO / "deploy"
 METRIC = re.compile(r"\bmatmine_[a-z0-9_]+")
 PROGRAMS = {
     "matmine-pool": "pool.cli",

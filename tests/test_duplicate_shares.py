@@ -25,8 +25,8 @@ from protocol.header import Header, assemble_coinbase, coinbase_hash
 from protocol.messages import ErrorCode
 from protocol.target import meets_target, target_from_difficulty
 from protocol.workload import Shape
-from tests import pg
-from tests.miner import Candidate, TestMiner, mine_job
+from tests.support import pg
+from tests.support.miner import Candidate, TestMiner, mine_job
 
 D_A = 1e-4
 D_B = 2e-4

@@ -32,7 +32,7 @@ from protocol.header import Header, assemble_coinbase, coinbase_hash
 from protocol.messages import ErrorCode
 from protocol.target import meets_target, target_from_difficulty
 from protocol.workload import Shape
-from tests.miner import TestMiner, mine_job_header
+from tests.support.miner import TestMiner, mine_job_header
 
 # 64×64×256 (the test shape): a ticket meets difficulty D with probability 1/(65536·D),
 # so the ladder's foot takes a quarter of the tickets and its top one in 2048

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import struct
 
 import msgpack
@@ -12,33 +11,13 @@ from hypothesis import strategies as st
 
 from protocol.errors import ProtocolError
 from protocol.framing import MAX_DEPTH, MAX_FRAME_SIZE, FrameDecoder, encode_frame
+from tests.support.wire import pieces, values
 
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20)
-    | st.binary(max_size=40)
-)
-values = st.recursive(
-    scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=12,
-)
 frames = st.dictionaries(st.text(max_size=12), values, min_size=1, max_size=6)
 
 
 def raw_frame(body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + body
-
-
-def pieces(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    bounds = [0, *points, len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def test_frame_layout_is_big_endian_length_then_msgpack_map() -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import REPO
+
 OURS = ("protocol", "pool", "worker", "node", "toolkit")
 EMBEDDED = "pool.chain.embedded"
 
@@ -30,7 +31,7 @@ EXCEPTIONS = {(EMBEDDED, "node")}
 
 
 def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -56,7 +57,7 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
 
 
 def modules() -> list[Path]:
-    return sorted(p for pkg in OURS if (ROOT / pkg).is_dir() for p in (ROOT / pkg).rglob("*.py"))
+    return sorted(p for pkg in OURS if (REPO / pkg).is_dir() for p in (REPO / pkg).rglob("*.py"))
 
 
 def violations() -> list[str]:
@@ -67,7 +68,7 @@ def violations() -> list[str]:
         for line, target in imported_modules(path):
             top = target.split(".")[0]
             if top in FORBIDDEN[own] and (name, top) not in EXCEPTIONS:
-                broken.append(f"{path.relative_to(ROOT)}:{line}: {name} imports {target} "
+                broken.append(f"{path.relative_to(REPO)}:{line}: {name} imports {target} "
                               f"({own} must not import {top})")
     return broken
 
@@ -79,10 +80,10 @@ def test_the_rules_see_every_package():
 
 def test_relative_imports_are_resolved():
     """The check reads what a relative import really names, in a module and a package."""
-    assert "node.chain" in {t for _, t in imported_modules(ROOT / "node" / "cli.py")}
-    assert "pool.chain.base" in {t for _, t in imported_modules(ROOT / "pool" / "chain" /
+    assert "node.chain" in {t for _, t in imported_modules(REPO / "node" / "cli.py")}
+    assert "pool.chain.base" in {t for _, t in imported_modules(REPO / "pool" / "chain" /
                                                                 "__init__.py")}
-    assert "pool.pplns" in {t for _, t in imported_modules(ROOT / "pool" / "ledger" / "blocks.py")}
+    assert "pool.pplns" in {t for _, t in imported_modules(REPO / "pool" / "ledger" / "blocks.py")}
 
 
 @pytest.mark.parametrize("package", OURS)

@@ -16,8 +16,8 @@ from pool.jobs import MAX_JOB_ID
 from protocol import messages
 from protocol.address import new_address
 from protocol.messages import ErrorCode
-from tests.conftest import make_config
-from tests.miner import Candidate, TestMiner
+from tests.support.miner import Candidate, TestMiner
+from tests.support.pools import make_config
 
 NODE = {"start_difficulty": 1e9}  # no block: the chain tip is the same after the restart
 

@@ -28,33 +28,15 @@ from pool.ledger import (
     PENDING,
     Ledger,
     LedgerError,
-    ShareRecord,
     SqliteLedger,
     open_ledger,
 )
 from pool.pplns import ShareScore, pplns_split
-from tests import pg
+from tests.support import pg
+from tests.support.ledger_data import ALICE, BOB, share
 
-ALICE = "mmd1" + "a" * 48
-BOB = "mmd1" + "b" * 48
 CAROL = "mmd1" + "c" * 48
 FEE = "mmd1" + "f" * 48
-
-
-def share(
-    n: int, address: str, t: float, difficulty: float = 1.0, network: float = 10.0
-) -> ShareRecord:
-    return ShareRecord(
-        digest=n.to_bytes(32, "little"),
-        time=t,
-        address=address,
-        worker=f"rig{n % 3}",
-        job_id=f"job{n // 10}",
-        height=100 + n // 50,
-        difficulty=difficulty,
-        network_difficulty=network,
-        session_id=b"\x01" * 8,
-    )
 
 
 class Store:

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import REPO
+
 pytest.importorskip("pyopencl")
 pytestmark = pytest.mark.opencl
 
 DEBIAN_POCL = Path("/usr/lib/x86_64-linux-gnu/libpocl.so.2")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def broken_vendors(tmp_path: Path) -> Path:
 
 def worker(vendors: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OCL_ICD_VENDORS": str(vendors)}
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -20,8 +20,8 @@ import pytest
 import trio
 
 from protocol.address import new_address
-from tests.miner import TestMiner
-from tests.pg import PostgresServer, postgres_server
+from tests.support.miner import TestMiner
+from tests.support.pg import PostgresServer, postgres_server
 
 CALL_TIMEOUT = 2.0
 ANSWER_BOUND = 20.0  # a submit during the outage is answered well within this (no hang)
@@ -194,7 +194,14 @@ async def test_ledger_lost_between_send_and_complete_pays_once(tmp_path, own_ser
     from pool.ledger.base import LedgerError
     from pool.payouts import payout_round
     from pool.unlocker import unlock_round
-    from tests.test_payouts import MATURITY, POOL, REWARD, found_block, node_balances, node_config
+    from tests.support.payouts_data import (
+        MATURITY,
+        POOL,
+        REWARD,
+        found_block,
+        node_balances,
+        node_config,
+    )
 
     pids: list[int] = []
 

@@ -15,7 +15,7 @@ from pool.abuse import BanList, CheckBudget, Escalation, RateLimiter, ShareJudge
 from protocol import messages
 from protocol.address import new_address
 from protocol.framing import FrameDecoder, encode_frame
-from tests.miner import MinerClosed, TestMiner, losing_tiles, misbehave
+from tests.support.miner import MinerClosed, TestMiner, losing_tiles, misbehave
 
 
 def shown(miner: TestMiner) -> list[str]:

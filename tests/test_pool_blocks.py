@@ -14,7 +14,7 @@ import trio
 
 from pool.ledger.base import CONFIRMED, CREDITED, ORPHANED
 from protocol.address import new_address
-from tests.miner import Candidate, TestMiner
+from tests.support.miner import Candidate, TestMiner
 
 SETTINGS = {"pool.start_difficulty": 1e-5, "pool.fee_bps": 250}
 NODE = {"start_difficulty": 1e-4, "maturity": 2}

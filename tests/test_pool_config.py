@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import tomllib
-from pathlib import Path
 
 import httpx
 import pytest
@@ -26,9 +25,8 @@ from pool.config import (
 from pool.ledger.base import CREDITED, ORPHANED
 from protocol.address import new_address
 from protocol.workload import Shape
-from tests.miner import TestMiner
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO
+from tests.support.miner import TestMiner
 
 
 def test_default_config_text_parses_back_to_the_defaults():

@@ -28,9 +28,9 @@ from pool.ledger.base import PENDING, ShareRecord
 from pool.ledger.sqlite import SqliteLedger
 from pool.sharelog import ShareLog, ShareLogError
 from protocol.address import new_address
-from tests.miner import MinerClosed, TestMiner
+from tests.support import REPO
+from tests.support.miner import MinerClosed, TestMiner
 
-REPO = Path(__file__).resolve().parent.parent
 NODE = {"start_difficulty": 2e-4, "min_difficulty": 1e-6, "maturity": 2, "block_time": 1}
 
 CONFIG = """

@@ -12,7 +12,7 @@ import trio
 
 from protocol import messages
 from protocol.address import new_address
-from tests.miner import MinerClosed, TestMiner, losing_tiles, misbehave
+from tests.support.miner import MinerClosed, TestMiner, losing_tiles, misbehave
 
 LADDER = {"limits.invalid_window": 4, "limits.invalid_min_shares": 4,
           "limits.invalid_ratio": 0.5, "limits.ban_seconds": 60.0}

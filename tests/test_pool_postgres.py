@@ -7,8 +7,8 @@ import trio
 
 from pool.ledger import open_ledger
 from protocol.address import new_address
-from tests.miner import TestMiner
-from tests.pg import postgres_database
+from tests.support.miner import TestMiner
+from tests.support.pg import postgres_database
 
 
 async def test_pool_on_postgres_stores_every_acknowledged_share(start_pool, request):

@@ -12,7 +12,7 @@ from protocol import messages
 from protocol.address import new_address
 from protocol.framing import encode_frame
 from protocol.messages import ErrorCode
-from tests.miner import Candidate, TestMiner, losing_tiles
+from tests.support.miner import Candidate, TestMiner, losing_tiles
 
 
 def code(r) -> int | None:

@@ -8,7 +8,7 @@ from pool.ledger.base import ShareRecord
 from protocol import messages
 from protocol.address import new_address
 from protocol.target import difficulty_from_bits
-from tests.miner import TestMiner
+from tests.support.miner import TestMiner
 
 
 async def test_round_trip_stores_acknowledged_share(pool, ledger_call):

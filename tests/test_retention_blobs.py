@@ -11,7 +11,7 @@ from pool.useful import UsefulConfig
 from pool.useful.blobstore import BlobStore
 from pool.useful.queue import WorkNotFound, WorkQueue
 from pool.useful.results import ResultDesk
-from tests.test_useful_queue import operands, upload
+from tests.support.useful_queue_data import operands, upload
 
 
 def test_failed_item_keeps_the_operands_of_a_unit_still_leased(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pool.ledger.sqlite import SqliteLedger
 from pool.pplns import ShareScore, pplns_split
-from tests.test_ledger import ALICE, BOB, share
+from tests.support.ledger_data import ALICE, BOB, share
 
 
 def test_share_in_the_window_of_an_uncredited_block_is_never_pruned(tmp_path):

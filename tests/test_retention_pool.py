@@ -6,7 +6,7 @@ import time
 
 import trio
 
-from tests.test_ledger import ALICE, share
+from tests.support.ledger_data import ALICE, share
 
 
 async def test_running_pool_prunes_old_shares_but_keeps_the_window(start_pool, ledger_call):

@@ -20,10 +20,9 @@ import trio
 
 from pool.app import run_pool
 from pool.config import validate
+from tests.support.running import RunningPool, pool_config, running_worker
 from worker.backends import open_backends
 from worker.config import UsefulConfig
-
-from .worker_helpers import RunningPool, pool_config, running_worker
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,8 @@ from protocol.address import new_address
 from protocol.messages import ErrorCode
 from protocol.useful import chunks
 from protocol.work_messages import USEFUL_CAPABILITY, WorkResult, WorkResultAck
-from tests.conftest import make_config
-from tests.miner import TestMiner
+from tests.support.miner import TestMiner
+from tests.support.pools import make_config
 
 USEFUL = {"http.enabled": True, "pool.start_difficulty": 1e-5, "useful.unit_m": 32,
           "useful.unit_n": 32, "useful.r": 32, "limits.invalid_min_shares": 1000}

@@ -17,8 +17,9 @@ from protocol.denoise import denoise
 from protocol.errors import ProtocolError
 from protocol.merkle import rows_root
 from protocol.ticket import mine_header
-from protocol.useful import blob_id, chunks
+from protocol.useful import blob_id
 from protocol.workload import Workload
+from tests.support.useful_queue_data import operands, upload
 
 
 class Clock:
@@ -31,25 +32,11 @@ class Clock:
         return self.now
 
 
-def operands(seed, m, k, n):
-    rng = np.random.default_rng(seed)
-    return (rng.integers(-64, 65, (m, k), dtype=np.int8),
-            rng.integers(-64, 65, (k, n), dtype=np.int8))
-
-
 def computed_result(blobs, unit, header=bytes(128)):
     """The unit's padded C as a worker computes it: mine one header, denoise."""
     a, bt = blobs.matrix(unit.a_blob), blobs.matrix(unit.b_blob)
     work = mine_header(header, Workload(unit.shape, a, bt))
     return denoise(work.noisy_product, a, bt, work.seed, unit.shape.r).astype("<i4").tobytes()
-
-
-def upload(desk, lease, session, raw, chunk=4096):
-    receipt = None
-    for offset, data, final in chunks(raw, chunk):
-        receipt = desk.receive(lease, session, lease.unit.unit_id, offset, data, final)
-    assert receipt.complete and receipt.received == len(raw)
-    return desk.judge(lease.id, desk.take_upload(lease.id))
 
 
 @pytest.fixture

@@ -17,20 +17,9 @@ from protocol.header import Header
 from protocol.messages import ErrorCode, ErrorInfo, Response
 from protocol.useful import RESULT_DTYPE
 from protocol.workload import Shape, Workload
-from worker.backends import ScanResult, open_backends
-from worker.cli import build_parser, parse_size
-from worker.config import (
-    ConfigError,
-    PoolEndpoint,
-    UsefulConfig,
-    WorkerConfig,
-    config_from_dict,
-    with_overrides,
-)
-from worker.useful import _exact_product
-
-from .backend_checks import working_opencl_device
-from .test_useful_e2e import (
+from tests.support.backend_checks import working_opencl_device
+from tests.support.running import WrappedBackend, running_worker, wait_until
+from tests.support.useful_pool import (
     RecordingBackend,
     TamperingProxy,
     api_url,
@@ -44,7 +33,17 @@ from .test_useful_e2e import (
     useful_settings,
     wait_done,
 )
-from .worker_helpers import WrappedBackend, running_worker, wait_until
+from worker.backends import ScanResult, open_backends
+from worker.cli import build_parser, parse_size
+from worker.config import (
+    ConfigError,
+    PoolEndpoint,
+    UsefulConfig,
+    WorkerConfig,
+    config_from_dict,
+    with_overrides,
+)
+from worker.useful import _exact_product
 
 
 def header(time_: int) -> bytes:

@@ -24,8 +24,8 @@ from pool.cli import main as pool_main
 from pool.config import ConfigError, PoolConfig, apply_overrides, validate
 from pool.useful import UsefulConfig
 from pool.useful.upload import NpyPairBody
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 BLOCK = np.tile(np.arange(-64, 64, dtype=np.int8), MIB // 128).tobytes()
 

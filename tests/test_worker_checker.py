@@ -13,11 +13,10 @@ from protocol.header import Header
 from protocol.target import target_from_difficulty
 from protocol.ticket import mine_header
 from protocol.workload import Shape, Workload
+from tests.support.running import CorruptingBackend, running_pool, running_worker, wait_until
 from worker.backends import open_backends
 from worker.checker import Checker, check_candidate
 from worker.stats import WorkerStats
-
-from .worker_helpers import CorruptingBackend, running_pool, running_worker, wait_until
 
 SHAPE = Shape(64, 64, 256, 64)
 EASY = target_from_difficulty(1e-9)  # every ticket of a tiny shape meets it

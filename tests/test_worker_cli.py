@@ -15,20 +15,19 @@ import trio
 
 from protocol.address import new_address
 from protocol.workload import Shape, Workload
+from tests.support import REPO
+from tests.support.running import CorruptingBackend, running_pool, wait_until
 from worker.backends import open_backends
 from worker.bench import bench_backend
 from worker.cli import build_parser, parse_shape, report_bench
 from worker.config import ConfigError, PoolEndpoint, load_config, with_overrides
 
-from .worker_helpers import CorruptingBackend, running_pool, wait_until
-
 WORKER = [sys.executable, "-m", "worker.cli"]
 ADDRESS = new_address()
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*WORKER, *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([*WORKER, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -173,7 +172,7 @@ async def test_mine_process_against_a_real_pool_and_sigint(tmp_path):
         proc = await trio.lowlevel.open_process(
             [*WORKER, "mine", "--pool", pool.endpoint.label, "--login", f"{address}.cli",
              "--backend", "blas", "--metrics-port", "-1", "--config", str(config)],
-            cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
         log = bytearray()
 
         async def drain() -> None:
@@ -210,10 +209,9 @@ def test_mine_refuses_a_login_that_is_not_an_address():
 
 
 async def test_a_pool_that_refuses_the_login_is_not_retried(tmp_path):
+    from tests.support.running import fast_connection
     from worker.client import PoolClient
     from worker.failover import Failover, WorkerStopped
-
-    from .worker_helpers import fast_connection
 
     tries = []
     settings = fast_connection()

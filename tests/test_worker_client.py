@@ -23,11 +23,10 @@ from protocol.messages import (
 )
 from protocol.target import target_from_difficulty
 from protocol.workload import Workload
+from tests.support.running import fast_connection, running_pool, running_worker, wait_until
 from worker.backends import open_backends
 from worker.client import Job, PoolClient, probe
 from worker.config import PoolEndpoint
-
-from .worker_helpers import fast_connection, running_pool, running_worker, wait_until
 
 LOGIN = "mmd1" + "ab" * 20
 
@@ -119,7 +118,7 @@ async def test_subscribe_authorize_job_and_share_outcomes(tmp_path):
 
 
 async def test_probe_tells_a_live_pool_from_a_dead_port(tmp_path):
-    from .worker_helpers import free_port
+    from tests.support.running import free_port
 
     async with running_pool(tmp_path) as pool:
         assert await probe(pool.endpoint, fast_connection(), "test/1") is None
@@ -129,7 +128,7 @@ async def test_probe_tells_a_live_pool_from_a_dead_port(tmp_path):
 
 
 async def test_refused_connection_is_reported(tmp_path):
-    from .worker_helpers import free_port
+    from tests.support.running import free_port
 
     client = make_client(PoolEndpoint("127.0.0.1", free_port()), [])
     outcome = await client.run()

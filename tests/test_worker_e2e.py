@@ -10,11 +10,7 @@ import httpx
 import trio
 
 from protocol.workload import Workload
-from worker.backends import open_backends
-from worker.device_slot import DeviceSlot
-from worker.jobfeed import MAX_TIME_ROLL, MinableJob
-
-from .worker_helpers import (
+from tests.support.running import (
     NETWORK_DIFFICULTY,
     LongScanBackend,
     StallingBackend,
@@ -22,6 +18,9 @@ from .worker_helpers import (
     running_worker,
     wait_until,
 )
+from worker.backends import open_backends
+from worker.device_slot import DeviceSlot
+from worker.jobfeed import MAX_TIME_ROLL, MinableJob
 
 
 def blas():

@@ -9,18 +9,17 @@ import random
 import pytest
 import trio
 
-from worker.backends import open_backends
-from worker.client import PoolClient
-from worker.config import PoolEndpoint
-from worker.failover import Backoff, Failover
-
-from .worker_helpers import (
+from tests.support.running import (
     fast_connection,
     free_port,
     running_pool,
     running_worker,
     wait_until,
 )
+from worker.backends import open_backends
+from worker.client import PoolClient
+from worker.config import PoolEndpoint
+from worker.failover import Backoff, Failover
 
 
 def test_backoff_doubles_with_jitter_and_caps():

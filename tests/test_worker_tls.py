@@ -20,10 +20,15 @@ import trio
 
 from pool.app import run_pool
 from pool.config import validate
+from tests.support.running import (
+    RunningPool,
+    fast_connection,
+    pool_config,
+    running_worker,
+    wait_until,
+)
 from worker.backends import open_backends
 from worker.config import PoolEndpoint
-
-from .worker_helpers import RunningPool, fast_connection, pool_config, running_worker, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
                                 reason="needs the openssl command")

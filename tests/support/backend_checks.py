@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,9 @@ from protocol.noise import pow_seed
 from protocol.target import digest_value
 from protocol.ticket import mine_header
 from protocol.workload import Shape, Workload
+from tests.support import REPO
 
-VECTORS = Path(__file__).parent.parent / "protocol" / "vectors" / "mmpow1.json"
+VECTORS = REPO / "protocol" / "vectors" / "mmpow1.json"
 CASES = json.loads(VECTORS.read_text())["cases"]
 
 

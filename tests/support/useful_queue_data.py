@@ -1,0 +1,19 @@
+"""Useful-work queue test data: operands and result uploads through the result desk."""
+
+import numpy as np
+
+from protocol.useful import chunks
+
+
+def operands(seed, m, k, n):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(-64, 65, (m, k), dtype=np.int8),
+            rng.integers(-64, 65, (k, n), dtype=np.int8))
+
+
+def upload(desk, lease, session, raw, chunk=4096):
+    receipt = None
+    for offset, data, final in chunks(raw, chunk):
+        receipt = desk.receive(lease, session, lease.unit.unit_id, offset, data, final)
+    assert receipt.complete and receipt.received == len(raw)
+    return desk.judge(lease.id, desk.take_upload(lease.id))
