@@ -69,7 +69,7 @@ def pool_config(
         setattr(config.work, key, value)
     config.chain.poll_interval = 0.1
     # Fixed tiny difficulties give hundreds of shares a second: these tests are not about
-    # the flood limits (tests/test_pool_abuse.py is), so they must not trip them.
+    # the flood limits (tests/pool/test_pool_abuse.py is), so they must not trip them.
     config.limits.messages_per_second = 100_000.0
     config.limits.message_burst = 100_000
     config.limits.checks_per_ip_per_second = 100_000.0
