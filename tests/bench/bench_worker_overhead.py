@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from protocol.target import target_from_difficulty
 from protocol.workload import Workload
-from tests.worker_helpers import running_pool, running_worker
+from tests.support.running import running_pool, running_worker
 from worker.backends import open_backends
 from worker.cli import parse_shape
 
