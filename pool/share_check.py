@@ -49,16 +49,15 @@ import trio
 
 from pool.abuse import CheckBudget
 from pool.chain.base import BlockSubmission, ChainAdapter
-from pool.jobs import MAX_TIME_ROLL, Job, JobError, JobManager, SessionJobs, ShareKey
+from pool.jobs import Job, JobManager, SessionJobs, ShareKey
 from pool.ledger.base import Ledger, ShareRecord
 from pool.metrics import PoolMetrics
 from pool.sharelog import ShareLog, ShareLogError
 from pool.useful.service import UsefulWork
 from protocol import messages
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import H
-from protocol.header import Header, coins
-from protocol.messages import ErrorCode
+from protocol.header import MAX_TIME_ROLL, Header, coins
 from protocol.target import meets_target
 from protocol.ticket import verify_ticket
 
@@ -66,13 +65,12 @@ log = logging.getLogger("pool.shares")
 
 T = TypeVar("T")
 
-class ShareRejected(Exception):
+class ShareRejected(ProtocolError):
     """A submit that is not accepted; ``code`` is the wire error code. ``pool_fault``: the
     pool's own state (its ledger could not store the share), never the miner's doing."""
 
     def __init__(self, message: str, code: int, *, pool_fault: bool = False) -> None:
-        super().__init__(message)
-        self.code = int(code)
+        super().__init__(message, int(code))
         self.pool_fault = pool_fault
 
 
@@ -217,7 +215,7 @@ class ShareChecker:
         """Judge ``submit``; return the accepted share once stored, or raise ``ShareRejected``."""
         try:
             job = book.lookup(submit.job_id, self.jobs.epoch, trio.current_time())
-        except JobError as exc:
+        except ProtocolError as exc:
             raise ShareRejected(str(exc), exc.code) from None
         pre = precheck(book, job, submit, self.max_shares_per_job)
         if self.budget is not None and not self.budget.allow(miner.ip, miner.session_id,

@@ -14,13 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import ProtocolError
+from .errors import ErrorCode, ProtocolError
 from .framing import MAX_FRAME_SIZE, FrameDecoder, encode_frame
 from .messages import (
     CLIENT_METHODS,
     MAX_ID,
     SERVER_METHODS,
-    ErrorCode,
     ErrorInfo,
     Message,
     Notification,

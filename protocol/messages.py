@@ -13,29 +13,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import MISSING, dataclass, field, fields
-from enum import IntEnum
 from typing import Any, ClassVar
 
-from .errors import ProtocolError
+from .errors import ErrorCode, ProtocolError
 from .header import EXTRANONCE2_SIZE
 from .workload import Shape, work_root
 
 MAX_ID = (1 << 32) - 1
 MAX_METHOD_LEN = 64
-
-
-class ErrorCode(IntEnum):
-    """Wire error codes (SPEC §wire.errors)."""
-
-    OTHER = 20
-    STALE = 21
-    DUPLICATE = 22
-    LOW_DIFFICULTY = 23
-    UNAUTHORIZED = 24
-    NOT_SUBSCRIBED = 25
-    MALFORMED = 26
-    RATE_LIMITED = 27
-    BAD_TIME = 28
+MAX_JOB_ID = 64
+"""Longest job id on the wire (SPEC §12.4)."""
 
 
 def _show(value: Any) -> str:
@@ -413,7 +400,7 @@ class Submit(Message):
 
     method: ClassVar[str] = "mining.submit"
     result_type: ClassVar[type[Result]] = SubmitResult
-    job_id: str = _field(_Str(max_len=64))
+    job_id: str = _field(_Str(max_len=MAX_JOB_ID))
     extranonce2: bytes = _field(_Bin(EXTRANONCE2_SIZE))
     time: int = _field(_UInt(64))
     tile: tuple[int, int] = _field(_Tile())
@@ -491,7 +478,7 @@ class Notify(Message):
     """A job. Difficulty travels with it; ``clean`` means drop all earlier jobs."""
 
     method: ClassVar[str] = "mining.notify"
-    job_id: str = _field(_Str(max_len=64))
+    job_id: str = _field(_Str(max_len=MAX_JOB_ID))
     clean: bool = _field(_Bool())
     version: int = _field(_UInt(32))
     height: int = _field(_UInt(32))

@@ -20,6 +20,7 @@ from typing import ClassVar
 
 from .messages import (
     CLIENT_METHODS,
+    MAX_JOB_ID,
     Message,
     Result,
     _Bin,
@@ -83,7 +84,7 @@ class WorkResult(Message):
 
     method: ClassVar[str] = "work.result"
     result_type: ClassVar[type[Result]] = WorkResultAck
-    job_id: str = _field(_Str(max_len=64))
+    job_id: str = _field(_Str(max_len=MAX_JOB_ID))
     unit: bytes = _field(_Bin(32))
     offset: int = _field(_UInt(64))
     data: bytes = _field(_Bin(min_len=0, max_len=MAX_CHUNK))

@@ -31,6 +31,7 @@ from protocol.connection import (
     ResponseReceived,
 )
 from protocol.denoise import denoise
+from protocol.errors import ErrorCode
 from protocol.header import Header, assemble_coinbase, coinbase_hash
 from protocol.merkle import rows_root
 from protocol.target import meets_target, target_from_bits, target_from_difficulty
@@ -336,7 +337,7 @@ async def misbehave(miner: TestMiner) -> None:
             (c, *_) = await trio.to_thread.run_sync(losing_tiles, miner.job,
                                                     miner.extranonce1, secrets.token_bytes(8))
             r = await miner.submit(c)
-            assert r.error.code == messages.ErrorCode.LOW_DIFFICULTY
+            assert r.error.code == ErrorCode.LOW_DIFFICULTY
             if step == 0:  # resend work: mine the fresh job next
                 await miner.next_job(seen)
     except MinerClosed:

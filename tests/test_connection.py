@@ -16,12 +16,11 @@ from protocol.connection import (
     RequestReceived,
     ResponseReceived,
 )
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.framing import encode_frame
 from protocol.messages import (
     Authorize,
     AuthorizeResult,
-    ErrorCode,
     ErrorInfo,
     Message,
     Notify,

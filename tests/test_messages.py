@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.framing import FrameDecoder, encode_frame
 from protocol.messages import (
     CLIENT_METHODS,
@@ -18,7 +18,6 @@ from protocol.messages import (
     Authorize,
     AuthorizeResult,
     BlobSource,
-    ErrorCode,
     ErrorInfo,
     Message,
     Notification,

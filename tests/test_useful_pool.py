@@ -19,7 +19,7 @@ import trio
 from pool.app import PoolHandle, run_pool
 from protocol import messages
 from protocol.address import new_address
-from protocol.messages import ErrorCode
+from protocol.errors import ErrorCode
 from protocol.useful import chunks
 from protocol.work_messages import USEFUL_CAPABILITY, WorkResult, WorkResultAck
 from tests.conftest import make_config

@@ -9,9 +9,10 @@ import time
 import httpx
 import trio
 
+from protocol.header import MAX_TIME_ROLL
 from protocol.workload import Workload
 from worker.backends import open_backends
-from worker.miner import MAX_TIME_ROLL, DeviceSlot, MinableJob
+from worker.miner import DeviceSlot, MinableJob
 
 from .worker_helpers import (
     NETWORK_DIFFICULTY,

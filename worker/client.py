@@ -22,10 +22,9 @@ from protocol.connection import (
     NotificationReceived,
     ResponseReceived,
 )
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
     Authorize,
-    ErrorCode,
     Message,
     Notify,
     Ping,

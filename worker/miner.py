@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from protocol.errors import ProtocolError
-from protocol.header import Header, assemble_coinbase, coinbase_hash
-from protocol.messages import ErrorCode, SyntheticSource
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.header import MAX_TIME_ROLL, Header, assemble_coinbase, coinbase_hash
+from protocol.messages import SyntheticSource
 from protocol.target import meets_target, target_from_bits, target_from_difficulty
 from protocol.workload import Shape, Workload, work_root
 
@@ -41,7 +41,6 @@ from .useful import UsefulError, UsefulWork
 
 log = logging.getLogger(__name__)
 
-MAX_TIME_ROLL = 600
 COUNTER_BYTES = 7
 MAX_DEVICES = 256
 MAX_FAILURES = 5  # failures in a row (no completed scan between) before a device is retired

@@ -29,7 +29,7 @@ from pool.useful import UsefulConfig, UsefulMetrics
 from pool.useful.blobstore import BlobStore
 from pool.useful.queue import OPEN_STATES, Lease, LeaseEnd, LeaseError, WorkQueue
 from protocol.denoise import freivalds
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.useful import RESULT_DTYPE, ChunkAssembler, cut_result, decode_result
 
 
@@ -91,10 +91,11 @@ class ResultDesk:
         """
         if lease.session != session:
             raise ProtocolError("work.result: this job's unit is leased to another session",
-                                code=21)
+                                code=ErrorCode.STALE)
         if lease.state != "active":
             self._uploads.pop(lease.id, None)
-            raise ProtocolError(f"work.result: the lease of this job is {lease.state}", code=21)
+            raise ProtocolError(f"work.result: the lease of this job is {lease.state}",
+                                code=ErrorCode.STALE)
         if unit != lease.unit.unit_id:
             raise ProtocolError("work.result: params.unit is not the unit of this job")
         if len(data) > self.config.chunk_max:
