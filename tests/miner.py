@@ -23,6 +23,7 @@ import numpy as np
 import trio
 
 from protocol import messages
+from protocol.codec import Message
 from protocol.connection import (
     BadRequest,
     Connection,
@@ -120,7 +121,7 @@ class TestMiner:
         self.conn = Connection("client")
         self.responses: dict[int, ResponseReceived] = {}
         self.jobs: list[messages.Notify] = []
-        self.messages: list[messages.Message] = []  # show_message / reconnect notifications
+        self.messages: list[Message] = []  # show_message / reconnect notifications
         self.extranonce1 = b""
         self.session_id = b""
         self.closed = False
@@ -193,7 +194,7 @@ class TestMiner:
     async def send_raw(self, data: bytes) -> None:
         await self.stream.send_all(data)
 
-    async def send(self, message: messages.Message) -> int:
+    async def send(self, message: Message) -> int:
         request_id, frame = self.conn.send_request(message)
         await self.stream.send_all(frame)
         return request_id
@@ -204,7 +205,7 @@ class TestMiner:
                 await self._read()
         return self.responses.pop(request_id)
 
-    async def request(self, message: messages.Message) -> ResponseReceived:
+    async def request(self, message: Message) -> ResponseReceived:
         return await self.response(await self.send(message))
 
     async def subscribe(self, agent: str = "test-miner/1", resume: bytes | None = None,

@@ -10,23 +10,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from protocol.codec import Message
+from protocol.envelope import ErrorInfo, Notification, Request, Response, decode_envelope
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.framing import FrameDecoder, encode_frame
 from protocol.messages import (
-    CLIENT_METHODS,
-    SERVER_METHODS,
     Authorize,
     AuthorizeResult,
     BlobSource,
-    ErrorInfo,
-    Message,
-    Notification,
     Notify,
     Ping,
     PingResult,
     Reconnect,
-    Request,
-    Response,
     ShowMessage,
     Submit,
     SubmitResult,
@@ -36,10 +31,8 @@ from protocol.messages import (
     SuggestDifficultyResult,
     SyntheticSource,
     WorkSpec,
-    decode_envelope,
-    parse_params,
-    parse_result,
 )
+from protocol.methods import CLIENT_METHODS, SERVER_METHODS, parse_params, parse_result
 from protocol.workload import ALLOWED_R, Shape, Workload, work_root
 from tests.test_framing import values as wire_values
 

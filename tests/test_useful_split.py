@@ -10,7 +10,7 @@ from protocol.denoise import denoise, freivalds
 from protocol.errors import ProtocolError
 from protocol.framing import encode_frame
 from protocol.merkle import rows_root
-from protocol.messages import CLIENT_METHODS, parse_params
+from protocol.methods import CLIENT_METHODS, parse_params
 from protocol.ticket import mine_header
 from protocol.useful import (
     ChunkAssembler,

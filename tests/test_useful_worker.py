@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import trio
 
+from protocol.envelope import ErrorInfo, Response
 from protocol.errors import ErrorCode
 from protocol.header import Header
-from protocol.messages import ErrorInfo, Response
 from protocol.useful import RESULT_DTYPE
 from protocol.workload import Shape, Workload
 from worker.backends import ScanResult, open_backends

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from protocol.codec import Message
 from protocol.connection import (
     BadRequest,
     Connection,
@@ -25,7 +26,6 @@ from protocol.connection import (
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
     Authorize,
-    Message,
     Notify,
     Ping,
     Reconnect,
