@@ -28,14 +28,6 @@ def unknown_method(method: str) -> ProtocolError:
     return ProtocolError(f"unknown method {method!r:.70}", code=ErrorCode.OTHER)
 
 
-def parse_params(method: str, params: Any) -> Any:
-    """The typed message of ``method`` (either direction) from its wire params."""
-    cls = CLIENT_METHODS.get(method) or SERVER_METHODS.get(method)
-    if cls is None:
-        raise unknown_method(method)
-    return cls.from_params(params)
-
-
 def parse_result(method: str, result: Any) -> Any:
     """The typed result of a client → pool ``method`` from the wire ``result``."""
     cls = CLIENT_METHODS.get(method)

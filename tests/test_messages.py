@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.codec import Message
+from protocol.connection import BadRequest, Connection, NotificationReceived, RequestReceived
 from protocol.envelope import ErrorInfo, Notification, Request, Response, decode_envelope
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.framing import FrameDecoder, encode_frame
@@ -32,9 +33,25 @@ from protocol.messages import (
     SyntheticSource,
     WorkSpec,
 )
-from protocol.methods import CLIENT_METHODS, SERVER_METHODS, parse_params, parse_result
+from protocol.methods import CLIENT_METHODS, SERVER_METHODS, parse_result
 from protocol.workload import ALLOWED_R, Shape, Workload, work_root
 from tests.test_framing import values as wire_values
+
+
+def receive(method: str, params: Any) -> Message:
+    """``method`` with ``params`` as a connection receives it (the path the pool and the
+    miner take): a request to a server, or a pool → miner notification to a client. A
+    ``BadRequest`` raises its error."""
+    if method in SERVER_METHODS:
+        role, frame = "client", Notification(method, params).to_wire()
+    else:
+        role, frame = "server", Request(1, method, params).to_wire()
+    (event,) = Connection(role).receive_data(encode_frame(frame))
+    if isinstance(event, BadRequest):
+        raise event.error
+    assert isinstance(event, RequestReceived | NotificationReceived)
+    return event.message
+
 
 # --- strategies (also used by test_connection) ---------------------------------------
 
@@ -135,7 +152,7 @@ RESULT_METHOD = {
 def test_messages_round_trip_through_params(message: Message) -> None:
     params = message.to_params()
     assert type(message).from_params(params) == message
-    assert parse_params(message.method, params) == message
+    assert receive(message.method, params) == message
 
 
 @given(client_messages | server_messages, u32)
@@ -147,8 +164,8 @@ def test_messages_round_trip_through_frames(message: Message, request_id: int) -
     request, notification = decode_envelope(first), decode_envelope(second)
     assert isinstance(request, Request) and request.id == request_id
     assert isinstance(notification, Notification)
-    assert parse_params(request.method, request.params) == message
-    assert parse_params(notification.method, notification.params) == message
+    assert receive(request.method, request.params) == message
+    assert receive(notification.method, notification.params) == message
 
 
 @given(results)
@@ -527,7 +544,7 @@ def test_bad_results(method: str, result: Any, message: str) -> None:
 
 def test_unknown_method_is_code_other() -> None:
     with pytest.raises(ProtocolError, match="unknown method") as info:
-        parse_params("mining.set_difficulty", {})
+        receive("mining.set_difficulty", {})
     assert info.value.code == ErrorCode.OTHER
 
 
