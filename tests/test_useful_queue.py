@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from pool.useful import UsefulConfig, UsefulMetrics, rounds_for
 from pool.useful.blobstore import BlobStore
 from pool.useful.queue import LeaseError, WorkInputError, WorkLimitError, WorkNotFound, WorkQueue
-from pool.useful.results import ResultDesk
+from pool.useful.results import Passed, ResultDesk
 from protocol.denoise import denoise
 from protocol.errors import ProtocolError
 from protocol.merkle import rows_root
@@ -49,7 +49,14 @@ def upload(desk, lease, session, raw, chunk=4096):
     for offset, data, final in chunks(raw, chunk):
         receipt = desk.receive(lease, session, lease.unit.unit_id, offset, data, final)
     assert receipt.complete and receipt.received == len(raw)
-    return desk.judge(lease.id, desk.take_upload(lease.id))
+    return check_and_complete(desk, lease.id, desk.take_upload(lease.id))
+
+
+def check_and_complete(desk, lease_id, raw):
+    """The pool's judgement of a whole result, without the ledger: ``check``, then on a
+    pass ``complete`` (``pool.useful.service`` credits the held shares in between)."""
+    checked = desk.check(lease_id, raw)
+    return desk.complete(checked) if isinstance(checked, Passed) else checked
 
 
 @pytest.fixture
@@ -170,7 +177,7 @@ def test_lease_deadline_expiry_requeues_and_voids(parts):
     with pytest.raises(ProtocolError, match="lease of this job is expired"):
         desk.receive(queue.get_lease(slow.id), "slow", slow.unit.unit_id, 0, raw[:4096], False)
     with pytest.raises(LeaseError):
-        desk.judge(slow.id, raw)
+        desk.check(slow.id, raw)
     fresh = queue.lease("fast")  # lease() expires on its own too
     assert fresh.unit.key == slow.unit.key and fresh.id != slow.id
     assert upload(desk, fresh, "fast", raw).passed
@@ -314,7 +321,7 @@ def test_result_chunks_out_of_place_are_refused(parts):
     # the refused chunk dropped the partial upload: start again from 0
     with pytest.raises(ProtocolError, match="no complete result"):
         desk.take_upload(lease.id)
-    verdict = desk.judge(lease.id, raw[:-4])
+    verdict = check_and_complete(desk, lease.id, raw[:-4])
     assert verdict.outcome == "malformed" and "must be 1024 bytes" in verdict.reason
     assert registry.get_sample_value(
         "matmine_pool_result_checks_total", {"outcome": "malformed"}) == 1

@@ -42,7 +42,7 @@ def product_via_units(a, b, plan):
     for unit in plan.units:
         ua, ub = unit_operands(a, bt, unit)
         c = (ua.astype(np.int64) @ ub.astype(np.int64).T).astype("<i4")
-        assemble(plan, out, unit.index, decode_result(c.tobytes(), unit))
+        assemble(out, unit, decode_result(c.tobytes(), unit))
     return out
 
 
