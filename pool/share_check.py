@@ -182,7 +182,7 @@ class ShareChecker:
         fee_bps: int,
         fee_address: str | None,
         max_shares_per_job: int,
-        metrics: PoolMetrics | None = None,
+        metrics: PoolMetrics,
         useful: UsefulWork | None = None,
         budget: CheckBudget | None = None,
     ) -> None:
@@ -199,12 +199,9 @@ class ShareChecker:
         self.metrics = metrics
         self.useful = useful
         self.budget = budget
-        self.blocks_found = 0
 
     def count(self, code: int | None) -> None:
         """Count one submit outcome in the shares metric (None = accepted)."""
-        if self.metrics is None:
-            return
         if code is None:
             self.metrics.share("accepted")
         else:
@@ -230,8 +227,7 @@ class ShareChecker:
             try:
                 return check_ticket(job, pre.coinbase, pre.header, submit.tile)
             finally:
-                if self.metrics is not None:
-                    self.metrics.share_check_seconds.observe(time.perf_counter() - started)
+                self.metrics.share_check_seconds.observe(time.perf_counter() - started)
 
         try:
             checked = await trio.to_thread.run_sync(timed_check, limiter=self.check_limiter)
@@ -332,8 +328,7 @@ class ShareChecker:
         except Exception as exc:
             accepted, reason = False, f"error: {exc}"
         self.jobs.poke()
-        if self.metrics is not None:
-            self.metrics.block("found" if accepted else "rejected")
+        self.metrics.block("found" if accepted else "rejected")
         if not accepted:
             log.warning("block %d found by %s was rejected by the chain: %s", height,
                         miner.login, reason)
@@ -342,7 +337,6 @@ class ShareChecker:
             if stale is not None:
                 raise stale
             return None
-        self.blocks_found += 1
         log.info("block %d found by %s, reward %s, submitted: accepted (hash %s)", height,
                  miner.login, coins(reward), block_hash.hex()[:16])
         if block_id is not None:
@@ -363,8 +357,7 @@ class ShareChecker:
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=self.ledger_limiter)
         finally:
-            if self.metrics is not None:
-                self.metrics.db_write_seconds.observe(time.perf_counter() - started)
+            self.metrics.db_write_seconds.observe(time.perf_counter() - started)
 
     async def _ledger_quietly(self, fn: Callable[..., T], *args: Any) -> T | None:
         """A ledger call whose failure the unlocker repairs later: log it, carry on."""
