@@ -48,6 +48,8 @@ class Codec:
 
 
 class UInt(Codec):
+    """An integer in ``[lo, hi]`` (default ``[0, 2**bits)``); never a bool."""
+
     def __init__(self, bits: int = 32, lo: int = 0, hi: int | None = None) -> None:
         self.lo = lo
         self.hi = (1 << bits) - 1 if hi is None else hi
@@ -65,6 +67,8 @@ class UInt(Codec):
 
 
 class Float(Codec):
+    """A finite number > 0 (≥ 0 with ``allow_zero``); an int is taken as a float."""
+
     def __init__(self, allow_zero: bool = False) -> None:
         self.allow_zero = allow_zero
         self.what = "a finite number ≥ 0" if allow_zero else "a finite number > 0"
@@ -82,6 +86,8 @@ class Float(Codec):
 
 
 class Bool(Codec):
+    """``true`` or ``false``."""
+
     def check(self, value: Any, path: str) -> bool:
         if not isinstance(value, bool):
             raise ProtocolError(f"{path} must be a boolean, got {describe(value)}")
@@ -89,6 +95,8 @@ class Bool(Codec):
 
 
 class Str(Codec):
+    """A string of ``min_len`` to ``max_len`` characters, printable unless told."""
+
     def __init__(self, max_len: int, min_len: int = 1, printable: bool = True) -> None:
         self.min_len, self.max_len, self.printable = min_len, max_len, printable
         kind = "printable characters" if printable else "characters"
@@ -105,6 +113,8 @@ class Str(Codec):
 
 
 class Bin(Codec):
+    """Bytes (msgpack bin) of exactly ``size`` or of ``min_len`` to ``max_len``."""
+
     def __init__(self, size: int | None = None, min_len: int = 0, max_len: int = 0) -> None:
         if size is not None:
             min_len = max_len = size
@@ -121,6 +131,8 @@ class Bin(Codec):
 
 
 class Tile(Codec):
+    """A tile ``[ti, tj]`` of two uint32; a tuple in Python."""
+
     _coord = UInt(32)
 
     def check(self, value: Any, path: str) -> tuple[int, int]:
@@ -153,6 +165,8 @@ class StrList(Codec):
 
 
 class Optional(Codec):
+    """``inner`` or absent: ``None`` in Python, left out of the map on the wire."""
+
     optional = True
 
     def __init__(self, inner: Codec) -> None:
@@ -169,6 +183,8 @@ class Optional(Codec):
 
 
 class Nested(Codec):
+    """A map that is the struct ``cls``."""
+
     def __init__(self, cls: type[Struct]) -> None:
         self.cls = cls
 
@@ -213,6 +229,7 @@ class OneOf(Codec):
 
 
 def wire_field(codec: Codec, default: Any = MISSING) -> Any:
+    """A dataclass field of a wire struct, checked and coded by ``codec``."""
     return field(default=default, metadata={"codec": codec})
 
 
@@ -293,7 +310,6 @@ class Message(Struct):
         return cls._from_map(params, cls._where)
 
 
-
 class TrueResult(Result):
     """A result that is the bare ``true``."""
 
@@ -305,8 +321,6 @@ class TrueResult(Result):
         if result is not True:
             raise ProtocolError(f"{cls._where} must be true, got {describe(result)}")
         return cls()
-
-
 
 
 MethodTable = Mapping[str, type[Message]]
