@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from pool.health import DEPENDENCIES
 from protocol.errors import ErrorCode
 
 SHARE_RESULTS = ("accepted", "stale", "duplicate", "low_difficulty", "invalid", "malformed",
                  "rate_limited")
 BLOCK_STATUSES = ("found", "rejected", "confirmed", "orphaned")
 VARDIFF_DIRECTIONS = ("up", "down")
-DEPENDENCIES = ("ledger", "chain")  # pool.health reports them
 
 _RESULT_BY_CODE: dict[int, str] = {
     ErrorCode.STALE: "stale",
