@@ -41,31 +41,19 @@ from pool.health import CHAIN, DependencyHealth
 from pool.workloads import JobWork, PreparedWork, WorkloadSource
 from protocol import messages
 from protocol.chain import BlockTemplate
-from protocol.header import Header, assemble_coinbase, coinbase_hash, coinbase_parts
-from protocol.messages import ErrorCode
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.header import HEADER_VERSION, Header, assemble_coinbase, coinbase_hash, coinbase_parts
+from protocol.messages import MAX_JOB_ID
 from protocol.target import difficulty_from_bits, target_from_bits, target_from_difficulty
 
 log = logging.getLogger("pool.jobs")
 
-HEADER_VERSION = 1
 EXTRANONCE1_SIZE = 8
-MAX_TIME_ROLL = 600
-"""A miner may roll a job's time forward by up to this many seconds, never backward."""
-MAX_JOB_ID = 64
-"""Longest job id on the wire (SPEC §12.4)."""
 MAX_TAG_BYTES = 255 - 1 - MAX_JOB_ID
 """Longest configured coinbase tag: ``/JOB_ID`` is appended to it in every job."""
 
 ShareKey = tuple[bytes, tuple[int, int]]
 """What makes a ticket unique: ``(H(header), tile)`` (SPEC §12.8)."""
-
-
-class JobError(Exception):
-    """A submit names a job it cannot use; ``code`` is the wire error code."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -182,14 +170,15 @@ class SessionJobs:
         return any(key in job.seen for job in self._jobs.values())
 
     def lookup(self, job_id: str, current_epoch: int, now: float) -> Job:
-        """The job ``job_id`` if shares for it are still accepted, else ``JobError`` (21)."""
+        """The job ``job_id`` if shares for it are still accepted, else ``ProtocolError``
+        (``STALE``)."""
         job = self._jobs.get(job_id)
         if job is None:
-            raise JobError(f"job {job_id!r} is unknown or too old", ErrorCode.STALE)
+            raise ProtocolError(f"job {job_id!r} is unknown or too old", ErrorCode.STALE)
         if job.template.epoch != current_epoch:
-            raise JobError(f"job {job_id!r} is stale: a new block was found", ErrorCode.STALE)
+            raise ProtocolError(f"job {job_id!r} is stale: a new block was found", ErrorCode.STALE)
         if job.superseded is not None and now - job.superseded > self.expiry_seconds:
-            raise JobError(f"job {job_id!r} has expired", ErrorCode.STALE)
+            raise ProtocolError(f"job {job_id!r} has expired", ErrorCode.STALE)
         return job
 
 

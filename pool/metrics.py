@@ -10,14 +10,21 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from pool.health import DEPENDENCIES
+from protocol.errors import ErrorCode
+
 SHARE_RESULTS = ("accepted", "stale", "duplicate", "low_difficulty", "invalid", "malformed",
                  "rate_limited")
 BLOCK_STATUSES = ("found", "rejected", "confirmed", "orphaned")
 VARDIFF_DIRECTIONS = ("up", "down")
-DEPENDENCIES = ("ledger", "chain")  # pool.health reports them
 
-_RESULT_BY_CODE = {21: "stale", 22: "duplicate", 23: "low_difficulty", 26: "malformed",
-                   27: "rate_limited"}
+_RESULT_BY_CODE: dict[int, str] = {
+    ErrorCode.STALE: "stale",
+    ErrorCode.DUPLICATE: "duplicate",
+    ErrorCode.LOW_DIFFICULTY: "low_difficulty",
+    ErrorCode.MALFORMED: "malformed",
+    ErrorCode.RATE_LIMITED: "rate_limited",
+}
 
 # Share checks take microseconds to a millisecond (one ticket) plus queueing.
 SHARE_CHECK_BUCKETS = (
@@ -32,8 +39,8 @@ DB_WRITE_BUCKETS = (
 def result_for_error_code(code: int) -> str:
     """The ``shares_total{result}`` label of a share rejected with wire error ``code``.
 
-    21 → stale, 22 → duplicate, 23 → low_difficulty, 26 → malformed, 27 → rate_limited;
-    every other code (20 other, 24 unauthorized, 25 not subscribed, 28 bad time) → invalid.
+    STALE, DUPLICATE, LOW_DIFFICULTY, MALFORMED and RATE_LIMITED have their own label;
+    every other code (OTHER, UNAUTHORIZED, NOT_SUBSCRIBED, BAD_TIME) → invalid.
     """
     return _RESULT_BY_CODE.get(code, "invalid")
 

@@ -118,7 +118,7 @@ async def run_payouts(
     interval: float,
     min_payout: int,
     limiter: trio.CapacityLimiter,
-    metrics: PoolMetrics | None = None,
+    metrics: PoolMetrics,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -133,9 +133,8 @@ async def run_payouts(
     while True:
         try:
             report = await payout_round(ledger, chain, min_payout, limiter)
-            if metrics is not None:
-                await update_payout_metrics(ledger, min_payout, limiter, metrics)
-                metrics.paid.inc(report.paid)
+            await update_payout_metrics(ledger, min_payout, limiter, metrics)
+            metrics.paid.inc(report.paid)
         except Exception:
             log.exception("payout round failed")
         await trio.sleep(interval)

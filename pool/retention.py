@@ -56,7 +56,7 @@ def file_bytes(path: Path) -> int:
 
 async def run_retention(ledger: Ledger, limiter: trio.CapacityLimiter, interval: float,
                         factor: float, history: float, grace: float,
-                        metrics: PoolMetrics | None = None, *,
+                        metrics: PoolMetrics, *,
                         useful: UsefulWork | None = None, useful_history: float = 604800.0,
                         blob_grace: float = 3600.0, databases: dict[str, Path] | None = None,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -64,8 +64,7 @@ async def run_retention(ledger: Ledger, limiter: trio.CapacityLimiter, interval:
     seconds, forever (cancel to stop); ``databases`` names the SQLite files to measure."""
     if interval <= 0:
         raise ValueError(f"retention interval must be positive, got {interval}")
-    if metrics is not None:
-        metrics.retention_interval.set(interval)
+    metrics.retention_interval.set(interval)
     task_status.started()
     while True:
         try:
@@ -80,17 +79,16 @@ async def run_retention(ledger: Ledger, limiter: trio.CapacityLimiter, interval:
                 if items or blobs:
                     log.info("retention: forgot %d finished work item(s), deleted %d blob(s)",
                              items, blobs)
-            if metrics is not None:
-                rows = await trio.to_thread.run_sync(ledger.share_count, limiter=limiter)
-                metrics.share_rows.set(rows)
-                if useful is not None:
-                    metrics.work_items.set(await trio.to_thread.run_sync(
-                        useful.queue.item_count, limiter=useful.limiter))
-                    metrics.blob_bytes.set(await trio.to_thread.run_sync(
-                        useful.blobs.total_bytes, limiter=useful.limiter))
-                for name, path in (databases or {}).items():
-                    metrics.database_bytes.labels(database=name).set(file_bytes(path))
-                metrics.retention_last_run.set(time.time())
+            rows = await trio.to_thread.run_sync(ledger.share_count, limiter=limiter)
+            metrics.share_rows.set(rows)
+            if useful is not None:
+                metrics.work_items.set(await trio.to_thread.run_sync(
+                    useful.queue.item_count, limiter=useful.limiter))
+                metrics.blob_bytes.set(await trio.to_thread.run_sync(
+                    useful.blobs.total_bytes, limiter=useful.limiter))
+            for name, path in (databases or {}).items():
+                metrics.database_bytes.labels(database=name).set(file_bytes(path))
+            metrics.retention_last_run.set(time.time())
         except Exception:
             log.exception("retention round failed")
         await trio.sleep(interval)

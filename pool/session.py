@@ -49,9 +49,8 @@ from pool.vardiff import Vardiff, VardiffConfig
 from protocol import messages
 from protocol.address import validate_address
 from protocol.connection import BadRequest, Connection, NotificationReceived, RequestReceived
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.header import EXTRANONCE2_SIZE
-from protocol.messages import ErrorCode
 from protocol.work_messages import USEFUL_CAPABILITY, GetBlob, WorkResult, WorkResultAck
 
 log = logging.getLogger("pool.session")

@@ -49,17 +49,16 @@ import trio
 
 from pool.abuse import CheckBudget
 from pool.chain.base import ChainAdapter
-from pool.jobs import MAX_TIME_ROLL, Job, JobError, JobManager, SessionJobs, ShareKey
+from pool.jobs import Job, JobManager, SessionJobs, ShareKey
 from pool.ledger.base import Ledger, ShareRecord
 from pool.metrics import PoolMetrics
 from pool.sharelog import ShareLog, ShareLogError
 from pool.useful.service import UsefulWork
 from protocol import messages
 from protocol.chain import BlockSubmission
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import H
-from protocol.header import Header, coins
-from protocol.messages import ErrorCode
+from protocol.header import MAX_TIME_ROLL, Header, coins
 from protocol.target import meets_target
 from protocol.ticket import verify_ticket
 
@@ -67,13 +66,12 @@ log = logging.getLogger("pool.shares")
 
 T = TypeVar("T")
 
-class ShareRejected(Exception):
+class ShareRejected(ProtocolError):
     """A submit that is not accepted; ``code`` is the wire error code. ``pool_fault``: the
     pool's own state (its ledger could not store the share), never the miner's doing."""
 
     def __init__(self, message: str, code: int, *, pool_fault: bool = False) -> None:
-        super().__init__(message)
-        self.code = int(code)
+        super().__init__(message, int(code))
         self.pool_fault = pool_fault
 
 
@@ -185,7 +183,7 @@ class ShareChecker:
         fee_bps: int,
         fee_address: str | None,
         max_shares_per_job: int,
-        metrics: PoolMetrics | None = None,
+        metrics: PoolMetrics,
         useful: UsefulWork | None = None,
         budget: CheckBudget | None = None,
     ) -> None:
@@ -202,12 +200,9 @@ class ShareChecker:
         self.metrics = metrics
         self.useful = useful
         self.budget = budget
-        self.blocks_found = 0
 
     def count(self, code: int | None) -> None:
         """Count one submit outcome in the shares metric (None = accepted)."""
-        if self.metrics is None:
-            return
         if code is None:
             self.metrics.share("accepted")
         else:
@@ -218,7 +213,7 @@ class ShareChecker:
         """Judge ``submit``; return the accepted share once stored, or raise ``ShareRejected``."""
         try:
             job = book.lookup(submit.job_id, self.jobs.epoch, trio.current_time())
-        except JobError as exc:
+        except ProtocolError as exc:
             raise ShareRejected(str(exc), exc.code) from None
         pre = precheck(book, job, submit, self.max_shares_per_job)
         if self.budget is not None and not self.budget.allow(miner.ip, miner.session_id,
@@ -233,8 +228,7 @@ class ShareChecker:
             try:
                 return check_ticket(job, pre.coinbase, pre.header, submit.tile)
             finally:
-                if self.metrics is not None:
-                    self.metrics.share_check_seconds.observe(time.perf_counter() - started)
+                self.metrics.share_check_seconds.observe(time.perf_counter() - started)
 
         try:
             checked = await trio.to_thread.run_sync(timed_check, limiter=self.check_limiter)
@@ -335,8 +329,7 @@ class ShareChecker:
         except Exception as exc:
             accepted, reason = False, f"error: {exc}"
         self.jobs.poke()
-        if self.metrics is not None:
-            self.metrics.block("found" if accepted else "rejected")
+        self.metrics.block("found" if accepted else "rejected")
         if not accepted:
             log.warning("block %d found by %s was rejected by the chain: %s", height,
                         miner.login, reason)
@@ -345,7 +338,6 @@ class ShareChecker:
             if stale is not None:
                 raise stale
             return None
-        self.blocks_found += 1
         log.info("block %d found by %s, reward %s, submitted: accepted (hash %s)", height,
                  miner.login, coins(reward), block_hash.hex()[:16])
         if block_id is not None:
@@ -366,8 +358,7 @@ class ShareChecker:
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=self.ledger_limiter)
         finally:
-            if self.metrics is not None:
-                self.metrics.db_write_seconds.observe(time.perf_counter() - started)
+            self.metrics.db_write_seconds.observe(time.perf_counter() - started)
 
     async def _ledger_quietly(self, fn: Callable[..., T], *args: Any) -> T | None:
         """A ledger call whose failure the unlocker repairs later: log it, carry on."""

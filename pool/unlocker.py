@@ -112,7 +112,7 @@ async def run_unlocker(
     chain: ChainAdapter,
     interval: float,
     limiter: trio.CapacityLimiter,
-    metrics: PoolMetrics | None = None,
+    metrics: PoolMetrics,
     *,
     policy: PplnsPolicy | None = None,
     unknown_grace: float = DEFAULT_UNKNOWN_GRACE,
@@ -127,11 +127,10 @@ async def run_unlocker(
             report = await unlock_round(
                 ledger, chain, limiter, policy=policy, unknown_grace=unknown_grace
             )
-            if metrics is not None:
-                for _ in report.confirmed:
-                    metrics.block(CONFIRMED)
-                for _ in report.orphaned:
-                    metrics.block(ORPHANED)
+            for _ in report.confirmed:
+                metrics.block(CONFIRMED)
+            for _ in report.orphaned:
+                metrics.block(ORPHANED)
         except Exception:
             log.exception("unlock round failed")
         await trio.sleep(interval)

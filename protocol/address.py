@@ -2,7 +2,7 @@
 
 import secrets
 
-from .errors import ProtocolError
+from .errors import ErrorCode, ProtocolError
 from .hashing import H
 
 PREFIX = "mmd1"
@@ -26,16 +26,17 @@ def new_address() -> str:
 
 
 def validate_address(address: str) -> str:
-    """Return ``address`` if well formed, else raise ``ProtocolError`` (code 24)."""
+    """Return ``address`` if well formed, else raise ``ProtocolError`` (code ``UNAUTHORIZED``)."""
+    unauthorized = ErrorCode.UNAUTHORIZED
     if not isinstance(address, str) or len(address) != LENGTH or not address.startswith(PREFIX):
-        raise ProtocolError(f"not a devnet address: {address!r}", code=24)
+        raise ProtocolError(f"not a devnet address: {address!r}", code=unauthorized)
     body = address[len(PREFIX) :]
     if body != body.lower():
-        raise ProtocolError(f"address must be lower case: {address!r}", code=24)
+        raise ProtocolError(f"address must be lower case: {address!r}", code=unauthorized)
     try:
         payload = bytes.fromhex(body[:40])
     except ValueError:
-        raise ProtocolError(f"not a devnet address: {address!r}", code=24) from None
+        raise ProtocolError(f"not a devnet address: {address!r}", code=unauthorized) from None
     if body[40:] != _checksum(payload):
-        raise ProtocolError(f"bad checksum in address {address!r}", code=24)
+        raise ProtocolError(f"bad checksum in address {address!r}", code=unauthorized)
     return address

@@ -14,22 +14,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import ProtocolError
-from .framing import MAX_FRAME_SIZE, FrameDecoder, encode_frame
-from .messages import (
-    CLIENT_METHODS,
+from .codec import Message
+from .envelope import (
     MAX_ID,
-    SERVER_METHODS,
-    ErrorCode,
     ErrorInfo,
-    Message,
     Notification,
     Request,
     Response,
     decode_envelope,
     is_valid_id,
-    parse_result,
 )
+from .errors import ErrorCode, ProtocolError
+from .framing import MAX_FRAME_SIZE, FrameDecoder, encode_frame
+from .methods import CLIENT_METHODS, SERVER_METHODS, parse_result
 
 Role = Literal["client", "server"]
 

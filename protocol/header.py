@@ -9,6 +9,10 @@ from .errors import ProtocolError
 from .hashing import H
 
 HEADER_SIZE = 128
+HEADER_VERSION = 1
+"""The mmpow-1 header version."""
+MAX_TIME_ROLL = 600
+"""A miner may roll a job's time forward by up to this many seconds, never backward."""
 COIN = 10**8  # base units per coin: every amount (rewards, balances, payments) is in base units
 EXTRANONCE2_SIZE = 8
 _HEADER = struct.Struct("<II32s32s32sQI12s")
@@ -105,7 +109,7 @@ def assemble_coinbase(
     coinbase1: bytes, extranonce1: bytes, extranonce2: bytes, coinbase2: bytes
 ) -> bytes:
     if len(extranonce2) != EXTRANONCE2_SIZE:
-        raise ProtocolError(f"extranonce2 must be {EXTRANONCE2_SIZE} bytes", code=26)
+        raise ProtocolError(f"extranonce2 must be {EXTRANONCE2_SIZE} bytes")
     return coinbase1 + extranonce1 + extranonce2 + coinbase2
 
 

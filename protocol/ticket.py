@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ProtocolError
+from .errors import ErrorCode, ProtocolError
 from .hashing import HK
 from .noise import noisy_rows, pow_seed
 from .target import digest_value, ticket_limit
@@ -99,7 +99,9 @@ def verify_ticket(
     """Recompute one ticket's digest from its 16 rows of A and 16 rows of Bᵀ only."""
     ti, tj = tile
     if not (0 <= ti < shape.tiles_m and 0 <= tj < shape.tiles_n):
-        raise ProtocolError(f"tile {tile} outside {shape.tiles_m}x{shape.tiles_n}", code=20)
+        raise ProtocolError(
+            f"tile {tile} outside {shape.tiles_m}x{shape.tiles_n}", code=ErrorCode.OTHER
+        )
     if a_rows.shape != (TILE, shape.k) or bt_rows.shape != (TILE, shape.k):
         raise ProtocolError("verify_ticket needs 16 rows of A and 16 rows of Bᵀ of length k")
     seed = pow_seed(header)

@@ -187,9 +187,8 @@ def cut_result(c_padded: np.ndarray, unit: UnitPlan) -> np.ndarray:
     return c_padded[: unit.rows, : unit.cols]
 
 
-def assemble(plan: ProductPlan, out: np.ndarray, index: int, c_padded: np.ndarray) -> None:
-    """Write unit ``index``'s padded C, cut back, into its place in ``out`` (m×n)."""
-    unit = plan.units[index]
+def assemble(out: np.ndarray, unit: UnitPlan, c_padded: np.ndarray) -> None:
+    """Write ``unit``'s padded C, cut back, into its place in the product ``out`` (m×n)."""
     out[unit.row0 : unit.row0 + unit.rows, unit.col0 : unit.col0 + unit.cols] = cut_result(
         c_padded, unit
     )

@@ -1,4 +1,4 @@
-"""The useful-work methods of the wire (``work.*``), in the style of ``messages.py``.
+"""The useful-work catalogue of the wire (``work.*``), built on :mod:`protocol.codec`.
 
 - ``work.get_blob {hash: bin32, offset: uint, length: uint}`` → ``{data: bin, total: uint}``:
   a chunk of an operand blob named by its content hash (BLAKE3 of its raw bytes).
@@ -9,8 +9,8 @@
   unit's padded C (int32 little-endian, row-major), in order; ``final`` marks the last.
   The answer to the final chunk says whether the result passed the pool's check.
 
-Importing this module registers both methods in ``messages.CLIENT_METHODS``
-(``messages.py`` imports it at its end, so either import order works).
+Both are listed in ``WORK_CLIENT_METHODS``; ``protocol.methods`` combines them with the
+mining catalogue.
 """
 
 from __future__ import annotations
@@ -18,17 +18,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .messages import (
-    CLIENT_METHODS,
+from .codec import (
+    Bin,
+    Bool,
     Message,
+    MethodTable,
+    Optional,
     Result,
-    _Bin,
-    _Bool,
-    _field,
-    _Optional,
-    _Str,
-    _UInt,
+    Str,
+    UInt,
+    method_table,
+    wire_field,
 )
+from .messages import MAX_JOB_ID
 
 MAX_CHUNK = 1 << 20
 """Hard ceiling of one chunk (the largest frame); pools configure a smaller maximum."""
@@ -46,8 +48,8 @@ class GetBlobResult(Result):
     """A chunk of a blob and the blob's total size."""
 
     _where: ClassVar[str] = "work.get_blob: result"
-    data: bytes = _field(_Bin(min_len=0, max_len=MAX_CHUNK))
-    total: int = _field(_UInt(64))
+    data: bytes = wire_field(Bin(min_len=0, max_len=MAX_CHUNK))
+    total: int = wire_field(UInt(64))
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,9 @@ class GetBlob(Message):
 
     method: ClassVar[str] = "work.get_blob"
     result_type: ClassVar[type[Result]] = GetBlobResult
-    hash: bytes = _field(_Bin(32))
-    offset: int = _field(_UInt(64))
-    length: int = _field(_UInt(32, lo=1, hi=MAX_CHUNK))
+    hash: bytes = wire_field(Bin(32))
+    offset: int = wire_field(UInt(64))
+    length: int = wire_field(UInt(32, lo=1, hi=MAX_CHUNK))
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,10 @@ class WorkResultAck(Result):
     """
 
     _where: ClassVar[str] = "work.result: result"
-    accepted: bool = _field(_Bool())
-    received: int = _field(_UInt(64), 0)
-    verified: bool | None = _field(_Optional(_Bool()), None)
-    reason: str | None = _field(_Optional(_Str(max_len=256, printable=False)), None)
+    accepted: bool = wire_field(Bool())
+    received: int = wire_field(UInt(64), 0)
+    verified: bool | None = wire_field(Optional(Bool()), None)
+    reason: str | None = wire_field(Optional(Str(max_len=256, printable=False)), None)
 
 
 @dataclass(frozen=True)
@@ -83,14 +85,12 @@ class WorkResult(Message):
 
     method: ClassVar[str] = "work.result"
     result_type: ClassVar[type[Result]] = WorkResultAck
-    job_id: str = _field(_Str(max_len=64))
-    unit: bytes = _field(_Bin(32))
-    offset: int = _field(_UInt(64))
-    data: bytes = _field(_Bin(min_len=0, max_len=MAX_CHUNK))
-    final: bool = _field(_Bool())
+    job_id: str = wire_field(Str(max_len=MAX_JOB_ID))
+    unit: bytes = wire_field(Bin(32))
+    offset: int = wire_field(UInt(64))
+    data: bytes = wire_field(Bin(min_len=0, max_len=MAX_CHUNK))
+    final: bool = wire_field(Bool())
 
 
-WORK_CLIENT_METHODS: dict[str, type[Message]] = {cls.method: cls for cls in (GetBlob, WorkResult)}
+WORK_CLIENT_METHODS: MethodTable = method_table(GetBlob, WorkResult)
 """Useful-work methods a miner sends to the pool, by name."""
-
-CLIENT_METHODS.update(WORK_CLIENT_METHODS)

@@ -16,17 +16,16 @@ from dataclasses import dataclass, field
 
 import trio
 
+from protocol.codec import Message
 from protocol.connection import (
     BadRequest,
     Connection,
     NotificationReceived,
     ResponseReceived,
 )
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
     Authorize,
-    ErrorCode,
-    Message,
     Notify,
     Ping,
     Reconnect,

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 
 import trio
 
-from protocol.header import Header, assemble_coinbase, coinbase_hash
+from protocol.header import MAX_TIME_ROLL, Header, assemble_coinbase, coinbase_hash
 from protocol.workload import Shape, Workload
 
 from .client import Job
-
-MAX_TIME_ROLL = 600
 
 
 class JobFeed:

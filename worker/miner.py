@@ -25,8 +25,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from protocol.errors import ProtocolError
-from protocol.messages import ErrorCode, SyntheticSource
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import SyntheticSource
 from protocol.target import meets_target, target_from_bits, target_from_difficulty
 from protocol.workload import Workload, work_root
 

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from protocol.useful import DEFAULT_UNIT_M, DEFAULT_UNIT_N
+from protocol.work_messages import CHUNK_SIZE, MAX_CHUNK
+from protocol.workload import ALLOWED_R, MAX_K, TILE
+
 UNIT_STATES = ("queued", "running", "done", "failed")
 CHECK_OUTCOMES = ("pass", "fail", "malformed")
 
@@ -27,15 +31,15 @@ class UsefulConfig:
     """Settings of useful work; every key has a default."""
 
     enabled: bool = True
-    unit_m: int = 1024              # most output rows of A per unit (multiple of 16)
-    unit_n: int = 1024              # most output columns of B per unit (multiple of 16)
+    unit_m: int = DEFAULT_UNIT_M    # most output rows of A per unit (multiple of 16)
+    unit_n: int = DEFAULT_UNIT_N    # most output columns of B per unit (multiple of 16)
     r: int = 64                     # preferred slab width; small k gets a smaller r
-    chunk_max: int = 8192           # largest work.get_blob / work.result chunk, bytes
+    chunk_max: int = CHUNK_SIZE     # largest work.get_blob / work.result chunk, bytes
     lease_seconds: float = 600.0    # a unit's lease deadline after it is handed out
     max_attempts: int = 5           # wrong results before a unit (and its item) fails
     freivalds_rounds: int = 3       # each round false-accepts with p ≤ 2^-16
     max_dim: int = 16384            # largest m or n of a product
-    max_k: int = 65536              # largest k of a product (after padding)
+    max_k: int = MAX_K              # largest k of a product (after padding)
     max_upload_bytes: int = 256 << 20   # A plus B bytes of one product
     max_active_items: int = 8       # queued or running items per customer
     max_queued_bytes: int = 1 << 30 # operand bytes of a customer's unfinished items
@@ -45,11 +49,11 @@ class UsefulConfig:
         """Raise ``ValueError`` naming the first setting that cannot work."""
         for name in ("unit_m", "unit_n"):
             value = getattr(self, name)
-            if value < 16 or value % 16:
+            if value < TILE or value % TILE:
                 raise ValueError(f"useful.{name} must be a positive multiple of 16, got {value}")
-        if self.r not in (32, 64, 128, 256, 512):
+        if self.r not in ALLOWED_R:
             raise ValueError(f"useful.r must be 32, 64, 128, 256 or 512, got {self.r}")
-        if not 256 <= self.chunk_max <= 1 << 20:
+        if not 256 <= self.chunk_max <= MAX_CHUNK:
             raise ValueError(f"useful.chunk_max must be in 256..1048576, got {self.chunk_max}")
         if not self.lease_seconds > 0:
             raise ValueError("useful.lease_seconds must be positive")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from blake3 import blake3
 
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.merkle import rows_root
 from protocol.useful import blob_id
 
@@ -179,7 +179,7 @@ class BlobStore:
                 return f.read(length), total
         except (FileNotFoundError, ValueError):
             raise ProtocolError(
-                f"work.get_blob: no blob {bid.hex()[:16]}… on this pool", code=20
+                f"work.get_blob: no blob {bid.hex()[:16]}… on this pool", code=ErrorCode.OTHER
             ) from None
 
     def delete(self, bid: bytes) -> None:

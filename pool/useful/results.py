@@ -8,8 +8,7 @@ A failing C rejects the lease at once (held shares void, the unit goes back to t
 queue). A passing C is stored as a blob and comes back as :class:`Passed` with the
 lease's held shares: the caller credits them to the ledger, *then* calls
 :meth:`ResultDesk.complete` (unit done), so that a crash in between costs at worst a
-recomputed unit, never an acknowledged share. :meth:`ResultDesk.judge` does both steps
-at once for callers that credit afterwards.
+recomputed unit, never an acknowledged share.
 When every unit of an item is verified, the customer's product is assembled into one
 ``.npy`` (int32, m×n) blob, written through a memory map so it never needs two copies.
 """
@@ -29,8 +28,8 @@ from pool.useful import UsefulConfig, UsefulMetrics
 from pool.useful.blobstore import BlobStore
 from pool.useful.queue import OPEN_STATES, Lease, LeaseEnd, LeaseError, WorkQueue
 from protocol.denoise import freivalds
-from protocol.errors import ProtocolError
-from protocol.useful import RESULT_DTYPE, ChunkAssembler, cut_result, decode_result
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.useful import RESULT_DTYPE, ChunkAssembler, assemble, decode_result
 
 
 @dataclass(frozen=True)
@@ -91,10 +90,11 @@ class ResultDesk:
         """
         if lease.session != session:
             raise ProtocolError("work.result: this job's unit is leased to another session",
-                                code=21)
+                                code=ErrorCode.STALE)
         if lease.state != "active":
             self._uploads.pop(lease.id, None)
-            raise ProtocolError(f"work.result: the lease of this job is {lease.state}", code=21)
+            raise ProtocolError(f"work.result: the lease of this job is {lease.state}",
+                                code=ErrorCode.STALE)
         if unit != lease.unit.unit_id:
             raise ProtocolError("work.result: params.unit is not the unit of this job")
         if len(data) > self.config.chunk_max:
@@ -156,12 +156,6 @@ class ResultDesk:
         delivered = self.assemble(passed.lease.unit.item) if end.item_done else None
         return Verdict("pass", end, None, delivered)
 
-    def judge(self, lease_id: int, raw: bytes) -> Verdict:
-        """:meth:`check`, then :meth:`complete` at once (the caller credits ``end.shares``
-        afterwards). CPU work: run it in a worker thread."""
-        checked = self.check(lease_id, raw)
-        return checked if isinstance(checked, Verdict) else self.complete(checked)
-
     def _reject(self, lease: Lease, outcome: str, reason: str) -> Verdict:
         end = self.queue.reject(lease.id, reason)
         if self.metrics is not None:
@@ -181,9 +175,8 @@ class ResultDesk:
             for unit in units:
                 if unit.result_blob is None:
                     raise ProtocolError(f"unit {unit.plan.index} of {item_id} has no result")
-                p = unit.plan
-                c = decode_result(self.blobs.read(unit.result_blob), p)
-                out[p.row0 : p.row0 + p.rows, p.col0 : p.col0 + p.cols] = cut_result(c, p)
+                c = decode_result(self.blobs.read(unit.result_blob), unit.plan)
+                assemble(out, unit.plan, c)
             out.flush()
             del out
             bid = self.blobs.put_file(path)

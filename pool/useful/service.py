@@ -43,8 +43,7 @@ from pool.useful.blobstore import BlobStore
 from pool.useful.queue import Lease, LeaseEnd, LeaseError, WorkQueue
 from pool.useful.results import Passed, ResultDesk, Verdict
 from pool.useful.unitwork import UnitWork
-from protocol.errors import ProtocolError
-from protocol.messages import ErrorCode
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.work_messages import GetBlob, GetBlobResult, WorkResult, WorkResultAck
 
 log = logging.getLogger("pool.useful")

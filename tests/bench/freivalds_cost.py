@@ -3,8 +3,8 @@
 For each unit size it times, in the same run: ``protocol.denoise.freivalds`` with the
 pool's default rounds (3: false accept ≤ 2⁻⁴⁸) on a correct C, numpy's float32
 ``A @ B`` of the same unit (what the worker's BLAS path costs, the baseline), and
-the ratio; plus the whole pool-side judgement (``ResultDesk.judge``: decode, Freivalds,
-store the result blob, complete the lease) on a real queue in a temporary directory.
+the ratio; plus the whole pool-side judgement (``ResultDesk.check`` then ``complete``: decode,
+Freivalds, store the result blob, complete the lease) on a real queue in a temporary directory.
 
     python tests/bench/freivalds_cost.py [--sizes 512,1024,2048] [--rounds 3] [--repeat 3]
 """
@@ -22,7 +22,7 @@ from timing import best_of
 from pool.useful import UsefulConfig
 from pool.useful.blobstore import BlobStore
 from pool.useful.queue import WorkQueue
-from pool.useful.results import ResultDesk
+from pool.useful.results import Passed, ResultDesk
 from protocol.denoise import freivalds
 
 
@@ -54,7 +54,8 @@ def measure(size: int, rounds: int, repeat: int) -> str:
             lease = queue.lease("bench")
             raw = c.astype("<i4").tobytes()
             start = time.perf_counter()
-            verdict = desk.judge(lease.id, raw)
+            checked = desk.check(lease.id, raw)
+            verdict = desk.complete(checked) if isinstance(checked, Passed) else checked
             t_judge = min(t_judge, time.perf_counter() - start)
             assert verdict.passed
         queue.close()

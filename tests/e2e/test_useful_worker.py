@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import trio
 
+from protocol.envelope import ErrorInfo, Response
+from protocol.errors import ErrorCode
 from protocol.header import Header
-from protocol.messages import ErrorCode, ErrorInfo, Response
 from protocol.useful import RESULT_DTYPE
 from protocol.workload import Shape, Workload
 from tests.support.backend_checks import working_opencl_device

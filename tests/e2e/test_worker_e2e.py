@@ -9,6 +9,7 @@ import time
 import httpx
 import trio
 
+from protocol.header import MAX_TIME_ROLL
 from protocol.workload import Workload
 from tests.support.running import (
     NETWORK_DIFFICULTY,
@@ -20,7 +21,7 @@ from tests.support.running import (
 )
 from worker.backends import open_backends
 from worker.device_slot import DeviceSlot
-from worker.jobfeed import MAX_TIME_ROLL, MinableJob
+from worker.jobfeed import MinableJob
 
 
 def blas():

@@ -21,8 +21,8 @@ from pool.workloads import SyntheticSource
 from protocol import messages
 from protocol.address import new_address
 from protocol.chain import BlockTemplate
+from protocol.errors import ErrorCode
 from protocol.header import Header, assemble_coinbase, coinbase_hash
-from protocol.messages import ErrorCode
 from protocol.target import meets_target, target_from_difficulty
 from protocol.workload import Shape
 from tests.support import pg

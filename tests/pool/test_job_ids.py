@@ -12,10 +12,10 @@ from pathlib import Path
 import trio
 
 from pool.app import run_pool
-from pool.jobs import MAX_JOB_ID
 from protocol import messages
 from protocol.address import new_address
-from protocol.messages import ErrorCode
+from protocol.errors import ErrorCode
+from protocol.messages import MAX_JOB_ID
 from tests.support.miner import Candidate, TestMiner
 from tests.support.pools import make_config
 

@@ -14,6 +14,7 @@ import trio
 from pool.abuse import BanList, CheckBudget, Escalation, RateLimiter, ShareJudge
 from protocol import messages
 from protocol.address import new_address
+from protocol.errors import ErrorCode
 from protocol.framing import FrameDecoder, encode_frame
 from tests.support.miner import MinerClosed, TestMiner, losing_tiles, misbehave
 
@@ -95,7 +96,7 @@ async def test_flood_is_cut_off_and_does_not_starve_others(start_pool):
             with trio.fail_after(10):
                 await round_trip(pool.stratum_port)  # served while the flood goes on
         codes = [f["error"]["code"] for f in frames if "error" in f]
-        assert messages.ErrorCode.RATE_LIMITED in codes
+        assert ErrorCode.RATE_LIMITED in codes
         assert any(f.get("method") == "client.show_message" and "flood" in f["params"]["text"]
                    for f in frames)
         assert len(frames) < 50 * 200  # cut off long before the flood ended
@@ -115,7 +116,7 @@ async def test_invalid_shares_escalate_to_a_ban(start_pool):
                                                secrets.token_bytes(8))
         for c in losers[:count]:
             r = await miner.submit(c)
-            assert r.error is not None and r.error.code == messages.ErrorCode.LOW_DIFFICULTY
+            assert r.error is not None and r.error.code == ErrorCode.LOW_DIFFICULTY
 
     async with await TestMiner.connect(pool.stratum_port) as miner:
         await miner.login(address + ".bad")

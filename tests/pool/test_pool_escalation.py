@@ -12,6 +12,7 @@ import trio
 
 from protocol import messages
 from protocol.address import new_address
+from protocol.errors import ErrorCode
 from tests.support.miner import MinerClosed, TestMiner, losing_tiles, misbehave
 
 LADDER = {"limits.invalid_window": 4, "limits.invalid_min_shares": 4,
@@ -35,9 +36,9 @@ async def test_stale_submits_do_not_dilute_bogus_tickets(start_pool):
                     losing_tiles, miner.job, miner.extranonce1, secrets.token_bytes(8))
                 stale = dataclasses.replace(bogus, job_id="gone")
                 for _ in range(2):
-                    assert (await miner.submit(stale)).error.code == messages.ErrorCode.STALE
+                    assert (await miner.submit(stale)).error.code == ErrorCode.STALE
                 r = await miner.submit(bogus)
-                assert r.error.code == messages.ErrorCode.LOW_DIFFICULTY
+                assert r.error.code == ErrorCode.LOW_DIFFICULTY
             await miner.request(messages.Ping())  # the escalation notice came before its answer
         assert job is not None
         assert any("invalid" in t for t in shown(miner)), shown(miner)
@@ -102,8 +103,8 @@ async def test_share_checks_are_bounded_per_ip(start_pool):
         started = trio.current_time()
         codes = [(await flooder.submit(t)).error.code for t in tickets[:flood]]
         elapsed = trio.current_time() - started
-        checked = codes.count(messages.ErrorCode.LOW_DIFFICULTY)
-        refused = codes.count(messages.ErrorCode.RATE_LIMITED)
+        checked = codes.count(ErrorCode.LOW_DIFFICULTY)
+        refused = codes.count(ErrorCode.RATE_LIMITED)
         print(f"flooder: {checked} of {flood} bogus tickets checked in {elapsed:.2f} s "
               f"(budget {burst} + {rate:g}/s), {refused} answered 27")
         assert checked + refused == flood
@@ -116,6 +117,6 @@ async def test_share_checks_are_bounded_per_ip(start_pool):
         answers = [await elsewhere.submit(share) for share in shares]
         assert [a.error for a in answers] == [None] * 3  # another IP: its own budget
         await trio.sleep(1.5 / rate)  # budget back: the refused ticket is judged, not a dup
-        again = tickets[codes.index(messages.ErrorCode.RATE_LIMITED)]
-        assert (await flooder.submit(again)).error.code == messages.ErrorCode.LOW_DIFFICULTY
+        again = tickets[codes.index(ErrorCode.RATE_LIMITED)]
+        assert (await flooder.submit(again)).error.code == ErrorCode.LOW_DIFFICULTY
         assert not any("invalid" in t for t in shown(flooder))  # 27 never escalates

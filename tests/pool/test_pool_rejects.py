@@ -10,8 +10,8 @@ import trio
 from pool.ledger.sqlite import SqliteLedger
 from protocol import messages
 from protocol.address import new_address
+from protocol.errors import ErrorCode
 from protocol.framing import encode_frame
-from protocol.messages import ErrorCode
 from tests.support.miner import Candidate, TestMiner, losing_tiles
 
 

@@ -7,6 +7,7 @@ import trio
 from pool.ledger.base import ShareRecord
 from protocol import messages
 from protocol.address import new_address
+from protocol.errors import ErrorCode
 from protocol.target import difficulty_from_bits
 from tests.support.miner import TestMiner
 
@@ -84,7 +85,7 @@ async def test_new_block_sends_clean_job_and_old_job_is_stale(pool):
         new = await miner.next_job()
         assert new.clean and new.height == job.height + 1
         r = await miner.submit(old[0])
-        assert r.error is not None and r.error.code == messages.ErrorCode.STALE
+        assert r.error is not None and r.error.code == ErrorCode.STALE
         fresh = await miner.shares(1, new)
         r = await miner.submit(fresh[0])
         assert r.error is None

@@ -27,6 +27,7 @@ from protocol.denoise import denoise
 from protocol.ticket import mine_header
 from protocol.useful import chunks
 from protocol.workload import Workload
+from tests.support.useful_queue_data import check_and_complete
 
 
 def operands(seed, m, k, n):
@@ -50,7 +51,7 @@ def work_all_units(queue, desk, session="miner"):
         c = denoise(work.noisy_product, a, bt, work.seed, lease.unit.shape.r)
         for offset, data, final in chunks(c.astype("<i4").tobytes(), 4096):
             desk.receive(lease, session, lease.unit.unit_id, offset, data, final)
-        assert desk.judge(lease.id, desk.take_upload(lease.id)).passed
+        assert check_and_complete(desk, lease.id, desk.take_upload(lease.id)).passed
         done += 1
     return done
 

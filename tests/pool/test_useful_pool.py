@@ -19,7 +19,8 @@ import trio
 from pool.app import PoolHandle, run_pool
 from protocol import messages
 from protocol.address import new_address
-from protocol.messages import ErrorCode
+from protocol.codec import Message
+from protocol.errors import ErrorCode
 from protocol.useful import chunks
 from protocol.work_messages import USEFUL_CAPABILITY, WorkResult, WorkResultAck
 from tests.support.miner import TestMiner
@@ -364,7 +365,7 @@ async def test_blob_and_result_refusals_and_old_workers_get_synthetic_work(start
         assert r.result.verified is True
 
 
-def messages_work_result(job: messages.Notify, **kw: Any) -> messages.Message:
+def messages_work_result(job: messages.Notify, **kw: Any) -> Message:
     from protocol.work_messages import WorkResult
 
     return WorkResult(job_id=job.job_id, **kw)

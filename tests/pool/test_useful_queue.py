@@ -19,7 +19,7 @@ from protocol.merkle import rows_root
 from protocol.ticket import mine_header
 from protocol.useful import blob_id
 from protocol.workload import Workload
-from tests.support.useful_queue_data import operands, upload
+from tests.support.useful_queue_data import check_and_complete, operands, upload
 
 
 class Clock:
@@ -157,7 +157,7 @@ def test_lease_deadline_expiry_requeues_and_voids(parts):
     with pytest.raises(ProtocolError, match="lease of this job is expired"):
         desk.receive(queue.get_lease(slow.id), "slow", slow.unit.unit_id, 0, raw[:4096], False)
     with pytest.raises(LeaseError):
-        desk.judge(slow.id, raw)
+        desk.check(slow.id, raw)
     fresh = queue.lease("fast")  # lease() expires on its own too
     assert fresh.unit.key == slow.unit.key and fresh.id != slow.id
     assert upload(desk, fresh, "fast", raw).passed
@@ -301,7 +301,7 @@ def test_result_chunks_out_of_place_are_refused(parts):
     # the refused chunk dropped the partial upload: start again from 0
     with pytest.raises(ProtocolError, match="no complete result"):
         desk.take_upload(lease.id)
-    verdict = desk.judge(lease.id, raw[:-4])
+    verdict = check_and_complete(desk, lease.id, raw[:-4])
     assert verdict.outcome == "malformed" and "must be 1024 bytes" in verdict.reason
     assert registry.get_sample_value(
         "matmine_pool_result_checks_total", {"outcome": "malformed"}) == 1

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from protocol.codec import Message
 from protocol.connection import (
     BadRequest,
     Connection,
@@ -16,14 +17,12 @@ from protocol.connection import (
     RequestReceived,
     ResponseReceived,
 )
-from protocol.errors import ProtocolError
+from protocol.envelope import ErrorInfo
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.framing import encode_frame
 from protocol.messages import (
     Authorize,
     AuthorizeResult,
-    ErrorCode,
-    ErrorInfo,
-    Message,
     Notify,
     Ping,
     PingResult,

@@ -10,24 +10,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.errors import ProtocolError
+from protocol.codec import Message
+from protocol.connection import BadRequest, Connection, NotificationReceived, RequestReceived
+from protocol.envelope import ErrorInfo, Notification, Request, Response, decode_envelope
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.framing import FrameDecoder, encode_frame
 from protocol.messages import (
-    CLIENT_METHODS,
-    SERVER_METHODS,
     Authorize,
     AuthorizeResult,
     BlobSource,
-    ErrorCode,
-    ErrorInfo,
-    Message,
-    Notification,
     Notify,
     Ping,
     PingResult,
     Reconnect,
-    Request,
-    Response,
     ShowMessage,
     Submit,
     SubmitResult,
@@ -37,10 +32,8 @@ from protocol.messages import (
     SuggestDifficultyResult,
     SyntheticSource,
     WorkSpec,
-    decode_envelope,
-    parse_params,
-    parse_result,
 )
+from protocol.methods import CLIENT_METHODS, SERVER_METHODS, parse_result
 from protocol.workload import Shape, Workload, work_root
 from tests.support.messages_data import (
     bin32,
@@ -50,6 +43,22 @@ from tests.support.messages_data import (
     u32,
 )
 from tests.support.wire import values as wire_values
+
+
+def receive(method: str, params: Any) -> Message:
+    """``method`` with ``params`` as a connection receives it (the path the pool and the
+    miner take): a request to a server, or a pool → miner notification to a client. A
+    ``BadRequest`` raises its error."""
+    if method in SERVER_METHODS:
+        role, frame = "client", Notification(method, params).to_wire()
+    else:
+        role, frame = "server", Request(1, method, params).to_wire()
+    (event,) = Connection(role).receive_data(encode_frame(frame))
+    if isinstance(event, BadRequest):
+        raise event.error
+    assert isinstance(event, RequestReceived | NotificationReceived)
+    return event.message
+
 
 # --- strategies (also used by test_connection) ---------------------------------------
 
@@ -81,7 +90,7 @@ RESULT_METHOD = {
 def test_messages_round_trip_through_params(message: Message) -> None:
     params = message.to_params()
     assert type(message).from_params(params) == message
-    assert parse_params(message.method, params) == message
+    assert receive(message.method, params) == message
 
 
 @given(client_messages | server_messages, u32)
@@ -93,8 +102,8 @@ def test_messages_round_trip_through_frames(message: Message, request_id: int) -
     request, notification = decode_envelope(first), decode_envelope(second)
     assert isinstance(request, Request) and request.id == request_id
     assert isinstance(notification, Notification)
-    assert parse_params(request.method, request.params) == message
-    assert parse_params(notification.method, notification.params) == message
+    assert receive(request.method, request.params) == message
+    assert receive(notification.method, notification.params) == message
 
 
 @given(results)
@@ -473,7 +482,7 @@ def test_bad_results(method: str, result: Any, message: str) -> None:
 
 def test_unknown_method_is_code_other() -> None:
     with pytest.raises(ProtocolError, match="unknown method") as info:
-        parse_params("mining.set_difficulty", {})
+        receive("mining.set_difficulty", {})
     assert info.value.code == ErrorCode.OTHER
 
 

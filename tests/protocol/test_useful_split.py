@@ -7,10 +7,11 @@ from hypothesis import strategies as st
 
 from protocol.connection import BadRequest, Connection, RequestReceived, ResponseReceived
 from protocol.denoise import denoise, freivalds
+from protocol.envelope import Request
 from protocol.errors import ProtocolError
 from protocol.framing import encode_frame
 from protocol.merkle import rows_root
-from protocol.messages import CLIENT_METHODS, parse_params
+from protocol.methods import CLIENT_METHODS
 from protocol.ticket import mine_header
 from protocol.useful import (
     ChunkAssembler,
@@ -41,7 +42,7 @@ def product_via_units(a, b, plan):
     for unit in plan.units:
         ua, ub = unit_operands(a, bt, unit)
         c = (ua.astype(np.int64) @ ub.astype(np.int64).T).astype("<i4")
-        assemble(plan, out, unit.index, decode_result(c.tobytes(), unit))
+        assemble(out, unit, decode_result(c.tobytes(), unit))
     return out
 
 
@@ -188,7 +189,9 @@ def test_chunk_assembler_in_order_only():
 def test_work_messages_round_trip_and_name_the_bad_field():
     msg = GetBlob(hash=bytes(32), offset=8192, length=8192)
     assert GetBlob.from_params(msg.to_params()) == msg
-    assert parse_params("work.get_blob", msg.to_params()) == msg
+    frame = encode_frame(Request(1, "work.get_blob", msg.to_params()).to_wire())
+    (event,) = Connection("server").receive_data(frame)
+    assert isinstance(event, RequestReceived) and event.message == msg
     with pytest.raises(ProtocolError, match=r"work.get_blob: params.hash must be 32 bytes"):
         GetBlob.from_params({"hash": b"x", "offset": 0, "length": 1})
     with pytest.raises(ProtocolError, match=r"work.get_blob: params.length must be"):

@@ -23,6 +23,7 @@ import numpy as np
 import trio
 
 from protocol import messages
+from protocol.codec import Message
 from protocol.connection import (
     BadRequest,
     Connection,
@@ -31,6 +32,7 @@ from protocol.connection import (
     ResponseReceived,
 )
 from protocol.denoise import denoise
+from protocol.errors import ErrorCode
 from protocol.header import Header, assemble_coinbase, coinbase_hash
 from protocol.merkle import rows_root
 from protocol.target import meets_target, target_from_bits, target_from_difficulty
@@ -119,7 +121,7 @@ class TestMiner:
         self.conn = Connection("client")
         self.responses: dict[int, ResponseReceived] = {}
         self.jobs: list[messages.Notify] = []
-        self.messages: list[messages.Message] = []  # show_message / reconnect notifications
+        self.messages: list[Message] = []  # show_message / reconnect notifications
         self.extranonce1 = b""
         self.session_id = b""
         self.closed = False
@@ -192,7 +194,7 @@ class TestMiner:
     async def send_raw(self, data: bytes) -> None:
         await self.stream.send_all(data)
 
-    async def send(self, message: messages.Message) -> int:
+    async def send(self, message: Message) -> int:
         request_id, frame = self.conn.send_request(message)
         await self.stream.send_all(frame)
         return request_id
@@ -203,7 +205,7 @@ class TestMiner:
                 await self._read()
         return self.responses.pop(request_id)
 
-    async def request(self, message: messages.Message) -> ResponseReceived:
+    async def request(self, message: Message) -> ResponseReceived:
         return await self.response(await self.send(message))
 
     async def subscribe(self, agent: str = "test-miner/1", resume: bytes | None = None,
@@ -336,7 +338,7 @@ async def misbehave(miner: TestMiner) -> None:
             (c, *_) = await trio.to_thread.run_sync(losing_tiles, miner.job,
                                                     miner.extranonce1, secrets.token_bytes(8))
             r = await miner.submit(c)
-            assert r.error.code == messages.ErrorCode.LOW_DIFFICULTY
+            assert r.error.code == ErrorCode.LOW_DIFFICULTY
             if step == 0:  # resend work: mine the fresh job next
                 await miner.next_job(seen)
     except MinerClosed:

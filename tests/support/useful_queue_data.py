@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from pool.useful.results import Passed
 from protocol.useful import chunks
 
 
@@ -16,4 +17,11 @@ def upload(desk, lease, session, raw, chunk=4096):
     for offset, data, final in chunks(raw, chunk):
         receipt = desk.receive(lease, session, lease.unit.unit_id, offset, data, final)
     assert receipt.complete and receipt.received == len(raw)
-    return desk.judge(lease.id, desk.take_upload(lease.id))
+    return check_and_complete(desk, lease.id, desk.take_upload(lease.id))
+
+
+def check_and_complete(desk, lease_id, raw):
+    """The pool's judgement of a whole result, without the ledger: ``check``, then on a
+    pass ``complete`` (``pool.useful.service`` credits the held shares in between)."""
+    checked = desk.check(lease_id, raw)
+    return desk.complete(checked) if isinstance(checked, Passed) else checked
