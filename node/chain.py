@@ -52,7 +52,7 @@ from protocol.chain import (
 )
 from protocol.errors import ProtocolError
 from protocol.hashing import H
-from protocol.header import COIN, Coinbase, Header, coinbase_hash, coins
+from protocol.header import COIN, HEADER_VERSION, Coinbase, Header, coinbase_hash, coins
 from protocol.target import (
     bits_from_target,
     difficulty_from_bits,
@@ -60,7 +60,6 @@ from protocol.target import (
 )
 
 from .rules import (
-    HEADER_VERSION,
     Rejected,
     WorkloadRoots,
     check_coinbase,

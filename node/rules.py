@@ -20,7 +20,7 @@ from protocol.address import validate_address
 from protocol.chain import ERR_MALFORMED, BlockSubmission, ChainError
 from protocol.errors import ProtocolError
 from protocol.hashing import H
-from protocol.header import Coinbase, Header, coinbase_hash, coins, parse_coinbase
+from protocol.header import HEADER_VERSION, Coinbase, Header, coinbase_hash, coins, parse_coinbase
 from protocol.merkle import row_leaf, verify_proof
 from protocol.target import bits_from_target, meets_target, target_from_bits
 from protocol.ticket import verify_ticket
@@ -31,7 +31,6 @@ from .store import StoredBlock
 if TYPE_CHECKING:
     from .chain import NodeConfig
 
-HEADER_VERSION = 1
 MAX_PAYMENT_KEY = 200
 MAX_OUTPUTS = 10_000
 

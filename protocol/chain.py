@@ -23,12 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.workload import Shape
 
-# Error codes of the node RPC (the wire's 20/26 plus chain-specific ones).
-ERR_OTHER = 20
-ERR_MALFORMED = 26
+# Error codes of the node RPC: the wire's OTHER and MALFORMED, plus chain-specific ones.
+ERR_OTHER = ErrorCode.OTHER
+ERR_MALFORMED = ErrorCode.MALFORMED
 ERR_UNKNOWN_METHOD = 30
 ERR_CHAIN = 40
 ERR_INSUFFICIENT_FUNDS = 41
