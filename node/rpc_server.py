@@ -188,7 +188,8 @@ class NodeRpcServer:
             response = await self._call(request_id, method, params)
         return None if notification else response
 
-    async def _call(self, request_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def _call(self, request_id: int | None, method: str,
+                    params: dict[str, Any]) -> dict[str, Any]:
         handler = METHODS[method]
         try:
             result = await trio.to_thread.run_sync(

@@ -193,7 +193,7 @@ class PoolData:
 
     def live_miners(self) -> list[dict[str, Any]]:
         """Connected miners, highest 1m hashrate first: address, workers, summed hashrate."""
-        rows = []
+        rows: list[dict[str, Any]] = []
         for address, workers in self.snapshot().miners.items():
             rate: dict[str, float] = {}
             for w in workers:

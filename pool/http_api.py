@@ -20,13 +20,16 @@ A Starlette app (``create_app``) served by Hypercorn on trio (``serve_http``). R
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from hypercorn.typing import ASGIFramework
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -64,7 +67,7 @@ def parse_limit(request: Request) -> int:
 
 
 def create_app(data: PoolData, registry: CollectorRegistry,
-               extra_routes: list[BaseRoute] | None = None,
+               extra_routes: Sequence[BaseRoute] = (),
                health: DependencyHealth | None = None,
                history: HashrateHistory | None = None) -> Starlette:
     """The API app over ``data`` exposing ``registry`` at /metrics, plus ``extra_routes``;
@@ -133,7 +136,7 @@ def create_app(data: PoolData, registry: CollectorRegistry,
             Route("/api/blocks", blocks),
             Route("/api/payments", payments),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
-            *(extra_routes or []),
+            *extra_routes,
         ],
         exception_handlers={BadRequest: bad_request, HTTPException: http_error},
     )
@@ -162,7 +165,7 @@ async def serve_http(
         # Hypercorn binds, then reports its binds ("http://127.0.0.1:54321"); it stops when
         # this nursery is cancelled (the shutdown trigger sleeps until then).
         binds = await nursery.start(
-            partial(serve, app, config, shutdown_trigger=trio.sleep_forever)  # type: ignore[arg-type]
+            partial(serve, cast(ASGIFramework, app), config, shutdown_trigger=trio.sleep_forever)
         )
         bound = urlsplit(binds[0]).port
         if bound is None:

@@ -234,7 +234,7 @@ def rpc_request(request_id: int, method: str, params: dict[str, Any]) -> dict[st
     return {"id": request_id, "method": method, "params": params}
 
 
-def rpc_result(request_id: int, result: Any) -> dict[str, Any]:
+def rpc_result(request_id: int | None, result: Any) -> dict[str, Any]:
     """The answer to request ``request_id``."""
     return {"id": request_id, "result": result}
 

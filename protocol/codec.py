@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import MISSING, field, fields
+from dataclasses import MISSING, Field, field, fields
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -204,7 +204,7 @@ class OneOf(Codec):
     """A map tagged by ``"kind"``: one of several struct classes with a ``kind`` ClassVar."""
 
     def __init__(self, *classes: type[Struct]) -> None:
-        self.by_kind = {cls.kind: cls for cls in classes}  # type: ignore[attr-defined]
+        self.by_kind = {cls.kind: cls for cls in classes}
         self.kinds = ", ".join(repr(kind) for kind in self.by_kind)
 
     def check(self, value: Any, path: str) -> Any:
@@ -217,7 +217,7 @@ class OneOf(Codec):
     def decode(self, wire: Any, path: str) -> Any:
         if not isinstance(wire, dict):
             raise ProtocolError(f"{path} must be a map, got {describe(wire)}")
-        cls = self.by_kind.get(wire.get("kind"))  # type: ignore[arg-type]
+        cls = self.by_kind.get(str(wire.get("kind")))
         if cls is None:
             raise ProtocolError(
                 f"{path}.kind must be one of {self.kinds}, got {describe(wire.get('kind'))}"
@@ -225,7 +225,7 @@ class OneOf(Codec):
         return cls._from_map(wire, path)
 
     def encode(self, value: Struct) -> dict[str, Any]:
-        return {"kind": value.kind, **value._to_map()}  # type: ignore[attr-defined]
+        return {"kind": value.kind, **value._to_map()}
 
 
 def wire_field(codec: Codec, default: Any = MISSING) -> Any:
@@ -237,9 +237,11 @@ class Struct:
     """Base of every wire struct: validation from field codecs, map encode/decode."""
 
     _where: ClassVar[str] = ""
+    kind: ClassVar[str]  # set by the structs a ``OneOf`` tells apart
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # every Struct is a dataclass
 
     def __post_init__(self) -> None:
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in fields(self):
             value = f.metadata["codec"].check(getattr(self, f.name), f"{self._where}.{f.name}")
             object.__setattr__(self, f.name, value)
         self._check(self._where)
@@ -249,7 +251,7 @@ class Struct:
 
     def _to_map(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in fields(self):
             codec: Codec = f.metadata["codec"]
             value = getattr(self, f.name)
             if value is None and codec.optional:
@@ -262,7 +264,7 @@ class Struct:
         if not isinstance(wire, dict):
             raise ProtocolError(f"{where} must be a map, got {describe(wire)}")
         values: dict[str, Any] = {}
-        for f in fields(cls):  # type: ignore[arg-type]
+        for f in fields(cls):
             codec: Codec = f.metadata["codec"]
             path = f"{where}.{f.name}"
             raw = wire.get(f.name, MISSING)

@@ -61,7 +61,7 @@ class FrameDecoder:
         """Bytes received but not yet part of a whole frame."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[dict]:
+    def feed(self, data: bytes | bytearray) -> list[dict]:
         """Add ``data``; return every frame it completes, in order."""
         if self._error is not None:
             raise ProtocolError(f"decoder already failed: {self._error}")

@@ -127,7 +127,7 @@ def plan_product(
     kp = padded_k(k, slab)
     if kp > MAX_K:
         raise ProtocolError(f"k = {k} pads to {kp}, more than the largest k {MAX_K}")
-    units = []
+    units: list[UnitPlan] = []
     for row0 in range(0, m, unit_m):
         rows = min(unit_m, m - row0)
         for col0 in range(0, n, unit_n):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import trio
 from prometheus_client import CollectorRegistry
@@ -14,6 +15,7 @@ from rich.console import Console
 
 from protocol.work_messages import USEFUL_CAPABILITY
 
+from .backends.base import Backend
 from .checker import Checker
 from .client import Job, PoolClient
 from .config import PoolEndpoint, WorkerConfig
@@ -37,10 +39,10 @@ class WorkerApp:
     def __init__(
         self,
         config: WorkerConfig,
-        backends: Sequence[object],
+        backends: Sequence[Backend],
         registry: CollectorRegistry,
         *,
-        reopen: Callable[[int], object] | None = None,
+        reopen: Callable[[int], Backend] | None = None,
         console: Console | None = None,
         status: bool = True,
     ) -> None:
@@ -57,7 +59,7 @@ class WorkerApp:
             on_connected=self._connected,
         )
         slots = [
-            DeviceSlot(i, backend, (lambda i=i: reopen(i)) if reopen is not None else None)
+            DeviceSlot(i, backend, None if reopen is None else partial(reopen, i))
             for i, backend in enumerate(backends)
         ]
         self.miner = Miner(slots, self.feed, self.failover.submit, self.checker, self.stats,
@@ -140,9 +142,7 @@ async def run_until_signal(app: WorkerApp) -> int:
                     nursery.cancel_scope.cancel()
                     break
         except* WorkerStopped as group:
-            while isinstance(group, BaseExceptionGroup):  # the first leaf: nurseries nest
-                group = group.exceptions[0]  # type: ignore[assignment]
-            stopped = group  # type: ignore[assignment]
+            stopped = first_leaf(group)
     if stopped is not None:
         log.error("cannot go on: %s", stopped)
         return 2
@@ -153,3 +153,12 @@ async def run_until_signal(app: WorkerApp) -> int:
         log.error("%s", app.failure)
         return 1
     return 0
+
+
+def first_leaf(group: BaseExceptionGroup[WorkerStopped]) -> WorkerStopped:
+    """The first ``WorkerStopped`` of a group (nurseries nest groups in groups)."""
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, WorkerStopped)
+    return leaf

@@ -32,6 +32,7 @@ import trio
 
 from protocol.errors import ProtocolError
 from protocol.merkle import rows_root
+from protocol.messages import BlobSource, WorkSpec
 from protocol.useful import ChunkAssembler, blob_id
 from protocol.workload import check_entries
 
@@ -57,11 +58,13 @@ class BlobSpec:
         return self.rows * self.k
 
     @classmethod
-    def operands(cls, work: object) -> tuple[BlobSpec, BlobSpec]:
+    def operands(cls, work: WorkSpec) -> tuple[BlobSpec, BlobSpec]:
         """The A and Bᵀ specs of a ``WorkSpec`` with a blob source."""
-        source = work.source  # type: ignore[attr-defined]
-        return (cls(source.a, work.m, work.k, work.a_root),  # type: ignore[attr-defined]
-                cls(source.b, work.n, work.k, work.b_root))  # type: ignore[attr-defined]
+        source = work.source
+        if not isinstance(source, BlobSource):
+            raise TypeError(f"work has a {type(source).__name__}, not a blob source")
+        return (cls(source.a, work.m, work.k, work.a_root),
+                cls(source.b, work.n, work.k, work.b_root))
 
 
 @dataclass(frozen=True)

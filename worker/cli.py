@@ -7,11 +7,14 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from protocol.errors import ProtocolError
 from protocol.version import package_version
 from protocol.workload import Shape
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 from .config import (
     BACKENDS,
@@ -144,13 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(level: str, console: object | None = None) -> None:
+def setup_logging(level: str, console: Console | None = None) -> None:
     """Log to stderr, or through ``rich`` when the live view owns the terminal."""
     handler: logging.Handler
     if console is not None:
         from rich.logging import RichHandler
 
-        handler = RichHandler(console=console, show_path=False)  # type: ignore[arg-type]
+        handler = RichHandler(console=console, show_path=False)
         fmt = "%(message)s"
     else:
         handler = logging.StreamHandler(sys.stderr)
@@ -179,7 +182,7 @@ def _mine(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .app import WorkerApp, run_until_signal
-    from .backends import BackendError, open_backends
+    from .backends import Backend, BackendError, open_backends
     from .backends.opencl import open_device
     from .console import live_view
 
@@ -193,7 +196,7 @@ def _mine(args: argparse.Namespace) -> int:
     # the devices that passed their self-test, by index, for the watchdog to reopen
     specs = [str(getattr(b, "spec", "")) for b in backends]
 
-    def reopen(index: int) -> object:
+    def reopen(index: int) -> Backend:
         if config.backend == "opencl":
             return open_device(specs[index])
         return open_backends(config.backend, None)[0]

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from .backends.base import Backend
+
 COUNTER_BYTES = 7
 
 
@@ -37,8 +39,8 @@ class DeviceSlot:
     """One backend and everything the miner and the watchdog track about it."""
 
     index: int
-    backend: object
-    reopen: Callable[[], object] | None = None
+    backend: Backend
+    reopen: Callable[[], Backend] | None = None
     limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
     prepared_root: bytes | None = None
     scope: trio.CancelScope | None = None
@@ -53,7 +55,7 @@ class DeviceSlot:
 
     @property
     def name(self) -> str:
-        return str(getattr(self.backend, "name", f"device{self.index}"))
+        return self.backend.name
 
     def use_extranonce1(self, extranonce1: bytes) -> None:
         """Switch the counter to a session's extranonce1; a resumed session (same

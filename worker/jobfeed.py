@@ -34,6 +34,10 @@ class JobFeed:
         self.job = job
         self._bump()
 
+    def is_stale(self, generation: int) -> bool:
+        """Whether work of ``generation`` has been abandoned since."""
+        return self.generation != generation
+
     def withdraw(self) -> None:
         """No session: stop all work until the next job."""
         if self.job is not None:

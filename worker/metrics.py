@@ -12,10 +12,12 @@ Values are read from ``WorkerStats`` at scrape time.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
+from hypercorn.typing import ASGIFramework
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -112,4 +114,6 @@ async def serve_metrics(
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1.0
-    await serve(metrics_app(registry, stats), config, task_status=task_status)
+    # Starlette is an ASGI app; its annotations and hypercorn's do not line up
+    await serve(cast(ASGIFramework, metrics_app(registry, stats)), config,
+                task_status=task_status)

@@ -22,7 +22,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from functools import partial
 
+import numpy as np
 import trio
 
 from protocol.errors import ErrorCode, ProtocolError
@@ -183,6 +185,7 @@ class Miner:
         work = n.work
         try:
             shape = work.shape
+            workload: Workload | None
             if isinstance(work.source, SyntheticSource):
                 workload = await self._workloads.get(work.source.seed, shape)
                 if (workload.a_root, workload.b_root) != (work.a_root, work.b_root):
@@ -240,7 +243,7 @@ class Miner:
             raise
         self._deliver(minable, header, noisy)
 
-    def _deliver(self, minable: MinableJob, header: bytes, noisy: object) -> None:
+    def _deliver(self, minable: MinableJob, header: bytes, noisy: np.ndarray) -> None:
         """Start the useful task on ``header``'s noisy product, unless its unit has ended."""
         assert self._useful is not None and self._nursery is not None
         job = minable.job
@@ -267,7 +270,7 @@ class Miner:
             extranonce2 = slot.next_extranonce2()
             header_time = minable.header_time(trio.current_time(), self._roll)
             header = minable.header(extranonce2, header_time)
-            flag = StopFlag(lambda g=generation: self.feed.generation != g)
+            flag = StopFlag(partial(self.feed.is_stale, generation))
             slot.flag = flag
             slot.scan_started = time.monotonic()
             want = self._useful is not None and self._useful.wants_product(job)

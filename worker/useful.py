@@ -37,7 +37,7 @@ from protocol.messages import BlobSource
 from protocol.noise import pow_seed
 from protocol.useful import RESULT_DTYPE, chunks
 from protocol.work_messages import CHUNK_SIZE, WorkResultAck
-from protocol.workload import Workload
+from protocol.workload import Shape, Workload
 
 from .blobcache import BlobCache, BlobRejected, BlobSpec
 from .client import Job, PoolClient, RequestFailed
@@ -236,8 +236,8 @@ class UsefulWork:
         return outcome
 
 
-def _make_workload(shape: object, a: np.ndarray, bt: np.ndarray) -> Workload:
-    workload = Workload(shape, a, bt)  # type: ignore[arg-type]
+def _make_workload(shape: Shape, a: np.ndarray, bt: np.ndarray) -> Workload:
+    workload = Workload(shape, a, bt)
     _ = workload.work_root  # hash the rows here, off the trio thread
     return workload
 

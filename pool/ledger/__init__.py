@@ -8,6 +8,7 @@ of a ``SqliteLedger`` file.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .base import (
     CANCELLED,
@@ -32,7 +33,7 @@ from .sqlite import SqliteLedger
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def open_ledger(url_or_path: str | Path, **postgres_options: float) -> Ledger:
+def open_ledger(url_or_path: str | Path, **postgres_options: Any) -> Ledger:
     """Open the ledger at ``url_or_path``: a PostgreSQL URL or a SQLite file path.
 
     ``postgres_options`` (``connect_timeout``, ``statement_timeout``, ``call_timeout``)
@@ -44,7 +45,7 @@ def open_ledger(url_or_path: str | Path, **postgres_options: float) -> Ledger:
             raise LedgerError(
                 f"a PostgreSQL ledger needs psycopg (pip install 'matmine[postgres]'): {exc}"
             ) from exc
-        return PostgresLedger(url_or_path, **postgres_options)  # type: ignore[arg-type]
+        return PostgresLedger(url_or_path, **postgres_options)
     return SqliteLedger(url_or_path)
 
 __all__ = [

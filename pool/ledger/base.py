@@ -154,6 +154,12 @@ class PoolTotals:
 class Ledger(abc.ABC):
     """Durable accounting store: ``SqliteLedger`` and ``PostgresLedger``, over ``SqlLedger``."""
 
+    # --- schema -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """The schema version stored (a cheap read: the share log's health probe)."""
+
     # --- shares -----------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -168,7 +168,7 @@ class PostgresLedger(SqlLedger):
                              f"-c idle_in_transaction_session_timeout={ms} "
                              + str(params.get("options", ""))).strip()
         self.call_timeout = call_timeout
-        self._params = params
+        self._params: dict[str, Any] = params
         # Where, for messages: never the password.
         self.where = "{}:{}/{}".format(
             params.get("host", "localhost"), params.get("port", 5432), params.get("dbname", "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+from dataclasses import replace
 
 import numpy as np
 
@@ -142,7 +143,7 @@ class ItemSide(QueueDb):
                 "SELECT state, COUNT(*) FROM units WHERE item = ? GROUP BY state", (item_id,)
             ):
                 counts[state] = count
-        return ItemStatus(*row, unit_states=counts)
+        return replace(ItemStatus(*row), unit_states=counts)
 
     def units(self, item_id: str) -> list[Unit]:
         """Every unit of an item, in index order."""

@@ -119,7 +119,8 @@ class NpyPairBody:
     def _headers_known(self, reader: NpyReader) -> None:
         a, b = self.readers
         if reader is b:
-            check_pair(a.finish().shape, b.operand.shape, self.config)  # type: ignore[union-attr]
+            assert b.operand is not None  # its header was just read
+            check_pair(a.finish().shape, b.operand.shape, self.config)
         if self.declared is None:
             return
         need = sum(r.header_bytes + r.operand.nbytes for r in self.readers if r.operand)

@@ -10,6 +10,7 @@ kernel program, its buffers and the known-answer test are ``opencl_program.py``.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from .base import BackendError, DeviceInfo, DeviceUnusable
 from .opencl_backend import OpenCLBackend
@@ -55,10 +56,10 @@ def _parse_spec(spec: str) -> tuple[int, int]:
     return pi, di
 
 
-def open_device(spec: str, *, self_test: bool = True, **options: object) -> OpenCLBackend:
+def open_device(spec: str, *, self_test: bool = True, **options: Any) -> OpenCLBackend:
     """One device by its ``"platform:device"`` spec, self-tested (``DeviceUnusable``)."""
     pi, di = _parse_spec(spec)
-    backend = OpenCLBackend(pi, di, **options)  # type: ignore[arg-type]
+    backend = OpenCLBackend(pi, di, **options)
     if self_test:
         backend.self_test()
     return backend

@@ -11,7 +11,9 @@ before it gets work.
 from __future__ import annotations
 
 import hashlib
+import importlib
 from importlib import resources
+from typing import Any
 
 import numpy as np
 
@@ -21,8 +23,9 @@ from protocol.workload import Shape, Workload
 from ..autotune import KernelConfig
 from .base import BackendError, ScanResult
 
+cl: Any
 try:
-    import pyopencl as cl
+    cl = importlib.import_module("pyopencl")
 except ImportError:  # pragma: no cover - depends on the environment
     cl = None
 
