@@ -35,11 +35,11 @@ from protocol.workload import Workload, work_root
 from .backends.base import DeviceUnusable
 from .blobcache import BlobRejected
 from .checker import Checker
-from .client import Job, SubmitOutcome
+from .client import Job, RequestFailed, SubmitOutcome
 from .device_slot import DeviceSlot, StopFlag
 from .jobfeed import JobFeed, MinableJob, WorkloadCache
 from .stats import WorkerStats
-from .useful import UsefulError, UsefulWork
+from .useful import UsefulWork
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class Miner:
             log.error("job %s from %s: operand rejected, not mining it: %s; reconnecting",
                       n.job_id, job.client.endpoint.label, exc)
             job.client.close()  # the lease goes back to the pool's queue
-        except UsefulError as exc:
+        except RequestFailed as exc:
             if exc.code == ErrorCode.STALE:
                 log.info("job %s: its unit is no longer this session's (%s); waiting for "
                          "the next job", n.job_id, exc)

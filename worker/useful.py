@@ -51,15 +51,6 @@ RESULT_WINDOW = 8  # result chunks in flight at once (acks are collected in orde
 MAX_UNITS = 64  # units remembered per session (the oldest is forgotten first)
 
 
-class UsefulError(Exception):
-    """A blob job that cannot be mined: the pool refused a blob request (``code``) or the
-    session ended (``code`` None)."""
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def is_blob_job(job: Job) -> bool:
     """Does ``job`` carry a blob workload (useful work) rather than a synthetic one?"""
     return isinstance(job.notify.work.source, BlobSource)
@@ -109,21 +100,14 @@ class UsefulWork:
         """The job's verified workload, fetched through the cache if need be.
 
         Raises :class:`BlobRejected` when a blob does not match the job's commitments and
-        :class:`UsefulError` when the pool refuses a request or the session ends.
+        :class:`RequestFailed` when the pool refuses a request (``code``) or the session
+        ends (``code`` None).
         """
         work = job.notify.work
         a_spec, b_spec = BlobSpec.operands(work)
-        client = job.client
-
-        async def get_chunk(blob: bytes, offset: int, length: int) -> tuple[bytes, int]:
-            try:
-                return await client.get_blob(blob, offset, length)
-            except RequestFailed as exc:
-                raise UsefulError(str(exc), exc.code) from None
-
         before = self.stats.blob_bytes
-        a = await self.cache.ensure(a_spec, get_chunk, self.chunk_max, self.limiter)
-        b = await self.cache.ensure(b_spec, get_chunk, self.chunk_max, self.limiter)
+        a = await self.cache.ensure(a_spec, job.client.get_blob, self.chunk_max, self.limiter)
+        b = await self.cache.ensure(b_spec, job.client.get_blob, self.chunk_max, self.limiter)
         fetched = self.stats.blob_bytes - before
         if fetched:
             log.info("job %s: fetched %d bytes of operands for unit %s…", job.job_id, fetched,
@@ -248,4 +232,4 @@ def _exact_product(workload: Workload, header: bytes, noisy: np.ndarray) -> byte
     return np.ascontiguousarray(c, dtype=RESULT_DTYPE).tobytes()
 
 
-__all__ = ["RESULT_OUTCOMES", "BlobRejected", "UsefulError", "UsefulWork", "is_blob_job"]
+__all__ = ["RESULT_OUTCOMES", "BlobRejected", "UsefulWork", "is_blob_job"]
