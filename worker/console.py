@@ -27,29 +27,56 @@ def format_rate(macs_per_s: float) -> str:
     return f"{macs_per_s:.0f} MAC/s"
 
 
+def format_duration(seconds: float) -> str:
+    """``3d 04:05:06`` or ``04:05:06``."""
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    clock = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
+def format_ping(stats: WorkerStats) -> str:
+    return "-" if stats.ping is None else f"{stats.ping * 1000:.0f} ms"
+
+
 def status_line(stats: WorkerStats) -> str:
-    """One line: pool, hashrate 10s/60s/15m, shares A/R/S, hardware errors, best share."""
+    """One line: pool, its ping, hashrate 10s/60s/15m and peak, shares A/R/S, hardware
+    errors, best share, blocks, uptime."""
     s = stats.shares
     pool = stats.pool if stats.pool_connected else "no pool"
     rates = "/".join(format_rate(stats.hashrate(w)) for w in (10, 60, 900))
-    return (f"{pool} | {rates} (10s/60s/15m) | accepted {s['accepted']} rejected "
+    return (f"{pool} | ping {format_ping(stats)} | {rates} (10s/60s/15m), peak "
+            f"{format_rate(stats.peak)} | accepted {s['accepted']} rejected "
             f"{s['rejected']} stale {s['stale']} lost {s['lost']} | hw errors "
-            f"{stats.hw_errors} | best share {stats.best.difficulty:.4g} | blocks {stats.blocks}")
+            f"{stats.hw_errors} | best share {stats.best.difficulty:.4g} | blocks {stats.blocks}"
+            f" | up {format_duration(stats.uptime)}")
+
+
+def _shares_cell(shares: dict[str, int]) -> Text:
+    """``accepted/rejected/stale``, green, red and yellow (xmrig's colours)."""
+    return Text.assemble((str(shares["accepted"]), "green"), "/",
+                         (str(shares["rejected"]), "red" if shares["rejected"] else ""), "/",
+                         (str(shares["stale"]), "yellow" if shares["stale"] else ""))
 
 
 def status_table(stats: WorkerStats) -> Group:
-    """The live view: one row per device and a total."""
+    """The live view: one row per device (hashrate, peak, shares A/R/S, candidates, hardware
+    errors, restarts) and a total, then the status line."""
     table = Table(title="matmine worker", expand=False)
-    for column in ("device", "10s", "60s", "15m", "candidates", "hw errors", "restarts"):
+    for column in ("device", "10s", "60s", "15m", "peak", "A/R/S", "candidates",
+                   "hw errors", "restarts"):
         table.add_column(column, justify="left" if column == "device" else "right")
     for name, dev in stats.devices.items():
         table.add_row(
             name + (" [red](stalled)[/red]" if dev.stalled else ""),
             *(format_rate(stats.hashrate(w, name)) for w in (10, 60, 900)),
-            str(dev.candidates), str(dev.hw_errors), str(dev.restarts),
+            format_rate(dev.peak), _shares_cell(dev.shares),
+            str(dev.candidates), Text(str(dev.hw_errors), "red" if dev.hw_errors else ""),
+            str(dev.restarts),
         )
     table.add_row("[bold]total[/bold]", *(format_rate(stats.hashrate(w)) for w in (10, 60, 900)),
-                  "", str(stats.hw_errors), "")
+                  format_rate(stats.peak), _shares_cell(stats.shares), "",
+                  Text(str(stats.hw_errors), "red" if stats.hw_errors else ""), "")
     return Group(table, Text(status_line(stats)))
 
 

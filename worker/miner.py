@@ -308,13 +308,17 @@ class Miner:
         job = minable.job
         if meets_target(digest, minable.network_target, minable.workload.shape.k):
             log.info("block candidate from %s on job %s tile %s", device, job.job_id, tile)
+        sent = time.monotonic()
         outcome = await self._submit(job, extranonce2, header_time, tile)
+        latency = time.monotonic() - sent
         self.recent_shares.append((device, tile, outcome))
         self._stats.add_share(outcome.result, outcome.difficulty, outcome.code,
-                              outcome.block is not None)
+                              outcome.block is not None, device=device, latency=latency)
         if outcome.result == "accepted":
-            log.info("share accepted: %s job %s tile %s difficulty %g%s", device, job.job_id,
-                     tile, outcome.difficulty,
+            s = self._stats.shares
+            log.info("share accepted (%d/%d): %s job %s tile %s difficulty %g (%.0f ms)%s",
+                     s["accepted"], s["rejected"] + s["stale"], device, job.job_id, tile,
+                     outcome.difficulty, latency * 1000,
                      f" — BLOCK {outcome.block.hex()}" if outcome.block else "")
         elif outcome.result == "lost":
             log.warning("share from %s not delivered: %s", device, outcome.message)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 WINDOWS = (10.0, 60.0, 900.0)
 SHARE_RESULTS = ("accepted", "rejected", "stale", "lost")
+PING_SAMPLES = 32  # submit round trips the pool ping is the median of
 USEFUL_RESULTS = ("verified", "rejected", "failed")
 
 
@@ -26,6 +27,10 @@ class RateWindow:
         self._start = start
         self._horizon = horizon
         self._buckets: deque[list[float]] = deque()  # [second, macs]
+
+    @property
+    def start(self) -> float:
+        return self._start
 
     def add(self, now: float, macs: float) -> None:
         second = float(int(now))
@@ -61,6 +66,8 @@ class DeviceStats:
     restarts: int = 0
     stalled: bool = False
     last_progress: float = 0.0
+    peak: float = 0.0  # highest 10 s hashrate seen, MAC/s
+    shares: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SHARE_RESULTS, 0))
 
 
 @dataclass
@@ -91,6 +98,8 @@ class WorkerStats:
     useful_results: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(USEFUL_RESULTS, 0))
     useful_macs: int = 0  # MACs (padded unit shape) of results the pool verified
+    peak: float = 0.0  # highest 10 s hashrate of all devices together, MAC/s
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=PING_SAMPLES))
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -114,6 +123,11 @@ class WorkerStats:
         dev.stalled = False
         dev.rate.add(now, macs)
         self._total.add(now, macs)
+        # a peak over a full window only: a young window's rate reads high
+        if now - dev.rate.start >= WINDOWS[0]:
+            dev.peak = max(dev.peak, dev.rate.rate(now, WINDOWS[0]))
+        if now - self.started >= WINDOWS[0]:
+            self.peak = max(self.peak, self._total.rate(now, WINDOWS[0]))
 
     def add_candidate(self, name: str, ok: bool, difficulty: float = 0.0) -> None:
         dev = self.device(name)
@@ -124,11 +138,17 @@ class WorkerStats:
             self.best = BestShare(difficulty, name, self.clock())
 
     def add_share(self, result: str, difficulty: float = 0.0, code: int | None = None,
-                  block: bool = False) -> None:
-        """Count one submit outcome: accepted / rejected / stale / lost (no answer)."""
+                  block: bool = False, device: str | None = None,
+                  latency: float | None = None) -> None:
+        """Count one submit outcome: accepted / rejected / stale / lost (no answer), for
+        ``device`` too if given; ``latency`` is the submit's round trip in seconds."""
         if result not in self.shares:
             raise ValueError(f"unknown share result {result!r}")
         self.shares[result] += 1
+        if device is not None:
+            self.device(device).shares[result] += 1
+        if latency is not None and result != "lost":
+            self.latencies.append(latency)
         if result == "accepted":
             self.accepted_difficulty += difficulty
             self.blocks += 1 if block else 0
@@ -143,6 +163,18 @@ class WorkerStats:
         return self.device(name).rate.rate(now, window)
 
     @property
+    def ping(self) -> float | None:
+        """The median round trip of the recent submits, seconds (None before the first)."""
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        return ordered[len(ordered) // 2]
+
+    @property
+    def uptime(self) -> float:
+        return self.clock() - self.started
+
+    @property
     def hw_errors(self) -> int:
         return sum(d.hw_errors for d in self.devices.values())
 
@@ -155,6 +187,8 @@ class WorkerStats:
 
         return {
             "uptime_s": round(now - self.started, 3),
+            "ping_ms": None if self.ping is None else round(self.ping * 1000, 1),
+            "peak_hashrate_macs": round(self.peak, 3),
             "pool": {"url": self.pool, "connected": self.pool_connected,
                      "job_id": self.job_id, "difficulty": self.job_difficulty},
             "hashrate_macs": rates(None),
@@ -170,6 +204,8 @@ class WorkerStats:
                 {
                     "name": d.name,
                     "hashrate_macs": rates(d.name),
+                    "peak_hashrate_macs": round(d.peak, 3),
+                    "shares": dict(d.shares),
                     "macs": d.macs,
                     "scans": d.scans,
                     "partial_scans": d.partial_scans,

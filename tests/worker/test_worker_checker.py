@@ -154,3 +154,44 @@ def test_status_line_and_live_view_render():
     out = io.StringIO()
     Console(file=out, width=140, force_terminal=True).print(status_table(stats))
     assert "opencl:0:0" in out.getvalue() and "total" in out.getvalue()
+
+
+def test_console_shows_per_device_shares_peak_ping_and_uptime():
+    import io
+
+    from rich.console import Console
+
+    from worker.console import format_duration, status_line, status_table
+
+    now = [1000.0]
+    stats = WorkerStats(clock=lambda: now[0])
+    for _ in range(12):  # 2 MMAC/s on gpu0 for 12 s, then 1 MMAC/s
+        now[0] += 1.0
+        stats.add_scan("gpu0", 2_000_000, True)
+    for _ in range(12):
+        now[0] += 1.0
+        stats.add_scan("gpu0", 1_000_000, True)
+    stats.add_scan("gpu1", 0, True)
+    assert stats.devices["gpu0"].peak == pytest.approx(2e6, rel=0.11)
+    assert stats.hashrate(10, "gpu0") < stats.devices["gpu0"].peak
+    assert stats.peak >= stats.devices["gpu0"].peak
+    for latency in (0.030, 0.050, 0.040):
+        stats.add_share("accepted", 0.5, device="gpu0", latency=latency)
+    stats.add_share("rejected", code=23, device="gpu1", latency=0.045)
+    stats.add_share("lost", device="gpu1", latency=30.0)  # no answer: no ping sample
+    assert stats.devices["gpu0"].shares["accepted"] == 3
+    assert stats.devices["gpu1"].shares == {"accepted": 0, "rejected": 1, "stale": 0, "lost": 1}
+    assert stats.ping == pytest.approx(0.045)
+    summary = stats.summary()
+    assert summary["ping_ms"] == 45.0 and summary["uptime_s"] == 24.0
+    assert summary["devices"][0]["shares"]["accepted"] == 3
+    assert summary["devices"][0]["peak_hashrate_macs"] == pytest.approx(2e6, rel=0.11)
+    line = status_line(stats)
+    assert "| ping 45 ms |" in line and "up 00:00:24" in line and "peak 2." in line
+    assert format_duration(3 * 86400 + 4 * 3600 + 5 * 60 + 6) == "3d 04:05:06"
+    out = io.StringIO()
+    Console(file=out, width=200, force_terminal=False).print(status_table(stats))
+    table = out.getvalue()
+    gpu0 = next(row for row in table.splitlines() if "gpu0" in row)
+    gpu1 = next(row for row in table.splitlines() if "gpu1" in row)
+    assert "3/0/0" in gpu0 and "0/1/0" in gpu1 and "peak" in table
