@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.sqlite import connect, migrate, transaction
+from toolkit.sqlite import open_store, transaction
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -108,13 +108,7 @@ class NodeStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = connect(self.path, synchronous="NORMAL")
-        try:
-            migrate(self._db, MIGRATIONS, where=str(self.path))
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = open_store(self.path, MIGRATIONS, synchronous="NORMAL")
 
     def close(self) -> None:
         self._db.close()

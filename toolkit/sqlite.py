@@ -127,3 +127,18 @@ def statements(script: str) -> list[str]:
     if pending.strip(" \t\r\n;"):  # an open string literal or a trigger without END
         raise ValueError(f"incomplete SQL statement at the end of a migration: {pending!r:.80}")
     return found
+
+
+def open_store(
+    path: str | Path, migrations: Sequence[Migration], *, synchronous: str = "FULL"
+) -> sqlite3.Connection:
+    """A store's file at ``path`` (its folder made if missing), connected and migrated."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(path, synchronous=synchronous)
+    try:
+        migrate(conn, migrations, where=str(path))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+

@@ -21,7 +21,7 @@ from pool.useful.blobstore import BlobStore
 from protocol.messages import BlobSource, WorkSpec
 from protocol.useful import UnitPlan
 from protocol.workload import Shape
-from toolkit.sqlite import connect, migrate, transaction
+from toolkit.sqlite import open_store, transaction
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS items (
@@ -231,13 +231,7 @@ class QueueDb:
         self.clock = clock
         self._on_units_changed = on_units_changed
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = connect(self.path, synchronous="FULL")
-        try:
-            migrate(self._db, MIGRATIONS, where=str(self.path))
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = open_store(self.path, MIGRATIONS, synchronous="FULL")
 
     def close(self) -> None:
         with self._lock:
