@@ -17,7 +17,8 @@ import ssl
 import trio
 
 from pool.config import StratumConfig
-from pool.session import PoolContext, Session
+from pool.context import PoolContext
+from pool.session import Session
 from protocol import messages
 from protocol.connection import Connection
 
