@@ -53,8 +53,6 @@ SEND_TIMEOUT = 10.0
 LINGER_SECONDS = 0.5
 LINGER_BYTES = 1 << 20
 
-__all__ = ["CloseSession", "PoolContext", "Session"]
-
 
 class CloseSession(Exception):
     """Raised inside a session to close it; the message says why (logged)."""
