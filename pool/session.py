@@ -95,6 +95,7 @@ class Session(MinerState):
 
     @property
     def difficulty(self) -> float:
+        """The miner's share difficulty now (vardiff)."""
         return self.vardiff.difficulty
 
     # -- lifetime -----------------------------------------------------------------------

@@ -4,7 +4,9 @@
 it returns a ``Disconnected`` saying why the connection ended (refused, closed,
 garbage, a request unanswered, no new job for too long, or ``client.reconnect``).
 Jobs are handed to ``on_job`` as they arrive; ``submit`` may be called from any task
-and always returns a ``SubmitOutcome`` (``lost`` if the connection is gone).
+and always returns a ``SubmitOutcome`` (``lost`` if the connection is gone). The
+socket comes from ``worker.transport``; whether subscribe and authorize succeeded is the
+connection's handshake phase (``protocol.connection.Phase``), as on the pool's side.
 """
 
 from __future__ import annotations
