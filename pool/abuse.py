@@ -11,12 +11,23 @@ Everything here is sans-IO (the caller passes the clock) and bounded in memory:
   first when full), and a per-IP connection counter, equally bounded.
 - :class:`CheckBudget` — a token bucket per IP for full share checks (the pool's costly
   work), so no IP can take more than its share of the check threads (SPEC §12.9).
+- :class:`AbusePolicy` — the pool's one place for the ladder's last step: it counts the
+  drops of each IP (strikes) and bans an IP whose drops outweigh its honest sessions.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("pool.session")
+
+# An IP is banned only when its drops (within limits.ban_seconds) outweigh its honest
+# sessions (live ones with an accepted share) this many times over (SPEC §12.9).
+HONEST_SESSION_WEIGHT = 4
 
 
 class RateLimiter:
@@ -177,3 +188,54 @@ class CheckBudget:
         self._earned[session] = earned
         while len(self._earned) > self.max_entries:
             self._earned.popitem(last=False)
+
+
+class AbusePolicy:
+    """Turns share verdicts into escalation steps, counting drops per IP in one place.
+
+    :meth:`record` notes one verdict in the connection's :class:`ShareJudge` and returns
+    the step due: NONE, RESEND_WORK, RECONNECT, DROP, or BAN (the IP is banned now, in
+    ``bans``; the caller closes the IP's connections). Strikes count within the last
+    ``window`` seconds; at most ``max_ips`` IPs keep them.
+    """
+
+    def __init__(self, bans: BanList, window: float, max_ips: int,
+                 metrics: Any | None = None) -> None:
+        self.bans = bans
+        self.window = window
+        self.max_ips = max_ips
+        self.metrics = metrics
+        self.strikes: OrderedDict[str, list[float]] = OrderedDict()
+
+    def record(self, judge: ShareJudge, valid: bool, *, ip: str, login: str,
+               honest: Callable[[], int], now: float) -> Escalation:
+        """One share of ``login`` from ``ip`` was ``valid`` or not; ``honest`` counts the
+        IP's other live sessions with an accepted share (asked only at a drop)."""
+        step = judge.record(valid)
+        if step < Escalation.DROP:
+            return step
+        strikes = self.strike(ip, now)
+        if strikes < 2:
+            return Escalation.DROP
+        others = honest()
+        banned = strikes > HONEST_SESSION_WEIGHT * others
+        if self.metrics is not None:
+            self.metrics.ban_decisions.labels("banned" if banned else "spared").inc()
+        if not banned:
+            log.warning("not banning %s: its %d drop(s) do not outweigh its %d honest "
+                        "session(s); dropping %s only", ip, strikes, others, login)
+            return Escalation.DROP
+        self.bans.ban(ip, now)
+        if self.metrics is not None:
+            self.metrics.bans.inc()
+        return Escalation.BAN
+
+    def strike(self, ip: str, now: float) -> int:
+        """Count a drop for invalid shares against ``ip``; return its strikes within the
+        last ``window`` seconds (bounded in IPs and in times kept)."""
+        times = [t for t in self.strikes.pop(ip, []) if now - t < self.window]
+        times = [*times[-63:], now]
+        self.strikes[ip] = times
+        while len(self.strikes) > self.max_ips:
+            self.strikes.popitem(last=False)
+        return len(times)

@@ -27,6 +27,7 @@ from pool.api_data import PoolData, PoolSnapshot, WorkerSnapshot
 from pool.chain.embedded import EmbeddedChain
 from pool.chain.rpc import RpcChain
 from pool.config import ConfigError, PoolConfig, node_config
+from pool.context import PoolContext
 from pool.hashrate import HashrateMeter
 from pool.health import DependencyHealth, HealthChange, miner_message
 from pool.history import HashrateHistory, run_sampler
@@ -38,7 +39,6 @@ from pool.payouts import run_payouts
 from pool.pplns import PplnsPolicy
 from pool.retention import run_retention
 from pool.server import StratumServer
-from pool.session import PoolContext
 from pool.share_check import ShareChecker
 from pool.sharelog import ShareLog
 from pool.unlocker import run_unlocker

@@ -17,7 +17,9 @@ import ssl
 import trio
 
 from pool.config import StratumConfig
-from pool.session import PoolContext, Session
+from pool.context import PoolContext
+from pool.session import Session
+from pool.sockets import peer_ip
 from protocol import messages
 from protocol.connection import Connection
 
@@ -26,13 +28,6 @@ log = logging.getLogger("pool.server")
 REFUSE_TIMEOUT = 1.0
 
 
-def peer_ip(stream: trio.abc.Stream) -> str:
-    """The remote IP of a TCP (or TLS-over-TCP) stream."""
-    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-    try:
-        return str(inner.socket.getpeername()[0])  # type: ignore[attr-defined]
-    except (AttributeError, OSError):
-        return "unknown"
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -127,9 +122,9 @@ class StratumServer:
                     ) -> None:
         """Listen on the plain port (and the TLS port); ``started`` gets the bound ports."""
         cfg = self.config
-        listeners: list[trio.abc.Listener] = list(
-            await trio.open_tcp_listeners(cfg.port, host=cfg.host))
-        ports = [listeners[0].socket.getsockname()[1]]  # type: ignore[attr-defined]
+        plain = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
+        listeners: list[trio.abc.Listener] = list(plain)
+        ports = [plain[0].socket.getsockname()[1]]
         if cfg.tls:
             context = tls_context(cfg.tls_cert, cfg.tls_key)
             tcp = await trio.open_tcp_listeners(cfg.tls_port, host=cfg.host)

@@ -7,10 +7,17 @@ for raises ``ProtocolError``: the connection must then be closed, and every late
 ``receive_data`` raises too. A well-framed request with an unknown method or invalid
 params is a ``BadRequest`` event instead; the server answers it with ``send_error``
 and keeps the connection.
+
+Both roles also track the handshake (SPEC §wire): a connection is ``Phase.NEW`` until a
+subscribe succeeds, ``SUBSCRIBED`` until an authorize succeeds, then ``AUTHORIZED``. The
+server moves on the results it sends, the client on the responses it receives.
+:data:`REFUSALS` says, in one table, which requests a server refuses in which phase and
+with which error; :meth:`Connection.refusal` looks a request up in it.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,9 +33,41 @@ from .envelope import (
 )
 from .errors import ErrorCode, ProtocolError
 from .framing import MAX_FRAME_SIZE, FrameDecoder, encode_frame
+from .messages import AuthorizeResult, SubscribeResult
 from .methods import CLIENT_METHODS, SERVER_METHODS, parse_result
 
 Role = Literal["client", "server"]
+
+
+class Phase(enum.Enum):
+    """How far the handshake of a connection got."""
+
+    NEW = "new"  # connected, not subscribed
+    SUBSCRIBED = "subscribed"  # subscribed, not authorized
+    AUTHORIZED = "authorized"  # may submit
+
+
+# method → the phases in which a server refuses it, with the wire error and its text.
+# Methods not named here (ping, suggest_difficulty, work.*) are taken in every phase.
+REFUSALS: dict[str, dict[Phase, tuple[ErrorCode, str]]] = {
+    "mining.subscribe": {Phase.SUBSCRIBED: (ErrorCode.OTHER, "already subscribed"),
+                         Phase.AUTHORIZED: (ErrorCode.OTHER, "already subscribed")},
+    "mining.authorize": {Phase.NEW: (ErrorCode.NOT_SUBSCRIBED, "subscribe first")},
+    "mining.submit": {Phase.NEW: (ErrorCode.NOT_SUBSCRIBED, "subscribe first"),
+                      Phase.SUBSCRIBED: (ErrorCode.UNAUTHORIZED, "authorize first")},
+}
+
+RESULT_METHODS: dict[type, str] = {SubscribeResult: "mining.subscribe",
+                                   AuthorizeResult: "mining.authorize"}
+
+
+def next_phase(phase: Phase, method: str, result: Any) -> Phase:
+    """The phase after a successful answer ``result`` to ``method`` (either role)."""
+    if method == "mining.subscribe" and phase is Phase.NEW:
+        return Phase.SUBSCRIBED
+    if method == "mining.authorize" and phase is not Phase.NEW and getattr(result, "ok", False):
+        return Phase.AUTHORIZED
+    return phase
 
 
 @dataclass(frozen=True)
@@ -84,6 +123,7 @@ class Connection:
         self._pending: dict[int, str] = {}
         self._next_id = 1
         self._error: ProtocolError | None = None
+        self.phase = Phase.NEW
 
     @property
     def pending(self) -> dict[int, str]:
@@ -95,9 +135,14 @@ class Connection:
         """Bytes received that do not yet make a whole frame."""
         return self._decoder.buffered
 
+    def refusal(self, message: Message) -> ProtocolError | None:
+        """Why ``message``, a request of the peer, is refused in this phase (None: go on)."""
+        refused = REFUSALS.get(message.method, {}).get(self.phase)
+        return None if refused is None else ProtocolError(refused[1], code=refused[0])
+
     # --- receiving -------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray) -> list[Event]:
         """Feed bytes from the peer; return the events of every frame they complete."""
         if self._error is not None:
             raise ProtocolError(f"connection already failed: {self._error}")
@@ -145,7 +190,9 @@ class Connection:
             raise ProtocolError(f"response to id {response.id}, which has no request pending")
         if response.error is not None:
             return ResponseReceived(response.id, method, None, response.error)
-        return ResponseReceived(response.id, method, parse_result(method, response.result), None)
+        result = parse_result(method, response.result)
+        self.phase = next_phase(self.phase, method, result)
+        return ResponseReceived(response.id, method, result, None)
 
     # --- sending ---------------------------------------------------------------------
 
@@ -179,9 +226,14 @@ class Connection:
         return encode_frame(Notification(message.method, message.to_params()).to_wire())
 
     def send_result(self, id: int, result: Any) -> bytes:
-        """Answer request ``id``; ``result`` is a result object (``to_result()``) or plain."""
+        """Answer request ``id``; ``result`` is a result object (``to_result()``) or plain.
+
+        A subscribe or (ok) authorize result moves the handshake on."""
         if not is_valid_id(id):
             raise ValueError(f"not a request id: {id!r}")
+        method = RESULT_METHODS.get(type(result))
+        if method is not None:
+            self.phase = next_phase(self.phase, method, result)
         wire = result.to_result() if hasattr(result, "to_result") else result
         return encode_frame(Response(id, wire).to_wire())
 

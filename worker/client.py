@@ -4,13 +4,14 @@
 it returns a ``Disconnected`` saying why the connection ended (refused, closed,
 garbage, a request unanswered, no new job for too long, or ``client.reconnect``).
 Jobs are handed to ``on_job`` as they arrive; ``submit`` may be called from any task
-and always returns a ``SubmitOutcome`` (``lost`` if the connection is gone).
+and always returns a ``SubmitOutcome`` (``lost`` if the connection is gone). The
+socket comes from ``worker.transport``; whether subscribe and authorize succeeded is the
+connection's handshake phase (``protocol.connection.Phase``), as on the pool's side.
 """
 
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from protocol.connection import (
     BadRequest,
     Connection,
     NotificationReceived,
+    Phase,
     ResponseReceived,
 )
 from protocol.errors import ErrorCode, ProtocolError
@@ -39,6 +41,7 @@ from protocol.messages import (
 from protocol.work_messages import GetBlob, WorkResult, WorkResultAck
 
 from .config import ConnectionConfig, PoolEndpoint
+from .transport import Dropped, open_stream, why
 
 log = logging.getLogger(__name__)
 
@@ -88,70 +91,10 @@ class RequestFailed(Exception):
         self.code = code
 
 
-class _Dropped(Exception):
-    """Internal: this connection is finished, for ``reason``."""
-
-    def __init__(self, reason: str, reconnect: Reconnect | None = None, *,
-                 login_refused: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.reconnect = reconnect
-        self.login_refused = login_refused
-
-
 class _Waiter:
     def __init__(self) -> None:
         self.event = trio.Event()
         self.response: ResponseReceived | None = None
-
-
-async def open_stream(
-    endpoint: PoolEndpoint, settings: ConnectionConfig
-) -> trio.abc.Stream:
-    """TCP (or TLS over TCP) to ``endpoint`` within ``connect_timeout``; raises ``_Dropped``."""
-    try:
-        with trio.fail_after(settings.connect_timeout):
-            if endpoint.tls:
-                context = _tls_context(settings.tls_ca)
-                stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
-                    endpoint.host, endpoint.port, ssl_context=context
-                )
-                try:
-                    await stream.do_handshake()  # type: ignore[attr-defined]
-                except trio.BrokenResourceError as exc:
-                    await trio.aclose_forcefully(stream)
-                    trusted = f"CA file {settings.tls_ca}" if settings.tls_ca else \
-                        "the system's CAs"
-                    raise _Dropped(f"TLS handshake failed: {_why(exc)} (trusting {trusted})"
-                                   ) from None
-            else:
-                stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-    except trio.TooSlowError:
-        raise _Dropped(f"connect timed out after {settings.connect_timeout:g}s") from None
-    except (OSError, trio.BrokenResourceError) as exc:
-        raise _Dropped(f"cannot connect: {_why(exc)}") from None
-    return stream
-
-
-def _tls_context(cafile: str) -> ssl.SSLContext:
-    """Verify the pool's certificate against ``cafile`` ("" = the system's CAs)."""
-    try:
-        return ssl.create_default_context(cafile=cafile or None)
-    except (OSError, ssl.SSLError) as exc:  # missing or unreadable CA file
-        raise _Dropped(f"cannot use TLS CA file {cafile!r}: {_why(exc)}") from None
-
-
-def _why(exc: BaseException) -> str:
-    """A short reason for a connection failure (the SSL reason for a TLS one)."""
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return f"certificate verify failed: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return str(exc.reason).replace("_", " ").lower()
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    if exc.__cause__ is not None:
-        return _why(exc.__cause__)
-    return str(exc) or type(exc).__name__
 
 
 class PoolClient:
@@ -184,7 +127,7 @@ class PoolClient:
         self._send_lock = trio.Lock()
         self._waiters: dict[int, _Waiter] = {}
         self._scope: trio.CancelScope | None = None
-        self._dropped: _Dropped | None = None
+        self._dropped: Dropped | None = None
         self._last_job_at = 0.0
         self.subscription: SubscribeResult | None = None
         self.ready = False
@@ -197,7 +140,7 @@ class PoolClient:
         """Connect, subscribe, authorize, then serve until the connection ends; says why."""
         try:
             self._stream = await open_stream(self.endpoint, self.settings)
-        except _Dropped as exc:
+        except Dropped as exc:
             self.closed = True
             return Disconnected(exc.reason)
         try:
@@ -206,10 +149,10 @@ class PoolClient:
                 nursery.start_soon(self._receive_loop)
                 nursery.start_soon(self._handshake, nursery, on_ready)
         except trio.BrokenResourceError as exc:  # pragma: no cover - closing a dead stream
-            self._drop(_Dropped(f"connection broke: {_why(exc)}"))
+            self._drop(Dropped(f"connection broke: {why(exc)}"))
         finally:
             self._close_waiters()
-        dropped = self._dropped or _Dropped("connection closed")
+        dropped = self._dropped or Dropped("connection closed")
         return Disconnected(dropped.reason, dropped.reconnect, self.jobs_received > 0,
                             dropped.login_refused)
 
@@ -221,21 +164,22 @@ class PoolClient:
                 Subscribe(agent=self.agent, protocol=1, resume=self._resume,
                           capabilities=self.capabilities or None)
             )
-            if sub.error is not None:
-                raise _Dropped(f"subscribe refused: {sub.error.code} {sub.error.message}")
+            if self._conn.phase is Phase.NEW:  # the connection moves on what succeeded
+                assert sub.error is not None
+                raise Dropped(f"subscribe refused: {sub.error.code} {sub.error.message}")
             self.subscription = sub.result
             auth = await self._call(Authorize(login=self.login, password=self.password))
-            if auth.error is not None or not auth.result.ok:
+            if self._conn.phase is not Phase.AUTHORIZED:
                 why = f"{auth.error.code} {auth.error.message}" if auth.error else "false"
                 refused = auth.error is not None and auth.error.code == ErrorCode.UNAUTHORIZED
-                raise _Dropped(f"authorization of {self.login!r} refused: {why}",
+                raise Dropped(f"authorization of {self.login!r} refused: {why}",
                                login_refused=refused)
             if self._suggest > 0:
                 answer = await self._call(SuggestDifficulty(difficulty=self._suggest))
                 if answer.error is not None:
                     log.info("pool %s ignored suggest_difficulty: %s",
                              self.endpoint.label, answer.error.message)
-        except _Dropped as exc:
+        except Dropped as exc:
             self._drop(exc)
             return
         self.ready = True
@@ -247,7 +191,7 @@ class PoolClient:
         nursery.start_soon(self._keepalive)
         nursery.start_soon(self._job_timeout)
 
-    def _drop(self, exc: _Dropped) -> None:
+    def _drop(self, exc: Dropped) -> None:
         if self._dropped is None:
             self._dropped = exc
         self.closed = True
@@ -262,7 +206,7 @@ class PoolClient:
 
     def close(self) -> None:
         """Drop the connection now (the ``run`` call returns)."""
-        self._drop(_Dropped("closed by the worker"))
+        self._drop(Dropped("closed by the worker"))
 
     # --- receiving ---------------------------------------------------------------------
 
@@ -272,17 +216,17 @@ class PoolClient:
             while True:
                 data = await self._stream.receive_some(RECEIVE_CHUNK)
                 if not data:
-                    raise _Dropped("the pool closed the connection")
+                    raise Dropped("the pool closed the connection")
                 try:
                     events = self._conn.receive_data(data)
                 except ProtocolError as exc:
-                    raise _Dropped(f"malformed data from the pool ({exc}); dropping it") from None
+                    raise Dropped(f"malformed data from the pool ({exc}); dropping it") from None
                 for event in events:
                     await self._dispatch(event)
-        except _Dropped as exc:
+        except Dropped as exc:
             self._drop(exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._drop(_Dropped(f"connection lost: {_why(exc)}"))
+            self._drop(Dropped(f"connection lost: {why(exc)}"))
 
     async def _dispatch(self, event: object) -> None:
         if isinstance(event, ResponseReceived):
@@ -295,7 +239,7 @@ class PoolClient:
             if isinstance(message, Notify):
                 self._job(message)
             elif isinstance(message, Reconnect):
-                raise _Dropped(
+                raise Dropped(
                     f"pool asked to reconnect to {message.host}:{message.port} "
                     f"in {message.wait:g}s", message,
                 )
@@ -323,12 +267,12 @@ class PoolClient:
 
     async def _send(self, data: bytes) -> None:
         if self._stream is None or self.closed:
-            raise _Dropped("not connected")
+            raise Dropped("not connected")
         try:
             async with self._send_lock:
                 await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise _Dropped(f"connection lost while sending: {_why(exc)}") from None
+            raise Dropped(f"connection lost while sending: {why(exc)}") from None
 
     async def _start_call(
         self, message: Message
@@ -339,7 +283,7 @@ class PoolClient:
         flight (pipelining) and collect their answers later.
         """
         if self.closed:
-            raise _Dropped("not connected")
+            raise Dropped("not connected")
         request_id, data = self._conn.send_request(message)
         waiter = _Waiter()
         self._waiters[request_id] = waiter
@@ -350,9 +294,9 @@ class PoolClient:
                 await waiter.event.wait()
             if waiter.response is None:
                 if self.closed:
-                    raise _Dropped("connection closed while waiting for an answer")
+                    raise Dropped("connection closed while waiting for an answer")
                 self._waiters.pop(request_id, None)
-                exc = _Dropped(
+                exc = Dropped(
                     f"no answer to {message.method} in {self.settings.response_timeout:g}s"
                 )
                 self._drop(exc)
@@ -362,7 +306,7 @@ class PoolClient:
         return answer
 
     async def _call(self, message: Message) -> ResponseReceived:
-        """Send a request and wait for its response; ``_Dropped`` if none comes."""
+        """Send a request and wait for its response; ``Dropped`` if none comes."""
         return await (await self._start_call(message))()
 
     async def submit(
@@ -375,7 +319,7 @@ class PoolClient:
             return SubmitOutcome("lost", message=f"not sendable: {exc}")
         try:
             answer = await self._call(message)
-        except _Dropped as exc:
+        except Dropped as exc:
             self._drop(exc)
             return SubmitOutcome("lost", message=exc.reason)
         if answer.error is None:
@@ -392,14 +336,14 @@ class PoolClient:
         """
         try:
             answer = await self._start_call(message)
-        except _Dropped as exc:
+        except Dropped as exc:
             self._drop(exc)
             raise RequestFailed(exc.reason) from None
 
         async def result() -> object:
             try:
                 reply = await answer()
-            except _Dropped as exc:
+            except Dropped as exc:
                 self._drop(exc)
                 raise RequestFailed(exc.reason) from None
             if reply.error is not None:
@@ -444,7 +388,7 @@ class PoolClient:
                 answer = await self._call(Ping())
                 if answer.error is not None:
                     log.debug("pool %s answered ping with %s", self.endpoint.label, answer.error)
-        except _Dropped as exc:
+        except Dropped as exc:
             self._drop(exc)
 
     async def _job_timeout(self) -> None:
@@ -452,7 +396,7 @@ class PoolClient:
         while True:
             deadline = self._last_job_at + limit
             if trio.current_time() >= deadline:
-                self._drop(_Dropped(f"no new job for {limit:g}s; reconnecting"))
+                self._drop(Dropped(f"no new job for {limit:g}s; reconnecting"))
                 return
             await trio.sleep_until(deadline)
 
@@ -463,7 +407,7 @@ async def probe(endpoint: PoolEndpoint, settings: ConnectionConfig, agent: str) 
                         on_job=lambda job: None)
     try:
         client._stream = await open_stream(endpoint, settings)
-    except _Dropped as exc:
+    except Dropped as exc:
         return exc.reason
     reason: str | None = None
     answered = False
@@ -475,7 +419,7 @@ async def probe(endpoint: PoolEndpoint, settings: ConnectionConfig, agent: str) 
             answered = True
             if answer.error is not None:
                 reason = f"subscribe refused: {answer.error.message}"
-        except _Dropped as exc:
+        except Dropped as exc:
             reason = exc.reason
         nursery.cancel_scope.cancel()
     if not answered and reason is None:

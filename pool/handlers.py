@@ -1,0 +1,195 @@
+"""What the pool answers to each miner request, and the escalation for invalid shares.
+
+:class:`RequestHandlers` belongs to one :class:`~pool.session.Session` and answers
+through it: ``mining.subscribe`` (a new or resumed extranonce1), ``mining.authorize``
+(the payout address is checked), ``mining.suggest_difficulty``, ``mining.submit`` (the
+share check, credit, vardiff) and ``work.result`` (a finished unit's verdict answers its
+last chunk after the next job went out). The session has already refused what the
+handshake phase forbids (``protocol.connection.REFUSALS``); a submit's refusal is a
+rejected share like any other. :meth:`judge` turns a verdict into the next step of
+``pool.abuse.AbusePolicy``'s ladder.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from pool.abuse import Escalation
+from pool.share_check import Miner, ShareRejected
+from pool.sockets import tcp_socket
+from pool.useful.service import Delivery
+from protocol import messages
+from protocol.address import validate_address
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.header import EXTRANONCE2_SIZE
+from protocol.work_messages import USEFUL_CAPABILITY, WorkResult, WorkResultAck
+
+if TYPE_CHECKING:
+    from pool.session import Session
+
+log = logging.getLogger("pool.session")
+
+# Answers to a submit that are neutral in the escalation (SPEC §12.9): a stale share is
+# honest, a rate-limited one was never judged. Every other refusal that is not the pool's
+# own fault counts against the miner; only an accepted share counts for it, so cheap stale
+# submits cannot dilute the invalid ratio of bogus tickets.
+NEUTRAL_CODES = {ErrorCode.STALE, ErrorCode.RATE_LIMITED}
+INVALID = "most of your recent shares were invalid"
+
+
+class RequestHandlers:
+    """The request handlers of ``session`` (each answers the request it is given)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.ctx = session.ctx
+
+    async def subscribe(self, request_id: int, msg: messages.Subscribe) -> None:
+        s = self.session
+        resumed = None if msg.resume is None else self.ctx.resumable.pop(msg.resume, None)
+        if msg.resume is not None and resumed is not None:
+            s.session_id, s.extranonce1 = msg.resume, resumed
+        else:
+            s.extranonce1 = self.ctx.jobs.new_extranonce1()
+        s.agent = msg.agent
+        s.useful_capable = USEFUL_CAPABILITY in (msg.capabilities or ())
+        result = messages.SubscribeResult(session_id=s.session_id, extranonce1=s.extranonce1,
+                                          extranonce2_size=EXTRANONCE2_SIZE)
+        await s.send(s.conn.send_result(request_id, result))
+
+    async def authorize(self, request_id: int, msg: messages.Authorize) -> None:
+        s = self.session
+        try:
+            validate_address(msg.address)
+        except ProtocolError as exc:
+            await s.send(s.conn.send_error(request_id, ErrorCode.UNAUTHORIZED,
+                                           f"login {msg.login!r:.80}: {exc}"))
+            return
+        first = s.address is None
+        s.address, s.worker = msg.address, msg.worker
+        await s.send(s.conn.send_result(request_id, messages.AuthorizeResult()))
+        if first:
+            log.info("miner %s connected from %s (%s, session %s)", s.login, s.peer,
+                     s.agent or "unknown agent", s.session_id.hex())
+        s.ready.set()
+
+    async def suggest(self, request_id: int, msg: messages.SuggestDifficulty) -> None:
+        s = self.session
+        try:
+            changed = s.vardiff.suggest(msg.difficulty, trio.current_time())
+        except ValueError as exc:
+            await s.send(s.conn.send_error(request_id, ErrorCode.MALFORMED, str(exc)))
+            return
+        await s.send(s.conn.send_result(request_id, messages.SuggestDifficultyResult()))
+        if changed is not None and s.authorized:
+            await s.feed.new_difficulty(changed)
+
+    async def submit(self, request_id: int, msg: messages.Submit) -> None:
+        """Check one share (the session took an in-flight slot for it; freed here)."""
+        s = self.session
+        try:
+            refused = s.conn.refusal(msg)
+            if refused is not None:
+                raise ShareRejected(str(refused), refused.code)
+            assert s.address is not None and s.worker is not None
+            miner = Miner(s.session_id, s.address, s.worker, s.peer)
+            share = await self.ctx.checker.check(miner, s.book, msg)
+        except ShareRejected as exc:
+            s.rejected += 1
+            self.ctx.checker.count(exc.code)
+            await s.send(s.conn.send_error(request_id, exc.code, str(exc)))
+            if not exc.pool_fault and exc.code not in NEUTRAL_CODES:
+                await self.judge(False)
+            return
+        finally:
+            s.inflight.release()
+        s.accepted += 1
+        self.ctx.checker.count(None)
+        now = trio.current_time()
+        s.hashrate.add(share.difficulty, now)
+        if self.ctx.pool_hashrate is not None:
+            self.ctx.pool_hashrate.add(share.difficulty, now)
+        await s.send(s.conn.send_result(
+            request_id, messages.SubmitResult(difficulty=share.difficulty,
+                                              block=share.block_hash)))
+        await self.judge(True)
+        if self.ctx.config.vardiff.enabled:
+            changed = s.vardiff.record_share(now, share.difficulty)
+            if changed is not None:
+                await s.feed.new_difficulty(changed)
+
+    async def work_result(self, request_id: int, msg: WorkResult, nursery: trio.Nursery
+                          ) -> None:
+        s = self.session
+        try:
+            taken = await s.lease.take_result(msg)
+        except ProtocolError as exc:
+            await s.error(request_id, exc)
+            return
+        if isinstance(taken, WorkResultAck):
+            await s.send(s.conn.send_result(request_id, taken))
+            return
+        # The whole unit is in: its mining is over. The verdict is reached meanwhile, but
+        # answered only after the next job went out (another unit, or synthetic).
+        pushed = trio.Event()
+        nursery.start_soon(s.guard, self._verdict, request_id, taken, pushed)
+        try:
+            if s.authorized:
+                await s.feed.push_fresh()
+        finally:
+            pushed.set()
+
+    async def _verdict(self, request_id: int, delivery: Delivery, pushed: trio.Event) -> None:
+        """Judge a delivered unit (credit or void its held shares); answer its last chunk."""
+        s = self.session
+        try:
+            ack, verdict = await s.lease.judge(delivery, self.ctx.checker.credit)
+        except ProtocolError as exc:
+            await pushed.wait()
+            await s.error(request_id, exc)
+            return
+        await pushed.wait()
+        await s.send(s.conn.send_result(request_id, ack))
+        if not verdict.passed:
+            for _ in range(max(1, len(verdict.end.shares))):
+                await self.judge(False)
+
+    async def judge(self, valid: bool) -> None:
+        """Count one share (or bad request) for or against the miner; act on the step."""
+        s = self.session
+        step = self.ctx.abuse.record(
+            s.judge, valid, ip=s.peer, login=s.login, now=trio.current_time(),
+            honest=lambda: self.ctx.honest_sessions(s.peer, s))
+        if step == Escalation.RESEND_WORK:
+            log.info("miner %s sends mostly invalid shares: resending work", s.login)
+            await s.notify(messages.ShowMessage(text=f"{INVALID}; here is fresh work"))
+            if s.authorized:
+                await s.feed.push_fresh()
+        elif step == Escalation.RECONNECT:
+            log.info("miner %s still sends invalid shares: asking it to reconnect", s.login)
+            host, port = self._local_address()
+            await s.notify(messages.Reconnect(
+                host=self.ctx.config.stratum.public_host or host, port=port, wait=5.0))
+        elif step >= Escalation.DROP:
+            if step == Escalation.BAN:
+                others = self.ctx.drop_peer(
+                    s.peer, "banned: repeated invalid shares from this IP address", keep=s)
+                log.warning("banning %s for %.0f s: repeated invalid shares from %s; "
+                            "dropping its %d other connection(s)", s.peer,
+                            self.ctx.bans.ban_seconds, s.login, others)
+                await s.notify_and_close("banned: repeated invalid shares")
+            await s.notify_and_close(f"dropped: {INVALID}")
+
+    def _local_address(self) -> tuple[str, int]:
+        """The address and port this miner connected to (where to reconnect)."""
+        sock = tcp_socket(self.session.stream)
+        try:
+            if sock is not None:
+                host, port = sock.getsockname()[:2]
+                return str(host), int(port)
+        except (OSError, ValueError):
+            pass
+        return "127.0.0.1", self.ctx.config.stratum.port or 3333

@@ -1,0 +1,97 @@
+"""One session's side of useful work (SPEC §12.7): its lease, its blobs, its results.
+
+:class:`UsefulLease` is the collaborator a session asks about useful work. It knows
+whether the session takes useful work at all (it subscribed with ``useful-1`` and the
+pool has useful work), leases a unit for the session's next job (a broken unit falls back
+to synthetic work), answers ``work.get_blob`` and takes ``work.result`` chunks (refused
+with a ``ProtocolError`` for a session that takes no useful work), has a delivered unit
+judged, and hands the lease back when the connection ends.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pool.jobs import SessionJobs
+from pool.miner_state import MinerState
+from pool.useful.queue import Lease
+from pool.useful.results import Verdict
+from pool.useful.service import Credit, Delivery, UsefulWork
+from pool.useful.unitwork import UnitWork
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.work_messages import (
+    USEFUL_CAPABILITY,
+    GetBlob,
+    GetBlobResult,
+    WorkResult,
+    WorkResultAck,
+)
+
+log = logging.getLogger("pool.session")
+
+
+class UsefulLease:
+    """Useful work for the session whose state is ``miner`` (``useful`` None: none)."""
+
+    def __init__(self, useful: UsefulWork | None, miner: MinerState) -> None:
+        self._useful = useful
+        self.miner = miner
+
+    @property
+    def work(self) -> UsefulWork | None:
+        """The pool's useful work, if this session takes it."""
+        return self._useful if self.miner.useful_capable else None
+
+    def current(self) -> Lease | None:
+        """The lease of the session's newest useful job (None: synthetic work)."""
+        return None if self.work is None else self.work.current(self.miner.work_key)
+
+    def wants_offer(self, book: SessionJobs) -> bool:
+        """Whether an offered unit is for this session: it takes useful work, holds no
+        lease and has had its first job (before that it leases with that job anyway)."""
+        return self.work is not None and book.current is not None and self.current() is None
+
+    async def lease(self) -> tuple[Lease, UnitWork] | None:
+        """The session's lease and workload for its next job, or None for synthetic work."""
+        useful = self.work
+        if useful is None:
+            return None
+        try:
+            return await useful.lease(self.miner.work_key)
+        except Exception as exc:  # a broken unit must not stop mining: synthetic work
+            log.error("could not lease useful work to %s: %s", self.miner.login, exc)
+            return None
+
+    async def attach(self, lease: Lease, job_id: str) -> None:
+        """Note that job ``job_id`` mines ``lease``'s unit."""
+        assert self.work is not None
+        await self.work.attach(lease, self.miner.work_key, job_id)
+
+    async def release(self) -> None:
+        """The connection ended: its unit goes back to the queue (errors are logged)."""
+        if self.work is None:
+            return
+        try:
+            await self.work.release_session(self.miner.work_key)
+        except Exception as exc:
+            log.error("could not release the lease of %s: %s", self.miner.login, exc)
+
+    async def get_blob(self, msg: GetBlob) -> GetBlobResult:
+        """Answer ``work.get_blob``; ``ProtocolError`` (wire code) when refused."""
+        if self.work is None:
+            raise ProtocolError("work.get_blob: this session takes no useful work "
+                                f'(subscribe with capabilities ["{USEFUL_CAPABILITY}"])',
+                                code=ErrorCode.OTHER)
+        return await self.work.get_blob(self.miner.work_key, msg)
+
+    async def take_result(self, msg: WorkResult) -> WorkResultAck | Delivery:
+        """Take one ``work.result`` chunk: its ack, or the :class:`Delivery` of the unit."""
+        if self.work is None:
+            raise ProtocolError("work.result: this session takes no useful work",
+                                code=ErrorCode.OTHER)
+        return await self.work.take_result(self.miner.work_key, msg)
+
+    async def judge(self, delivery: Delivery, credit: Credit) -> tuple[WorkResultAck, Verdict]:
+        """Check a delivered unit (credit or void its held shares): the ack and verdict."""
+        assert self._useful is not None
+        return await self._useful.judge(delivery, credit)
