@@ -1,4 +1,6 @@
-"""Which of our packages may import which (read from the source with ``ast``, nothing run).
+"""The house rules of ARCHITECTURE.md, read from the source (``ast``, nothing run).
+
+No module of our packages is longer than ``MAX_MODULE_LINES``. Which package may import which:
 
 - ``protocol`` (the sans-IO core) imports none of pool, worker, node;
 - ``toolkit`` (small helpers) imports none of our packages;
@@ -17,6 +19,7 @@ import pytest
 from tests.support import REPO
 
 OURS = ("protocol", "pool", "worker", "node", "toolkit")
+MAX_MODULE_LINES = 450  # the OpenCL kernel source is a .cl file, not a module
 EMBEDDED = "pool.chain.embedded"
 
 FORBIDDEN: dict[str, set[str]] = {
@@ -99,3 +102,9 @@ def test_only_the_embedded_adapter_imports_the_node():
         and any(t.split(".")[0] == "node" for _, t in imported_modules(p))
     )
     assert importers == [EMBEDDED], f"pool modules importing node: {importers}"
+
+
+def test_no_module_is_over_the_size_limit():
+    long = {str(p.relative_to(REPO)): n for p in modules()
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them): {long}"
