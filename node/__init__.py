@@ -1,5 +1,6 @@
 """The matmine devnet node: chain rules and state (``chain``), SQLite (``store``), RPC and CLI."""
 
-from .chain import Chain, NodeConfig
+from .chain import Chain
+from .config import NodeConfig
 
 __all__ = ["Chain", "NodeConfig"]

@@ -136,7 +136,8 @@ class BanList:
         the per-IP table is full."""
         count = self._connections.get(ip, 0)
         if (limit is not None and count >= limit) or (
-                count == 0 and len(self._connections) >= self.max_entries):
+            count == 0 and len(self._connections) >= self.max_entries
+        ):
             return False
         self._connections[ip] = count + 1
         return True
@@ -199,16 +200,25 @@ class AbusePolicy:
     ``window`` seconds; at most ``max_ips`` IPs keep them.
     """
 
-    def __init__(self, bans: BanList, window: float, max_ips: int,
-                 metrics: Any | None = None) -> None:
+    def __init__(
+        self, bans: BanList, window: float, max_ips: int, metrics: Any | None = None
+    ) -> None:
         self.bans = bans
         self.window = window
         self.max_ips = max_ips
         self.metrics = metrics
         self.strikes: OrderedDict[str, list[float]] = OrderedDict()
 
-    def record(self, judge: ShareJudge, valid: bool, *, ip: str, login: str,
-               honest: Callable[[], int], now: float) -> Escalation:
+    def record(
+        self,
+        judge: ShareJudge,
+        valid: bool,
+        *,
+        ip: str,
+        login: str,
+        honest: Callable[[], int],
+        now: float,
+    ) -> Escalation:
         """One share of ``login`` from ``ip`` was ``valid`` or not; ``honest`` counts the
         IP's other live sessions with an accepted share (asked only at a drop)."""
         step = judge.record(valid)
@@ -222,8 +232,14 @@ class AbusePolicy:
         if self.metrics is not None:
             self.metrics.ban_decisions.labels("banned" if banned else "spared").inc()
         if not banned:
-            log.warning("not banning %s: its %d drop(s) do not outweigh its %d honest "
-                        "session(s); dropping %s only", ip, strikes, others, login)
+            log.warning(
+                "not banning %s: its %d drop(s) do not outweigh its %d honest "
+                "session(s); dropping %s only",
+                ip,
+                strikes,
+                others,
+                login,
+            )
             return Escalation.DROP
         self.bans.ban(ip, now)
         if self.metrics is not None:

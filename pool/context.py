@@ -43,8 +43,7 @@ class PoolContext:
 
     def __post_init__(self) -> None:
         limits = self.config.limits
-        self.abuse = AbusePolicy(self.bans, limits.ban_seconds, limits.max_banned_ips,
-                                 self.metrics)
+        self.abuse = AbusePolicy(self.bans, limits.ban_seconds, limits.max_banned_ips, self.metrics)
 
     @property
     def strikes(self) -> OrderedDict[str, list[float]]:

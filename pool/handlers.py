@@ -56,8 +56,9 @@ class RequestHandlers:
             s.extranonce1 = self.ctx.jobs.new_extranonce1()
         s.agent = msg.agent
         s.useful_capable = USEFUL_CAPABILITY in (msg.capabilities or ())
-        result = messages.SubscribeResult(session_id=s.session_id, extranonce1=s.extranonce1,
-                                          extranonce2_size=EXTRANONCE2_SIZE)
+        result = messages.SubscribeResult(
+            session_id=s.session_id, extranonce1=s.extranonce1, extranonce2_size=EXTRANONCE2_SIZE
+        )
         await s.send(s.conn.send_result(request_id, result))
 
     async def authorize(self, request_id: int, msg: messages.Authorize) -> None:
@@ -65,15 +66,23 @@ class RequestHandlers:
         try:
             validate_address(msg.address)
         except ProtocolError as exc:
-            await s.send(s.conn.send_error(request_id, ErrorCode.UNAUTHORIZED,
-                                           f"login {msg.login!r:.80}: {exc}"))
+            await s.send(
+                s.conn.send_error(
+                    request_id, ErrorCode.UNAUTHORIZED, f"login {msg.login!r:.80}: {exc}"
+                )
+            )
             return
         first = s.address is None
         s.address, s.worker = msg.address, msg.worker
         await s.send(s.conn.send_result(request_id, messages.AuthorizeResult()))
         if first:
-            log.info("miner %s connected from %s (%s, session %s)", s.login, s.peer,
-                     s.agent or "unknown agent", s.session_id.hex())
+            log.info(
+                "miner %s connected from %s (%s, session %s)",
+                s.login,
+                s.peer,
+                s.agent or "unknown agent",
+                s.session_id.hex(),
+            )
         s.ready.set()
 
     async def suggest(self, request_id: int, msg: messages.SuggestDifficulty) -> None:
@@ -112,17 +121,19 @@ class RequestHandlers:
         s.hashrate.add(share.difficulty, now)
         if self.ctx.pool_hashrate is not None:
             self.ctx.pool_hashrate.add(share.difficulty, now)
-        await s.send(s.conn.send_result(
-            request_id, messages.SubmitResult(difficulty=share.difficulty,
-                                              block=share.block_hash)))
+        await s.send(
+            s.conn.send_result(
+                request_id,
+                messages.SubmitResult(difficulty=share.difficulty, block=share.block_hash),
+            )
+        )
         await self.judge(True)
         if self.ctx.config.vardiff.enabled:
             changed = s.vardiff.record_share(now, share.difficulty)
             if changed is not None:
                 await s.feed.new_difficulty(changed)
 
-    async def work_result(self, request_id: int, msg: WorkResult, nursery: trio.Nursery
-                          ) -> None:
+    async def work_result(self, request_id: int, msg: WorkResult, nursery: trio.Nursery) -> None:
         s = self.session
         try:
             taken = await s.lease.take_result(msg)
@@ -161,8 +172,13 @@ class RequestHandlers:
         """Count one share (or bad request) for or against the miner; act on the step."""
         s = self.session
         step = self.ctx.abuse.record(
-            s.judge, valid, ip=s.peer, login=s.login, now=trio.current_time(),
-            honest=lambda: self.ctx.honest_sessions(s.peer, s))
+            s.judge,
+            valid,
+            ip=s.peer,
+            login=s.login,
+            now=trio.current_time(),
+            honest=lambda: self.ctx.honest_sessions(s.peer, s),
+        )
         if step == Escalation.RESEND_WORK:
             log.info("miner %s sends mostly invalid shares: resending work", s.login)
             await s.notify(messages.ShowMessage(text=f"{INVALID}; here is fresh work"))
@@ -171,15 +187,24 @@ class RequestHandlers:
         elif step == Escalation.RECONNECT:
             log.info("miner %s still sends invalid shares: asking it to reconnect", s.login)
             host, port = self._local_address()
-            await s.notify(messages.Reconnect(
-                host=self.ctx.config.stratum.public_host or host, port=port, wait=5.0))
+            await s.notify(
+                messages.Reconnect(
+                    host=self.ctx.config.stratum.public_host or host, port=port, wait=5.0
+                )
+            )
         elif step >= Escalation.DROP:
             if step == Escalation.BAN:
                 others = self.ctx.drop_peer(
-                    s.peer, "banned: repeated invalid shares from this IP address", keep=s)
-                log.warning("banning %s for %.0f s: repeated invalid shares from %s; "
-                            "dropping its %d other connection(s)", s.peer,
-                            self.ctx.bans.ban_seconds, s.login, others)
+                    s.peer, "banned: repeated invalid shares from this IP address", keep=s
+                )
+                log.warning(
+                    "banning %s for %.0f s: repeated invalid shares from %s; "
+                    "dropping its %d other connection(s)",
+                    s.peer,
+                    self.ctx.bans.ban_seconds,
+                    s.login,
+                    others,
+                )
                 await s.notify_and_close("banned: repeated invalid shares")
             await s.notify_and_close(f"dropped: {INVALID}")
 

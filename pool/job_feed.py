@@ -26,10 +26,16 @@ log = logging.getLogger("pool.session")
 class JobFeed:
     """The job side of one session; ``notify`` sends a notification to its miner."""
 
-    def __init__(self, jobs: JobManager, miner: MinerState, book: SessionJobs,
-                 vardiff: Vardiff, lease: UsefulLease,
-                 notify: Callable[[Message], Awaitable[None]], metrics: Any | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        jobs: JobManager,
+        miner: MinerState,
+        book: SessionJobs,
+        vardiff: Vardiff,
+        lease: UsefulLease,
+        notify: Callable[[Message], Awaitable[None]],
+        metrics: Any | None = None,
+    ) -> None:
         self.jobs = jobs
         self.miner = miner
         self.book = book
@@ -53,8 +59,9 @@ class JobFeed:
         """Send a clean job on the current template now (see :meth:`push`)."""
         await self.push(self.jobs.current, clean=True, new_unit_only=new_unit_only)
 
-    async def push(self, template: Template | None, *, clean: bool,
-                   new_unit_only: bool = False) -> None:
+    async def push(
+        self, template: Template | None, *, clean: bool, new_unit_only: bool = False
+    ) -> None:
         """Make, remember and send the session's next job (on its leased unit, if any);
         with ``new_unit_only``, only if that is a unit the session did not mine yet."""
         extranonce1 = self.miner.extranonce1
@@ -68,12 +75,18 @@ class JobFeed:
                 clean = True  # new unit: shares of the earlier jobs are no use any more
             now = trio.current_time()
             if leased is None:
-                job = self.jobs.make_job(template, extranonce1, self.vardiff.difficulty,
-                                         clean, now)
+                job = self.jobs.make_job(template, extranonce1, self.vardiff.difficulty, clean, now)
             else:
                 lease, work = leased
-                job = self.jobs.make_job(template, extranonce1, self.vardiff.difficulty,
-                                         clean, now, workload=work, lease_id=lease.id)
+                job = self.jobs.make_job(
+                    template,
+                    extranonce1,
+                    self.vardiff.difficulty,
+                    clean,
+                    now,
+                    workload=work,
+                    lease_id=lease.id,
+                )
                 await self.lease.attach(lease, job.job_id)
             self._template_id = max(self._template_id, template.id)
             self.book.add(job, now)

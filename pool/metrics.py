@@ -1,6 +1,6 @@
 """The pool's Prometheus metrics, registered in a registry passed in (no global state).
 
-Labels stay low-cardinality (DESIGN §5): share results, block states and vardiff
+Labels stay low-cardinality: share results, block states and vardiff
 directions only, never per-worker or per-address labels. Every label value is created at
 start, so a scrape shows zeros rather than missing series and ``rate()`` works from the
 first sample.
@@ -13,8 +13,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pool.health import DEPENDENCIES
 from protocol.errors import ErrorCode
 
-SHARE_RESULTS = ("accepted", "stale", "duplicate", "low_difficulty", "invalid", "malformed",
-                 "rate_limited")
+SHARE_RESULTS = (
+    "accepted",
+    "stale",
+    "duplicate",
+    "low_difficulty",
+    "invalid",
+    "malformed",
+    "rate_limited",
+)
 BLOCK_STATUSES = ("found", "rejected", "confirmed", "orphaned")
 VARDIFF_DIRECTIONS = ("up", "down")
 
@@ -128,7 +135,8 @@ class PoolMetrics:
             "matmine_pool_ban_decisions",
             "IP ban decisions at a session's second or later drop within ban_seconds: banned,"
             " or spared because the IP's honest sessions outweigh its drops.",
-            ["decision"], registry=registry,
+            ["decision"],
+            registry=registry,
         )
         self.retention_last_run = Gauge(
             "matmine_pool_retention_last_run_timestamp_seconds",
@@ -147,13 +155,15 @@ class PoolMetrics:
             "matmine_pool_blob_bytes", "Bytes in the useful-work blob store.", registry=registry
         )
         self.work_items = Gauge(
-            "matmine_pool_work_item_rows", "Work items (customers' products) remembered.",
+            "matmine_pool_work_item_rows",
+            "Work items (customers' products) remembered.",
             registry=registry,
         )
         self.database_bytes = Gauge(
             "matmine_pool_database_bytes",
             "Size on disk of each SQLite database of the pool (its WAL included).",
-            ["database"], registry=registry,
+            ["database"],
+            registry=registry,
         )
         self.dependency_up = Gauge(
             "matmine_pool_dependency_up",

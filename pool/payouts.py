@@ -1,4 +1,4 @@
-"""Idempotent payouts: pay confirmed balances with ``send_many``, never twice (DESIGN §4).
+"""Idempotent payouts: pay confirmed balances with ``send_many``, never twice.
 
 One round:
 

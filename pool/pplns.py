@@ -1,4 +1,4 @@
-"""PPLNS reward split (DESIGN.md §4), a pure function in exact arithmetic.
+"""PPLNS reward split, a pure function in exact arithmetic.
 
 Window: the newest accepted shares at or before the block, newest first, each scored
 ``difficulty / network_difficulty`` (the network difficulty when the share was made),

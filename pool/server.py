@@ -28,8 +28,6 @@ log = logging.getLogger("pool.server")
 REFUSE_TIMEOUT = 1.0
 
 
-
-
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
     """A server TLS context from PEM files."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -64,18 +62,24 @@ class StratumServer:
         ip_full = self.ctx.bans.connections(ip) - from_ip >= self.config.max_connections_per_ip
         if not ip_full and self.connections - len(self.evicting) < self.config.max_connections:
             return True
-        unproven = [s for s in self.ctx.sessions if not s.accepted and s not in self.evicting
-                    and (s.peer == ip or not ip_full)]
+        unproven = [
+            s
+            for s in self.ctx.sessions
+            if not s.accepted and s not in self.evicting and (s.peer == ip or not ip_full)
+        ]
         if not unproven:
             return False
         victim = min(unproven, key=lambda s: (s.authorized, s.connected_at))
         self.evicting.add(victim)
-        log.info("closing %s (no share yet) to make room for a new connection from %s",
-                 victim.login, ip)
+        log.info(
+            "closing %s (no share yet) to make room for a new connection from %s", victim.login, ip
+        )
         if self.ctx.metrics is not None:
             self.ctx.metrics.evictions.inc()
-        victim.kick("closed to make room for another miner: the pool is full and this "
-                    "connection had not submitted a share yet")
+        victim.kick(
+            "closed to make room for another miner: the pool is full and this "
+            "connection had not submitted a share yet"
+        )
         return True
 
     async def handle(self, stream: trio.abc.Stream) -> None:
@@ -118,8 +122,9 @@ class StratumServer:
             if metrics is not None:
                 metrics.connections.dec()
 
-    async def serve(self, *, task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED
-                    ) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Listen on the plain port (and the TLS port); ``started`` gets the bound ports."""
         cfg = self.config
         plain = await trio.open_tcp_listeners(cfg.port, host=cfg.host)

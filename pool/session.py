@@ -72,13 +72,15 @@ class Session(MinerState):
         # the first share or the first idle sweep comes first).
         self.vardiff = Vardiff(ctx.vardiff, cfg.pool.start_difficulty, now)
         self.rate = RateLimiter(cfg.limits.messages_per_second, cfg.limits.message_burst, now)
-        self.judge = ShareJudge(cfg.limits.invalid_window, cfg.limits.invalid_min_shares,
-                                cfg.limits.invalid_ratio)
+        self.judge = ShareJudge(
+            cfg.limits.invalid_window, cfg.limits.invalid_min_shares, cfg.limits.invalid_ratio
+        )
         self.hashrate = HashrateMeter(now)
         self.inbox = Inbox()
         self.lease = UsefulLease(ctx.useful, self)
-        self.feed = JobFeed(ctx.jobs, self, self.book, self.vardiff, self.lease,
-                            self.notify, ctx.metrics)
+        self.feed = JobFeed(
+            ctx.jobs, self, self.book, self.vardiff, self.lease, self.notify, ctx.metrics
+        )
         self.watchdog = SessionWatchdog(cfg.stratum, ctx.vardiff.idle_seconds)
         self.handlers = RequestHandlers(self)
         self._send_lock = trio.Lock()
@@ -119,9 +121,14 @@ class Session(MinerState):
             with trio.CancelScope(shield=True), trio.move_on_after(LINGER_SECONDS + 1):
                 await self._linger()
                 await self.stream.aclose()
-            log.info("miner %s from %s disconnected: %s (%d accepted, %d rejected)",
-                     self.login, self.peer, self._close_reason or "closed by the pool",
-                     self.accepted, self.rejected)
+            log.info(
+                "miner %s from %s disconnected: %s (%d accepted, %d rejected)",
+                self.login,
+                self.peer,
+                self._close_reason or "closed by the pool",
+                self.accepted,
+                self.rejected,
+            )
 
     async def _linger(self) -> None:
         """Half-close, then drain what the miner still sends for a moment, so that our
@@ -183,9 +190,12 @@ class Session(MinerState):
         while True:
             await trio.sleep(self.watchdog.tick)
             now = trio.current_time()
-            reason = self.watchdog.overdue(now, authorized=self.ready.is_set(),
-                                           connected_at=self.connected_at,
-                                           last_message=self.last_message)
+            reason = self.watchdog.overdue(
+                now,
+                authorized=self.ready.is_set(),
+                connected_at=self.connected_at,
+                last_message=self.last_message,
+            )
             if reason is not None:
                 with trio.move_on_after(1):
                     await self.notify(messages.ShowMessage(text=reason))
@@ -209,7 +219,8 @@ class Session(MinerState):
             for event in events:
                 self.last_message = trio.current_time()
                 chunked = isinstance(event, RequestReceived) and isinstance(
-                    event.message, GetBlob | WorkResult)
+                    event.message, GetBlob | WorkResult
+                )
                 if not chunked and not self.rate.allow(self.last_message):
                     await self._rate_limited(event)
                     continue
@@ -226,8 +237,9 @@ class Session(MinerState):
         if self.rate.refused > self.ctx.config.limits.message_burst:
             await self.notify_and_close("message flood: too many messages too fast")
         if isinstance(event, RequestReceived | BadRequest) and event.id is not None:
-            await self.send(self.conn.send_error(event.id, ErrorCode.RATE_LIMITED,
-                                                  "rate limited: slow down"))
+            await self.send(
+                self.conn.send_error(event.id, ErrorCode.RATE_LIMITED, "rate limited: slow down")
+            )
         if isinstance(event, RequestReceived) and isinstance(event.message, messages.Submit):
             self.ctx.checker.count(ErrorCode.RATE_LIMITED)
 

@@ -2,7 +2,7 @@
 
 A :class:`Vardiff` watches the times of a session's accepted shares and proposes a new
 share difficulty when the observed share interval is off target. The pool turns a
-proposal into a new job (``clean = false``) carrying that difficulty (DESIGN §3).
+proposal into a new job (``clean = false``) carrying that difficulty (SPEC §12.4).
 
 The estimate is the Poisson maximum-likelihood rate: ``n`` shares (weighted by their
 difficulty relative to the current one) seen over ``t`` seconds since the window opened.

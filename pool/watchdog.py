@@ -15,11 +15,13 @@ class SessionWatchdog:
 
     def __init__(self, limits: StratumConfig, vardiff_idle_seconds: float) -> None:
         self.limits = limits
-        self.tick = min(1.0, limits.idle_timeout / 4, limits.handshake_timeout / 4,
-                        vardiff_idle_seconds / 4)
+        self.tick = min(
+            1.0, limits.idle_timeout / 4, limits.handshake_timeout / 4, vardiff_idle_seconds / 4
+        )
 
-    def overdue(self, now: float, *, authorized: bool, connected_at: float,
-                last_message: float) -> str | None:
+    def overdue(
+        self, now: float, *, authorized: bool, connected_at: float, last_message: float
+    ) -> str | None:
         """Why the connection must close now, or None while it is in time."""
         if not authorized and now - connected_at > self.limits.handshake_timeout:
             return "did not subscribe and authorize in time"

@@ -50,15 +50,21 @@ class Phase(enum.Enum):
 # method → the phases in which a server refuses it, with the wire error and its text.
 # Methods not named here (ping, suggest_difficulty, work.*) are taken in every phase.
 REFUSALS: dict[str, dict[Phase, tuple[ErrorCode, str]]] = {
-    "mining.subscribe": {Phase.SUBSCRIBED: (ErrorCode.OTHER, "already subscribed"),
-                         Phase.AUTHORIZED: (ErrorCode.OTHER, "already subscribed")},
+    "mining.subscribe": {
+        Phase.SUBSCRIBED: (ErrorCode.OTHER, "already subscribed"),
+        Phase.AUTHORIZED: (ErrorCode.OTHER, "already subscribed"),
+    },
     "mining.authorize": {Phase.NEW: (ErrorCode.NOT_SUBSCRIBED, "subscribe first")},
-    "mining.submit": {Phase.NEW: (ErrorCode.NOT_SUBSCRIBED, "subscribe first"),
-                      Phase.SUBSCRIBED: (ErrorCode.UNAUTHORIZED, "authorize first")},
+    "mining.submit": {
+        Phase.NEW: (ErrorCode.NOT_SUBSCRIBED, "subscribe first"),
+        Phase.SUBSCRIBED: (ErrorCode.UNAUTHORIZED, "authorize first"),
+    },
 }
 
-RESULT_METHODS: dict[type, str] = {SubscribeResult: "mining.subscribe",
-                                   AuthorizeResult: "mining.authorize"}
+RESULT_METHODS: dict[type, str] = {
+    SubscribeResult: "mining.subscribe",
+    AuthorizeResult: "mining.authorize",
+}
 
 
 def next_phase(phase: Phase, method: str, result: Any) -> Phase:

@@ -141,4 +141,3 @@ def open_store(
         conn.close()
         raise
     return conn
-

@@ -1,4 +1,4 @@
-"""One connection to one pool: subscribe, authorize, receive jobs, submit shares (DESIGN §3).
+"""One connection to one pool: subscribe, authorize, receive jobs, submit shares (SPEC §12).
 
 ``PoolClient.run`` owns the socket and the sans-IO ``protocol.connection.Connection``;
 it returns a ``Disconnected`` saying why the connection ended (refused, closed,
@@ -41,6 +41,7 @@ from protocol.messages import (
 from protocol.work_messages import GetBlob, WorkResult, WorkResultAck
 
 from .config import ConnectionConfig, PoolEndpoint
+from .outcomes import Disconnected, RequestFailed, SubmitOutcome
 from .transport import Dropped, open_stream, why
 
 log = logging.getLogger(__name__)
@@ -60,35 +61,6 @@ class Job:
     @property
     def job_id(self) -> str:
         return self.notify.job_id
-
-
-@dataclass(frozen=True)
-class SubmitOutcome:
-    """What became of one share: ``accepted``, ``rejected``, ``stale`` or ``lost``."""
-
-    result: str
-    difficulty: float = 0.0
-    block: bytes | None = None
-    code: int | None = None
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class Disconnected:
-    """Why a session ended; ``reconnect`` is set when the pool asked for it."""
-
-    reason: str
-    reconnect: Reconnect | None = None
-    got_job: bool = False
-    login_refused: bool = False  # the pool answered 24: retrying the same login is pointless
-
-
-class RequestFailed(Exception):
-    """A ``work.*`` request the pool refused (``code`` set) or that got no answer."""
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class _Waiter:
@@ -153,16 +125,21 @@ class PoolClient:
         finally:
             self._close_waiters()
         dropped = self._dropped or Dropped("connection closed")
-        return Disconnected(dropped.reason, dropped.reconnect, self.jobs_received > 0,
-                            dropped.login_refused)
+        return Disconnected(
+            dropped.reason, dropped.reconnect, self.jobs_received > 0, dropped.login_refused
+        )
 
     async def _handshake(
         self, nursery: trio.Nursery, on_ready: Callable[[PoolClient], None] | None
     ) -> None:
         try:
             sub = await self._call(
-                Subscribe(agent=self.agent, protocol=1, resume=self._resume,
-                          capabilities=self.capabilities or None)
+                Subscribe(
+                    agent=self.agent,
+                    protocol=1,
+                    resume=self._resume,
+                    capabilities=self.capabilities or None,
+                )
             )
             if self._conn.phase is Phase.NEW:  # the connection moves on what succeeded
                 assert sub.error is not None
@@ -172,20 +149,28 @@ class PoolClient:
             if self._conn.phase is not Phase.AUTHORIZED:
                 why = f"{auth.error.code} {auth.error.message}" if auth.error else "false"
                 refused = auth.error is not None and auth.error.code == ErrorCode.UNAUTHORIZED
-                raise Dropped(f"authorization of {self.login!r} refused: {why}",
-                               login_refused=refused)
+                raise Dropped(
+                    f"authorization of {self.login!r} refused: {why}", login_refused=refused
+                )
             if self._suggest > 0:
                 answer = await self._call(SuggestDifficulty(difficulty=self._suggest))
                 if answer.error is not None:
-                    log.info("pool %s ignored suggest_difficulty: %s",
-                             self.endpoint.label, answer.error.message)
+                    log.info(
+                        "pool %s ignored suggest_difficulty: %s",
+                        self.endpoint.label,
+                        answer.error.message,
+                    )
         except Dropped as exc:
             self._drop(exc)
             return
         self.ready = True
         self._last_job_at = trio.current_time()
-        log.info("subscribed to %s as %s (extranonce1 %s)", self.endpoint.label, self.login,
-                 self.subscription.extranonce1.hex())
+        log.info(
+            "subscribed to %s as %s (extranonce1 %s)",
+            self.endpoint.label,
+            self.login,
+            self.subscription.extranonce1.hex(),
+        )
         if on_ready is not None:
             on_ready(self)
         nursery.start_soon(self._keepalive)
@@ -241,26 +226,37 @@ class PoolClient:
             elif isinstance(message, Reconnect):
                 raise Dropped(
                     f"pool asked to reconnect to {message.host}:{message.port} "
-                    f"in {message.wait:g}s", message,
+                    f"in {message.wait:g}s",
+                    message,
                 )
             elif isinstance(message, ShowMessage):
                 log.warning("message from pool %s: %s", self.endpoint.label, message.text)
         elif isinstance(event, BadRequest):
-            log.warning("pool %s sent something unusable, ignored: %s",
-                        self.endpoint.label, event.error)
+            log.warning(
+                "pool %s sent something unusable, ignored: %s", self.endpoint.label, event.error
+            )
             if event.id is not None:
                 error = self._conn.send_error(event.id, event.error.code, str(event.error))
                 await self._send(error)
 
     def _job(self, notify: Notify) -> None:
         if self.subscription is None:
-            log.warning("pool %s sent job %s before subscribe finished; ignored",
-                        self.endpoint.label, notify.job_id)
+            log.warning(
+                "pool %s sent job %s before subscribe finished; ignored",
+                self.endpoint.label,
+                notify.job_id,
+            )
             return
         self._last_job_at = trio.current_time()
         self.jobs_received += 1
-        log.debug("job %s from %s (clean=%s, difficulty %g, height %d)", notify.job_id,
-                  self.endpoint.label, notify.clean, notify.difficulty, notify.height)
+        log.debug(
+            "job %s from %s (clean=%s, difficulty %g, height %d)",
+            notify.job_id,
+            self.endpoint.label,
+            notify.clean,
+            notify.difficulty,
+            notify.height,
+        )
         self._on_job(Job(notify, self.subscription.extranonce1, self, trio.current_time()))
 
     # --- sending -----------------------------------------------------------------------
@@ -274,9 +270,7 @@ class PoolClient:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise Dropped(f"connection lost while sending: {why(exc)}") from None
 
-    async def _start_call(
-        self, message: Message
-    ) -> Callable[[], Awaitable[ResponseReceived]]:
+    async def _start_call(self, message: Message) -> Callable[[], Awaitable[ResponseReceived]]:
         """Send a request now; the returned coroutine function waits for its response.
 
         Requests leave in the order of these calls, so a caller may keep several in
@@ -347,8 +341,10 @@ class PoolClient:
                 self._drop(exc)
                 raise RequestFailed(exc.reason) from None
             if reply.error is not None:
-                raise RequestFailed(f"{message.method} refused: {reply.error.code} "
-                                    f"{reply.error.message}", reply.error.code)
+                raise RequestFailed(
+                    f"{message.method} refused: {reply.error.code} {reply.error.message}",
+                    reply.error.code,
+                )
             return reply.result
 
         return result
@@ -365,16 +361,16 @@ class PoolClient:
         result = await self._work_call(message)
         return result.data, result.total  # type: ignore[attr-defined]
 
-    async def send_result(self, job_id: str, unit: bytes, offset: int, data: bytes,
-                          final: bool) -> Callable[[], Awaitable[WorkResultAck]]:
+    async def send_result(
+        self, job_id: str, unit: bytes, offset: int, data: bytes, final: bool
+    ) -> Callable[[], Awaitable[WorkResultAck]]:
         """Send one ``work.result`` chunk; await the returned function for the pool's ack.
 
         Chunks may be pipelined: send several, then collect their acks in order.
         ``RequestFailed`` if the chunk is refused or the connection is lost.
         """
         try:
-            message = WorkResult(job_id=job_id, unit=unit, offset=offset, data=data,
-                                 final=final)
+            message = WorkResult(job_id=job_id, unit=unit, offset=offset, data=data, final=final)
         except ProtocolError as exc:
             raise RequestFailed(f"not sendable: {exc}") from None
         return await self._start_work_call(message)  # type: ignore[return-value]
@@ -403,8 +399,14 @@ class PoolClient:
 
 async def probe(endpoint: PoolEndpoint, settings: ConnectionConfig, agent: str) -> str | None:
     """Is a pool answering? Connect and subscribe, then hang up; ``None`` if fine, else why."""
-    client = PoolClient(endpoint, login="probe", password="", agent=agent, settings=settings,
-                        on_job=lambda job: None)
+    client = PoolClient(
+        endpoint,
+        login="probe",
+        password="",
+        agent=agent,
+        settings=settings,
+        on_job=lambda job: None,
+    )
     try:
         client._stream = await open_stream(endpoint, settings)
     except Dropped as exc:

@@ -19,17 +19,16 @@ from .config import ConnectionConfig, PoolEndpoint
 class Dropped(Exception):
     """This connection is finished, for ``reason``."""
 
-    def __init__(self, reason: str, reconnect: Reconnect | None = None, *,
-                 login_refused: bool = False) -> None:
+    def __init__(
+        self, reason: str, reconnect: Reconnect | None = None, *, login_refused: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.reconnect = reconnect
         self.login_refused = login_refused
 
 
-async def open_stream(
-    endpoint: PoolEndpoint, settings: ConnectionConfig
-) -> trio.abc.Stream:
+async def open_stream(endpoint: PoolEndpoint, settings: ConnectionConfig) -> trio.abc.Stream:
     """TCP (or TLS over TCP) to ``endpoint`` within ``connect_timeout``; raises ``Dropped``."""
     try:
         with trio.fail_after(settings.connect_timeout):
@@ -42,10 +41,12 @@ async def open_stream(
                     await stream.do_handshake()  # type: ignore[attr-defined]
                 except trio.BrokenResourceError as exc:
                     await trio.aclose_forcefully(stream)
-                    trusted = f"CA file {settings.tls_ca}" if settings.tls_ca else \
-                        "the system's CAs"
-                    raise Dropped(f"TLS handshake failed: {why(exc)} (trusting {trusted})"
-                                   ) from None
+                    trusted = (
+                        f"CA file {settings.tls_ca}" if settings.tls_ca else "the system's CAs"
+                    )
+                    raise Dropped(
+                        f"TLS handshake failed: {why(exc)} (trusting {trusted})"
+                    ) from None
             else:
                 stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
     except trio.TooSlowError:

@@ -1,4 +1,4 @@
-"""The chain adapter interface: what the pool needs from an upstream chain (DESIGN §4).
+"""The chain adapter interface: what the pool needs from an upstream chain.
 
 The pool's server, unlocker and payouts code against :class:`ChainAdapter` only; the
 devnet node runs behind it in-process (:mod:`pool.chain.embedded`) or over loopback RPC

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import trio
 
-from node.chain import Chain, NodeConfig
+from node.chain import Chain
+from node.config import NodeConfig
 from protocol.chain import BlockStatus, BlockSubmission, BlockTemplate, ChainError, SubmitResult
 
 T = TypeVar("T")

@@ -79,16 +79,19 @@ class UsefulLease:
     async def get_blob(self, msg: GetBlob) -> GetBlobResult:
         """Answer ``work.get_blob``; ``ProtocolError`` (wire code) when refused."""
         if self.work is None:
-            raise ProtocolError("work.get_blob: this session takes no useful work "
-                                f'(subscribe with capabilities ["{USEFUL_CAPABILITY}"])',
-                                code=ErrorCode.OTHER)
+            raise ProtocolError(
+                "work.get_blob: this session takes no useful work "
+                f'(subscribe with capabilities ["{USEFUL_CAPABILITY}"])',
+                code=ErrorCode.OTHER,
+            )
         return await self.work.get_blob(self.miner.work_key, msg)
 
     async def take_result(self, msg: WorkResult) -> WorkResultAck | Delivery:
         """Take one ``work.result`` chunk: its ack, or the :class:`Delivery` of the unit."""
         if self.work is None:
-            raise ProtocolError("work.result: this session takes no useful work",
-                                code=ErrorCode.OTHER)
+            raise ProtocolError(
+                "work.result: this session takes no useful work", code=ErrorCode.OTHER
+            )
         return await self.work.take_result(self.miner.work_key, msg)
 
     async def judge(self, delivery: Delivery, credit: Credit) -> tuple[WorkResultAck, Verdict]:

@@ -24,24 +24,23 @@ async def test_inbox_keeps_order_coalesces_offers_and_refuses_when_full_or_close
 def ladder(policy: AbusePolicy, honest: int, now: float) -> list[Escalation]:
     """One connection's invalid shares until its drop (each verdict judged at once)."""
     judge = ShareJudge(window=1, min_shares=1, ratio=0.5)
-    return [policy.record(judge, False, ip=IP, login="x", honest=lambda: honest, now=now)
-            for _ in range(3)]
+    return [
+        policy.record(judge, False, ip=IP, login="x", honest=lambda: honest, now=now)
+        for _ in range(3)
+    ]
 
 
-def test_policy_climbs_the_ladder_and_bans_only_when_strikes_outweigh_honest_sessions(
-) -> None:
+def test_policy_climbs_the_ladder_and_bans_only_when_strikes_outweigh_honest_sessions() -> None:
     bans = BanList(ban_seconds=60, max_entries=8)
     policy = AbusePolicy(bans, window=60, max_ips=2)
-    assert ladder(policy, 0, 0.0) == [Escalation.RESEND_WORK, Escalation.RECONNECT,
-                                      Escalation.DROP]
+    assert ladder(policy, 0, 0.0) == [Escalation.RESEND_WORK, Escalation.RECONNECT, Escalation.DROP]
     assert len(policy.strikes[IP]) == 1 and not bans.is_banned(IP, 0.0)
     assert ladder(policy, 1, 1.0)[-1] == Escalation.DROP  # 2 strikes ≤ 4 × 1 honest: spared
     assert not bans.is_banned(IP, 1.0)
     assert ladder(policy, 0, 2.0)[-1] == Escalation.BAN  # 3 strikes, nobody honest
     assert bans.is_banned(IP, 2.0)
     good = ShareJudge(window=1, min_shares=1, ratio=0.5)
-    assert policy.record(good, True, ip=IP, login="x", honest=lambda: 0,
-                         now=3.0) == Escalation.NONE
+    assert policy.record(good, True, ip=IP, login="x", honest=lambda: 0, now=3.0) == Escalation.NONE
     # strikes expire after the window, and at most max_ips IPs keep them
     assert policy.strike(IP, 100.0) == 1
     policy.strike("5.6.7.8", 100.0)

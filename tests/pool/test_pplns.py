@@ -1,4 +1,4 @@
-"""PPLNS split (DESIGN.md §4): exact sums, window cut at N, unfilled windows, order."""
+"""PPLNS split: exact sums, window cut at N, unfilled windows, order."""
 
 from __future__ import annotations
 

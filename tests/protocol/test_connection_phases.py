@@ -66,13 +66,15 @@ def test_errors_and_other_results_move_no_phase() -> None:
 def test_client_moves_on_the_responses_it_receives() -> None:
     client, server = Connection("client"), Connection("server")
 
-    def ask(message: Message, answer: object = None, error: int | None = None
-            ) -> ResponseReceived:
+    def ask(message: Message, answer: object = None, error: int | None = None) -> ResponseReceived:
         request_id, data = client.send_request(message)
         (event,) = server.receive_data(data)
         assert isinstance(event, RequestReceived)
-        frame = (server.send_error(request_id, error, "refused") if error is not None
-                 else server.send_result(request_id, answer))
+        frame = (
+            server.send_error(request_id, error, "refused")
+            if error is not None
+            else server.send_result(request_id, answer)
+        )
         (response,) = client.receive_data(frame)
         assert isinstance(response, ResponseReceived)
         return response

@@ -23,7 +23,7 @@ HEADERS = st.binary(min_size=128, max_size=128)
 
 
 def literal_digest(header: bytes, a: np.ndarray, bt: np.ndarray, r: int, ti: int, tj: int) -> bytes:
-    """One ticket exactly as DESIGN.md §2 words it: scalar noise, int64 slabs, u32 wrap."""
+    """One ticket exactly as SPEC §7–8 word it: scalar noise, int64 slabs, u32 wrap."""
     seed = pow_seed(header)
     k = a.shape[1]
 

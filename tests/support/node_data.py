@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from node.chain import NodeConfig
+from node.config import NodeConfig
 from protocol.address import make_address
 from protocol.chain import (
     BlockSubmission,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from node.chain import NodeConfig
+from node.config import NodeConfig
 from pool.chain.base import ChainAdapter
 from pool.chain.embedded import EmbeddedChain
 from pool.ledger import (

@@ -177,7 +177,8 @@ def test_statements_split_a_script_whole():
 
 
 def test_the_node_store_opens_a_chain_made_before_versioning(tmp_path):
-    from node.chain import Chain, NodeConfig
+    from node.chain import Chain
+    from node.config import NodeConfig
     from node.store import SCHEMA_V1
 
     path = tmp_path / "node.sqlite3"
@@ -194,7 +195,8 @@ def test_the_node_store_opens_a_chain_made_before_versioning(tmp_path):
 
 
 def test_the_node_refuses_a_chain_from_newer_code(tmp_path):
-    from node.chain import Chain, NodeConfig
+    from node.chain import Chain
+    from node.config import NodeConfig
 
     Chain.open(tmp_path, NodeConfig()).close()
     conn = sqlite3.connect(tmp_path / "node.sqlite3")
@@ -212,8 +214,10 @@ def test_the_work_queue_opens_a_file_made_before_versioning(tmp_path):
     path = tmp_path / "work.sqlite3"
     old = sqlite3.connect(path)
     old.executescript(SCHEMA_V1)
-    old.execute("INSERT INTO items (id, customer, m, n, k, r, state, units, operand_bytes, "
-                "created) VALUES ('old', 'alice', 16, 16, 64, 4, 'done', 0, 0, 1.0)")
+    old.execute(
+        "INSERT INTO items (id, customer, m, n, k, r, state, units, operand_bytes, "
+        "created) VALUES ('old', 'alice', 16, 16, 64, 4, 'done', 0, 0, 1.0)"
+    )
     old.commit()
     old.close()
     queue = WorkQueue(path, BlobStore(tmp_path / "blobs"))

@@ -49,10 +49,10 @@ from .opencl_program import (
     SELF_TEST_HEADER,
     SELF_TEST_SEED,
     WINNER_WORDS,
+    KernelCache,
     cl,
     compiler_reason,
     device_buffers,
-    kernel_source,
     reference_mismatch,
     require_cl,
     self_test_shape,
@@ -106,8 +106,7 @@ class OpenCLBackend:
         self._fixed_config = config
         self._autotune = autotune
         self.config: KernelConfig | None = None
-        self._programs: dict[tuple[KernelConfig, bool], cl.Program] = {}
-        self._kernels: dict[tuple[KernelConfig, bool, str], cl.Kernel] = {}
+        self.kernels = KernelCache(self.context, self.description, self.cache_dir)
         self._workload: Workload | None = None
         self._bufs: dict[str, cl.Buffer] = {}
         self._band_tiles = 0
@@ -118,31 +117,6 @@ class OpenCLBackend:
     def spec(self) -> str:
         """``"platform:device"``, the form ``open_opencl`` takes."""
         return f"{self.platform_index}:{self.device_index}"
-
-    # -- programs ------------------------------------------------------------------------
-
-    def program(self, config: KernelConfig, plain_gemm: bool = False) -> cl.Program:
-        """The built program of ``config`` (cached in memory and, as binaries, on disk)."""
-        key = (config, plain_gemm)
-        if key not in self._programs:
-            cl_cache = self.cache_dir / "cl-programs"
-            cl_cache.mkdir(parents=True, exist_ok=True)
-            program = cl.Program(self.context, kernel_source())
-            try:
-                self._programs[key] = program.build(
-                    options=config.build_options(plain_gemm), cache_dir=str(cl_cache)
-                )
-            except cl.Error as exc:
-                raise DeviceUnusable(
-                    self.description, f"kernels do not build: {compiler_reason(exc)}") from exc
-        return self._programs[key]
-
-    def kernel(self, config: KernelConfig, name: str, plain_gemm: bool = False) -> cl.Kernel:
-        """One kernel of the program of ``config``, retrieved once and reused."""
-        key = (config, plain_gemm, name)
-        if key not in self._kernels:
-            self._kernels[key] = cl.Kernel(self.program(config, plain_gemm), name)
-        return self._kernels[key]
 
     # -- workload ------------------------------------------------------------------------
 
@@ -184,15 +158,14 @@ class OpenCLBackend:
         key = self.autotune_key(shape)
         tuner = Autotuner(self.cache_dir)
         try:
-            return tuner.tune(key, candidates,
-                              lambda c: self.measure(c, self.tune_seconds)).config
+            return tuner.tune(key, candidates, lambda c: self.measure(c, self.tune_seconds)).config
         except NoWorkingCandidate as exc:
             first = next(iter(exc.errors.values()))
             if isinstance(first, DeviceUnusable):
                 raise DeviceUnusable(self.description, first.reason) from exc
-            raise DeviceUnusable(self.description,
-                                 f"no kernel configuration runs: {compiler_reason(first)}"
-                                 ) from exc
+            raise DeviceUnusable(
+                self.description, f"no kernel configuration runs: {compiler_reason(first)}"
+            ) from exc
 
     # -- self-test -----------------------------------------------------------------------
 
@@ -221,8 +194,9 @@ class OpenCLBackend:
         except DeviceUnusable:
             raise
         except (cl.Error, BackendError) as exc:
-            raise DeviceUnusable(self.description,
-                                 f"kernels do not run: {compiler_reason(exc)}") from exc
+            raise DeviceUnusable(
+                self.description, f"kernels do not run: {compiler_reason(exc)}"
+            ) from exc
         finally:
             self._workload, self._bufs, self.config, self._band_tiles = saved
         problem = reference_mismatch(result, workload)
@@ -241,7 +215,7 @@ class OpenCLBackend:
         shape = workload.shape
         self._apply_noise(bytes(128), config)
         self._set_key_limit(bytes(32), 0)
-        kernel = self.kernel(config, config.kernel_name)
+        kernel = self.kernels.get(config, config.kernel_name)
         band = config.bm // TILE
         done, macs, start = 0, 0, time.perf_counter()
         while True:
@@ -261,7 +235,7 @@ class OpenCLBackend:
         shape = workload.shape
         seed = pow_seed(header)
         bufs = self._bufs
-        kernel = self.kernel(config, "apply_noise_packed" if config.item else "apply_noise")
+        kernel = self.kernels.get(config, "apply_noise_packed" if config.item else "apply_noise")
         for side, rows, x, out, f_buf, g_buf, e_buf in (
             ("A", shape.m, "a", "a_noisy", "fa", "ga", "eal"),
             ("B", shape.n, "bt", "bt_noisy", "fb", "gb", "ebr"),
@@ -273,9 +247,18 @@ class OpenCLBackend:
             cl.enqueue_copy(self.queue, bufs[f_buf], f.astype(np.uint16))
             cl.enqueue_copy(self.queue, bufs[g_buf], g.astype(np.uint16))
             cl.enqueue_copy(self.queue, bufs[e_buf], e)
-            kernel(self.queue, (shape.k, rows), None,
-                   bufs[x], bufs[e_buf], bufs[f_buf], bufs[g_buf], bufs[out],
-                   np.int32(shape.k), np.int32(shape.r))
+            kernel(
+                self.queue,
+                (shape.k, rows),
+                None,
+                bufs[x],
+                bufs[e_buf],
+                bufs[f_buf],
+                bufs[g_buf],
+                bufs[out],
+                np.int32(shape.k),
+                np.int32(shape.r),
+            )
         return seed
 
     def _set_key_limit(self, seed: bytes, limit: int) -> None:
@@ -302,11 +285,23 @@ class OpenCLBackend:
         raw = plain and not config.item  # mine_item reads packed operands, made by the caller
         a, bt = (bufs["a"], bufs["bt"]) if raw else (bufs["a_noisy"], bufs["bt_noisy"])
         kernel(
-            self.queue, global_size, local,
-            a, bt, np.int32(shape.n), np.int32(shape.k), np.int32(shape.r), np.int32(tile_row0),
-            bufs["key"], bufs["limit"], bufs["j"], bufs["count"],
-            bufs["winners"], np.uint32(self.winner_cap),
-            acc if acc is not None else bufs["no_acc"], np.int32(acc is not None),
+            self.queue,
+            global_size,
+            local,
+            a,
+            bt,
+            np.int32(shape.n),
+            np.int32(shape.k),
+            np.int32(shape.r),
+            np.int32(tile_row0),
+            bufs["key"],
+            bufs["limit"],
+            bufs["j"],
+            bufs["count"],
+            bufs["winners"],
+            np.uint32(self.winner_cap),
+            acc if acc is not None else bufs["no_acc"],
+            np.int32(acc is not None),
         )
 
     def _run(
@@ -327,7 +322,7 @@ class OpenCLBackend:
         else:
             seed = self._apply_noise(header, config)
             self._set_key_limit(seed, limit)
-        kernel = self.kernel(config, config.kernel_name, plain_gemm=plain)
+        kernel = self.kernels.get(config, config.kernel_name, plain_gemm=plain)
         step = config.bm // TILE
         band = self._band_tiles or step
         winners: list[tuple[int, int, bytes]] = []
@@ -403,8 +398,9 @@ class OpenCLBackend:
         acc = self._bufs.get("acc")
         if acc is None:
             shape = require_prepared(self._workload).shape
-            acc = self._bufs["acc"] = cl.Buffer(self.context, cl.mem_flags.READ_WRITE,
-                                                4 * shape.m * shape.n)
+            acc = self._bufs["acc"] = cl.Buffer(
+                self.context, cl.mem_flags.READ_WRITE, 4 * shape.m * shape.n
+            )
         return acc
 
     def transcripts(self, header: bytes) -> np.ndarray:
@@ -441,7 +437,7 @@ class OpenCLBackend:
         if banded:
             self._run(bytes(128), 0, never_stop, acc, plain=True)
         else:
-            kernel = self.kernel(config, config.kernel_name, plain_gemm=True)
+            kernel = self.kernels.get(config, config.kernel_name, plain_gemm=True)
             self._launch(kernel, config, 0, shape.tiles_m, True, acc)
         cl.enqueue_copy(self.queue, out, acc)
         return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from protocol.ticket import mine_header
 from protocol.workload import Shape, Workload
 
 from ..autotune import KernelConfig
-from .base import BackendError, ScanResult
+from .base import BackendError, DeviceUnusable, ScanResult
 
 cl: Any
 try:
@@ -118,9 +119,48 @@ def reference_mismatch(result: ScanResult, workload: Workload) -> str | None:
     got = {(ti, tj): d for ti, tj, d in result.winners}
     wrong = sum(got.get(tile) != digest for tile, digest in expected.items())
     wrong += len(set(got) - set(expected))
-    product_ok = (result.product is not None
-                  and np.array_equal(result.product, reference.noisy_product))
+    product_ok = result.product is not None and np.array_equal(
+        result.product, reference.noisy_product
+    )
     if wrong or not product_ok:
-        return (f"results differ from the CPU reference ({wrong} of {shape.tiles} tickets "
-                f"wrong, product {'right' if product_ok else 'wrong'})")
+        return (
+            f"results differ from the CPU reference ({wrong} of {shape.tiles} tickets "
+            f"wrong, product {'right' if product_ok else 'wrong'})"
+        )
     return None
+
+
+class KernelCache:
+    """The built programs and kernels of one device's context, by configuration (programs
+    are also cached on disk, as binaries, under ``cache_dir``)."""
+
+    def __init__(self, context: Any, description: str, cache_dir: Path) -> None:
+        self.context = context
+        self.description = description
+        self.cache_dir = cache_dir
+        self._programs: dict[tuple[KernelConfig, bool], Any] = {}
+        self._kernels: dict[tuple[KernelConfig, bool, str], Any] = {}
+
+    def program(self, config: KernelConfig, plain_gemm: bool = False) -> Any:
+        """The built program of ``config``; ``DeviceUnusable`` if it does not build."""
+        key = (config, plain_gemm)
+        if key not in self._programs:
+            cl_cache = self.cache_dir / "cl-programs"
+            cl_cache.mkdir(parents=True, exist_ok=True)
+            program = cl.Program(self.context, kernel_source())
+            try:
+                self._programs[key] = program.build(
+                    options=config.build_options(plain_gemm), cache_dir=str(cl_cache)
+                )
+            except cl.Error as exc:
+                raise DeviceUnusable(
+                    self.description, f"kernels do not build: {compiler_reason(exc)}"
+                ) from exc
+        return self._programs[key]
+
+    def get(self, config: KernelConfig, name: str, plain_gemm: bool = False) -> Any:
+        """Kernel ``name`` of the program of ``config``, retrieved once and reused."""
+        key = (config, plain_gemm, name)
+        if key not in self._kernels:
+            self._kernels[key] = cl.Kernel(self.program(config, plain_gemm), name)
+        return self._kernels[key]
