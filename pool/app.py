@@ -2,8 +2,8 @@
 
 :func:`run_pool` opens the ledger and the chain adapter, starts the share log writer,
 the job manager, useful work (queue, results, lease expiry; ``[useful]``), the miner
-ports, the HTTP API (with the work API), the block unlocker and payouts, and
-reports a :class:`PoolHandle` (bound ports and the live parts) through ``task_status``.
+ports, the HTTP API (with the work API), the block unlocker, the block resubmitter and
+payouts, and reports a :class:`PoolHandle` (bound ports and the live parts) through ``task_status``.
 Cancelling it shuts everything down: the share log commits what is queued, then the
 ledger and the chain are closed. :func:`serve_until_signalled` is the CLI's entry: it
 turns SIGINT/SIGTERM into that cancellation.
@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from pool.abuse import BanList, CheckBudget
 from pool.api_data import PoolData, PoolSnapshot, WorkerSnapshot
+from pool.block_submitter import BlockSubmitter
 from pool.chain.embedded import EmbeddedChain
 from pool.chain.rpc import RpcChain
 from pool.config import ConfigError, PoolConfig, node_config
@@ -102,7 +103,8 @@ def open_chain(config: PoolConfig, wallet: str) -> Any:
     """The chain adapter the config asks for."""
     if config.chain.kind == "rpc":
         log.info("using the devnet node at %s:%d", config.chain.rpc_host, config.chain.rpc_port)
-        return RpcChain(config.chain.rpc_host, config.chain.rpc_port, wallet_address=wallet)
+        return RpcChain(config.chain.rpc_host, config.chain.rpc_port, wallet_address=wallet,
+                        timeout=config.chain.rpc_timeout)
     node_dir = config.data_path / "node"
     node_dir.mkdir(parents=True, exist_ok=True)
     log.info("running the embedded devnet node in %s", node_dir)
@@ -187,6 +189,7 @@ async def run_pool(config: PoolConfig, *,
                               refresh_seconds=config.work.job_refresh_seconds,
                               health=health)
             await nursery.start(jobs.run)
+            metrics.template_age.set_function(jobs.template_age)
             checker = ShareChecker(jobs, sharelog, chain, ledger, ledger_limiter,
                                    trio.CapacityLimiter(p.check_threads),
                                    pplns_factor=p.pplns_factor, fee_bps=p.fee_bps,
@@ -232,6 +235,11 @@ async def run_pool(config: PoolConfig, *,
             await nursery.start(partial(run_unlocker, ledger, chain, p.unlock_interval,
                                         ledger_limiter, metrics, policy=policy,
                                         unknown_grace=p.unknown_block_grace))
+            # A first submission still in flight is left alone: up to 4 RPC tries (RpcChain).
+            submitter = BlockSubmitter(ledger, chain, ledger_limiter, metrics, policy,
+                                       interval=config.chain.resubmit_interval,
+                                       grace=4 * config.chain.rpc_timeout + 5)
+            await nursery.start(submitter.run)
             await nursery.start(run_payouts, ledger, chain, p.payout_interval, p.min_payout,
                                 ledger_limiter, metrics)
             r = config.retention

@@ -172,6 +172,10 @@ class ChainSection:
     rpc_port: int = setting(18444, "node RPC port when kind = rpc", min=0, max=65535)
     poll_interval: float = setting(1.0, "seconds between checks of the chain tip",
                                    positive=True)
+    resubmit_interval: float = setting(5.0, "seconds between tries of found blocks whose "
+                                       "submission the node did not answer", positive=True)
+    rpc_timeout: float = setting(30.0, "seconds one node RPC may take (kind = rpc) before it "
+                                 "is retried", positive=True)
     node: dict[str, Any] = setting({}, "settings of the embedded node (table, passed to its "
                                    "config)", example=_NODE_EXAMPLE)
 

@@ -15,7 +15,8 @@ code   when
 27     the job has seen ``max_shares_per_job`` shares (the per-job duplicate
        memory is bounded; take the next job)
 23     the ticket does not meet the job's share difficulty
-20     the share could not be stored (never acknowledged then; it may be resubmitted)
+20     the share could not be stored (never acknowledged then; it may be resubmitted);
+       counted as ``pool_error``, not as the miner's fault
 =====  ==========================================================================
 
 Credit = proven work (SPEC §12.8): each job's coinbase names the job, so a header belongs
@@ -30,7 +31,9 @@ a worker thread behind a ``CapacityLimiter``; the event loop only does dictionar
 An accepted share is committed through the :class:`~pool.sharelog.ShareLog` before the
 ack. A share that also meets the network target is submitted to the chain at once
 (``BlockSubmission`` with the workload seed, or for a useful-work unit its 16 + 16 rows
-with Merkle proofs), then recorded in the ledger and credited by PPLNS.
+with Merkle proofs), recorded in the ledger with that submission first, then credited by
+PPLNS; a submission the node does not answer is kept and tried again
+(:mod:`pool.block_submitter`).
 
 A share of a job made for a useful-work lease (``Job.lease_id``) is **held** in the work
 queue instead of the ledger; :meth:`ShareChecker.credit` writes it once the unit's result
@@ -48,10 +51,12 @@ from typing import Any, TypeVar
 import trio
 
 from pool.abuse import CheckBudget
+from pool.block_submitter import credit_accepted_block, encode_submission, node_verdict, unanswered
 from pool.chain.base import ChainAdapter
 from pool.jobs import Job, JobManager, SessionJobs, ShareKey
 from pool.ledger.base import Ledger, ShareRecord
-from pool.metrics import PoolMetrics
+from pool.metrics import PoolFaultCode, PoolMetrics
+from pool.pplns import PplnsPolicy
 from pool.sharelog import ShareLog, ShareLogError
 from pool.useful.service import UsefulWork
 from protocol import messages
@@ -71,7 +76,9 @@ class ShareRejected(ProtocolError):
     pool's own state (its ledger could not store the share), never the miner's doing."""
 
     def __init__(self, message: str, code: int, *, pool_fault: bool = False) -> None:
-        super().__init__(message, int(code))
+        # A pool fault's code is a PoolFaultCode (still the int on the wire), so the shares
+        # metric counts it as pool_error, whoever passes the code on (SPEC §12.9).
+        super().__init__(message, PoolFaultCode(code) if pool_fault else int(code))
         self.pool_fault = pool_fault
 
 
@@ -196,6 +203,7 @@ class ShareChecker:
         self.pplns_factor = pplns_factor
         self.fee_bps = fee_bps
         self.fee_address = fee_address
+        self.policy = PplnsPolicy(pplns_factor, fee_bps, fee_address)
         self.max_shares_per_job = max_shares_per_job
         self.metrics = metrics
         self.useful = useful
@@ -293,11 +301,14 @@ class ShareChecker:
 
     async def _submit_block(self, miner: Miner, job: Job, tile: tuple[int, int],
                             checked: CheckedTicket, record: ShareRecord) -> bytes | None:
-        """Store the share, record the block (durable intent), submit it, then credit it.
+        """Store the share, record the block with its submission (durable intent), submit
+        it, then credit it.
 
         Recording before submitting costs a few ms but means a crash at any point never
-        leaves a block on chain that the ledger does not know: the unlocker credits a
-        block left "found", and orphans one the chain never accepted.
+        leaves a block on chain that the ledger does not know, nor a found block forgotten:
+        a block left "submitting" (no answer from the node, or a crash before it came) is
+        submitted again by :mod:`pool.block_submitter` until the node answers or the chain
+        moves past it (SPEC §12.11).
         """
         t = job.template
         height, reward = t.block.height, t.block.reward
@@ -312,46 +323,59 @@ class ShareChecker:
             if exc.code != ErrorCode.STALE:
                 raise
             stale = exc
-        block_id = None
-        try:
-            block_id = await self._ledger(self.ledger.record_block, height, block_hash, reward,
-                                          record.time, record.address, record.worker,
-                                          record.network_difficulty)
-        except Exception as exc:  # submit anyway: a block must never be thrown away
-            log.error("could not record block %d before submitting it: %s", height, exc)
         block_fields = await trio.to_thread.run_sync(job.work.block_fields, tile,
                                                      limiter=self.check_limiter)
         sub = BlockSubmission(header=checked.header, coinbase=checked.coinbase,
                               shape=job.work.shape, tile=tile, **block_fields)
+        block_id = None
         try:
-            result = await self.chain.submit_block(sub)
-            accepted, reason = result.accepted, result.reason
+            block_id = await self._ledger(self.ledger.record_block, height, block_hash, reward,
+                                          record.time, record.address, record.worker,
+                                          record.network_difficulty, encode_submission(sub))
+        except Exception as exc:  # submit anyway: a block must never be thrown away
+            log.error("could not record block %d before submitting it: %s", height, exc)
+        try:
+            accepted, reason = node_verdict(await self.chain.submit_block(sub))
         except Exception as exc:
+            if unanswered(exc):
+                await self._unanswered(miner, height, block_id, exc)
+                if stale is not None:
+                    raise stale from None
+                return None
             accepted, reason = False, f"error: {exc}"
         self.jobs.poke()
-        self.metrics.block("found" if accepted else "rejected")
         if not accepted:
+            self.metrics.block("rejected")
             log.warning("block %d found by %s was rejected by the chain: %s", height,
                         miner.login, reason)
             if block_id is not None:
-                await self._ledger_quietly(self.ledger.orphan_block, block_id)
+                await self._ledger_quietly(self.ledger.reject_block, block_id, reason)
             if stale is not None:
                 raise stale
             return None
         log.info("block %d found by %s, reward %s, submitted: accepted (hash %s)", height,
                  miner.login, coins(reward), block_hash.hex()[:16])
+        moved = True
         if block_id is not None:
-            credited = await self._ledger_quietly(self.ledger.credit_block, block_id,
-                                                  self.pplns_factor, self.fee_bps,
-                                                  self.fee_address)
-            if credited is not None:
-                credits = await self._ledger_quietly(self.ledger.block_credits, block_id)
-                log.info("block %d credited by PPLNS: %s to %d address(es) over %s shares, "
-                         "fee %s", height, coins(sum((credits or {}).values())),
-                         len(credits or {}), credited.shares_used, coins(credited.fee or 0))
+            moved, _ = await credit_accepted_block(self._ledger, self.ledger, block_id,
+                                                   self.policy)
+        if moved:  # else the resubmitter got there first and counted it
+            self.metrics.block("found")
         if stale is not None:
             raise stale
         return block_hash
+
+    async def _unanswered(self, miner: Miner, height: int, block_id: int | None,
+                          exc: Exception) -> None:
+        """The node did not answer the first submission: the block stays "submitting"."""
+        self.metrics.block("submit_failed")
+        if block_id is None:
+            log.error("block %d found by %s is LOST: the chain did not answer and the ledger "
+                      "could not keep it: %s", height, miner.login, exc)
+            return
+        await self._ledger_quietly(self.ledger.submission_failed, block_id, str(exc))
+        log.warning("block %d found by %s: the chain did not answer (%s); kept, it is "
+                    "submitted again until the node answers", height, miner.login, exc)
 
     async def _ledger(self, fn: Callable[..., T], *args: Any) -> T:
         started = time.perf_counter()
