@@ -196,6 +196,7 @@ async def run_pool(config: PoolConfig, *,
                                    fee_address=fee_address,
                                    max_shares_per_job=config.limits.max_shares_per_job,
                                    metrics=metrics, useful=useful,
+                                   submit_timeout=config.chain.submit_timeout,
                                    budget=CheckBudget(config.limits.checks_per_ip_per_second,
                                                       config.limits.check_burst_per_ip,
                                                       config.limits.max_banned_ips))
@@ -235,10 +236,10 @@ async def run_pool(config: PoolConfig, *,
             await nursery.start(partial(run_unlocker, ledger, chain, p.unlock_interval,
                                         ledger_limiter, metrics, policy=policy,
                                         unknown_grace=p.unknown_block_grace))
-            # A first submission still in flight is left alone: up to 4 RPC tries (RpcChain).
+            # A block whose first submission may still be running is left alone meanwhile.
             submitter = BlockSubmitter(ledger, chain, ledger_limiter, metrics, policy,
                                        interval=config.chain.resubmit_interval,
-                                       grace=4 * config.chain.rpc_timeout + 5)
+                                       grace=config.chain.submit_timeout + 5)
             await nursery.start(submitter.run)
             await nursery.start(run_payouts, ledger, chain, p.payout_interval, p.min_payout,
                                 ledger_limiter, metrics)

@@ -28,7 +28,7 @@ import msgpack
 import trio
 
 from pool.chain.base import ChainAdapter
-from pool.ledger.base import BlockRecord, Ledger, PendingSubmission
+from pool.ledger.base import BlockRecord, Ledger, LedgerError, PendingSubmission
 from pool.metrics import PoolMetrics
 from pool.pplns import PplnsPolicy
 from protocol.chain import BlockSubmission, ChainError, ChainUnavailable, SubmitResult
@@ -119,6 +119,8 @@ class BlockSubmitter:
         while True:
             try:
                 await self.round()
+            except LedgerError as exc:  # reported by the ledger's health; tried next round
+                log.debug("block resubmission round: ledger unavailable: %s", exc)
             except Exception:
                 log.exception("block resubmission round failed")
             await trio.sleep(self.interval)
@@ -144,7 +146,12 @@ class BlockSubmitter:
             report.pending += [p.block.id for p in due]
             return report
         for p in due:
-            await self._one(p, tip_height, report)
+            try:
+                await self._one(p, tip_height, report)
+            except Exception as exc:  # the ledger, say: the block stays pending
+                report.pending.append(p.block.id)
+                log.warning("block %d at height %d: resubmission not settled, tried again "
+                            "next round: %s", p.block.id, p.block.height, exc)
         left = len(pending) - len(report.accepted) - len(report.rejected)
         self.metrics.block_submissions_pending.set(left)
         return report
@@ -168,7 +175,8 @@ class BlockSubmitter:
                 await self._rejected(block, f"error: {exc}", report)
                 return
             report.pending.append(block.id)
-            await self._run(self.ledger.submission_failed, block.id, str(exc))
+            if await self._run(self.ledger.submission_failed, block.id, str(exc)) == 1:
+                self.metrics.block("submit_failed")  # first try after a crash before it
             log.debug("block %d at height %d: still no answer from the chain: %s", block.id,
                       block.height, exc)
             return

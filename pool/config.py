@@ -174,6 +174,9 @@ class ChainSection:
                                    positive=True)
     resubmit_interval: float = setting(5.0, "seconds between tries of found blocks whose "
                                        "submission the node did not answer", positive=True)
+    submit_timeout: float = setting(10.0, "seconds a found block's first submission may wait "
+                                    "for the node; then the share is answered and the block "
+                                    "left to the resubmitter", positive=True)
     rpc_timeout: float = setting(30.0, "seconds one node RPC may take (kind = rpc) before it "
                                  "is retried", positive=True)
     node: dict[str, Any] = setting({}, "settings of the embedded node (table, passed to its "

@@ -193,6 +193,7 @@ class ShareChecker:
         metrics: PoolMetrics,
         useful: UsefulWork | None = None,
         budget: CheckBudget | None = None,
+        submit_timeout: float = 10.0,
     ) -> None:
         self.jobs = jobs
         self.sharelog = sharelog
@@ -208,6 +209,7 @@ class ShareChecker:
         self.metrics = metrics
         self.useful = useful
         self.budget = budget
+        self.submit_timeout = submit_timeout  # then a found block is left to the resubmitter
 
     def count(self, code: int | None) -> None:
         """Count one submit outcome in the shares metric (None = accepted)."""
@@ -335,8 +337,11 @@ class ShareChecker:
         except Exception as exc:  # submit anyway: a block must never be thrown away
             log.error("could not record block %d before submitting it: %s", height, exc)
         try:
-            accepted, reason = node_verdict(await self.chain.submit_block(sub))
+            with trio.fail_after(self.submit_timeout):
+                accepted, reason = node_verdict(await self.chain.submit_block(sub))
         except Exception as exc:
+            if isinstance(exc, trio.TooSlowError):
+                exc = TimeoutError(f"no answer within {self.submit_timeout:g} s")
             if unanswered(exc):
                 await self._unanswered(miner, height, block_id, exc)
                 if stale is not None:

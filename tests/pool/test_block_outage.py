@@ -32,7 +32,8 @@ from tests.support.pools import make_config
 
 FEE_BPS = 250
 SETTINGS = {"pool.start_difficulty": 1e-5, "pool.fee_bps": FEE_BPS, "chain.kind": "rpc",
-            "chain.rpc_timeout": 1.0, "chain.resubmit_interval": 0.2, "http.enabled": True}
+            "chain.rpc_timeout": 1.0, "chain.submit_timeout": 3.0,
+            "chain.resubmit_interval": 0.2, "http.enabled": True}
 NODE_FLAGS = ("--start-difficulty", "1e-4", "--min-difficulty", "1e-6", "--maturity", "2")
 
 
