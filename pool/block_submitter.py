@@ -66,6 +66,7 @@ async def credit_accepted_block(run: LedgerRun, ledger: Ledger, block_id: int,
     failure is logged and gives None: a block left "submitting" is tried again (the node
     answers "duplicate"), one left "found" is credited by the unlocker.
     """
+    moved = False
     try:
         moved = bool(await run(ledger.block_submitted, block_id))
         credited: BlockRecord = await run(ledger.credit_block, block_id, policy.factor,
@@ -74,7 +75,7 @@ async def credit_accepted_block(run: LedgerRun, ledger: Ledger, block_id: int,
     except Exception as exc:
         log.error("block %d accepted, but the ledger could not credit it yet (retried "
                   "later): %s", block_id, exc)
-        return False, None
+        return moved, None
     log.info("block %d credited by PPLNS: %s to %d address(es) over %s shares, fee %s",
              credited.height, coins(sum(credits.values())), len(credits),
              credited.shares_used, coins(credited.fee or 0))
