@@ -58,8 +58,9 @@ def unanswered(exc: BaseException) -> bool:
     return isinstance(exc, ChainUnavailable | OSError) or not isinstance(exc, ChainError)
 
 
-async def credit_accepted_block(run: LedgerRun, ledger: Ledger, block_id: int,
-                                policy: PplnsPolicy) -> tuple[bool, BlockRecord | None]:
+async def credit_accepted_block(
+    run: LedgerRun, ledger: Ledger, block_id: int, policy: PplnsPolicy
+) -> tuple[bool, BlockRecord | None]:
     """The node accepted block ``block_id``: mark it found and credit it by PPLNS.
 
     Returns (whether this call moved it from "submitting", the credited block). A ledger
@@ -69,16 +70,25 @@ async def credit_accepted_block(run: LedgerRun, ledger: Ledger, block_id: int,
     moved = False
     try:
         moved = bool(await run(ledger.block_submitted, block_id))
-        credited: BlockRecord = await run(ledger.credit_block, block_id, policy.factor,
-                                          policy.fee_bps, policy.fee_address)
+        credited: BlockRecord = await run(
+            ledger.credit_block, block_id, policy.factor, policy.fee_bps, policy.fee_address
+        )
         credits: dict[str, int] = await run(ledger.block_credits, block_id)
     except Exception as exc:
-        log.error("block %d accepted, but the ledger could not credit it yet (retried "
-                  "later): %s", block_id, exc)
+        log.error(
+            "block %d accepted, but the ledger could not credit it yet (retried later): %s",
+            block_id,
+            exc,
+        )
         return moved, None
-    log.info("block %d credited by PPLNS: %s to %d address(es) over %s shares, fee %s",
-             credited.height, coins(sum(credits.values())), len(credits),
-             credited.shares_used, coins(credited.fee or 0))
+    log.info(
+        "block %d credited by PPLNS: %s to %d address(es) over %s shares, fee %s",
+        credited.height,
+        coins(sum(credits.values())),
+        len(credits),
+        credited.shares_used,
+        coins(credited.fee or 0),
+    )
     return moved, credited
 
 
@@ -98,9 +108,17 @@ class BlockSubmitter:
     it was recorded, its first submission being still in flight in the share checker.
     """
 
-    def __init__(self, ledger: Ledger, chain: ChainAdapter, limiter: trio.CapacityLimiter,
-                 metrics: PoolMetrics, policy: PplnsPolicy, *, interval: float,
-                 grace: float) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        chain: ChainAdapter,
+        limiter: trio.CapacityLimiter,
+        metrics: PoolMetrics,
+        policy: PplnsPolicy,
+        *,
+        interval: float,
+        grace: float,
+    ) -> None:
         if interval <= 0:
             raise ValueError(f"resubmit interval must be positive, got {interval}")
         self.ledger = ledger
@@ -114,8 +132,7 @@ class BlockSubmitter:
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
             try:
@@ -142,8 +159,7 @@ class BlockSubmitter:
         try:
             tip_height, _ = await self.chain.tip()
         except Exception as exc:
-            log.debug("chain did not answer node.tip; %d block(s) stay pending: %s",
-                      len(due), exc)
+            log.debug("chain did not answer node.tip; %d block(s) stay pending: %s", len(due), exc)
             report.pending += [p.block.id for p in due]
             return report
         for p in due:
@@ -151,26 +167,32 @@ class BlockSubmitter:
                 await self._one(p, tip_height, report)
             except Exception as exc:  # the ledger, say: the block stays pending
                 report.pending.append(p.block.id)
-                log.warning("block %d at height %d: resubmission not settled, tried again "
-                            "next round: %s", p.block.id, p.block.height, exc)
+                log.warning(
+                    "block %d at height %d: resubmission not settled, tried again next round: %s",
+                    p.block.id,
+                    p.block.height,
+                    exc,
+                )
         left = len(pending) - len(report.accepted) - len(report.rejected)
         self.metrics.block_submissions_pending.set(left)
         return report
 
-    async def _one(self, p: PendingSubmission, tip_height: int, report: ResubmitReport
-                   ) -> None:
+    async def _one(self, p: PendingSubmission, tip_height: int, report: ResubmitReport) -> None:
         block = p.block
         try:
             if tip_height >= block.height:  # the chain is past it: on chain, or stale
                 status = await self.chain.block_status(block.hash)
                 if status.state == "unknown":
-                    accepted, reason = False, (f"stale: the chain reached height {tip_height} "
-                                               "without it")
+                    accepted, reason = (
+                        False,
+                        (f"stale: the chain reached height {tip_height} without it"),
+                    )
                 else:
                     accepted, reason = True, status.state
             else:
                 accepted, reason = node_verdict(
-                    await self.chain.submit_block(decode_submission(p.submission)))
+                    await self.chain.submit_block(decode_submission(p.submission))
+                )
         except Exception as exc:
             if not unanswered(exc):
                 await self._rejected(block, f"error: {exc}", report)
@@ -178,8 +200,12 @@ class BlockSubmitter:
             report.pending.append(block.id)
             if await self._run(self.ledger.submission_failed, block.id, str(exc)) == 1:
                 self.metrics.block("submit_failed")  # first try after a crash before it
-            log.debug("block %d at height %d: still no answer from the chain: %s", block.id,
-                      block.height, exc)
+            log.debug(
+                "block %d at height %d: still no answer from the chain: %s",
+                block.id,
+                block.height,
+                exc,
+            )
             return
         if not accepted:
             await self._rejected(block, reason, report)
@@ -188,14 +214,23 @@ class BlockSubmitter:
         if moved:
             self.metrics.block("found")
         report.accepted.append(block.id)
-        log.info("block %d at height %d (hash %s) resubmitted after %d unanswered tr%s: "
-                 "accepted", block.id, block.height, block.hash.hex()[:16], p.attempts,
-                 "y" if p.attempts == 1 else "ies")
+        log.info(
+            "block %d at height %d (hash %s) resubmitted after %d unanswered tr%s: accepted",
+            block.id,
+            block.height,
+            block.hash.hex()[:16],
+            p.attempts,
+            "y" if p.attempts == 1 else "ies",
+        )
 
-    async def _rejected(self, block: BlockRecord, reason: str, report: ResubmitReport
-                        ) -> None:
+    async def _rejected(self, block: BlockRecord, reason: str, report: ResubmitReport) -> None:
         await self._run(self.ledger.reject_block, block.id, reason)
         self.metrics.block("rejected")
         report.rejected[block.id] = reason
-        log.warning("block %d at height %d (hash %s) rejected: %s", block.id, block.height,
-                    block.hash.hex()[:16], reason)
+        log.warning(
+            "block %d at height %d (hash %s) rejected: %s",
+            block.id,
+            block.height,
+            block.hash.hex()[:16],
+            reason,
+        )

@@ -13,8 +13,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pool.health import DEPENDENCIES
 from protocol.errors import ErrorCode
 
-SHARE_RESULTS = ("accepted", "stale", "duplicate", "low_difficulty", "invalid", "malformed",
-                 "rate_limited", "pool_error")
+SHARE_RESULTS = (
+    "accepted",
+    "stale",
+    "duplicate",
+    "low_difficulty",
+    "invalid",
+    "malformed",
+    "rate_limited",
+    "pool_error",
+)
 # found: accepted by the node; rejected: the node said no (ledger state "rejected");
 # submit_failed: the first submission went unanswered (the block is kept "submitting" and
 # resubmitted: it ends found or rejected); confirmed, orphaned: as the ledger's states.
@@ -152,7 +160,8 @@ class PoolMetrics:
             "matmine_pool_ban_decisions",
             "IP ban decisions at a session's second or later drop within ban_seconds: banned,"
             " or spared because the IP's honest sessions outweigh its drops.",
-            ["decision"], registry=registry,
+            ["decision"],
+            registry=registry,
         )
         self.retention_last_run = Gauge(
             "matmine_pool_retention_last_run_timestamp_seconds",
@@ -171,13 +180,15 @@ class PoolMetrics:
             "matmine_pool_blob_bytes", "Bytes in the useful-work blob store.", registry=registry
         )
         self.work_items = Gauge(
-            "matmine_pool_work_item_rows", "Work items (customers' products) remembered.",
+            "matmine_pool_work_item_rows",
+            "Work items (customers' products) remembered.",
             registry=registry,
         )
         self.database_bytes = Gauge(
             "matmine_pool_database_bytes",
             "Size on disk of each SQLite database of the pool (its WAL included).",
-            ["database"], registry=registry,
+            ["database"],
+            registry=registry,
         )
         self.dependency_up = Gauge(
             "matmine_pool_dependency_up",

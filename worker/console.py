@@ -32,9 +32,11 @@ def status_line(stats: WorkerStats) -> str:
     s = stats.shares
     pool = stats.pool if stats.pool_connected else "no pool"
     rates = "/".join(format_rate(stats.hashrate(w)) for w in (10, 60, 900))
-    return (f"{pool} | {rates} (10s/60s/15m) | accepted {s['accepted']} rejected "
-            f"{s['rejected']} stale {s['stale']} lost {s['lost']} | hw errors "
-            f"{stats.hw_errors} | best share {stats.best.difficulty:.4g} | blocks {stats.blocks}")
+    return (
+        f"{pool} | {rates} (10s/60s/15m) | accepted {s['accepted']} rejected "
+        f"{s['rejected']} stale {s['stale']} lost {s['lost']} | hw errors "
+        f"{stats.hw_errors} | best share {stats.best.difficulty:.4g} | blocks {stats.blocks}"
+    )
 
 
 def status_table(stats: WorkerStats) -> Group:
@@ -46,10 +48,17 @@ def status_table(stats: WorkerStats) -> Group:
         table.add_row(
             name + (" [red](stalled)[/red]" if dev.stalled else ""),
             *(format_rate(stats.hashrate(w, name)) for w in (10, 60, 900)),
-            str(dev.candidates), str(dev.hw_errors), str(dev.restarts),
+            str(dev.candidates),
+            str(dev.hw_errors),
+            str(dev.restarts),
         )
-    table.add_row("[bold]total[/bold]", *(format_rate(stats.hashrate(w)) for w in (10, 60, 900)),
-                  "", str(stats.hw_errors), "")
+    table.add_row(
+        "[bold]total[/bold]",
+        *(format_rate(stats.hashrate(w)) for w in (10, 60, 900)),
+        "",
+        str(stats.hw_errors),
+        "",
+    )
     return Group(table, Text(status_line(stats)))
 
 
@@ -62,8 +71,13 @@ def live_view(setting: str) -> bool:
 class StatusConsole:
     """Logs ``status_line`` every ``interval`` s; drives a ``rich.live.Live`` if ``live``."""
 
-    def __init__(self, stats: WorkerStats, interval: float, live: str = "auto",
-                 console: Console | None = None) -> None:
+    def __init__(
+        self,
+        stats: WorkerStats,
+        interval: float,
+        live: str = "auto",
+        console: Console | None = None,
+    ) -> None:
         self.stats = stats
         self.interval = interval
         self.live = live_view(live)
@@ -75,8 +89,9 @@ class StatusConsole:
                 await trio.sleep(self.interval)
                 log.info("%s", status_line(self.stats))
         # auto_refresh=False: rich would start its own refresh thread; trio drives it instead
-        with Live(status_table(self.stats), console=self.console, auto_refresh=False,
-                  transient=False) as live:
+        with Live(
+            status_table(self.stats), console=self.console, auto_refresh=False, transient=False
+        ) as live:
             next_line = trio.current_time() + self.interval
             while True:
                 await trio.sleep(1.0)

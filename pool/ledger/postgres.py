@@ -120,7 +120,8 @@ CREATE INDEX payment_outputs_by_address ON payment_outputs (address);
 
 # Version 2: a block waiting for the node's answer keeps its submission; a rejected block
 # its reason.
-MIGRATIONS_TO = {2: """
+MIGRATIONS_TO = {
+    2: """
 ALTER TABLE blocks ADD COLUMN reason TEXT;
 CREATE TABLE block_submissions (
     block_id BIGINT PRIMARY KEY REFERENCES blocks (id),
@@ -130,7 +131,8 @@ CREATE TABLE block_submissions (
     created DOUBLE PRECISION NOT NULL,
     last_attempt DOUBLE PRECISION
 )
-"""}
+"""
+}
 
 
 class LedgerConnectionError(LedgerError):
@@ -162,8 +164,15 @@ class PostgresLedger(SqlLedger):
     SCHEMA = SCHEMA_V1
     MIGRATIONS = MIGRATIONS_TO
 
-    def __init__(self, url: str, *, connect_timeout: float = 10, statement_timeout: float = 30,
-                 call_timeout: float = 60, max_attempts: int = 20) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 10,
+        statement_timeout: float = 30,
+        call_timeout: float = 60,
+        max_attempts: int = 20,
+    ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
         if not (connect_timeout > 0 and statement_timeout > 0 and call_timeout > 0):
@@ -175,14 +184,19 @@ class PostgresLedger(SqlLedger):
         params.setdefault("connect_timeout", max(1, round(connect_timeout)))
         params.setdefault("application_name", "matmine-pool")
         # A dead peer is noticed within about 10 + 3 x 5 s; unacknowledged data in 20 s.
-        for key, value in (("keepalives", 1), ("keepalives_idle", 10),
-                           ("keepalives_interval", 5), ("keepalives_count", 3),
-                           ("tcp_user_timeout", 20_000)):
+        for key, value in (
+            ("keepalives", 1),
+            ("keepalives_idle", 10),
+            ("keepalives_interval", 5),
+            ("keepalives_count", 3),
+            ("tcp_user_timeout", 20_000),
+        ):
             params.setdefault(key, value)
         ms = max(1, round(statement_timeout * 1000))
-        params["options"] = (f"-c statement_timeout={ms} "
-                             f"-c idle_in_transaction_session_timeout={ms} "
-                             + str(params.get("options", ""))).strip()
+        params["options"] = (
+            f"-c statement_timeout={ms} "
+            f"-c idle_in_transaction_session_timeout={ms} " + str(params.get("options", ""))
+        ).strip()
         self.call_timeout = call_timeout
         self._params: dict[str, Any] = params
         # Where, for messages: never the password.

@@ -89,7 +89,8 @@ CREATE INDEX payment_outputs_by_address ON payment_outputs (address);
 
 # Version 2: a block waiting for the node's answer keeps its submission; a rejected block
 # its reason.
-MIGRATIONS_TO = {2: """
+MIGRATIONS_TO = {
+    2: """
 ALTER TABLE blocks ADD COLUMN reason TEXT;
 CREATE TABLE block_submissions (
     block_id INTEGER PRIMARY KEY REFERENCES blocks (id),
@@ -99,7 +100,8 @@ CREATE TABLE block_submissions (
     created REAL NOT NULL,
     last_attempt REAL
 )
-"""}
+"""
+}
 
 
 class SqliteLedger(SqlLedger):

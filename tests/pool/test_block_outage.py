@@ -31,9 +31,15 @@ from tests.support.pg import free_port
 from tests.support.pools import make_config
 
 FEE_BPS = 250
-SETTINGS = {"pool.start_difficulty": 1e-5, "pool.fee_bps": FEE_BPS, "chain.kind": "rpc",
-            "chain.rpc_timeout": 1.0, "chain.submit_timeout": 3.0,
-            "chain.resubmit_interval": 0.2, "http.enabled": True}
+SETTINGS = {
+    "pool.start_difficulty": 1e-5,
+    "pool.fee_bps": FEE_BPS,
+    "chain.kind": "rpc",
+    "chain.rpc_timeout": 1.0,
+    "chain.submit_timeout": 3.0,
+    "chain.resubmit_interval": 0.2,
+    "http.enabled": True,
+}
 NODE_FLAGS = ("--start-difficulty", "1e-4", "--min-difficulty", "1e-6", "--maturity", "2")
 
 
@@ -109,15 +115,16 @@ async def assert_api_agrees_with_metrics(pool: PoolHandle) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-async def test_block_found_while_the_node_is_stopped_reaches_the_chain(start_pool,
-                                                                       tmp_path: Path):
+async def test_block_found_while_the_node_is_stopped_reaches_the_chain(start_pool, tmp_path: Path):
     port = free_port()
     async with trio.open_nursery() as nursery:
         node = await start_node(nursery, port, tmp_path / "node", *NODE_FLAGS)
         pool = await start_pool({**SETTINGS, "chain.rpc_port": port})
         addr_a, addr_b = new_address(), new_address()
-        async with await TestMiner.connect(pool.stratum_port, timeout=60) as a, \
-                await TestMiner.connect(pool.stratum_port, timeout=60) as b:
+        async with (
+            await TestMiner.connect(pool.stratum_port, timeout=60) as a,
+            await TestMiner.connect(pool.stratum_port, timeout=60) as b,
+        ):
             await a.login(addr_a + ".a1")
             await b.login(addr_b + ".b1")
             await plain_shares(a, b)
@@ -156,13 +163,17 @@ async def test_block_found_while_the_node_is_stopped_reaches_the_chain(start_poo
             await pool.chain.devnet_advance(3)  # maturity 2: the reward is paid out
             with trio.fail_after(30):
                 while [await pool.chain.balance(x) for x in (addr_a, addr_b)] != [
-                        credits[addr_a], credits[addr_b]]:
+                    credits[addr_a],
+                    credits[addr_b],
+                ]:
                     await trio.sleep(0.1)
             age = gauge(pool, "matmine_pool_template_age_seconds")
             assert age is not None and age < 5
-            print(f"\n[node SIGSTOP] blocks found during the outage: 1, reached the chain: 1; "
-                  f"share answered after {answered:.1f} s; block accepted and credited "
-                  f"{took:.2f} s after SIGCONT; paid {credits[addr_a]} + {credits[addr_b]}")
+            print(
+                f"\n[node SIGSTOP] blocks found during the outage: 1, reached the chain: 1; "
+                f"share answered after {answered:.1f} s; block accepted and credited "
+                f"{took:.2f} s after SIGCONT; paid {credits[addr_a]} + {credits[addr_b]}"
+            )
         node.send_signal(signal.SIGINT)
         with trio.fail_after(30):
             await node.wait()
@@ -172,15 +183,18 @@ async def test_block_found_while_the_node_is_stopped_reaches_the_chain(start_poo
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_blocks_found_while_the_node_is_dead_one_reaches_the_chain_one_is_stale(
-        start_pool, tmp_path: Path):
+    start_pool, tmp_path: Path
+):
     port = free_port()
     data = tmp_path / "node"
     async with trio.open_nursery() as nursery:
         node = await start_node(nursery, port, data, *NODE_FLAGS)
         pool = await start_pool({**SETTINGS, "chain.rpc_port": port})
         addr_a, addr_b = new_address(), new_address()
-        async with await TestMiner.connect(pool.stratum_port, timeout=60) as a, \
-                await TestMiner.connect(pool.stratum_port, timeout=60) as b:
+        async with (
+            await TestMiner.connect(pool.stratum_port, timeout=60) as a,
+            await TestMiner.connect(pool.stratum_port, timeout=60) as b,
+        ):
             await a.login(addr_a + ".a1")
             await b.login(addr_b + ".b1")
             await plain_shares(a, b)
@@ -188,8 +202,7 @@ async def test_blocks_found_while_the_node_is_dead_one_reaches_the_chain_one_is_
             await node.wait()
             for _ in range(2):  # two blocks on the same parent: only one can make it
                 await submit_block(b)
-            first, second = sorted(await ledger(pool, pool.ledger.blocks, 10),
-                                   key=lambda x: x.id)
+            first, second = sorted(await ledger(pool, pool.ledger.blocks, 10), key=lambda x: x.id)
             assert first.status == second.status == SUBMITTING
             assert first.height == second.height
             assert blocks_metric(pool, "submit_failed") == 2
@@ -214,9 +227,11 @@ async def test_blocks_found_while_the_node_is_dead_one_reaches_the_chain_one_is_
             await assert_api_agrees_with_metrics(pool)
             statuses = {b["hash"]: b for b in await api_blocks(pool)}
             assert statuses[second.hash.hex()]["reason"] == second.reason
-            print(f"\n[node SIGKILL] blocks found during the outage: 2, reached the chain: 1, "
-                  f"rejected stale: 1; first accepted and credited {took:.2f} s after the "
-                  f"node was back")
+            print(
+                f"\n[node SIGKILL] blocks found during the outage: 2, reached the chain: 1, "
+                f"rejected stale: 1; first accepted and credited {took:.2f} s after the "
+                f"node was back"
+            )
         node.send_signal(signal.SIGINT)
         with trio.fail_after(30):
             await node.wait()
@@ -226,8 +241,7 @@ async def test_blocks_found_while_the_node_is_dead_one_reaches_the_chain_one_is_
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("chain_moved_on", [False, True], ids=["resubmitted", "stale"])
-async def test_a_restarted_pool_resubmits_its_pending_block(tmp_path: Path,
-                                                            chain_moved_on: bool):
+async def test_a_restarted_pool_resubmits_its_pending_block(tmp_path: Path, chain_moved_on: bool):
     port = free_port()
     data = tmp_path / "node"
     config = make_config(tmp_path / "pool", {**SETTINGS, "chain.rpc_port": port})
@@ -236,8 +250,10 @@ async def test_a_restarted_pool_resubmits_its_pending_block(tmp_path: Path,
         node = await start_node(nursery, port, data, *NODE_FLAGS)
         async with trio.open_nursery() as first_run:
             pool = await first_run.start(run_pool, config)
-            async with await TestMiner.connect(pool.stratum_port, timeout=60) as a, \
-                    await TestMiner.connect(pool.stratum_port, timeout=60) as b:
+            async with (
+                await TestMiner.connect(pool.stratum_port, timeout=60) as a,
+                await TestMiner.connect(pool.stratum_port, timeout=60) as b,
+            ):
                 await a.login(addr_a + ".a1")
                 await b.login(addr_b + ".b1")
                 await plain_shares(a, b)
@@ -252,8 +268,9 @@ async def test_a_restarted_pool_resubmits_its_pending_block(tmp_path: Path,
                 await chain.devnet_advance(1)
         async with trio.open_nursery() as second_run:
             started = time.monotonic()
-            pool = await second_run.start(run_pool, make_config(tmp_path / "pool", {
-                **SETTINGS, "chain.rpc_port": port}))
+            pool = await second_run.start(
+                run_pool, make_config(tmp_path / "pool", {**SETTINGS, "chain.rpc_port": port})
+            )
             settled_block = await settled(pool, block.block.id)
             took = time.monotonic() - started
             credits = await ledger(pool, pool.ledger.block_credits, settled_block.id)
@@ -266,13 +283,14 @@ async def test_a_restarted_pool_resubmits_its_pending_block(tmp_path: Path,
                 assert blocks_metric(pool, "rejected") == 1
             else:
                 assert settled_block.status == CREDITED and state == "pending"
-                assert credits == expected_credits(settled_block.reward,
-                                                   {addr_a: 3, addr_b: 2})
+                assert credits == expected_credits(settled_block.reward, {addr_a: 3, addr_b: 2})
                 assert blocks_metric(pool, "found") == 1
             assert await ledger(pool, pool.ledger.pending_submissions) == []
-            print(f"\n[pool restart, chain moved on: {chain_moved_on}] pending blocks after "
-                  f"the restart: 1, reached the chain: {0 if chain_moved_on else 1}; "
-                  f"settled ({settled_block.status}) {took:.2f} s after the pool started")
+            print(
+                f"\n[pool restart, chain moved on: {chain_moved_on}] pending blocks after "
+                f"the restart: 1, reached the chain: {0 if chain_moved_on else 1}; "
+                f"settled ({settled_block.status}) {took:.2f} s after the pool started"
+            )
             second_run.cancel_scope.cancel()
         node.send_signal(signal.SIGINT)
         with trio.fail_after(30):

@@ -62,8 +62,9 @@ class Cdp:
             self.errors.append(params["entry"].get("text", "")[:500])
 
     def evaluate(self, expression: str) -> Any:
-        r = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
-                      awaitPromise=True)
+        r = self.call(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
         return r["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 20.0) -> Any:
@@ -93,11 +94,24 @@ def _devtools_page(port: int, timeout: float = 30.0) -> str:
 def browse(url: str, address: str, user_dir: Path, shot: Path) -> dict[str, Any]:
     """Load ``url`` in headless Chromium; what the page shows, and any console errors."""
     proc = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={user_dir}", "--remote-debugging-port=0",
-         "--window-size=1100,1400", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={user_dir}",
+            "--remote-debugging-port=0",
+            "--window-size=1100,1400",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         active = user_dir / "DevToolsActivePort"
         deadline = time.monotonic() + 30
@@ -113,7 +127,8 @@ def browse(url: str, address: str, user_dir: Path, shot: Path) -> dict[str, Any]
         points = cdp.wait_for(
             "(() => { const c = charts && charts['chart']; "
             "return c && c.data[0].length >= 2 && !!document.querySelector('#chart canvas') "
-            "? c.data[0].length : 0; })()")
+            "? c.data[0].length : 0; })()"
+        )
         max_rate = cdp.evaluate("Math.max(...charts['chart'].data[1])")
         miners = cdp.wait_for("document.querySelector('#miners tbody').textContent")
         cdp.call("Page.navigate", url=f"{url}#/miner/{address}")
@@ -122,8 +137,13 @@ def browse(url: str, address: str, user_dir: Path, shot: Path) -> dict[str, Any]
         png = cdp.call("Page.captureScreenshot", format="png")["data"]
         shot.write_bytes(base64.b64decode(png))
         cdp.evaluate("1")  # drain pending events
-        return {"points": points, "max_rate": max_rate, "miners": miners, "workers": workers,
-                "errors": cdp.errors}
+        return {
+            "points": points,
+            "max_rate": max_rate,
+            "miners": miners,
+            "workers": workers,
+            "errors": cdp.errors,
+        }
     finally:
         proc.terminate()
         proc.wait(timeout=10)

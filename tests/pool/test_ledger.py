@@ -550,7 +550,8 @@ def test_postgres_schema_is_created_once_by_racing_pools(pg_url):
                 led.close()
     with psycopg.connect(pg_url) as raw:
         assert raw.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
-            (v,) for v in range(1, SCHEMA_VERSION + 1)]  # each version once
+            (v,) for v in range(1, SCHEMA_VERSION + 1)
+        ]  # each version once
         names = {r[0] for r in raw.execute("SELECT indexname FROM pg_indexes").fetchall()}
         assert {"shares_by_time", "payment_outputs_by_address"} <= names
     assert type(open_ledger(pg_url)).__name__ == "PostgresLedger"

@@ -37,10 +37,12 @@ def ledger(target):
         yield led
 
 
-def record(led: Ledger, n: int = 1, t: float = 1000.0, submission: bytes | None = SUBMISSION
-           ) -> int:
-    return led.record_block(100 + n, bytes([n]) * 32, 5_000_000_000, t, BOB, "rig1", 10.0,
-                            submission)
+def record(
+    led: Ledger, n: int = 1, t: float = 1000.0, submission: bytes | None = SUBMISSION
+) -> int:
+    return led.record_block(
+        100 + n, bytes([n]) * 32, 5_000_000_000, t, BOB, "rig1", 10.0, submission
+    )
 
 
 def test_a_block_recorded_with_its_submission_waits_for_the_node(ledger):
@@ -105,8 +107,7 @@ def test_a_pending_submission_survives_a_reopen(target):
         led.submission_failed(block_id, "node down")
     with open_ledger(target) as led:
         (pending,) = led.pending_submissions()
-        assert (pending.block.id, pending.submission, pending.attempts) == (
-            block_id, SUBMISSION, 1)
+        assert (pending.block.id, pending.submission, pending.attempts) == (block_id, SUBMISSION, 1)
 
 
 def test_prune_keeps_the_window_of_a_block_waiting_for_the_node(ledger):
@@ -142,16 +143,32 @@ def v1_ledger(target: str) -> None:
             if statement.strip():
                 run(statement)
         s = share(1, ALICE, 999.0)
-        run("INSERT INTO shares (digest, time, address, worker, job_id, height, difficulty,"
+        run(
+            "INSERT INTO shares (digest, time, address, worker, job_id, height, difficulty,"
             f" network_difficulty, session_id) VALUES ({', '.join([ph] * 9)})",
-            (s.digest, s.time, s.address, s.worker, s.job_id, s.height, s.difficulty,
-             s.network_difficulty, s.session_id))
-        run("INSERT INTO blocks (height, hash, reward, time, address, worker,"
+            (
+                s.digest,
+                s.time,
+                s.address,
+                s.worker,
+                s.job_id,
+                s.height,
+                s.difficulty,
+                s.network_difficulty,
+                s.session_id,
+            ),
+        )
+        run(
+            "INSERT INTO blocks (height, hash, reward, time, address, worker,"
             " network_difficulty, status, fee, remainder, shares_used)"
             f" VALUES ({', '.join([ph] * 11)})",
-            (7, b"\x07" * 32, 1000, 1000.0, ALICE, "rig1", 10.0, CREDITED, 10, 0, 1))
-        run(f"INSERT INTO credits (block_id, address, amount, status) VALUES "
-            f"(1, {ph}, 990, 'pending')", (ALICE,))
+            (7, b"\x07" * 32, 1000, 1000.0, ALICE, "rig1", 10.0, CREDITED, 10, 0, 1),
+        )
+        run(
+            f"INSERT INTO credits (block_id, address, amount, status) VALUES "
+            f"(1, {ph}, 990, 'pending')",
+            (ALICE,),
+        )
         run(f"INSERT INTO balances (address, amount, since) VALUES ({ph}, 55, 1.0)", (BOB,))
     finally:
         conn.close()
@@ -164,7 +181,12 @@ def test_a_schema_1_ledger_is_migrated_with_its_data(target):
         assert led.share_count() == 1
         (block,) = led.blocks(10)
         assert (block.height, block.status, block.reward, block.fee, block.reason) == (
-            7, CREDITED, 1000, 10, None)
+            7,
+            CREDITED,
+            1000,
+            10,
+            None,
+        )
         assert led.block_credits(block.id) == {ALICE: 990}
         assert led.balances() == {BOB: 55}
         assert led.pool_totals().immature == 990

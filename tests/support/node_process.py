@@ -17,10 +17,14 @@ NODE = [sys.executable, "-m", "node.cli"]
 async def start_node(nursery: trio.Nursery, port: int, data: Path, *flags: str) -> trio.Process:
     """``matmine-node serve`` on 127.0.0.1:``port`` with its chain in ``data``, once it
     listens; ``flags`` are more ``serve`` flags (``--start-difficulty``, ...)."""
-    proc: trio.Process = await nursery.start(partial(
-        trio.run_process,
-        [*NODE, "serve", "--port", str(port), "--data-dir", str(data), *flags],
-        stderr=subprocess.PIPE, check=False))
+    proc: trio.Process = await nursery.start(
+        partial(
+            trio.run_process,
+            [*NODE, "serve", "--port", str(port), "--data-dir", str(data), *flags],
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+    )
     assert proc.stderr is not None
     seen = b""
     with trio.fail_after(60):
