@@ -50,6 +50,10 @@ class UnknownMiner(LookupError):
 
 
 def block_json(block: BlockRecord) -> dict[str, Any]:
+    """One block; ``status`` is the ledger's state, in the words of the blocks metric:
+    "submitting" (waiting for the node's answer: the pending-submissions gauge), "found"
+    and "credited" (accepted: counted ``found``), "confirmed", "orphaned", "rejected"
+    (the node said no or the chain moved past it; ``reason`` says which)."""
     return {
         "height": block.height,
         "hash": block.hash.hex(),
@@ -62,6 +66,7 @@ def block_json(block: BlockRecord) -> dict[str, Any]:
         "network_difficulty": block.network_difficulty,
         "fee": block.fee,
         "shares_used": block.shares_used,
+        "reason": block.reason,
     }
 
 
@@ -126,6 +131,8 @@ class PoolData:
             "blocks_pending": totals.blocks_pending,
             "blocks_confirmed": totals.blocks_confirmed,
             "blocks_orphaned": totals.blocks_orphaned,
+            "blocks_rejected": totals.blocks_rejected,
+            "blocks_submitting": totals.blocks_submitting,
             "last_block_time": last[0].time if last else None,
             "fee_bps": self.fee_bps,
             "fee_percent": self.fee_bps / 100,

@@ -2,8 +2,8 @@
 
 :func:`run_pool` opens the ledger and the chain adapter, starts the share log writer,
 the job manager, useful work (queue, results, lease expiry; ``[useful]``), the miner
-ports, the HTTP API (with the work API), the block unlocker and payouts, and
-reports a :class:`PoolHandle` (bound ports and the live parts) through ``task_status``.
+ports, the HTTP API (with the work API), the block unlocker, the block resubmitter and
+payouts, and reports a :class:`PoolHandle` (bound ports and the live parts) through ``task_status``.
 Cancelling it shuts everything down: the share log commits what is queued, then the
 ledger and the chain are closed. :func:`serve_until_signalled` is the CLI's entry: it
 turns SIGINT/SIGTERM into that cancellation.
@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from pool.abuse import BanList, CheckBudget
 from pool.api_data import PoolData, PoolSnapshot, WorkerSnapshot
+from pool.block_submitter import BlockSubmitter
 from pool.chain.embedded import EmbeddedChain
 from pool.chain.rpc import RpcChain
 from pool.config import ConfigError, PoolConfig, node_config
@@ -102,7 +103,12 @@ def open_chain(config: PoolConfig, wallet: str) -> Any:
     """The chain adapter the config asks for."""
     if config.chain.kind == "rpc":
         log.info("using the devnet node at %s:%d", config.chain.rpc_host, config.chain.rpc_port)
-        return RpcChain(config.chain.rpc_host, config.chain.rpc_port, wallet_address=wallet)
+        return RpcChain(
+            config.chain.rpc_host,
+            config.chain.rpc_port,
+            wallet_address=wallet,
+            timeout=config.chain.rpc_timeout,
+        )
     node_dir = config.data_path / "node"
     node_dir.mkdir(parents=True, exist_ok=True)
     log.info("running the embedded devnet node in %s", node_dir)
@@ -214,6 +220,7 @@ async def run_pool(
                 health=health,
             )
             await nursery.start(jobs.run)
+            metrics.template_age.set_function(jobs.template_age)
             checker = ShareChecker(
                 jobs,
                 sharelog,
@@ -227,6 +234,7 @@ async def run_pool(
                 max_shares_per_job=config.limits.max_shares_per_job,
                 metrics=metrics,
                 useful=useful,
+                submit_timeout=config.chain.submit_timeout,
                 budget=CheckBudget(
                     config.limits.checks_per_ip_per_second,
                     config.limits.check_burst_per_ip,
@@ -298,6 +306,17 @@ async def run_pool(
                     unknown_grace=p.unknown_block_grace,
                 )
             )
+            # A block whose first submission may still be running is left alone meanwhile.
+            submitter = BlockSubmitter(
+                ledger,
+                chain,
+                ledger_limiter,
+                metrics,
+                policy,
+                interval=config.chain.resubmit_interval,
+                grace=config.chain.submit_timeout + 5,
+            )
+            await nursery.start(submitter.run)
             await nursery.start(
                 run_payouts, ledger, chain, p.payout_interval, p.min_payout, ledger_limiter, metrics
             )

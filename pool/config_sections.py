@@ -186,6 +186,20 @@ class ChainSection:
     rpc_host: str = setting("127.0.0.1", "node RPC host when kind = rpc")
     rpc_port: int = setting(18444, "node RPC port when kind = rpc", min=0, max=65535)
     poll_interval: float = setting(1.0, "seconds between checks of the chain tip", positive=True)
+    resubmit_interval: float = setting(
+        5.0,
+        "seconds between tries of found blocks whose submission the node did not answer",
+        positive=True,
+    )
+    submit_timeout: float = setting(
+        10.0,
+        "seconds a found block's first submission may wait for the node; then the share is "
+        "answered and the block left to the resubmitter",
+        positive=True,
+    )
+    rpc_timeout: float = setting(
+        30.0, "seconds one node RPC may take (kind = rpc) before it is retried", positive=True
+    )
     node: dict[str, Any] = setting(
         {}, "settings of the embedded node (table, passed to its config)", example=_NODE_EXAMPLE
     )

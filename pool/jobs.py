@@ -217,6 +217,7 @@ class JobManager:
         self.run_id = f"{int(time.time()) & 0xFFFFFFFF:x}{secrets.randbits(16):04x}"
         self._template_ids = itertools.count(1)
         self.current: Template | None = None
+        self.template_received: float | None = None  # time.monotonic() of the last template
         self.epoch = 0
         self._tip: bytes | None = None
         self._changed = trio.Event()
@@ -261,6 +262,11 @@ class JobManager:
             await self._changed.wait()
         return self.current
 
+    def template_age(self) -> float:
+        """Seconds since the chain last gave a template (0 before the first)."""
+        received = self.template_received
+        return 0.0 if received is None else max(0.0, time.monotonic() - received)
+
     def poke(self) -> None:
         """Check the chain now (after a block was found) instead of at the next poll."""
         self._poke.set()
@@ -268,6 +274,7 @@ class JobManager:
     async def refresh(self, *, clean: bool | None = None) -> Template:
         """Fetch a template and publish it; ``clean`` defaults to "the tip moved"."""
         block = await self.chain.template()
+        self.template_received = time.monotonic()
         new_block = block.prev_hash != self._tip
         if clean is None:
             clean = new_block or self.current is None

@@ -21,8 +21,12 @@ SHARE_RESULTS = (
     "invalid",
     "malformed",
     "rate_limited",
+    "pool_error",
 )
-BLOCK_STATUSES = ("found", "rejected", "confirmed", "orphaned")
+# found: accepted by the node; rejected: the node said no (ledger state "rejected");
+# submit_failed: the first submission went unanswered (the block is kept "submitting" and
+# resubmitted: it ends found or rejected); confirmed, orphaned: as the ledger's states.
+BLOCK_STATUSES = ("found", "rejected", "submit_failed", "confirmed", "orphaned")
 VARDIFF_DIRECTIONS = ("up", "down")
 
 _RESULT_BY_CODE: dict[int, str] = {
@@ -47,9 +51,18 @@ def result_for_error_code(code: int) -> str:
     """The ``shares_total{result}`` label of a share rejected with wire error ``code``.
 
     STALE, DUPLICATE, LOW_DIFFICULTY, MALFORMED and RATE_LIMITED have their own label;
-    every other code (OTHER, UNAUTHORIZED, NOT_SUBSCRIBED, BAD_TIME) → invalid.
+    every other code (OTHER, UNAUTHORIZED, NOT_SUBSCRIBED, BAD_TIME) → invalid, except a
+    refusal caused by the pool's own state (a :class:`PoolFaultCode`, e.g. a 20 for a share
+    the ledger could not store) → pool_error: never the miner's fault (SPEC §12.9).
     """
+    if isinstance(code, PoolFaultCode):
+        return "pool_error"
     return _RESULT_BY_CODE.get(code, "invalid")
+
+
+class PoolFaultCode(int):
+    """A wire error code (an ``int``, sent as such) of a refusal caused by the pool's own
+    state: the shares metric counts it under ``pool_error``, apart from miners' faults."""
 
 
 class PoolMetrics:
@@ -66,7 +79,8 @@ class PoolMetrics:
         self.shares = Counter(
             "matmine_pool_shares",
             "Submitted shares by result: accepted, stale, duplicate, low_difficulty, invalid,"
-            " malformed, rate_limited.",
+            " malformed, rate_limited, pool_error (refused because of the pool's own state,"
+            " e.g. its ledger could not store the share).",
             ["result"],
             registry=registry,
         )
@@ -91,9 +105,20 @@ class PoolMetrics:
         )
         self.blocks = Counter(
             "matmine_pool_blocks",
-            "Blocks by outcome: found (accepted by the node), rejected (by the node), confirmed,"
-            " orphaned.",
+            "Blocks by outcome: found (accepted by the node), rejected (the node said no, or the"
+            " chain moved past it), submit_failed (no answer to its first submission; kept and"
+            " resubmitted), confirmed, orphaned.",
             ["status"],
+            registry=registry,
+        )
+        self.block_submissions_pending = Gauge(
+            "matmine_pool_block_submissions_pending",
+            "Found blocks whose submission the node has not answered yet (kept, resubmitted).",
+            registry=registry,
+        )
+        self.template_age = Gauge(
+            "matmine_pool_template_age_seconds",
+            "Seconds since the pool last got a block template from the chain.",
             registry=registry,
         )
         self.vardiff_changes = Counter(

@@ -15,7 +15,8 @@ code   when
 27     the job has seen ``max_shares_per_job`` shares (the per-job duplicate
        memory is bounded; take the next job)
 23     the ticket does not meet the job's share difficulty
-20     the share could not be stored (never acknowledged then; it may be resubmitted)
+20     the share could not be stored (never acknowledged then; it may be resubmitted);
+       counted as ``pool_error``, not as the miner's fault
 =====  ==========================================================================
 
 Credit = proven work (SPEC §12.8): each job's coinbase names the job, so a header belongs
@@ -30,7 +31,9 @@ a worker thread behind a ``CapacityLimiter``; the event loop only does dictionar
 An accepted share is committed through the :class:`~pool.sharelog.ShareLog` before the
 ack. A share that also meets the network target is submitted to the chain at once
 (``BlockSubmission`` with the workload seed, or for a useful-work unit its 16 + 16 rows
-with Merkle proofs), then recorded in the ledger and credited by PPLNS.
+with Merkle proofs), recorded in the ledger with that submission first, then credited by
+PPLNS; a submission the node does not answer is kept and tried again
+(:mod:`pool.block_submitter`).
 
 A share of a job made for a useful-work lease (``Job.lease_id``) is **held** in the work
 queue instead of the ledger; :meth:`ShareChecker.credit` writes it once the unit's result
@@ -48,43 +51,23 @@ from typing import Any, TypeVar
 import trio
 
 from pool.abuse import CheckBudget
+from pool.block_submitter import credit_accepted_block, encode_submission, node_verdict, unanswered
 from pool.chain.base import ChainAdapter
-from pool.jobs import Job, JobManager, SessionJobs, ShareKey
+from pool.jobs import Job, JobManager, SessionJobs
 from pool.ledger.base import Ledger, ShareRecord
 from pool.metrics import PoolMetrics
+from pool.pplns import PplnsPolicy
+from pool.share_rules import CheckedTicket, ShareRejected, check_ticket, precheck
 from pool.sharelog import ShareLog, ShareLogError
 from pool.useful.service import UsefulWork
 from protocol import messages
 from protocol.chain import BlockSubmission
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.hashing import H
-from protocol.header import MAX_TIME_ROLL, Header, coins
-from protocol.target import meets_target
-from protocol.ticket import verify_ticket
+from protocol.header import Header, coins
 
 log = logging.getLogger("pool.shares")
 
 T = TypeVar("T")
-
-
-class ShareRejected(ProtocolError):
-    """A submit that is not accepted; ``code`` is the wire error code. ``pool_fault``: the
-    pool's own state (its ledger could not store the share), never the miner's doing."""
-
-    def __init__(self, message: str, code: int, *, pool_fault: bool = False) -> None:
-        super().__init__(message, int(code))
-        self.pool_fault = pool_fault
-
-
-@dataclass(frozen=True)
-class CheckedTicket:
-    """What the worker thread found: the ticket digest, the header, the coinbase."""
-
-    digest: bytes
-    header: bytes
-    coinbase: bytes
-    meets_share: bool
-    meets_network: bool
 
 
 @dataclass(frozen=True)
@@ -116,69 +99,6 @@ def short_address(address: str) -> str:
     return f"{address[:8]}…{address[-4:]}" if len(address) > 16 else address
 
 
-def check_ticket(job: Job, coinbase: bytes, header: bytes, tile: tuple[int, int]) -> CheckedTicket:
-    """Recompute the ticket of a submit on ``job``'s ``header`` (from :meth:`Job.header`;
-    CPU work: call it in a worker thread)."""
-    t = job.template
-    work = job.work
-    a_rows, bt_rows = work.tile_rows(tile)
-    digest = verify_ticket(header, work.shape, tile, a_rows, bt_rows)
-    k = work.shape.k
-    return CheckedTicket(
-        digest,
-        header,
-        coinbase,
-        meets_target(digest, job.share_target, k),
-        meets_target(digest, t.network_target, k),
-    )
-
-
-@dataclass(frozen=True)
-class Prechecked:
-    """A submit past the cheap rules: its ticket's key (reserved), coinbase and header."""
-
-    key: ShareKey
-    coinbase: bytes
-    header: bytes
-
-
-def precheck(
-    book: SessionJobs, job: Job, submit: messages.Submit, max_shares_per_job: int
-) -> Prechecked:
-    """The cheap rules (tile, time, duplicate across the session's jobs); reserves the
-    ticket's key ``(H(header), tile)`` in ``job`` on success."""
-    shape = job.work.shape
-    ti, tj = submit.tile
-    if not (ti < shape.tiles_m and tj < shape.tiles_n):
-        raise ShareRejected(
-            f"tile {list(submit.tile)} is outside the job's {shape.tiles_m}x{shape.tiles_n} tiles",
-            ErrorCode.OTHER,
-        )
-    job_time = job.template.block.time
-    if submit.time < job_time:
-        raise ShareRejected(
-            f"time {submit.time} is before the job's time {job_time}", ErrorCode.BAD_TIME
-        )
-    if submit.time > job_time + MAX_TIME_ROLL:
-        raise ShareRejected(
-            f"time {submit.time} is more than {MAX_TIME_ROLL} s after the job's time {job_time}",
-            ErrorCode.BAD_TIME,
-        )
-    try:
-        coinbase, header = job.header(submit.extranonce2, submit.time)
-    except ProtocolError as exc:
-        raise ShareRejected(f"share cannot be checked: {exc}", exc.code) from None
-    key: ShareKey = (H(header), (ti, tj))
-    if book.has_share(key):
-        raise ShareRejected("duplicate share", ErrorCode.DUPLICATE)
-    if len(job.seen) >= max_shares_per_job:
-        raise ShareRejected(
-            "too many shares for one job; mine the newest job", ErrorCode.RATE_LIMITED
-        )
-    job.seen.add(key)
-    return Prechecked(key, coinbase, header)
-
-
 class ShareChecker:
     """Runs the submit pipeline: rules, ticket check, durable store, block submission."""
 
@@ -198,6 +118,7 @@ class ShareChecker:
         metrics: PoolMetrics,
         useful: UsefulWork | None = None,
         budget: CheckBudget | None = None,
+        submit_timeout: float = 10.0,
     ) -> None:
         self.jobs = jobs
         self.sharelog = sharelog
@@ -208,10 +129,12 @@ class ShareChecker:
         self.pplns_factor = pplns_factor
         self.fee_bps = fee_bps
         self.fee_address = fee_address
+        self.policy = PplnsPolicy(pplns_factor, fee_bps, fee_address)
         self.max_shares_per_job = max_shares_per_job
         self.metrics = metrics
         self.useful = useful
         self.budget = budget
+        self.submit_timeout = submit_timeout  # then a found block is left to the resubmitter
 
     def count(self, code: int | None) -> None:
         """Count one submit outcome in the shares metric (None = accepted)."""
@@ -326,11 +249,14 @@ class ShareChecker:
         checked: CheckedTicket,
         record: ShareRecord,
     ) -> bytes | None:
-        """Store the share, record the block (durable intent), submit it, then credit it.
+        """Store the share, record the block with its submission (durable intent), submit
+        it, then credit it.
 
         Recording before submitting costs a few ms but means a crash at any point never
-        leaves a block on chain that the ledger does not know: the unlocker credits a
-        block left "found", and orphans one the chain never accepted.
+        leaves a block on chain that the ledger does not know, nor a found block forgotten:
+        a block left "submitting" (no answer from the node, or a crash before it came) is
+        submitted again by :mod:`pool.block_submitter` until the node answers or the chain
+        moves past it (SPEC §12.11).
         """
         t = job.template
         height, reward = t.block.height, t.block.reward
@@ -345,6 +271,16 @@ class ShareChecker:
             if exc.code != ErrorCode.STALE:
                 raise
             stale = exc
+        block_fields = await trio.to_thread.run_sync(
+            job.work.block_fields, tile, limiter=self.check_limiter
+        )
+        sub = BlockSubmission(
+            header=checked.header,
+            coinbase=checked.coinbase,
+            shape=job.work.shape,
+            tile=tile,
+            **block_fields,
+        )
         block_id = None
         try:
             block_id = await self._ledger(
@@ -356,32 +292,30 @@ class ShareChecker:
                 record.address,
                 record.worker,
                 record.network_difficulty,
+                encode_submission(sub),
             )
         except Exception as exc:  # submit anyway: a block must never be thrown away
             log.error("could not record block %d before submitting it: %s", height, exc)
-        block_fields = await trio.to_thread.run_sync(
-            job.work.block_fields, tile, limiter=self.check_limiter
-        )
-        sub = BlockSubmission(
-            header=checked.header,
-            coinbase=checked.coinbase,
-            shape=job.work.shape,
-            tile=tile,
-            **block_fields,
-        )
         try:
-            result = await self.chain.submit_block(sub)
-            accepted, reason = result.accepted, result.reason
+            with trio.fail_after(self.submit_timeout):
+                accepted, reason = node_verdict(await self.chain.submit_block(sub))
         except Exception as exc:
+            if isinstance(exc, trio.TooSlowError):
+                exc = TimeoutError(f"no answer within {self.submit_timeout:g} s")
+            if unanswered(exc):
+                await self._unanswered(miner, height, block_id, exc)
+                if stale is not None:
+                    raise stale from None
+                return None
             accepted, reason = False, f"error: {exc}"
         self.jobs.poke()
-        self.metrics.block("found" if accepted else "rejected")
         if not accepted:
+            self.metrics.block("rejected")
             log.warning(
                 "block %d found by %s was rejected by the chain: %s", height, miner.login, reason
             )
             if block_id is not None:
-                await self._ledger_quietly(self.ledger.orphan_block, block_id)
+                await self._ledger_quietly(self.ledger.reject_block, block_id, reason)
             if stale is not None:
                 raise stale
             return None
@@ -392,27 +326,37 @@ class ShareChecker:
             coins(reward),
             block_hash.hex()[:16],
         )
+        moved = True
         if block_id is not None:
-            credited = await self._ledger_quietly(
-                self.ledger.credit_block,
-                block_id,
-                self.pplns_factor,
-                self.fee_bps,
-                self.fee_address,
-            )
-            if credited is not None:
-                credits = await self._ledger_quietly(self.ledger.block_credits, block_id)
-                log.info(
-                    "block %d credited by PPLNS: %s to %d address(es) over %s shares, fee %s",
-                    height,
-                    coins(sum((credits or {}).values())),
-                    len(credits or {}),
-                    credited.shares_used,
-                    coins(credited.fee or 0),
-                )
+            moved, _ = await credit_accepted_block(self._ledger, self.ledger, block_id, self.policy)
+        if moved:  # else the resubmitter got there first and counted it
+            self.metrics.block("found")
         if stale is not None:
             raise stale
         return block_hash
+
+    async def _unanswered(
+        self, miner: Miner, height: int, block_id: int | None, exc: Exception
+    ) -> None:
+        """The node did not answer the first submission: the block stays "submitting"."""
+        self.metrics.block("submit_failed")
+        if block_id is None:
+            log.error(
+                "block %d found by %s is LOST: the chain did not answer and the ledger "
+                "could not keep it: %s",
+                height,
+                miner.login,
+                exc,
+            )
+            return
+        await self._ledger_quietly(self.ledger.submission_failed, block_id, str(exc))
+        log.warning(
+            "block %d found by %s: the chain did not answer (%s); kept, it is "
+            "submitted again until the node answers",
+            height,
+            miner.login,
+            exc,
+        )
 
     async def _ledger(self, fn: Callable[..., T], *args: Any) -> T:
         started = time.perf_counter()

@@ -158,6 +158,9 @@ class RpcChain:
                 try:
                     with trio.fail_after(self.timeout):
                         return await self._roundtrip(method, params or {}), attempt + 1
+                except trio.Cancelled:  # a frame may be half sent: the next call reconnects
+                    await self.aclose()
+                    raise
                 except (
                     OSError,
                     trio.BrokenResourceError,

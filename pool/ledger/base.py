@@ -5,9 +5,18 @@ All methods are synchronous; the pool calls them from a worker thread through
 
 Block life cycle::
 
+    record_block(submission=...) -> "submitting" --reject_block--> "rejected"
+                                          |
+                                   block_submitted
+                                          v
     record_block -> "found" --credit_block--> "credited" --confirm_block--> "confirmed"
                         \\                          \\
                          `-------orphan_block--------`--> "orphaned"
+
+A block recorded with its submission is "submitting" until the node answers it: accepted
+(``block_submitted``: "found", the submission dropped) or refused (``reject_block``:
+"rejected", with the node's reason). While it waits, ``pending_submissions`` hands the
+stored submission back for another try, across restarts too.
 
 Credits are written by ``credit_block`` as "pending" (immature), become balances on
 ``confirm_block`` and are voided by ``orphan_block``. Payments are two-phase: a batch is
@@ -23,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Block states.
+SUBMITTING = "submitting"  # recorded with its submission; the node has not answered yet
+REJECTED = "rejected"  # the node refused it (stale, invalid): never on chain, no credits
 FOUND = "found"
 CREDITED = "credited"
 CONFIRMED = "confirmed"
@@ -71,6 +82,18 @@ class BlockRecord:
     remainder: int | None = None
     fee_address: str | None = None
     shares_used: int | None = None
+    reason: str | None = None  # why the node rejected it
+
+
+@dataclass(frozen=True)
+class PendingSubmission:
+    """A block whose submission has no answer yet: the block and its stored submission
+    (``BlockSubmission.to_wire()`` as msgpack), how often it was tried, the last error."""
+
+    block: BlockRecord
+    submission: bytes
+    attempts: int
+    last_error: str | None
 
 
 @dataclass(frozen=True)
@@ -149,6 +172,8 @@ class PoolTotals:
     paid: int  # sum of completed batches
     pending_payments: int  # sum of pending batches
     miners: int  # addresses with a share, credit or balance
+    blocks_rejected: int = 0  # refused by the node
+    blocks_submitting: int = 0  # waiting for the node's answer to their submission
 
 
 class Ledger(abc.ABC):
@@ -212,8 +237,32 @@ class Ledger(abc.ABC):
         address: str,
         worker: str,
         network_difficulty: float,
+        submission: bytes | None = None,
     ) -> int:
-        """Store a found block (state "found"); return its id. Same hash again: same id."""
+        """Store a found block (state "found"); return its id. Same hash again: same id.
+
+        With ``submission`` (the encoded ``BlockSubmission``) the block is "submitting"
+        and the submission is kept until the node answers (``block_submitted``,
+        ``reject_block``).
+        """
+
+    @abc.abstractmethod
+    def block_submitted(self, block_id: int) -> bool:
+        """Submitting -> found: the node has the block; its submission is dropped.
+        Idempotent: True only when this call moved it."""
+
+    @abc.abstractmethod
+    def reject_block(self, block_id: int, reason: str) -> BlockRecord:
+        """Submitting/found -> rejected with ``reason`` (the node refused it, or the chain
+        moved past it). Idempotent; a credited, confirmed or orphaned block raises."""
+
+    @abc.abstractmethod
+    def submission_failed(self, block_id: int, error: str) -> int:
+        """One more submission of a submitting block went unanswered; returns its tries."""
+
+    @abc.abstractmethod
+    def pending_submissions(self) -> list[PendingSubmission]:
+        """Blocks still "submitting", with their stored submissions, oldest first."""
 
     @abc.abstractmethod
     def credit_block(

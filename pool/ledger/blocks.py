@@ -8,7 +8,17 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..pplns import ShareScore, check_parameters, pplns_split
-from .base import CONFIRMED, CREDITED, FOUND, ORPHANED, BlockRecord, LedgerError
+from .base import (
+    CONFIRMED,
+    CREDITED,
+    FOUND,
+    ORPHANED,
+    REJECTED,
+    SUBMITTING,
+    BlockRecord,
+    LedgerError,
+    PendingSubmission,
+)
 from .payments import ADD_TO_BALANCE
 from .transaction import MAX_AMOUNT, SqlStore, Transaction
 
@@ -19,7 +29,7 @@ CREDIT_VOID = "void"
 
 BLOCK_COLUMNS = (
     "id, height, hash, reward, time, address, worker, network_difficulty, status, "
-    "confirmations, fee, remainder, fee_address, shares_used"
+    "confirmations, fee, remainder, fee_address, shares_used, reason"
 )
 
 
@@ -39,6 +49,7 @@ def _block(row: Sequence[Any]) -> BlockRecord:
         remainder=row[11],
         fee_address=row[12],
         shares_used=row[13],
+        reason=row[14],
     )
 
 
@@ -54,6 +65,7 @@ class BlockRepository(SqlStore):
         address: str,
         worker: str,
         network_difficulty: float,
+        submission: bytes | None = None,
     ) -> int:
         check_parameters(reward, 0, 1.0)
         if reward > MAX_AMOUNT:
@@ -70,7 +82,7 @@ class BlockRepository(SqlStore):
             address,
             worker,
             float(network_difficulty),
-            FOUND,
+            FOUND if submission is None else SUBMITTING,
         )
 
         def record(tx: Transaction) -> int:
@@ -80,9 +92,16 @@ class BlockRepository(SqlStore):
                 " ON CONFLICT (hash) DO NOTHING",
                 row,
             )
-            return tx.execute(
-                "SELECT id FROM blocks WHERE hash = ?", (bytes(block_hash),)
-            ).fetchone()[0]
+            block_id, status = tx.execute(
+                "SELECT id, status FROM blocks WHERE hash = ?", (bytes(block_hash),)
+            ).fetchone()
+            if submission is not None and status == SUBMITTING:
+                tx.execute(
+                    "INSERT INTO block_submissions (block_id, submission, attempts, created)"
+                    " VALUES (?, ?, 0, ?) ON CONFLICT (block_id) DO NOTHING",
+                    (block_id, bytes(submission), _time.time()),
+                )
+            return block_id
 
         return self._write(record)
 
@@ -174,6 +193,61 @@ class BlockRepository(SqlStore):
             return self._get_block(tx, block.id)
 
         return self._write(orphan)
+
+    def block_submitted(self, block_id: int) -> bool:
+        def submitted(tx: Transaction) -> bool:
+            block = self._get_block(tx, block_id, lock=True)
+            if block.status != SUBMITTING:
+                return False
+            tx.execute("DELETE FROM block_submissions WHERE block_id = ?", (block.id,))
+            tx.execute("UPDATE blocks SET status = ? WHERE id = ?", (FOUND, block.id))
+            return True
+
+        return self._write(submitted)
+
+    def reject_block(self, block_id: int, reason: str) -> BlockRecord:
+        def reject(tx: Transaction) -> BlockRecord:
+            block = self._get_block(tx, block_id, lock=True)
+            if block.status == REJECTED:
+                return block
+            if block.status not in (SUBMITTING, FOUND):
+                raise LedgerError(f"block {block_id} is {block.status}; cannot reject it")
+            tx.execute("DELETE FROM block_submissions WHERE block_id = ?", (block.id,))
+            tx.execute("UPDATE credits SET status = ? WHERE block_id = ?", (CREDIT_VOID, block.id))
+            tx.execute(
+                "UPDATE blocks SET status = ?, reason = ? WHERE id = ?",
+                (REJECTED, str(reason)[:500], block.id),
+            )
+            return self._get_block(tx, block.id)
+
+        return self._write(reject)
+
+    def submission_failed(self, block_id: int, error: str) -> int:
+        def failed(tx: Transaction) -> int:
+            block = self._get_block(tx, block_id, lock=True)
+            tx.execute(
+                "UPDATE block_submissions SET attempts = attempts + 1, last_error = ?,"
+                " last_attempt = ? WHERE block_id = ?",
+                (str(error)[:500], _time.time(), block.id),
+            )
+            row = tx.execute(
+                "SELECT attempts FROM block_submissions WHERE block_id = ?", (block.id,)
+            ).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return self._write(failed)
+
+    def pending_submissions(self) -> list[PendingSubmission]:
+        columns = ", ".join(f"b.{c.strip()}" for c in BLOCK_COLUMNS.split(","))
+        rows = self._read(
+            lambda tx: tx.execute(
+                f"SELECT {columns}, s.submission, s.attempts, s.last_error FROM blocks b"
+                " JOIN block_submissions s ON s.block_id = b.id WHERE b.status = ?"
+                " ORDER BY b.id",
+                (SUBMITTING,),
+            ).fetchall()
+        )
+        return [PendingSubmission(_block(r[:15]), bytes(r[15]), r[16], r[17]) for r in rows]
 
     def set_block_confirmations(self, block_id: int, confirmations: int) -> None:
         def set_confirmations(tx: Transaction) -> None:

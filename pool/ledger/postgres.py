@@ -118,6 +118,23 @@ CREATE INDEX payment_outputs_by_address ON payment_outputs (address);
 """
 
 
+# Version 2: a block waiting for the node's answer keeps its submission; a rejected block
+# its reason.
+MIGRATIONS_TO = {
+    2: """
+ALTER TABLE blocks ADD COLUMN reason TEXT;
+CREATE TABLE block_submissions (
+    block_id BIGINT PRIMARY KEY REFERENCES blocks (id),
+    submission BYTEA NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created DOUBLE PRECISION NOT NULL,
+    last_attempt DOUBLE PRECISION
+)
+"""
+}
+
+
 class LedgerConnectionError(LedgerError):
     """The database cannot be reached, or the connection broke during the call."""
 
@@ -145,6 +162,7 @@ class PostgresLedger(SqlLedger):
     """
 
     SCHEMA = SCHEMA_V1
+    MIGRATIONS = MIGRATIONS_TO
 
     def __init__(
         self,

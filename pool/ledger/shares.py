@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 from ..pplns import ShareScore, check_parameters, share_score
-from .base import FOUND, ShareRecord, ShareStat
+from .base import FOUND, SUBMITTING, ShareRecord, ShareStat
 from .transaction import SqlStore, Transaction
 
 INSERT_SHARE = (
@@ -111,7 +111,9 @@ class ShareRepository(SqlStore):
 
         def prune(tx: Transaction) -> int:
             cutoff = before
-            found = tx.execute("SELECT time FROM blocks WHERE status = ?", (FOUND,)).fetchall()
+            found = tx.execute(
+                "SELECT time FROM blocks WHERE status IN (?, ?)", (FOUND, SUBMITTING)
+            ).fetchall()
             for at in [blocks_after] + [t for (t,) in found]:
                 start = self._window_start(tx, at, factor)
                 if start is None:

@@ -17,7 +17,11 @@ repository per aggregate (MiningCore's ``Persistence/Repositories``):
   back on error);
 - a ``Transaction`` subclass where the DB-API defaults do not fit: placeholder style,
   row locks, how the share history is streamed;
-- ``SCHEMA`` (the DDL of schema version 1) and ``where`` (the store, for messages).
+- ``SCHEMA`` (the DDL of schema version 1), ``MIGRATIONS`` (the DDL that takes version
+  ``v - 1`` to ``v``, for each later ``v``) and ``where`` (the store, for messages).
+
+Versions: 1, the tables; 2, blocks waiting for the node's answer keep their submission
+(``block_submissions``) and a rejected block its reason (``blocks.reason``).
 """
 
 from __future__ import annotations
@@ -31,13 +35,14 @@ from .shares import ShareRepository
 from .summaries import SummaryRepository
 from .transaction import HISTORY, MAX_AMOUNT, SqlStore, Transaction
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class SqlLedger(ShareRepository, BlockRepository, PaymentRepository, SummaryRepository, Ledger):
     """The ledger over a SQL store; subclasses give the connection and transactions."""
 
     SCHEMA: ClassVar[str]  # DDL of schema version 1, statements separated by ";"
+    MIGRATIONS: ClassVar[dict[int, str]]  # version -> DDL from the version before it
 
     def _create_schema(self, tx: Transaction) -> None:
         """Create the tables if missing; refuse a schema newer than this code."""
@@ -48,10 +53,18 @@ class SqlLedger(ShareRepository, BlockRepository, PaymentRepository, SummaryRepo
                 f"{self.where} has schema version {version}; this code knows {SCHEMA_VERSION}"
             )
         if version < 1:
-            for statement in self.SCHEMA.split(";"):
-                if statement.strip():
-                    tx.execute(statement)
+            self._run_ddl(tx, self.SCHEMA)
             tx.execute("INSERT INTO schema_version (version) VALUES (1)")
+            version = 1
+        for step in range(version + 1, SCHEMA_VERSION + 1):  # each step keeps the data
+            self._run_ddl(tx, self.MIGRATIONS[step])
+            tx.execute("INSERT INTO schema_version (version) VALUES (?)", (step,))
+
+    @staticmethod
+    def _run_ddl(tx: Transaction, ddl: str) -> None:
+        for statement in ddl.split(";"):
+            if statement.strip():
+                tx.execute(statement)
 
     def schema_version(self) -> int:
         """The schema version stored."""

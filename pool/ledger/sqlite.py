@@ -87,6 +87,23 @@ CREATE INDEX payment_outputs_by_address ON payment_outputs (address);
 """
 
 
+# Version 2: a block waiting for the node's answer keeps its submission; a rejected block
+# its reason.
+MIGRATIONS_TO = {
+    2: """
+ALTER TABLE blocks ADD COLUMN reason TEXT;
+CREATE TABLE block_submissions (
+    block_id INTEGER PRIMARY KEY REFERENCES blocks (id),
+    submission BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created REAL NOT NULL,
+    last_attempt REAL
+)
+"""
+}
+
+
 class SqliteLedger(SqlLedger):
     """The ledger in the SQLite file at ``path`` (created if missing).
 
@@ -95,6 +112,7 @@ class SqliteLedger(SqlLedger):
     """
 
     SCHEMA = SCHEMA_V1
+    MIGRATIONS = MIGRATIONS_TO
 
     def __init__(
         self, path: str | Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000

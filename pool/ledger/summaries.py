@@ -10,6 +10,8 @@ from .base import (
     FOUND,
     ORPHANED,
     PENDING,
+    REJECTED,
+    SUBMITTING,
     MinerPayment,
     MinerSummary,
     PoolTotals,
@@ -92,6 +94,8 @@ class SummaryRepository(SqlStore):
                     "SELECT COUNT(*) FROM (SELECT address FROM shares UNION"
                     " SELECT address FROM credits UNION SELECT address FROM balances) AS a"
                 ),
+                blocks_rejected=by_status.get(REJECTED, 0),
+                blocks_submitting=by_status.get(SUBMITTING, 0),
             )
 
         return self._read(totals)

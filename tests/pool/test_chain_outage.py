@@ -4,13 +4,8 @@ both come back by themselves when the node is back."""
 
 from __future__ import annotations
 
-import re
 import signal
-import subprocess
-import sys
 import time
-from contextlib import suppress
-from functools import partial
 from pathlib import Path
 
 import httpx
@@ -19,36 +14,8 @@ import trio
 
 from protocol.address import new_address
 from tests.support.miner import TestMiner
+from tests.support.node_process import start_node
 from tests.support.pg import free_port
-
-NODE = [sys.executable, "-m", "node.cli"]
-
-
-async def start_node(nursery: trio.Nursery, port: int, data: Path) -> trio.Process:
-    proc: trio.Process = await nursery.start(
-        partial(
-            trio.run_process,
-            [*NODE, "serve", "--port", str(port), "--data-dir", str(data)],
-            stderr=subprocess.PIPE,
-            check=False,
-        )
-    )
-    assert proc.stderr is not None
-    seen = b""
-    with trio.fail_after(60):
-        while re.search(rb"listening on 127\.0\.0\.1:\d+", seen) is None:
-            chunk = await proc.stderr.receive_some(4096)
-            assert chunk, f"matmine-node exited early: {seen.decode()}"
-            seen += chunk
-    nursery.start_soon(drain, proc)
-    return proc
-
-
-async def drain(proc: trio.Process) -> None:
-    assert proc.stderr is not None
-    with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-        while await proc.stderr.receive_some(4096):
-            pass
 
 
 async def chain_state(client: httpx.AsyncClient) -> tuple[float, int]:

@@ -31,6 +31,7 @@ from pool.ledger import (
     SqliteLedger,
     open_ledger,
 )
+from pool.ledger.sql import SCHEMA_VERSION
 from pool.pplns import ShareScore, pplns_split
 from tests.support import pg
 from tests.support.ledger_data import ALICE, BOB, share
@@ -79,12 +80,12 @@ def test_file_is_wal_with_schema_version(tmp_path):
     SqliteLedger(path).close()
     raw = sqlite3.connect(path)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert raw.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 1
+    assert raw.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
     names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert "shares_by_time" in names
     raw.close()
     with SqliteLedger(path) as led:  # reopening does not re-create anything
-        assert led.schema_version() == 1
+        assert led.schema_version() == SCHEMA_VERSION
 
 
 def test_newer_schema_is_refused(store):
@@ -542,13 +543,15 @@ def test_postgres_schema_is_created_once_by_racing_pools(pg_url):
         t.join(timeout=30)
     try:
         assert all(isinstance(led, PostgresLedger) for led in opened), opened
-        assert [led.schema_version() for led in opened] == [1, 1, 1]
+        assert [led.schema_version() for led in opened] == [SCHEMA_VERSION] * 3
     finally:
         for led in opened:
             if isinstance(led, PostgresLedger):
                 led.close()
     with psycopg.connect(pg_url) as raw:
-        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert raw.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
+            (v,) for v in range(1, SCHEMA_VERSION + 1)
+        ]  # each version once
         names = {r[0] for r in raw.execute("SELECT indexname FROM pg_indexes").fetchall()}
         assert {"shares_by_time", "payment_outputs_by_address"} <= names
     assert type(open_ledger(pg_url)).__name__ == "PostgresLedger"

@@ -12,7 +12,7 @@ import math
 
 import trio
 
-from pool.ledger.base import CONFIRMED, CREDITED, ORPHANED
+from pool.ledger.base import CONFIRMED, CREDITED, ORPHANED, REJECTED
 from protocol.address import new_address
 from tests.support.miner import Candidate, TestMiner
 
@@ -150,7 +150,7 @@ async def test_block_rejected_by_the_chain_is_recorded_orphaned_and_credits_noth
         newer = await miner.next_job(1)  # the rejection made the pool look at the tip
         assert newer.clean and newer.height == miner.jobs[0].height + 1
     (block,) = await ledger_call(pool, pool.ledger.blocks, 10)
-    assert block.status == ORPHANED and block.address == address
+    assert block.status == REJECTED and block.address == address
     summary = await ledger_call(pool, pool.ledger.miner, address)
     assert summary.immature == 0 and summary.balance == 0
     assert await ledger_call(pool, pool.ledger.share_count) == 1

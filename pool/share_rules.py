@@ -1,0 +1,102 @@
+"""The rules of one submit that need no I/O: the cheap ones first (:func:`precheck`: tile,
+time, duplicate across the session's jobs, the per-job share budget), then the ticket itself
+(:func:`check_ticket`, CPU work for a worker thread). A broken rule raises
+:class:`ShareRejected` with its wire code (the table in :mod:`pool.share_check`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pool.jobs import Job, SessionJobs, ShareKey
+from pool.metrics import PoolFaultCode
+from protocol import messages
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.hashing import H
+from protocol.header import MAX_TIME_ROLL
+from protocol.target import meets_target
+from protocol.ticket import verify_ticket
+
+
+class ShareRejected(ProtocolError):
+    """A submit that is not accepted; ``code`` is the wire error code. ``pool_fault``: the
+    pool's own state (its ledger could not store the share), never the miner's doing."""
+
+    def __init__(self, message: str, code: int, *, pool_fault: bool = False) -> None:
+        # A pool fault's code is a PoolFaultCode (still the int on the wire), so the shares
+        # metric counts it as pool_error, whoever passes the code on (SPEC §12.9).
+        super().__init__(message, PoolFaultCode(code) if pool_fault else int(code))
+        self.pool_fault = pool_fault
+
+
+@dataclass(frozen=True)
+class CheckedTicket:
+    """What the worker thread found: the ticket digest, the header, the coinbase."""
+
+    digest: bytes
+    header: bytes
+    coinbase: bytes
+    meets_share: bool
+    meets_network: bool
+
+
+def check_ticket(job: Job, coinbase: bytes, header: bytes, tile: tuple[int, int]) -> CheckedTicket:
+    """Recompute the ticket of a submit on ``job``'s ``header`` (from :meth:`Job.header`;
+    CPU work: call it in a worker thread)."""
+    t = job.template
+    work = job.work
+    a_rows, bt_rows = work.tile_rows(tile)
+    digest = verify_ticket(header, work.shape, tile, a_rows, bt_rows)
+    k = work.shape.k
+    return CheckedTicket(
+        digest,
+        header,
+        coinbase,
+        meets_target(digest, job.share_target, k),
+        meets_target(digest, t.network_target, k),
+    )
+
+
+@dataclass(frozen=True)
+class Prechecked:
+    """A submit past the cheap rules: its ticket's key (reserved), coinbase and header."""
+
+    key: ShareKey
+    coinbase: bytes
+    header: bytes
+
+
+def precheck(
+    book: SessionJobs, job: Job, submit: messages.Submit, max_shares_per_job: int
+) -> Prechecked:
+    """The cheap rules (tile, time, duplicate across the session's jobs); reserves the
+    ticket's key ``(H(header), tile)`` in ``job`` on success."""
+    shape = job.work.shape
+    ti, tj = submit.tile
+    if not (ti < shape.tiles_m and tj < shape.tiles_n):
+        raise ShareRejected(
+            f"tile {list(submit.tile)} is outside the job's {shape.tiles_m}x{shape.tiles_n} tiles",
+            ErrorCode.OTHER,
+        )
+    job_time = job.template.block.time
+    if submit.time < job_time:
+        raise ShareRejected(
+            f"time {submit.time} is before the job's time {job_time}", ErrorCode.BAD_TIME
+        )
+    if submit.time > job_time + MAX_TIME_ROLL:
+        raise ShareRejected(
+            f"time {submit.time} is more than {MAX_TIME_ROLL} s after the job's time {job_time}",
+            ErrorCode.BAD_TIME,
+        )
+    try:
+        coinbase, header = job.header(submit.extranonce2, submit.time)
+    except ProtocolError as exc:
+        raise ShareRejected(f"share cannot be checked: {exc}", exc.code) from None
+    key: ShareKey = (H(header), (ti, tj))
+    if book.has_share(key):
+        raise ShareRejected("duplicate share", ErrorCode.DUPLICATE)
+    if len(job.seen) >= max_shares_per_job:
+        raise ShareRejected(
+            "too many shares for one job; mine the newest job", ErrorCode.RATE_LIMITED
+        )
+    job.seen.add(key)
+    return Prechecked(key, coinbase, header)
