@@ -132,6 +132,11 @@ def snapshot(ctx: PoolContext, started: float) -> PoolSnapshot:
         height=current.block.height if current else 0, miners=miners, started=started)
 
 
+def capable_sessions(ctx: PoolContext) -> int:
+    """Authorized sessions that announced ``useful-1`` (they can compute customers' units)."""
+    return sum(1 for s in list(ctx.sessions) if s.useful_capable and s.authorized)
+
+
 async def _stats(ctx: PoolContext, metrics: PoolMetrics) -> None:
     while True:
         now = trio.current_time()
@@ -219,7 +224,8 @@ async def run_pool(config: PoolConfig, *,
                 data = PoolData(ledger, lambda: snapshot(ctx, started), ledger_limiter,
                                 fee_bps=p.fee_bps, min_payout=p.min_payout)
                 work_routes = [] if useful is None else create_work_routes(
-                    useful.queue, useful.blobs, config.useful.tokens, useful.limiter)
+                    useful.queue, useful.blobs, config.useful.tokens, useful.limiter,
+                    partial(capable_sessions, ctx))
                 history = HashrateHistory()
                 await nursery.start(run_sampler, history, lambda: snapshot(ctx, started),
                                     config.http.history_interval)
