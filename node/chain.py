@@ -71,7 +71,7 @@ from .rules import (
 )
 from .store import NodeStore, StoredBlock, StoredPayment
 
-log = logging.getLogger("matmine.node")
+log = logging.getLogger("node")
 
 MEDIAN_TIME_SPAN = 11
 DEFAULT_NODE_ADDRESS = make_address(H(b"matmine-node/devnet-node-address")[:20])

@@ -48,6 +48,8 @@ from pool.useful.service import UsefulWork
 from pool.workloads import SyntheticSource
 from protocol.address import new_address, validate_address
 from protocol.errors import ProtocolError
+from protocol.version import package_version
+from toolkit.metrics import add_program_metrics
 
 log = logging.getLogger("pool")
 
@@ -156,6 +158,7 @@ async def run_pool(config: PoolConfig, *,
     config.data_path.mkdir(parents=True, exist_ok=True)
     wallet = ensure_payout_address(config)
     registry = CollectorRegistry()
+    add_program_metrics(registry, "pool", package_version())
     metrics = PoolMetrics(registry)
     health = DependencyHealth(metrics.dependency_up)
     ledger_limiter = trio.CapacityLimiter(1)

@@ -42,7 +42,14 @@ from pool.workloads import JobWork, PreparedWork, WorkloadSource
 from protocol import messages
 from protocol.chain import BlockTemplate
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.header import HEADER_VERSION, Header, assemble_coinbase, coinbase_hash, coinbase_parts
+from protocol.header import (
+    HEADER_VERSION,
+    Header,
+    assemble_coinbase,
+    coinbase_hash,
+    coinbase_parts,
+    coins,
+)
 from protocol.messages import MAX_JOB_ID
 from protocol.target import difficulty_from_bits, target_from_bits, target_from_difficulty
 
@@ -262,8 +269,8 @@ class JobManager:
         self._changed.set()
         self._changed = trio.Event()
         if new_block:
-            log.info("new block template: height %d, network difficulty %.6g, reward %d",
-                     block.height, template.network_difficulty, block.reward)
+            log.info("new block template: height %d, network difficulty %.6g, reward %s coins",
+                     block.height, template.network_difficulty, coins(block.reward))
         return template
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
