@@ -225,7 +225,9 @@ async def run_pool(config: PoolConfig, *,
             http_port = None
             if config.http.enabled:
                 data = PoolData(ledger, lambda: snapshot(ctx, started), ledger_limiter,
-                                fee_bps=p.fee_bps, min_payout=p.min_payout)
+                                fee_bps=p.fee_bps, min_payout=p.min_payout,
+                                accepted_work=lambda: metrics.accepted_work_macs,
+                                useful=None if useful is None else useful.stats)
                 work_routes = [] if useful is None else create_work_routes(
                     useful.queue, useful.blobs, config.useful.tokens, useful.limiter,
                     partial(capable_sessions, ctx))
