@@ -147,7 +147,10 @@ def submit(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        print(json.dumps(_status(client, args.id), indent=2))
+        answer = _status(client, args.id)
+    print(json.dumps(answer, indent=2))
+    if answer.get("capable_sessions") == 0 and answer.get("state") not in ("done", "failed"):
+        print(f"warning: {NO_WORKER}", file=sys.stderr)
     return 0
 
 

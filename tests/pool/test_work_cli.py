@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -151,6 +152,50 @@ async def test_submit_wait_shows_progress_and_says_when_no_worker_can_help(
     assert "\r" not in err  # not a terminal: plain lines
     last = [line for line in err.splitlines() if "units done" in line][-1]
     assert "done, 2/2 units done" in last and "no worker able" not in last
+
+
+async def test_on_a_terminal_the_progress_line_is_redrawn_in_place(start_pool: StartPool,
+                                                                   tmp_path: Path) -> None:
+    handle = await start_pool(settings=USEFUL)
+    url = f"http://127.0.0.1:{handle.http_port}"
+    a, b = operands(32, 128, 32, seed=4)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "pool.cli", "work", "submit", "--api", url, "--wait",
+            "--poll", "0.2", "--timeout", "1.5", str(tmp_path / "a.npy"),
+            str(tmp_path / "b.npy")]
+
+    def run() -> tuple[int, str, bytes]:
+        with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=slave, env=env,
+                              text=True) as proc:
+            os.close(slave)
+            err = b""
+            while True:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                err += chunk
+            out = proc.stdout.read() if proc.stdout else ""
+            return proc.wait(timeout=30), out, err
+
+    try:
+        code, out, err = await trio.to_thread.run_sync(run)
+    finally:
+        os.close(master)
+    text = err.decode()
+    assert code == 1, text
+    work_id = out.strip()
+    assert text.count(f"\r{work_id}: queued, 0/1 units done") >= 3, text  # redrawn in place
+    assert "no worker able to do useful work is connected" in text
+    assert "gave up after 1.5 s" in text.splitlines()[-1]
+    r = await trio.to_thread.run_sync(lambda: cli("work", "status", "--api", url, work_id))
+    assert r.returncode == 0 and '"capable_sessions": 0' in r.stdout
+    assert "warning: no worker able" in r.stderr
 
 
 def test_check_operand_files_returns_the_product_shape(tmp_path: Path) -> None:
