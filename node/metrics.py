@@ -33,8 +33,9 @@ def metrics_app(chain: Chain, limiter: trio.CapacityLimiter) -> Starlette:
     registry = CollectorRegistry()
     add_program_metrics(registry, "node", package_version())
     height = Gauge("matmine_node_height", "Height of the chain's tip.", registry=registry)
-    difficulty = Gauge("matmine_node_difficulty", "Difficulty of the next block.",
-                       registry=registry)
+    difficulty = Gauge(
+        "matmine_node_difficulty", "Difficulty of the next block.", registry=registry
+    )
 
     async def metrics(request: Request) -> Response:
         info = await trio.to_thread.run_sync(chain.info, limiter=limiter)
@@ -45,8 +46,14 @@ def metrics_app(chain: Chain, limiter: trio.CapacityLimiter) -> Starlette:
     return Starlette(routes=[Route("/metrics", metrics, methods=["GET"])])
 
 
-async def serve_metrics(chain: Chain, limiter: trio.CapacityLimiter, host: str, port: int, *,
-                        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_metrics(
+    chain: Chain,
+    limiter: trio.CapacityLimiter,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve ``/metrics`` on ``host:port`` (0: any free port) until cancelled;
     ``task_status.started(bound_port)``."""
     config = Config()
@@ -54,9 +61,14 @@ async def serve_metrics(chain: Chain, limiter: trio.CapacityLimiter, host: str, 
     config.accesslog = None
     config.errorlog = None
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(partial(
-            serve, cast(ASGIFramework, metrics_app(chain, limiter)), config,
-            shutdown_trigger=trio.sleep_forever))
+        binds = await nursery.start(
+            partial(
+                serve,
+                cast(ASGIFramework, metrics_app(chain, limiter)),
+                config,
+                shutdown_trigger=trio.sleep_forever,
+            )
+        )
         bound = urlsplit(binds[0]).port
         if bound is None:
             raise RuntimeError(f"hypercorn reported no port in {binds!r}")

@@ -15,8 +15,9 @@ MARK = "_matmine_handler"
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-def setup_logging(level: str | int, *, stream: TextIO | None = None,
-                  handler: logging.Handler | None = None) -> logging.Handler:
+def setup_logging(
+    level: str | int, *, stream: TextIO | None = None, handler: logging.Handler | None = None
+) -> logging.Handler:
     """Log at ``level`` (a name such as ``"info"`` or a number) through one handler: to
     ``stream`` (default stderr) in :data:`LOG_FORMAT`, or through ``handler`` as given.
     Replaces the handler an earlier call installed (calling it again reconfigures) and

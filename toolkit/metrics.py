@@ -19,9 +19,12 @@ CREATED_TYPES = ("counter", "histogram", "summary", "gaugehistogram")
 
 def add_program_metrics(registry: CollectorRegistry, program: str, version: str) -> None:
     """Register the build info (``program``: pool, worker, node) and ``process_*``."""
-    info = Gauge(f"matmine_{program}_build_info",
-                 f"Build of matmine-{program}: always 1, the version as a label.",
-                 ["version"], registry=registry)
+    info = Gauge(
+        f"matmine_{program}_build_info",
+        f"Build of matmine-{program}: always 1, the version as a label.",
+        ["version"],
+        registry=registry,
+    )
     info.labels(version=version).set(1)
     ProcessCollector(registry=registry)
 

@@ -19,8 +19,10 @@ import numpy as np
 from protocol.workload import ENTRY_MAX, ENTRY_MIN
 
 ROWS_PER_SCAN = 1 << 14
-NO_WORKER = ("no worker able to do useful work is connected (miners must announce "
-             "useful-1); the item waits in the queue until one does")
+NO_WORKER = (
+    "no worker able to do useful work is connected (miners must announce "
+    "useful-1); the item waits in the queue until one does"
+)
 
 
 class OperandError(ValueError):
@@ -49,25 +51,28 @@ def _open(path: Path, name: str) -> np.ndarray:
 
 def _check_range(path: Path, name: str, array: np.ndarray) -> None:
     for row0 in range(0, array.shape[0], ROWS_PER_SCAN):
-        block = np.asarray(array[row0:row0 + ROWS_PER_SCAN])
+        block = np.asarray(array[row0 : row0 + ROWS_PER_SCAN])
         low, high = int(block.min()), int(block.max())
         if low < ENTRY_MIN or high > ENTRY_MAX:
             bad = np.argwhere((block < ENTRY_MIN) | (block > ENTRY_MAX))[0]
             i, j = int(bad[0]) + row0, int(bad[1])
             raise OperandError(
                 f"{path}: {name} has entries outside [{ENTRY_MIN}, {ENTRY_MAX}] "
-                f"(first: {int(array[i, j])} at row {i}, column {j})")
+                f"(first: {int(array[i, j])} at row {i}, column {j})"
+            )
 
 
-def check_operand_files(a_path: Path, b_path: Path,
-                        limits: Mapping[str, Any] | None = None) -> tuple[int, int, int]:
+def check_operand_files(
+    a_path: Path, b_path: Path, limits: Mapping[str, Any] | None = None
+) -> tuple[int, int, int]:
     """``(m, k, n)`` of the product A·B in these files; :class:`OperandError` if the pool
     would refuse them (``limits``: the pool's published limits, when it publishes them)."""
     a, b = _open(a_path, "A"), _open(b_path, "B")
     (m, k), (kb, n) = a.shape, b.shape
     if k != kb:
-        raise OperandError(f"{b_path}: B is {kb}×{n} but A ({a_path}) is {m}×{k}: "
-                           f"B needs k = {k} rows")
+        raise OperandError(
+            f"{b_path}: B is {kb}×{n} but A ({a_path}) is {m}×{k}: B needs k = {k} rows"
+        )
     for path, name, array in ((a_path, "A", a), (b_path, "B", b)):
         _check_range(path, name, array)
     if limits:
@@ -75,15 +80,18 @@ def check_operand_files(a_path: Path, b_path: Path,
         if max_dim is not None:
             for path, name, dim, value in ((a_path, "A", "m", m), (b_path, "B", "n", n)):
                 if value > max_dim:
-                    raise OperandError(f"{path}: {name}'s {dim} = {value} is over the pool's "
-                                       f"limit of {max_dim}")
+                    raise OperandError(
+                        f"{path}: {name}'s {dim} = {value} is over the pool's limit of {max_dim}"
+                    )
         max_k = limits.get("max_k")
         if max_k is not None and k > max_k:
             raise OperandError(f"{a_path}: k = {k} is over the pool's limit of {max_k}")
         max_bytes = limits.get("max_upload_bytes")
         if max_bytes is not None and a.size + b.size > max_bytes:
-            raise OperandError(f"{a_path}, {b_path}: A and B are {a.size + b.size} bytes, "
-                               f"over the pool's limit of {max_bytes}")
+            raise OperandError(
+                f"{a_path}, {b_path}: A and B are {a.size + b.size} bytes, "
+                f"over the pool's limit of {max_bytes}"
+            )
     return m, k, n
 
 
@@ -121,9 +129,11 @@ def progress_line(status: Mapping[str, Any], elapsed: float) -> str:
         eta = "ETA " + duration((macs - done_macs) / rate)
     else:
         eta = "ETA ?"
-    line = (f"{status['id']}: {status['state']}, {done}/{total} units done, "
-            f"{states.get('running', 0)} running, {duration(elapsed)} elapsed, "
-            f"{si(rate, 'MAC/s')}, {eta}")
+    line = (
+        f"{status['id']}: {status['state']}, {done}/{total} units done, "
+        f"{states.get('running', 0)} running, {duration(elapsed)} elapsed, "
+        f"{si(rate, 'MAC/s')}, {eta}"
+    )
     if status.get("capable_sessions") == 0 and status.get("state") not in ("done", "failed"):
         line += " — " + NO_WORKER
     return line
@@ -132,8 +142,14 @@ def progress_line(status: Mapping[str, Any], elapsed: float) -> str:
 class Progress:
     """Progress of one item on ``stream`` (see the module doc)."""
 
-    def __init__(self, stream: TextIO, *, interval: float = 5.0,
-                 tty: bool | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        interval: float = 5.0,
+        tty: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.stream = stream
         self.tty = stream.isatty() if tty is None else tty
         self.interval = interval
@@ -152,8 +168,11 @@ class Progress:
             self._width = 0 if final else len(line)
             self.stream.flush()
             return
-        key = (status.get("state"), status.get("unit_states", {}).get("done"),
-               status.get("capable_sessions") == 0)
+        key = (
+            status.get("state"),
+            status.get("unit_states", {}).get("done"),
+            status.get("capable_sessions") == 0,
+        )
         due = self._last is None or now - self._last >= self.interval
         if final or due or key != self._last_key:
             print(line, file=self.stream, flush=True)

@@ -28,8 +28,10 @@ from worker.backends import open_backends
 from worker.config import PoolEndpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR)"
-                      r" +[a-z][\w.]*: ")
+LOG_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR)"
+    r" +[a-z][\w.]*: "
+)
 
 
 def check_conventions(text: str, program: str) -> None:
@@ -41,13 +43,26 @@ def check_conventions(text: str, program: str) -> None:
 
 
 async def node_metrics(tmp_path: Path) -> tuple[str, list[str]]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    args = [sys.executable, "-m", "node.cli", "serve", "--port", "0", "--metrics-port", "0",
-            "--data-dir", str(tmp_path / "node")]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    args = [
+        sys.executable,
+        "-m",
+        "node.cli",
+        "serve",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--data-dir",
+        str(tmp_path / "node"),
+    ]
     async with trio.open_nursery() as nursery:
-        proc: trio.Process = await nursery.start(partial(
-            trio.run_process, args, stderr=subprocess.PIPE, check=False, env=env))
+        proc: trio.Process = await nursery.start(
+            partial(trio.run_process, args, stderr=subprocess.PIPE, check=False, env=env)
+        )
         assert proc.stderr is not None
         seen = b""
         with trio.fail_after(60):
@@ -63,11 +78,13 @@ async def node_metrics(tmp_path: Path) -> tuple[str, list[str]]:
     return text, seen.decode().splitlines()
 
 
-async def test_no_created_series_and_build_info_on_every_program(start_pool: StartPool,
-                                                                 tmp_path: Path) -> None:
+async def test_no_created_series_and_build_info_on_every_program(
+    start_pool: StartPool, tmp_path: Path
+) -> None:
     handle = await start_pool(settings={"http.enabled": True})
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{handle.http_port}",
-                                 timeout=10) as http:
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{handle.http_port}", timeout=10
+    ) as http:
         check_conventions((await http.get("/metrics")).text, "pool")
     endpoint = PoolEndpoint("127.0.0.1", handle.stratum_port)
     device = open_backends("blas", None, threads=1)[0]

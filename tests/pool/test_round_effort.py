@@ -18,14 +18,21 @@ from protocol.target import MACS_PER_DIFF1
 from tests.support.miner import TestMiner
 from tests.support.pools import StartPool
 
-USEFUL = {"http.enabled": True, "pool.start_difficulty": 1e-5, "useful.unit_m": 32,
-          "useful.unit_n": 32, "useful.r": 32, "limits.invalid_min_shares": 1000}
+USEFUL = {
+    "http.enabled": True,
+    "pool.start_difficulty": 1e-5,
+    "useful.unit_m": 32,
+    "useful.unit_n": 32,
+    "useful.r": 32,
+    "limits.invalid_min_shares": 1000,
+}
 
 
 async def test_effort_and_accepted_work_from_accepted_shares(start_pool: StartPool) -> None:
     pool = await start_pool(settings={"http.enabled": True, "useful.enabled": False})
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{pool.http_port}",
-                                 timeout=20) as client:
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{pool.http_port}", timeout=20
+    ) as client:
         before = (await client.get("/api/pool")).json()
         assert before["effort"] == 0 and before["round_share_difficulty"] == 0
         assert before["accepted_work_macs"] == 0 and before["useful"] is None
@@ -41,15 +48,17 @@ async def test_effort_and_accepted_work_from_accepted_shares(start_pool: StartPo
     assert p["round_share_difficulty"] == pytest.approx(accepted * difficulty)
     assert p["effort"] == pytest.approx(accepted * difficulty / p["network_difficulty"])
     assert p["accepted_work_macs"] == pytest.approx(accepted * difficulty * MACS_PER_DIFF1)
-    line = next(x for x in metrics.splitlines()
-                if x.startswith("matmine_pool_accepted_work_macs_total "))
+    line = next(
+        x for x in metrics.splitlines() if x.startswith("matmine_pool_accepted_work_macs_total ")
+    )
     assert float(line.split()[1]) == pytest.approx(p["accepted_work_macs"])
     for key in ("hashrate", "blocks_found", "fee_bps", "min_payout", "started"):
         assert key in p  # the answer's existing fields stay
 
 
 async def test_useful_stats_count_units_items_and_the_useful_fraction(
-        start_pool: StartPool) -> None:
+    start_pool: StartPool,
+) -> None:
     pool = await start_pool(settings=USEFUL)
     rng = np.random.default_rng(2)
     a = rng.integers(-64, 65, (32, 128), dtype=np.int8)
@@ -57,10 +66,12 @@ async def test_useful_stats_count_units_items_and_the_useful_fraction(
     body = io.BytesIO()
     np.save(body, a)
     np.save(body, b)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{pool.http_port}",
-                                 timeout=20) as client:
-        r = await client.post("/api/work", content=body.getvalue(),
-                              headers={"Content-Type": "application/x-npy"})
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{pool.http_port}", timeout=20
+    ) as client:
+        r = await client.post(
+            "/api/work", content=body.getvalue(), headers={"Content-Type": "application/x-npy"}
+        )
         assert r.status_code == 201, r.text
         u = (await client.get("/api/pool")).json()["useful"]
         assert u["units"] == {"queued": 1, "running": 0, "done": 0, "failed": 0}
