@@ -109,7 +109,7 @@ def build_model(hidden: int, seed: int) -> Model:
     w_scale = 64.0 / np.abs(w).max()
     w_q = np.clip(np.rint(w * w_scale), -64, 64).astype(np.int8)
     order = rng.permutation(len(y))
-    train, test = order[: int(0.7 * len(y))], order[int(0.7 * len(y)):]
+    train, test = order[: int(0.7 * len(y))], order[int(0.7 * len(y)) :]
     float_hidden = x @ w
     features = _features(float_hidden, bias)
     targets = np.eye(10)[y]
@@ -177,20 +177,43 @@ def start_local(workdir: Path, unit: int, difficulty: float) -> Local:
     stratum, http, metrics = free_port(), free_port(), free_port()
     data = workdir / "pool"
     config = workdir / "pool.toml"
-    config.write_text(POOL_CONFIG.format(stratum_port=stratum, http_port=http, data_dir=data,
-                                         difficulty=difficulty, unit=unit))
+    config.write_text(
+        POOL_CONFIG.format(
+            stratum_port=stratum, http_port=http, data_dir=data, difficulty=difficulty, unit=unit
+        )
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(workdir / "pool.log", "w") as log:  # the child keeps its own descriptor
-        pool = subprocess.Popen([str(BIN / "matmine-pool"), "serve", "--config", str(config)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        pool = subprocess.Popen(
+            [str(BIN / "matmine-pool"), "serve", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
     api = f"http://127.0.0.1:{http}"
     wait_http(f"{api}/healthz", 60, pool)
     with open(workdir / "worker.log", "w") as log:
         worker = subprocess.Popen(
-            [str(BIN / "matmine-worker"), "mine", "--pool", f"127.0.0.1:{stratum}",
-             "--login", f"{new_address()}.demo", "--backend", "blas",
-             "--metrics-port", str(metrics), "--blob-cache", str(workdir / "blobs")],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            [
+                str(BIN / "matmine-worker"),
+                "mine",
+                "--pool",
+                f"127.0.0.1:{stratum}",
+                "--login",
+                f"{new_address()}.demo",
+                "--backend",
+                "blas",
+                "--metrics-port",
+                str(metrics),
+                "--blob-cache",
+                str(workdir / "blobs"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
     worker_api = f"http://127.0.0.1:{metrics}"
     wait_http(f"{worker_api}/api/summary", 60, worker)
     deadline = time.monotonic() + 30
@@ -216,8 +239,9 @@ def metrics(api: str) -> dict[str, float]:
     return values
 
 
-def run_product(api: str, x_q: np.ndarray, w_q: np.ndarray, timeout: float,
-                token: str | None) -> tuple[np.ndarray, dict, float]:
+def run_product(
+    api: str, x_q: np.ndarray, w_q: np.ndarray, timeout: float, token: str | None
+) -> tuple[np.ndarray, dict, float]:
     headers = {"Content-Type": "application/x-npy"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -248,13 +272,14 @@ def run_product(api: str, x_q: np.ndarray, w_q: np.ndarray, timeout: float,
         return np.load(io.BytesIO(result.content), allow_pickle=False), status, elapsed
 
 
-def credited(ledger: Path, since: float = 0.0, until: float = float("inf")
-             ) -> tuple[int, float]:
+def credited(ledger: Path, since: float = 0.0, until: float = float("inf")) -> tuple[int, float]:
     """Shares in the pool's ledger (found between ``since`` and ``until``): count, Σ difficulty."""
     with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
         count, total = db.execute(
             "SELECT COUNT(*), COALESCE(SUM(difficulty), 0) FROM shares "
-            "WHERE time >= ? AND time <= ?", (since, min(until, 1e18))).fetchone()
+            "WHERE time >= ? AND time <= ?",
+            (since, min(until, 1e18)),
+        ).fetchone()
     return int(count), float(total)
 
 
@@ -263,12 +288,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api", help="use a running pool's HTTP API instead of starting one")
     parser.add_argument("--token", help="work API token (a pool with [useful.tokens])")
     parser.add_argument("--hidden", type=int, default=1024, help="hidden units (default 1024)")
-    parser.add_argument("--unit", type=int, default=512,
-                        help="unit size of the pool this script starts (default 512)")
-    parser.add_argument("--difficulty", type=float, default=2.0**-4,
-                        help="fixed share difficulty of that pool (default 2^-4)")
-    parser.add_argument("--timeout", type=float, default=150.0,
-                        help="seconds to wait for the product (default 150)")
+    parser.add_argument(
+        "--unit",
+        type=int,
+        default=512,
+        help="unit size of the pool this script starts (default 512)",
+    )
+    parser.add_argument(
+        "--difficulty",
+        type=float,
+        default=2.0**-4,
+        help="fixed share difficulty of that pool (default 2^-4)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=150.0, help="seconds to wait for the product (default 150)"
+    )
     parser.add_argument("--workdir", help="keep the pool's and worker's files here")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
@@ -294,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         api = local.api
     else:
         api = args.api.rstrip("/")
+
     def scanned() -> int | None:
         """MACs the local worker's devices have scanned so far (None: no local worker)."""
         if local is None:
@@ -317,52 +352,69 @@ def main(argv: list[str] | None = None) -> int:
             stop(local.pool, "pool")
 
     exact = c.shape == expected.shape and np.array_equal(c.astype(np.int64), expected)
-    print(f"\ndelivered C: {c.shape} {c.dtype} in {elapsed:.1f} s; "
-          f"equals numpy's X_q·W_q exactly: {exact}")
+    print(
+        f"\ndelivered C: {c.shape} {c.dtype} in {elapsed:.1f} s; "
+        f"equals numpy's X_q·W_q exactly: {exact}"
+    )
     pool_hidden = c.astype(np.float64) / (model.x_scale * model.w_scale)
     acc_float, pred_float = accuracy(model, model.float_hidden)
     acc_pool, pred_pool = accuracy(model, pool_hidden)
     agree = float(np.mean(pred_float[model.test] == pred_pool[model.test]))
-    print(f"test accuracy ({len(model.test)} images): float model {acc_float:.4f}, "
-          f"int8 layer computed by the pool {acc_pool:.4f}; predictions agree on "
-          f"{agree:.2%}")
+    print(
+        f"test accuracy ({len(model.test)} images): float model {acc_float:.4f}, "
+        f"int8 layer computed by the pool {acc_pool:.4f}; predictions agree on "
+        f"{agree:.2%}"
+    )
 
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
     useful = delta("matmine_pool_useful_macs_total")
-    checks = {o: delta(f'matmine_pool_result_checks_total{{outcome="{o}"}}')
-              for o in ("pass", "fail", "malformed")}
-    print(f"pool: useful MACs {useful:,.0f} (this product: {m * n * k:,}); result checks "
-          f"{checks}")
+    checks = {
+        o: delta(f'matmine_pool_result_checks_total{{outcome="{o}"}}')
+        for o in ("pass", "fail", "malformed")
+    }
+    print(f"pool: useful MACs {useful:,.0f} (this product: {m * n * k:,}); result checks {checks}")
     if local is not None:
-        print(f"pool ledger (share difficulty {args.difficulty:g}; a share stands for "
-              f"difficulty · 2^32 MACs):")
+        print(
+            f"pool ledger (share difficulty {args.difficulty:g}; a share stands for "
+            f"difficulty · 2^32 MACs):"
+        )
     if local is not None:
-        for label, window in (("over the whole run (pool start to stop)", (0.0, float("inf"))),
-                              ("while the product was in the pool", (submitted, finished))):
+        for label, window in (
+            ("over the whole run (pool start to stop)", (0.0, float("inf"))),
+            ("while the product was in the pool", (submitted, finished)),
+        ):
             shares, difficulty = credited(local.ledger, *window)
             total = difficulty * 2**32
             fraction = f"{useful / total:.1%}" if total else "n/a (no shares in the window)"
-            print(f"credited {label}: {shares} shares, Σ difficulty "
-                  f"{difficulty:.4f} = {total:,.0f} MACs; useful fraction {fraction}")
+            print(
+                f"credited {label}: {shares} shares, Σ difficulty "
+                f"{difficulty:.4f} = {total:,.0f} MACs; useful fraction {fraction}"
+            )
         if summary is not None:
             u = summary.get("useful", {})
-            print(f"worker: {summary['shares']}, blob bytes fetched {u.get('blob_bytes')}, "
-                  f"unit results {u.get('results')}")
+            print(
+                f"worker: {summary['shares']}, blob bytes fetched {u.get('blob_bytes')}, "
+                f"unit results {u.get('results')}"
+            )
         if scanned_before is not None and scanned_after is not None and checks["pass"]:
             mined = scanned_after - scanned_before
             units = int(checks["pass"])
-            print(f"worker scanned {mined:,} MACs while the product was in the pool "
-                  f"(exact, not share-sampled): useful fraction {useful / mined:.1%}; "
-                  f"≈ {mined / useful:.1f} headers mined per unit ({units} units) before "
-                  f"the next job arrived, of which one header's product is the result")
+            print(
+                f"worker scanned {mined:,} MACs while the product was in the pool "
+                f"(exact, not share-sampled): useful fraction {useful / mined:.1%}; "
+                f"≈ {mined / useful:.1f} headers mined per unit ({units} units) before "
+                f"the next job arrived, of which one header's product is the result"
+            )
         unit = min(args.unit, m), min(args.unit, n)
         rounds = 3
         check = rounds * (unit[0] * unit[1] + unit[1] * k + unit[0] * k)
-        print(f"one Freivalds check of a {unit[0]}×{unit[1]}×{k} unit ({rounds} rounds): "
-              f"{check:,} MACs = {check / (unit[0] * unit[1] * k):.2%} of the unit's "
-              f"{unit[0] * unit[1] * k:,}")
+        print(
+            f"one Freivalds check of a {unit[0]}×{unit[1]}×{k} unit ({rounds} rounds): "
+            f"{check:,} MACs = {check / (unit[0] * unit[1] * k):.2%} of the unit's "
+            f"{unit[0] * unit[1] * k:,}"
+        )
     if tmp is not None:
         tmp.cleanup()
     return 0 if exact and useful >= m * n * k else 1

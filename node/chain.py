@@ -107,8 +107,14 @@ class NodeConfig:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
         if self.start_difficulty < self.min_difficulty:
             raise ValueError("start_difficulty must be at least min_difficulty")
-        for name in ("block_time", "retarget_window", "max_adjust", "block_reward",
-                     "max_future_time", "workload_cache"):
+        for name in (
+            "block_time",
+            "retarget_window",
+            "max_adjust",
+            "block_reward",
+            "max_future_time",
+            "workload_cache",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -238,12 +244,13 @@ class Chain:
                 self._check_context(header, block_hash, sub.coinbase)
                 next_bits = self._accept(header, block_hash, sub.coinbase, coinbase.address)
         except Rejected as exc:
-            log.info("block %s rejected: %s (%s)", height_of(sub.header), exc.reason,
-                     exc.detail)
+            log.info("block %s rejected: %s (%s)", height_of(sub.header), exc.reason, exc.detail)
             return SubmitResult(False, block_hash, exc.reason)
         log.info(
             "block %d accepted from %s, reward %s, next difficulty %.4g",
-            header.height, short(coinbase.address), coins(coinbase.reward),
+            header.height,
+            short(coinbase.address),
+            coins(coinbase.reward),
             difficulty_from_bits(next_bits),
         )
         return SubmitResult(True, block_hash, "accepted")
@@ -263,8 +270,9 @@ class Chain:
                 tip = self._forge(tip)
                 hashes.append(tip.hash)
         if count:
-            log.info("devnet: forged %d block(s) without proof of work, tip now %d",
-                     count, tip.height)
+            log.info(
+                "devnet: forged %d block(s) without proof of work, tip now %d", count, tip.height
+            )
         return hashes
 
     # wallet ----------------------------------------------------------------------------
@@ -292,13 +300,23 @@ class Chain:
                     f"{from_address} has {coins(spendable)} spendable "
                     f"({coins(immature)} immature), payment {key!r} needs {coins(total)}"
                 )
-            txid = H(b"matmine-node/tx", key.encode(), from_address.encode(),
-                     repr(sorted(outputs.items())).encode()).hex()
+            txid = H(
+                b"matmine-node/tx",
+                key.encode(),
+                from_address.encode(),
+                repr(sorted(outputs.items())).encode(),
+            ).hex()
             self.store.insert_payment(
                 StoredPayment(key, txid, from_address, dict(outputs), total, self._clock())
             )
-        log.info("payment %s sent: %s to %d address(es) from %s, txid %s", key, coins(total),
-                 len(outputs), short(from_address), txid[:16])
+        log.info(
+            "payment %s sent: %s to %d address(es) from %s, txid %s",
+            key,
+            coins(total),
+            len(outputs),
+            short(from_address),
+            txid[:16],
+        )
         return txid
 
     # internals -------------------------------------------------------------------------
@@ -314,20 +332,44 @@ class Chain:
             if genesis[0].bits != self.config.start_bits:
                 log.warning(
                     "chain in %s started at difficulty %.4g; --start-difficulty %.4g only "
-                    "applies to a new data dir", self.store.path,
-                    difficulty_from_bits(genesis[0].bits), self.config.start_difficulty,
+                    "applies to a new data dir",
+                    self.store.path,
+                    difficulty_from_bits(genesis[0].bits),
+                    self.config.start_difficulty,
                 )
             return
         cb = Coinbase(0, 0, self.config.node_address, "genesis", bytes(4), bytes(8)).encode()
-        header = Header(HEADER_VERSION, 0, bytes(32), coinbase_hash(cb), FORGED_WORK_ROOT,
-                        int(self._clock()), self.config.start_bits)
+        header = Header(
+            HEADER_VERSION,
+            0,
+            bytes(32),
+            coinbase_hash(cb),
+            FORGED_WORK_ROOT,
+            int(self._clock()),
+            self.config.start_bits,
+        )
         with self.store.transaction():
-            self.store.insert_block(StoredBlock(
-                header.hash(), 0, bytes(32), header.encode(), cb, self.config.node_address, 0,
-                header.bits, header.time, True, True, self._clock(),
-            ))
-        log.info("new devnet chain: genesis %s, start difficulty %.4g",
-                 header.hash().hex()[:16], self.config.start_difficulty)
+            self.store.insert_block(
+                StoredBlock(
+                    header.hash(),
+                    0,
+                    bytes(32),
+                    header.encode(),
+                    cb,
+                    self.config.node_address,
+                    0,
+                    header.bits,
+                    header.time,
+                    True,
+                    True,
+                    self._clock(),
+                )
+            )
+        log.info(
+            "new devnet chain: genesis %s, start difficulty %.4g",
+            header.hash().hex()[:16],
+            self.config.start_difficulty,
+        )
 
     def _median_time(self, tip: StoredBlock) -> int:
         window = self.store.main_chain(max(0, tip.height - MEDIAN_TIME_SPAN + 1), tip.height)
@@ -336,8 +378,7 @@ class Chain:
 
     def _next_bits(self, tip: StoredBlock) -> int:
         """Compact target of the block after ``tip`` (see the module doc)."""
-        window = self.store.main_chain(max(0, tip.height - self.config.retarget_window),
-                                       tip.height)
+        window = self.store.main_chain(max(0, tip.height - self.config.retarget_window), tip.height)
         return retarget(window, tip.bits, self.config)
 
     def _balances(self, address: str) -> tuple[int, int]:
@@ -354,8 +395,11 @@ class Chain:
             raise Rejected("duplicate", f"block {block_hash.hex()[:16]} is already known")
         tip = self._tip()
         if header.prev_hash != tip.hash:
-            raise Rejected("stale", f"builds on {header.prev_hash.hex()[:16]}, tip is "
-                           f"{tip.hash.hex()[:16]} at height {tip.height}")
+            raise Rejected(
+                "stale",
+                f"builds on {header.prev_hash.hex()[:16]}, tip is "
+                f"{tip.hash.hex()[:16]} at height {tip.height}",
+            )
         if header.height != tip.height + 1:
             raise Rejected("bad-height", f"height {header.height}, expected {tip.height + 1}")
         expected_bits = self._next_bits(tip)
@@ -369,12 +413,21 @@ class Chain:
             raise Rejected("time-too-new", f"time {header.time} is {header.time - now} s ahead")
         return check_coinbase(header, raw_coinbase, self.config.block_reward)
 
-    def _accept(self, header: Header, block_hash: bytes, raw_coinbase: bytes,
-                address: str) -> int:
+    def _accept(self, header: Header, block_hash: bytes, raw_coinbase: bytes, address: str) -> int:
         """Append a verified block (and maybe simulate a reorg); returns the next bits."""
         block = StoredBlock(
-            block_hash, header.height, header.prev_hash, header.encode(), raw_coinbase, address,
-            self.config.block_reward, header.bits, header.time, False, True, self._clock(),
+            block_hash,
+            header.height,
+            header.prev_hash,
+            header.encode(),
+            raw_coinbase,
+            address,
+            self.config.block_reward,
+            header.bits,
+            header.time,
+            False,
+            True,
+            self._clock(),
         )
         with self.store.transaction():
             parent = self._tip()
@@ -385,7 +438,9 @@ class Chain:
                 tip = self._forge(sibling)
                 log.warning(
                     "devnet: block %d %s orphaned by a simulated reorg (node blocks %s, %s)",
-                    header.height, block_hash.hex()[:16], sibling.hash.hex()[:16],
+                    header.height,
+                    block_hash.hex()[:16],
+                    sibling.hash.hex()[:16],
                     tip.hash.hex()[:16],
                 )
         return self._next_bits(self._tip())
@@ -404,13 +459,32 @@ class Chain:
         """A node block on ``parent`` paying ``node_address``, no proof of work (devnet)."""
         height = parent.height + 1
         cfg = self.config
-        cb = Coinbase(height, cfg.block_reward, cfg.node_address, "node", bytes(4),
-                      bytes(8)).encode()
+        cb = Coinbase(
+            height, cfg.block_reward, cfg.node_address, "node", bytes(4), bytes(8)
+        ).encode()
         when = max(self._median_time(parent) + 1, parent.time + cfg.block_time)
-        header = Header(HEADER_VERSION, height, parent.hash, coinbase_hash(cb), FORGED_WORK_ROOT,
-                        when, self._next_bits(parent))
-        block = StoredBlock(header.hash(), height, parent.hash, header.encode(), cb,
-                            cfg.node_address, cfg.block_reward, header.bits, when, True, True,
-                            self._clock())
+        header = Header(
+            HEADER_VERSION,
+            height,
+            parent.hash,
+            coinbase_hash(cb),
+            FORGED_WORK_ROOT,
+            when,
+            self._next_bits(parent),
+        )
+        block = StoredBlock(
+            header.hash(),
+            height,
+            parent.hash,
+            header.encode(),
+            cb,
+            cfg.node_address,
+            cfg.block_reward,
+            header.bits,
+            when,
+            True,
+            True,
+            self._clock(),
+        )
         self.store.insert_block(block)
         return block

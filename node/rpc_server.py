@@ -55,8 +55,9 @@ def _param(params: dict[str, Any], name: str, kind: type) -> Any:
         raise ProtocolError(f"missing parameter {name!r}")
     value = params[name]
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise ProtocolError(f"parameter {name!r} must be {kind.__name__}, "
-                            f"got {type(value).__name__}")
+        raise ProtocolError(
+            f"parameter {name!r} must be {kind.__name__}, got {type(value).__name__}"
+        )
     return value
 
 
@@ -77,8 +78,11 @@ def _block_status(chain: Chain, params: dict[str, Any]) -> Any:
 
 
 def _send_many(chain: Chain, params: dict[str, Any]) -> Any:
-    txid = chain.send_many(_param(params, "key", str), _param(params, "outputs", dict),
-                           _param(params, "from_address", str))
+    txid = chain.send_many(
+        _param(params, "key", str),
+        _param(params, "outputs", dict),
+        _param(params, "from_address", str),
+    )
     return {"txid": txid}
 
 
@@ -174,8 +178,11 @@ class NodeRpcServer:
         if not notification and (
             not isinstance(request_id, int) or isinstance(request_id, bool) or request_id < 0
         ):
-            return rpc_error(None, ERR_MALFORMED, f"request id must be an unsigned integer, "
-                          f"got {request_id!r:.40}")
+            return rpc_error(
+                None,
+                ERR_MALFORMED,
+                f"request id must be an unsigned integer, got {request_id!r:.40}",
+            )
         method = frame.get("method")
         params = frame.get("params", {})
         if not isinstance(method, str):
@@ -183,14 +190,18 @@ class NodeRpcServer:
         elif not isinstance(params, dict):
             response = rpc_error(request_id, ERR_MALFORMED, "params must be a map")
         elif method not in METHODS:
-            response = rpc_error(request_id, ERR_UNKNOWN_METHOD,
-                              f"unknown method {method!r:.60}; known: {', '.join(METHODS)}")
+            response = rpc_error(
+                request_id,
+                ERR_UNKNOWN_METHOD,
+                f"unknown method {method!r:.60}; known: {', '.join(METHODS)}",
+            )
         else:
             response = await self._call(request_id, method, params)
         return None if notification else response
 
-    async def _call(self, request_id: int | None, method: str,
-                    params: dict[str, Any]) -> dict[str, Any]:
+    async def _call(
+        self, request_id: int | None, method: str, params: dict[str, Any]
+    ) -> dict[str, Any]:
         handler = METHODS[method]
         try:
             result = await trio.to_thread.run_sync(
@@ -231,8 +242,12 @@ async def run_node(
         limiter = trio.CapacityLimiter(verify_threads)
         server = NodeRpcServer(chain, max_frame_size=max_frame_size, limiter=limiter)
         info = await trio.to_thread.run_sync(chain.info)
-        log.info("chain in %s at height %d, difficulty %.4g", data_dir, info["height"],
-                 info["next_difficulty"])
+        log.info(
+            "chain in %s at height %d, difficulty %.4g",
+            data_dir,
+            info["height"],
+            info["next_difficulty"],
+        )
         async with trio.open_nursery() as nursery:
             if metrics_port >= 0:
                 bound = await nursery.start(serve_metrics, chain, limiter, host, metrics_port)
@@ -241,8 +256,7 @@ async def run_node(
             for listener in listeners:
                 bound_host, bound_port = listener.socket.getsockname()[:2]
                 log.info("matmine-node listening on %s:%d", bound_host, bound_port)
-            await trio.serve_listeners(server.handle_connection, listeners,
-                                       task_status=task_status)
+            await trio.serve_listeners(server.handle_connection, listeners, task_status=task_status)
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(chain.close)

@@ -65,11 +65,13 @@ def check_coinbase(header: Header, raw_coinbase: bytes, block_reward: int) -> Co
     except ProtocolError as exc:
         raise Rejected("bad-coinbase", str(exc)) from None
     if coinbase.height != header.height:
-        raise Rejected("bad-coinbase-height",
-                       f"coinbase height {coinbase.height}, header {header.height}")
+        raise Rejected(
+            "bad-coinbase-height", f"coinbase height {coinbase.height}, header {header.height}"
+        )
     if coinbase.reward != block_reward:
-        raise Rejected("bad-reward", f"coinbase pays {coins(coinbase.reward)}, "
-                       f"reward is {coins(block_reward)}")
+        raise Rejected(
+            "bad-reward", f"coinbase pays {coins(coinbase.reward)}, reward is {coins(block_reward)}"
+        )
     return coinbase
 
 
@@ -124,8 +126,7 @@ def check_work(header: Header, sub: BlockSubmission, roots: WorkloadRoots) -> No
     ti, tj = sub.tile
     if not (0 <= ti < shape.tiles_m and 0 <= tj < shape.tiles_n):
         raise Rejected("bad-tile", f"tile {sub.tile} outside {shape.tiles_m}x{shape.tiles_n}")
-    blob_fields = (sub.a_rows, sub.bt_rows, sub.a_proofs, sub.b_proofs, sub.a_root,
-                   sub.b_root)
+    blob_fields = (sub.a_rows, sub.bt_rows, sub.a_proofs, sub.b_proofs, sub.a_root, sub.b_root)
     if sub.workload_seed is not None:
         if any(f is not None for f in blob_fields):
             raise Rejected("bad-workload", "both a workload seed and opened rows given")
@@ -146,8 +147,9 @@ def check_work(header: Header, sub: BlockSubmission, roots: WorkloadRoots) -> No
         a_root = sub.a_root or _root_of(a[0], ti * TILE, sub.a_proofs)
         b_root = sub.b_root or _root_of(bt[0], tj * TILE, sub.b_proofs)
         if work_root(shape, a_root, b_root) != header.work_root:
-            raise Rejected("bad-work-root", "header work_root does not match the opened "
-                           "rows' Merkle roots")
+            raise Rejected(
+                "bad-work-root", "header work_root does not match the opened rows' Merkle roots"
+            )
         _check_proofs(a, sub.a_proofs, ti, a_root, "A")
         _check_proofs(bt, sub.b_proofs, tj, b_root, "B")
     try:
@@ -155,12 +157,15 @@ def check_work(header: Header, sub: BlockSubmission, roots: WorkloadRoots) -> No
     except ProtocolError as exc:
         raise Rejected("bad-ticket", str(exc)) from None
     if not meets_target(digest, target_from_bits(header.bits), shape.k):
-        raise Rejected("high-hash", f"ticket {digest.hex()[:16]} of tile {sub.tile} does "
-                       "not meet the network target")
+        raise Rejected(
+            "high-hash",
+            f"ticket {digest.hex()[:16]} of tile {sub.tile} does not meet the network target",
+        )
 
 
-def _opened_rows(raw: bytes | None, proofs: list[list[bytes]] | None, rows: int, k: int,
-                 name: str) -> np.ndarray:
+def _opened_rows(
+    raw: bytes | None, proofs: list[list[bytes]] | None, rows: int, k: int, name: str
+) -> np.ndarray:
     """The 16 opened rows of a blob matrix as int8, with proofs of the right shape."""
     assert raw is not None and proofs is not None
     if len(raw) != TILE * k:
@@ -190,8 +195,9 @@ def _root_of(row: np.ndarray, index: int, proof: list[list[bytes]] | None) -> by
     return node
 
 
-def _check_proofs(matrix: np.ndarray, proofs: list[list[bytes]] | None, tile: int, root: bytes,
-                  name: str) -> None:
+def _check_proofs(
+    matrix: np.ndarray, proofs: list[list[bytes]] | None, tile: int, root: bytes, name: str
+) -> None:
     assert proofs is not None
     for i, proof in enumerate(proofs):
         index = tile * TILE + i
@@ -202,18 +208,21 @@ def _check_proofs(matrix: np.ndarray, proofs: list[list[bytes]] | None, tile: in
 def check_payment(key: Any, outputs: Any, from_address: Any) -> None:
     """Refuse a malformed ``send_many`` (key, outputs, sender) with ``ERR_MALFORMED``."""
     if not isinstance(key, str) or not 0 < len(key) <= MAX_PAYMENT_KEY:
-        raise ChainError(f"payment key must be a string of 1..{MAX_PAYMENT_KEY} characters",
-                         ERR_MALFORMED)
+        raise ChainError(
+            f"payment key must be a string of 1..{MAX_PAYMENT_KEY} characters", ERR_MALFORMED
+        )
     if not isinstance(outputs, dict) or not 0 < len(outputs) <= MAX_OUTPUTS:
-        raise ChainError(f"outputs must map 1..{MAX_OUTPUTS} addresses to amounts",
-                         ERR_MALFORMED)
+        raise ChainError(f"outputs must map 1..{MAX_OUTPUTS} addresses to amounts", ERR_MALFORMED)
     try:
         validate_address(from_address)
         for address, amount in outputs.items():
             validate_address(address)
             if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-                raise ChainError(f"amount for {address} must be a positive integer of base "
-                                 f"units, got {amount!r}", ERR_MALFORMED)
+                raise ChainError(
+                    f"amount for {address} must be a positive integer of base "
+                    f"units, got {amount!r}",
+                    ERR_MALFORMED,
+                )
     except ProtocolError as exc:
         raise ChainError(str(exc), ERR_MALFORMED) from None
 

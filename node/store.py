@@ -98,8 +98,18 @@ def canonical_outputs(outputs: dict[str, int]) -> str:
 
 def _block(row: tuple) -> StoredBlock:
     return StoredBlock(
-        bytes(row[0]), row[1], bytes(row[2]), bytes(row[3]), bytes(row[4]), row[5], row[6],
-        row[7], row[8], bool(row[9]), bool(row[10]), row[11],
+        bytes(row[0]),
+        row[1],
+        bytes(row[2]),
+        bytes(row[3]),
+        bytes(row[4]),
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        bool(row[9]),
+        bool(row[10]),
+        row[11],
     )
 
 
@@ -130,8 +140,20 @@ class NodeStore:
     def insert_block(self, b: StoredBlock) -> None:
         self._db.execute(
             f"INSERT INTO blocks({_BLOCK_COLUMNS}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
-            (b.hash, b.height, b.prev_hash, b.header, b.coinbase, b.address, b.reward, b.bits,
-             b.time, int(b.forged), int(b.main), b.received),
+            (
+                b.hash,
+                b.height,
+                b.prev_hash,
+                b.header,
+                b.coinbase,
+                b.address,
+                b.reward,
+                b.bits,
+                b.time,
+                int(b.forged),
+                int(b.main),
+                b.received,
+            ),
         )
 
     def set_main(self, block_hash: bytes, main: bool) -> None:

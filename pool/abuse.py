@@ -125,7 +125,8 @@ class BanList:
         the per-IP table is full."""
         count = self._connections.get(ip, 0)
         if (limit is not None and count >= limit) or (
-                count == 0 and len(self._connections) >= self.max_entries):
+            count == 0 and len(self._connections) >= self.max_entries
+        ):
             return False
         self._connections[ip] = count + 1
         return True

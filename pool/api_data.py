@@ -222,8 +222,9 @@ class PoolData:
             for w in workers:
                 for window, r in w.hashrate.items():
                     rate[window] = rate.get(window, 0.0) + r
-            rows.append({"address": address, "workers": sorted(w.name for w in workers),
-                         "hashrate": rate})
+            rows.append(
+                {"address": address, "workers": sorted(w.name for w in workers), "hashrate": rate}
+            )
         rows.sort(key=lambda m: -m["hashrate"].get("1m", 0.0))
         return rows
 

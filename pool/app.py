@@ -122,16 +122,24 @@ def snapshot(ctx: PoolContext, started: float) -> PoolSnapshot:
             continue
         workers += 1
         last = s.hashrate.last_share
-        miners.setdefault(s.address, []).append(WorkerSnapshot(
-            name=s.worker, hashrate=s.hashrate.rates(now),
-            last_share=None if last is None else wall - (now - last),
-            difficulty=s.difficulty))
+        miners.setdefault(s.address, []).append(
+            WorkerSnapshot(
+                name=s.worker,
+                hashrate=s.hashrate.rates(now),
+                last_share=None if last is None else wall - (now - last),
+                difficulty=s.difficulty,
+            )
+        )
     current = ctx.jobs.current
     return PoolSnapshot(
-        connections=len(ctx.sessions), workers=workers,
+        connections=len(ctx.sessions),
+        workers=workers,
         hashrate=ctx.pool_hashrate.rates(now) if ctx.pool_hashrate else {},
         network_difficulty=current.network_difficulty if current else 0.0,
-        height=current.block.height if current else 0, miners=miners, started=started)
+        height=current.block.height if current else 0,
+        miners=miners,
+        started=started,
+    )
 
 
 def capable_sessions(ctx: PoolContext) -> int:
@@ -152,8 +160,9 @@ async def _stats(ctx: PoolContext, metrics: PoolMetrics) -> None:
         await trio.sleep(STATS_INTERVAL)
 
 
-async def run_pool(config: PoolConfig, *,
-                   task_status: trio.TaskStatus[PoolHandle] = trio.TASK_STATUS_IGNORED) -> None:
+async def run_pool(
+    config: PoolConfig, *, task_status: trio.TaskStatus[PoolHandle] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Run the whole pool until cancelled (see the module doc)."""
     config.data_path.mkdir(parents=True, exist_ok=True)
     wallet = ensure_payout_address(config)
@@ -163,9 +172,15 @@ async def run_pool(config: PoolConfig, *,
     health = DependencyHealth(metrics.dependency_up)
     ledger_limiter = trio.CapacityLimiter(1)
     lc = config.ledger
-    ledger = await trio.to_thread.run_sync(partial(
-        open_ledger, config.ledger_location, connect_timeout=lc.connect_timeout,
-        statement_timeout=lc.statement_timeout, call_timeout=lc.call_timeout))
+    ledger = await trio.to_thread.run_sync(
+        partial(
+            open_ledger,
+            config.ledger_location,
+            connect_timeout=lc.connect_timeout,
+            statement_timeout=lc.statement_timeout,
+            call_timeout=lc.call_timeout,
+        )
+    )
     chain = None
     useful = None
     p = config.pool
@@ -175,41 +190,67 @@ async def run_pool(config: PoolConfig, *,
         chain = open_chain(config, wallet)
         why_not = config.useful.usable(config.stratum.max_frame_size)
         if why_not is not None:
-            log.log(logging.WARNING if config.useful.enabled else logging.INFO,
-                    "useful work is off (%s): every miner gets synthetic work", why_not)
+            log.log(
+                logging.WARNING if config.useful.enabled else logging.INFO,
+                "useful work is off (%s): every miner gets synthetic work",
+                why_not,
+            )
         else:
             useful = await trio.to_thread.run_sync(
-                UsefulWork, config.data_path, config.useful.useful_config(),
-                UsefulMetrics(registry))
+                UsefulWork, config.data_path, config.useful.useful_config(), UsefulMetrics(registry)
+            )
         async with trio.open_nursery() as nursery:
-            sharelog = ShareLog(ledger, ledger_limiter,
-                                interval=config.ledger.batch_interval_ms / 1000,
-                                max_batch=config.ledger.batch_max_shares,
-                                max_pending=config.ledger.max_pending_shares,
-                                observe_commit=metrics.db_write_seconds.observe,
-                                health=health, retry_interval=lc.retry_interval)
+            sharelog = ShareLog(
+                ledger,
+                ledger_limiter,
+                interval=config.ledger.batch_interval_ms / 1000,
+                max_batch=config.ledger.batch_max_shares,
+                max_pending=config.ledger.max_pending_shares,
+                observe_commit=metrics.db_write_seconds.observe,
+                health=health,
+                retry_interval=lc.retry_interval,
+            )
             await nursery.start(sharelog.run)
-            jobs = JobManager(chain, SyntheticSource(config.work_shape()),
-                              payout_address=wallet, tag=p.tag, instance_id=p.instance_id,
-                              poll_interval=config.chain.poll_interval,
-                              refresh_seconds=config.work.job_refresh_seconds,
-                              health=health)
+            jobs = JobManager(
+                chain,
+                SyntheticSource(config.work_shape()),
+                payout_address=wallet,
+                tag=p.tag,
+                instance_id=p.instance_id,
+                poll_interval=config.chain.poll_interval,
+                refresh_seconds=config.work.job_refresh_seconds,
+                health=health,
+            )
             await nursery.start(jobs.run)
-            checker = ShareChecker(jobs, sharelog, chain, ledger, ledger_limiter,
-                                   trio.CapacityLimiter(p.check_threads),
-                                   pplns_factor=p.pplns_factor, fee_bps=p.fee_bps,
-                                   fee_address=fee_address,
-                                   max_shares_per_job=config.limits.max_shares_per_job,
-                                   metrics=metrics, useful=useful,
-                                   budget=CheckBudget(config.limits.checks_per_ip_per_second,
-                                                      config.limits.check_burst_per_ip,
-                                                      config.limits.max_banned_ips))
-            ctx = PoolContext(config=config, jobs=jobs, checker=checker,
-                              bans=BanList(config.limits.ban_seconds,
-                                           config.limits.max_banned_ips),
-                              vardiff=config.vardiff_config(), metrics=metrics,
-                              pool_hashrate=HashrateMeter(trio.current_time()),
-                              useful=useful)
+            checker = ShareChecker(
+                jobs,
+                sharelog,
+                chain,
+                ledger,
+                ledger_limiter,
+                trio.CapacityLimiter(p.check_threads),
+                pplns_factor=p.pplns_factor,
+                fee_bps=p.fee_bps,
+                fee_address=fee_address,
+                max_shares_per_job=config.limits.max_shares_per_job,
+                metrics=metrics,
+                useful=useful,
+                budget=CheckBudget(
+                    config.limits.checks_per_ip_per_second,
+                    config.limits.check_burst_per_ip,
+                    config.limits.max_banned_ips,
+                ),
+            )
+            ctx = PoolContext(
+                config=config,
+                jobs=jobs,
+                checker=checker,
+                bans=BanList(config.limits.ban_seconds, config.limits.max_banned_ips),
+                vardiff=config.vardiff_config(),
+                metrics=metrics,
+                pool_hashrate=HashrateMeter(trio.current_time()),
+                useful=useful,
+            )
 
             def tell_miners(change: HealthChange) -> None:  # once per outage and recovery
                 for session in list(ctx.sessions):
@@ -224,46 +265,102 @@ async def run_pool(config: PoolConfig, *,
             ports = await nursery.start(server.serve)
             http_port = None
             if config.http.enabled:
-                data = PoolData(ledger, lambda: snapshot(ctx, started), ledger_limiter,
-                                fee_bps=p.fee_bps, min_payout=p.min_payout,
-                                accepted_work=lambda: metrics.accepted_work_macs,
-                                useful=None if useful is None else useful.stats)
-                work_routes = [] if useful is None else create_work_routes(
-                    useful.queue, useful.blobs, config.useful.tokens, useful.limiter,
-                    partial(capable_sessions, ctx))
+                data = PoolData(
+                    ledger,
+                    lambda: snapshot(ctx, started),
+                    ledger_limiter,
+                    fee_bps=p.fee_bps,
+                    min_payout=p.min_payout,
+                    accepted_work=lambda: metrics.accepted_work_macs,
+                    useful=None if useful is None else useful.stats,
+                )
+                work_routes = (
+                    []
+                    if useful is None
+                    else create_work_routes(
+                        useful.queue,
+                        useful.blobs,
+                        config.useful.tokens,
+                        useful.limiter,
+                        partial(capable_sessions, ctx),
+                    )
+                )
                 history = HashrateHistory()
-                await nursery.start(run_sampler, history, lambda: snapshot(ctx, started),
-                                    config.http.history_interval)
-                http_port = await nursery.start(serve_http,
-                                                create_app(data, registry, work_routes,
-                                                           health, history),
-                                                config.http.host, config.http.port)
+                await nursery.start(
+                    run_sampler,
+                    history,
+                    lambda: snapshot(ctx, started),
+                    config.http.history_interval,
+                )
+                http_port = await nursery.start(
+                    serve_http,
+                    create_app(data, registry, work_routes, health, history),
+                    config.http.host,
+                    config.http.port,
+                )
                 log.info("HTTP API and /metrics on http://%s:%d/", config.http.host, http_port)
             policy = PplnsPolicy(p.pplns_factor, p.fee_bps, fee_address)
-            await nursery.start(partial(run_unlocker, ledger, chain, p.unlock_interval,
-                                        ledger_limiter, metrics, policy=policy,
-                                        unknown_grace=p.unknown_block_grace))
-            await nursery.start(run_payouts, ledger, chain, p.payout_interval, p.min_payout,
-                                ledger_limiter, metrics)
+            await nursery.start(
+                partial(
+                    run_unlocker,
+                    ledger,
+                    chain,
+                    p.unlock_interval,
+                    ledger_limiter,
+                    metrics,
+                    policy=policy,
+                    unknown_grace=p.unknown_block_grace,
+                )
+            )
+            await nursery.start(
+                run_payouts, ledger, chain, p.payout_interval, p.min_payout, ledger_limiter, metrics
+            )
             r = config.retention
-            databases = {} if config.ledger.kind == "postgres" else {
-                "ledger": config.ledger_path}
+            databases = {} if config.ledger.kind == "postgres" else {"ledger": config.ledger_path}
             if useful is not None:
                 databases["useful"] = config.data_path / "useful.sqlite"
-            await nursery.start(partial(
-                run_retention, ledger, ledger_limiter, r.interval, p.pplns_factor,
-                r.share_history_seconds, r.block_grace_seconds, metrics, useful=useful,
-                useful_history=r.useful_history_seconds, blob_grace=r.blob_grace_seconds,
-                databases=databases))
+            await nursery.start(
+                partial(
+                    run_retention,
+                    ledger,
+                    ledger_limiter,
+                    r.interval,
+                    p.pplns_factor,
+                    r.share_history_seconds,
+                    r.block_grace_seconds,
+                    metrics,
+                    useful=useful,
+                    useful_history=r.useful_history_seconds,
+                    blob_grace=r.blob_grace_seconds,
+                    databases=databases,
+                )
+            )
             nursery.start_soon(_stats, ctx, metrics)
-            log.info("pool ready: payout address %s, fee %.2f%%, work %s", wallet,
-                     p.fee_bps / 100, config.work_shape())
-            task_status.started(PoolHandle(
-                config=config, stratum_port=ports[0],
-                tls_port=ports[1] if len(ports) > 1 else None, http_port=http_port,
-                payout_address=wallet, ledger=ledger, ledger_limiter=ledger_limiter,
-                chain=chain, jobs=jobs, context=ctx, sharelog=sharelog, metrics=metrics,
-                registry=registry, useful=useful, health=health))
+            log.info(
+                "pool ready: payout address %s, fee %.2f%%, work %s",
+                wallet,
+                p.fee_bps / 100,
+                config.work_shape(),
+            )
+            task_status.started(
+                PoolHandle(
+                    config=config,
+                    stratum_port=ports[0],
+                    tls_port=ports[1] if len(ports) > 1 else None,
+                    http_port=http_port,
+                    payout_address=wallet,
+                    ledger=ledger,
+                    ledger_limiter=ledger_limiter,
+                    chain=chain,
+                    jobs=jobs,
+                    context=ctx,
+                    sharelog=sharelog,
+                    metrics=metrics,
+                    registry=registry,
+                    useful=useful,
+                    health=health,
+                )
+            )
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(ledger.close, limiter=ledger_limiter)
@@ -282,7 +379,9 @@ async def serve_until_signalled(config: PoolConfig) -> None:
             # (waiting for an unreachable node, say).
             nursery.start_soon(run_pool, config)
             async for signum in signals:
-                log.info("received %s, shutting down (committing queued shares)",
-                         signal.Signals(signum).name)
+                log.info(
+                    "received %s, shutting down (committing queued shares)",
+                    signal.Signals(signum).name,
+                )
                 nursery.cancel_scope.cancel()
                 break

@@ -53,27 +53,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="matmine-pool",
         description="The matmine mining pool: miners prove int8 matrix products (mmpow-1) "
-                    "and are paid by PPLNS.")
-    parser.add_argument("--version", action="version",
-                        version=f"%(prog)s {package_version()}")
+        "and are paid by PPLNS.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("init-config", help="print a commented default configuration file",
-                   description="Print a complete TOML configuration with every key at its "
-                               "default and a comment saying what it does.")
+    sub.add_parser(
+        "init-config",
+        help="print a commented default configuration file",
+        description="Print a complete TOML configuration with every key at its "
+        "default and a comment saying what it does.",
+    )
     serve = sub.add_parser(
-        "serve", help="run the pool",
+        "serve",
+        help="run the pool",
         description="Run the pool: miner port(s), HTTP API with /metrics, the embedded "
-                    "devnet node (or an RPC node), block unlocker and payouts. Stops cleanly "
-                    "on SIGINT/SIGTERM, committing queued shares first.")
-    serve.add_argument("--config", metavar="FILE",
-                       help="TOML configuration file (default: built-in defaults; "
-                            "see 'matmine-pool init-config')")
+        "devnet node (or an RPC node), block unlocker and payouts. Stops cleanly "
+        "on SIGINT/SIGTERM, committing queued shares first.",
+    )
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML configuration file (default: built-in defaults; see 'matmine-pool init-config')",
+    )
     for flag, key, options in FLAGS:
-        serve.add_argument(flag, type=setting_type(PoolConfig, key), **options,
-                           help=cli_help(PoolConfig, key))
+        serve.add_argument(
+            flag, type=setting_type(PoolConfig, key), **options, help=cli_help(PoolConfig, key)
+        )
     serve.add_argument("--no-http", action="store_true", help="do not serve the HTTP API")
-    serve.add_argument("--chain", metavar="URL",
-                       help="'embedded' (default) or rpc://HOST:PORT of a matmine-node")
+    serve.add_argument(
+        "--chain", metavar="URL", help="'embedded' (default) or rpc://HOST:PORT of a matmine-node"
+    )
     add_work_subcommands(sub)
     return parser
 

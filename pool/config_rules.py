@@ -33,9 +33,11 @@ def validate(config: PoolConfig) -> None:
     except ValueError as exc:
         raise ConfigError(f"[vardiff] {exc}") from None
     if not v.min_difficulty <= p.start_difficulty <= v.max_difficulty:
-        raise ConfigError(f"pool.start_difficulty {p.start_difficulty:g} must lie within "
-                          f"[vardiff.min_difficulty, vardiff.max_difficulty] = "
-                          f"[{v.min_difficulty:g}, {v.max_difficulty:g}]")
+        raise ConfigError(
+            f"pool.start_difficulty {p.start_difficulty:g} must lie within "
+            f"[vardiff.min_difficulty, vardiff.max_difficulty] = "
+            f"[{v.min_difficulty:g}, {v.max_difficulty:g}]"
+        )
     if not 0 < config.limits.invalid_ratio <= 1:
         raise ConfigError("limits.invalid_ratio must be in (0, 1]")
     from pool.jobs import MAX_TAG_BYTES  # every job's coinbase tag adds "/JOB_ID"
@@ -43,7 +45,8 @@ def validate(config: PoolConfig) -> None:
     if len(p.tag.encode()) > MAX_TAG_BYTES:
         raise ConfigError(f"pool.tag must be at most {MAX_TAG_BYTES} bytes (UTF-8)")
     if config.ledger.kind == "postgres" and not config.ledger.url.startswith(
-            ("postgresql://", "postgres://")):
+        ("postgresql://", "postgres://")
+    ):
         raise ConfigError("ledger.kind = postgres needs ledger.url = postgresql://...")
     if p.log_level.lower() not in LOG_LEVELS:
         raise ConfigError("pool.log_level must be debug, info, warning or error")
@@ -56,8 +59,10 @@ def validate(config: PoolConfig) -> None:
     validate_useful(config)
     from protocol.address import validate_address
 
-    for name, addr in (("pool.payout_address", p.payout_address),
-                       ("pool.fee_address", p.fee_address)):
+    for name, addr in (
+        ("pool.payout_address", p.payout_address),
+        ("pool.fee_address", p.fee_address),
+    ):
         if addr:
             try:
                 validate_address(addr)
@@ -73,18 +78,27 @@ def validate_useful(config: PoolConfig) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if u.chunk_max < CHUNK_SIZE:
-        raise ConfigError(f"useful.chunk_max must be at least {CHUNK_SIZE} (the chunk every "
-                          f"worker may use), got {u.chunk_max}")
-    if (config.http.enabled and u.usable(config.stratum.max_frame_size) is None
-            and not u.tokens and not _is_loopback_host(config.http.host)):
+        raise ConfigError(
+            f"useful.chunk_max must be at least {CHUNK_SIZE} (the chunk every "
+            f"worker may use), got {u.chunk_max}"
+        )
+    if (
+        config.http.enabled
+        and u.usable(config.stratum.max_frame_size) is None
+        and not u.tokens
+        and not _is_loopback_host(config.http.host)
+    ):
         raise ConfigError(
             f"http.host = {config.http.host!r} is not a loopback address and [useful.tokens] "
             "is empty: the work API would take anyone's work; set [useful.tokens], bind "
-            "http.host to 127.0.0.1, or set useful.enabled = false")
+            "http.host to 127.0.0.1, or set useful.enabled = false"
+        )
     for token, customer in u.tokens.items():
         if not isinstance(customer, str) or not customer or len(token) < 8:
-            raise ConfigError("[useful.tokens] entries are TOKEN = \"customer name\", tokens "
-                              f"of at least 8 characters; got {token[:4]!r}… = {customer!r:.40}")
+            raise ConfigError(
+                '[useful.tokens] entries are TOKEN = "customer name", tokens '
+                f"of at least 8 characters; got {token[:4]!r}… = {customer!r:.40}"
+            )
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -102,8 +116,10 @@ def node_config(config: PoolConfig) -> NodeConfig:
     known = {f.name for f in dataclasses.fields(NodeConfig)}
     unknown = set(config.chain.node) - known
     if unknown:
-        raise ConfigError(f"unknown key(s) in [chain.node]: {', '.join(sorted(unknown))} "
-                          f"(known: {', '.join(sorted(known))})")
+        raise ConfigError(
+            f"unknown key(s) in [chain.node]: {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(sorted(known))})"
+        )
     try:
         return NodeConfig(**config.chain.node)
     except (TypeError, ValueError) as exc:

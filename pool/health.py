@@ -91,9 +91,13 @@ def miner_message(change: HealthChange) -> str:
     if change.dependency == LEDGER:
         if change.up:
             return "pool notice: the pool's database is back; shares are stored again"
-        return ("pool notice: the pool's database is unavailable; shares are answered 20 "
-                "(not stored) until it is back; keep mining and resubmit them")
+        return (
+            "pool notice: the pool's database is unavailable; shares are answered 20 "
+            "(not stored) until it is back; keep mining and resubmit them"
+        )
     if change.up:
         return f"pool notice: the {change.dependency} is back"
-    return (f"pool notice: the pool cannot reach its {change.dependency} node; "
-            "jobs may be stale until it is back")
+    return (
+        f"pool notice: the pool cannot reach its {change.dependency} node; "
+        "jobs may be stale until it is back"
+    )

@@ -68,10 +68,13 @@ def parse_limit(request: Request) -> int:
     return limit
 
 
-def create_app(data: PoolData, registry: CollectorRegistry,
-               extra_routes: Sequence[BaseRoute] = (),
-               health: DependencyHealth | None = None,
-               history: HashrateHistory | None = None) -> Starlette:
+def create_app(
+    data: PoolData,
+    registry: CollectorRegistry,
+    extra_routes: Sequence[BaseRoute] = (),
+    health: DependencyHealth | None = None,
+    history: HashrateHistory | None = None,
+) -> Starlette:
     """The API app over ``data`` exposing ``registry`` at /metrics, plus ``extra_routes``;
     /healthz reports ``health``; ``history`` (empty if None) backs the ``/history`` routes.
     """
@@ -108,8 +111,7 @@ def create_app(data: PoolData, registry: CollectorRegistry,
     async def miner_history(request: Request) -> Response:
         series = hist.miner_series(request.path_params["address"])
         if series is None:
-            return JSONResponse({"error": "no hashrate history for this address"},
-                                status_code=404)
+            return JSONResponse({"error": "no hashrate history for this address"}, status_code=404)
         return JSONResponse({"window": "1m", "samples": series})
 
     async def blocks(request: Request) -> Response:

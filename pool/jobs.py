@@ -122,11 +122,16 @@ class Job:
     def header(self, extranonce2: bytes, ntime: int) -> tuple[bytes, bytes]:
         """``(coinbase, header)`` of a share on this job (two small hashes: cheap)."""
         t = self.template
-        coinbase = assemble_coinbase(t.coinbase1, self.extranonce1, extranonce2,
-                                     self.coinbase2)
-        header = Header(HEADER_VERSION, t.block.height, t.block.prev_hash,
-                        coinbase_hash(coinbase), self.work.work_root, ntime,
-                        t.block.bits).encode()
+        coinbase = assemble_coinbase(t.coinbase1, self.extranonce1, extranonce2, self.coinbase2)
+        header = Header(
+            HEADER_VERSION,
+            t.block.height,
+            t.block.prev_hash,
+            coinbase_hash(coinbase),
+            self.work.work_root,
+            ntime,
+            t.block.bits,
+        ).encode()
         return coinbase, header
 
     def notify(self) -> messages.Notify:
@@ -230,14 +235,30 @@ class JobManager:
         """A fresh extranonce1, unique within this instance and across instances."""
         return self._en1_prefix + struct.pack(">I", next(self._en1_counter) & 0xFFFFFFFF)
 
-    def make_job(self, template: Template, extranonce1: bytes, difficulty: float,
-                 clean: bool, now: float, workload: JobWork | None = None,
-                 lease_id: int | None = None) -> Job:
+    def make_job(
+        self,
+        template: Template,
+        extranonce1: bytes,
+        difficulty: float,
+        clean: bool,
+        now: float,
+        workload: JobWork | None = None,
+        lease_id: int | None = None,
+    ) -> Job:
         """A session's job on ``template``; ``workload`` replaces the template's matrices
         (a leased useful-work unit, ``lease_id``)."""
         job_id = f"{template.id:x}.{next(self._job_counter):x}.{self.run_id}"
-        return Job(job_id, template, extranonce1, difficulty, clean, now,
-                   job_coinbase2(template.tag, job_id), workload=workload, lease_id=lease_id)
+        return Job(
+            job_id,
+            template,
+            extranonce1,
+            difficulty,
+            clean,
+            now,
+            job_coinbase2(template.tag, job_id),
+            workload=workload,
+            lease_id=lease_id,
+        )
 
     # -- templates ------------------------------------------------------------------------
 
@@ -261,20 +282,32 @@ class JobManager:
         if new_block or self.current is None:
             self.epoch += 1
             self._tip = block.prev_hash
-        c1, _ = coinbase_parts(block.height, block.reward, self.payout_address, self.tag,
-                               EXTRANONCE1_SIZE)
-        template = Template(next(self._template_ids), self.epoch, block, work, c1, self.tag,
-                            clean, trio.current_time())
+        c1, _ = coinbase_parts(
+            block.height, block.reward, self.payout_address, self.tag, EXTRANONCE1_SIZE
+        )
+        template = Template(
+            next(self._template_ids),
+            self.epoch,
+            block,
+            work,
+            c1,
+            self.tag,
+            clean,
+            trio.current_time(),
+        )
         self.current = template
         self._changed.set()
         self._changed = trio.Event()
         if new_block:
-            log.info("new block template: height %d, network difficulty %.6g, reward %s coins",
-                     block.height, template.network_difficulty, coins(block.reward))
+            log.info(
+                "new block template: height %d, network difficulty %.6g, reward %s coins",
+                block.height,
+                template.network_difficulty,
+                coins(block.reward),
+            )
         return template
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Publish the first template, then follow the chain tip and refresh periodically.
 
         Until the chain answers for the first time, retry (logging why) with a backoff.

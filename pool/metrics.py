@@ -14,8 +14,15 @@ from pool.health import DEPENDENCIES
 from protocol.errors import ErrorCode
 from protocol.target import MACS_PER_DIFF1
 
-SHARE_RESULTS = ("accepted", "stale", "duplicate", "low_difficulty", "invalid", "malformed",
-                 "rate_limited")
+SHARE_RESULTS = (
+    "accepted",
+    "stale",
+    "duplicate",
+    "low_difficulty",
+    "invalid",
+    "malformed",
+    "rate_limited",
+)
 BLOCK_STATUSES = ("found", "rejected", "confirmed", "orphaned")
 VARDIFF_DIRECTIONS = ("up", "down")
 
@@ -136,7 +143,8 @@ class PoolMetrics:
             "matmine_pool_ban_decisions",
             "IP ban decisions at a session's second or later drop within ban_seconds: banned,"
             " or spared because the IP's honest sessions outweigh its drops.",
-            ["decision"], registry=registry,
+            ["decision"],
+            registry=registry,
         )
         self.retention_last_run = Gauge(
             "matmine_pool_retention_last_run_timestamp_seconds",
@@ -155,13 +163,15 @@ class PoolMetrics:
             "matmine_pool_blob_bytes", "Bytes in the useful-work blob store.", registry=registry
         )
         self.work_items = Gauge(
-            "matmine_pool_work_item_rows", "Work items (customers' products) remembered.",
+            "matmine_pool_work_item_rows",
+            "Work items (customers' products) remembered.",
             registry=registry,
         )
         self.database_bytes = Gauge(
             "matmine_pool_database_bytes",
             "Size on disk of each SQLite database of the pool (its WAL included).",
-            ["database"], registry=registry,
+            ["database"],
+            registry=registry,
         )
         self.dependency_up = Gauge(
             "matmine_pool_dependency_up",

@@ -99,8 +99,7 @@ async def payout_round(
         return report
     report.batch = done
     report.paid += done.total
-    log.info("paid %s coins to %d addresses, txid %s", coins(done.total), len(outputs),
-             done.txid)
+    log.info("paid %s coins to %d addresses, txid %s", coins(done.total), len(outputs), done.txid)
     return report
 
 

@@ -35,8 +35,10 @@ def check_port_free(name: str, host: str, port: int) -> None:
                 sock.bind(address)
             except OSError as exc:
                 reason = "is in use" if exc.errno == errno.EADDRINUSE else f"failed: {exc.strerror}"
-                raise ConfigError(f"{name} port {port} on {host} {reason}"
-                                  " (another pool running? pick another port)") from None
+                raise ConfigError(
+                    f"{name} port {port} on {host} {reason}"
+                    " (another pool running? pick another port)"
+                ) from None
 
 
 def check_writable_dir(path: Path) -> None:

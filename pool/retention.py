@@ -31,15 +31,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("pool.retention")
 
 
-def retention_round(ledger: Ledger, factor: float, history: float, grace: float,
-                    now: float | None = None) -> int:
+def retention_round(
+    ledger: Ledger, factor: float, history: float, grace: float, now: float | None = None
+) -> int:
     """One pruning pass (synchronous: call it in the ledger thread); shares deleted."""
     now = time.time() if now is None else now
     return ledger.prune_shares(now - history, factor, blocks_after=now - max(grace, 0.0))
 
 
-def useful_retention_round(useful: UsefulWork, history: float, blob_grace: float,
-                           now: float | None = None) -> tuple[int, int]:
+def useful_retention_round(
+    useful: UsefulWork, history: float, blob_grace: float, now: float | None = None
+) -> tuple[int, int]:
     """Forget old finished items, then collect unneeded blobs (synchronous: call it in a
     thread); returns (items forgotten, blobs deleted)."""
     now = time.time() if now is None else now
@@ -50,16 +52,24 @@ def useful_retention_round(useful: UsefulWork, history: float, blob_grace: float
 
 def file_bytes(path: Path) -> int:
     """Bytes of a SQLite database and its WAL (0 for files that do not exist)."""
-    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal"))
-               if p.exists())
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
 
 
-async def run_retention(ledger: Ledger, limiter: trio.CapacityLimiter, interval: float,
-                        factor: float, history: float, grace: float,
-                        metrics: PoolMetrics, *,
-                        useful: UsefulWork | None = None, useful_history: float = 604800.0,
-                        blob_grace: float = 3600.0, databases: dict[str, Path] | None = None,
-                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def run_retention(
+    ledger: Ledger,
+    limiter: trio.CapacityLimiter,
+    interval: float,
+    factor: float,
+    history: float,
+    grace: float,
+    metrics: PoolMetrics,
+    *,
+    useful: UsefulWork | None = None,
+    useful_history: float = 604800.0,
+    blob_grace: float = 3600.0,
+    databases: dict[str, Path] | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Run :func:`retention_round` (and :func:`useful_retention_round`) every ``interval``
     seconds, forever (cancel to stop); ``databases`` names the SQLite files to measure."""
     if interval <= 0:
@@ -68,24 +78,34 @@ async def run_retention(ledger: Ledger, limiter: trio.CapacityLimiter, interval:
     task_status.started()
     while True:
         try:
-            gone = await trio.to_thread.run_sync(retention_round, ledger, factor, history,
-                                                 grace, limiter=limiter)
+            gone = await trio.to_thread.run_sync(
+                retention_round, ledger, factor, history, grace, limiter=limiter
+            )
             if gone:
                 log.info("retention: pruned %d share(s)", gone)
             if useful is not None:
                 items, blobs = await trio.to_thread.run_sync(
-                    useful_retention_round, useful, useful_history, blob_grace,
-                    limiter=useful.limiter)
+                    useful_retention_round,
+                    useful,
+                    useful_history,
+                    blob_grace,
+                    limiter=useful.limiter,
+                )
                 if items or blobs:
-                    log.info("retention: forgot %d finished work item(s), deleted %d blob(s)",
-                             items, blobs)
+                    log.info(
+                        "retention: forgot %d finished work item(s), deleted %d blob(s)",
+                        items,
+                        blobs,
+                    )
             rows = await trio.to_thread.run_sync(ledger.share_count, limiter=limiter)
             metrics.share_rows.set(rows)
             if useful is not None:
-                metrics.work_items.set(await trio.to_thread.run_sync(
-                    useful.queue.item_count, limiter=useful.limiter))
-                metrics.blob_bytes.set(await trio.to_thread.run_sync(
-                    useful.blobs.total_bytes, limiter=useful.limiter))
+                metrics.work_items.set(
+                    await trio.to_thread.run_sync(useful.queue.item_count, limiter=useful.limiter)
+                )
+                metrics.blob_bytes.set(
+                    await trio.to_thread.run_sync(useful.blobs.total_bytes, limiter=useful.limiter)
+                )
             for name, path in (databases or {}).items():
                 metrics.database_bytes.labels(database=name).set(file_bytes(path))
             metrics.retention_last_run.set(time.time())

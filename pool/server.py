@@ -69,18 +69,24 @@ class StratumServer:
         ip_full = self.ctx.bans.connections(ip) - from_ip >= self.config.max_connections_per_ip
         if not ip_full and self.connections - len(self.evicting) < self.config.max_connections:
             return True
-        unproven = [s for s in self.ctx.sessions if not s.accepted and s not in self.evicting
-                    and (s.peer == ip or not ip_full)]
+        unproven = [
+            s
+            for s in self.ctx.sessions
+            if not s.accepted and s not in self.evicting and (s.peer == ip or not ip_full)
+        ]
         if not unproven:
             return False
         victim = min(unproven, key=lambda s: (s.authorized, s.connected_at))
         self.evicting.add(victim)
-        log.info("closing %s (no share yet) to make room for a new connection from %s",
-                 victim.login, ip)
+        log.info(
+            "closing %s (no share yet) to make room for a new connection from %s", victim.login, ip
+        )
         if self.ctx.metrics is not None:
             self.ctx.metrics.evictions.inc()
-        victim.kick("closed to make room for another miner: the pool is full and this "
-                    "connection had not submitted a share yet")
+        victim.kick(
+            "closed to make room for another miner: the pool is full and this "
+            "connection had not submitted a share yet"
+        )
         return True
 
     async def handle(self, stream: trio.abc.Stream) -> None:
@@ -123,12 +129,14 @@ class StratumServer:
             if metrics is not None:
                 metrics.connections.dec()
 
-    async def serve(self, *, task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED
-                    ) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Listen on the plain port (and the TLS port); ``started`` gets the bound ports."""
         cfg = self.config
         listeners: list[trio.abc.Listener] = list(
-            await trio.open_tcp_listeners(cfg.port, host=cfg.host))
+            await trio.open_tcp_listeners(cfg.port, host=cfg.host)
+        )
         ports = [listeners[0].socket.getsockname()[1]]  # type: ignore[attr-defined]
         if cfg.tls:
             context = tls_context(cfg.tls_cert, cfg.tls_key)

@@ -153,8 +153,9 @@ class Session:
         # the first share or the first idle sweep comes first).
         self.vardiff = Vardiff(ctx.vardiff, cfg.pool.start_difficulty, now)
         self.rate = RateLimiter(cfg.limits.messages_per_second, cfg.limits.message_burst, now)
-        self.judge = ShareJudge(cfg.limits.invalid_window, cfg.limits.invalid_min_shares,
-                                cfg.limits.invalid_ratio)
+        self.judge = ShareJudge(
+            cfg.limits.invalid_window, cfg.limits.invalid_min_shares, cfg.limits.invalid_ratio
+        )
         self.hashrate = HashrateMeter(now)
         self.accepted = 0
         self.rejected = 0
@@ -223,9 +224,14 @@ class Session:
             with trio.CancelScope(shield=True), trio.move_on_after(LINGER_SECONDS + 1):
                 await self._linger()
                 await self.stream.aclose()
-            log.info("miner %s from %s disconnected: %s (%d accepted, %d rejected)",
-                     self.login, self.peer, self._close_reason or "closed by the pool",
-                     self.accepted, self.rejected)
+            log.info(
+                "miner %s from %s disconnected: %s (%d accepted, %d rejected)",
+                self.login,
+                self.peer,
+                self._close_reason or "closed by the pool",
+                self.accepted,
+                self.rejected,
+            )
 
     async def _linger(self) -> None:
         """Half-close, then drain what the miner still sends for a moment, so that our
@@ -285,7 +291,8 @@ class Session:
             for event in events:
                 self.last_message = trio.current_time()
                 chunked = isinstance(event, RequestReceived) and isinstance(
-                    event.message, GetBlob | WorkResult)
+                    event.message, GetBlob | WorkResult
+                )
                 if not chunked and not self.rate.allow(self.last_message):
                     await self._rate_limited(event)
                     continue
@@ -293,8 +300,9 @@ class Session:
                     await self._request(event, nursery)
                 elif isinstance(event, BadRequest):
                     if event.id is not None:
-                        await self._send(self.conn.send_error(event.id, event.error.code,
-                                                              str(event.error)))
+                        await self._send(
+                            self.conn.send_error(event.id, event.error.code, str(event.error))
+                        )
                     await self._judge(False)
                 elif isinstance(event, NotificationReceived):
                     pass  # a miner's notifications (pings without id) need no answer
@@ -303,8 +311,9 @@ class Session:
         if self.rate.refused > self.ctx.config.limits.message_burst:
             await self._notify_and_close("message flood: too many messages too fast")
         if isinstance(event, RequestReceived | BadRequest) and event.id is not None:
-            await self._send(self.conn.send_error(event.id, ErrorCode.RATE_LIMITED,
-                                                  "rate limited: slow down"))
+            await self._send(
+                self.conn.send_error(event.id, ErrorCode.RATE_LIMITED, "rate limited: slow down")
+            )
         self._count(ErrorCode.RATE_LIMITED, event)
 
     def _count(self, code: int, event: object) -> None:
@@ -348,8 +357,9 @@ class Session:
 
     async def _subscribe(self, request_id: int, msg: messages.Subscribe) -> None:
         if self.extranonce1 is not None:
-            await self._send(self.conn.send_error(request_id, ErrorCode.OTHER,
-                                                  "already subscribed"))
+            await self._send(
+                self.conn.send_error(request_id, ErrorCode.OTHER, "already subscribed")
+            )
             return
         resumed = None
         if msg.resume is not None:
@@ -360,28 +370,39 @@ class Session:
             self.extranonce1 = self.ctx.jobs.new_extranonce1()
         self.agent = msg.agent
         self.useful_capable = USEFUL_CAPABILITY in (msg.capabilities or ())
-        result = messages.SubscribeResult(session_id=self.session_id,
-                                          extranonce1=self.extranonce1,
-                                          extranonce2_size=EXTRANONCE2_SIZE)
+        result = messages.SubscribeResult(
+            session_id=self.session_id,
+            extranonce1=self.extranonce1,
+            extranonce2_size=EXTRANONCE2_SIZE,
+        )
         await self._send(self.conn.send_result(request_id, result))
 
     async def _authorize(self, request_id: int, msg: messages.Authorize) -> None:
         if self.extranonce1 is None:
-            await self._send(self.conn.send_error(request_id, ErrorCode.NOT_SUBSCRIBED,
-                                                  "subscribe first"))
+            await self._send(
+                self.conn.send_error(request_id, ErrorCode.NOT_SUBSCRIBED, "subscribe first")
+            )
             return
         try:
             validate_address(msg.address)
         except ProtocolError as exc:
-            await self._send(self.conn.send_error(request_id, ErrorCode.UNAUTHORIZED,
-                                                  f"login {msg.login!r:.80}: {exc}"))
+            await self._send(
+                self.conn.send_error(
+                    request_id, ErrorCode.UNAUTHORIZED, f"login {msg.login!r:.80}: {exc}"
+                )
+            )
             return
         first = self.address is None
         self.address, self.worker = msg.address, msg.worker
         await self._send(self.conn.send_result(request_id, messages.AuthorizeResult()))
         if first:
-            log.info("miner %s connected from %s (%s, session %s)", self.login, self.peer,
-                     self.agent or "unknown agent", self.session_id.hex())
+            log.info(
+                "miner %s connected from %s (%s, session %s)",
+                self.login,
+                self.peer,
+                self.agent or "unknown agent",
+                self.session_id.hex(),
+            )
         self._authorized.set()
 
     async def _suggest(self, request_id: int, msg: messages.SuggestDifficulty) -> None:
@@ -390,8 +411,7 @@ class Session:
         except ValueError as exc:
             await self._send(self.conn.send_error(request_id, ErrorCode.MALFORMED, str(exc)))
             return
-        await self._send(self.conn.send_result(request_id,
-                                               messages.SuggestDifficultyResult()))
+        await self._send(self.conn.send_result(request_id, messages.SuggestDifficultyResult()))
         if changed is not None and self._authorized.is_set():
             await self._new_difficulty(changed)
 
@@ -418,9 +438,12 @@ class Session:
         self.hashrate.add(share.difficulty, now)
         if self.ctx.pool_hashrate is not None:
             self.ctx.pool_hashrate.add(share.difficulty, now)
-        await self._send(self.conn.send_result(
-            request_id, messages.SubmitResult(difficulty=share.difficulty,
-                                              block=share.block_hash)))
+        await self._send(
+            self.conn.send_result(
+                request_id,
+                messages.SubmitResult(difficulty=share.difficulty, block=share.block_hash),
+            )
+        )
         await self._judge(True)
         if self.ctx.config.vardiff.enabled:
             changed = self.vardiff.record_share(now, share.difficulty)
@@ -433,22 +456,24 @@ class Session:
         useful = self.useful
         try:
             if useful is None:
-                raise ProtocolError("work.get_blob: this session takes no useful work "
-                                    f'(subscribe with capabilities ["{USEFUL_CAPABILITY}"])',
-                                    code=ErrorCode.OTHER)
+                raise ProtocolError(
+                    "work.get_blob: this session takes no useful work "
+                    f'(subscribe with capabilities ["{USEFUL_CAPABILITY}"])',
+                    code=ErrorCode.OTHER,
+                )
             result = await useful.get_blob(self.work_key, msg)
         except ProtocolError as exc:
             await self._send(self.conn.send_error(request_id, exc.code, str(exc)))
             return
         await self._send(self.conn.send_result(request_id, result))
 
-    async def _work_result(self, request_id: int, msg: WorkResult, nursery: trio.Nursery
-                           ) -> None:
+    async def _work_result(self, request_id: int, msg: WorkResult, nursery: trio.Nursery) -> None:
         useful = self.useful
         try:
             if useful is None:
-                raise ProtocolError("work.result: this session takes no useful work",
-                                    code=ErrorCode.OTHER)
+                raise ProtocolError(
+                    "work.result: this session takes no useful work", code=ErrorCode.OTHER
+                )
             taken = await useful.take_result(self.work_key, msg)
         except ProtocolError as exc:
             await self._send(self.conn.send_error(request_id, exc.code, str(exc)))
@@ -493,8 +518,13 @@ class Session:
         """Units are queued: if this session takes useful work and holds no lease, lease
         one and push its job now (never blocks; nothing happens when none is free)."""
         useful = self.useful
-        if (useful is None or self._nursery is None or self.book.current is None
-                or self._offering or useful.current(self.work_key) is not None):
+        if (
+            useful is None
+            or self._nursery is None
+            or self.book.current is None
+            or self._offering
+            or useful.current(self.work_key) is not None
+        ):
             return  # (before its first job, the session leases with that job anyway)
         self._offering = True
         self._nursery.start_soon(self._guard, self._take_offered_work)
@@ -517,15 +547,23 @@ class Session:
         fraction = "most of your recent shares were invalid"
         if step == Escalation.RESEND_WORK:
             log.info("miner %s sends mostly invalid shares: resending work", self.login)
-            await self._send(self.conn.send_notification(messages.ShowMessage(
-                text=f"{fraction}; here is fresh work")))
+            await self._send(
+                self.conn.send_notification(
+                    messages.ShowMessage(text=f"{fraction}; here is fresh work")
+                )
+            )
             if self._authorized.is_set():
                 await self._push_job(self.ctx.jobs.current, clean=True)
         elif step == Escalation.RECONNECT:
             log.info("miner %s still sends invalid shares: asking it to reconnect", self.login)
             host, port = self._local_address()
-            await self._send(self.conn.send_notification(messages.Reconnect(
-                host=self.ctx.config.stratum.public_host or host, port=port, wait=5.0)))
+            await self._send(
+                self.conn.send_notification(
+                    messages.Reconnect(
+                        host=self.ctx.config.stratum.public_host or host, port=port, wait=5.0
+                    )
+                )
+            )
         else:
             strikes = self.ctx.strike(self.peer)
             honest = self.ctx.honest_sessions(self.peer, self)
@@ -533,25 +571,37 @@ class Session:
             if strikes >= 2 and self.ctx.metrics is not None:
                 self.ctx.metrics.ban_decisions.labels("banned" if banned else "spared").inc()
             if strikes >= 2 and not banned:
-                log.warning("not banning %s: its %d drop(s) do not outweigh its %d honest "
-                            "session(s); dropping %s only", self.peer, strikes, honest,
-                            self.login)
+                log.warning(
+                    "not banning %s: its %d drop(s) do not outweigh its %d honest "
+                    "session(s); dropping %s only",
+                    self.peer,
+                    strikes,
+                    honest,
+                    self.login,
+                )
             if banned:
                 self.ctx.bans.ban(self.peer, trio.current_time())
                 if self.ctx.metrics is not None:
                     self.ctx.metrics.bans.inc()
                 others = self.ctx.drop_peer(
-                    self.peer, "banned: repeated invalid shares from this IP address", keep=self)
-                log.warning("banning %s for %.0f s: repeated invalid shares from %s; "
-                            "dropping its %d other connection(s)", self.peer,
-                            self.ctx.bans.ban_seconds, self.login, others)
+                    self.peer, "banned: repeated invalid shares from this IP address", keep=self
+                )
+                log.warning(
+                    "banning %s for %.0f s: repeated invalid shares from %s; "
+                    "dropping its %d other connection(s)",
+                    self.peer,
+                    self.ctx.bans.ban_seconds,
+                    self.login,
+                    others,
+                )
                 await self._notify_and_close("banned: repeated invalid shares")
             await self._notify_and_close(f"dropped: {fraction}")
 
     def _local_address(self) -> tuple[str, int]:
         """The address and port this miner connected to (where to reconnect)."""
-        inner = self.stream.transport_stream if isinstance(self.stream, trio.SSLStream) \
-            else self.stream
+        inner = (
+            self.stream.transport_stream if isinstance(self.stream, trio.SSLStream) else self.stream
+        )
         try:
             host, port = inner.socket.getsockname()[:2]  # type: ignore[attr-defined]
             return str(host), int(port)
@@ -568,8 +618,9 @@ class Session:
             await self._push_job(template, clean=first or template.clean)
             first = False
 
-    async def _push_job(self, template: Template | None, *, clean: bool,
-                        new_unit_only: bool = False) -> None:
+    async def _push_job(
+        self, template: Template | None, *, clean: bool, new_unit_only: bool = False
+    ) -> None:
         """Make, remember and send the session's next job (on its leased unit, if any);
         with ``new_unit_only``, only if that is a unit the session did not mine yet."""
         if template is None or self.extranonce1 is None:
@@ -582,13 +633,20 @@ class Session:
                 clean = True  # new unit: shares of the earlier jobs are no use any more
             now = trio.current_time()
             if leased is None:
-                job = self.ctx.jobs.make_job(template, self.extranonce1,
-                                             self.vardiff.difficulty, clean, now)
+                job = self.ctx.jobs.make_job(
+                    template, self.extranonce1, self.vardiff.difficulty, clean, now
+                )
             else:
                 lease, work = leased
-                job = self.ctx.jobs.make_job(template, self.extranonce1,
-                                             self.vardiff.difficulty, clean, now,
-                                             workload=work, lease_id=lease.id)
+                job = self.ctx.jobs.make_job(
+                    template,
+                    self.extranonce1,
+                    self.vardiff.difficulty,
+                    clean,
+                    now,
+                    workload=work,
+                    lease_id=lease.id,
+                )
                 assert self.useful is not None
                 await self.useful.attach(lease, self.work_key, job.job_id)
             self._template_id = max(self._template_id, template.id)
@@ -619,8 +677,9 @@ class Session:
 
     async def _watchdog(self) -> None:
         s = self.ctx.config.stratum
-        tick = min(1.0, s.idle_timeout / 4, s.handshake_timeout / 4,
-                   self.ctx.vardiff.idle_seconds / 4)
+        tick = min(
+            1.0, s.idle_timeout / 4, s.handshake_timeout / 4, self.ctx.vardiff.idle_seconds / 4
+        )
         while True:
             await trio.sleep(tick)
             now = trio.current_time()
@@ -628,7 +687,8 @@ class Session:
                 await self._close_from_watchdog("did not subscribe and authorize in time")
             if now - self.last_message > s.idle_timeout:
                 await self._close_from_watchdog(
-                    f"idle for more than {s.idle_timeout:g} s without a message")
+                    f"idle for more than {s.idle_timeout:g} s without a message"
+                )
             if self._authorized.is_set() and self.ctx.config.vardiff.enabled:
                 changed = self.vardiff.check_idle(now)
                 if changed is not None:

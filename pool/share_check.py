@@ -66,6 +66,7 @@ log = logging.getLogger("pool.shares")
 
 T = TypeVar("T")
 
+
 class ShareRejected(ProtocolError):
     """A submit that is not accepted; ``code`` is the wire error code. ``pool_fault``: the
     pool's own state (its ledger could not store the share), never the miner's doing."""
@@ -115,8 +116,7 @@ def short_address(address: str) -> str:
     return f"{address[:8]}…{address[-4:]}" if len(address) > 16 else address
 
 
-def check_ticket(job: Job, coinbase: bytes, header: bytes, tile: tuple[int, int]
-                 ) -> CheckedTicket:
+def check_ticket(job: Job, coinbase: bytes, header: bytes, tile: tuple[int, int]) -> CheckedTicket:
     """Recompute the ticket of a submit on ``job``'s ``header`` (from :meth:`Job.header`;
     CPU work: call it in a worker thread)."""
     t = job.template
@@ -124,8 +124,13 @@ def check_ticket(job: Job, coinbase: bytes, header: bytes, tile: tuple[int, int]
     a_rows, bt_rows = work.tile_rows(tile)
     digest = verify_ticket(header, work.shape, tile, a_rows, bt_rows)
     k = work.shape.k
-    return CheckedTicket(digest, header, coinbase, meets_target(digest, job.share_target, k),
-                         meets_target(digest, t.network_target, k))
+    return CheckedTicket(
+        digest,
+        header,
+        coinbase,
+        meets_target(digest, job.share_target, k),
+        meets_target(digest, t.network_target, k),
+    )
 
 
 @dataclass(frozen=True)
@@ -137,22 +142,28 @@ class Prechecked:
     header: bytes
 
 
-def precheck(book: SessionJobs, job: Job, submit: messages.Submit, max_shares_per_job: int
-             ) -> Prechecked:
+def precheck(
+    book: SessionJobs, job: Job, submit: messages.Submit, max_shares_per_job: int
+) -> Prechecked:
     """The cheap rules (tile, time, duplicate across the session's jobs); reserves the
     ticket's key ``(H(header), tile)`` in ``job`` on success."""
     shape = job.work.shape
     ti, tj = submit.tile
     if not (ti < shape.tiles_m and tj < shape.tiles_n):
-        raise ShareRejected(f"tile {list(submit.tile)} is outside the job's "
-                            f"{shape.tiles_m}x{shape.tiles_n} tiles", ErrorCode.OTHER)
+        raise ShareRejected(
+            f"tile {list(submit.tile)} is outside the job's {shape.tiles_m}x{shape.tiles_n} tiles",
+            ErrorCode.OTHER,
+        )
     job_time = job.template.block.time
     if submit.time < job_time:
-        raise ShareRejected(f"time {submit.time} is before the job's time {job_time}",
-                            ErrorCode.BAD_TIME)
+        raise ShareRejected(
+            f"time {submit.time} is before the job's time {job_time}", ErrorCode.BAD_TIME
+        )
     if submit.time > job_time + MAX_TIME_ROLL:
-        raise ShareRejected(f"time {submit.time} is more than {MAX_TIME_ROLL} s after the "
-                            f"job's time {job_time}", ErrorCode.BAD_TIME)
+        raise ShareRejected(
+            f"time {submit.time} is more than {MAX_TIME_ROLL} s after the job's time {job_time}",
+            ErrorCode.BAD_TIME,
+        )
     try:
         coinbase, header = job.header(submit.extranonce2, submit.time)
     except ProtocolError as exc:
@@ -161,8 +172,9 @@ def precheck(book: SessionJobs, job: Job, submit: messages.Submit, max_shares_pe
     if book.has_share(key):
         raise ShareRejected("duplicate share", ErrorCode.DUPLICATE)
     if len(job.seen) >= max_shares_per_job:
-        raise ShareRejected("too many shares for one job; mine the newest job",
-                            ErrorCode.RATE_LIMITED)
+        raise ShareRejected(
+            "too many shares for one job; mine the newest job", ErrorCode.RATE_LIMITED
+        )
     job.seen.add(key)
     return Prechecked(key, coinbase, header)
 
@@ -208,19 +220,22 @@ class ShareChecker:
         else:
             self.metrics.share_rejected(code)
 
-    async def check(self, miner: Miner, book: SessionJobs, submit: messages.Submit
-                    ) -> AcceptedShare:
+    async def check(
+        self, miner: Miner, book: SessionJobs, submit: messages.Submit
+    ) -> AcceptedShare:
         """Judge ``submit``; return the accepted share once stored, or raise ``ShareRejected``."""
         try:
             job = book.lookup(submit.job_id, self.jobs.epoch, trio.current_time())
         except ProtocolError as exc:
             raise ShareRejected(str(exc), exc.code) from None
         pre = precheck(book, job, submit, self.max_shares_per_job)
-        if self.budget is not None and not self.budget.allow(miner.ip, miner.session_id,
-                                                             trio.current_time()):
+        if self.budget is not None and not self.budget.allow(
+            miner.ip, miner.session_id, trio.current_time()
+        ):
             job.seen.discard(pre.key)  # not checked: the same share may come again
-            raise ShareRejected("too many share checks from your IP address; slow down",
-                                ErrorCode.RATE_LIMITED)
+            raise ShareRejected(
+                "too many share checks from your IP address; slow down", ErrorCode.RATE_LIMITED
+            )
 
         def timed_check() -> CheckedTicket:
             # Timed inside the thread: the metric is the check, not the wait for a thread.
@@ -238,13 +253,20 @@ class ShareChecker:
             log.exception("share check of job %s failed unexpectedly", submit.job_id)
             raise ShareRejected(f"share cannot be checked: {exc}", ErrorCode.OTHER) from None
         if not checked.meets_share:  # (the key stays taken: the same ticket fails again)
-            raise ShareRejected(f"ticket does not meet the job's difficulty {job.difficulty:g}",
-                                ErrorCode.LOW_DIFFICULTY)
+            raise ShareRejected(
+                f"ticket does not meet the job's difficulty {job.difficulty:g}",
+                ErrorCode.LOW_DIFFICULTY,
+            )
         t = job.template
         record = ShareRecord(
-            digest=checked.digest, time=time.time(), address=miner.address,
-            worker=miner.worker, job_id=job.job_id, height=t.block.height,
-            difficulty=job.difficulty, network_difficulty=t.network_difficulty,
+            digest=checked.digest,
+            time=time.time(),
+            address=miner.address,
+            worker=miner.worker,
+            job_id=job.job_id,
+            height=t.block.height,
+            difficulty=job.difficulty,
+            network_difficulty=t.network_difficulty,
             session_id=miner.session_id,
         )
         block_hash = None
@@ -270,11 +292,14 @@ class ShareChecker:
         try:
             held = await self.useful.hold(job.lease_id, record)
         except Exception as exc:
-            raise ShareRejected(f"share not stored, please resubmit: {exc}",
-                                ErrorCode.OTHER, pool_fault=True) from None
+            raise ShareRejected(
+                f"share not stored, please resubmit: {exc}", ErrorCode.OTHER, pool_fault=True
+            ) from None
         if not held:
-            raise ShareRejected(f"job {job.job_id!r}: its work unit is no longer leased to "
-                                "this session", ErrorCode.STALE)
+            raise ShareRejected(
+                f"job {job.job_id!r}: its work unit is no longer leased to this session",
+                ErrorCode.STALE,
+            )
 
     async def credit(self, records: list[ShareRecord]) -> int:
         """Write held shares whose unit verified into the ledger (one transaction)."""
@@ -286,14 +311,22 @@ class ShareChecker:
         try:
             stored = await self.sharelog.commit(record)
         except ShareLogError as exc:
-            raise ShareRejected(f"share not stored, please resubmit: {exc}",
-                                ErrorCode.OTHER, pool_fault=True) from None
+            raise ShareRejected(
+                f"share not stored, please resubmit: {exc}", ErrorCode.OTHER, pool_fault=True
+            ) from None
         if not stored:  # the ledger holds this ticket for another share: no second credit
-            raise ShareRejected("duplicate share: this ticket is already credited",
-                                ErrorCode.DUPLICATE)
+            raise ShareRejected(
+                "duplicate share: this ticket is already credited", ErrorCode.DUPLICATE
+            )
 
-    async def _submit_block(self, miner: Miner, job: Job, tile: tuple[int, int],
-                            checked: CheckedTicket, record: ShareRecord) -> bytes | None:
+    async def _submit_block(
+        self,
+        miner: Miner,
+        job: Job,
+        tile: tuple[int, int],
+        checked: CheckedTicket,
+        record: ShareRecord,
+    ) -> bytes | None:
         """Store the share, record the block (durable intent), submit it, then credit it.
 
         Recording before submitting costs a few ms but means a crash at any point never
@@ -315,15 +348,28 @@ class ShareChecker:
             stale = exc
         block_id = None
         try:
-            block_id = await self._ledger(self.ledger.record_block, height, block_hash, reward,
-                                          record.time, record.address, record.worker,
-                                          record.network_difficulty)
+            block_id = await self._ledger(
+                self.ledger.record_block,
+                height,
+                block_hash,
+                reward,
+                record.time,
+                record.address,
+                record.worker,
+                record.network_difficulty,
+            )
         except Exception as exc:  # submit anyway: a block must never be thrown away
             log.error("could not record block %d before submitting it: %s", height, exc)
-        block_fields = await trio.to_thread.run_sync(job.work.block_fields, tile,
-                                                     limiter=self.check_limiter)
-        sub = BlockSubmission(header=checked.header, coinbase=checked.coinbase,
-                              shape=job.work.shape, tile=tile, **block_fields)
+        block_fields = await trio.to_thread.run_sync(
+            job.work.block_fields, tile, limiter=self.check_limiter
+        )
+        sub = BlockSubmission(
+            header=checked.header,
+            coinbase=checked.coinbase,
+            shape=job.work.shape,
+            tile=tile,
+            **block_fields,
+        )
         try:
             result = await self.chain.submit_block(sub)
             accepted, reason = result.accepted, result.reason
@@ -332,24 +378,39 @@ class ShareChecker:
         self.jobs.poke()
         self.metrics.block("found" if accepted else "rejected")
         if not accepted:
-            log.warning("block %d found by %s was rejected by the chain: %s", height,
-                        miner.login, reason)
+            log.warning(
+                "block %d found by %s was rejected by the chain: %s", height, miner.login, reason
+            )
             if block_id is not None:
                 await self._ledger_quietly(self.ledger.orphan_block, block_id)
             if stale is not None:
                 raise stale
             return None
-        log.info("block %d found by %s, reward %s, submitted: accepted (hash %s)", height,
-                 miner.login, coins(reward), block_hash.hex()[:16])
+        log.info(
+            "block %d found by %s, reward %s, submitted: accepted (hash %s)",
+            height,
+            miner.login,
+            coins(reward),
+            block_hash.hex()[:16],
+        )
         if block_id is not None:
-            credited = await self._ledger_quietly(self.ledger.credit_block, block_id,
-                                                  self.pplns_factor, self.fee_bps,
-                                                  self.fee_address)
+            credited = await self._ledger_quietly(
+                self.ledger.credit_block,
+                block_id,
+                self.pplns_factor,
+                self.fee_bps,
+                self.fee_address,
+            )
             if credited is not None:
                 credits = await self._ledger_quietly(self.ledger.block_credits, block_id)
-                log.info("block %d credited by PPLNS: %s to %d address(es) over %s shares, "
-                         "fee %s", height, coins(sum((credits or {}).values())),
-                         len(credits or {}), credited.shares_used, coins(credited.fee or 0))
+                log.info(
+                    "block %d credited by PPLNS: %s to %d address(es) over %s shares, fee %s",
+                    height,
+                    coins(sum((credits or {}).values())),
+                    len(credits or {}),
+                    credited.shares_used,
+                    coins(credited.fee or 0),
+                )
         if stale is not None:
             raise stale
         return block_hash

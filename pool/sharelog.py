@@ -114,8 +114,7 @@ class ShareLog:
             raise ShareLogError(f"share not stored: {batch.error}") from batch.error
         return batch.stored[index]
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer task. Cancelling it commits the queued shares first."""
         task_status.started()
         try:
@@ -167,11 +166,13 @@ class ShareLog:
             return
         started = time.perf_counter()
         try:
-            stored = await trio.to_thread.run_sync(self.ledger.store_shares, batch.records,
-                                                   limiter=self.limiter)
+            stored = await trio.to_thread.run_sync(
+                self.ledger.store_shares, batch.records, limiter=self.limiter
+            )
             if len(stored) != len(batch.records):
-                raise RuntimeError(f"the ledger answered {len(stored)} of "
-                                   f"{len(batch.records)} shares")
+                raise RuntimeError(
+                    f"the ledger answered {len(stored)} of {len(batch.records)} shares"
+                )
             batch.stored = stored
         except Exception as exc:  # the ledger's own error, disk full, ...
             log.debug("could not store %d shares: %s", len(batch.records), exc)
@@ -179,8 +180,11 @@ class ShareLog:
             if self._unavailable is None and not self._closed:
                 self._unavailable = str(exc) or type(exc).__name__
                 # Reported once per outage: a no-op while it is reported down.
-                self.health.down(LEDGER, f"{self._unavailable} ({len(batch.records)} shares "
-                                         "not stored; submits answered 20 until it is back)")
+                self.health.down(
+                    LEDGER,
+                    f"{self._unavailable} ({len(batch.records)} shares "
+                    "not stored; submits answered 20 until it is back)",
+                )
                 self._on_demand = True
                 self._fail_queued(self._unavailable)
         else:

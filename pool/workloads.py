@@ -38,8 +38,10 @@ class PreparedWork:
         """The 16 rows of A and 16 rows of Bᵀ that the ticket of ``tile`` reads."""
         ti, tj = tile
         k = self.shape.k
-        return (synthetic_rows(self.seed, "A", ti * TILE, TILE, k),
-                synthetic_rows(self.seed, "B", tj * TILE, TILE, k))
+        return (
+            synthetic_rows(self.seed, "A", ti * TILE, TILE, k),
+            synthetic_rows(self.seed, "B", tj * TILE, TILE, k),
+        )
 
     def block_fields(self, tile: tuple[int, int]) -> dict[str, Any]:
         """Keyword arguments of ``BlockSubmission`` that let the node re-check the ticket."""
@@ -48,9 +50,15 @@ class PreparedWork:
     def work_spec(self) -> messages.WorkSpec:
         """The ``work`` member of ``mining.notify``."""
         s = self.shape
-        return messages.WorkSpec(m=s.m, n=s.n, k=s.k, r=s.r, a_root=self.a_root,
-                                 b_root=self.b_root,
-                                 source=messages.SyntheticSource(seed=self.seed))
+        return messages.WorkSpec(
+            m=s.m,
+            n=s.n,
+            k=s.k,
+            r=s.r,
+            a_root=self.a_root,
+            b_root=self.b_root,
+            source=messages.SyntheticSource(seed=self.seed),
+        )
 
 
 class JobWork(Protocol):
@@ -83,5 +91,4 @@ class SyntheticSource:
     def prepare(self, template: BlockTemplate) -> PreparedWork:
         seed = secrets.token_bytes(32)
         workload = Workload.synthetic(seed, self.shape)
-        return PreparedWork(self.shape, workload.a_root, workload.b_root, workload.work_root,
-                            seed)
+        return PreparedWork(self.shape, workload.a_root, workload.b_root, workload.work_root, seed)

@@ -114,13 +114,23 @@ class BlockTemplate:
     reward: int
 
     def to_wire(self) -> dict[str, Any]:
-        return {"height": self.height, "prev_hash": self.prev_hash, "bits": self.bits,
-                "time": self.time, "reward": self.reward}
+        return {
+            "height": self.height,
+            "prev_hash": self.prev_hash,
+            "bits": self.bits,
+            "time": self.time,
+            "reward": self.reward,
+        }
 
     @classmethod
     def from_wire(cls, d: Any) -> BlockTemplate:
-        return cls(_need(d, "height", int), _need(d, "prev_hash", bytes), _need(d, "bits", int),
-                   _need(d, "time", int), _need(d, "reward", int))
+        return cls(
+            _need(d, "height", int),
+            _need(d, "prev_hash", bytes),
+            _need(d, "bits", int),
+            _need(d, "time", int),
+            _need(d, "reward", int),
+        )
 
 
 @dataclass(frozen=True)
@@ -161,8 +171,7 @@ class BlockSubmission:
         shape_d = _need(d, "shape", dict)
         shape = Shape(*(_need(shape_d, name, int) for name in ("m", "n", "k", "r")))
         tile = _need(d, "tile", list)
-        if len(tile) != 2 or not all(isinstance(t, int) and not isinstance(t, bool)
-                                     for t in tile):
+        if len(tile) != 2 or not all(isinstance(t, int) and not isinstance(t, bool) for t in tile):
             raise ProtocolError("field 'tile' must be [ti, tj]")
         return cls(
             header=_need(d, "header", bytes),
@@ -192,8 +201,9 @@ class SubmitResult:
 
     @classmethod
     def from_wire(cls, d: Any) -> SubmitResult:
-        return cls(_need(d, "accepted", bool), _optional(d, "block_hash", bytes),
-                   _need(d, "reason", str))
+        return cls(
+            _need(d, "accepted", bool), _optional(d, "block_hash", bytes), _need(d, "reason", str)
+        )
 
 
 @dataclass(frozen=True)

@@ -109,8 +109,13 @@ class ProductPlan:
 
 
 def plan_product(
-    m: int, n: int, k: int, *, r: int = 64,
-    unit_m: int = DEFAULT_UNIT_M, unit_n: int = DEFAULT_UNIT_N,
+    m: int,
+    n: int,
+    k: int,
+    *,
+    r: int = 64,
+    unit_m: int = DEFAULT_UNIT_M,
+    unit_n: int = DEFAULT_UNIT_N,
 ) -> ProductPlan:
     """Split ``A (m×k) · B (k×n)`` into units of at most ``unit_m × unit_n`` outputs.
 
@@ -152,9 +157,7 @@ def check_operands(a: np.ndarray, b: np.ndarray) -> None:
     check_entries(b, "B")
 
 
-def unit_operands(
-    a: np.ndarray, bt: np.ndarray, unit: UnitPlan
-) -> tuple[np.ndarray, np.ndarray]:
+def unit_operands(a: np.ndarray, bt: np.ndarray, unit: UnitPlan) -> tuple[np.ndarray, np.ndarray]:
     """The unit's zero-padded A rows (m×k) and Bᵀ rows (n×k), int8, C-contiguous.
 
     ``a`` is the customer's A (m×k), ``bt`` is Bᵀ (n×k).

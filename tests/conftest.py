@@ -23,8 +23,11 @@ from tests.support.pools import StartPool, make_config
 def start_pool(nursery: trio.Nursery, tmp_path: Path) -> StartPool:
     """``await start_pool(settings=..., node=...)`` runs a pool until the test ends."""
 
-    async def start(settings: dict[str, Any] | None = None, node: dict[str, Any] | None = None,
-                    data_dir: Path | None = None) -> PoolHandle:
+    async def start(
+        settings: dict[str, Any] | None = None,
+        node: dict[str, Any] | None = None,
+        data_dir: Path | None = None,
+    ) -> PoolHandle:
         config = make_config(data_dir or tmp_path / "pool", settings, node)
         return await nursery.start(run_pool, config)
 

@@ -68,21 +68,29 @@ def violations() -> list[str]:
         for line, target in imported_modules(path):
             top = target.split(".")[0]
             if top in FORBIDDEN[own] and (name, top) not in EXCEPTIONS:
-                broken.append(f"{path.relative_to(REPO)}:{line}: {name} imports {target} "
-                              f"({own} must not import {top})")
+                broken.append(
+                    f"{path.relative_to(REPO)}:{line}: {name} imports {target} "
+                    f"({own} must not import {top})"
+                )
     return broken
 
 
 def test_the_rules_see_every_package():
-    assert {module_name(p).split(".")[0] for p in modules()} >= {"protocol", "pool", "worker",
-                                                                  "node", "toolkit"}
+    assert {module_name(p).split(".")[0] for p in modules()} >= {
+        "protocol",
+        "pool",
+        "worker",
+        "node",
+        "toolkit",
+    }
 
 
 def test_relative_imports_are_resolved():
     """The check reads what a relative import really names, in a module and a package."""
     assert "node.chain" in {t for _, t in imported_modules(REPO / "node" / "cli.py")}
-    assert "pool.chain.base" in {t for _, t in imported_modules(REPO / "pool" / "chain" /
-                                                                "__init__.py")}
+    assert "pool.chain.base" in {
+        t for _, t in imported_modules(REPO / "pool" / "chain" / "__init__.py")
+    }
     assert "pool.pplns" in {t for _, t in imported_modules(REPO / "pool" / "ledger" / "blocks.py")}
 
 
@@ -94,7 +102,8 @@ def test_import_rules(package):
 
 def test_only_the_embedded_adapter_imports_the_node():
     importers = sorted(
-        module_name(p) for p in modules()
+        module_name(p)
+        for p in modules()
         if module_name(p).split(".")[0] == "pool"
         and any(t.split(".")[0] == "node" for _, t in imported_modules(p))
     )

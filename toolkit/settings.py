@@ -43,11 +43,20 @@ class ConfigError(ValueError):
 
 
 TOML_TYPE_NAMES: Mapping[type, str] = {
-    bool: "true or false", int: "an integer", float: "a number", str: "a string",
-    dict: "a table", tuple: "a list of strings",
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    dict: "a table",
+    tuple: "a list of strings",
 }
 PYTHON_TYPE_NAMES: Mapping[type, str] = {
-    bool: "bool", int: "int", float: "float", str: "str", dict: "dict", tuple: "list",
+    bool: "bool",
+    int: "int",
+    float: "float",
+    str: "str",
+    dict: "dict",
+    tuple: "list",
 }
 
 
@@ -67,20 +76,32 @@ class Style:
 DOTTED = Style()
 
 
-def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-            positive: bool = False, choices: tuple[Any, ...] | None = None,
-            example: tuple[str, ...] = ()) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    positive: bool = False,
+    choices: tuple[Any, ...] | None = None,
+    example: tuple[str, ...] = (),
+) -> Any:
     """A dataclass field: ``default``, its ``help`` and optional bounds.
 
     ``positive`` demands a value > 0, ``min``/``max`` inclusive bounds, ``choices`` one
     of the listed values; :func:`check_bounds` enforces them. ``example`` is a list of
     comment lines :func:`toml_text` prints under a table-valued setting.
     """
-    metadata = {"help": help, "min": min, "max": max, "positive": positive,
-                "choices": choices, "example": example}
+    metadata = {
+        "help": help,
+        "min": min,
+        "max": max,
+        "positive": positive,
+        "choices": choices,
+        "example": example,
+    }
     if isinstance(default, dict | list):
-        return dataclasses.field(default_factory=lambda: type(default)(default),
-                                 metadata=metadata)
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -148,8 +169,14 @@ def check_type(hint: Any, value: Any, path: tuple[str, ...], style: Style = DOTT
     return value
 
 
-def from_dict(cls: type, data: Mapping[str, Any], *, style: Style = DOTTED,
-              path: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> Any:
+def from_dict(
+    cls: type,
+    data: Mapping[str, Any],
+    *,
+    style: Style = DOTTED,
+    path: tuple[str, ...] = (),
+    skip: tuple[str, ...] = (),
+) -> Any:
     """An instance of the dataclass ``cls`` from parsed TOML; what is missing is default.
 
     Unknown keys, wrong types and non-tables for sections raise ``ConfigError``; the
@@ -164,8 +191,9 @@ def from_dict(cls: type, data: Mapping[str, Any], *, style: Style = DOTTED,
             if style.sections and not path:
                 raise ConfigError(f"unknown section [{key}]{_unknown(key, known)}")
             if style.sections:
-                raise ConfigError(f"unknown key {key!r} in [{'.'.join(path)}]"
-                                  f"{_unknown(key, known)}")
+                raise ConfigError(
+                    f"unknown key {key!r} in [{'.'.join(path)}]{_unknown(key, known)}"
+                )
             if not path:
                 raise ConfigError(f"unknown key {key!r}{_unknown(key, known)}")
             full = [".".join((*path, name)) for name in known]
@@ -203,8 +231,9 @@ def parse_text(hint: Any, text: str) -> Any:
     origin = typing.get_origin(hint) or hint
     try:
         if origin is bool:
-            return {"true": True, "1": True, "yes": True, "false": False, "0": False,
-                    "no": False}[text.lower()]
+            return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[
+                text.lower()
+            ]
         if origin is int:
             return int(text)
         if origin is float:
@@ -224,8 +253,9 @@ def setting_type(cls: type, dotted: str) -> Any:
     return _hints(cls)[key]
 
 
-def override(obj: Any, values: Mapping[str, Any], *, style: Style = DOTTED,
-             text: bool = False) -> Any:
+def override(
+    obj: Any, values: Mapping[str, Any], *, style: Style = DOTTED, text: bool = False
+) -> Any:
     """A copy of ``obj`` with the dotted settings ``values`` (``{"http.port": 9000}``).
 
     ``text``: the values are command-line strings, parsed with :func:`parse_text`.
@@ -234,8 +264,9 @@ def override(obj: Any, values: Mapping[str, Any], *, style: Style = DOTTED,
     return _override(obj, values, style, text, ())
 
 
-def _override(obj: Any, values: Mapping[str, Any], style: Style, text: bool,
-              path: tuple[str, ...]) -> Any:
+def _override(
+    obj: Any, values: Mapping[str, Any], style: Style, text: bool, path: tuple[str, ...]
+) -> Any:
     grouped: dict[str, dict[str, Any]] = {}
     changes: dict[str, Any] = {}
     fields, hints = _fields(obj), _hints(type(obj))
@@ -258,8 +289,9 @@ def _override(obj: Any, values: Mapping[str, Any], style: Style, text: bool,
     return dataclasses.replace(obj, **changes)
 
 
-def walk(obj: Any, path: tuple[str, ...] = ()
-         ) -> Iterator[tuple[tuple[str, ...], dataclasses.Field[Any], Any]]:
+def walk(
+    obj: Any, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], dataclasses.Field[Any], Any]]:
     """Every setting of the tree ``obj``: (dotted path, field, value), in field order."""
     hints = _hints(type(obj))
     for name, f in _fields(obj).items():
@@ -285,8 +317,9 @@ def check_bounds(obj: Any) -> None:
             raise ConfigError(f"{name} must be at most {high}, got {value}")
         choices = meta.get("choices")
         if choices is not None and value not in choices:
-            raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, "
-                              f"got {value!r}")
+            raise ConfigError(
+                f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}"
+            )
 
 
 def help_table(cls: type) -> dict[str, dict[str, str]]:
@@ -340,9 +373,13 @@ def _toml_lines(obj: Any, path: tuple[str, ...], lines: list[str]) -> None:
     for name, f in _fields(obj).items():  # tables of free-form keys, after the plain keys
         value = getattr(obj, name)
         if isinstance(value, dict) and not _is_section(hints[name]):
-            lines += ["", f"# {help_of(f)}", f"[{'.'.join((*path, name))}]",
-                      *f.metadata.get("example", ()),
-                      *(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items())]
+            lines += [
+                "",
+                f"# {help_of(f)}",
+                f"[{'.'.join((*path, name))}]",
+                *f.metadata.get("example", ()),
+                *(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items()),
+            ]
     if path:
         lines.append("")
     for name in sections:
@@ -372,5 +409,10 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         if _is_section(hint):
             continue
         kind = hint if hint in (int, float, str) else functools.partial(parse_text, hint)
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, type=kind,
-                            help=f"{help_of(f)} (default: {getattr(defaults, name)})")
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            default=None,
+            type=kind,
+            help=f"{help_of(f)} (default: {getattr(defaults, name)})",
+        )

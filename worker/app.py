@@ -54,25 +54,39 @@ class WorkerApp:
         self.checker = Checker(self.stats, config.mining.check_threads)
         self.useful: UsefulWork | None = None
         if config.useful.enabled:
-            self.useful = UsefulWork(self.stats, config.useful.cache_path(),
-                                     config.useful.cache_max_bytes)
+            self.useful = UsefulWork(
+                self.stats, config.useful.cache_path(), config.useful.cache_max_bytes
+            )
         self.failover = Failover(
-            list(config.pools), self._make_client, config.connection, agent=config.agent,
+            list(config.pools),
+            self._make_client,
+            config.connection,
+            agent=config.agent,
             on_connected=self._connected,
         )
         slots = [
             DeviceSlot(i, backend, None if reopen is None else partial(reopen, i))
             for i, backend in enumerate(backends)
         ]
-        self.miner = Miner(slots, self.feed, self.failover.submit, self.checker, self.stats,
-                           roll_time=config.mining.roll_time, useful=self.useful)
+        self.miner = Miner(
+            slots,
+            self.feed,
+            self.failover.submit,
+            self.checker,
+            self.stats,
+            roll_time=config.mining.roll_time,
+            useful=self.useful,
+        )
         stall = config.watchdog.stall_timeout
         self.watchdog = Watchdog(self.miner, self.stats, stall) if stall > 0 else None
         self.registry = registry
         register_metrics(registry, self.stats)
         add_program_metrics(registry, "worker", package_version())
-        self.console = (StatusConsole(self.stats, config.console.status_interval,
-                                      config.console.live, console) if status else None)
+        self.console = (
+            StatusConsole(self.stats, config.console.status_interval, config.console.live, console)
+            if status
+            else None
+        )
         self.metrics_urls: list[str] = []
         self.failure: str | None = None  # why the app stopped by itself (None: it did not)
 
@@ -85,10 +99,17 @@ class WorkerApp:
 
     def _make_client(self, endpoint: PoolEndpoint, resume: bytes | None) -> PoolClient:
         c = self.config
-        return PoolClient(endpoint, login=c.login, password=c.password, agent=c.agent,
-                          settings=c.connection, on_job=self._on_job, resume=resume,
-                          suggest_difficulty=c.mining.suggest_difficulty,
-                          capabilities=(USEFUL_CAPABILITY,) if self.useful else ())
+        return PoolClient(
+            endpoint,
+            login=c.login,
+            password=c.password,
+            agent=c.agent,
+            settings=c.connection,
+            on_job=self._on_job,
+            resume=resume,
+            suggest_difficulty=c.mining.suggest_difficulty,
+            capabilities=(USEFUL_CAPABILITY,) if self.useful else (),
+        )
 
     def _on_job(self, job: Job) -> None:
         self.feed.publish(job)
@@ -100,20 +121,25 @@ class WorkerApp:
         else:
             self.stats.pool = client.endpoint.label
 
-    async def run(self, *, task_status: trio.TaskStatus[WorkerApp] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[WorkerApp] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run until cancelled. ``task_status.started`` once the metrics port is bound."""
         async with trio.open_nursery() as nursery:
             metrics = self.config.metrics
             if metrics.port >= 0:
                 try:
                     self.metrics_urls = await nursery.start(
-                        serve_metrics, self.registry, self.stats, metrics.host, metrics.port)
+                        serve_metrics, self.registry, self.stats, metrics.host, metrics.port
+                    )
                 except* OSError as group:
-                    why = "; ".join(getattr(e, "strerror", None) or str(e)
-                                    for e in group.exceptions)
-                    raise WorkerStopped(f"metrics port {metrics.port} on {metrics.host}: {why}"
-                                        " (another worker running? --metrics-port)") from None
+                    why = "; ".join(
+                        getattr(e, "strerror", None) or str(e) for e in group.exceptions
+                    )
+                    raise WorkerStopped(
+                        f"metrics port {metrics.port} on {metrics.host}: {why}"
+                        " (another worker running? --metrics-port)"
+                    ) from None
                 log.info("metrics and /api/summary on %s", ", ".join(self.metrics_urls))
             nursery.start_soon(self.failover.run)
             nursery.start_soon(self._mine, nursery.cancel_scope)
@@ -121,8 +147,11 @@ class WorkerApp:
                 nursery.start_soon(self.watchdog.run)
             if self.console is not None:
                 nursery.start_soon(self.console.run)
-            log.info("mining with %s on %s", ", ".join(s.name for s in self.miner.slots),
-                     ", ".join(p.label for p in self.config.pools))
+            log.info(
+                "mining with %s on %s",
+                ", ".join(s.name for s in self.miner.slots),
+                ", ".join(p.label for p in self.config.pools),
+            )
             task_status.started(self)
 
 
@@ -150,8 +179,14 @@ async def run_until_signal(app: WorkerApp) -> int:
         log.error("cannot go on: %s", stopped)
         return 2
     s = app.stats.shares
-    log.info("stopped: accepted %d rejected %d stale %d lost %d, hw errors %d",
-             s["accepted"], s["rejected"], s["stale"], s["lost"], app.stats.hw_errors)
+    log.info(
+        "stopped: accepted %d rejected %d stale %d lost %d, hw errors %d",
+        s["accepted"],
+        s["rejected"],
+        s["stale"],
+        s["lost"],
+        app.stats.hw_errors,
+    )
     if app.failure is not None:
         log.error("%s", app.failure)
         return 1

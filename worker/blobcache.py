@@ -63,8 +63,10 @@ class BlobSpec:
         source = work.source
         if not isinstance(source, BlobSource):
             raise TypeError(f"work has a {type(source).__name__}, not a blob source")
-        return (cls(source.a, work.m, work.k, work.a_root),
-                cls(source.b, work.n, work.k, work.b_root))
+        return (
+            cls(source.a, work.m, work.k, work.a_root),
+            cls(source.b, work.n, work.k, work.b_root),
+        )
 
 
 @dataclass(frozen=True)
@@ -121,11 +123,13 @@ class BlobDownload:
         if self._asked is None or offset != self._asked[0]:
             raise BlobRejected(f"chunk at offset {offset} was not asked for")
         if total != self.spec.size:
-            raise BlobRejected(f"pool says the blob is {total} bytes, the job says "
-                               f"{self.spec.size}")
+            raise BlobRejected(
+                f"pool says the blob is {total} bytes, the job says {self.spec.size}"
+            )
         if len(data) != self._asked[1]:
-            raise BlobRejected(f"chunk at {offset} is {len(data)} bytes, asked for "
-                               f"{self._asked[1]}")
+            raise BlobRejected(
+                f"chunk at {offset} is {len(data)} bytes, asked for {self._asked[1]}"
+            )
         self._asked = None
         end = offset + len(data)
         try:
@@ -138,9 +142,13 @@ class BlobDownload:
         return verify_blob(self._bytes.value(), self.spec)
 
 
-async def fetch_blob(spec: BlobSpec, get_chunk: GetChunk, chunk_max: int,
-                     on_bytes: Callable[[int], None] | None = None,
-                     limiter: trio.CapacityLimiter | None = None) -> VerifiedBlob:
+async def fetch_blob(
+    spec: BlobSpec,
+    get_chunk: GetChunk,
+    chunk_max: int,
+    on_bytes: Callable[[int], None] | None = None,
+    limiter: trio.CapacityLimiter | None = None,
+) -> VerifiedBlob:
     """Download and verify one blob with ``get_chunk`` (one request in flight at a time)."""
     download = BlobDownload(spec, chunk_max)
     while (request := download.next_request()) is not None:
@@ -155,8 +163,9 @@ async def fetch_blob(spec: BlobSpec, get_chunk: GetChunk, chunk_max: int,
 class BlobCache:
     """Verified blobs on disk under ``directory``, at most ``max_bytes`` in all (LRU)."""
 
-    def __init__(self, directory: str | Path, max_bytes: int,
-                 on_bytes: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self, directory: str | Path, max_bytes: int, on_bytes: Callable[[int], None] | None = None
+    ) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
@@ -254,8 +263,9 @@ class BlobCache:
 
     @staticmethod
     def _write_meta(path: Path, spec: BlobSpec) -> None:
-        path.with_suffix(".json").write_text(json.dumps(
-            {"rows": spec.rows, "k": spec.k, "rows_root": spec.rows_root.hex()}))
+        path.with_suffix(".json").write_text(
+            json.dumps({"rows": spec.rows, "k": spec.k, "rows_root": spec.rows_root.hex()})
+        )
 
     @staticmethod
     def _read_meta(path: Path) -> tuple[int, int, bytes] | None:
@@ -265,8 +275,13 @@ class BlobCache:
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
 
-    async def ensure(self, spec: BlobSpec, get_chunk: GetChunk, chunk_max: int,
-                     limiter: trio.CapacityLimiter | None = None) -> VerifiedBlob:
+    async def ensure(
+        self,
+        spec: BlobSpec,
+        get_chunk: GetChunk,
+        chunk_max: int,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> VerifiedBlob:
         """The blob from the cache, or fetched with ``get_chunk``, verified, then cached."""
         cached = await trio.to_thread.run_sync(self.load, spec, limiter=limiter)
         if cached is not None:

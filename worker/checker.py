@@ -74,14 +74,22 @@ class Checker:
         share_target: int,
     ) -> CheckResult:
         result = await trio.to_thread.run_sync(
-            check_candidate, workload, header, tile, claimed, share_target,
+            check_candidate,
+            workload,
+            header,
+            tile,
+            claimed,
+            share_target,
             limiter=self._limiter,
         )
         self._stats.add_candidate(device, result.ok, result.difficulty)
         if not result.ok:
             log.warning(
                 "hardware error on %s: tile %s: %s (claimed %s, cpu %s); not submitted",
-                device, tile, result.reason, bytes(claimed).hex()[:16],
+                device,
+                tile,
+                result.reason,
+                bytes(claimed).hex()[:16],
                 result.digest.hex()[:16] if result.digest else "-",
             )
         return result

@@ -50,7 +50,8 @@ def parse_shape(text: str) -> Shape:
         return Shape(m, n, k, int(r))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"shape {text!r}: expected MxNxK:R, e.g. {DEFAULT_BENCH_SHAPE}") from None
+            f"shape {text!r}: expected MxNxK:R, e.g. {DEFAULT_BENCH_SHAPE}"
+        ) from None
     except ProtocolError as exc:
         raise argparse.ArgumentTypeError(f"shape {text!r}: {exc}") from None
 
@@ -75,76 +76,139 @@ def parse_size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="matmine-worker", description=_DESCRIPTION,
+        prog="matmine-worker",
+        description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version",
-                        version=f"%(prog)s {package_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     mine = commands.add_parser(
-        "mine", help="connect to one or more pools and mine",
+        "mine",
+        help="connect to one or more pools and mine",
         description="Connect to the pools (first = preferred), mine their jobs on the chosen "
-                    "backend and submit CPU-checked shares. Every flag has a config-file "
-                    "equivalent (--config); flags win. Stop with Ctrl-C or SIGTERM.",
+        "backend and submit CPU-checked shares. Every flag has a config-file "
+        "equivalent (--config); flags win. Stop with Ctrl-C or SIGTERM.",
     )
-    mine.add_argument("--pool", action="append", dest="pools", metavar="HOST:PORT",
-                      help="pool address, HOST:PORT or tls://HOST:PORT; repeat for failover "
-                           "pools in order of preference (config: [[pool]] url)")
-    mine.add_argument("--login", metavar="ADDRESS.WORKER",
-                      help="payout address, optionally .WORKER to tell rigs apart "
-                           "(config: login)")
-    mine.add_argument("--password", metavar="TEXT",
-                      help="pool password, if the pool wants one (config: password; default x)")
-    mine.add_argument("--backend", choices=BACKENDS,
-                      help="compute backend: opencl for GPUs, blas for the CPU "
-                           "(config: backend; default blas)")
-    mine.add_argument("--devices", nargs="+", metavar="P:D",
-                      help="OpenCL devices as PLATFORM:DEVICE (see `matmine-worker devices`); "
-                           "default all (config: devices)")
-    mine.add_argument("--metrics-port", type=int, metavar="PORT",
-                      help="port for Prometheus /metrics and the JSON /api/summary on "
-                           f"127.0.0.1; -1 turns it off (config: [metrics] port; default "
-                           f"{DEFAULT_METRICS_PORT})")
-    mine.add_argument("--no-useful", action="store_true", default=None,
-                      help="do not take useful-work (blob) jobs, only synthetic ones "
-                           "(config: [useful] enabled = false)")
-    mine.add_argument("--blob-cache", metavar="DIR",
-                      help="directory of verified operand blobs (config: [useful] cache_dir; "
-                           "default ~/.cache/matmine-worker/blobs)")
-    mine.add_argument("--blob-cache-max", type=parse_size, metavar="SIZE",
-                      help="size bound of the blob cache, bytes or with K/M/G "
-                           "(config: [useful] cache_max_bytes; default 1G)")
-    mine.add_argument("--config", metavar="FILE",
-                      help="TOML configuration file (keys documented in worker/config.py)")
-    mine.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
-                      help="log verbosity (config: log_level; default INFO)")
+    mine.add_argument(
+        "--pool",
+        action="append",
+        dest="pools",
+        metavar="HOST:PORT",
+        help="pool address, HOST:PORT or tls://HOST:PORT; repeat for failover "
+        "pools in order of preference (config: [[pool]] url)",
+    )
+    mine.add_argument(
+        "--login",
+        metavar="ADDRESS.WORKER",
+        help="payout address, optionally .WORKER to tell rigs apart (config: login)",
+    )
+    mine.add_argument(
+        "--password",
+        metavar="TEXT",
+        help="pool password, if the pool wants one (config: password; default x)",
+    )
+    mine.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="compute backend: opencl for GPUs, blas for the CPU (config: backend; default blas)",
+    )
+    mine.add_argument(
+        "--devices",
+        nargs="+",
+        metavar="P:D",
+        help="OpenCL devices as PLATFORM:DEVICE (see `matmine-worker devices`); "
+        "default all (config: devices)",
+    )
+    mine.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="port for Prometheus /metrics and the JSON /api/summary on "
+        f"127.0.0.1; -1 turns it off (config: [metrics] port; default "
+        f"{DEFAULT_METRICS_PORT})",
+    )
+    mine.add_argument(
+        "--no-useful",
+        action="store_true",
+        default=None,
+        help="do not take useful-work (blob) jobs, only synthetic ones "
+        "(config: [useful] enabled = false)",
+    )
+    mine.add_argument(
+        "--blob-cache",
+        metavar="DIR",
+        help="directory of verified operand blobs (config: [useful] cache_dir; "
+        "default ~/.cache/matmine-worker/blobs)",
+    )
+    mine.add_argument(
+        "--blob-cache-max",
+        type=parse_size,
+        metavar="SIZE",
+        help="size bound of the blob cache, bytes or with K/M/G "
+        "(config: [useful] cache_max_bytes; default 1G)",
+    )
+    mine.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML configuration file (keys documented in worker/config.py)",
+    )
+    mine.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="log verbosity (config: log_level; default INFO)",
+    )
 
     commands.add_parser(
-        "devices", help="list OpenCL platforms and devices, and whether the kernels build",
+        "devices",
+        help="list OpenCL platforms and devices, and whether the kernels build",
         description="List every OpenCL platform and device with the PLATFORM:DEVICE spec "
-                    "that --devices takes, and whether the mining kernels build and pass the "
-                    "self-test on it (and why not). Exits 1 if no device is usable.",
+        "that --devices takes, and whether the mining kernels build and pass the "
+        "self-test on it (and why not). Exits 1 if no device is usable.",
     )
 
     bench = commands.add_parser(
-        "bench", help="benchmark the backends offline, checked against the reference",
+        "bench",
+        help="benchmark the backends offline, checked against the reference",
         description="Mine a synthetic workload offline on each usable device, print MAC/s, "
-                    "and check every result against the reference implementation. A device "
-                    "whose kernels do not build is skipped with a warning. Exits 1 on any "
-                    "mismatch (a device that computes wrong results) or when no device works.",
+        "and check every result against the reference implementation. A device "
+        "whose kernels do not build is skipped with a warning. Exits 1 on any "
+        "mismatch (a device that computes wrong results) or when no device works.",
     )
-    bench.add_argument("--backend", choices=(*BACKENDS, "all"), default="blas",
-                       help="which backend to measure (default blas; all = every backend)")
-    bench.add_argument("--shape", type=parse_shape, default=parse_shape(DEFAULT_BENCH_SHAPE),
-                       metavar="MxNxK:R",
-                       help=f"workload shape; R is the slab width (default {DEFAULT_BENCH_SHAPE})")
-    bench.add_argument("--devices", nargs="+", metavar="P:D",
-                       help="OpenCL devices as PLATFORM:DEVICE (default all)")
-    bench.add_argument("--seconds", type=float, default=2.0, metavar="S",
-                       help="measuring time per device, after one warm-up header (default 2)")
-    bench.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="WARNING",
-                       help="log verbosity (default WARNING)")
+    bench.add_argument(
+        "--backend",
+        choices=(*BACKENDS, "all"),
+        default="blas",
+        help="which backend to measure (default blas; all = every backend)",
+    )
+    bench.add_argument(
+        "--shape",
+        type=parse_shape,
+        default=parse_shape(DEFAULT_BENCH_SHAPE),
+        metavar="MxNxK:R",
+        help=f"workload shape; R is the slab width (default {DEFAULT_BENCH_SHAPE})",
+    )
+    bench.add_argument(
+        "--devices",
+        nargs="+",
+        metavar="P:D",
+        help="OpenCL devices as PLATFORM:DEVICE (default all)",
+    )
+    bench.add_argument(
+        "--seconds",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="measuring time per device, after one warm-up header (default 2)",
+    )
+    bench.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default="WARNING",
+        help="log verbosity (default WARNING)",
+    )
     return parser
 
 
@@ -164,10 +228,16 @@ def setup_logging(level: str, console: Console | None = None) -> None:
 def _mine(args: argparse.Namespace) -> int:
     try:
         config: WorkerConfig = with_overrides(
-            load_config(args.config), pools=args.pools, login=args.login,
-            password=args.password, backend=args.backend, devices=args.devices,
-            metrics_port=args.metrics_port, log_level=args.log_level,
-            no_useful=args.no_useful, blob_cache=args.blob_cache,
+            load_config(args.config),
+            pools=args.pools,
+            login=args.login,
+            password=args.password,
+            backend=args.backend,
+            devices=args.devices,
+            metrics_port=args.metrics_port,
+            log_level=args.log_level,
+            no_useful=args.no_useful,
+            blob_cache=args.blob_cache,
             blob_cache_max=args.blob_cache_max,
         ).validate()
     except ConfigError as exc:
@@ -213,8 +283,10 @@ def _devices(args: argparse.Namespace) -> int:
     print(f"{'spec':<6} {'platform':<28} {'device':<40} {'CUs':>4} {'memory':>10}  kernels")
     for d, reason in devices:
         verdict = "ok" if reason is None else f"FAIL: {reason}"
-        print(f"{d.spec:<6} {d.platform[:28]:<28} {d.name[:40]:<40} {d.compute_units:>4} "
-              f"{d.memory / 2**30:>8.1f}Gi  {verdict}")
+        print(
+            f"{d.spec:<6} {d.platform[:28]:<28} {d.name[:40]:<40} {d.compute_units:>4} "
+            f"{d.memory / 2**30:>8.1f}Gi  {verdict}"
+        )
     usable = sum(reason is None for _, reason in devices)
     if not usable:
         print("no usable OpenCL device: the kernels build and pass the self-test on none")
@@ -230,8 +302,11 @@ def report_bench(rows: list[dict], out: TextIO) -> int:
         rate = float(row.get("macs_per_s", 0.0))
         mismatches = int(row.get("mismatches", 0))
         verdict = "OK" if mismatches == 0 else f"MISMATCH x{mismatches}"
-        print(f"{name:<24} {row.get('shape', ''):<20} {rate / 1e9:10.3f} GMAC/s  "
-              f"{row.get('headers', '?')} headers  {verdict}", file=out)
+        print(
+            f"{name:<24} {row.get('shape', ''):<20} {rate / 1e9:10.3f} GMAC/s  "
+            f"{row.get('headers', '?')} headers  {verdict}",
+            file=out,
+        )
         failed = failed or mismatches > 0
     if not rows:
         print("nothing was measured", file=out)

@@ -91,8 +91,9 @@ class RequestFailed(Exception):
 class _Dropped(Exception):
     """Internal: this connection is finished, for ``reason``."""
 
-    def __init__(self, reason: str, reconnect: Reconnect | None = None, *,
-                 login_refused: bool = False) -> None:
+    def __init__(
+        self, reason: str, reconnect: Reconnect | None = None, *, login_refused: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.reconnect = reconnect
@@ -105,9 +106,7 @@ class _Waiter:
         self.response: ResponseReceived | None = None
 
 
-async def open_stream(
-    endpoint: PoolEndpoint, settings: ConnectionConfig
-) -> trio.abc.Stream:
+async def open_stream(endpoint: PoolEndpoint, settings: ConnectionConfig) -> trio.abc.Stream:
     """TCP (or TLS over TCP) to ``endpoint`` within ``connect_timeout``; raises ``_Dropped``."""
     try:
         with trio.fail_after(settings.connect_timeout):
@@ -120,10 +119,12 @@ async def open_stream(
                     await stream.do_handshake()  # type: ignore[attr-defined]
                 except trio.BrokenResourceError as exc:
                     await trio.aclose_forcefully(stream)
-                    trusted = f"CA file {settings.tls_ca}" if settings.tls_ca else \
-                        "the system's CAs"
-                    raise _Dropped(f"TLS handshake failed: {_why(exc)} (trusting {trusted})"
-                                   ) from None
+                    trusted = (
+                        f"CA file {settings.tls_ca}" if settings.tls_ca else "the system's CAs"
+                    )
+                    raise _Dropped(
+                        f"TLS handshake failed: {_why(exc)} (trusting {trusted})"
+                    ) from None
             else:
                 stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
     except trio.TooSlowError:
@@ -210,16 +211,21 @@ class PoolClient:
         finally:
             self._close_waiters()
         dropped = self._dropped or _Dropped("connection closed")
-        return Disconnected(dropped.reason, dropped.reconnect, self.jobs_received > 0,
-                            dropped.login_refused)
+        return Disconnected(
+            dropped.reason, dropped.reconnect, self.jobs_received > 0, dropped.login_refused
+        )
 
     async def _handshake(
         self, nursery: trio.Nursery, on_ready: Callable[[PoolClient], None] | None
     ) -> None:
         try:
             sub = await self._call(
-                Subscribe(agent=self.agent, protocol=1, resume=self._resume,
-                          capabilities=self.capabilities or None)
+                Subscribe(
+                    agent=self.agent,
+                    protocol=1,
+                    resume=self._resume,
+                    capabilities=self.capabilities or None,
+                )
             )
             if sub.error is not None:
                 raise _Dropped(f"subscribe refused: {sub.error.code} {sub.error.message}")
@@ -228,20 +234,28 @@ class PoolClient:
             if auth.error is not None or not auth.result.ok:
                 why = f"{auth.error.code} {auth.error.message}" if auth.error else "false"
                 refused = auth.error is not None and auth.error.code == ErrorCode.UNAUTHORIZED
-                raise _Dropped(f"authorization of {self.login!r} refused: {why}",
-                               login_refused=refused)
+                raise _Dropped(
+                    f"authorization of {self.login!r} refused: {why}", login_refused=refused
+                )
             if self._suggest > 0:
                 answer = await self._call(SuggestDifficulty(difficulty=self._suggest))
                 if answer.error is not None:
-                    log.info("pool %s ignored suggest_difficulty: %s",
-                             self.endpoint.label, answer.error.message)
+                    log.info(
+                        "pool %s ignored suggest_difficulty: %s",
+                        self.endpoint.label,
+                        answer.error.message,
+                    )
         except _Dropped as exc:
             self._drop(exc)
             return
         self.ready = True
         self._last_job_at = trio.current_time()
-        log.info("subscribed to %s as %s (extranonce1 %s)", self.endpoint.label, self.login,
-                 self.subscription.extranonce1.hex())
+        log.info(
+            "subscribed to %s as %s (extranonce1 %s)",
+            self.endpoint.label,
+            self.login,
+            self.subscription.extranonce1.hex(),
+        )
         if on_ready is not None:
             on_ready(self)
         nursery.start_soon(self._keepalive)
@@ -297,26 +311,37 @@ class PoolClient:
             elif isinstance(message, Reconnect):
                 raise _Dropped(
                     f"pool asked to reconnect to {message.host}:{message.port} "
-                    f"in {message.wait:g}s", message,
+                    f"in {message.wait:g}s",
+                    message,
                 )
             elif isinstance(message, ShowMessage):
                 log.warning("message from pool %s: %s", self.endpoint.label, message.text)
         elif isinstance(event, BadRequest):
-            log.warning("pool %s sent something unusable, ignored: %s",
-                        self.endpoint.label, event.error)
+            log.warning(
+                "pool %s sent something unusable, ignored: %s", self.endpoint.label, event.error
+            )
             if event.id is not None:
                 error = self._conn.send_error(event.id, event.error.code, str(event.error))
                 await self._send(error)
 
     def _job(self, notify: Notify) -> None:
         if self.subscription is None:
-            log.warning("pool %s sent job %s before subscribe finished; ignored",
-                        self.endpoint.label, notify.job_id)
+            log.warning(
+                "pool %s sent job %s before subscribe finished; ignored",
+                self.endpoint.label,
+                notify.job_id,
+            )
             return
         self._last_job_at = trio.current_time()
         self.jobs_received += 1
-        log.debug("job %s from %s (clean=%s, difficulty %g, height %d)", notify.job_id,
-                  self.endpoint.label, notify.clean, notify.difficulty, notify.height)
+        log.debug(
+            "job %s from %s (clean=%s, difficulty %g, height %d)",
+            notify.job_id,
+            self.endpoint.label,
+            notify.clean,
+            notify.difficulty,
+            notify.height,
+        )
         self._on_job(Job(notify, self.subscription.extranonce1, self, trio.current_time()))
 
     # --- sending -----------------------------------------------------------------------
@@ -330,9 +355,7 @@ class PoolClient:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise _Dropped(f"connection lost while sending: {_why(exc)}") from None
 
-    async def _start_call(
-        self, message: Message
-    ) -> Callable[[], Awaitable[ResponseReceived]]:
+    async def _start_call(self, message: Message) -> Callable[[], Awaitable[ResponseReceived]]:
         """Send a request now; the returned coroutine function waits for its response.
 
         Requests leave in the order of these calls, so a caller may keep several in
@@ -403,8 +426,10 @@ class PoolClient:
                 self._drop(exc)
                 raise RequestFailed(exc.reason) from None
             if reply.error is not None:
-                raise RequestFailed(f"{message.method} refused: {reply.error.code} "
-                                    f"{reply.error.message}", reply.error.code)
+                raise RequestFailed(
+                    f"{message.method} refused: {reply.error.code} {reply.error.message}",
+                    reply.error.code,
+                )
             return reply.result
 
         return result
@@ -421,16 +446,16 @@ class PoolClient:
         result = await self._work_call(message)
         return result.data, result.total  # type: ignore[attr-defined]
 
-    async def send_result(self, job_id: str, unit: bytes, offset: int, data: bytes,
-                          final: bool) -> Callable[[], Awaitable[WorkResultAck]]:
+    async def send_result(
+        self, job_id: str, unit: bytes, offset: int, data: bytes, final: bool
+    ) -> Callable[[], Awaitable[WorkResultAck]]:
         """Send one ``work.result`` chunk; await the returned function for the pool's ack.
 
         Chunks may be pipelined: send several, then collect their acks in order.
         ``RequestFailed`` if the chunk is refused or the connection is lost.
         """
         try:
-            message = WorkResult(job_id=job_id, unit=unit, offset=offset, data=data,
-                                 final=final)
+            message = WorkResult(job_id=job_id, unit=unit, offset=offset, data=data, final=final)
         except ProtocolError as exc:
             raise RequestFailed(f"not sendable: {exc}") from None
         return await self._start_work_call(message)  # type: ignore[return-value]
@@ -459,8 +484,14 @@ class PoolClient:
 
 async def probe(endpoint: PoolEndpoint, settings: ConnectionConfig, agent: str) -> str | None:
     """Is a pool answering? Connect and subscribe, then hang up; ``None`` if fine, else why."""
-    client = PoolClient(endpoint, login="probe", password="", agent=agent, settings=settings,
-                        on_job=lambda job: None)
+    client = PoolClient(
+        endpoint,
+        login="probe",
+        password="",
+        agent=agent,
+        settings=settings,
+        on_job=lambda job: None,
+    )
     try:
         client._stream = await open_stream(endpoint, settings)
     except _Dropped as exc:

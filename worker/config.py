@@ -80,24 +80,28 @@ class PoolEndpoint:
 
 @dataclass(frozen=True)
 class ConnectionConfig:
-    job_timeout: float = setting(300.0, "seconds without a new job before reconnecting",
-                                 positive=True)
-    ping_interval: float = setting(30.0, "keepalive mining.ping period, seconds",
-                                   positive=True)
-    response_timeout: float = setting(30.0, "a request unanswered this long (seconds) drops "
-                                      "the connection", positive=True)
-    connect_timeout: float = setting(10.0, "seconds to wait for a TCP/TLS connection",
-                                     positive=True)
-    backoff_initial: float = setting(1.0, "first reconnect delay, seconds (then doubling)",
-                                     positive=True)
+    job_timeout: float = setting(
+        300.0, "seconds without a new job before reconnecting", positive=True
+    )
+    ping_interval: float = setting(30.0, "keepalive mining.ping period, seconds", positive=True)
+    response_timeout: float = setting(
+        30.0, "a request unanswered this long (seconds) drops the connection", positive=True
+    )
+    connect_timeout: float = setting(
+        10.0, "seconds to wait for a TCP/TLS connection", positive=True
+    )
+    backoff_initial: float = setting(
+        1.0, "first reconnect delay, seconds (then doubling)", positive=True
+    )
     backoff_max: float = setting(60.0, "longest reconnect delay, seconds", positive=True)
     backoff_jitter: float = setting(0.25, "reconnect delays vary by ± this fraction")
-    primary_retry: float = setting(30.0, "how often (seconds) a better pool is probed while "
-                                   "on a worse one", positive=True)
-    follow_foreign_redirects: bool = setting(False, "client.reconnect to another host is "
-                                             "refused unless true")
-    max_frame_size: int = setting(1 << 20, "largest frame accepted from a pool, bytes",
-                                  min=1024)
+    primary_retry: float = setting(
+        30.0, "how often (seconds) a better pool is probed while on a worse one", positive=True
+    )
+    follow_foreign_redirects: bool = setting(
+        False, "client.reconnect to another host is refused unless true"
+    )
+    max_frame_size: int = setting(1 << 20, "largest frame accepted from a pool, bytes", min=1024)
     tls_ca: str = setting("", 'CA bundle for tls:// pools; "" = the system\'s')
 
 
@@ -113,8 +117,7 @@ class UsefulConfig:
     """Useful work (blob jobs): on by default; operands cached on disk up to a bound."""
 
     enabled: bool = setting(True, 'announce "useful-1" and take blob jobs (--no-useful)')
-    cache_dir: str = setting("", 'verified operand blobs (--blob-cache); "" = the user\'s '
-                             "cache")
+    cache_dir: str = setting("", 'verified operand blobs (--blob-cache); "" = the user\'s cache')
     cache_max_bytes: int = setting(1 << 30, "size bound of that cache, LRU (--blob-cache-max)")
 
     def cache_path(self) -> Path:
@@ -127,15 +130,17 @@ class UsefulConfig:
 
 @dataclass(frozen=True)
 class WatchdogConfig:
-    stall_timeout: float = setting(120.0, "a device without progress this long (seconds) is "
-                                   "restarted; 0 = off")
+    stall_timeout: float = setting(
+        120.0, "a device without progress this long (seconds) is restarted; 0 = off"
+    )
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
     host: str = setting("127.0.0.1", "address of the /metrics and /api/summary server")
-    port: int = setting(DEFAULT_METRICS_PORT, "its port (--metrics-port); 0 = pick a free "
-                        "port; -1 = no server")
+    port: int = setting(
+        DEFAULT_METRICS_PORT, "its port (--metrics-port); 0 = pick a free port; -1 = no server"
+    )
 
 
 @dataclass(frozen=True)
@@ -153,8 +158,7 @@ class WorkerConfig:
     password: str = setting("x", "pool password, if the pool wants one (--password)")
     agent: str = setting("matmine-worker/0.1", "user agent sent to the pool")
     backend: str = setting("blas", '"blas" (CPU) or "opencl" (GPUs) (--backend)')
-    devices: tuple[str, ...] = setting((), 'OpenCL "PLATFORM:DEVICE" specs; [] = all '
-                                       "(--devices)")
+    devices: tuple[str, ...] = setting((), 'OpenCL "PLATFORM:DEVICE" specs; [] = all (--devices)')
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR (--log-level)")
     connection: ConnectionConfig = section(ConnectionConfig)
     mining: MiningConfig = section(MiningConfig)
@@ -190,8 +194,9 @@ class WorkerConfig:
         try:  # a pool refuses any other address for good (24): say so before connecting
             validate_address(self.login.partition(".")[0])
         except ProtocolError as exc:
-            raise ConfigError(f"login {self.login!r}: {exc} (make an address with"
-                              " 'matmine-node new-address')") from None
+            raise ConfigError(
+                f"login {self.login!r}: {exc} (make an address with 'matmine-node new-address')"
+            ) from None
         return self
 
 
@@ -211,7 +216,7 @@ def _pools(value: Any) -> tuple[PoolEndpoint, ...]:
     pools = []
     for position, entry in enumerate(value):
         if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
-            raise ConfigError("every [[pool]] needs url = \"HOST:PORT\"")
+            raise ConfigError('every [[pool]] needs url = "HOST:PORT"')
         extra = set(entry) - {"url", "priority"}
         if extra:
             raise ConfigError(f"unknown key(s) in [[pool]]: {sorted(extra)}")
@@ -234,9 +239,12 @@ def with_overrides(config: WorkerConfig, **flags: Any) -> WorkerConfig:
     for key in ("login", "password", "backend", "log_level"):
         if flags.get(key) is not None:
             settings[key] = flags[key]
-    for flag, key in (("devices", "devices"), ("metrics_port", "metrics.port"),
-                      ("blob_cache", "useful.cache_dir"),
-                      ("blob_cache_max", "useful.cache_max_bytes")):
+    for flag, key in (
+        ("devices", "devices"),
+        ("metrics_port", "metrics.port"),
+        ("blob_cache", "useful.cache_dir"),
+        ("blob_cache_max", "useful.cache_max_bytes"),
+    ):
         if flags.get(flag) is not None:
             settings[key] = tuple(flags[flag]) if flag == "devices" else flags[flag]
     if flags.get("no_useful"):

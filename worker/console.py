@@ -45,38 +45,61 @@ def status_line(stats: WorkerStats) -> str:
     s = stats.shares
     pool = stats.pool if stats.pool_connected else "no pool"
     rates = "/".join(format_rate(stats.hashrate(w)) for w in (10, 60, 900))
-    return (f"{pool} | ping {format_ping(stats)} | {rates} (10s/60s/15m), peak "
-            f"{format_rate(stats.peak)} | accepted {s['accepted']} rejected "
-            f"{s['rejected']} stale {s['stale']} lost {s['lost']} | hw errors "
-            f"{stats.hw_errors} | best share {stats.best.difficulty:.4g} | blocks {stats.blocks}"
-            f" | up {format_duration(stats.uptime)}")
+    return (
+        f"{pool} | ping {format_ping(stats)} | {rates} (10s/60s/15m), peak "
+        f"{format_rate(stats.peak)} | accepted {s['accepted']} rejected "
+        f"{s['rejected']} stale {s['stale']} lost {s['lost']} | hw errors "
+        f"{stats.hw_errors} | best share {stats.best.difficulty:.4g} | blocks {stats.blocks}"
+        f" | up {format_duration(stats.uptime)}"
+    )
 
 
 def _shares_cell(shares: dict[str, int]) -> Text:
     """``accepted/rejected/stale``, green, red and yellow (xmrig's colours)."""
-    return Text.assemble((str(shares["accepted"]), "green"), "/",
-                         (str(shares["rejected"]), "red" if shares["rejected"] else ""), "/",
-                         (str(shares["stale"]), "yellow" if shares["stale"] else ""))
+    return Text.assemble(
+        (str(shares["accepted"]), "green"),
+        "/",
+        (str(shares["rejected"]), "red" if shares["rejected"] else ""),
+        "/",
+        (str(shares["stale"]), "yellow" if shares["stale"] else ""),
+    )
 
 
 def status_table(stats: WorkerStats) -> Group:
     """The live view: one row per device (hashrate, peak, shares A/R/S, candidates, hardware
     errors, restarts) and a total, then the status line."""
     table = Table(title="matmine worker", expand=False)
-    for column in ("device", "10s", "60s", "15m", "peak", "A/R/S", "candidates",
-                   "hw errors", "restarts"):
+    for column in (
+        "device",
+        "10s",
+        "60s",
+        "15m",
+        "peak",
+        "A/R/S",
+        "candidates",
+        "hw errors",
+        "restarts",
+    ):
         table.add_column(column, justify="left" if column == "device" else "right")
     for name, dev in stats.devices.items():
         table.add_row(
             name + (" [red](stalled)[/red]" if dev.stalled else ""),
             *(format_rate(stats.hashrate(w, name)) for w in (10, 60, 900)),
-            format_rate(dev.peak), _shares_cell(dev.shares),
-            str(dev.candidates), Text(str(dev.hw_errors), "red" if dev.hw_errors else ""),
+            format_rate(dev.peak),
+            _shares_cell(dev.shares),
+            str(dev.candidates),
+            Text(str(dev.hw_errors), "red" if dev.hw_errors else ""),
             str(dev.restarts),
         )
-    table.add_row("[bold]total[/bold]", *(format_rate(stats.hashrate(w)) for w in (10, 60, 900)),
-                  format_rate(stats.peak), _shares_cell(stats.shares), "",
-                  Text(str(stats.hw_errors), "red" if stats.hw_errors else ""), "")
+    table.add_row(
+        "[bold]total[/bold]",
+        *(format_rate(stats.hashrate(w)) for w in (10, 60, 900)),
+        format_rate(stats.peak),
+        _shares_cell(stats.shares),
+        "",
+        Text(str(stats.hw_errors), "red" if stats.hw_errors else ""),
+        "",
+    )
     return Group(table, Text(status_line(stats)))
 
 
@@ -89,8 +112,13 @@ def live_view(setting: str) -> bool:
 class StatusConsole:
     """Logs ``status_line`` every ``interval`` s; drives a ``rich.live.Live`` if ``live``."""
 
-    def __init__(self, stats: WorkerStats, interval: float, live: str = "auto",
-                 console: Console | None = None) -> None:
+    def __init__(
+        self,
+        stats: WorkerStats,
+        interval: float,
+        live: str = "auto",
+        console: Console | None = None,
+    ) -> None:
         self.stats = stats
         self.interval = interval
         self.live = live_view(live)
@@ -102,8 +130,9 @@ class StatusConsole:
                 await trio.sleep(self.interval)
                 log.info("%s", status_line(self.stats))
         # auto_refresh=False: rich would start its own refresh thread; trio drives it instead
-        with Live(status_table(self.stats), console=self.console, auto_refresh=False,
-                  transient=False) as live:
+        with Live(
+            status_table(self.stats), console=self.console, auto_refresh=False, transient=False
+        ) as live:
             next_line = trio.current_time() + self.interval
             while True:
                 await trio.sleep(1.0)

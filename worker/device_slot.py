@@ -74,7 +74,8 @@ class DeviceSlot:
         value = self.counter
         self.counter += 1
         return bytes([self.index]) + (value % (1 << (8 * COUNTER_BYTES))).to_bytes(
-            COUNTER_BYTES, "big")
+            COUNTER_BYTES, "big"
+        )
 
     def last_progress(self) -> float | None:
         """Monotonic time of the last sign of life of a scan in flight (``None``: idle)."""

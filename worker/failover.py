@@ -86,8 +86,12 @@ class Failover:
         rng = rng or random.Random()
         ordered = sorted(enumerate(endpoints), key=lambda pair: (pair[1].priority, pair[0]))
         self.pools = [
-            PoolState(ep, Backoff(settings.backoff_initial, settings.backoff_max,
-                                  settings.backoff_jitter, rng))
+            PoolState(
+                ep,
+                Backoff(
+                    settings.backoff_initial, settings.backoff_max, settings.backoff_jitter, rng
+                ),
+            )
             for _, ep in ordered
         ]
         self.settings = settings
@@ -101,8 +105,9 @@ class Failover:
 
     # --- public --------------------------------------------------------------------------
 
-    async def submit(self, job: Job, extranonce2: bytes, time: int,
-                     tile: tuple[int, int]) -> SubmitOutcome:
+    async def submit(
+        self, job: Job, extranonce2: bytes, time: int, tile: tuple[int, int]
+    ) -> SubmitOutcome:
         """Submit a share of ``job`` on the session that gave it (``lost`` if that is gone)."""
         if job.client is not self.active or job.client.closed:
             return SubmitOutcome("lost", message="the session of this job has ended")
@@ -112,8 +117,9 @@ class Failover:
         """Forever: connect to the best available pool; on loss, back off and move on."""
         while True:
             if all(p.refused for p in self.pools):
-                raise WorkerStopped("; ".join(f"pool {p.endpoint.label}: {p.last_error}"
-                                              for p in self.pools))
+                raise WorkerStopped(
+                    "; ".join(f"pool {p.endpoint.label}: {p.last_error}" for p in self.pools)
+                )
             state = self._choose()
             if state is None:
                 wake = min(p.retry_at for p in self.pools)
@@ -179,8 +185,12 @@ class Failover:
             state.retry_at = now + request.wait
             return
         if state.redirect is not None and not outcome.got_job:
-            log.warning("redirect %s failed (%s); back to %s", state.redirect.label,
-                        outcome.reason, state.endpoint.label)
+            log.warning(
+                "redirect %s failed (%s); back to %s",
+                state.redirect.label,
+                outcome.reason,
+                state.endpoint.label,
+            )
             state.redirect = None
         delay = state.backoff.next_delay()
         state.retry_at = now + delay
@@ -192,15 +202,18 @@ class Failover:
     def _redirect(self, state: PoolState, request: Reconnect) -> None:
         host = request.host or state.endpoint.host
         if host != state.endpoint.host and not self.settings.follow_foreign_redirects:
-            log.warning("pool %s asked to move to another host %s:%d; refused "
-                        "(follow_foreign_redirects = false), reconnecting to it instead",
-                        state.endpoint.label, request.host, request.port)
+            log.warning(
+                "pool %s asked to move to another host %s:%d; refused "
+                "(follow_foreign_redirects = false), reconnecting to it instead",
+                state.endpoint.label,
+                request.host,
+                request.port,
+            )
             state.redirect = None
             return
         target = PoolEndpoint(host, request.port, state.endpoint.tls, state.endpoint.priority)
         state.redirect = None if target == state.endpoint else target
-        log.info("pool %s redirects to %s in %gs", state.endpoint.label, target.label,
-                 request.wait)
+        log.info("pool %s redirects to %s in %gs", state.endpoint.label, target.label, request.wait)
 
     async def _watch_better(self, current: PoolState, session: trio.CancelScope) -> None:
         """While on a worse pool, probe the better ones; switch when one answers."""
@@ -213,8 +226,11 @@ class Failover:
                     continue
                 reason = await probe(state.target, self.settings, self.agent)
                 if reason is None:
-                    log.info("pool %s is back; leaving %s for it", state.target.label,
-                             current.target.label)
+                    log.info(
+                        "pool %s is back; leaving %s for it",
+                        state.target.label,
+                        current.target.label,
+                    )
                     self.switches_to_better += 1
                     session.cancel()
                     return

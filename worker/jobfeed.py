@@ -68,8 +68,15 @@ class MinableJob:
     def header(self, extranonce2: bytes, time_: int) -> bytes:
         n = self.job.notify
         coinbase = assemble_coinbase(n.coinbase1, self.job.extranonce1, extranonce2, n.coinbase2)
-        return Header(n.version, n.height, n.prev_hash, coinbase_hash(coinbase),
-                      self.workload.work_root, time_, n.bits).encode()
+        return Header(
+            n.version,
+            n.height,
+            n.prev_hash,
+            coinbase_hash(coinbase),
+            self.workload.work_root,
+            time_,
+            n.bits,
+        ).encode()
 
     def header_time(self, now: float, roll: bool) -> int:
         """The job's time, rolled forward by the seconds since it arrived (≤ 600)."""

@@ -43,42 +43,58 @@ class WorkerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats = self.stats
-        rate = GaugeMetricFamily("matmine_worker_hashrate_macs",
-                                 "Multiply-accumulates per second over the last 60 s",
-                                 labels=["device"])
+        rate = GaugeMetricFamily(
+            "matmine_worker_hashrate_macs",
+            "Multiply-accumulates per second over the last 60 s",
+            labels=["device"],
+        )
         for name in stats.devices:
             rate.add_metric([name], stats.hashrate(HASHRATE_WINDOW, name))
         rate.add_metric(["total"], stats.hashrate(HASHRATE_WINDOW))
         yield rate
-        shares = CounterMetricFamily("matmine_worker_shares",
-                                     "Shares submitted, by outcome", labels=["result"])
+        shares = CounterMetricFamily(
+            "matmine_worker_shares", "Shares submitted, by outcome", labels=["result"]
+        )
         for result in SHARE_RESULTS:
             shares.add_metric([result], stats.shares[result])
         yield shares
-        hw = CounterMetricFamily("matmine_worker_hw_errors",
-                                 "Candidates that failed the CPU re-check (not submitted)",
-                                 labels=["device"])
+        hw = CounterMetricFamily(
+            "matmine_worker_hw_errors",
+            "Candidates that failed the CPU re-check (not submitted)",
+            labels=["device"],
+        )
         for name, dev in stats.devices.items():
             hw.add_metric([name], dev.hw_errors)
         yield hw
-        yield GaugeMetricFamily("matmine_worker_pool_connected",
-                                "1 while a pool session is up", value=int(stats.pool_connected))
-        yield CounterMetricFamily("matmine_worker_blob_bytes",
-                                  "Operand blob bytes downloaded with work.get_blob",
-                                  value=stats.blob_bytes)
-        yield CounterMetricFamily("matmine_worker_blobs_rejected",
-                                  "Blob jobs dropped: an operand failed verification",
-                                  value=stats.blobs_rejected)
-        results = CounterMetricFamily("matmine_worker_useful_results",
-                                      "Unit results by outcome (verified by the pool, "
-                                      "rejected by its check, failed to deliver)",
-                                      labels=["outcome"])
+        yield GaugeMetricFamily(
+            "matmine_worker_pool_connected",
+            "1 while a pool session is up",
+            value=int(stats.pool_connected),
+        )
+        yield CounterMetricFamily(
+            "matmine_worker_blob_bytes",
+            "Operand blob bytes downloaded with work.get_blob",
+            value=stats.blob_bytes,
+        )
+        yield CounterMetricFamily(
+            "matmine_worker_blobs_rejected",
+            "Blob jobs dropped: an operand failed verification",
+            value=stats.blobs_rejected,
+        )
+        results = CounterMetricFamily(
+            "matmine_worker_useful_results",
+            "Unit results by outcome (verified by the pool, "
+            "rejected by its check, failed to deliver)",
+            labels=["outcome"],
+        )
         for outcome, count in stats.useful_results.items():
             results.add_metric([outcome], count)
         yield results
-        yield GaugeMetricFamily("matmine_worker_best_share_difficulty",
-                                "Highest difficulty of a checked share since start",
-                                value=stats.best.difficulty)
+        yield GaugeMetricFamily(
+            "matmine_worker_best_share_difficulty",
+            "Highest difficulty of a checked share since start",
+            value=stats.best.difficulty,
+        )
 
 
 def register_metrics(registry: CollectorRegistry, stats: WorkerStats) -> WorkerCollector:
@@ -97,10 +113,12 @@ def metrics_app(registry: CollectorRegistry, stats: WorkerStats) -> Starlette:
     async def summary(request: Request) -> JSONResponse:
         return JSONResponse(stats.summary())
 
-    return Starlette(routes=[
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/api/summary", summary, methods=["GET"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/api/summary", summary, methods=["GET"]),
+        ]
+    )
 
 
 async def serve_metrics(
@@ -118,5 +136,4 @@ async def serve_metrics(
     config.errorlog = None
     config.graceful_timeout = 1.0
     # Starlette is an ASGI app; its annotations and hypercorn's do not line up
-    await serve(cast(ASGIFramework, metrics_app(registry, stats)), config,
-                task_status=task_status)
+    await serve(cast(ASGIFramework, metrics_app(registry, stats)), config, task_status=task_status)

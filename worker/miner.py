@@ -127,8 +127,13 @@ class Miner:
                         self._retire(slot, f"failed {slot.failures} times in a row, last: {exc}")
                     else:
                         delay = min(MAX_RESTART_DELAY, RESTART_DELAY * 2 ** (slot.failures - 1))
-                        log.error("device %s failed: %s; restarting it in %gs", slot.name, exc,
-                                  delay, exc_info=log.isEnabledFor(logging.DEBUG))
+                        log.error(
+                            "device %s failed: %s; restarting it in %gs",
+                            slot.name,
+                            exc,
+                            delay,
+                            exc_info=log.isEnabledFor(logging.DEBUG),
+                        )
                         slot.restart_requested = True
                         await trio.sleep(delay)
             slot.scan_started = None
@@ -140,8 +145,12 @@ class Miner:
     def _retire(self, slot: DeviceSlot, reason: str) -> None:
         slot.retired = reason
         left = [s.name for s in self.slots if s.retired is None]
-        log.warning("device %s skipped: %s; %s", slot.name, reason,
-                    f"mining goes on with {', '.join(left)}" if left else "no device is left")
+        log.warning(
+            "device %s skipped: %s; %s",
+            slot.name,
+            reason,
+            f"mining goes on with {', '.join(left)}" if left else "no device is left",
+        )
 
     async def _reopen(self, slot: DeviceSlot) -> None:
         stats = self._stats.device(slot.name)
@@ -189,8 +198,7 @@ class Miner:
             if isinstance(work.source, SyntheticSource):
                 workload = await self._workloads.get(work.source.seed, shape)
                 if (workload.a_root, workload.b_root) != (work.a_root, work.b_root):
-                    raise ProtocolError("the synthetic rows do not match the job's "
-                                        "a_root/b_root")
+                    raise ProtocolError("the synthetic rows do not match the job's a_root/b_root")
             else:
                 workload = await self._blob_workload(job)
                 if workload is None:
@@ -200,8 +208,9 @@ class Miner:
             share_target = target_from_difficulty(n.difficulty)
             network_target = target_from_bits(n.bits)
         except ProtocolError as exc:
-            log.error("job %s from %s cannot be mined: %s", n.job_id, job.client.endpoint.label,
-                      exc)
+            log.error(
+                "job %s from %s cannot be mined: %s", n.job_id, job.client.endpoint.label, exc
+            )
             return None
         self._stats.job_id = n.job_id
         self._stats.job_difficulty = n.difficulty
@@ -211,23 +220,36 @@ class Miner:
         """The verified operands of a blob job; None (job dropped) if they cannot be had."""
         n = job.notify
         if self._useful is None:
-            log.error("job %s: blob workloads are switched off in this worker; idle until "
-                      "the next job", n.job_id)
+            log.error(
+                "job %s: blob workloads are switched off in this worker; idle until the next job",
+                n.job_id,
+            )
             return None
         try:
             return await self._useful.workload(job)
         except BlobRejected as exc:
             self._stats.blobs_rejected += 1
-            log.error("job %s from %s: operand rejected, not mining it: %s; reconnecting",
-                      n.job_id, job.client.endpoint.label, exc)
+            log.error(
+                "job %s from %s: operand rejected, not mining it: %s; reconnecting",
+                n.job_id,
+                job.client.endpoint.label,
+                exc,
+            )
             job.client.close()  # the lease goes back to the pool's queue
         except RequestFailed as exc:
             if exc.code == ErrorCode.STALE:
-                log.info("job %s: its unit is no longer this session's (%s); waiting for "
-                         "the next job", n.job_id, exc)
+                log.info(
+                    "job %s: its unit is no longer this session's (%s); waiting for the next job",
+                    n.job_id,
+                    exc,
+                )
             else:
-                log.error("job %s from %s: cannot get its operands: %s; reconnecting",
-                          n.job_id, job.client.endpoint.label, exc)
+                log.error(
+                    "job %s from %s: cannot get its operands: %s; reconnecting",
+                    n.job_id,
+                    job.client.endpoint.label,
+                    exc,
+                )
                 job.client.close()
         return None
 
@@ -236,8 +258,9 @@ class Miner:
         product on ``slot`` in a second pass and hand it to the useful task."""
         assert self._useful is not None
         try:
-            noisy = await trio.to_thread.run_sync(slot.backend.product, header,
-                                                  limiter=slot.limiter, abandon_on_cancel=True)
+            noisy = await trio.to_thread.run_sync(
+                slot.backend.product, header, limiter=slot.limiter, abandon_on_cancel=True
+            )
         except BaseException:
             self._useful.unclaim(minable.job)
             raise
@@ -248,10 +271,15 @@ class Miner:
         assert self._useful is not None and self._nursery is not None
         job = minable.job
         current = self.feed.job
-        if (current is None or current.client is not job.client
-                or current.notify.work.work_root != minable.workload.work_root):
-            log.info("unit %s… ended before its result was ready; dropped",
-                     minable.workload.work_root.hex()[:16])
+        if (
+            current is None
+            or current.client is not job.client
+            or current.notify.work.work_root != minable.workload.work_root
+        ):
+            log.info(
+                "unit %s… ended before its result was ready; dropped",
+                minable.workload.work_root.hex()[:16],
+            )
             return
         self._nursery.start_soon(self._useful.deliver, job, minable.workload, header, noisy)
 
@@ -262,8 +290,12 @@ class Miner:
             generation = self.feed.generation
             slot.use_extranonce1(job.extranonce1)
             if slot.prepared_root != minable.workload.work_root:
-                await trio.to_thread.run_sync(slot.backend.prepare, minable.workload,
-                                              limiter=slot.limiter, abandon_on_cancel=True)
+                await trio.to_thread.run_sync(
+                    slot.backend.prepare,
+                    minable.workload,
+                    limiter=slot.limiter,
+                    abandon_on_cancel=True,
+                )
                 slot.prepared_root = minable.workload.work_root
                 if self.feed.generation != generation:
                     continue
@@ -276,8 +308,13 @@ class Miner:
             want = self._useful is not None and self._useful.wants_product(job)
             try:
                 result = await trio.to_thread.run_sync(
-                    slot.backend.scan, header, minable.share_target, flag, want,
-                    limiter=slot.limiter, abandon_on_cancel=True,
+                    slot.backend.scan,
+                    header,
+                    minable.share_target,
+                    flag,
+                    want,
+                    limiter=slot.limiter,
+                    abandon_on_cancel=True,
                 )
             finally:
                 flag.set()
@@ -290,8 +327,16 @@ class Miner:
                 continue
             for ti, tj, digest in result.winners:
                 assert self._nursery is not None
-                self._nursery.start_soon(self._share, slot.name, minable, header, extranonce2,
-                                         header_time, (ti, tj), digest)
+                self._nursery.start_soon(
+                    self._share,
+                    slot.name,
+                    minable,
+                    header,
+                    extranonce2,
+                    header_time,
+                    (ti, tj),
+                    digest,
+                )
             if result.complete and self._useful is not None and self._useful.claim(job):
                 noisy = getattr(result, "product", None)
                 if noisy is not None:  # computed by the scan itself: no second pass
@@ -299,10 +344,19 @@ class Miner:
                 else:
                     await self._keep_product(slot, minable, header)
 
-    async def _share(self, device: str, minable: MinableJob, header: bytes, extranonce2: bytes,
-                     header_time: int, tile: tuple[int, int], digest: bytes) -> None:
-        check = await self._checker.check(device, minable.workload, header, tile, digest,
-                                          minable.share_target)
+    async def _share(
+        self,
+        device: str,
+        minable: MinableJob,
+        header: bytes,
+        extranonce2: bytes,
+        header_time: int,
+        tile: tuple[int, int],
+        digest: bytes,
+    ) -> None:
+        check = await self._checker.check(
+            device, minable.workload, header, tile, digest, minable.share_target
+        )
         if not check.ok:
             return
         job = minable.job
@@ -312,16 +366,36 @@ class Miner:
         outcome = await self._submit(job, extranonce2, header_time, tile)
         latency = time.monotonic() - sent
         self.recent_shares.append((device, tile, outcome))
-        self._stats.add_share(outcome.result, outcome.difficulty, outcome.code,
-                              outcome.block is not None, device=device, latency=latency)
+        self._stats.add_share(
+            outcome.result,
+            outcome.difficulty,
+            outcome.code,
+            outcome.block is not None,
+            device=device,
+            latency=latency,
+        )
         if outcome.result == "accepted":
             s = self._stats.shares
-            log.info("share accepted (%d/%d): %s job %s tile %s difficulty %g (%.0f ms)%s",
-                     s["accepted"], s["rejected"] + s["stale"], device, job.job_id, tile,
-                     outcome.difficulty, latency * 1000,
-                     f" — BLOCK {outcome.block.hex()}" if outcome.block else "")
+            log.info(
+                "share accepted (%d/%d): %s job %s tile %s difficulty %g (%.0f ms)%s",
+                s["accepted"],
+                s["rejected"] + s["stale"],
+                device,
+                job.job_id,
+                tile,
+                outcome.difficulty,
+                latency * 1000,
+                f" — BLOCK {outcome.block.hex()}" if outcome.block else "",
+            )
         elif outcome.result == "lost":
             log.warning("share from %s not delivered: %s", device, outcome.message)
         else:
-            log.warning("share %s: %s job %s tile %s: %s %s", outcome.result, device,
-                        job.job_id, tile, outcome.code, outcome.message)
+            log.warning(
+                "share %s: %s job %s tile %s: %s %s",
+                outcome.result,
+                device,
+                job.job_id,
+                tile,
+                outcome.code,
+                outcome.message,
+            )

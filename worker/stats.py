@@ -95,8 +95,7 @@ class WorkerStats:
     started: float = 0.0
     blob_bytes: int = 0  # operand bytes downloaded with work.get_blob
     blobs_rejected: int = 0  # blob jobs dropped because an operand failed verification
-    useful_results: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(USEFUL_RESULTS, 0))
+    useful_results: dict[str, int] = field(default_factory=lambda: dict.fromkeys(USEFUL_RESULTS, 0))
     useful_macs: int = 0  # MACs (padded unit shape) of results the pool verified
     peak: float = 0.0  # highest 10 s hashrate of all devices together, MAC/s
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=PING_SAMPLES))
@@ -137,9 +136,15 @@ class WorkerStats:
         elif difficulty > self.best.difficulty:
             self.best = BestShare(difficulty, name, self.clock())
 
-    def add_share(self, result: str, difficulty: float = 0.0, code: int | None = None,
-                  block: bool = False, device: str | None = None,
-                  latency: float | None = None) -> None:
+    def add_share(
+        self,
+        result: str,
+        difficulty: float = 0.0,
+        code: int | None = None,
+        block: bool = False,
+        device: str | None = None,
+        latency: float | None = None,
+    ) -> None:
         """Count one submit outcome: accepted / rejected / stale / lost (no answer), for
         ``device`` too if given; ``latency`` is the submit's round trip in seconds."""
         if result not in self.shares:
@@ -189,8 +194,12 @@ class WorkerStats:
             "uptime_s": round(now - self.started, 3),
             "ping_ms": None if self.ping is None else round(self.ping * 1000, 1),
             "peak_hashrate_macs": round(self.peak, 3),
-            "pool": {"url": self.pool, "connected": self.pool_connected,
-                     "job_id": self.job_id, "difficulty": self.job_difficulty},
+            "pool": {
+                "url": self.pool,
+                "connected": self.pool_connected,
+                "job_id": self.job_id,
+                "difficulty": self.job_difficulty,
+            },
             "hashrate_macs": rates(None),
             "shares": dict(self.shares),
             "rejects_by_code": {str(k): v for k, v in sorted(self.rejects_by_code.items())},
@@ -198,8 +207,12 @@ class WorkerStats:
             "accepted_difficulty": self.accepted_difficulty,
             "blocks": self.blocks,
             "best_share": {"difficulty": self.best.difficulty, "device": self.best.device},
-            "useful": {"blob_bytes": self.blob_bytes, "blobs_rejected": self.blobs_rejected,
-                       "results": dict(self.useful_results), "macs": self.useful_macs},
+            "useful": {
+                "blob_bytes": self.blob_bytes,
+                "blobs_rejected": self.blobs_rejected,
+                "results": dict(self.useful_results),
+                "macs": self.useful_macs,
+            },
             "devices": [
                 {
                     "name": d.name,

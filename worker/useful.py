@@ -110,10 +110,15 @@ class UsefulWork:
         b = await self.cache.ensure(b_spec, job.client.get_blob, self.chunk_max, self.limiter)
         fetched = self.stats.blob_bytes - before
         if fetched:
-            log.info("job %s: fetched %d bytes of operands for unit %s…", job.job_id, fetched,
-                     work.work_root.hex()[:16])
-        workload = await trio.to_thread.run_sync(_make_workload, work.shape, a.matrix, b.matrix,
-                                                 limiter=self.limiter)
+            log.info(
+                "job %s: fetched %d bytes of operands for unit %s…",
+                job.job_id,
+                fetched,
+                work.work_root.hex()[:16],
+            )
+        workload = await trio.to_thread.run_sync(
+            _make_workload, work.shape, a.matrix, b.matrix, limiter=self.limiter
+        )
         if workload.work_root != work.work_root:
             raise BlobRejected("the verified operands do not give the job's work_root")
         self._track(job)
@@ -164,14 +169,14 @@ class UsefulWork:
         unit = self._units.get(job.notify.work.work_root)
         return unit.outcome if unit is not None and job.client is self._client else None
 
-    async def deliver(self, job: Job, workload: Workload, header: bytes,
-                      noisy: np.ndarray) -> str:
+    async def deliver(self, job: Job, workload: Workload, header: bytes, noisy: np.ndarray) -> str:
         """Denoise ``noisy`` (A'·B' of ``header``), send C to the pool, return the outcome."""
         unit_id = workload.work_root
         short = unit_id.hex()[:16]
         try:
-            raw = await trio.to_thread.run_sync(_exact_product, workload, header, noisy,
-                                                limiter=self.limiter)
+            raw = await trio.to_thread.run_sync(
+                _exact_product, workload, header, noisy, limiter=self.limiter
+            )
         except (ProtocolError, ValueError) as exc:  # pragma: no cover - a backend bug
             return self._finish(job, "failed", f"unit {short}…: cannot denoise: {exc}")
         client = job.client
@@ -180,8 +185,9 @@ class UsefulWork:
             for offset, data, final in chunks(raw, self.chunk_max):
                 latest = self._units.get(unit_id)
                 job_id = latest.job.job_id if latest and latest.job.client is client else job.job_id
-                in_flight.append((offset, await client.send_result(job_id, unit_id, offset,
-                                                                   data, final)))
+                in_flight.append(
+                    (offset, await client.send_result(job_id, unit_id, offset, data, final))
+                )
                 # Up to RESULT_WINDOW chunks in flight; the final one waits for all before it.
                 while in_flight and (len(in_flight) >= RESULT_WINDOW or final):
                     sent_at, ack_of = in_flight.popleft()
@@ -190,8 +196,11 @@ class UsefulWork:
                         return self._verdict(job, workload, ack)
                     if not ack.accepted:
                         why = ack.reason or "no reason given"
-                        return self._finish(job, "failed", f"unit {short}…: pool refused the "
-                                            f"result chunk at {sent_at}: {why}")
+                        return self._finish(
+                            job,
+                            "failed",
+                            f"unit {short}…: pool refused the result chunk at {sent_at}: {why}",
+                        )
         except RequestFailed as exc:
             return self._finish(job, "failed", f"unit {short}…: result not delivered: {exc}")
         raise AssertionError("chunks() always ends with a final chunk")  # pragma: no cover
@@ -201,15 +210,22 @@ class UsefulWork:
         short = workload.work_root.hex()[:16]
         why = ack.reason or "no reason given"
         if ack.verified is None:
-            what = "took the final chunk but gave no verdict" if ack.accepted else (
-                f"refused the final result chunk: {why}")
+            what = (
+                "took the final chunk but gave no verdict"
+                if ack.accepted
+                else (f"refused the final result chunk: {why}")
+            )
             return self._finish(job, "failed", f"unit {short}…: the pool {what}")
         if ack.verified and ack.accepted:
             self.stats.useful_macs += workload.shape.macs_per_header
-            return self._finish(job, "verified", f"unit {short}…: result verified by "
-                                f"the pool ({ack.received} bytes)")
-        return self._finish(job, "rejected", f"unit {short}…: the pool's check of "
-                            f"the result failed: {why}")
+            return self._finish(
+                job,
+                "verified",
+                f"unit {short}…: result verified by the pool ({ack.received} bytes)",
+            )
+        return self._finish(
+            job, "rejected", f"unit {short}…: the pool's check of the result failed: {why}"
+        )
 
     def _finish(self, job: Job, outcome: str, message: str) -> str:
         unit = self._units.get(job.notify.work.work_root)

@@ -24,8 +24,13 @@ log = logging.getLogger(__name__)
 class Watchdog:
     """Checks every device of ``miner`` a few times per ``stall_timeout``."""
 
-    def __init__(self, miner: Miner, stats: WorkerStats, stall_timeout: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        miner: Miner,
+        stats: WorkerStats,
+        stall_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if stall_timeout <= 0:
             raise ValueError("stall_timeout must be positive")
         self.miner = miner

@@ -158,8 +158,13 @@ class RpcChain:
                 try:
                     with trio.fail_after(self.timeout):
                         return await self._roundtrip(method, params or {}), attempt + 1
-                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
-                        trio.TooSlowError, _ConnectionLost) as exc:
+                except (
+                    OSError,
+                    trio.BrokenResourceError,
+                    trio.ClosedResourceError,
+                    trio.TooSlowError,
+                    _ConnectionLost,
+                ) as exc:
                     last = exc
                     log.debug("node RPC %s failed (try %d): %r", method, attempt + 1, exc)
                     await self.aclose()
@@ -193,8 +198,9 @@ class RpcChain:
                     error = frame["error"]
                     if not isinstance(error, dict):
                         raise ChainError(f"malformed error from the node: {error!r:.80}")
-                    raise chain_error_from_code(int(error.get("code", ERR_OTHER)),
-                                                str(error.get("message", "")))
+                    raise chain_error_from_code(
+                        int(error.get("code", ERR_OTHER)), str(error.get("message", ""))
+                    )
                 if "result" not in frame:
                     raise ChainError(f"node answered {method} with neither result nor error")
                 return frame["result"]

@@ -48,6 +48,7 @@ def open_ledger(url_or_path: str | Path, **postgres_options: Any) -> Ledger:
         return PostgresLedger(url_or_path, **postgres_options)
     return SqliteLedger(url_or_path)
 
+
 __all__ = [
     "CANCELLED",
     "COMPLETED",

@@ -146,8 +146,15 @@ class PostgresLedger(SqlLedger):
 
     SCHEMA = SCHEMA_V1
 
-    def __init__(self, url: str, *, connect_timeout: float = 10, statement_timeout: float = 30,
-                 call_timeout: float = 60, max_attempts: int = 20) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 10,
+        statement_timeout: float = 30,
+        call_timeout: float = 60,
+        max_attempts: int = 20,
+    ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
         if not (connect_timeout > 0 and statement_timeout > 0 and call_timeout > 0):
@@ -159,14 +166,19 @@ class PostgresLedger(SqlLedger):
         params.setdefault("connect_timeout", max(1, round(connect_timeout)))
         params.setdefault("application_name", "matmine-pool")
         # A dead peer is noticed within about 10 + 3 x 5 s; unacknowledged data in 20 s.
-        for key, value in (("keepalives", 1), ("keepalives_idle", 10),
-                           ("keepalives_interval", 5), ("keepalives_count", 3),
-                           ("tcp_user_timeout", 20_000)):
+        for key, value in (
+            ("keepalives", 1),
+            ("keepalives_idle", 10),
+            ("keepalives_interval", 5),
+            ("keepalives_count", 3),
+            ("tcp_user_timeout", 20_000),
+        ):
             params.setdefault(key, value)
         ms = max(1, round(statement_timeout * 1000))
-        params["options"] = (f"-c statement_timeout={ms} "
-                             f"-c idle_in_transaction_session_timeout={ms} "
-                             + str(params.get("options", ""))).strip()
+        params["options"] = (
+            f"-c statement_timeout={ms} "
+            f"-c idle_in_transaction_session_timeout={ms} " + str(params.get("options", ""))
+        ).strip()
         self.call_timeout = call_timeout
         self._params: dict[str, Any] = params
         # Where, for messages: never the password.

@@ -70,8 +70,11 @@ class ShareRepository(SqlStore):
                 owner = tx.execute(
                     "SELECT session_id, job_id FROM shares WHERE digest = ?", (row[0],)
                 ).fetchone()
-                stored.append(first[row[0]] == i and owner is not None
-                              and (bytes(owner[0]), owner[1]) == (row[8], row[4]))
+                stored.append(
+                    first[row[0]] == i
+                    and owner is not None
+                    and (bytes(owner[0]), owner[1]) == (row[8], row[4])
+                )
             return stored
 
         return self._write(store)

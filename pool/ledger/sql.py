@@ -34,9 +34,7 @@ from .transaction import HISTORY, MAX_AMOUNT, SqlStore, Transaction
 SCHEMA_VERSION = 1
 
 
-class SqlLedger(
-    ShareRepository, BlockRepository, PaymentRepository, SummaryRepository, Ledger
-):
+class SqlLedger(ShareRepository, BlockRepository, PaymentRepository, SummaryRepository, Ledger):
     """The ledger over a SQL store; subclasses give the connection and transactions."""
 
     SCHEMA: ClassVar[str]  # DDL of schema version 1, statements separated by ";"

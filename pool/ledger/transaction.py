@@ -80,4 +80,3 @@ class SqlStore(abc.ABC):
 
     def _read(self, body: Callable[[Transaction], T]) -> T:
         return self._run(body, write=False)
-

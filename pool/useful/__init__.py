@@ -32,18 +32,18 @@ class UsefulConfig:
     """Settings of useful work; every key has a default."""
 
     enabled: bool = True
-    unit_m: int = DEFAULT_UNIT_M    # most output rows of A per unit (multiple of 16)
-    unit_n: int = DEFAULT_UNIT_N    # most output columns of B per unit (multiple of 16)
-    r: int = 64                     # preferred slab width; small k gets a smaller r
-    chunk_max: int = CHUNK_SIZE     # largest work.get_blob / work.result chunk, bytes
-    lease_seconds: float = 600.0    # a unit's lease deadline after it is handed out
-    max_attempts: int = 5           # wrong results before a unit (and its item) fails
-    freivalds_rounds: int = 3       # each round false-accepts with p ≤ 2^-16
-    max_dim: int = 16384            # largest m or n of a product
-    max_k: int = MAX_K              # largest k of a product (after padding)
-    max_upload_bytes: int = 256 << 20   # A plus B bytes of one product
-    max_active_items: int = 8       # queued or running items per customer
-    max_queued_bytes: int = 1 << 30 # operand bytes of a customer's unfinished items
+    unit_m: int = DEFAULT_UNIT_M  # most output rows of A per unit (multiple of 16)
+    unit_n: int = DEFAULT_UNIT_N  # most output columns of B per unit (multiple of 16)
+    r: int = 64  # preferred slab width; small k gets a smaller r
+    chunk_max: int = CHUNK_SIZE  # largest work.get_blob / work.result chunk, bytes
+    lease_seconds: float = 600.0  # a unit's lease deadline after it is handed out
+    max_attempts: int = 5  # wrong results before a unit (and its item) fails
+    freivalds_rounds: int = 3  # each round false-accepts with p ≤ 2^-16
+    max_dim: int = 16384  # largest m or n of a product
+    max_k: int = MAX_K  # largest k of a product (after padding)
+    max_upload_bytes: int = 256 << 20  # A plus B bytes of one product
+    max_active_items: int = 8  # queued or running items per customer
+    max_queued_bytes: int = 1 << 30  # operand bytes of a customer's unfinished items
     max_inflight_upload_bytes: int = 1 << 30  # uploads being received at once (503 beyond)
 
     def validate(self) -> None:
@@ -58,9 +58,16 @@ class UsefulConfig:
             raise ValueError(f"useful.chunk_max must be in 256..1048576, got {self.chunk_max}")
         if not self.lease_seconds > 0:
             raise ValueError("useful.lease_seconds must be positive")
-        for name in ("max_attempts", "freivalds_rounds", "max_dim", "max_k",
-                     "max_upload_bytes", "max_active_items", "max_queued_bytes",
-                     "max_inflight_upload_bytes"):
+        for name in (
+            "max_attempts",
+            "freivalds_rounds",
+            "max_dim",
+            "max_k",
+            "max_upload_bytes",
+            "max_active_items",
+            "max_queued_bytes",
+            "max_inflight_upload_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"useful.{name} must be at least 1")
 
@@ -80,16 +87,21 @@ class UsefulMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.useful_macs = Counter(
-            "matmine_pool_useful_macs", "MACs of verified useful products (unpadded)",
+            "matmine_pool_useful_macs",
+            "MACs of verified useful products (unpadded)",
             registry=registry,
         )
         self.work_units = Gauge(
-            "matmine_pool_work_units", "Useful work units by state", ["state"],
+            "matmine_pool_work_units",
+            "Useful work units by state",
+            ["state"],
             registry=registry,
         )
         self.result_checks = Counter(
-            "matmine_pool_result_checks", "Checks of returned unit results by outcome",
-            ["outcome"], registry=registry,
+            "matmine_pool_result_checks",
+            "Checks of returned unit results by outcome",
+            ["outcome"],
+            registry=registry,
         )
         self.verified_macs = 0
         """MACs of verified useful products since start (what ``useful_macs`` counts)."""

@@ -79,8 +79,9 @@ def is_loopback(host: str | None) -> bool:
     return addr.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None,
-           **extra: Any) -> JSONResponse:
+def _error(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     if status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
@@ -95,10 +96,14 @@ class _Denied(Exception):
 class WorkApi:
     """Request handlers over a queue and blob store; see the module text for the routes."""
 
-    def __init__(self, queue: WorkQueue, blobs: BlobStore,
-                 tokens: Mapping[str, str] | Iterable[str] | None,
-                 limiter: trio.CapacityLimiter,
-                 capable: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        queue: WorkQueue,
+        blobs: BlobStore,
+        tokens: Mapping[str, str] | Iterable[str] | None,
+        limiter: trio.CapacityLimiter,
+        capable: Callable[[], int] | None = None,
+    ) -> None:
         self.queue = queue
         self.capable = capable
         self.blobs = blobs
@@ -112,8 +117,9 @@ class WorkApi:
         if not self.customers:
             host = request.client.host if request.client else None
             if not is_loopback(host):
-                raise _Denied(403, "the work API answers loopback clients only "
-                                   "(no API tokens are configured)")
+                raise _Denied(
+                    403, "the work API answers loopback clients only (no API tokens are configured)"
+                )
             return LOCAL_CUSTOMER
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -136,8 +142,7 @@ class WorkApi:
         if size is None:
             raise WorkInputError("Content-Length is not a number")
         if size > self.max_body:
-            raise WorkLimitError(f"the upload is {size} bytes, over the limit of "
-                                 f"{self.max_body}")
+            raise WorkLimitError(f"the upload is {size} bytes, over the limit of {self.max_body}")
         return size
 
     def _body_parser(self, request: Request, declared: int | None) -> Body:
@@ -161,8 +166,7 @@ class WorkApi:
         shapes = body.shapes()
         assert shapes is not None
         (m, k), (_, n) = shapes
-        await trio.to_thread.run_sync(self.queue.admit, customer, m, k, n,
-                                      limiter=self.limiter)
+        await trio.to_thread.run_sync(self.queue.admit, customer, m, k, n, limiter=self.limiter)
 
     async def _receive(self, request: Request, customer: str) -> ItemStatus:
         """Stream the body to a spool, refusing it at the first bad byte, then queue it."""
@@ -171,15 +175,18 @@ class WorkApi:
         admitted = body.shapes() is not None
         if admitted:  # raw bytes: the query gave the shape
             await self._admit(customer, body)
-        with self.budget.reserve(self.max_body if declared is None else declared), \
-                Spool(self.blobs.upload_dir) as spool:
+        with (
+            self.budget.reserve(self.max_body if declared is None else declared),
+            Spool(self.blobs.upload_dir) as spool,
+        ):
             received = 0
             try:
                 async for chunk in request.stream():
                     received += len(chunk)
                     if received > self.max_body:
-                        raise WorkLimitError(f"the upload is over the limit of {self.max_body} "
-                                             "bytes")
+                        raise WorkLimitError(
+                            f"the upload is over the limit of {self.max_body} bytes"
+                        )
                     spool.add(body.feed(chunk))
                     if not admitted and body.shapes() is not None:
                         admitted = True
@@ -222,20 +229,26 @@ class WorkApi:
         except _Denied as exc:  # the body may be unread: close the connection after
             return _error(exc.status, str(exc), headers={"Connection": "close"})
         except WorkBusyError as exc:
-            return _error(exc.http_status, str(exc), headers={
-                "Retry-After": str(exc.retry_after), "Connection": "close"})
+            return _error(
+                exc.http_status,
+                str(exc),
+                headers={"Retry-After": str(exc.retry_after), "Connection": "close"},
+            )
         except WorkError as exc:
             await self._drain(request)
             return _error(exc.http_status, str(exc), headers={"Connection": "close"})
-        return JSONResponse(status.to_json(), status_code=201,
-                            headers={"Location": f"/api/work/{status.id}"})
+        return JSONResponse(
+            status.to_json(), status_code=201, headers={"Location": f"/api/work/{status.id}"}
+        )
 
     async def _item_status(self, request: Request) -> ItemStatus | Response:
         """The status of the work item a request names, or the error response."""
         try:
             customer = self.customer(request)
             return await trio.to_thread.run_sync(
-                self.queue.status, request.path_params["work_id"], customer,
+                self.queue.status,
+                request.path_params["work_id"],
+                customer,
                 limiter=self.limiter,
             )
         except _Denied as exc:
@@ -249,11 +262,16 @@ class WorkApi:
     def limits(self) -> dict[str, Any]:
         """The published limits of one product (what ``POST /api/work`` refuses beyond)."""
         cfg = self.queue.config
-        return {"dtype": "int8", "entry_min": ENTRY_MIN, "entry_max": ENTRY_MAX,
-                "max_dim": cfg.max_dim, "max_k": cfg.max_k,
-                "max_upload_bytes": cfg.max_upload_bytes,
-                "max_active_items": cfg.max_active_items,
-                "max_queued_bytes": cfg.max_queued_bytes}
+        return {
+            "dtype": "int8",
+            "entry_min": ENTRY_MIN,
+            "entry_max": ENTRY_MAX,
+            "max_dim": cfg.max_dim,
+            "max_k": cfg.max_k,
+            "max_upload_bytes": cfg.max_upload_bytes,
+            "max_active_items": cfg.max_active_items,
+            "max_queued_bytes": cfg.max_queued_bytes,
+        }
 
     async def info(self, request: Request) -> Response:
         try:
@@ -275,17 +293,25 @@ class WorkApi:
         if status.state != "done" or status.result_blob is None:
             done = status.unit_states.get("done", 0)
             why = f": {status.error}" if status.error else ""
-            return _error(409, f"work item {status.id} is {status.state} "
-                               f"({done}/{status.units} units done){why}", state=status.state)
-        return FileResponse(self.blobs.path(status.result_blob),
-                            media_type="application/octet-stream",
-                            filename=f"{status.id}.npy")
+            return _error(
+                409,
+                f"work item {status.id} is {status.state} ({done}/{status.units} units done){why}",
+                state=status.state,
+            )
+        return FileResponse(
+            self.blobs.path(status.result_blob),
+            media_type="application/octet-stream",
+            filename=f"{status.id}.npy",
+        )
 
 
-def create_work_routes(queue: WorkQueue, blobstore: BlobStore,
-                       tokens: Mapping[str, str] | Iterable[str] | None,
-                       limiter: trio.CapacityLimiter,
-                       capable: Callable[[], int] | None = None) -> list[Route]:
+def create_work_routes(
+    queue: WorkQueue,
+    blobstore: BlobStore,
+    tokens: Mapping[str, str] | Iterable[str] | None,
+    limiter: trio.CapacityLimiter,
+    capable: Callable[[], int] | None = None,
+) -> list[Route]:
     """The work API's routes, to mount in the pool's starlette app.
 
     ``tokens``: ``{token: customer name}`` or a list of tokens; empty or None means
@@ -321,7 +347,8 @@ def _raw_dims(query: Mapping[str, str]) -> tuple[int, int, int]:
         value = query.get(name)
         number = None if value is None else _decimal(value)
         if number is None or number < 1:
-            raise WorkInputError(f"query parameter {name} must be a positive integer, "
-                                 f"got {value!r:.20}")
+            raise WorkInputError(
+                f"query parameter {name} must be a positive integer, got {value!r:.20}"
+            )
         dims.append(number)
     return dims[0], dims[1], dims[2]

@@ -157,8 +157,9 @@ class BlobStore:
         info = self.info(bid)
         return np.frombuffer(self.read(bid), dtype=np.int8).reshape(info.rows, info.k)
 
-    def read_chunk(self, bid: bytes, offset: int, length: int, max_length: int
-                   ) -> tuple[bytes, int]:
+    def read_chunk(
+        self, bid: bytes, offset: int, length: int, max_length: int
+    ) -> tuple[bytes, int]:
         """``(data, total)``: up to ``length`` bytes of ``bid`` from ``offset``.
 
         The answer to ``work.get_blob``. Raises ``ProtocolError`` naming the field for a

@@ -43,8 +43,9 @@ class CliError(Exception):
 def _client(args: argparse.Namespace) -> httpx.Client:
     token = args.token or os.environ.get("MATMINE_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=args.api.rstrip("/"), headers=headers,
-                        timeout=httpx.Timeout(args.http_timeout))
+    return httpx.Client(
+        base_url=args.api.rstrip("/"), headers=headers, timeout=httpx.Timeout(args.http_timeout)
+    )
 
 
 def _check(response: httpx.Response) -> Any:
@@ -82,8 +83,10 @@ def _fetch_result(client: httpx.Client, work_id: str, output: Path) -> None:
 
 def _progress(status: dict[str, Any]) -> str:
     states = status.get("unit_states", {})
-    return (f"{status['id']}: {status['state']}, {states.get('done', 0)}/{status['units']} "
-            f"units done, {states.get('running', 0)} running")
+    return (
+        f"{status['id']}: {status['state']}, {states.get('done', 0)}/{status['units']} "
+        f"units done, {states.get('running', 0)} running"
+    )
 
 
 def _work_info(client: httpx.Client) -> dict[str, Any]:
@@ -116,10 +119,13 @@ def submit(args: argparse.Namespace) -> int:
                 raise CliError(f"{exc} (nothing uploaded)", code=2) from None
         if info.get("capable_sessions") == 0:
             print(f"warning: {NO_WORKER}", file=sys.stderr)
-        status = _check(client.post(
-            "/api/work", content=_npy_stream(paths),
-            headers={"Content-Type": "application/x-npy", "Content-Length": str(size)},
-        ))
+        status = _check(
+            client.post(
+                "/api/work",
+                content=_npy_stream(paths),
+                headers={"Content-Type": "application/x-npy", "Content-Length": str(size)},
+            )
+        )
         print(status["id"], flush=True)
         print(_progress(status), file=sys.stderr)
         if not args.wait:
@@ -171,24 +177,37 @@ def _run(func: Any) -> Any:
         except httpx.HTTPError as exc:
             print(f"error: cannot reach {args.api}: {exc}", file=sys.stderr)
             return 1
+
     return run
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--api", default=DEFAULT_API,
-                        help=f"base URL of the pool's HTTP API (default {DEFAULT_API})")
-    parser.add_argument("--token", default=None,
-                        help="API token (default: $MATMINE_TOKEN; none for a loopback pool "
-                             "without tokens)")
-    parser.add_argument("--http-timeout", type=float, default=300.0,
-                        help="seconds one HTTP request may take (default 300)")
+    parser.add_argument(
+        "--api",
+        default=DEFAULT_API,
+        help=f"base URL of the pool's HTTP API (default {DEFAULT_API})",
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="API token (default: $MATMINE_TOKEN; none for a loopback pool without tokens)",
+    )
+    parser.add_argument(
+        "--http-timeout",
+        type=float,
+        default=300.0,
+        help="seconds one HTTP request may take (default 300)",
+    )
 
 
 def add_work_subcommands(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``work submit|status|result`` to the pool CLI's ``subparsers``."""
-    work = subparsers.add_parser("work", help="submit useful work (matrix products) to a pool",
-                                 description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    work = subparsers.add_parser(
+        "work",
+        help="submit useful work (matrix products) to a pool",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = work.add_subparsers(dest="work_command", required=True)
 
     p = sub.add_parser("submit", help="submit C = A·B (A m×k, B k×n int8 .npy, in [-64, 64])")
@@ -197,13 +216,24 @@ def add_work_subcommands(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="poll until the product is done")
     p.add_argument("-o", "--output", help="with --wait: write C (int32 .npy, m×n) here")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between polls (default 1)")
-    p.add_argument("--no-check", dest="check", action="store_false",
-                   help="upload without checking A and B here first (the pool judges them)")
-    p.add_argument("--progress-interval", type=float, default=5.0,
-                   help="with --wait and stderr not a terminal: seconds between progress "
-                        "lines (default 5)")
-    p.add_argument("--timeout", type=float, default=24 * 3600.0,
-                   help="with --wait: give up after this many seconds (default one day)")
+    p.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="upload without checking A and B here first (the pool judges them)",
+    )
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=5.0,
+        help="with --wait and stderr not a terminal: seconds between progress lines (default 5)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=24 * 3600.0,
+        help="with --wait: give up after this many seconds (default one day)",
+    )
     _common(p)
     p.set_defaults(func=_run(submit))
 

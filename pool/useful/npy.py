@@ -51,8 +51,10 @@ def check_shape(name: str, shape: tuple[int, ...], config: UsefulConfig) -> tupl
         raise WorkInputError(f"{name} must be 2-D, got shape {one_line(str(shape), 80)}")
     rows, cols = shape
     if rows < 1 or cols < 1:
-        raise WorkInputError(f"{name} must not be empty or have negative dimensions, "
-                             f"got shape {one_line(str(shape), 80)}")
+        raise WorkInputError(
+            f"{name} must not be empty or have negative dimensions, "
+            f"got shape {one_line(str(shape), 80)}"
+        )
     outer, inner = (rows, cols) if name == "A" else (cols, rows)
     dim = "m" if name == "A" else "n"
     if outer > config.max_dim:
@@ -60,8 +62,9 @@ def check_shape(name: str, shape: tuple[int, ...], config: UsefulConfig) -> tupl
     if inner > config.max_k:
         raise WorkLimitError(f"{name}: k = {inner} is over the limit of {config.max_k}")
     if rows * cols > config.max_upload_bytes:
-        raise WorkLimitError(f"{name} is {rows * cols} bytes, over the limit of "
-                             f"{config.max_upload_bytes}")
+        raise WorkLimitError(
+            f"{name} is {rows * cols} bytes, over the limit of {config.max_upload_bytes}"
+        )
     return rows, cols
 
 
@@ -71,8 +74,9 @@ def check_pair(a: tuple[int, int], b: tuple[int, int], config: UsefulConfig) -> 
         raise WorkInputError(f"inner dimensions differ: A is {a[0]}x{a[1]}, B is {b[0]}x{b[1]}")
     total = a[0] * a[1] + b[0] * b[1]
     if total > config.max_upload_bytes:
-        raise WorkLimitError(f"A and B are {total} bytes, over the limit of "
-                             f"{config.max_upload_bytes}")
+        raise WorkLimitError(
+            f"A and B are {total} bytes, over the limit of {config.max_upload_bytes}"
+        )
 
 
 def parse_npy_header(raw: bytes, name: str) -> tuple[tuple[int, ...], bool, np.dtype] | None:
@@ -97,15 +101,19 @@ def parse_npy_header(raw: bytes, name: str) -> tuple[tuple[int, ...], bool, np.d
         return None
     hlen = int.from_bytes(raw[8 : 8 + size_bytes], "little")
     if hlen > MAX_NPY_HEADER:
-        raise WorkInputError(f"{bad}: its header is {hlen} bytes, over the limit of "
-                             f"{MAX_NPY_HEADER}")
+        raise WorkInputError(
+            f"{bad}: its header is {hlen} bytes, over the limit of {MAX_NPY_HEADER}"
+        )
     if len(raw) < 8 + size_bytes + hlen:
         return None
     f = io.BytesIO(raw[: 8 + size_bytes + hlen])
     try:
         np.lib.format.read_magic(f)
-        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                else np.lib.format.read_array_header_2_0)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
         shape, fortran, dtype = read(f, max_header_size=MAX_NPY_HEADER)
     except Exception as exc:  # ValueError, SyntaxError, RecursionError, ... from the header
         raise WorkInputError(f"{bad}: {one_line(str(exc))}") from None
@@ -145,8 +153,9 @@ class NpyReader:
             del self._head[hlen:]
             self.header_bytes = hlen
             if dtype.hasobject:
-                raise WorkInputError(f"{self.name} must be int8, got an object array "
-                                     "(pickled data is never loaded)")
+                raise WorkInputError(
+                    f"{self.name} must be int8, got an object array (pickled data is never loaded)"
+                )
             if dtype != np.int8:
                 raise WorkInputError(f"{self.name} must be int8, got {one_line(str(dtype), 60)}")
             shape = check_shape(self.name, shape, self.config)
@@ -159,9 +168,12 @@ class NpyReader:
     def finish(self) -> Operand:
         """The operand, if all of it arrived; else raise naming what is missing."""
         if self.operand is None:
-            raise WorkInputError(f"{self.name} is not a valid .npy: its header is cut short "
-                                 f"({len(self._head)} bytes)")
+            raise WorkInputError(
+                f"{self.name} is not a valid .npy: its header is cut short "
+                f"({len(self._head)} bytes)"
+            )
         if not self.done:
-            raise WorkInputError(f"{self.name}.npy is cut short: {self.received} of "
-                                 f"{self.operand.nbytes} data bytes")
+            raise WorkInputError(
+                f"{self.name}.npy is cut short: {self.received} of {self.operand.nbytes} data bytes"
+            )
         return self.operand

@@ -77,11 +77,16 @@ class WorkQueue(ItemSide, LeaseSide):
     """
 
     def __init__(
-        self, path: str | Path, blobs: BlobStore, config: UsefulConfig | None = None, *,
+        self,
+        path: str | Path,
+        blobs: BlobStore,
+        config: UsefulConfig | None = None,
+        *,
         clock: Callable[[], float] = time.time,
         on_units_changed: Callable[[dict[str, int]], None] | None = None,
     ) -> None:
         super().__init__(path, blobs, config, clock=clock, on_units_changed=on_units_changed)
-        self.recovered = self._release_where("state IN ('active', 'delivered')", (),
-                                             "released", "restart")
+        self.recovered = self._release_where(
+            "state IN ('active', 'delivered')", (), "released", "restart"
+        )
         self._units_changed()

@@ -63,9 +63,25 @@ class ItemSide(QueueDb):
                 del ua, ub
             ai, bi = a_blobs[unit.row0], b_blobs[unit.col0]
             s = unit.shape
-            rows.append((unit.index, unit_id(s, ai.rows_root, bi.rows_root), unit.row0,
-                         unit.rows, unit.col0, unit.cols, unit.k, s.m, s.n, s.k, s.r,
-                         ai.blob_id, bi.blob_id, ai.rows_root, bi.rows_root))
+            rows.append(
+                (
+                    unit.index,
+                    unit_id(s, ai.rows_root, bi.rows_root),
+                    unit.row0,
+                    unit.rows,
+                    unit.col0,
+                    unit.cols,
+                    unit.k,
+                    s.m,
+                    s.n,
+                    s.k,
+                    s.r,
+                    ai.blob_id,
+                    bi.blob_id,
+                    ai.rows_root,
+                    bi.rows_root,
+                )
+            )
         item_id = secrets.token_hex(12)
         now = self.clock()
         with self._tx() as db:
@@ -108,11 +124,14 @@ class ItemSide(QueueDb):
         self._check_customer(customer, operand_bytes)
         return plan
 
-    def _check_customer(self, customer: str, operand_bytes: int,
-                        db: sqlite3.Connection | None = None) -> None:
+    def _check_customer(
+        self, customer: str, operand_bytes: int, db: sqlite3.Connection | None = None
+    ) -> None:
         cfg = self.config
-        query = ("SELECT COUNT(*), COALESCE(SUM(operand_bytes), 0) FROM items "
-                 "WHERE customer = ? AND state IN ('queued', 'running')")
+        query = (
+            "SELECT COUNT(*), COALESCE(SUM(operand_bytes), 0) FROM items "
+            "WHERE customer = ? AND state IN ('queued', 'running')"
+        )
         if db is None:
             with self._lock:
                 count, queued = self._db.execute(query, (customer,)).fetchone()
@@ -121,12 +140,14 @@ class ItemSide(QueueDb):
         if count >= cfg.max_active_items:
             raise WorkLimitError(
                 f"{count} unfinished items, the limit per customer is {cfg.max_active_items}; "
-                "wait for one to finish", http_status=429,
+                "wait for one to finish",
+                http_status=429,
             )
         if queued + operand_bytes > cfg.max_queued_bytes:
             raise WorkLimitError(
                 f"unfinished items hold {queued} bytes; {operand_bytes} more would pass the "
-                f"limit of {cfg.max_queued_bytes} per customer", http_status=429,
+                f"limit of {cfg.max_queued_bytes} per customer",
+                http_status=429,
             )
 
     def status(self, item_id: str, customer: str | None = None) -> ItemStatus:
@@ -134,7 +155,8 @@ class ItemSide(QueueDb):
         with self._lock:
             row = self._db.execute(
                 "SELECT id, customer, state, m, n, k, r, created, finished, error, result_blob "
-                "FROM items WHERE id = ?", (item_id,),
+                "FROM items WHERE id = ?",
+                (item_id,),
             ).fetchone()
             if row is None or (customer is not None and row[1] != customer):
                 raise WorkNotFound(f"no work item {item_id!r:.40}")
@@ -191,8 +213,12 @@ class ItemSide(QueueDb):
         session may still be mining it (its lease ends on its own).
         """
         with self._lock:
-            keep = {r[0] for r in self._db.execute(
-                "SELECT result_blob FROM items WHERE result_blob IS NOT NULL")}
+            keep = {
+                r[0]
+                for r in self._db.execute(
+                    "SELECT result_blob FROM items WHERE result_blob IS NOT NULL"
+                )
+            }
             for a, b, c in self._db.execute(
                 "SELECT u.a_blob, u.b_blob, u.result_blob FROM units u JOIN items i "
                 "ON u.item = i.id WHERE i.state IN ('queued', 'running') "
@@ -205,9 +231,11 @@ class ItemSide(QueueDb):
         """Forget items finished (done or failed) before ``before``, with their units,
         leases and held shares, once no unit of theirs is still queued or leased; returns
         the number of items forgotten (their blobs go at the next :meth:`BlobStore.collect`)."""
-        gone_items = ("SELECT id FROM items i WHERE state IN ('done', 'failed') AND finished < ?"
-                      " AND NOT EXISTS (SELECT 1 FROM units u WHERE u.item = i.id"
-                      " AND u.state IN ('queued', 'running'))")
+        gone_items = (
+            "SELECT id FROM items i WHERE state IN ('done', 'failed') AND finished < ?"
+            " AND NOT EXISTS (SELECT 1 FROM units u WHERE u.item = i.id"
+            " AND u.state IN ('queued', 'running'))"
+        )
         units = f"SELECT key FROM units WHERE item IN ({gone_items})"
         leases = f"SELECT id FROM leases WHERE unit IN ({units})"
         with self._tx() as db:

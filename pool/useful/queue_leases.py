@@ -34,7 +34,8 @@ class LeaseSide(QueueDb):
             unit = db.execute(
                 "SELECT u.key, u.item FROM units u WHERE u.state = 'queued' AND NOT EXISTS "
                 "(SELECT 1 FROM leases l WHERE l.unit = u.key AND l.session = ? "
-                "AND l.state = 'rejected') ORDER BY u.key LIMIT 1", (session,),
+                "AND l.state = 'rejected') ORDER BY u.key LIMIT 1",
+                (session,),
             ).fetchone()
             if unit is None:
                 return None
@@ -105,8 +106,12 @@ class LeaseSide(QueueDb):
 
     def held_shares(self, lease_id: int) -> list[Any]:
         with self._lock:
-            return [json.loads(r[0]) for r in self._db.execute(
-                "SELECT share FROM held_shares WHERE lease = ? ORDER BY id", (lease_id,))]
+            return [
+                json.loads(r[0])
+                for r in self._db.execute(
+                    "SELECT share FROM held_shares WHERE lease = ? ORDER BY id", (lease_id,)
+                )
+            ]
 
     def complete(self, lease_id: int, result_blob: bytes) -> LeaseEnd:
         """The lease's result verified: the unit is done; returns the shares to credit.
@@ -137,13 +142,18 @@ class LeaseSide(QueueDb):
             lease = self._open(db, lease_id)
             attempts = lease.unit.attempts + 1
             unit_state = "failed" if attempts >= self.config.max_attempts else "queued"
-            db.execute("UPDATE units SET state = ?, attempts = ? WHERE key = ?",
-                       (unit_state, attempts, lease.unit.key))
+            db.execute(
+                "UPDATE units SET state = ?, attempts = ? WHERE key = ?",
+                (unit_state, attempts, lease.unit.key),
+            )
             if unit_state == "failed":
                 db.execute(
                     "UPDATE items SET state = 'failed', finished = ?, error = ? WHERE id = ?",
-                    (now, f"unit {lease.unit.plan.index} failed {attempts} checks; last: "
-                     f"{reason}", lease.unit.item),
+                    (
+                        now,
+                        f"unit {lease.unit.plan.index} failed {attempts} checks; last: {reason}",
+                        lease.unit.item,
+                    ),
                 )
                 db.execute(
                     "UPDATE units SET state = 'failed' WHERE item = ? AND state = 'queued'",
@@ -155,15 +165,20 @@ class LeaseSide(QueueDb):
 
     def release_session(self, session: str) -> list[LeaseEnd]:
         """The session disconnected: its active lease ends, the unit goes back to the queue."""
-        ends = self._release_where("state IN ('active', 'delivered') AND session = ?",
-                                   (session,), "released", "disconnected")
+        ends = self._release_where(
+            "state IN ('active', 'delivered') AND session = ?",
+            (session,),
+            "released",
+            "disconnected",
+        )
         self._units_changed()
         return ends
 
     def expire(self) -> list[LeaseEnd]:
         """End every active lease past its deadline; their units go back to the queue."""
-        ends = self._release_where("state = 'active' AND deadline < ?", (self.clock(),),
-                                   "expired", "deadline passed")
+        ends = self._release_where(
+            "state = 'active' AND deadline < ?", (self.clock(),), "expired", "deadline passed"
+        )
         if ends:
             self._units_changed()
         return ends
@@ -172,29 +187,38 @@ class LeaseSide(QueueDb):
         """The earliest deadline of an active lease (when to call :meth:`expire` next)."""
         with self._lock:
             return self._db.execute(
-                "SELECT MIN(deadline) FROM leases WHERE state = 'active'").fetchone()[0]
+                "SELECT MIN(deadline) FROM leases WHERE state = 'active'"
+            ).fetchone()[0]
 
     # --- internals ------------------------------------------------------------------
 
-    def _release_where(self, where: str, args: tuple, state: str, reason: str
-                       ) -> list[LeaseEnd]:
+    def _release_where(self, where: str, args: tuple, state: str, reason: str) -> list[LeaseEnd]:
         now = self.clock()
         ends = []
         with self._tx() as db:
             ids = [r[0] for r in db.execute(f"SELECT id FROM leases WHERE {where}", args)]
             for lease_id in ids:
                 lease = self._lease(db, lease_id)
-                db.execute("UPDATE units SET state = 'queued' WHERE key = ? AND state = 'running'",
-                           (lease.unit.key,))
+                db.execute(
+                    "UPDATE units SET state = 'queued' WHERE key = ? AND state = 'running'",
+                    (lease.unit.key,),
+                )
                 ends.append(LeaseEnd(lease, state, self._end(db, lease, state, now, reason)))
         return ends
 
-    def _end(self, db: sqlite3.Connection, lease: Lease, state: str, now: float,
-             reason: str | None) -> list[Any]:
-        db.execute("UPDATE leases SET state = ?, ended = ?, reason = ? WHERE id = ?",
-                   (state, now, reason, lease.id))
-        shares = [json.loads(r[0]) for r in db.execute(
-            "SELECT share FROM held_shares WHERE lease = ? ORDER BY id", (lease.id,))]
+    def _end(
+        self, db: sqlite3.Connection, lease: Lease, state: str, now: float, reason: str | None
+    ) -> list[Any]:
+        db.execute(
+            "UPDATE leases SET state = ?, ended = ?, reason = ? WHERE id = ?",
+            (state, now, reason, lease.id),
+        )
+        shares = [
+            json.loads(r[0])
+            for r in db.execute(
+                "SELECT share FROM held_shares WHERE lease = ? ORDER BY id", (lease.id,)
+            )
+        ]
         db.execute("DELETE FROM held_shares WHERE lease = ?", (lease.id,))
         return shares
 

@@ -137,8 +137,9 @@ class Unit:
     def work_spec(self) -> WorkSpec:
         """The ``work`` of a ``mining.notify`` for this unit (a blob workload)."""
         s = self.shape
-        return WorkSpec(s.m, s.n, s.k, s.r, self.a_root, self.b_root,
-                        BlobSource(self.a_blob, self.b_blob))
+        return WorkSpec(
+            s.m, s.n, s.k, s.r, self.a_root, self.b_root, BlobSource(self.a_blob, self.b_blob)
+        )
 
 
 @dataclass(frozen=True)
@@ -195,32 +196,63 @@ class ItemStatus:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "state": self.state, "shape": {"m": self.m, "k": self.k, "n": self.n},
-            "r": self.r, "units": self.units, "unit_states": self.unit_states,
-            "progress": round(self.progress, 6), "created": self.created,
-            "finished": self.finished, "error": self.error,
+            "id": self.id,
+            "state": self.state,
+            "shape": {"m": self.m, "k": self.k, "n": self.n},
+            "r": self.r,
+            "units": self.units,
+            "unit_states": self.unit_states,
+            "progress": round(self.progress, 6),
+            "created": self.created,
+            "finished": self.finished,
+            "error": self.error,
             "result": self.result_blob is not None,
         }
 
 
-UNIT_COLUMNS = ("key, item, idx, row0, rows, col0, cols, k_real, m, n, k, r, unit_id, "
-                "a_blob, b_blob, a_root, b_root, state, attempts, result_blob")
+UNIT_COLUMNS = (
+    "key, item, idx, row0, rows, col0, cols, k_real, m, n, k, r, unit_id, "
+    "a_blob, b_blob, a_root, b_root, state, attempts, result_blob"
+)
 
 
 def unit_from_row(row: tuple) -> Unit:
     """A :class:`Unit` from a row of ``SELECT {UNIT_COLUMNS} FROM units``."""
-    (key, item, idx, row0, rows, col0, cols, k_real, m, n, k, r, uid, a_blob, b_blob,
-     a_root, b_root, state, attempts, result_blob) = row
+    (
+        key,
+        item,
+        idx,
+        row0,
+        rows,
+        col0,
+        cols,
+        k_real,
+        m,
+        n,
+        k,
+        r,
+        uid,
+        a_blob,
+        b_blob,
+        a_root,
+        b_root,
+        state,
+        attempts,
+        result_blob,
+    ) = row
     plan = UnitPlan(idx, row0, rows, col0, cols, k_real, Shape(m, n, k, r))
-    return Unit(key, item, plan, uid, a_blob, b_blob, a_root, b_root, state, attempts,
-                result_blob)
+    return Unit(key, item, plan, uid, a_blob, b_blob, a_root, b_root, state, attempts, result_blob)
 
 
 class QueueDb:
     """The queue's SQLite file at ``path`` (created or migrated on opening)."""
 
     def __init__(
-        self, path: str | Path, blobs: BlobStore, config: UsefulConfig | None = None, *,
+        self,
+        path: str | Path,
+        blobs: BlobStore,
+        config: UsefulConfig | None = None,
+        *,
         clock: Callable[[], float] = time.time,
         on_units_changed: Callable[[dict[str, int]], None] | None = None,
     ) -> None:
@@ -268,6 +300,5 @@ class QueueDb:
         ).fetchone()
         if row is None:
             raise LeaseError(f"no lease {lease_id}")
-        unit = db.execute(f"SELECT {UNIT_COLUMNS} FROM units WHERE key = ?",
-                          (row[4],)).fetchone()
+        unit = db.execute(f"SELECT {UNIT_COLUMNS} FROM units WHERE key = ?", (row[4],)).fetchone()
         return Lease(row[0], row[1], row[2], row[3], unit_from_row(unit))

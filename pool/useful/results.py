@@ -74,27 +74,35 @@ class Passed:
 class ResultDesk:
     """Takes unit results from sessions, checks them, and delivers finished products."""
 
-    def __init__(self, queue: WorkQueue, blobs: BlobStore, config: UsefulConfig | None = None,
-                 metrics: UsefulMetrics | None = None) -> None:
+    def __init__(
+        self,
+        queue: WorkQueue,
+        blobs: BlobStore,
+        config: UsefulConfig | None = None,
+        metrics: UsefulMetrics | None = None,
+    ) -> None:
         self.queue = queue
         self.blobs = blobs
         self.config = config or queue.config
         self.metrics = metrics
         self._uploads: dict[int, ChunkAssembler] = {}
 
-    def receive(self, lease: Lease, session: str, unit: bytes, offset: int, data: bytes,
-                final: bool) -> Receipt:
+    def receive(
+        self, lease: Lease, session: str, unit: bytes, offset: int, data: bytes, final: bool
+    ) -> Receipt:
         """Take one ``work.result`` chunk for ``lease``; ``ProtocolError`` if out of place.
 
         A chunk that is refused drops the partial upload (the worker starts again at 0).
         """
         if lease.session != session:
-            raise ProtocolError("work.result: this job's unit is leased to another session",
-                                code=ErrorCode.STALE)
+            raise ProtocolError(
+                "work.result: this job's unit is leased to another session", code=ErrorCode.STALE
+            )
         if lease.state != "active":
             self._uploads.pop(lease.id, None)
-            raise ProtocolError(f"work.result: the lease of this job is {lease.state}",
-                                code=ErrorCode.STALE)
+            raise ProtocolError(
+                f"work.result: the lease of this job is {lease.state}", code=ErrorCode.STALE
+            )
         if unit != lease.unit.unit_id:
             raise ProtocolError("work.result: params.unit is not the unit of this job")
         if len(data) > self.config.chunk_max:
@@ -170,8 +178,9 @@ class ResultDesk:
         os.close(fd)
         path = Path(tmp)
         try:
-            out = np.lib.format.open_memmap(path, mode="w+", dtype=RESULT_DTYPE,
-                                            shape=(status.m, status.n))
+            out = np.lib.format.open_memmap(
+                path, mode="w+", dtype=RESULT_DTYPE, shape=(status.m, status.n)
+            )
             for unit in units:
                 if unit.result_blob is None:
                     raise ProtocolError(f"unit {unit.plan.index} of {item_id} has no result")

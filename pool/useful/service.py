@@ -66,8 +66,13 @@ def share_to_json(record: ShareRecord) -> dict[str, Any]:
 
 def share_from_json(data: dict[str, Any]) -> ShareRecord:
     """The inverse of :func:`share_to_json`."""
-    return ShareRecord(**{**data, "digest": bytes.fromhex(data["digest"]),
-                          "session_id": bytes.fromhex(data["session_id"])})
+    return ShareRecord(
+        **{
+            **data,
+            "digest": bytes.fromhex(data["digest"]),
+            "session_id": bytes.fromhex(data["session_id"]),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -87,9 +92,15 @@ Credit = Callable[[list[ShareRecord]], Awaitable[object]]
 class UsefulWork:
     """Useful work of one pool instance; see the module doc."""
 
-    def __init__(self, data_dir: str | Path, config: UsefulConfig, metrics: UsefulMetrics,
-                 limiter: trio.CapacityLimiter | None = None, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        config: UsefulConfig,
+        metrics: UsefulMetrics,
+        limiter: trio.CapacityLimiter | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         root = Path(data_dir)
         self.config = config
         self.metrics = metrics
@@ -97,12 +108,17 @@ class UsefulWork:
         self._token: trio.lowlevel.TrioToken | None = None  # set by watch_queue
         self._queued = trio.Event()
         self.blobs = BlobStore(root / "useful" / "blobs")
-        self.queue = WorkQueue(root / "useful.sqlite", self.blobs, config, clock=clock,
-                               on_units_changed=self._units_changed)
+        self.queue = WorkQueue(
+            root / "useful.sqlite",
+            self.blobs,
+            config,
+            clock=clock,
+            on_units_changed=self._units_changed,
+        )
         self.desk = ResultDesk(self.queue, self.blobs, config, metrics)
         self._works: OrderedDict[int, UnitWork] = OrderedDict()
-        self._current: dict[str, Lease] = {}   # session → the lease of its newest job
-        self._served: dict[int, int] = {}      # lease id → blob bytes served
+        self._current: dict[str, Lease] = {}  # session → the lease of its newest job
+        self._served: dict[int, int] = {}  # lease id → blob bytes served
         self._expiry_poke = trio.Event()
         self.on_lease_end: Callable[[LeaseEnd], None] | None = None
 
@@ -115,8 +131,10 @@ class UsefulWork:
         if done:
             log.info("assembled %d finished work item(s) left by the last run", len(done))
         if self.queue.recovered:
-            log.info("released %d lease(s) of the last run; their units are queued again",
-                     len(self.queue.recovered))
+            log.info(
+                "released %d lease(s) of the last run; their units are queued again",
+                len(self.queue.recovered),
+            )
 
     def close(self) -> None:
         self.queue.close()
@@ -128,8 +146,7 @@ class UsefulWork:
             return self.queue.unit_counts(), self.queue.item_counts()
 
         units, items = await self._call(read)
-        return {"units": units, "items": items,
-                "useful_macs": self.metrics.verified_macs}
+        return {"units": units, "items": items, "useful_macs": self.metrics.verified_macs}
 
     # -- units queued -----------------------------------------------------------------------
 
@@ -144,9 +161,12 @@ class UsefulWork:
     def _poke_queued(self) -> None:
         self._queued.set()
 
-    async def watch_queue(self, on_units_queued: Callable[[], None], *,
-                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                          ) -> None:
+    async def watch_queue(
+        self,
+        on_units_queued: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Call ``on_units_queued`` (it must not block) whenever the queue's unit counts
         change while units are queued, and once at start if some are; several changes
         close together make one call. Runs until cancelled."""
@@ -182,9 +202,14 @@ class UsefulWork:
         else:
             self._works.move_to_end(lease.unit.key)
         if self._current.get(session) is None or self._current[session].id != lease.id:
-            log.info("unit %s… (item %s, unit %d) leased to session %s until %.0f",
-                     lease.unit.unit_id.hex()[:16], lease.unit.item, lease.unit.plan.index,
-                     session, lease.deadline)
+            log.info(
+                "unit %s… (item %s, unit %d) leased to session %s until %.0f",
+                lease.unit.unit_id.hex()[:16],
+                lease.unit.item,
+                lease.unit.plan.index,
+                session,
+                lease.deadline,
+            )
         self._current[session] = lease
         self._expiry_poke.set()
         return lease, work
@@ -210,8 +235,13 @@ class UsefulWork:
             current = self._current.get(end.lease.session)
             if current is not None and current.id == end.lease.id:
                 del self._current[end.lease.session]
-            log.info("lease %d of unit %s… ended (%s): %d held share(s) voided", end.lease.id,
-                     end.lease.unit.unit_id.hex()[:16], end.state, len(end.shares))
+            log.info(
+                "lease %d of unit %s… ended (%s): %d held share(s) voided",
+                end.lease.id,
+                end.lease.unit.unit_id.hex()[:16],
+                end.state,
+                len(end.shares),
+            )
 
     # -- work.get_blob --------------------------------------------------------------------
 
@@ -219,18 +249,28 @@ class UsefulWork:
         """Answer ``work.get_blob``; ``ProtocolError`` with the wire code when refused."""
         lease = self._current.get(session)
         unit = lease.unit if lease is not None else None
-        if lease is None or unit is None or msg.hash not in (unit.a_blob, unit.b_blob) \
-                or lease.deadline < self.queue.clock():
-            raise ProtocolError(f"work.get_blob: blob {msg.hash.hex()[:16]}… is not an operand "
-                                "of this session's current work unit", code=ErrorCode.STALE)
+        if (
+            lease is None
+            or unit is None
+            or msg.hash not in (unit.a_blob, unit.b_blob)
+            or lease.deadline < self.queue.clock()
+        ):
+            raise ProtocolError(
+                f"work.get_blob: blob {msg.hash.hex()[:16]}… is not an operand "
+                "of this session's current work unit",
+                code=ErrorCode.STALE,
+            )
         budget = BLOB_BUDGET_FACTOR * (unit.shape.m + unit.shape.n) * unit.shape.k
         served = self._served.get(lease.id, 0)
         if served + min(msg.length, self.config.chunk_max) > budget:
-            raise ProtocolError(f"work.get_blob: this work unit's blobs were already served "
-                                f"{served} bytes; the limit is {budget}",
-                                code=ErrorCode.RATE_LIMITED)
-        data, total = await self._call(self.blobs.read_chunk, msg.hash, msg.offset, msg.length,
-                                       self.config.chunk_max)
+            raise ProtocolError(
+                f"work.get_blob: this work unit's blobs were already served "
+                f"{served} bytes; the limit is {budget}",
+                code=ErrorCode.RATE_LIMITED,
+            )
+        data, total = await self._call(
+            self.blobs.read_chunk, msg.hash, msg.offset, msg.length, self.config.chunk_max
+        )
         self._served[lease.id] = served + len(data)
         return GetBlobResult(data=data, total=total)
 
@@ -245,8 +285,10 @@ class UsefulWork:
         """
         lease = await self.lease_of_job(session, msg.job_id)
         if lease is None:
-            raise ProtocolError(f"work.result: job {msg.job_id!r:.70} is not a useful-work job "
-                                "of this session", code=ErrorCode.OTHER)
+            raise ProtocolError(
+                f"work.result: job {msg.job_id!r:.70} is not a useful-work job of this session",
+                code=ErrorCode.OTHER,
+            )
         receipt = self.desk.receive(lease, session, msg.unit, msg.offset, msg.data, msg.final)
         if not receipt.complete:
             return WorkResultAck(accepted=True, received=receipt.received)
@@ -259,8 +301,7 @@ class UsefulWork:
         self._end_current(lease)
         return Delivery(lease, session, raw, receipt.received)
 
-    async def judge(self, delivery: Delivery, credit: Credit
-                    ) -> tuple[WorkResultAck, Verdict]:
+    async def judge(self, delivery: Delivery, credit: Credit) -> tuple[WorkResultAck, Verdict]:
         """Check a delivered result; on a pass, ``credit`` the held shares, then mark the
         unit done — in that order, shielded from cancellation (a session that closes now
         still has its result judged). Returns the final chunk's ack and the verdict;
@@ -274,22 +315,37 @@ class UsefulWork:
                     await self._credit(credit, checked.shares, session)
                     verdict = await self._call(self.desk.complete, checked)
                     credited = {s["digest"] for s in checked.shares}
-                    await self._credit(credit, [s for s in verdict.end.shares
-                                                if s["digest"] not in credited], session)
+                    await self._credit(
+                        credit,
+                        [s for s in verdict.end.shares if s["digest"] not in credited],
+                        session,
+                    )
                 else:
                     verdict = checked
             except LeaseError as exc:  # released meanwhile: the unit is computed again
                 raise ProtocolError(f"work.result: {exc}", code=ErrorCode.STALE) from None
         if verdict.passed:
-            log.info("unit %s… verified (session %s): %d held share(s) credited%s", short,
-                     session, len(verdict.end.shares),
-                     f"; item {lease.unit.item} delivered" if verdict.delivered else "")
-            return WorkResultAck(accepted=True, received=delivery.received, verified=True), \
-                verdict
-        log.warning("unit %s… result of session %s rejected (%s): %d held share(s) voided",
-                    short, session, verdict.reason, len(verdict.end.shares))
-        return WorkResultAck(accepted=False, received=delivery.received, verified=False,
-                             reason=(verdict.reason or verdict.outcome)[:256]), verdict
+            log.info(
+                "unit %s… verified (session %s): %d held share(s) credited%s",
+                short,
+                session,
+                len(verdict.end.shares),
+                f"; item {lease.unit.item} delivered" if verdict.delivered else "",
+            )
+            return WorkResultAck(accepted=True, received=delivery.received, verified=True), verdict
+        log.warning(
+            "unit %s… result of session %s rejected (%s): %d held share(s) voided",
+            short,
+            session,
+            verdict.reason,
+            len(verdict.end.shares),
+        )
+        return WorkResultAck(
+            accepted=False,
+            received=delivery.received,
+            verified=False,
+            reason=(verdict.reason or verdict.outcome)[:256],
+        ), verdict
 
     async def _credit(self, credit: Credit, shares: list[Any], session: str) -> None:
         if not shares:
@@ -297,8 +353,9 @@ class UsefulWork:
         try:
             await credit([share_from_json(s) for s in shares])
         except Exception as exc:  # the unit's result stands; the shares could not be written
-            log.error("could not credit %d verified share(s) of session %s: %s", len(shares),
-                      session, exc)
+            log.error(
+                "could not credit %d verified share(s) of session %s: %s", len(shares), session, exc
+            )
 
     def _end_current(self, lease: Lease) -> None:
         self._served.pop(lease.id, None)
@@ -322,9 +379,12 @@ class UsefulWork:
             for end in ends:
                 self.on_lease_end(end)
 
-    async def run_expiry(self, on_lease_end: Callable[[LeaseEnd], None], *,
-                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                         ) -> None:
+    async def run_expiry(
+        self,
+        on_lease_end: Callable[[LeaseEnd], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """End leases past their deadline (at the deadline, or within a second of it).
 
         ``on_lease_end`` hears of each (it must not block: it schedules new work).
@@ -333,8 +393,11 @@ class UsefulWork:
         task_status.started()
         while True:
             deadline = await self._call(self.queue.next_deadline)
-            wait = MAX_EXPIRY_SLEEP if deadline is None else \
-                min(MAX_EXPIRY_SLEEP, max(0.0, deadline - self.queue.clock()) + 0.01)
+            wait = (
+                MAX_EXPIRY_SLEEP
+                if deadline is None
+                else min(MAX_EXPIRY_SLEEP, max(0.0, deadline - self.queue.clock()) + 0.01)
+            )
             with trio.move_on_after(wait):
                 await self._expiry_poke.wait()
             self._expiry_poke = trio.Event()

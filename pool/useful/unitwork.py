@@ -36,8 +36,9 @@ class UnitWork:
         a, bt = blobs.matrix(unit.a_blob), blobs.matrix(unit.b_blob)
         work = cls(unit, a, bt, RowTree(a), RowTree(bt))
         if work.a_tree.root != unit.a_root or work.b_tree.root != unit.b_root:
-            raise ValueError(f"unit {unit.unit_id.hex()[:16]}…: stored blobs do not match "
-                             "their row roots")
+            raise ValueError(
+                f"unit {unit.unit_id.hex()[:16]}…: stored blobs do not match their row roots"
+            )
         return work
 
     @property

@@ -125,13 +125,16 @@ class NpyPairBody:
             return
         need = sum(r.header_bytes + r.operand.nbytes for r in self.readers if r.operand)
         if reader is a and need > self.declared:
-            raise WorkInputError(f"A.npy is cut short: the body is {self.declared} bytes, "
-                                 f"A alone needs {need}")
+            raise WorkInputError(
+                f"A.npy is cut short: the body is {self.declared} bytes, A alone needs {need}"
+            )
         if reader is a and need == self.declared:
             raise WorkInputError("the body holds only A: send A.npy followed by B.npy")
         if reader is b and need > self.declared:
-            raise WorkInputError(f"B.npy is cut short: the body is {self.declared} bytes, "
-                                 f"A.npy and B.npy need {need}")
+            raise WorkInputError(
+                f"B.npy is cut short: the body is {self.declared} bytes, "
+                f"A.npy and B.npy need {need}"
+            )
         if reader is b and need < self.declared:
             raise WorkInputError(f"{self.declared - need} bytes after B.npy")
 
@@ -149,8 +152,7 @@ class NpyPairBody:
 class RawPairBody:
     """``application/octet-stream``: A's then B's bytes, row-major, shape from the query."""
 
-    def __init__(self, m: int, k: int, n: int, config: UsefulConfig,
-                 declared: int | None) -> None:
+    def __init__(self, m: int, k: int, n: int, config: UsefulConfig, declared: int | None) -> None:
         self.a = check_shape("A", (m, k), config)
         self.b = check_shape("B", (k, n), config)
         check_pair(self.a, self.b, config)
@@ -170,8 +172,7 @@ class RawPairBody:
             raise WorkInputError(f"the body is over {self.want} bytes; {self._what}")
         view = memoryview(chunk)
         split = max(0, min(len(view), self.a[0] * self.a[1] - start))
-        return [(name, part) for name, part in (("A", view[:split]), ("B", view[split:]))
-                if part]
+        return [(name, part) for name, part in (("A", view[:split]), ("B", view[split:])) if part]
 
     def finish(self) -> tuple[Operand, Operand]:
         if self.received != self.want:
@@ -201,15 +202,18 @@ class MultipartBody:
         self._extra = 0
         self.ended = False
         try:
-            self._parser = MultipartParser(boundary, {
-                "on_part_begin": lambda: self._events.append(("begin", b"")),
-                "on_header_field": lambda d, s, e: self._events.append(("field", d[s:e])),
-                "on_header_value": lambda d, s, e: self._events.append(("value", d[s:e])),
-                "on_header_end": lambda: self._events.append(("header", b"")),
-                "on_part_data": lambda d, s, e: self._events.append(("data", bytes(d[s:e]))),
-                "on_part_end": lambda: self._events.append(("end", b"")),
-                "on_end": lambda: self._events.append(("close", b"")),
-            })
+            self._parser = MultipartParser(
+                boundary,
+                {
+                    "on_part_begin": lambda: self._events.append(("begin", b"")),
+                    "on_header_field": lambda d, s, e: self._events.append(("field", d[s:e])),
+                    "on_header_value": lambda d, s, e: self._events.append(("value", d[s:e])),
+                    "on_header_end": lambda: self._events.append(("header", b"")),
+                    "on_part_data": lambda d, s, e: self._events.append(("data", bytes(d[s:e]))),
+                    "on_part_end": lambda: self._events.append(("end", b"")),
+                    "on_end": lambda: self._events.append(("close", b"")),
+                },
+            )
         except FormParserError as exc:
             raise WorkInputError(f"malformed multipart body: {one_line(str(exc))}") from None
         self._skip = False
@@ -263,22 +267,26 @@ class MultipartBody:
         else:
             self._extra += 1
             if self._extra > MAX_EXTRA_PARTS:
-                raise WorkInputError(f"malformed multipart body: more than {MAX_EXTRA_PARTS} "
-                                     "fields besides 'a' and 'b'")
+                raise WorkInputError(
+                    f"malformed multipart body: more than {MAX_EXTRA_PARTS} "
+                    "fields besides 'a' and 'b'"
+                )
             self._skip = True
 
     def _data(self, view: memoryview) -> Segments:
         reader = self._current
         if reader is None:
             if not self._skip:
-                raise WorkInputError("malformed multipart body: a part without a "
-                                     "Content-Disposition name")
+                raise WorkInputError(
+                    "malformed multipart body: a part without a Content-Disposition name"
+                )
             return []
         had_header = reader.operand is not None
         used, data = reader.feed(view)
         if used < len(view):
-            raise WorkInputError(f"multipart field {reader.name.lower()!r}: "
-                                 f"{len(view) - used} bytes after the array")
+            raise WorkInputError(
+                f"multipart field {reader.name.lower()!r}: {len(view) - used} bytes after the array"
+            )
         if not had_header and reader.operand is not None:
             shapes = self.shapes()
             if shapes is not None:
@@ -292,8 +300,10 @@ class MultipartBody:
         if not self.ended:
             raise WorkInputError("malformed multipart body: it ends before the closing boundary")
         first, second = (self.readers[n].finish() for n in self.order)
-        ops = {first.name: first,
-               second.name: Operand(second.name, second.shape, second.fortran, first.nbytes)}
+        ops = {
+            first.name: first,
+            second.name: Operand(second.name, second.shape, second.fortran, first.nbytes),
+        }
         return ops["A"], ops["B"]
 
 
@@ -336,8 +346,14 @@ class Spool:
     def array(self, operand: Operand) -> np.ndarray:
         """``operand`` as a read-only memory map of the spool (call after the last flush)."""
         self.file.flush()
-        return np.memmap(self.file, dtype=np.int8, mode="r", offset=operand.offset,
-                         shape=operand.shape, order="F" if operand.fortran else "C")
+        return np.memmap(
+            self.file,
+            dtype=np.int8,
+            mode="r",
+            offset=operand.offset,
+            shape=operand.shape,
+            order="F" if operand.fortran else "C",
+        )
 
     def close(self) -> None:
         self.file.close()

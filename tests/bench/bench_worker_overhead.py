@@ -50,8 +50,10 @@ async def worker_rate(shape, seconds: float, difficulty: float) -> float:
             macs0, start = dev.macs, time.perf_counter()
             await trio.sleep(seconds)
             rate = (dev.macs - macs0) / (time.perf_counter() - start)
-            print(f"worker: {worker.stats.shares['accepted']} shares accepted, "
-                  f"{worker.stats.hw_errors} hw errors")
+            print(
+                f"worker: {worker.stats.shares['accepted']} shares accepted, "
+                f"{worker.stats.hw_errors} hw errors"
+            )
             return rate
 
 
@@ -68,8 +70,11 @@ def main() -> None:
         raws.append(raw_rate(shape, args.seconds, difficulty))
         fulls.append(trio.run(worker_rate, shape, args.seconds, difficulty))
     raw, full = sum(raws) / len(raws), sum(fulls) / len(fulls)
-    print(f"shape {shape}: backend alone {raw / 1e9:.3f} GMAC/s, in the worker "
-          f"{full / 1e9:.3f} GMAC/s, ratio {full / raw:.3f} (mean of {args.rounds} rounds)")
+    print(
+        f"shape {shape}: backend alone {raw / 1e9:.3f} GMAC/s, in the worker "
+        f"{full / 1e9:.3f} GMAC/s, ratio {full / raw:.3f} (mean of {args.rounds} rounds)"
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -42,9 +42,15 @@ def measure(size: int, rounds: int, repeat: int) -> str:
     t_fv = best_of(repeat, lambda: freivalds(a, bt, c, rounds, check_rng))
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = UsefulConfig(unit_m=size, unit_n=size, r=64, freivalds_rounds=rounds,
-                              max_upload_bytes=1 << 40, max_queued_bytes=1 << 40,
-                              max_active_items=1 << 20)
+        config = UsefulConfig(
+            unit_m=size,
+            unit_n=size,
+            r=64,
+            freivalds_rounds=rounds,
+            max_upload_bytes=1 << 40,
+            max_queued_bytes=1 << 40,
+            max_active_items=1 << 20,
+        )
         blobs = BlobStore(Path(tmp) / "blobs")
         queue = WorkQueue(Path(tmp) / "q.sqlite", blobs, config)
         desk = ResultDesk(queue, blobs)
@@ -61,9 +67,11 @@ def measure(size: int, rounds: int, repeat: int) -> str:
         queue.close()
 
     macs = size**3
-    return (f"{size:>5}  {macs / 1e9:>7.2f}  {t_mm * 1e3:>10.1f}  {t_fv * 1e3:>12.1f}  "
-            f"{t_fv / t_mm:>8.3f}  {t_judge * 1e3:>9.1f}  {t_judge / t_mm:>7.3f}  "
-            f"{3 * rounds * size * size / macs:>10.2e}")
+    return (
+        f"{size:>5}  {macs / 1e9:>7.2f}  {t_mm * 1e3:>10.1f}  {t_fv * 1e3:>12.1f}  "
+        f"{t_fv / t_mm:>8.3f}  {t_judge * 1e3:>9.1f}  {t_judge / t_mm:>7.3f}  "
+        f"{3 * rounds * size * size / macs:>10.2e}"
+    )
 
 
 def main() -> None:
@@ -76,8 +84,10 @@ def main() -> None:
     print(" size   GMACs  matmul ms  freivalds ms     ratio  judge ms*  ratio*  check MACs/unit")
     for size in (int(s) for s in args.sizes.split(",")):
         print(measure(size, args.rounds, args.repeat))
-    print("* judge = the pool's whole check: decode C, Freivalds, store the result blob, "
-          "complete the lease")
+    print(
+        "* judge = the pool's whole check: decode C, Freivalds, store the result blob, "
+        "complete the lease"
+    )
 
 
 if __name__ == "__main__":

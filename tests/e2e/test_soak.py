@@ -53,8 +53,9 @@ async def ledger(pool: RunningPool, method: Any, *args: Any) -> Any:
 
 
 async def test_soak_bounded_tables_and_exact_payouts(tmp_path):
-    config = pool_config(tmp_path / "pool", share_difficulty=SHARE_DIFFICULTY,
-                         network_difficulty=NETWORK_DIFFICULTY)
+    config = pool_config(
+        tmp_path / "pool", share_difficulty=SHARE_DIFFICULTY, network_difficulty=NETWORK_DIFFICULTY
+    )
     config.http.enabled, config.http.host, config.http.port = True, "127.0.0.1", 0
     config.work.job_refresh_seconds = 1.0
     config.pool.payout_interval = 0.5
@@ -75,8 +76,9 @@ async def test_soak_bounded_tables_and_exact_payouts(tmp_path):
         handle = await nursery.start(run_pool, config)
         pool = RunningPool(handle, nursery.cancel_scope)
         backend = open_backends("blas", None, threads=1)[0]
-        useful = UsefulConfig(enabled=True, cache_dir=str(tmp_path / "cache"),
-                              cache_max_bytes=1 << 24)
+        useful = UsefulConfig(
+            enabled=True, cache_dir=str(tmp_path / "cache"), cache_max_bytes=1 << 24
+        )
         api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{handle.http_port}")
         async with api, running_worker([pool.endpoint], [backend], useful=useful) as worker:
             address = worker.config.login.partition(".")[0]
@@ -85,13 +87,17 @@ async def test_soak_bounded_tables_and_exact_payouts(tmp_path):
             while time.monotonic() < deadline and products < MAX_PRODUCTS:
                 a = rng.integers(-64, 65, size=(UNIT, 256), dtype=np.int8)
                 b = rng.integers(-64, 65, size=(256, UNIT), dtype=np.int8)
-                answer = await api.post("/api/work", content=npy(a) + npy(b),
-                                        headers={"Content-Type": "application/x-npy"})
+                answer = await api.post(
+                    "/api/work",
+                    content=npy(a) + npy(b),
+                    headers={"Content-Type": "application/x-npy"},
+                )
                 assert answer.status_code == 201, answer.text
                 work_id = answer.json()["id"]
                 with trio.fail_after(30):
-                    while (state := (await api.get(f"/api/work/{work_id}")).json()["state"]) \
-                            not in ("done", "failed"):
+                    while (
+                        state := (await api.get(f"/api/work/{work_id}")).json()["state"]
+                    ) not in ("done", "failed"):
                         await trio.sleep(0.1)
                 assert state == "done"
                 result = await api.get(f"/api/work/{work_id}/result")
@@ -108,8 +114,13 @@ async def test_soak_bounded_tables_and_exact_payouts(tmp_path):
                 totals = await ledger(pool, handle.ledger.pool_totals)
                 batches = await ledger(pool, handle.ledger.pending_payment_batches)
                 left = await sizes(pool)
-                if totals.blocks_pending == 0 and not batches and totals.balances == 0 \
-                        and left["work_items"] == 0 and left["blob_bytes"] == 0:
+                if (
+                    totals.blocks_pending == 0
+                    and not batches
+                    and totals.balances == 0
+                    and left["work_items"] == 0
+                    and left["blob_bytes"] == 0
+                ):
                     break
                 await trio.sleep(0.2)
         end = await sizes(pool)
@@ -127,22 +138,24 @@ async def test_soak_bounded_tables_and_exact_payouts(tmp_path):
 
     half = len(samples) // 2
     first, second = samples[:half], samples[half:]
-    print(f"\nsoak {SOAK_SECONDS:.0f}s: {products} products, {len(confirmed)} blocks confirmed "
-          f"({blocks_found} found by the worker), {accepted} shares accepted, "
-          f"{miner.paid} base units paid to the miner; "
-          f"start {start}, end {end}, peak {max(s['share_rows'] for s in samples)} share rows, "
-          f"peak {max(s['blob_bytes'] for s in samples)} blob bytes")
+    print(
+        f"\nsoak {SOAK_SECONDS:.0f}s: {products} products, {len(confirmed)} blocks confirmed "
+        f"({blocks_found} found by the worker), {accepted} shares accepted, "
+        f"{miner.paid} base units paid to the miner; "
+        f"start {start}, end {end}, peak {max(s['share_rows'] for s in samples)} share rows, "
+        f"peak {max(s['blob_bytes'] for s in samples)} blob bytes"
+    )
     assert products >= 10 and len(confirmed) >= 10
     # the tables level off: far fewer rows than shares, no growth from one half to the next
     # what remains is the PPLNS window of the newest share: factor × network difficulty
-    window = config.pool.pplns_factor * max(b.network_difficulty for b in blocks) \
-        / SHARE_DIFFICULTY
+    window = config.pool.pplns_factor * max(b.network_difficulty for b in blocks) / SHARE_DIFFICULTY
     print(f"PPLNS window at the highest network difficulty: {window:.0f} shares")
     assert end["share_rows"] <= 1.5 * window + 1 < accepted / 3
     peak_first = max(s["share_rows"] for s in first)
     assert max(s["share_rows"] for s in second) <= 2 * peak_first
-    assert max(s["blob_bytes"] for s in second) <= max(s["blob_bytes"] for s in first) + \
-        4 * UNIT * 256
+    assert (
+        max(s["blob_bytes"] for s in second) <= max(s["blob_bytes"] for s in first) + 4 * UNIT * 256
+    )
     # payouts exact
     assert miner.balance == 0 and miner.pending_payment == 0 and miner.immature == 0
     assert miner.paid == credited > 0

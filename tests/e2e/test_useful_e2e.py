@@ -60,8 +60,9 @@ async def test_product_larger_than_a_unit_round_trip(tmp_path):
         assert {x for pair in device.prepared for x in pair} >= set(blobs)
         # the pool credited the verified product's MACs and the held shares
         assert metric(pool.handle.registry, "matmine_pool_useful_macs_total") == 100 * 80 * 96
-        assert metric(pool.handle.registry, "matmine_pool_result_checks_total",
-                      'outcome="pass"') == 4
+        assert (
+            metric(pool.handle.registry, "matmine_pool_result_checks_total", 'outcome="pass"') == 4
+        )
         # a unit's mining ends when its result is delivered (often after one header), so
         # the shares may come from the synthetic work that follows
         with trio.fail_after(20):
@@ -86,8 +87,9 @@ async def test_tampered_blob_chunk_is_rejected_and_never_mined(tmp_path):
         proxy = TamperingProxy(pool.endpoint)
         port = await nursery.start(proxy.serve)
         async with (
-            running_worker([PoolEndpoint("127.0.0.1", port)], [device],
-                           useful=useful_settings(tmp_path)) as worker,
+            running_worker(
+                [PoolEndpoint("127.0.0.1", port)], [device], useful=useful_settings(tmp_path)
+            ) as worker,
             httpx.AsyncClient(base_url=api_url(pool)) as customer,
         ):
             work_id = await submit(customer, a, b)

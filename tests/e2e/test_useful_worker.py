@@ -85,8 +85,9 @@ async def test_blob_cache_stays_within_its_bound_and_bytes_are_counted(tmp_path)
     device = RecordingBackend(blas())
     async with (
         running_useful_pool(tmp_path / "pool") as pool,
-        running_worker([pool.endpoint], [device], metrics_port=0,
-                       useful=useful_settings(tmp_path, bound)) as worker,
+        running_worker(
+            [pool.endpoint], [device], metrics_port=0, useful=useful_settings(tmp_path, bound)
+        ) as worker,
         httpx.AsyncClient(base_url=api_url(pool)) as customer,
         trio.open_nursery() as nursery,
     ):
@@ -121,8 +122,7 @@ async def test_a_blob_larger_than_the_cache_is_mined_but_not_kept(tmp_path):
     a, b = operands(40, 96, 24, seed=5)
     async with (
         running_useful_pool(tmp_path / "pool") as pool,
-        running_worker([pool.endpoint], [blas()],
-                       useful=useful_settings(tmp_path, 1000)) as worker,
+        running_worker([pool.endpoint], [blas()], useful=useful_settings(tmp_path, 1000)) as worker,
         httpx.AsyncClient(base_url=api_url(pool)) as customer,
     ):
         work_id = await submit(customer, a, b)
@@ -138,16 +138,14 @@ async def test_a_worker_without_useful_work_gets_only_synthetic_jobs(tmp_path):
     a, b = operands(40, 96, 24, seed=6)
     async with (
         running_useful_pool(tmp_path / "pool") as pool,
-        running_worker([pool.endpoint], [blas()],
-                       useful=UsefulConfig(enabled=False)) as worker,
+        running_worker([pool.endpoint], [blas()], useful=UsefulConfig(enabled=False)) as worker,
         httpx.AsyncClient(base_url=api_url(pool)) as customer,
     ):
         assert worker.useful is None
         work_id = await submit(customer, a, b)
         jobs = worker.failover.active.jobs_received if worker.failover.active else 0
         with trio.fail_after(20):  # a few job refreshes (1 s apart) go by
-            while (worker.failover.active is None
-                   or worker.failover.active.jobs_received < jobs + 3):
+            while worker.failover.active is None or worker.failover.active.jobs_received < jobs + 3:
                 await trio.sleep(0.1)
         status = (await customer.get(f"/api/work/{work_id}")).json()
         assert status["state"] == "queued"
@@ -159,17 +157,22 @@ async def test_a_worker_without_useful_work_gets_only_synthetic_jobs(tmp_path):
 
 
 def test_useful_section_of_the_config_file():
-    config = config_from_dict({"useful": {"enabled": False, "cache_dir": "/tmp/x",
-                                          "cache_max_bytes": 4096}})
+    config = config_from_dict(
+        {"useful": {"enabled": False, "cache_dir": "/tmp/x", "cache_max_bytes": 4096}}
+    )
     assert (config.useful.enabled, config.useful.cache_dir, config.useful.cache_max_bytes) == (
-        False, "/tmp/x", 4096)
+        False,
+        "/tmp/x",
+        4096,
+    )
     assert str(config.useful.cache_path()) == "/tmp/x"
     with pytest.raises(ConfigError, match=r"unknown key useful\.size"):
         config_from_dict({"useful": {"size": 1}})
     with pytest.raises(ConfigError, match=r"useful\.cache_max_bytes must be an integer"):
         config_from_dict({"useful": {"cache_max_bytes": "1G"}})
-    bad = config_from_dict({"pool": [{"url": "127.0.0.1:1"}], "login": "a",
-                            "useful": {"cache_max_bytes": -1}})
+    bad = config_from_dict(
+        {"pool": [{"url": "127.0.0.1:1"}], "login": "a", "useful": {"cache_max_bytes": -1}}
+    )
     with pytest.raises(ConfigError, match="cache_max_bytes must be ≥ 0"):
         bad.validate()
 
@@ -181,9 +184,14 @@ def test_default_cache_follows_xdg_cache_home(monkeypatch, tmp_path):
 
 def test_useful_flags_override_the_file():
     args = build_parser().parse_args(
-        ["mine", "--no-useful", "--blob-cache", "/tmp/c", "--blob-cache-max", "64M"])
-    config = with_overrides(WorkerConfig(), no_useful=args.no_useful,
-                            blob_cache=args.blob_cache, blob_cache_max=args.blob_cache_max)
+        ["mine", "--no-useful", "--blob-cache", "/tmp/c", "--blob-cache-max", "64M"]
+    )
+    config = with_overrides(
+        WorkerConfig(),
+        no_useful=args.no_useful,
+        blob_cache=args.blob_cache,
+        blob_cache_max=args.blob_cache_max,
+    )
     assert config.useful.enabled is False
     assert config.useful.cache_dir == "/tmp/c"
     assert config.useful.cache_max_bytes == 64 << 20
@@ -191,8 +199,10 @@ def test_useful_flags_override_the_file():
     assert untouched.useful.enabled is True
 
 
-@pytest.mark.parametrize(("text", "value"), [("4096", 4096), ("1k", 1024), ("2MiB", 2 << 20),
-                                              ("1.5G", 3 << 29), ("0", 0)])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("4096", 4096), ("1k", 1024), ("2MiB", 2 << 20), ("1.5G", 3 << 29), ("0", 0)],
+)
 def test_parse_size(text, value):
     assert parse_size(text) == value
 
@@ -210,8 +220,9 @@ class NoProductBackend(WrappedBackend):
     """A backend whose ``scan`` never gives the product, even when asked
     (``want_product``): the real BLAS backend underneath."""
 
-    def scan(self, header: bytes, share_target: int, should_stop: Any,
-             want_product: bool = False) -> ScanResult:
+    def scan(
+        self, header: bytes, share_target: int, should_stop: Any, want_product: bool = False
+    ) -> ScanResult:
         return self.inner.scan(header, share_target, should_stop)
 
 
@@ -252,13 +263,16 @@ class StaleBlobProxy(TamperingProxy):
         if self.tampered >= self.stale:
             return frame
         self.tampered += 1
-        return Response(frame["id"], error=ErrorInfo(
-            ErrorCode.STALE, "work.get_blob: blob is not an operand of this session's "
-            "current work unit")).to_wire()
+        return Response(
+            frame["id"],
+            error=ErrorInfo(
+                ErrorCode.STALE,
+                "work.get_blob: blob is not an operand of this session's current work unit",
+            ),
+        ).to_wire()
 
 
-async def test_error_21_to_get_blob_waits_for_the_next_job_without_reconnecting(
-        tmp_path, caplog):
+async def test_error_21_to_get_blob_waits_for_the_next_job_without_reconnecting(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="worker")
     a, b = operands(40, 96, 24, seed=7)
     device = RecordingBackend(blas())
@@ -266,8 +280,9 @@ async def test_error_21_to_get_blob_waits_for_the_next_job_without_reconnecting(
         proxy = StaleBlobProxy(pool.endpoint)
         port = await nursery.start(proxy.serve)
         async with (
-            running_worker([PoolEndpoint("127.0.0.1", port)], [device],
-                           useful=useful_settings(tmp_path)) as worker,
+            running_worker(
+                [PoolEndpoint("127.0.0.1", port)], [device], useful=useful_settings(tmp_path)
+            ) as worker,
             httpx.AsyncClient(base_url=api_url(pool)) as customer,
         ):
             await wait_until(lambda: worker.failover.active is not None, 10)

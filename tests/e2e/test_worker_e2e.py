@@ -41,7 +41,8 @@ async def test_block_found_and_credited(tmp_path):
             for block in await trio.to_thread.run_sync(ledger.blocks, limiter=limiter):
                 if block.status in ("credited", "confirmed", "matured", "paid"):
                     credits = await trio.to_thread.run_sync(
-                        ledger.block_credits, block.id, limiter=limiter)
+                        ledger.block_credits, block.id, limiter=limiter
+                    )
                     if credits.get(address, 0) > 0:
                         return credits
             return {}
@@ -103,8 +104,9 @@ async def test_stalled_device_is_restarted(tmp_path, caplog):
     try:
         async with (
             running_pool(tmp_path) as pool,
-            running_worker([pool.endpoint], [stuck], reopen=reopen,
-                           watchdog=_watchdog(0.4)) as worker,
+            running_worker(
+                [pool.endpoint], [stuck], reopen=reopen, watchdog=_watchdog(0.4)
+            ) as worker,
         ):
             await wait_until(lambda: reopened == [0], 10)
             assert worker.miner.slots[0].backend is fresh
@@ -138,8 +140,11 @@ async def test_metrics_and_summary_are_served(tmp_path):
     assert 'matmine_worker_shares_total{result="stale"} 0.0' in text
     assert f'matmine_worker_hw_errors_total{{device="{device.name}"}} 0.0' in text
     assert "matmine_worker_pool_connected 1.0" in text
-    accepted = [line for line in text.splitlines()
-                if line.startswith('matmine_worker_shares_total{result="accepted"}')]
+    accepted = [
+        line
+        for line in text.splitlines()
+        if line.startswith('matmine_worker_shares_total{result="accepted"}')
+    ]
     assert float(accepted[0].split()[-1]) >= 2
     assert summary["pool"]["connected"] is True
     assert summary["pool"]["url"] == pool.endpoint.label
@@ -157,8 +162,9 @@ async def test_extranonce2_space_is_split_across_devices_and_time_rolls(tmp_path
         running_pool(tmp_path) as pool,
         running_worker([pool.endpoint], [a, b]) as worker,
     ):
-        await wait_until(lambda: all(worker.stats.device(n).scans >= 3
-                                     for n in ("blas-a", "blas-b")), 10)
+        await wait_until(
+            lambda: all(worker.stats.device(n).scans >= 3 for n in ("blas-a", "blas-b")), 10
+        )
         await wait_until(lambda: worker.stats.shares["accepted"] >= 4, 20)
         slots = worker.miner.slots
         assert [s.next_extranonce2()[0] for s in slots] == [0, 1]

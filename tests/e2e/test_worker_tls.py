@@ -30,18 +30,35 @@ from tests.support.running import (
 from worker.backends import open_backends
 from worker.config import PoolEndpoint
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
-                                reason="needs the openssl command")
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
 
 def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
     """A self-signed certificate (its own CA) for localhost and 127.0.0.1, and its key."""
     cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", f"/CN={name}",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return cert, key
 
 
@@ -77,8 +94,9 @@ async def test_worker_mines_over_tls_with_the_pool_ca(tmp_path, certificates):
     async with running_tls_pool(tmp_path / "pool", cert, key) as pool:
         endpoint = PoolEndpoint.parse(f"tls://127.0.0.1:{pool.handle.tls_port}")
         assert endpoint.tls
-        async with running_worker([endpoint], [blas()],
-                                  connection=fast_connection(tls_ca=str(cert))) as worker:
+        async with running_worker(
+            [endpoint], [blas()], connection=fast_connection(tls_ca=str(cert))
+        ) as worker:
             await wait_until(lambda: worker.stats.shares["accepted"] >= 3, 30)
             assert worker.stats.shares["rejected"] == 0
             assert pool.sessions() == 1
@@ -86,18 +104,23 @@ async def test_worker_mines_over_tls_with_the_pool_ca(tmp_path, certificates):
 
 
 async def test_worker_trusting_another_ca_is_refused_with_a_clear_log_line(
-        tmp_path, certificates, caplog):
+    tmp_path, certificates, caplog
+):
     caplog.set_level(logging.WARNING, logger="worker")
     cert, key = certificates["pool-ca"]
     other, _ = certificates["other-ca"]
     async with running_tls_pool(tmp_path / "pool", cert, key) as pool:
         endpoint = PoolEndpoint.parse(f"tls://127.0.0.1:{pool.handle.tls_port}")
-        async with running_worker([endpoint], [blas()],
-                                  connection=fast_connection(tls_ca=str(other))) as worker:
+        async with running_worker(
+            [endpoint], [blas()], connection=fast_connection(tls_ca=str(other))
+        ) as worker:
 
             def refusals() -> list[str]:
-                return [r.getMessage() for r in caplog.records
-                        if "certificate verify failed" in r.getMessage()]
+                return [
+                    r.getMessage()
+                    for r in caplog.records
+                    if "certificate verify failed" in r.getMessage()
+                ]
 
             await wait_until(lambda: len(refusals()) >= 2, 10)  # it keeps retrying, backing off
             line = refusals()[0]
@@ -114,8 +137,10 @@ async def test_a_missing_ca_file_is_named_in_the_log(tmp_path, certificates, cap
     missing = tmp_path / "no-such-ca.pem"
     async with running_tls_pool(tmp_path / "pool", cert, key) as pool:
         endpoint = PoolEndpoint.parse(f"tls://127.0.0.1:{pool.handle.tls_port}")
-        async with running_worker([endpoint], [blas()],
-                                  connection=fast_connection(tls_ca=str(missing))) as worker:
-            await wait_until(lambda: any(str(missing) in r.getMessage()
-                                         for r in caplog.records), 10)
+        async with running_worker(
+            [endpoint], [blas()], connection=fast_connection(tls_ca=str(missing))
+        ) as worker:
+            await wait_until(
+                lambda: any(str(missing) in r.getMessage() for r in caplog.records), 10
+            )
             assert sum(worker.stats.shares.values()) == 0 and pool.sessions() == 0

@@ -287,20 +287,23 @@ def test_blob_workload_block_with_merkle_proofs(chain: Chain, clock: Clock) -> N
     assert chain.tip() == (1, result.block_hash)
 
 
-def test_blob_block_without_roots_derives_them_from_the_proofs(chain: Chain,
-                                                               clock: Clock) -> None:
+def test_blob_block_without_roots_derives_them_from_the_proofs(chain: Chain, clock: Clock) -> None:
     clock.now += 20
     w = blob_workload()
     found = mine(chain.template(), w)
     sub = dataclasses.replace(blob_sub(found, w), a_root=None, b_root=None)
     rows = np.frombuffer(sub.bt_rows or b"", dtype=np.int8).reshape(16, -1).copy()
     rows[9, 0] ^= 1  # a row the root is not derived from: its proof fails
-    assert chain.submit_block(dataclasses.replace(sub, bt_rows=rows.tobytes())).reason == \
-        "bad-merkle-proof"
+    assert (
+        chain.submit_block(dataclasses.replace(sub, bt_rows=rows.tobytes())).reason
+        == "bad-merkle-proof"
+    )
     rows = np.frombuffer(sub.a_rows or b"", dtype=np.int8).reshape(16, -1).copy()
     rows[0, 0] ^= 1  # the row the root is derived from: the root is not the committed one
-    assert chain.submit_block(dataclasses.replace(sub, a_rows=rows.tobytes())).reason == \
-        "bad-work-root"
+    assert (
+        chain.submit_block(dataclasses.replace(sub, a_rows=rows.tobytes())).reason
+        == "bad-work-root"
+    )
     assert chain.submit_block(dataclasses.replace(sub, a_proofs=None)).reason == "bad-workload"
     assert chain.submit_block(sub).accepted
 
@@ -321,9 +324,7 @@ def test_retarget_moves_toward_the_block_time(tmp_path: Path) -> None:
     # One block 60 s after genesis (twice the target); the 9 intervals a young chain lacks
     # count as on time, so the span is 60 + 9·30 against 10·30: difficulty × 300/330.
     submit_at(chain, clock, T0 + 60)
-    assert difficulty_from_bits(chain.template().bits) == pytest.approx(
-        start * 300 / 330, rel=1e-4
-    )
+    assert difficulty_from_bits(chain.template().bits) == pytest.approx(start * 300 / 330, rel=1e-4)
     # Fast blocks (2 s apart) push it up, every block.
     diffs = []
     for i in range(1, 5):

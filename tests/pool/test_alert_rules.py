@@ -25,8 +25,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
         if os.environ.get("CI"):
             pytest.fail("promtool not found (apt-get install -y prometheus)")
         pytest.skip("promtool not found (apt-get install -y prometheus)")
-    return subprocess.run([exe, *args], cwd=PROMETHEUS, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([exe, *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=120)
 
 
 def alert_names() -> set[str]:

@@ -25,9 +25,14 @@ NODE = [sys.executable, "-m", "node.cli"]
 
 
 async def start_node(nursery: trio.Nursery, port: int, data: Path) -> trio.Process:
-    proc: trio.Process = await nursery.start(partial(
-        trio.run_process, [*NODE, "serve", "--port", str(port), "--data-dir", str(data)],
-        stderr=subprocess.PIPE, check=False))
+    proc: trio.Process = await nursery.start(
+        partial(
+            trio.run_process,
+            [*NODE, "serve", "--port", str(port), "--data-dir", str(data)],
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+    )
     assert proc.stderr is not None
     seen = b""
     with trio.fail_after(60):
@@ -48,8 +53,11 @@ async def drain(proc: trio.Process) -> None:
 
 async def chain_state(client: httpx.AsyncClient) -> tuple[float, int]:
     text = (await client.get("/metrics")).text
-    line = next(x for x in text.splitlines()
-                if x.startswith('matmine_pool_dependency_up{dependency="chain"}'))
+    line = next(
+        x
+        for x in text.splitlines()
+        if x.startswith('matmine_pool_dependency_up{dependency="chain"}')
+    )
     return float(line.split()[-1]), (await client.get("/healthz")).status_code
 
 
@@ -68,10 +76,11 @@ async def test_killed_node_marks_the_chain_down_then_up(start_pool, tmp_path: Pa
     data = tmp_path / "node"
     async with trio.open_nursery() as nursery:
         node = await start_node(nursery, port, data)
-        pool = await start_pool({"chain.kind": "rpc", "chain.rpc_port": port,
-                                 "http.enabled": True})
-        async with await TestMiner.connect(pool.stratum_port, timeout=60) as miner, \
-                httpx.AsyncClient(base_url=f"http://127.0.0.1:{pool.http_port}") as client:
+        pool = await start_pool({"chain.kind": "rpc", "chain.rpc_port": port, "http.enabled": True})
+        async with (
+            await TestMiner.connect(pool.stratum_port, timeout=60) as miner,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{pool.http_port}") as client,
+        ):
             await miner.login(new_address() + ".chain")
             assert await chain_state(client) == (1, 200)
             node.send_signal(signal.SIGKILL)
@@ -86,8 +95,10 @@ async def test_killed_node_marks_the_chain_down_then_up(start_pool, tmp_path: Pa
             notices = [m.text for m in miner.messages if "chain" in getattr(m, "text", "")]
             assert len(notices) == 2 and "cannot reach" in notices[0] and "back" in notices[1]
             assert not miner.closed
-            print(f"\n[node SIGKILL] chain marked down {noticed:.2f} s after the kill, up "
-                  f"{recovered:.2f} s after the restart")
+            print(
+                f"\n[node SIGKILL] chain marked down {noticed:.2f} s after the kill, up "
+                f"{recovered:.2f} s after the restart"
+            )
         node.send_signal(signal.SIGINT)
         with trio.fail_after(30):
             await node.wait()

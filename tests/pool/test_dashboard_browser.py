@@ -66,8 +66,9 @@ class Cdp:
             self.errors.append(params["entry"].get("text", "")[:500])
 
     def evaluate(self, expression: str) -> Any:
-        r = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
-                      awaitPromise=True)
+        r = self.call(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
         return r["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 20.0) -> Any:
@@ -97,11 +98,24 @@ def _devtools_page(port: int, timeout: float = 30.0) -> str:
 def browse(url: str, address: str, user_dir: Path, shot: Path) -> dict[str, Any]:
     """Load ``url`` in headless Chromium; what the page shows, and any console errors."""
     proc = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={user_dir}", "--remote-debugging-port=0",
-         "--window-size=1100,1400", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={user_dir}",
+            "--remote-debugging-port=0",
+            "--window-size=1100,1400",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         active = user_dir / "DevToolsActivePort"
         deadline = time.monotonic() + 30
@@ -117,20 +131,30 @@ def browse(url: str, address: str, user_dir: Path, shot: Path) -> dict[str, Any]
         points = cdp.wait_for(
             "(() => { const c = charts && charts['chart']; "
             "return c && c.data[0].length >= 2 && !!document.querySelector('#chart canvas') "
-            "? c.data[0].length : 0; })()")
+            "? c.data[0].length : 0; })()"
+        )
         max_rate = cdp.evaluate("Math.max(...charts['chart'].data[1])")
         miners = cdp.wait_for("document.querySelector('#miners tbody').textContent")
         stats = cdp.evaluate("document.querySelector('#stats tbody').innerText")
-        useful = cdp.evaluate("(() => { const s = document.getElementById('useful'); "
-                              "return s.hidden ? null : s.innerText; })()")
+        useful = cdp.evaluate(
+            "(() => { const s = document.getElementById('useful'); "
+            "return s.hidden ? null : s.innerText; })()"
+        )
         cdp.call("Page.navigate", url=f"{url}#/miner/{address}")
         workers = cdp.wait_for("document.querySelector('#workers tbody').textContent")
         time.sleep(0.5)
         png = cdp.call("Page.captureScreenshot", format="png")["data"]
         shot.write_bytes(base64.b64decode(png))
         cdp.evaluate("1")  # drain pending events
-        return {"points": points, "max_rate": max_rate, "miners": miners, "workers": workers,
-                "stats": stats, "useful": useful, "errors": cdp.errors}
+        return {
+            "points": points,
+            "max_rate": max_rate,
+            "miners": miners,
+            "workers": workers,
+            "stats": stats,
+            "useful": useful,
+            "errors": cdp.errors,
+        }
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -170,19 +194,28 @@ def npy_pair(a: np.ndarray, b: np.ndarray) -> bytes:
 
 
 @pytest.mark.slow
-async def test_dashboard_shows_useful_work_of_a_running_pool(start_pool: StartPool,
-                                                            tmp_path: Path) -> None:
-    pool = await start_pool(settings={
-        "http.enabled": True, "http.history_interval": 0.5, "pool.start_difficulty": 1e-5,
-        "useful.unit_m": 32, "useful.unit_n": 32, "useful.r": 32,
-        "limits.invalid_min_shares": 1000})
+async def test_dashboard_shows_useful_work_of_a_running_pool(
+    start_pool: StartPool, tmp_path: Path
+) -> None:
+    pool = await start_pool(
+        settings={
+            "http.enabled": True,
+            "http.history_interval": 0.5,
+            "pool.start_difficulty": 1e-5,
+            "useful.unit_m": 32,
+            "useful.unit_n": 32,
+            "useful.r": 32,
+            "limits.invalid_min_shares": 1000,
+        }
+    )
     rng = np.random.default_rng(5)
     a = rng.integers(-64, 65, (32, 128), dtype=np.int8)
     b = rng.integers(-64, 65, (128, 64), dtype=np.int8)  # two units: one done, one queued
     base = f"http://127.0.0.1:{pool.http_port}"
     async with httpx.AsyncClient(base_url=base, timeout=20) as client:
-        r = await client.post("/api/work", content=npy_pair(a, b),
-                              headers={"Content-Type": "application/x-npy"})
+        r = await client.post(
+            "/api/work", content=npy_pair(a, b), headers={"Content-Type": "application/x-npy"}
+        )
         assert r.status_code == 201, r.text
     address = new_address()
     async with await TestMiner.connect(pool.stratum_port) as miner:
@@ -203,13 +236,13 @@ async def test_dashboard_shows_useful_work_of_a_running_pool(start_pool: StartPo
         assert u["units"]["done"] == 1 and u["units"]["queued"] + u["units"]["running"] == 1
         assert u["items"]["running"] == 1
         assert u["useful_macs"] == 32 * 32 * 128
-        assert 0 < u["useful_fraction"] == pytest.approx(u["useful_macs"]
-                                                          / p["accepted_work_macs"])
+        assert 0 < u["useful_fraction"] == pytest.approx(u["useful_macs"] / p["accepted_work_macs"])
         shot_dir = Path(os.environ.get("MATMINE_SCREENSHOT_DIR", tmp_path))
         shot_dir.mkdir(parents=True, exist_ok=True)
         shot = shot_dir / "dashboard-useful.png"
-        seen = await trio.to_thread.run_sync(browse, base + "/", address,
-                                             tmp_path / "chromium", shot)
+        seen = await trio.to_thread.run_sync(
+            browse, base + "/", address, tmp_path / "chromium", shot
+        )
     print(f"dashboard screenshot: {shot}")
     assert seen["errors"] == []
     assert address in seen["miners"] and "rig1" in seen["workers"]

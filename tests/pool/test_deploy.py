@@ -114,13 +114,18 @@ def test_systemd_units_verify_against_the_installed_programs(tmp_path):
     for unit in units:
         text = unit.read_text().replace("/opt/matmine/.venv/bin", str(bin_dir))
         (tmp_path / unit.name).write_text(text)
-    done = subprocess.run([tool, "verify", *sorted(str(p) for p in tmp_path.iterdir())],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [tool, "verify", *sorted(str(p) for p in tmp_path.iterdir())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and not done.stderr.strip(), done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("unit", sorted((DEPLOY / "systemd").glob("*.service")),
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "unit", sorted((DEPLOY / "systemd").glob("*.service")), ids=lambda p: p.stem
+)
 def test_systemd_units_run_unprivileged_with_their_own_state(unit):
     text = unit.read_text()
     assert "\nUser=matmine\n" in text
@@ -158,13 +163,21 @@ def test_compose_is_pinned_healthy_and_keeps_the_node_private():
     compose = yaml.safe_load((DEPLOY / "compose.yml").read_text())
     assert compose["networks"][node["networks"][0]].get("internal") is True
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    targets = [t for am in prometheus["alerting"]["alertmanagers"]
-               for sc in am["static_configs"] for t in sc["targets"]]
+    targets = [
+        t
+        for am in prometheus["alerting"]["alertmanagers"]
+        for sc in am["static_configs"]
+        for t in sc["targets"]
+    ]
     assert targets == ["alertmanager:9093"] and "alertmanager" in services
 
 
 def test_alertmanager_config_is_valid():
     tool = real_tool("amtool")
-    done = subprocess.run([tool, "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml")],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [tool, "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr

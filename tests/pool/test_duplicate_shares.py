@@ -46,8 +46,15 @@ NODE = {"start_difficulty": 1e9}  # no block, no new template
 def header_of(job: messages.Notify, extranonce1: bytes, extranonce2: bytes) -> bytes:
     """The header of a submit on ``job`` at the job's time (SPEC §10)."""
     coinbase = assemble_coinbase(job.coinbase1, extranonce1, extranonce2, job.coinbase2)
-    return Header(job.version, job.height, job.prev_hash, coinbase_hash(coinbase),
-                  job.work.work_root, job.time, job.bits).encode()
+    return Header(
+        job.version,
+        job.height,
+        job.prev_hash,
+        coinbase_hash(coinbase),
+        job.work.work_root,
+        job.time,
+        job.bits,
+    ).encode()
 
 
 def only_session(pool):
@@ -56,8 +63,9 @@ def only_session(pool):
 
 
 def accepted_metric(pool) -> float:
-    return pool.registry.get_sample_value("matmine_pool_shares_total",
-                                          {"result": "accepted"}) or 0.0
+    return (
+        pool.registry.get_sample_value("matmine_pool_shares_total", {"result": "accepted"}) or 0.0
+    )
 
 
 def code(r) -> int | None:
@@ -67,8 +75,7 @@ def code(r) -> int | None:
 def counters(pool) -> tuple[int, float, int, float]:
     """What an ack moves: the session's accepted count, hashrate, vardiff, the metric."""
     s = only_session(pool)
-    return (s.accepted, s.hashrate.total_difficulty, len(s.vardiff._shares),
-            accepted_metric(pool))
+    return (s.accepted, s.hashrate.total_difficulty, len(s.vardiff._shares), accepted_metric(pool))
 
 
 async def settled(pool, vardiff_shares: int) -> tuple[int, float, int, float]:
@@ -80,8 +87,9 @@ async def settled(pool, vardiff_shares: int) -> tuple[int, float, int, float]:
     return counters(pool)
 
 
-async def test_same_ticket_on_two_jobs_of_one_template_is_acknowledged_once(start_pool,
-                                                                             ledger_call):
+async def test_same_ticket_on_two_jobs_of_one_template_is_acknowledged_once(
+    start_pool, ledger_call
+):
     pool = await start_pool(settings=SETTINGS, node=NODE)
     async with await TestMiner.connect(pool.stratum_port) as miner:
         job_a = await miner.login(new_address() + ".twice")
@@ -100,12 +108,16 @@ async def test_same_ticket_on_two_jobs_of_one_template_is_acknowledged_once(star
             while chosen is None:
                 en2 = secrets.token_bytes(8)
                 same_header = header_of(job_a, miner.extranonce1, en2) == header_of(
-                    job_b, miner.extranonce1, en2)
-                on_b = {c.tile for c in await trio.to_thread.run_sync(
-                    mine_job, job_b, miner.extranonce1, en2)}
+                    job_b, miner.extranonce1, en2
+                )
+                on_b = {
+                    c.tile
+                    for c in await trio.to_thread.run_sync(mine_job, job_b, miner.extranonce1, en2)
+                }
                 for c in await miner.find(job_a, extranonce2=en2):
-                    if (meets_target(c.digest, target_from_difficulty(D_B), 256)
-                            and (same_header or c.tile not in on_b)):
+                    if meets_target(c.digest, target_from_difficulty(D_B), 256) and (
+                        same_header or c.tile not in on_b
+                    ):
                         chosen = c
                         break
         warm_up, tail = (await miner.shares(2, job_a))[:2]
@@ -113,8 +125,9 @@ async def test_same_ticket_on_two_jobs_of_one_template_is_acknowledged_once(star
         assert code(await miner.submit(warm_up)) is None
         assert code(await miner.submit(chosen)) is None
         before = await settled(pool, 2)  # vardiff counts every ack
-        again = Candidate(job_b.job_id, chosen.extranonce2, chosen.time, chosen.tile,
-                          chosen.digest, False)
+        again = Candidate(
+            job_b.job_id, chosen.extranonce2, chosen.time, chosen.tile, chosen.digest, False
+        )
         r = await miner.submit(again)
         assert code(r) == (ErrorCode.DUPLICATE if same_header else ErrorCode.LOW_DIFFICULTY), r
         assert not same_header, "each job's coinbase names the job: headers are its own"
@@ -127,21 +140,38 @@ async def test_same_ticket_on_two_jobs_of_one_template_is_acknowledged_once(star
     assert await ledger_call(pool, pool.ledger.share_count) == 3
 
 
-async def test_a_ticket_the_ledger_already_holds_is_a_duplicate_not_an_ack(start_pool,
-                                                                           ledger_call):
+async def test_a_ticket_the_ledger_already_holds_is_a_duplicate_not_an_ack(start_pool, ledger_call):
     pool = await start_pool(settings=SETTINGS, node=NODE)
     async with await TestMiner.connect(pool.stratum_port) as miner:
         job = await miner.login(new_address() + ".late")
         first, taken, replayed = (await miner.shares(3, job))[:3]
         assert code(await miner.submit(first)) is None
         # Another share already holds ``taken``'s digest (another session and job).
-        other = ShareRecord(taken.digest, 1.0, new_address(), "other", "other-job",
-                            job.height, D_A, 1.0, b"another!")
+        other = ShareRecord(
+            taken.digest,
+            1.0,
+            new_address(),
+            "other",
+            "other-job",
+            job.height,
+            D_A,
+            1.0,
+            b"another!",
+        )
         assert await ledger_call(pool, pool.ledger.insert_shares, [other]) == 1
         # ``replayed`` was stored by this very share before (a commit whose outcome the
         # pool lost, e.g. a PostgreSQL connection dropped at COMMIT): that is this share.
-        mine = ShareRecord(replayed.digest, 1.0, new_address(), "rig", replayed.job_id,
-                           job.height, D_A, 1.0, miner.session_id)
+        mine = ShareRecord(
+            replayed.digest,
+            1.0,
+            new_address(),
+            "rig",
+            replayed.job_id,
+            job.height,
+            D_A,
+            1.0,
+            miner.session_id,
+        )
         assert await ledger_call(pool, pool.ledger.insert_shares, [mine]) == 1
         before = await settled(pool, 1)  # vardiff counts every ack
         r = await miner.submit(taken)
@@ -158,10 +188,10 @@ def test_the_duplicate_key_spans_all_of_a_sessions_jobs():
     is a duplicate whichever job it names (SPEC §12.8: the key is (H(header), tile))."""
     shape = Shape(64, 64, 256, 64)
     source = SyntheticSource(shape)
-    block = BlockTemplate(height=5, prev_hash=bytes(32), bits=0x1d010000,
-                          time=1_700_000_000, reward=50 * 10**8)
-    manager = JobManager(None, source, payout_address=new_address(), tag="matmine",
-                         instance_id=0)  # type: ignore[arg-type]
+    block = BlockTemplate(
+        height=5, prev_hash=bytes(32), bits=0x1D010000, time=1_700_000_000, reward=50 * 10**8
+    )
+    manager = JobManager(None, source, payout_address=new_address(), tag="matmine", instance_id=0)  # type: ignore[arg-type]
     template = Template(1, 1, block, source.prepare(block), b"MMCB-c1", "matmine", True, 0.0)
     en1 = manager.new_extranonce1()
     job_a = manager.make_job(template, en1, 1.0, True, 0.0)
@@ -174,8 +204,12 @@ def test_the_duplicate_key_spans_all_of_a_sessions_jobs():
     with pytest.raises(ShareRejected) as caught:
         precheck(book, job_b, submit, 100)
     assert caught.value.code == ErrorCode.DUPLICATE
-    precheck(book, job_b, messages.Submit(job_id="x", extranonce2=bytes(8),
-                                          time=block.time, tile=(2, 1)), 100)
+    precheck(
+        book,
+        job_b,
+        messages.Submit(job_id="x", extranonce2=bytes(8), time=block.time, tile=(2, 1)),
+        100,
+    )
 
 
 @pytest.fixture(params=pg.BACKENDS)
@@ -185,8 +219,9 @@ def ledger(request, tmp_path):
 
 
 def record(n: int, session: bytes = b"session1", job: str = "j1") -> ShareRecord:
-    return ShareRecord(n.to_bytes(32, "little"), 1000.0 + n, "mmd1" + "a" * 48, "rig", job,
-                       7, 1.0, 10.0, session)
+    return ShareRecord(
+        n.to_bytes(32, "little"), 1000.0 + n, "mmd1" + "a" * 48, "rig", job, 7, 1.0, 10.0, session
+    )
 
 
 def test_store_shares_says_which_shares_it_holds(ledger):
@@ -194,8 +229,7 @@ def test_store_shares_says_which_shares_it_holds(ledger):
     assert ledger.store_shares([record(1), record(2)]) == [True, True]
     # Within one batch the second of one digest is a duplicate; one stored for another
     # session or job is too; the same share again (same session and job) is held.
-    batch = [record(3), record(3), record(1, session=b"session2"), record(2, job="j2"),
-             record(4)]
+    batch = [record(3), record(3), record(1, session=b"session2"), record(2, job="j2"), record(4)]
     assert ledger.store_shares(batch) == [True, False, False, False, True]
     assert ledger.store_shares([record(1), record(5), record(1)]) == [True, True, False]
     assert ledger.share_count() == 5

@@ -54,12 +54,18 @@ SETTINGS = {
 NODE = {"start_difficulty": 1e9}  # no block can end the template
 
 
-def header_of(job: messages.Notify, extranonce1: bytes, extranonce2: bytes, ntime: int
-              ) -> bytes:
+def header_of(job: messages.Notify, extranonce1: bytes, extranonce2: bytes, ntime: int) -> bytes:
     """The header a submit on ``job`` names (SPEC §10)."""
     coinbase = assemble_coinbase(job.coinbase1, extranonce1, extranonce2, job.coinbase2)
-    return Header(job.version, job.height, job.prev_hash, coinbase_hash(coinbase),
-                  job.work.work_root, ntime, job.bits).encode()
+    return Header(
+        job.version,
+        job.height,
+        job.prev_hash,
+        coinbase_hash(coinbase),
+        job.work.work_root,
+        ntime,
+        job.bits,
+    ).encode()
 
 
 async def build_ladder(miner: TestMiner) -> list[messages.Notify]:
@@ -77,8 +83,10 @@ async def build_ladder(miner: TestMiner) -> list[messages.Notify]:
 
 def ledger_rows(path: str) -> list[tuple[bytes, float, str]]:
     with sqlite3.connect(path) as db:
-        return [(bytes(d), float(x), j) for d, x, j in
-                db.execute("SELECT digest, difficulty, job_id FROM shares")]
+        return [
+            (bytes(d), float(x), j)
+            for d, x, j in db.execute("SELECT digest, difficulty, job_id FROM shares")
+        ]
 
 
 async def test_difficulty_ladder_is_credited_no_more_than_the_work(start_pool):
@@ -95,15 +103,21 @@ async def test_difficulty_ladder_is_credited_no_more_than_the_work(start_pool):
             _, winners = await trio.to_thread.run_sync(mine_job_header, foot, en1, en2)
             mined += len(winners)
             for c in winners:  # the hardest rung this ticket's digest meets
-                rung = max((j for j in jobs if meets_target(
-                    c.digest, target_from_difficulty(j.difficulty), k)),
-                    key=lambda j: j.difficulty)
+                rung = max(
+                    (
+                        j
+                        for j in jobs
+                        if meets_target(c.digest, target_from_difficulty(j.difficulty), k)
+                    ),
+                    key=lambda j: j.difficulty,
+                )
                 submits.append((rung, c.extranonce2, c.time, c.tile))
         acked: list[tuple[messages.Notify, bytes, int, tuple[int, int]]] = []
         codes: dict[int | None, int] = defaultdict(int)
         for rung, en2, ntime, tile in submits:
-            r = await miner.request(messages.Submit(job_id=rung.job_id, extranonce2=en2,
-                                                    time=ntime, tile=tile))
+            r = await miner.request(
+                messages.Submit(job_id=rung.job_id, extranonce2=en2, time=ntime, tile=tile)
+            )
             code = None if r.error is None else r.error.code
             codes[code] += 1
             if code is None:
@@ -130,11 +144,14 @@ async def test_difficulty_ladder_is_credited_no_more_than_the_work(start_pool):
         fair += Fraction(easiest.difficulty) * len(wins)
     naive_fair = Fraction(D_LOW) * mined
     ratio = float(credited / naive_fair)
-    print(f"\nladder of {len(jobs)} jobs, {HEADERS} headers, {mined} tickets met the foot: "
-          f"credited {float(credited):.6g} vs fair {float(naive_fair):.6g} "
-          f"(ratio {ratio:.3f}); answers {dict(codes)}")
-    assert credited <= fair, (f"credited {float(credited)} > fair {float(fair)} "
-                              f"(ratio to the foot's credit {ratio:.2f})")
+    print(
+        f"\nladder of {len(jobs)} jobs, {HEADERS} headers, {mined} tickets met the foot: "
+        f"credited {float(credited):.6g} vs fair {float(naive_fair):.6g} "
+        f"(ratio {ratio:.3f}); answers {dict(codes)}"
+    )
+    assert credited <= fair, (
+        f"credited {float(credited)} > fair {float(fair)} (ratio to the foot's credit {ratio:.2f})"
+    )
 
 
 def test_every_job_of_a_session_has_its_own_headers():
@@ -143,19 +160,22 @@ def test_every_job_of_a_session_has_its_own_headers():
     never share a header for any (extranonce2, time)."""
     shape = Shape(64, 64, 256, 64)
     source = SyntheticSource(shape)
-    block = BlockTemplate(height=5, prev_hash=bytes(range(32)), bits=0x1d010000,
-                          time=1_700_000_000, reward=50 * 10**8)
-    manager = JobManager(None, source, payout_address=new_address(), tag="matmine",
-                         instance_id=0)  # type: ignore[arg-type]
+    block = BlockTemplate(
+        height=5, prev_hash=bytes(range(32)), bits=0x1D010000, time=1_700_000_000, reward=50 * 10**8
+    )
+    manager = JobManager(None, source, payout_address=new_address(), tag="matmine", instance_id=0)  # type: ignore[arg-type]
     work = source.prepare(block)
     other = source.prepare(block)  # e.g. a leased unit: another workload on the same block
     template = Template(1, 1, block, work, b"MMCB-c1", "matmine", True, 0.0)
     en1 = manager.new_extranonce1()
     difficulties = [1.0, 2.0, 8.0, 4.0, 0.5, 1.0, 1.0]
-    jobs = [manager.make_job(template, en1, d, i == 0, float(i)) for i, d in
-            enumerate(difficulties)]
-    jobs += [manager.make_job(template, en1, 1.0, False, 9.0, workload=other, lease_id=7),
-             manager.make_job(template, en1, 1.0, False, 9.5, workload=other, lease_id=7)]
+    jobs = [
+        manager.make_job(template, en1, d, i == 0, float(i)) for i, d in enumerate(difficulties)
+    ]
+    jobs += [
+        manager.make_job(template, en1, 1.0, False, 9.0, workload=other, lease_id=7),
+        manager.make_job(template, en1, 1.0, False, 9.5, workload=other, lease_id=7),
+    ]
     assert len({j.job_id for j in jobs}) == len(jobs)
     for en2, ntime in ((bytes(8), block.time), (b"\xff" * 8, block.time + 600)):
         headers = {j.header(en2, ntime)[1] for j in jobs}

@@ -36,8 +36,10 @@ def test_miner_count_is_bounded_and_idle_miners_are_dropped() -> None:
 
 def test_sample_sums_a_miners_workers() -> None:
     h = HashrateHistory()
-    live = PoolSnapshot(hashrate={"1m": 7.0}, miners={"x": [
-        WorkerSnapshot("w1", {"1m": 2.0}), WorkerSnapshot("w2", {"1m": 3.0})]})
+    live = PoolSnapshot(
+        hashrate={"1m": 7.0},
+        miners={"x": [WorkerSnapshot("w1", {"1m": 2.0}), WorkerSnapshot("w2", {"1m": 3.0})]},
+    )
     h.sample(live, now=5.0)
     assert h.pool_series() == [[5.0, 7.0]]
     assert h.miner_series("x") == [[5.0, 5.0]]
@@ -81,11 +83,15 @@ async def test_dashboard_serves_the_vendored_chart_library(tmp_path) -> None:
 
 async def test_live_miners_sorted_by_hashrate(tmp_path) -> None:
     ledger = SqliteLedger(tmp_path / "l.db")
-    live = PoolSnapshot(miners={
-        "slow": [WorkerSnapshot("a", {"1m": 1.0})],
-        "fast": [WorkerSnapshot("b", {"1m": 2.0}), WorkerSnapshot("c", {"1m": 3.0})]})
+    live = PoolSnapshot(
+        miners={
+            "slow": [WorkerSnapshot("a", {"1m": 1.0})],
+            "fast": [WorkerSnapshot("b", {"1m": 2.0}), WorkerSnapshot("c", {"1m": 3.0})],
+        }
+    )
     data = PoolData(ledger, lambda: live, trio.CapacityLimiter(1), fee_bps=0, min_payout=1)
     assert data.live_miners() == [
         {"address": "fast", "workers": ["b", "c"], "hashrate": {"1m": 5.0}},
-        {"address": "slow", "workers": ["a"], "hashrate": {"1m": 1.0}}]
+        {"address": "slow", "workers": ["a"], "hashrate": {"1m": 1.0}},
+    ]
     ledger.close()

@@ -78,24 +78,42 @@ async def stored_digests(url: str) -> set[bytes]:
 
 async def ledger_gauge(client: httpx.AsyncClient) -> float:
     text = (await client.get("/metrics")).text
-    line = next(x for x in text.splitlines()
-                if x.startswith('matmine_pool_dependency_up{dependency="ledger"}'))
+    line = next(
+        x
+        for x in text.splitlines()
+        if x.startswith('matmine_pool_dependency_up{dependency="ledger"}')
+    )
     return float(line.split()[-1])
 
 
-async def outage(start_pool, server: PostgresServer, stop: Callable[[], None],
-                 resume: Callable[[], None], label: str) -> None:
+async def outage(
+    start_pool,
+    server: PostgresServer,
+    stop: Callable[[], None],
+    resume: Callable[[], None],
+    label: str,
+) -> None:
     url = await trio.to_thread.run_sync(server.create_database)
-    pool = await start_pool({
-        "ledger.kind": "postgres", "ledger.url": url, "ledger.call_timeout": CALL_TIMEOUT,
-        "ledger.connect_timeout": 2.0, "ledger.statement_timeout": 2.0,
-        "ledger.retry_interval": 0.2, "http.enabled": True, "work.job_refresh_seconds": 1.0,
-        "limits.invalid_min_shares": 10, "limits.invalid_window": 20,
-    })
+    pool = await start_pool(
+        {
+            "ledger.kind": "postgres",
+            "ledger.url": url,
+            "ledger.call_timeout": CALL_TIMEOUT,
+            "ledger.connect_timeout": 2.0,
+            "ledger.statement_timeout": 2.0,
+            "ledger.retry_interval": 0.2,
+            "http.enabled": True,
+            "work.job_refresh_seconds": 1.0,
+            "limits.invalid_min_shares": 10,
+            "limits.invalid_window": 20,
+        }
+    )
     acked: list[bytes] = []
     refused = 0
-    async with await TestMiner.connect(pool.stratum_port, timeout=60) as miner, \
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{pool.http_port}") as client:
+    async with (
+        await TestMiner.connect(pool.stratum_port, timeout=60) as miner,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{pool.http_port}") as client,
+    ):
         await miner.login(new_address() + ".outage")
 
         async def submit_one() -> tuple[int | None, float]:
@@ -148,9 +166,11 @@ async def outage(start_pool, server: PostgresServer, stop: Callable[[], None],
         assert [m for m in miner.messages if not hasattr(m, "text")] == []  # no reconnect
     stored = await stored_digests(url)
     lost = [d for d in acked if d not in stored]
-    print(f"\n[{label}] refused while down: {refused}, acknowledged: {len(acked)}, lost acks: "
-          f"{len(lost)}, slowest answer while down: {slowest:.2f} s, recovered "
-          f"{recovered:.2f} s after the database was back")
+    print(
+        f"\n[{label}] refused while down: {refused}, acknowledged: {len(acked)}, lost acks: "
+        f"{len(lost)}, slowest answer while down: {slowest:.2f} s, recovered "
+        f"{recovered:.2f} s after the database was back"
+    )
     assert lost == []
     assert pool.context.bans.ban_seconds and not pool.context.strikes
 
@@ -165,8 +185,9 @@ async def test_hung_postgres_sigstop_then_sigcont(start_pool, own_server):
         signal_cluster(pids, signal.SIGSTOP)
 
     try:
-        await outage(start_pool, own_server, stop,
-                     lambda: signal_cluster(pids, signal.SIGCONT), "SIGSTOP")
+        await outage(
+            start_pool, own_server, stop, lambda: signal_cluster(pids, signal.SIGCONT), "SIGSTOP"
+        )
     finally:
         signal_cluster(pids, signal.SIGCONT)
 
@@ -175,8 +196,9 @@ async def test_hung_postgres_sigstop_then_sigcont(start_pool, own_server):
 @pytest.mark.timeout(240)
 async def test_killed_postgres_restarted(start_pool, own_server):
     try:
-        await outage(start_pool, own_server, lambda: kill_cluster(own_server),
-                     own_server.start, "SIGKILL")
+        await outage(
+            start_pool, own_server, lambda: kill_cluster(own_server), own_server.start, "SIGKILL"
+        )
     finally:
         if not own_server.running:
             own_server.start()
@@ -222,8 +244,7 @@ async def test_ledger_lost_between_send_and_complete_pays_once(tmp_path, own_ser
             return txid
 
     url = await trio.to_thread.run_sync(own_server.create_database)
-    ledger = open_ledger(url, call_timeout=CALL_TIMEOUT, connect_timeout=2,
-                         statement_timeout=2)
+    ledger = open_ledger(url, call_timeout=CALL_TIMEOUT, connect_timeout=2, statement_timeout=2)
     chain = FaultAfterSend(tmp_path / "node", node_config(), wallet_address=POOL)
     limiter = trio.CapacityLimiter(1)
     try:

@@ -79,6 +79,7 @@ async def test_flood_is_cut_off_and_does_not_starve_others(start_pool):
     ping = encode_frame({"id": 1, "method": "mining.ping", "params": {}})
     async with await TestMiner.connect(pool.stratum_port) as flooder:
         async with trio.open_nursery() as nursery:
+
             async def flood() -> None:
                 try:
                     for _ in range(50):
@@ -97,23 +98,32 @@ async def test_flood_is_cut_off_and_does_not_starve_others(start_pool):
                 await round_trip(pool.stratum_port)  # served while the flood goes on
         codes = [f["error"]["code"] for f in frames if "error" in f]
         assert ErrorCode.RATE_LIMITED in codes
-        assert any(f.get("method") == "client.show_message" and "flood" in f["params"]["text"]
-                   for f in frames)
+        assert any(
+            f.get("method") == "client.show_message" and "flood" in f["params"]["text"]
+            for f in frames
+        )
         assert len(frames) < 50 * 200  # cut off long before the flood ended
     await round_trip(pool.stratum_port)
 
 
 async def test_invalid_shares_escalate_to_a_ban(start_pool):
-    pool = await start_pool({"limits.invalid_window": 4, "limits.invalid_min_shares": 4,
-                             "limits.invalid_ratio": 0.5, "limits.ban_seconds": 60.0})
+    pool = await start_pool(
+        {
+            "limits.invalid_window": 4,
+            "limits.invalid_min_shares": 4,
+            "limits.invalid_ratio": 0.5,
+            "limits.ban_seconds": 60.0,
+        }
+    )
     address = new_address()
 
     async def send_losers(miner: TestMiner, count: int) -> None:
         await miner.request(messages.Ping())  # read any job the pool pushed meanwhile
         await trio.sleep(0.05)
         await miner.request(messages.Ping())
-        losers = await trio.to_thread.run_sync(losing_tiles, miner.job, miner.extranonce1,
-                                               secrets.token_bytes(8))
+        losers = await trio.to_thread.run_sync(
+            losing_tiles, miner.job, miner.extranonce1, secrets.token_bytes(8)
+        )
         for c in losers[:count]:
             r = await miner.submit(c)
             assert r.error is not None and r.error.code == ErrorCode.LOW_DIFFICULTY
@@ -170,8 +180,10 @@ async def test_connection_limit_per_ip_evicts_the_unproven(start_pool):
     acknowledged share (unauthorized first); only when every slot holds a miner that proved
     work is the newcomer refused (before: refused at once, whoever held the slots)."""
     pool = await start_pool({"stratum.max_connections_per_ip": 2})
-    async with await TestMiner.connect(pool.stratum_port) as rig, \
-            await TestMiner.connect(pool.stratum_port) as idle:
+    async with (
+        await TestMiner.connect(pool.stratum_port) as rig,
+        await TestMiner.connect(pool.stratum_port) as idle,
+    ):
         await proven(rig)
         await idle.subscribe()
         async with await TestMiner.connect(pool.stratum_port) as newcomer:
@@ -192,9 +204,11 @@ async def test_full_pool_evicts_the_oldest_unproven_of_any_ip(start_pool):
     """``max_connections`` taken by a proven miner and two silent connections from other IPs
     (127.0.0.2 older than 127.0.0.3): a new miner closes the oldest silent one."""
     pool = await start_pool({"stratum.max_connections": 3})
-    async with await TestMiner.connect(pool.stratum_port) as rig, \
-            await TestMiner.connect(pool.stratum_port, local="127.0.0.2") as oldest, \
-            await TestMiner.connect(pool.stratum_port, local="127.0.0.3") as younger:
+    async with (
+        await TestMiner.connect(pool.stratum_port) as rig,
+        await TestMiner.connect(pool.stratum_port, local="127.0.0.2") as oldest,
+        await TestMiner.connect(pool.stratum_port, local="127.0.0.3") as younger,
+    ):
         await proven(rig)
         await oldest.request(messages.Ping())
         await younger.request(messages.Ping())
@@ -230,8 +244,12 @@ def test_rate_limiter_bucket():
 def test_share_judge_ladder_and_reset():
     judge = ShareJudge(window=4, min_shares=4, ratio=0.5)
     steps = [judge.record(False) for _ in range(16)]
-    assert [s for s in steps if s] == [Escalation.RESEND_WORK, Escalation.RECONNECT,
-                                       Escalation.DROP, Escalation.BAN]
+    assert [s for s in steps if s] == [
+        Escalation.RESEND_WORK,
+        Escalation.RECONNECT,
+        Escalation.DROP,
+        Escalation.BAN,
+    ]
     judge = ShareJudge(window=4, min_shares=4, ratio=0.5)
     for _ in range(4):
         judge.record(False)
@@ -261,12 +279,19 @@ def test_ban_list_is_bounded_and_expires():
 async def test_a_ban_drops_the_other_connections_from_that_ip(start_pool):
     # every invalid share is one step of the ladder: resend, reconnect, drop (strike 1);
     # the same again from a second connection is strike 2: the IP is banned
-    pool = await start_pool({"limits.invalid_window": 1, "limits.invalid_min_shares": 1,
-                             "limits.invalid_ratio": 0.5, "limits.ban_seconds": 60.0})
+    pool = await start_pool(
+        {
+            "limits.invalid_window": 1,
+            "limits.invalid_min_shares": 1,
+            "limits.invalid_ratio": 0.5,
+            "limits.ban_seconds": 60.0,
+        }
+    )
 
-
-    async with await TestMiner.connect(pool.stratum_port) as bystander, \
-            await TestMiner.connect(pool.stratum_port) as other:
+    async with (
+        await TestMiner.connect(pool.stratum_port) as bystander,
+        await TestMiner.connect(pool.stratum_port) as other,
+    ):
         await bystander.login(new_address() + ".rig")
         await other.subscribe()  # not even authorized yet
         async with await TestMiner.connect(pool.stratum_port) as bad:

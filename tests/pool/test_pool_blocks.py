@@ -51,12 +51,13 @@ async def wait_for(predicate, timeout: float = 15.0, step: float = 0.1):
     return result
 
 
-async def test_found_block_is_credited_by_pplns_and_paid_after_maturity(start_pool,
-                                                                         ledger_call):
+async def test_found_block_is_credited_by_pplns_and_paid_after_maturity(start_pool, ledger_call):
     pool = await start_pool(SETTINGS, NODE)
     addr_a, addr_b = new_address(), new_address()
-    async with await TestMiner.connect(pool.stratum_port) as a, \
-            await TestMiner.connect(pool.stratum_port) as b:
+    async with (
+        await TestMiner.connect(pool.stratum_port) as a,
+        await TestMiner.connect(pool.stratum_port) as b,
+    ):
         await a.login(addr_a + ".a1")
         await b.login(addr_b + ".b1")
         block_hash, height = await find_block(pool, a, b)
@@ -71,8 +72,10 @@ async def test_found_block_is_credited_by_pplns_and_paid_after_maturity(start_po
     fee = reward * 250 // 10_000
     distributable = reward - fee
     credits = await ledger_call(pool, pool.ledger.block_credits, block.id)
-    assert credits == {addr_a: math.floor(distributable * 3 / 5),
-                       addr_b: math.floor(distributable * 2 / 5)}
+    assert credits == {
+        addr_a: math.floor(distributable * 3 / 5),
+        addr_b: math.floor(distributable * 2 / 5),
+    }
     assert block.fee == fee
     assert sum(credits.values()) + block.fee + block.remainder == reward
     # Immature: nothing payable, nothing on chain yet.
@@ -82,8 +85,10 @@ async def test_found_block_is_credited_by_pplns_and_paid_after_maturity(start_po
     await pool.chain.devnet_advance(3)  # maturity 2: the pool's coinbase matures
 
     async def paid() -> bool:
-        return (await pool.chain.balance(addr_a) == credits[addr_a]
-                and await pool.chain.balance(addr_b) == credits[addr_b])
+        return (
+            await pool.chain.balance(addr_a) == credits[addr_a]
+            and await pool.chain.balance(addr_b) == credits[addr_b]
+        )
 
     await wait_for(paid)
     (block,) = await ledger_call(pool, pool.ledger.blocks, 10)
@@ -96,15 +101,16 @@ async def test_found_block_is_credited_by_pplns_and_paid_after_maturity(start_po
     batches = await ledger_call(pool, pool.ledger.payments, 10)
     assert len(batches) == 1 and batches[0].status == "completed"
     assert batches[0].outputs == credits
-    assert pool.registry.get_sample_value("matmine_pool_blocks_total",
-                                          {"status": "found"}) == 1
+    assert pool.registry.get_sample_value("matmine_pool_blocks_total", {"status": "found"}) == 1
 
 
 async def test_orphaned_block_pays_nothing(start_pool, ledger_call):
     pool = await start_pool(SETTINGS, {**NODE, "orphan_probability": 1.0})
     addr_a, addr_b = new_address(), new_address()
-    async with await TestMiner.connect(pool.stratum_port) as a, \
-            await TestMiner.connect(pool.stratum_port) as b:
+    async with (
+        await TestMiner.connect(pool.stratum_port) as a,
+        await TestMiner.connect(pool.stratum_port) as b,
+    ):
         await a.login(addr_a + ".a1")
         await b.login(addr_b + ".b1")
         block_hash, _ = await find_block(pool, a, b)
@@ -128,7 +134,8 @@ async def test_orphaned_block_pays_nothing(start_pool, ledger_call):
 
 
 async def test_block_rejected_by_the_chain_is_recorded_orphaned_and_credits_nothing(
-        start_pool, ledger_call):
+    start_pool, ledger_call
+):
     # The pool looks at the tip only every 30 s here, so it does not notice that the
     # devnet moved on: its block candidate is stale at the node.
     pool = await start_pool({**SETTINGS, "chain.poll_interval": 30.0}, NODE)
@@ -147,5 +154,4 @@ async def test_block_rejected_by_the_chain_is_recorded_orphaned_and_credits_noth
     summary = await ledger_call(pool, pool.ledger.miner, address)
     assert summary.immature == 0 and summary.balance == 0
     assert await ledger_call(pool, pool.ledger.share_count) == 1
-    assert pool.registry.get_sample_value("matmine_pool_blocks_total",
-                                          {"status": "rejected"}) == 1
+    assert pool.registry.get_sample_value("matmine_pool_blocks_total", {"status": "rejected"}) == 1

@@ -19,8 +19,13 @@ from protocol.version import package_version
 
 
 def serve(*args: str, **kwargs) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "pool.cli", "serve", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pool.cli", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def free_port() -> int:
@@ -42,8 +47,9 @@ def test_a_busy_port_is_one_line_and_nothing_is_created(tmp_path: Path, listener
         port = busy.getsockname()[1]
         other = free_port()
         stratum, http = (port, other) if listener == "stratum" else (other, port)
-        proc = serve("--data-dir", str(data), "--stratum-port", str(stratum),
-                     "--http-port", str(http))
+        proc = serve(
+            "--data-dir", str(data), "--stratum-port", str(stratum), "--http-port", str(http)
+        )
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 2, stderr
     lines = error_lines(stderr)
@@ -64,8 +70,11 @@ def readonly_dir(tmp_path: Path):
         yield path
         path.chmod(0o755)
         return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "matmine-ro", str(path)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "matmine-ro", str(path)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a read-only tmpfs: {mounted.stderr.strip()}")
     yield path
@@ -82,8 +91,15 @@ def test_an_unwritable_data_dir_is_one_line(readonly_dir: Path):
 
 @pytest.mark.slow
 def test_sigterm_stops_a_pool_waiting_for_an_unreachable_node(tmp_path: Path):
-    proc = serve("--data-dir", str(tmp_path / "data"), "--stratum-port", "0", "--no-http",
-                 "--chain", f"rpc://127.0.0.1:{free_port()}")
+    proc = serve(
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--stratum-port",
+        "0",
+        "--no-http",
+        "--chain",
+        f"rpc://127.0.0.1:{free_port()}",
+    )
     try:
         deadline = time.monotonic() + 60
         seen = ""
@@ -102,7 +118,12 @@ def test_sigterm_stops_a_pool_waiting_for_an_unreachable_node(tmp_path: Path):
 
 @pytest.mark.parametrize("program", ["pool.cli", "node.cli", "worker.cli"])
 def test_every_program_has_version(program: str):
-    done = subprocess.run([sys.executable, "-m", program, "--version"], capture_output=True,
-                          text=True, timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", program, "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert done.stdout.strip().endswith(package_version())
     assert package_version() != "unknown" or shutil.which("matmine-pool") is None

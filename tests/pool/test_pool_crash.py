@@ -80,9 +80,20 @@ class PoolProcess:
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "pool.cli", "serve", "--config", str(self.config),
-                 "--log-level", "info"],
-                cwd=REPO, stdout=log, stderr=log)
+                [
+                    sys.executable,
+                    "-m",
+                    "pool.cli",
+                    "serve",
+                    "--config",
+                    str(self.config),
+                    "--log-level",
+                    "info",
+                ],
+                cwd=REPO,
+                stdout=log,
+                stderr=log,
+            )
         with trio.fail_after(30):
             while True:
                 text = self.log.read_text()[offset:]
@@ -99,8 +110,7 @@ class PoolProcess:
             return await self.process.wait()
 
 
-async def stream_shares(port: int, address: str, acked: list[ShareRecord],
-                        until: float) -> None:
+async def stream_shares(port: int, address: str, acked: list[ShareRecord], until: float) -> None:
     """Mine and submit (pipelined, 4 at a time) until ``until`` or the pool goes away."""
     try:
         async with await TestMiner.connect(port, timeout=10) as miner:
@@ -109,19 +119,31 @@ async def stream_shares(port: int, address: str, acked: list[ShareRecord],
                 job = miner.job
                 found = await miner.find(job)
                 for i in range(0, len(found), 4):
-                    batch = found[i:i + 4]
+                    batch = found[i : i + 4]
                     ids = [await miner.send_submit(c) for c in batch]
                     for c, rid in zip(batch, ids, strict=True):
                         r = await miner.response(rid)
                         if r.error is None:
-                            acked.append(ShareRecord(c.digest, 0.0, address, "w", c.job_id,
-                                                     job.height, 1e-5, 1.0, b"check"))
+                            acked.append(
+                                ShareRecord(
+                                    c.digest,
+                                    0.0,
+                                    address,
+                                    "w",
+                                    c.job_id,
+                                    job.height,
+                                    1e-5,
+                                    1.0,
+                                    b"check",
+                                )
+                            )
     except (MinerClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass  # the pool was killed under us
 
 
-async def run_miners(port: int, addresses: list[str], acked: list[ShareRecord],
-                     seconds: float, during=None) -> None:
+async def run_miners(
+    port: int, addresses: list[str], acked: list[ShareRecord], seconds: float, during=None
+) -> None:
     until = time.monotonic() + seconds
     async with trio.open_nursery() as nursery:
         for address in addresses:
@@ -195,15 +217,17 @@ async def test_sigkill_loses_no_acknowledged_share_and_pays_nothing_twice(tmp_pa
 
 
 def share(i: int) -> ShareRecord:
-    return ShareRecord(i.to_bytes(32, "little"), float(i), new_address(), "w", "1.1", 1,
-                       1e-4, 1.0, b"s")
+    return ShareRecord(
+        i.to_bytes(32, "little"), float(i), new_address(), "w", "1.1", 1, 1e-4, 1.0, b"s"
+    )
 
 
 async def test_sharelog_batches_commits_and_acks_after_them(tmp_path):
     ledger = SqliteLedger(tmp_path / "l.sqlite")
     commits: list[float] = []
-    log = ShareLog(ledger, trio.CapacityLimiter(1), interval=0.01, max_batch=50,
-                   observe_commit=commits.append)
+    log = ShareLog(
+        ledger, trio.CapacityLimiter(1), interval=0.01, max_batch=50, observe_commit=commits.append
+    )
     done: list[int] = []
 
     async def submit(i: int) -> None:
@@ -323,16 +347,24 @@ def test_crash_between_credit_and_unit_completion_loses_no_share(tmp_path):
     from pool.useful.blobstore import BlobStore
     from pool.useful.queue import WorkQueue
 
-    run = subprocess.run([sys.executable, "-c", CRASH_AFTER_CREDIT, str(tmp_path)], cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-c", CRASH_AFTER_CREDIT, str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 17, run.stderr
     ledger = SqliteLedger(tmp_path / "ledger.sqlite")
     try:
         assert ledger.share_count() == 3  # every acknowledged share survived the crash
         # the restart releases the delivered lease: the unit is computed again, and the
         # voided held copies are the very shares already in the ledger
-        queue = WorkQueue(tmp_path / "useful.sqlite", BlobStore(tmp_path / "useful" / "blobs"),
-                          UsefulConfig(unit_m=32, unit_n=32, r=32))
+        queue = WorkQueue(
+            tmp_path / "useful.sqlite",
+            BlobStore(tmp_path / "useful" / "blobs"),
+            UsefulConfig(unit_m=32, unit_n=32, r=32),
+        )
         try:
             (end,) = queue.recovered
             assert end.state == "released" and len(end.shares) == 3
@@ -342,7 +374,14 @@ def test_crash_between_credit_and_unit_completion_loses_no_share(tmp_path):
             queue.close()
         digests = sorted(bytes.fromhex(s["digest"]) for s in end.shares)
         assert digests == [bytes([i]) * 32 for i in (1, 2, 3)]
-        assert ledger.insert_shares([ShareRecord(d, 1.0e9, "mmd1test", "rig", "job1", 7, 1e-5,
-                                                 1.0, b"s" * 8) for d in digests]) == 0
+        assert (
+            ledger.insert_shares(
+                [
+                    ShareRecord(d, 1.0e9, "mmd1test", "rig", "job1", 7, 1e-5, 1.0, b"s" * 8)
+                    for d in digests
+                ]
+            )
+            == 0
+        )
     finally:
         ledger.close()

@@ -15,8 +15,12 @@ from protocol.address import new_address
 from protocol.errors import ErrorCode
 from tests.support.miner import MinerClosed, TestMiner, losing_tiles, misbehave
 
-LADDER = {"limits.invalid_window": 4, "limits.invalid_min_shares": 4,
-          "limits.invalid_ratio": 0.5, "limits.ban_seconds": 60.0}
+LADDER = {
+    "limits.invalid_window": 4,
+    "limits.invalid_min_shares": 4,
+    "limits.invalid_ratio": 0.5,
+    "limits.ban_seconds": 60.0,
+}
 
 
 def shown(miner: TestMiner) -> list[str]:
@@ -33,7 +37,8 @@ async def test_stale_submits_do_not_dilute_bogus_tickets(start_pool):
         with contextlib.suppress(MinerClosed), trio.fail_after(30):
             for _ in range(4):
                 (bogus, *_) = await trio.to_thread.run_sync(
-                    losing_tiles, miner.job, miner.extranonce1, secrets.token_bytes(8))
+                    losing_tiles, miner.job, miner.extranonce1, secrets.token_bytes(8)
+                )
                 stale = dataclasses.replace(bogus, job_id="gone")
                 for _ in range(2):
                     assert (await miner.submit(stale)).error.code == ErrorCode.STALE
@@ -48,9 +53,14 @@ async def test_a_hostile_client_does_not_get_its_honest_neighbours_banned(start_
     """An honest miner and a client sending bogus tickets, both from 127.0.0.1: the hostile
     one is dropped each time it comes back; the IP is not banned, and the honest miner's
     shares are all acknowledged."""
-    pool = await start_pool({"limits.invalid_window": 1, "limits.invalid_min_shares": 1,
-                             "limits.invalid_ratio": 0.5, "limits.ban_seconds": 60.0})
-
+    pool = await start_pool(
+        {
+            "limits.invalid_window": 1,
+            "limits.invalid_min_shares": 1,
+            "limits.invalid_ratio": 0.5,
+            "limits.ban_seconds": 60.0,
+        }
+    )
 
     acked = submitted = 0
     async with await TestMiner.connect(pool.stratum_port) as honest:
@@ -71,8 +81,10 @@ async def test_a_hostile_client_does_not_get_its_honest_neighbours_banned(start_
     print(f"honest miner: {acked}/{submitted} shares acknowledged beside a hostile client")
     assert acked == submitted == 4
     assert pool.registry.get_sample_value("matmine_pool_bans_total") == 0
-    assert pool.registry.get_sample_value(
-        "matmine_pool_ban_decisions_total", {"decision": "spared"}) == 2
+    assert (
+        pool.registry.get_sample_value("matmine_pool_ban_decisions_total", {"decision": "spared"})
+        == 2
+    )
     async with await TestMiner.connect(pool.stratum_port) as late:  # the IP is not banned
         assert (await late.request(messages.Ping())).error is None
 
@@ -84,13 +96,20 @@ async def test_share_checks_are_bounded_per_ip(start_pool):
     acknowledged (each ack earns it a check), a miner on 127.0.0.2 has its own budget, and a
     refused ticket is checked when it comes again later (it was not remembered)."""
     rate, burst, flood = 4.0, 6, 40
-    pool = await start_pool({**LADDER, "limits.invalid_window": 10_000,
-                             "limits.invalid_min_shares": 10_000,
-                             "limits.checks_per_ip_per_second": rate,
-                             "limits.check_burst_per_ip": burst})
-    async with await TestMiner.connect(pool.stratum_port) as flooder, \
-            await TestMiner.connect(pool.stratum_port) as neighbour, \
-            await TestMiner.connect(pool.stratum_port, local="127.0.0.2") as elsewhere:
+    pool = await start_pool(
+        {
+            **LADDER,
+            "limits.invalid_window": 10_000,
+            "limits.invalid_min_shares": 10_000,
+            "limits.checks_per_ip_per_second": rate,
+            "limits.check_burst_per_ip": burst,
+        }
+    )
+    async with (
+        await TestMiner.connect(pool.stratum_port) as flooder,
+        await TestMiner.connect(pool.stratum_port) as neighbour,
+        await TestMiner.connect(pool.stratum_port, local="127.0.0.2") as elsewhere,
+    ):
         await flooder.login(new_address() + ".flood")
         rig_job = await neighbour.login(new_address() + ".rig")
         rig_shares = (await neighbour.shares(4, rig_job))[:4]
@@ -99,19 +118,24 @@ async def test_share_checks_are_bounded_per_ip(start_pool):
         tickets = []
         while len(tickets) < flood:
             tickets += await trio.to_thread.run_sync(
-                losing_tiles, flooder.job, flooder.extranonce1, secrets.token_bytes(8))
+                losing_tiles, flooder.job, flooder.extranonce1, secrets.token_bytes(8)
+            )
         started = trio.current_time()
         codes = [(await flooder.submit(t)).error.code for t in tickets[:flood]]
         elapsed = trio.current_time() - started
         checked = codes.count(ErrorCode.LOW_DIFFICULTY)
         refused = codes.count(ErrorCode.RATE_LIMITED)
-        print(f"flooder: {checked} of {flood} bogus tickets checked in {elapsed:.2f} s "
-              f"(budget {burst} + {rate:g}/s), {refused} answered 27")
+        print(
+            f"flooder: {checked} of {flood} bogus tickets checked in {elapsed:.2f} s "
+            f"(budget {burst} + {rate:g}/s), {refused} answered 27"
+        )
         assert checked + refused == flood
         assert refused > 0 and checked <= burst + rate * elapsed + 1
         answers = [await neighbour.submit(share) for share in rig_shares[1:]]
-        print(f"rig behind the flooded IP: {sum(a.error is None for a in answers) + 1}/4 "
-              "shares acknowledged")
+        print(
+            f"rig behind the flooded IP: {sum(a.error is None for a in answers) + 1}/4 "
+            "shares acknowledged"
+        )
         assert [a.error for a in answers] == [None] * 3
         shares = (await elsewhere.shares(3, job))[:3]
         answers = [await elsewhere.submit(share) for share in shares]

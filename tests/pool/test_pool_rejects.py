@@ -48,21 +48,19 @@ async def test_share_rejects_20_21_22_23_28(pool, ledger_call):
         c = good[0]
 
         # 21: a job id never issued.
-        r = await miner.submit(Candidate("ffff.ffff", c.extranonce2, c.time, c.tile, c.digest,
-                                         False))
+        r = await miner.submit(
+            Candidate("ffff.ffff", c.extranonce2, c.time, c.tile, c.digest, False)
+        )
         assert code(r) == ErrorCode.STALE and "unknown" in r.error.message
         # 20: tile outside the 4x4 grid of a 64x64 job.
-        r = await miner.submit(Candidate(c.job_id, c.extranonce2, c.time, (4, 0), c.digest,
-                                         False))
+        r = await miner.submit(Candidate(c.job_id, c.extranonce2, c.time, (4, 0), c.digest, False))
         assert code(r) == ErrorCode.OTHER and "outside" in r.error.message
         # 28: time before the job's time, and more than 600 s after it.
         for t in (job.time - 1, job.time + 601):
-            r = await miner.submit(Candidate(c.job_id, c.extranonce2, t, c.tile, c.digest,
-                                             False))
+            r = await miner.submit(Candidate(c.job_id, c.extranonce2, t, c.tile, c.digest, False))
             assert code(r) == ErrorCode.BAD_TIME, t
         # 23: a ticket that does not meet the job's difficulty.
-        losers = await trio.to_thread.run_sync(losing_tiles, job, miner.extranonce1,
-                                               c.extranonce2)
+        losers = await trio.to_thread.run_sync(losing_tiles, job, miner.extranonce1, c.extranonce2)
         assert losers, "a 1e-4 share target rejects most tickets"
         r = await miner.submit(losers[0])
         assert code(r) == ErrorCode.LOW_DIFFICULTY
@@ -103,9 +101,18 @@ async def test_share_not_stored_may_be_resubmitted(pool, ledger_call, tmp_path):
 async def test_malformed_request_26_keeps_connection(pool):
     async with await TestMiner.connect(pool.stratum_port) as miner:
         job = await miner.login(new_address())
-        frame = encode_frame({"id": 77, "method": "mining.submit",
-                              "params": {"job_id": job.job_id, "extranonce2": b"short",
-                                         "time": job.time, "tile": [0, 0]}})
+        frame = encode_frame(
+            {
+                "id": 77,
+                "method": "mining.submit",
+                "params": {
+                    "job_id": job.job_id,
+                    "extranonce2": b"short",
+                    "time": job.time,
+                    "tile": [0, 0],
+                },
+            }
+        )
         miner.conn._pending[77] = "mining.submit"  # the raw request's answer is expected
         await miner.send_raw(frame)
         r = await miner.response(77)
@@ -130,8 +137,13 @@ async def test_expired_job_is_stale(start_pool):
 
 
 async def test_rate_limits_27(start_pool):
-    pool = await start_pool({"limits.messages_per_second": 2.0, "limits.message_burst": 5,
-                             "limits.max_shares_per_job": 1})
+    pool = await start_pool(
+        {
+            "limits.messages_per_second": 2.0,
+            "limits.message_burst": 5,
+            "limits.max_shares_per_job": 1,
+        }
+    )
     async with await TestMiner.connect(pool.stratum_port) as miner:
         await miner.subscribe()
         ids = [await miner.send(messages.Ping()) for _ in range(8)]
@@ -156,8 +168,12 @@ async def test_bad_params_of_every_kind_get_26(pool):
             {"job_id": "x", "extranonce2": bytes(8), "time": -5, "tile": [0, 0]},
             {"job_id": "x", "extranonce2": bytes(8), "time": 1, "tile": [0]},
         ]
-        methods = ["mining.authorize", "mining.suggest_difficulty", "mining.submit",
-                   "mining.submit"]
+        methods = [
+            "mining.authorize",
+            "mining.suggest_difficulty",
+            "mining.submit",
+            "mining.submit",
+        ]
         for i, (method, params) in enumerate(zip(methods, bad, strict=True)):
             rid = 100 + i
             miner.conn._pending[rid] = "mining.ping"

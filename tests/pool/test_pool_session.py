@@ -37,8 +37,10 @@ async def test_round_trip_stores_acknowledged_share(pool, ledger_call):
             assert r.result.block is None
             acked.append(c)
     # Every acknowledged share is in the ledger: inserting it again adds nothing.
-    again = [ShareRecord(c.digest, 0.0, address, "rig1", c.job_id, job.height, 1e-4, 1.0,
-                         b"x") for c in acked]
+    again = [
+        ShareRecord(c.digest, 0.0, address, "rig1", c.job_id, job.height, 1e-4, 1.0, b"x")
+        for c in acked
+    ]
     assert await ledger_call(pool, pool.ledger.share_count) == 3
     assert await ledger_call(pool, pool.ledger.insert_shares, again) == 0
     stats = await ledger_call(pool, pool.ledger.share_stats, 0.0)
@@ -47,8 +49,10 @@ async def test_round_trip_stores_acknowledged_share(pool, ledger_call):
 
 async def test_two_miners_get_distinct_extranonce1_and_pipelined_submits(pool):
     a, b = new_address(), new_address()
-    async with await TestMiner.connect(pool.stratum_port) as m1, \
-            await TestMiner.connect(pool.stratum_port) as m2:
+    async with (
+        await TestMiner.connect(pool.stratum_port) as m1,
+        await TestMiner.connect(pool.stratum_port) as m2,
+    ):
         job1 = await m1.login(a + ".x")
         job2 = await m2.login(b)  # worker defaults to "default"
         assert m1.extranonce1 != m2.extranonce1
@@ -80,7 +84,7 @@ async def test_new_block_sends_clean_job_and_old_job_is_stale(pool):
     address = new_address()
     async with await TestMiner.connect(pool.stratum_port) as miner:
         job = await miner.login(address + ".w")
-        old = (await miner.shares(2, job))
+        old = await miner.shares(2, job)
         await pool.chain.devnet_advance(1)  # someone else found a block
         new = await miner.next_job()
         assert new.clean and new.height == job.height + 1
@@ -92,8 +96,14 @@ async def test_new_block_sends_clean_job_and_old_job_is_stale(pool):
 
 
 async def test_vardiff_raises_difficulty_with_a_new_unclean_job(start_pool):
-    pool = await start_pool({"vardiff.enabled": True, "vardiff.target_seconds": 5.0,
-                             "vardiff.retarget_shares": 4, "pool.start_difficulty": 1e-5})
+    pool = await start_pool(
+        {
+            "vardiff.enabled": True,
+            "vardiff.target_seconds": 5.0,
+            "vardiff.retarget_shares": 4,
+            "pool.start_difficulty": 1e-5,
+        }
+    )
     async with await TestMiner.connect(pool.stratum_port) as miner:
         job = await miner.login(new_address() + ".v")
         shares = await miner.shares(8, job)
@@ -124,8 +134,9 @@ async def test_two_pool_instances_never_share_an_extranonce1(start_pool, tmp_pat
 
 
 async def test_idle_miner_gets_a_lower_difficulty_job(start_pool):
-    pool = await start_pool({"vardiff.enabled": True, "vardiff.idle_seconds": 0.3,
-                             "pool.start_difficulty": 1e-3})
+    pool = await start_pool(
+        {"vardiff.enabled": True, "vardiff.idle_seconds": 0.3, "pool.start_difficulty": 1e-3}
+    )
     async with await TestMiner.connect(pool.stratum_port) as miner:
         job = await miner.login(new_address() + ".idle")
         lower = await miner.next_job(1)  # no shares at all: the idle sweep steps down

@@ -16,8 +16,9 @@ from tests.support.useful_queue_data import operands, upload
 
 def test_failed_item_keeps_the_operands_of_a_unit_still_leased(tmp_path):
     blobs = BlobStore(tmp_path / "blobs")
-    queue = WorkQueue(tmp_path / "q.sqlite", blobs,
-                      UsefulConfig(unit_m=16, unit_n=16, r=32, max_attempts=1))
+    queue = WorkQueue(
+        tmp_path / "q.sqlite", blobs, UsefulConfig(unit_m=16, unit_n=16, r=32, max_attempts=1)
+    )
     desk = ResultDesk(queue, blobs)
     a, b = operands(3, 32, 64, 16)  # two units
     item = queue.submit("alice", a, b).id
@@ -36,9 +37,12 @@ def test_useful_retention_forgets_old_items_and_their_blobs_only(tmp_path):
     and a blob stored within the grace period (its item not recorded yet) stay."""
     now = [1000.0]
     blobs = BlobStore(tmp_path / "blobs")
-    queue = WorkQueue(tmp_path / "q.sqlite", blobs,
-                      UsefulConfig(unit_m=16, unit_n=16, r=32, max_attempts=1),
-                      clock=lambda: now[0])
+    queue = WorkQueue(
+        tmp_path / "q.sqlite",
+        blobs,
+        UsefulConfig(unit_m=16, unit_n=16, r=32, max_attempts=1),
+        clock=lambda: now[0],
+    )
     desk = ResultDesk(queue, blobs)
     old = queue.submit("alice", *operands(1, 16, 64, 16)).id
     lease = queue.lease("s1")
@@ -73,10 +77,11 @@ async def test_running_pool_collects_useful_work_and_exports_sizes(start_pool):
     with trio.fail_after(10):
         while orphan in pool.useful.blobs:
             await trio.sleep(0.05)
-        while pool.registry.get_sample_value("matmine_pool_database_bytes",
-                                             {"database": "useful"}) is None:
+        while (
+            pool.registry.get_sample_value("matmine_pool_database_bytes", {"database": "useful"})
+            is None
+        ):
             await trio.sleep(0.05)
     assert pool.registry.get_sample_value("matmine_pool_blob_bytes") == 0
     assert pool.registry.get_sample_value("matmine_pool_work_item_rows") == 0
-    assert pool.registry.get_sample_value("matmine_pool_database_bytes",
-                                          {"database": "ledger"}) > 0
+    assert pool.registry.get_sample_value("matmine_pool_database_bytes", {"database": "ledger"}) > 0

@@ -10,8 +10,13 @@ from tests.support.ledger_data import ALICE, share
 
 
 async def test_running_pool_prunes_old_shares_but_keeps_the_window(start_pool, ledger_call):
-    pool = await start_pool({"retention.interval": 0.1, "retention.share_history_seconds": 10.0,
-                             "retention.block_grace_seconds": 0.0})
+    pool = await start_pool(
+        {
+            "retention.interval": 0.1,
+            "retention.share_history_seconds": 10.0,
+            "retention.block_grace_seconds": 0.0,
+        }
+    )
     now = time.time()
     # 100 old shares (0.1 of the window each, N = 2): the newest 20 are the window.
     old = [share(i, ALICE, now - 1000 + i, 1.0, 10.0) for i in range(100)]

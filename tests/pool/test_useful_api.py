@@ -32,8 +32,10 @@ from tests.support.useful_queue_data import check_and_complete
 
 def operands(seed, m, k, n):
     rng = np.random.default_rng(seed)
-    return (rng.integers(-64, 65, (m, k), dtype=np.int8),
-            rng.integers(-64, 65, (k, n), dtype=np.int8))
+    return (
+        rng.integers(-64, 65, (m, k), dtype=np.int8),
+        rng.integers(-64, 65, (k, n), dtype=np.int8),
+    )
 
 
 def npy(array):
@@ -61,14 +63,21 @@ class Pool:
         self.blobs = BlobStore(tmp_path / "blobs")
         self.queue = WorkQueue(tmp_path / "useful.sqlite", self.blobs, config)
         self.desk = ResultDesk(self.queue, self.blobs)
-        self.app = Starlette(routes=create_work_routes(
-            self.queue, self.blobs, tokens, trio.CapacityLimiter(2)))
+        self.app = Starlette(
+            routes=create_work_routes(self.queue, self.blobs, tokens, trio.CapacityLimiter(2))
+        )
         self.url = ""
 
 
 async def start_pool(nursery, tmp_path, tokens=None, **config):
-    settings = {"unit_m": 32, "unit_n": 32, "r": 32, "max_upload_bytes": 64 * 1024,
-                "max_active_items": 4, **config}
+    settings = {
+        "unit_m": 32,
+        "unit_n": 32,
+        "r": 32,
+        "max_upload_bytes": 64 * 1024,
+        "max_active_items": 4,
+        **config,
+    }
     pool = Pool(tmp_path, tokens, UsefulConfig(**settings))
     hc = Config()
     hc.bind = ["127.0.0.1:0"]
@@ -94,8 +103,9 @@ async def client(pool):
 
 async def test_submit_poll_and_fetch_a_product_of_several_units(pool, client):
     a, b = operands(1, 70, 100, 40)
-    r = await client.post("/api/work", content=npy(a) + npy(b),
-                          headers={"Content-Type": "application/x-npy"})
+    r = await client.post(
+        "/api/work", content=npy(a) + npy(b), headers={"Content-Type": "application/x-npy"}
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     work_id = body["id"]
@@ -125,14 +135,19 @@ async def test_multipart_and_raw_uploads(pool, client):
     r = await client.post("/api/work", files={"a": ("A.npy", npy(a)), "b": ("B.npy", npy(b))})
     assert r.status_code == 201, r.text
     multipart_id = r.json()["id"]
-    r = await client.post("/api/work?m=20&k=33&n=17&dtype=int8",
-                          content=a.tobytes() + b.tobytes(),
-                          headers={"Content-Type": "application/octet-stream"})
+    r = await client.post(
+        "/api/work?m=20&k=33&n=17&dtype=int8",
+        content=a.tobytes() + b.tobytes(),
+        headers={"Content-Type": "application/octet-stream"},
+    )
     assert r.status_code == 201, r.text
     raw_id = r.json()["id"]
     # Fortran-ordered .npy is read correctly too
-    r = await client.post("/api/work", content=npy(np.asfortranarray(a)) + npy(b),
-                          headers={"Content-Type": "application/x-npy"})
+    r = await client.post(
+        "/api/work",
+        content=npy(np.asfortranarray(a)) + npy(b),
+        headers={"Content-Type": "application/x-npy"},
+    )
     assert r.status_code == 201, r.text
     fortran_id = r.json()["id"]
     await trio.to_thread.run_sync(work_all_units, pool.queue, pool.desk)
@@ -142,42 +157,135 @@ async def test_multipart_and_raw_uploads(pool, client):
         np.testing.assert_array_equal(np.load(io.BytesIO(r.content)), expected)
 
 
-@pytest.mark.parametrize(("kwargs", "status", "message"), [
-    ({"content": b"not an npy", "headers": {"Content-Type": "application/x-npy"}},
-     400, "A is not a valid .npy"),
-    ({"content": npy(np.zeros((4, 4), np.int16)) + npy(np.zeros((4, 4), np.int8)),
-      "headers": {"Content-Type": "application/x-npy"}}, 400, "A must be int8, got int16"),
-    ({"content": npy(np.zeros((4, 4), np.int8)),
-      "headers": {"Content-Type": "application/x-npy"}}, 400, "the body holds only A"),
-    ({"content": npy(np.zeros((4, 4), np.int8)) + npy(np.zeros((4, 4), np.int8)) + b"xx",
-      "headers": {"Content-Type": "application/x-npy"}}, 400, "2 bytes after B.npy"),
-    ({"content": npy(np.zeros((4, 4), np.int8)) + npy(np.zeros((5, 4), np.int8)),
-      "headers": {"Content-Type": "application/x-npy"}}, 400, "inner dimensions differ"),
-    ({"content": npy(np.full((4, 4), 65, np.int8)) + npy(np.zeros((4, 4), np.int8)),
-      "headers": {"Content-Type": "application/x-npy"}}, 400, "A has entries outside"),
-    ({"content": npy(np.zeros((4, 4, 1), np.int8)) + npy(np.zeros((4, 4), np.int8)),
-      "headers": {"Content-Type": "application/x-npy"}}, 400, "A must be 2-D"),
-    ({"content": npy(np.zeros((4, 4), np.int8))[:-3] + b"",
-      "headers": {"Content-Type": "application/x-npy"}}, 400, "cut short"),
-    ({"content": bytes(10), "params": {"m": 2, "k": 2, "n": 2},
-      "headers": {"Content-Type": "application/octet-stream"}}, 400, "int8 need 8"),
-    ({"content": bytes(8), "params": {"m": 2, "k": 2, "n": 2, "dtype": "float32"},
-      "headers": {"Content-Type": "application/octet-stream"}}, 400, "dtype must be int8"),
-    ({"content": bytes(8), "params": {"m": 2, "k": "x", "n": 2},
-      "headers": {"Content-Type": "application/octet-stream"}}, 400, "query parameter k"),
-    ({"content": bytes(8), "params": {"m": 2, "k": "\u00b2", "n": 2},
-      "headers": {"Content-Type": "application/octet-stream"}}, 400, "query parameter k"),
-    ({"content": bytes(8), "params": {"m": 2, "k": "9" * 5000, "n": 2},
-      "headers": {"Content-Type": "application/octet-stream"}}, 400, "query parameter k"),
-    ({"content": b"{}", "headers": {"Content-Type": "application/json"}},
-     400, "unsupported Content-Type"),
-    ({"files": {"a": ("A.npy", npy(np.zeros((4, 4), np.int8)))}},
-     400, "multipart field 'b'"),
-    ({"content": bytes(200 * 1024), "params": {"m": 100, "k": 1024, "n": 100},
-      "headers": {"Content-Type": "application/octet-stream"}}, 413, "over the limit"),
-])
-async def test_malformed_uploads_get_clear_errors_and_store_nothing(pool, client, kwargs,
-                                                                    status, message):
+@pytest.mark.parametrize(
+    ("kwargs", "status", "message"),
+    [
+        (
+            {"content": b"not an npy", "headers": {"Content-Type": "application/x-npy"}},
+            400,
+            "A is not a valid .npy",
+        ),
+        (
+            {
+                "content": npy(np.zeros((4, 4), np.int16)) + npy(np.zeros((4, 4), np.int8)),
+                "headers": {"Content-Type": "application/x-npy"},
+            },
+            400,
+            "A must be int8, got int16",
+        ),
+        (
+            {
+                "content": npy(np.zeros((4, 4), np.int8)),
+                "headers": {"Content-Type": "application/x-npy"},
+            },
+            400,
+            "the body holds only A",
+        ),
+        (
+            {
+                "content": npy(np.zeros((4, 4), np.int8)) + npy(np.zeros((4, 4), np.int8)) + b"xx",
+                "headers": {"Content-Type": "application/x-npy"},
+            },
+            400,
+            "2 bytes after B.npy",
+        ),
+        (
+            {
+                "content": npy(np.zeros((4, 4), np.int8)) + npy(np.zeros((5, 4), np.int8)),
+                "headers": {"Content-Type": "application/x-npy"},
+            },
+            400,
+            "inner dimensions differ",
+        ),
+        (
+            {
+                "content": npy(np.full((4, 4), 65, np.int8)) + npy(np.zeros((4, 4), np.int8)),
+                "headers": {"Content-Type": "application/x-npy"},
+            },
+            400,
+            "A has entries outside",
+        ),
+        (
+            {
+                "content": npy(np.zeros((4, 4, 1), np.int8)) + npy(np.zeros((4, 4), np.int8)),
+                "headers": {"Content-Type": "application/x-npy"},
+            },
+            400,
+            "A must be 2-D",
+        ),
+        (
+            {
+                "content": npy(np.zeros((4, 4), np.int8))[:-3] + b"",
+                "headers": {"Content-Type": "application/x-npy"},
+            },
+            400,
+            "cut short",
+        ),
+        (
+            {
+                "content": bytes(10),
+                "params": {"m": 2, "k": 2, "n": 2},
+                "headers": {"Content-Type": "application/octet-stream"},
+            },
+            400,
+            "int8 need 8",
+        ),
+        (
+            {
+                "content": bytes(8),
+                "params": {"m": 2, "k": 2, "n": 2, "dtype": "float32"},
+                "headers": {"Content-Type": "application/octet-stream"},
+            },
+            400,
+            "dtype must be int8",
+        ),
+        (
+            {
+                "content": bytes(8),
+                "params": {"m": 2, "k": "x", "n": 2},
+                "headers": {"Content-Type": "application/octet-stream"},
+            },
+            400,
+            "query parameter k",
+        ),
+        (
+            {
+                "content": bytes(8),
+                "params": {"m": 2, "k": "\u00b2", "n": 2},
+                "headers": {"Content-Type": "application/octet-stream"},
+            },
+            400,
+            "query parameter k",
+        ),
+        (
+            {
+                "content": bytes(8),
+                "params": {"m": 2, "k": "9" * 5000, "n": 2},
+                "headers": {"Content-Type": "application/octet-stream"},
+            },
+            400,
+            "query parameter k",
+        ),
+        (
+            {"content": b"{}", "headers": {"Content-Type": "application/json"}},
+            400,
+            "unsupported Content-Type",
+        ),
+        ({"files": {"a": ("A.npy", npy(np.zeros((4, 4), np.int8)))}}, 400, "multipart field 'b'"),
+        (
+            {
+                "content": bytes(200 * 1024),
+                "params": {"m": 100, "k": 1024, "n": 100},
+                "headers": {"Content-Type": "application/octet-stream"},
+            },
+            413,
+            "over the limit",
+        ),
+    ],
+)
+async def test_malformed_uploads_get_clear_errors_and_store_nothing(
+    pool, client, kwargs, status, message
+):
     r = await client.post("/api/work", **kwargs)
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
@@ -187,11 +295,13 @@ async def test_malformed_uploads_get_clear_errors_and_store_nothing(pool, client
 async def test_count_limit_and_unknown_ids(pool, client):
     a, b = operands(3, 16, 16, 16)
     for _ in range(4):
-        r = await client.post("/api/work", content=npy(a) + npy(b),
-                              headers={"Content-Type": "application/x-npy"})
+        r = await client.post(
+            "/api/work", content=npy(a) + npy(b), headers={"Content-Type": "application/x-npy"}
+        )
         assert r.status_code == 201
-    r = await client.post("/api/work", content=npy(a) + npy(b),
-                          headers={"Content-Type": "application/x-npy"})
+    r = await client.post(
+        "/api/work", content=npy(a) + npy(b), headers={"Content-Type": "application/x-npy"}
+    )
     assert r.status_code == 429 and "limit per customer is 4" in r.json()["error"]
     assert (await client.get("/api/work/nope")).status_code == 404
     assert (await client.get("/api/work/nope/result")).status_code == 404
@@ -204,17 +314,20 @@ async def test_tokens_authenticate_customers(nursery, tmp_path):
     async with httpx.AsyncClient(base_url=pool.url, timeout=10) as anon:
         r = await anon.post("/api/work", **body)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-    async with httpx.AsyncClient(base_url=pool.url, timeout=10,
-                                 headers={"Authorization": "Bearer wrong"}) as wrong:
+    async with httpx.AsyncClient(
+        base_url=pool.url, timeout=10, headers={"Authorization": "Bearer wrong"}
+    ) as wrong:
         assert (await wrong.post("/api/work", **body)).status_code == 403
-    async with httpx.AsyncClient(base_url=pool.url, timeout=10,
-                                 headers={"Authorization": "Bearer tok-alice"}) as alice:
+    async with httpx.AsyncClient(
+        base_url=pool.url, timeout=10, headers={"Authorization": "Bearer tok-alice"}
+    ) as alice:
         r = await alice.post("/api/work", **body)
         assert r.status_code == 201
         work_id = r.json()["id"]
         assert (await alice.get(f"/api/work/{work_id}")).status_code == 200
-    async with httpx.AsyncClient(base_url=pool.url, timeout=10,
-                                 headers={"Authorization": "Bearer tok-bob"}) as bob:
+    async with httpx.AsyncClient(
+        base_url=pool.url, timeout=10, headers={"Authorization": "Bearer tok-bob"}
+    ) as bob:
         assert (await bob.get(f"/api/work/{work_id}")).status_code == 404  # not bob's
         assert (await bob.get(f"/api/work/{work_id}/result")).status_code == 404
     assert pool.queue.status(work_id).customer == "alice"
@@ -227,8 +340,15 @@ def test_without_tokens_only_loopback_clients(tmp_path):
     api = WorkApi(queue, blobs, None, trio.CapacityLimiter(1))
 
     def request(host):
-        return Request({"type": "http", "method": "GET", "path": "/api/work/x",
-                        "headers": [], "client": (host, 5555)})
+        return Request(
+            {
+                "type": "http",
+                "method": "GET",
+                "path": "/api/work/x",
+                "headers": [],
+                "client": (host, 5555),
+            }
+        )
 
     assert api.customer(request("127.0.0.1")) == "local"
     assert api.customer(request("::1")) == "local"
@@ -252,20 +372,36 @@ async def test_cli_submit_wait_output_and_status(pool, tmp_path):
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(miner)
-        code = await trio.to_thread.run_sync(cli_main, [
-            "work", "submit", "--api", pool.url, str(tmp_path / "A.npy"),
-            str(tmp_path / "B.npy"), "--wait", "-o", str(out), "--poll", "0.05",
-            "--timeout", "20"])
+        code = await trio.to_thread.run_sync(
+            cli_main,
+            [
+                "work",
+                "submit",
+                "--api",
+                pool.url,
+                str(tmp_path / "A.npy"),
+                str(tmp_path / "B.npy"),
+                "--wait",
+                "-o",
+                str(out),
+                "--poll",
+                "0.05",
+                "--timeout",
+                "20",
+            ],
+        )
     assert code == 0
     np.testing.assert_array_equal(np.load(out), a.astype(np.int64) @ b.astype(np.int64))
     (item,) = [s for s in _items(pool)]
     code = await trio.to_thread.run_sync(cli_main, ["work", "status", "--api", pool.url, item])
     assert code == 0
     code = await trio.to_thread.run_sync(
-        cli_main, ["work", "status", "--api", pool.url, "no-such-id"])
+        cli_main, ["work", "status", "--api", pool.url, "no-such-id"]
+    )
     assert code == 1
-    code = await trio.to_thread.run_sync(cli_main, [
-        "work", "submit", "--api", pool.url, str(tmp_path / "missing.npy"), str(out)])
+    code = await trio.to_thread.run_sync(
+        cli_main, ["work", "submit", "--api", pool.url, str(tmp_path / "missing.npy"), str(out)]
+    )
     assert code == 2
 
 
@@ -278,22 +414,34 @@ async def test_cli_prints_the_id_and_reports_http_errors(pool, tmp_path, capsys)
     a, b = operands(6, 16, 16, 16)
     np.save(tmp_path / "A.npy", a)
     np.save(tmp_path / "B.npy", b.astype(np.int32))
-    code = await trio.to_thread.run_sync(cli_main, [
-        "work", "submit", "--api", pool.url, str(tmp_path / "A.npy"), str(tmp_path / "B.npy")])
+    code = await trio.to_thread.run_sync(
+        cli_main,
+        ["work", "submit", "--api", pool.url, str(tmp_path / "A.npy"), str(tmp_path / "B.npy")],
+    )
     assert code == 2  # judged before the upload (nothing sent)
     assert "B.npy: B must be int8, got int32 (nothing uploaded)" in capsys.readouterr().err
-    code = await trio.to_thread.run_sync(cli_main, [
-        "work", "submit", "--no-check", "--api", pool.url, str(tmp_path / "A.npy"),
-        str(tmp_path / "B.npy")])
+    code = await trio.to_thread.run_sync(
+        cli_main,
+        [
+            "work",
+            "submit",
+            "--no-check",
+            "--api",
+            pool.url,
+            str(tmp_path / "A.npy"),
+            str(tmp_path / "B.npy"),
+        ],
+    )
     assert code == 1
     assert "HTTP 400: B must be int8, got int32" in capsys.readouterr().err
     np.save(tmp_path / "B.npy", b)
-    code = await trio.to_thread.run_sync(cli_main, [
-        "work", "submit", "--api", pool.url, str(tmp_path / "A.npy"), str(tmp_path / "B.npy")])
+    code = await trio.to_thread.run_sync(
+        cli_main,
+        ["work", "submit", "--api", pool.url, str(tmp_path / "A.npy"), str(tmp_path / "B.npy")],
+    )
     assert code == 0
     captured = capsys.readouterr()
     work_id = captured.out.strip()
     assert pool.queue.status(work_id).state == "queued"
-    code = await trio.to_thread.run_sync(cli_main, ["work", "status", "--api", pool.url,
-                                                    work_id])
+    code = await trio.to_thread.run_sync(cli_main, ["work", "status", "--api", pool.url, work_id])
     assert json.loads(capsys.readouterr().out)["id"] == work_id

@@ -26,8 +26,14 @@ from protocol.work_messages import USEFUL_CAPABILITY, WorkResult, WorkResultAck
 from tests.support.miner import TestMiner
 from tests.support.pools import make_config
 
-USEFUL = {"http.enabled": True, "pool.start_difficulty": 1e-5, "useful.unit_m": 32,
-          "useful.unit_n": 32, "useful.r": 32, "limits.invalid_min_shares": 1000}
+USEFUL = {
+    "http.enabled": True,
+    "pool.start_difficulty": 1e-5,
+    "useful.unit_m": 32,
+    "useful.unit_n": 32,
+    "useful.r": 32,
+    "limits.invalid_min_shares": 1000,
+}
 
 
 def login_of(n: int) -> str:
@@ -37,8 +43,10 @@ def login_of(n: int) -> str:
 
 def operands(m: int, k: int, n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return (rng.integers(-64, 65, (m, k), dtype=np.int8),
-            rng.integers(-64, 65, (k, n), dtype=np.int8))
+    return (
+        rng.integers(-64, 65, (m, k), dtype=np.int8),
+        rng.integers(-64, 65, (k, n), dtype=np.int8),
+    )
 
 
 def npy_pair(a: np.ndarray, b: np.ndarray) -> bytes:
@@ -54,8 +62,9 @@ def api(handle: PoolHandle, **kw: Any) -> httpx.AsyncClient:
 
 async def submit(handle: PoolHandle, a: np.ndarray, b: np.ndarray) -> str:
     async with api(handle) as client:
-        r = await client.post("/api/work", content=npy_pair(a, b),
-                              headers={"Content-Type": "application/x-npy"})
+        r = await client.post(
+            "/api/work", content=npy_pair(a, b), headers={"Content-Type": "application/x-npy"}
+        )
     assert r.status_code == 201, r.text
     return r.json()["id"]
 
@@ -79,16 +88,18 @@ def metric(handle: PoolHandle, name: str, **labels: str) -> float:
 
 
 async def ledger_shares(handle: PoolHandle) -> int:
-    return await trio.to_thread.run_sync(handle.ledger.share_count,
-                                         limiter=handle.ledger_limiter)
+    return await trio.to_thread.run_sync(handle.ledger.share_count, limiter=handle.ledger_limiter)
 
 
 def is_blob(job: messages.Notify) -> bool:
     return isinstance(job.work.source, messages.BlobSource)
 
 
-async def mine_unit(miner: TestMiner, job: messages.Notify, min_shares: int = 1,
-                    ) -> tuple[np.ndarray, list[Any]]:
+async def mine_unit(
+    miner: TestMiner,
+    job: messages.Notify,
+    min_shares: int = 1,
+) -> tuple[np.ndarray, list[Any]]:
     """The product of a blob job and its shares, submitted (held by the pool)."""
     c, found = await miner.product(job)
     for _ in range(20):
@@ -107,10 +118,14 @@ async def test_product_larger_than_a_unit_round_trip_with_held_shares(start_pool
     a, b = operands(48, 128, 48)  # four units: rows 32 + 16, columns 32 + 16
     work_id = await submit(handle, a, b)
     assert metric(handle, "matmine_pool_work_units", state="queued") == 4
-    async with await TestMiner.connect(handle.stratum_port) as m1, \
-            await TestMiner.connect(handle.stratum_port) as m2:
-        jobs = {m1: await m1.login(login_of(1), useful=True),
-                m2: await m2.login(login_of(2), useful=True)}
+    async with (
+        await TestMiner.connect(handle.stratum_port) as m1,
+        await TestMiner.connect(handle.stratum_port) as m2,
+    ):
+        jobs = {
+            m1: await m1.login(login_of(1), useful=True),
+            m2: await m2.login(login_of(2), useful=True),
+        }
         assert all(is_blob(j) for j in jobs.values())
         assert jobs[m1].work.work_root != jobs[m2].work.work_root
         credited = 0
@@ -147,8 +162,10 @@ async def test_wrong_product_is_caught_shares_voided_unit_redone_by_another(star
     handle = await start_pool(USEFUL)
     a, b = operands(32, 128, 32, seed=2)  # one unit
     work_id = await submit(handle, a, b)
-    async with await TestMiner.connect(handle.stratum_port) as cheat, \
-            await TestMiner.connect(handle.stratum_port) as honest:
+    async with (
+        await TestMiner.connect(handle.stratum_port) as cheat,
+        await TestMiner.connect(handle.stratum_port) as honest,
+    ):
         job = await cheat.login(login_of(1), useful=True)
         assert is_blob(job)
         idle = await honest.login(login_of(2), useful=True)
@@ -162,8 +179,7 @@ async def test_wrong_product_is_caught_shares_voided_unit_redone_by_another(star
         assert r.result.accepted is False and r.result.verified is False
         assert "Freivalds" in r.result.reason
         assert await ledger_shares(handle) == 0  # the held shares were voided
-        session = next(s for s in handle.context.sessions
-                       if s.session_id == cheat.session_id)
+        session = next(s for s in handle.context.sessions if s.session_id == cheat.session_id)
         assert session.judge.invalid_fraction == 0.5  # each voided share counted invalid
         after = await cheat.next_job(seen)
         assert after.clean and not is_blob(after)  # never that unit again
@@ -194,9 +210,11 @@ def template_of(job: messages.Notify) -> str:
 async def test_idle_capable_miners_take_newly_queued_units_at_once(start_pool):
     handle = await start_pool(USEFUL)
     assert handle.config.work.job_refresh_seconds == 30.0  # the default: no refresh helps
-    async with await TestMiner.connect(handle.stratum_port) as m1, \
-            await TestMiner.connect(handle.stratum_port) as m2, \
-            await TestMiner.connect(handle.stratum_port) as old:
+    async with (
+        await TestMiner.connect(handle.stratum_port) as m1,
+        await TestMiner.connect(handle.stratum_port) as m2,
+        await TestMiner.connect(handle.stratum_port) as old,
+    ):
         first = await m1.login(login_of(1), useful=True)
         await m2.login(login_of(2), useful=True)
         await old.login(login_of(0))
@@ -238,26 +256,40 @@ async def test_next_job_goes_out_at_delivery_before_the_verdict(start_pool):
         raw = np.ascontiguousarray(c, dtype="<i4").tobytes()
         parts = list(chunks(raw, 1024))
         for offset, data, final in parts[:-1]:
-            r = await miner.request(WorkResult(job_id=job.job_id, unit=job.work.work_root,
-                                               offset=offset, data=data, final=final))
+            r = await miner.request(
+                WorkResult(
+                    job_id=job.job_id,
+                    unit=job.work.work_root,
+                    offset=offset,
+                    data=data,
+                    final=final,
+                )
+            )
             assert r.result == WorkResultAck(accepted=True, received=offset + len(data))
         seen = len(miner.jobs)
         offset, data, final = parts[-1]
-        final_id = await miner.send(WorkResult(job_id=job.job_id, unit=job.work.work_root,
-                                               offset=offset, data=data, final=final))
+        final_id = await miner.send(
+            WorkResult(
+                job_id=job.job_id, unit=job.work.work_root, offset=offset, data=data, final=final
+            )
+        )
         r = await miner.response(final_id)
         assert r.result.verified is True and r.result.received == len(raw)
         nxt = miner.jobs[seen]  # the next unit's job came first, then the verdict
-        assert miner.arrivals.index(("job", nxt.job_id)) < \
-            miner.arrivals.index(("response", final_id))
+        assert miner.arrivals.index(("job", nxt.job_id)) < miner.arrivals.index(
+            ("response", final_id)
+        )
         assert nxt.clean and is_blob(nxt) and nxt.work.work_root != job.work.work_root
         assert await ledger_shares(handle) == len(found)  # held shares credited
         # shares of the delivered unit's jobs are stale now, and never credited
         (late, *_) = await miner.shares(1, job)
         r = await miner.submit(late)
         assert r.error is not None and r.error.code == ErrorCode.STALE
-        r = await miner.request(WorkResult(job_id=job.job_id, unit=job.work.work_root,
-                                           offset=0, data=raw[:1024], final=False))
+        r = await miner.request(
+            WorkResult(
+                job_id=job.job_id, unit=job.work.work_root, offset=0, data=raw[:1024], final=False
+            )
+        )
         assert r.error is not None and r.error.code == ErrorCode.STALE
         c2, found2 = await mine_unit(miner, nxt)
         r = await miner.send_result(nxt, c2)
@@ -276,8 +308,9 @@ async def test_lease_deadline_returns_the_unit_and_voids_held_shares(start_pool)
         assert is_blob(job)
         _, found = await mine_unit(miner, job)
         queue = handle.useful.queue
-        first = await trio.to_thread.run_sync(queue.lease_of_job, miner.session_id.hex(),
-                                              job.job_id)
+        first = await trio.to_thread.run_sync(
+            queue.lease_of_job, miner.session_id.hex(), job.job_id
+        )
         assert len(await trio.to_thread.run_sync(queue.held_shares, first.id)) == len(found)
         with trio.fail_after(5):  # the deadline passes: a new clean job, on a new lease
             again = await miner.next_job(len(miner.jobs))
@@ -307,8 +340,11 @@ async def test_disconnect_releases_the_lease_to_the_next_miner(start_pool):
     async with await TestMiner.connect(handle.stratum_port) as second:
         with trio.fail_after(5):
             while True:  # the pool notices the disconnect within moments
-                job2 = await second.login(login_of(2), useful=True) if not second.jobs \
+                job2 = (
+                    await second.login(login_of(2), useful=True)
+                    if not second.jobs
                     else await second.next_job()
+                )
                 if is_blob(job2):
                     break
                 await second.aclose()
@@ -321,9 +357,11 @@ async def test_blob_and_result_refusals_and_old_workers_get_synthetic_work(start
     handle = await start_pool(USEFUL)
     a, b = operands(48, 128, 48, seed=5)
     await submit(handle, a, b)
-    async with await TestMiner.connect(handle.stratum_port) as old, \
-            await TestMiner.connect(handle.stratum_port) as m1, \
-            await TestMiner.connect(handle.stratum_port) as m2:
+    async with (
+        await TestMiner.connect(handle.stratum_port) as old,
+        await TestMiner.connect(handle.stratum_port) as m1,
+        await TestMiner.connect(handle.stratum_port) as m2,
+    ):
         synthetic = await old.login(login_of(0))  # no capability: synthetic work
         assert isinstance(synthetic.work.source, messages.SyntheticSource)
         j1 = await m1.login(login_of(1), useful=True)
@@ -351,14 +389,19 @@ async def test_blob_and_result_refusals_and_old_workers_get_synthetic_work(start
         c, _ = await m1.product(j1)
         r = await old.send_result(synthetic, c)
         assert r.error.code == ErrorCode.OTHER
-        r = await m1.request(messages_work_result(j1, unit=j2.work.work_root, offset=0,
-                                                  data=b"\0" * 16, final=False))
+        r = await m1.request(
+            messages_work_result(j1, unit=j2.work.work_root, offset=0, data=b"\0" * 16, final=False)
+        )
         assert r.error.code == ErrorCode.MALFORMED and "unit" in r.error.message
-        r = await m1.request(messages_work_result(j1, unit=j1.work.work_root, offset=64,
-                                                  data=b"\0" * 16, final=False))
+        r = await m1.request(
+            messages_work_result(
+                j1, unit=j1.work.work_root, offset=64, data=b"\0" * 16, final=False
+            )
+        )
         assert r.error.code == ErrorCode.MALFORMED and "offset" in r.error.message
-        r = await m1.request(messages_work_result(j1, unit=j1.work.work_root, offset=0,
-                                                  data=b"\0" * 16, final=True))
+        r = await m1.request(
+            messages_work_result(j1, unit=j1.work.work_root, offset=0, data=b"\0" * 16, final=True)
+        )
         assert r.error.code == ErrorCode.MALFORMED and "final" in r.error.message
         # after the refusals the whole result still goes through, and the session lives
         r = await m1.send_result(j1, c)
@@ -373,16 +416,18 @@ def messages_work_result(job: messages.Notify, **kw: Any) -> Message:
 
 async def test_work_api_on_the_pool_tokens_limits_and_malformed_uploads(start_pool):
     tokens = {"useful.tokens": {"secret-token-1": "alice"}}
-    handle = await start_pool({**USEFUL, **tokens, "useful.max_dim": 64,
-                               "useful.max_active_items": 1})
+    handle = await start_pool(
+        {**USEFUL, **tokens, "useful.max_dim": 64, "useful.max_active_items": 1}
+    )
     a, b = operands(16, 64, 16, seed=6)
     body = npy_pair(a, b)
     npy = {"Content-Type": "application/x-npy"}
     async with api(handle) as client:
         r = await client.post("/api/work", content=body, headers=npy)
         assert r.status_code == 401 and "token" in r.json()["error"]
-        r = await client.post("/api/work", content=body,
-                              headers={**npy, "Authorization": "Bearer wrong-token"})
+        r = await client.post(
+            "/api/work", content=body, headers={**npy, "Authorization": "Bearer wrong-token"}
+        )
         assert r.status_code == 403
         auth = {**npy, "Authorization": "Bearer secret-token-1"}
         r = await client.post("/api/work", content=body[:-5], headers=auth)
@@ -399,8 +444,9 @@ async def test_work_api_on_the_pool_tokens_limits_and_malformed_uploads(start_po
         work_id = r.json()["id"]
         r = await client.post("/api/work", content=body, headers=auth)
         assert r.status_code == 429
-        r = await client.get(f"/api/work/{work_id}/result",
-                             headers={"Authorization": "Bearer secret-token-1"})
+        r = await client.get(
+            f"/api/work/{work_id}/result", headers={"Authorization": "Bearer secret-token-1"}
+        )
         assert r.status_code == 409 and r.json()["state"] == "queued"
         metrics = (await client.get("/metrics")).text
         assert 'matmine_pool_work_units{state="queued"} 1.0' in metrics
@@ -450,12 +496,14 @@ async def test_pool_restart_keeps_queued_work_and_delivered_results(nursery, tmp
     async with trio.open_nursery() as first:
         handle = await first.start(run_pool, config)
         url = f"http://127.0.0.1:{handle.http_port}"
-        code, out = await cli("work", "submit", "--api", url, str(tmp_path / "a1.npy"),
-                              str(tmp_path / "b1.npy"))
+        code, out = await cli(
+            "work", "submit", "--api", url, str(tmp_path / "a1.npy"), str(tmp_path / "b1.npy")
+        )
         assert code == 0, out
         done_id = out.split()[0]
-        code, out = await cli("work", "submit", "--api", url, str(tmp_path / "a2.npy"),
-                              str(tmp_path / "b2.npy"))
+        code, out = await cli(
+            "work", "submit", "--api", url, str(tmp_path / "a2.npy"), str(tmp_path / "b2.npy")
+        )
         half_id = out.split()[0]
         async with await TestMiner.connect(handle.stratum_port) as miner:
             job = await miner.login(login_of(1), useful=True)
@@ -471,8 +519,9 @@ async def test_pool_restart_keeps_queued_work_and_delivered_results(nursery, tmp
     async with trio.open_nursery() as second:
         handle = await second.start(run_pool, config)
         url = f"http://127.0.0.1:{handle.http_port}"
-        code, out = await cli("work", "result", "--api", url, done_id,
-                              "-o", str(tmp_path / "c1.npy"))
+        code, out = await cli(
+            "work", "result", "--api", url, done_id, "-o", str(tmp_path / "c1.npy")
+        )
         assert code == 0, out
         assert np.array_equal(np.load(tmp_path / "c1.npy"), exact(a1, b1))
         async with api(handle) as client:
@@ -484,8 +533,9 @@ async def test_pool_restart_keeps_queued_work_and_delivered_results(nursery, tmp
             c, _ = await miner.product(job)
             r = await miner.send_result(job, c)
             assert r.result.verified is True
-        code, out = await cli("work", "result", "--api", url, half_id,
-                              "-o", str(tmp_path / "c2.npy"))
+        code, out = await cli(
+            "work", "result", "--api", url, half_id, "-o", str(tmp_path / "c2.npy")
+        )
         assert code == 0, out
         assert np.array_equal(np.load(tmp_path / "c2.npy"), exact(a2, b2))
         second.cancel_scope.cancel()

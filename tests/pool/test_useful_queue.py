@@ -44,11 +44,17 @@ def parts(tmp_path):
     clock = Clock()
     registry = CollectorRegistry()
     metrics = UsefulMetrics(registry)
-    config = UsefulConfig(unit_m=32, unit_n=32, r=32, chunk_max=4096, lease_seconds=60,
-                          max_attempts=3)
+    config = UsefulConfig(
+        unit_m=32, unit_n=32, r=32, chunk_max=4096, lease_seconds=60, max_attempts=3
+    )
     blobs = BlobStore(tmp_path / "blobs")
-    queue = WorkQueue(tmp_path / "useful.sqlite", blobs, config, clock=clock,
-                      on_units_changed=metrics.set_unit_counts)
+    queue = WorkQueue(
+        tmp_path / "useful.sqlite",
+        blobs,
+        config,
+        clock=clock,
+        on_units_changed=metrics.set_unit_counts,
+    )
     desk = ResultDesk(queue, blobs, config, metrics)
     yield clock, registry, blobs, queue, desk
     queue.close()
@@ -199,16 +205,24 @@ def test_restart_loses_no_queued_work_or_delivered_result(tmp_path):
     desk = ResultDesk(queue, queue.blobs)
     assert [e.shares for e in queue.recovered] == [[{"held": True}]]  # the old session is gone
     assert queue.status(done_item).state == "done"
-    np.testing.assert_array_equal(np.load(queue.blobs.path(queue.status(done_item).result_blob)),
-                                  a1.astype(np.int64) @ b1.astype(np.int64))
+    np.testing.assert_array_equal(
+        np.load(queue.blobs.path(queue.status(done_item).result_blob)),
+        a1.astype(np.int64) @ b1.astype(np.int64),
+    )
     status = queue.status(open_item)
     assert status.state == "running" and status.unit_states == {
-        "queued": 1, "running": 0, "done": 1, "failed": 0}
+        "queued": 1,
+        "running": 0,
+        "done": 1,
+        "failed": 0,
+    }
     again = queue.lease("s3")
     assert again.unit.key == running.unit.key
     assert upload(desk, again, "s3", computed_result(queue.blobs, again.unit)).passed
-    np.testing.assert_array_equal(np.load(queue.blobs.path(queue.status(open_item).result_blob)),
-                                  a2.astype(np.int64) @ b2.astype(np.int64))
+    np.testing.assert_array_equal(
+        np.load(queue.blobs.path(queue.status(open_item).result_blob)),
+        a2.astype(np.int64) @ b2.astype(np.int64),
+    )
     queue.close()
 
 
@@ -223,8 +237,9 @@ def test_crash_between_last_verification_and_assembly_is_recovered(tmp_path):
     assert ResultDesk(queue, blobs).recover() == [item]
     status = queue.status(item)
     assert status.state == "done"
-    np.testing.assert_array_equal(np.load(blobs.path(status.result_blob)),
-                                  a.astype(np.int64) @ b.astype(np.int64))
+    np.testing.assert_array_equal(
+        np.load(blobs.path(status.result_blob)), a.astype(np.int64) @ b.astype(np.int64)
+    )
     assert ResultDesk(queue, blobs).recover() == []
     # blobs still referenced: the delivered product; finished operands may be collected
     keep = queue.referenced_blobs()
@@ -249,8 +264,15 @@ def test_too_many_wrong_results_fail_the_item(parts):
 
 def test_limits_and_bad_operands_are_clear_and_store_nothing(tmp_path):
     blobs = BlobStore(tmp_path / "blobs")
-    config = UsefulConfig(unit_m=16, unit_n=16, r=32, max_dim=64, max_upload_bytes=4000,
-                          max_active_items=2, max_queued_bytes=3000)
+    config = UsefulConfig(
+        unit_m=16,
+        unit_n=16,
+        r=32,
+        max_dim=64,
+        max_upload_bytes=4000,
+        max_active_items=2,
+        max_queued_bytes=3000,
+    )
     queue = WorkQueue(tmp_path / "q.sqlite", blobs, config)
     a, b = operands(10, 16, 40, 16)
     with pytest.raises(WorkLimitError, match="m = 65 is over the limit of 64") as exc:
@@ -267,8 +289,9 @@ def test_limits_and_bad_operands_are_clear_and_store_nothing(tmp_path):
     assert blobs.ids() == [] and queue.unit_counts()["queued"] == 0
     queue.submit("c", a, b)
     queue.submit("c", a, b)
-    with pytest.raises(WorkLimitError, match="2 unfinished items, the limit per customer is 2") \
-            as exc:
+    with pytest.raises(
+        WorkLimitError, match="2 unfinished items, the limit per customer is 2"
+    ) as exc:
         queue.submit("c", a, b)
     assert exc.value.http_status == 429
     queue.submit("d", a, b)  # limits are per customer
@@ -303,8 +326,9 @@ def test_result_chunks_out_of_place_are_refused(parts):
         desk.take_upload(lease.id)
     verdict = check_and_complete(desk, lease.id, raw[:-4])
     assert verdict.outcome == "malformed" and "must be 1024 bytes" in verdict.reason
-    assert registry.get_sample_value(
-        "matmine_pool_result_checks_total", {"outcome": "malformed"}) == 1
+    assert (
+        registry.get_sample_value("matmine_pool_result_checks_total", {"outcome": "malformed"}) == 1
+    )
 
 
 def test_freivalds_rounds_meet_the_default_bound():

@@ -49,7 +49,8 @@ max_inflight_upload_bytes = 4294967296
 def header(shape, descr="|i1", fortran=False):
     f = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        f, {"descr": descr, "fortran_order": fortran, "shape": shape})
+        f, {"descr": descr, "fortran_order": fortran, "shape": shape}
+    )
     return f.getvalue()
 
 
@@ -77,12 +78,27 @@ async def pool_process(tmp_path):
     log = tmp_path / "pool.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pool.cli", "serve", "--config", str(config),
-             "--log-level", "info"], cwd=REPO, stdout=out, stderr=out)
+            [
+                sys.executable,
+                "-m",
+                "pool.cli",
+                "serve",
+                "--config",
+                str(config),
+                "--log-level",
+                "info",
+            ],
+            cwd=REPO,
+            stdout=out,
+            stderr=out,
+        )
     try:
         with trio.fail_after(60):
-            while not (match := re.search(r"HTTP API and /metrics on http://[\d.]+:(\d+)/",
-                                          log.read_text())):
+            while not (
+                match := re.search(
+                    r"HTTP API and /metrics on http://[\d.]+:(\d+)/", log.read_text()
+                )
+            ):
                 assert process.poll() is None, log.read_text()
                 await trio.sleep(0.05)
         yield process.pid, f"http://127.0.0.1:{match.group(1)}"
@@ -99,8 +115,9 @@ async def test_concurrent_large_bad_uploads_keep_the_pool_small(pool_process):
         a = np.ones((16, 16), np.int8)
         f = io.BytesIO()
         np.save(f, a)
-        r = await client.post("/api/work", content=f.getvalue() * 2,
-                              headers={"Content-Type": "application/x-npy"})
+        r = await client.post(
+            "/api/work", content=f.getvalue() * 2, headers={"Content-Type": "application/x-npy"}
+        )
         assert r.status_code == 201, r.text
         baseline = status_kb(pid, "VmRSS")
         with contextlib.suppress(OSError):  # else VmHWM also covers start-up: stricter
@@ -108,17 +125,33 @@ async def test_concurrent_large_bad_uploads_keep_the_pool_small(pool_process):
         npy = {"Content-Type": "application/x-npy"}
         attacks = [
             # A (128 MiB) streams in whole, B's header does not fit A: 400 at B's header
-            ("/api/work", stream(header((8192, 16384)), 128 * MIB, header((8192, 8192)),
-                                 64 * MIB), npy, 400, "inner dimensions differ"),
+            (
+                "/api/work",
+                stream(header((8192, 16384)), 128 * MIB, header((8192, 8192)), 64 * MIB),
+                npy,
+                400,
+                "inner dimensions differ",
+            ),
             # entries out of range in the last MiB of B: 400 after ~128 MiB
-            ("/api/work", stream(header((8192, 8192)), 64 * MIB, header((8192, 8192)),
-                                 63 * MIB, b"\x7f" * MIB), npy, 400, "B has entries outside"),
+            (
+                "/api/work",
+                stream(
+                    header((8192, 8192)), 64 * MIB, header((8192, 8192)), 63 * MIB, b"\x7f" * MIB
+                ),
+                npy,
+                400,
+                "B has entries outside",
+            ),
             # raw bytes: 160 MiB where the query asks for 128 MiB: 400 once past it
-            ("/api/work?m=8192&k=8192&n=8192", stream(160 * MIB),
-             {"Content-Type": "application/octet-stream"}, 400, "the body is over"),
+            (
+                "/api/work?m=8192&k=8192&n=8192",
+                stream(160 * MIB),
+                {"Content-Type": "application/octet-stream"},
+                400,
+                "the body is over",
+            ),
             # a shape whose element count wraps in int64: refused at the header, 4xx not 500
-            ("/api/work", stream(header((2**62, 2**62)), 192 * MIB), npy, 413,
-             "over the limit"),
+            ("/api/work", stream(header((2**62, 2**62)), 192 * MIB), npy, 413, "over the limit"),
         ]
         results = {}
 
@@ -133,8 +166,10 @@ async def test_concurrent_large_bad_uploads_keep_the_pool_small(pool_process):
         peak = status_kb(pid, "VmHWM")
         after = status_kb(pid, "VmRSS")
     growth = (peak - baseline) / 1024
-    print(f"\nRSS baseline {baseline / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB "
-          f"(+{growth:.1f} MiB), after {after / 1024:.1f} MiB; {results}")
+    print(
+        f"\nRSS baseline {baseline / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB "
+        f"(+{growth:.1f} MiB), after {after / 1024:.1f} MiB; {results}"
+    )
     assert growth < 64, f"peak RSS grew by {growth:.1f} MiB"
 
 
@@ -143,9 +178,11 @@ async def test_large_valid_upload_round_trips_exactly(pool_process, tmp_path):
     _, url = pool_process
     m = k = n = 4096  # 16 MiB + 16 MiB, chunked (no Content-Length)
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-        r = await client.post("/api/work", content=stream(header((m, k)), m * k,
-                                                          header((k, n)), k * n),
-                              headers={"Content-Type": "application/x-npy"})
+        r = await client.post(
+            "/api/work",
+            content=stream(header((m, k)), m * k, header((k, n)), k * n),
+            headers={"Content-Type": "application/x-npy"},
+        )
         assert r.status_code == 201, r.text
         assert r.json()["shape"] == {"m": m, "k": k, "n": n}
     # read the units' operand blobs back from the pool's data dir and rebuild A and B
@@ -162,8 +199,8 @@ async def test_large_valid_upload_round_trips_exactly(pool_process, tmp_path):
     a = np.zeros((m, k), np.int8)
     bt = np.zeros((n, k), np.int8)
     for row0, nrows, col0, ncols, a_blob, b_blob in rows:
-        a[row0:row0 + nrows] = blobs.matrix(a_blob)[:nrows, :k]
-        bt[col0:col0 + ncols] = blobs.matrix(b_blob)[:ncols, :k]
+        a[row0 : row0 + nrows] = blobs.matrix(a_blob)[:nrows, :k]
+        bt[col0 : col0 + ncols] = blobs.matrix(b_blob)[:ncols, :k]
     np.testing.assert_array_equal(a, expect)
     np.testing.assert_array_equal(bt.T, expect)
 
@@ -172,12 +209,16 @@ async def test_large_valid_upload_round_trips_exactly(pool_process, tmp_path):
 
 CFG = UsefulConfig(max_upload_bytes=1 << 20)
 
-dims = st.one_of(st.integers(-3, 3), st.integers(2**31 - 2, 2**31 + 2),
-                 st.integers(2**62, 2**64), st.integers(1, 4096))
-shapes = st.one_of(st.tuples(dims, dims), st.tuples(dims), st.tuples(dims, dims, dims),
-                   st.just(()))
-descrs = st.sampled_from(["|i1", "<i2", "|O", "<f8", "|b1", "|V1", "[('a', '|i1')]", "|i1x",
-                          "<U3", "|S2"])
+dims = st.one_of(
+    st.integers(-3, 3),
+    st.integers(2**31 - 2, 2**31 + 2),
+    st.integers(2**62, 2**64),
+    st.integers(1, 4096),
+)
+shapes = st.one_of(st.tuples(dims, dims), st.tuples(dims), st.tuples(dims, dims, dims), st.just(()))
+descrs = st.sampled_from(
+    ["|i1", "<i2", "|O", "<f8", "|b1", "|V1", "[('a', '|i1')]", "|i1x", "<U3", "|S2"]
+)
 
 
 def judge(body: bytes) -> int:
@@ -187,7 +228,7 @@ def judge(body: bytes) -> int:
     parser = NpyPairBody(CFG, len(body))
     try:
         for i in range(0, len(body), 977):
-            parser.feed(body[i:i + 977])
+            parser.feed(body[i : i + 977])
         parser.finish()
     except WorkError as exc:
         assert "\n" not in str(exc)
@@ -196,8 +237,13 @@ def judge(body: bytes) -> int:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(shape=shapes, descr=descrs, fortran=st.booleans(), tail=st.binary(max_size=64),
-       cut=st.integers(0, 200))
+@given(
+    shape=shapes,
+    descr=descrs,
+    fortran=st.booleans(),
+    tail=st.binary(max_size=64),
+    cut=st.integers(0, 200),
+)
 def test_malformed_npy_headers_are_4xx(shape, descr, fortran, tail, cut):
     try:
         head = header(shape, descr if not descr.startswith("[") else [("a", "|i1")], fortran)
@@ -217,16 +263,19 @@ def test_random_bytes_and_mangled_headers_are_4xx(raw):
         assert 400 <= status < 500, status
 
 
-@pytest.mark.parametrize(("body", "status", "message"), [
-    (header((2**62, 2**62)), 413, "over the limit"),
-    (header((-4, 4)), 400, "negative"),
-    (header((0, 4)), 400, "empty"),
-    (header((4, 4), "|O"), 400, "object array"),
-    (header((4, 4), "<i2"), 400, "must be int8"),
-    (b"\x93NUMPY\x01\x00" + (60000).to_bytes(2, "little"), 400, "over the limit of 10000"),
-    (b"\x93NUMPY\x03\x00", 400, "unsupported format version"),
-    (b"PK\x03\x04", 400, "magic"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (header((2**62, 2**62)), 413, "over the limit"),
+        (header((-4, 4)), 400, "negative"),
+        (header((0, 4)), 400, "empty"),
+        (header((4, 4), "|O"), 400, "object array"),
+        (header((4, 4), "<i2"), 400, "must be int8"),
+        (b"\x93NUMPY\x01\x00" + (60000).to_bytes(2, "little"), 400, "over the limit of 10000"),
+        (b"\x93NUMPY\x03\x00", 400, "unsupported format version"),
+        (b"PK\x03\x04", 400, "magic"),
+    ],
+)
 def test_named_bad_headers(body, status, message):
     parser = NpyPairBody(CFG, None)
     from pool.useful.queue import WorkError

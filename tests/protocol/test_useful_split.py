@@ -31,8 +31,10 @@ from protocol.workload import Shape, Workload, work_root
 
 
 def operands(rng, m, k, n):
-    return (rng.integers(-64, 65, (m, k), dtype=np.int8),
-            rng.integers(-64, 65, (k, n), dtype=np.int8))
+    return (
+        rng.integers(-64, 65, (m, k), dtype=np.int8),
+        rng.integers(-64, 65, (k, n), dtype=np.int8),
+    )
 
 
 def product_via_units(a, b, plan):
@@ -49,9 +51,12 @@ def product_via_units(a, b, plan):
 def test_plan_splits_along_m_and_n_with_full_k():
     plan = plan_product(2500, 1100, 300, r=64, unit_m=1024, unit_n=1024)
     assert [(u.row0, u.rows, u.col0, u.cols) for u in plan.units] == [
-        (0, 1024, 0, 1024), (0, 1024, 1024, 76),
-        (1024, 1024, 0, 1024), (1024, 1024, 1024, 76),
-        (2048, 452, 0, 1024), (2048, 452, 1024, 76),
+        (0, 1024, 0, 1024),
+        (0, 1024, 1024, 76),
+        (1024, 1024, 0, 1024),
+        (1024, 1024, 1024, 76),
+        (2048, 452, 0, 1024),
+        (2048, 452, 1024, 76),
     ]
     # k = 300 with r ≤ 64: r = 32 pads to 320 (r = 64 would pad to 320 too, but 4r = 256 ok):
     assert plan.r == 64 and plan.k_padded == 320
@@ -64,15 +69,18 @@ def test_plan_splits_along_m_and_n_with_full_k():
     assert sum(u.macs for u in plan.units) == plan.macs == 2500 * 1100 * 300
 
 
-@pytest.mark.parametrize(("k", "preferred", "r", "kp"), [
-    (1, 64, 32, 128),        # tiny k: the smallest r, padded to 4r
-    (128, 64, 32, 128),
-    (200, 64, 32, 224),
-    (256, 64, 64, 256),      # exact for r = 64: ties go to the larger r
-    (1000, 64, 64, 1024),
-    (1000, 512, 256, 1024),  # 512 would pad to 2048; 32..256 all pad to 1024: the largest
-    (4096, 512, 512, 4096),
-])
+@pytest.mark.parametrize(
+    ("k", "preferred", "r", "kp"),
+    [
+        (1, 64, 32, 128),  # tiny k: the smallest r, padded to 4r
+        (128, 64, 32, 128),
+        (200, 64, 32, 224),
+        (256, 64, 64, 256),  # exact for r = 64: ties go to the larger r
+        (1000, 64, 64, 1024),
+        (1000, 512, 256, 1024),  # 512 would pad to 2048; 32..256 all pad to 1024: the largest
+        (4096, 512, 512, 4096),
+    ],
+)
 def test_choose_r_minimises_padding(k, preferred, r, kp):
     chosen = choose_r(k, preferred)
     assert padded_k(k, chosen) == kp
@@ -90,9 +98,14 @@ def test_plan_rejects_bad_dimensions():
 
 
 @settings(max_examples=25, deadline=None)
-@given(m=st.integers(1, 80), k=st.integers(1, 300), n=st.integers(1, 80),
-       unit_m=st.sampled_from([16, 32, 48]), unit_n=st.sampled_from([16, 64]),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    m=st.integers(1, 80),
+    k=st.integers(1, 300),
+    n=st.integers(1, 80),
+    unit_m=st.sampled_from([16, 32, 48]),
+    unit_n=st.sampled_from([16, 64]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_units_reassemble_to_the_exact_product(m, k, n, unit_m, unit_n, seed):
     a, b = operands(np.random.default_rng(seed), m, k, n)
     plan = plan_product(m, n, k, r=64, unit_m=unit_m, unit_n=unit_n)
@@ -226,16 +239,21 @@ def test_work_methods_travel_over_a_real_connection_pair():
     assert answer.result == GetBlobResult(data=b"\x00" * 16, total=64)
 
     result_id, data = client.send_request(
-        WorkResult(job_id="j", unit=bytes(32), offset=0, data=b"\x01" * 8, final=True))
+        WorkResult(job_id="j", unit=bytes(32), offset=0, data=b"\x01" * 8, final=True)
+    )
     (event,) = server.receive_data(data)
     assert isinstance(event.message, WorkResult) and event.message.final
-    (answer,) = client.receive_data(server.send_result(
-        result_id, WorkResultAck(accepted=True, received=8, verified=True)))
+    (answer,) = client.receive_data(
+        server.send_result(result_id, WorkResultAck(accepted=True, received=8, verified=True))
+    )
     assert answer.result == WorkResultAck(accepted=True, received=8, verified=True)
 
     # a well-framed request with broken params is a BadRequest the server answers
-    (event,) = server.receive_data(encode_frame(
-        {"id": 9, "method": "work.result", "params": {"job_id": "j", "unit": b"short"}}))
+    (event,) = server.receive_data(
+        encode_frame(
+            {"id": 9, "method": "work.result", "params": {"job_id": "j", "unit": b"short"}}
+        )
+    )
     assert isinstance(event, BadRequest) and "params.unit must be 32 bytes" in str(event.error)
 
 

@@ -81,4 +81,3 @@ def working_opencl_device() -> tuple[int, int]:
             return info.platform_index, info.device_index
     reasons = "; ".join(f"{info.spec}: {reason}" for info, reason in found) or "none found"
     pytest.skip(f"no working OpenCL device ({reasons})", allow_module_level=True)
-

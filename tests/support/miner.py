@@ -59,9 +59,13 @@ def _workload(seed: bytes, shape: Shape) -> Workload:
     return Workload.synthetic(seed, shape)
 
 
-def mine_job_header(job: messages.Notify, extranonce1: bytes, extranonce2: bytes,
-                    ntime: int | None = None, workload: Workload | None = None
-                    ) -> tuple[HeaderWork, list[Candidate]]:
+def mine_job_header(
+    job: messages.Notify,
+    extranonce1: bytes,
+    extranonce2: bytes,
+    ntime: int | None = None,
+    workload: Workload | None = None,
+) -> tuple[HeaderWork, list[Candidate]]:
     """Mine one header of ``job`` (CPU; run in a thread): its work and its shares.
 
     ``workload`` is needed for a blob job (the operands fetched with ``work.get_blob``).
@@ -74,36 +78,60 @@ def mine_job_header(job: messages.Notify, extranonce1: bytes, extranonce2: bytes
         raise AssertionError("the job's roots do not match its workload")
     ntime = job.time if ntime is None else ntime
     coinbase = assemble_coinbase(job.coinbase1, extranonce1, extranonce2, job.coinbase2)
-    header = Header(job.version, job.height, job.prev_hash, coinbase_hash(coinbase),
-                    workload.work_root, ntime, job.bits).encode()
+    header = Header(
+        job.version,
+        job.height,
+        job.prev_hash,
+        coinbase_hash(coinbase),
+        workload.work_root,
+        ntime,
+        job.bits,
+    ).encode()
     work = mine_header(header, workload)
     k = spec.k
     network = target_from_bits(job.bits)
-    return work, [Candidate(job.job_id, extranonce2, ntime, (ti, tj), digest,
-                            meets_target(digest, network, k))
-                  for ti, tj, digest in work.winners(target_from_difficulty(job.difficulty), k)]
+    return work, [
+        Candidate(
+            job.job_id, extranonce2, ntime, (ti, tj), digest, meets_target(digest, network, k)
+        )
+        for ti, tj, digest in work.winners(target_from_difficulty(job.difficulty), k)
+    ]
 
 
-def mine_job(job: messages.Notify, extranonce1: bytes, extranonce2: bytes,
-             ntime: int | None = None, workload: Workload | None = None) -> list[Candidate]:
+def mine_job(
+    job: messages.Notify,
+    extranonce1: bytes,
+    extranonce2: bytes,
+    ntime: int | None = None,
+    workload: Workload | None = None,
+) -> list[Candidate]:
     """Every tile of one header that meets the job's difficulty (CPU; run in a thread)."""
     return mine_job_header(job, extranonce1, extranonce2, ntime, workload)[1]
 
 
-def losing_tiles(job: messages.Notify, extranonce1: bytes, extranonce2: bytes
-                 ) -> list[Candidate]:
+def losing_tiles(job: messages.Notify, extranonce1: bytes, extranonce2: bytes) -> list[Candidate]:
     """Tiles of one header whose ticket does *not* meet the job's difficulty."""
     spec = job.work
     assert isinstance(spec.source, messages.SyntheticSource)
     workload = _workload(spec.source.seed, spec.shape)
     coinbase = assemble_coinbase(job.coinbase1, extranonce1, extranonce2, job.coinbase2)
-    header = Header(job.version, job.height, job.prev_hash, coinbase_hash(coinbase),
-                    workload.work_root, job.time, job.bits).encode()
+    header = Header(
+        job.version,
+        job.height,
+        job.prev_hash,
+        coinbase_hash(coinbase),
+        workload.work_root,
+        job.time,
+        job.bits,
+    ).encode()
     work = mine_header(header, workload)
     share = target_from_difficulty(job.difficulty)
-    return [Candidate(job.job_id, extranonce2, job.time, (ti, tj), work.digest(ti, tj), False)
-            for ti in range(spec.shape.tiles_m) for tj in range(spec.shape.tiles_n)
-            if not meets_target(work.digest(ti, tj), share, spec.k)]
+    return [
+        Candidate(job.job_id, extranonce2, job.time, (ti, tj), work.digest(ti, tj), False)
+        for ti in range(spec.shape.tiles_m)
+        for tj in range(spec.shape.tiles_n)
+        if not meets_target(work.digest(ti, tj), share, spec.k)
+    ]
 
 
 class MinerClosed(Exception):
@@ -130,16 +158,22 @@ class TestMiner:
         self.arrivals: list[tuple[str, object]] = []
 
     @classmethod
-    async def connect(cls, port: int, host: str = "127.0.0.1", timeout: float = 10.0,
-                      local: str | None = None) -> TestMiner:
+    async def connect(
+        cls, port: int, host: str = "127.0.0.1", timeout: float = 10.0, local: str | None = None
+    ) -> TestMiner:
         """A miner over TCP; ``local`` picks its source address (e.g. ``127.0.0.2``: another
         IP on loopback)."""
         return cls(await trio.open_tcp_stream(host, port, local_address=local), timeout)
 
     @classmethod
-    async def connect_tls(cls, port: int, cafile: str, host: str = "127.0.0.1",
-                          server_hostname: str = "localhost", timeout: float = 10.0
-                          ) -> TestMiner:
+    async def connect_tls(
+        cls,
+        port: int,
+        cafile: str,
+        host: str = "127.0.0.1",
+        server_hostname: str = "localhost",
+        timeout: float = 10.0,
+    ) -> TestMiner:
         """A miner over TLS, trusting the certificate in ``cafile``."""
         context = ssl.create_default_context(cafile=cafile)
         tcp = await trio.open_tcp_stream(host, port)
@@ -208,11 +242,15 @@ class TestMiner:
     async def request(self, message: Message) -> ResponseReceived:
         return await self.response(await self.send(message))
 
-    async def subscribe(self, agent: str = "test-miner/1", resume: bytes | None = None,
-                        capabilities: tuple[str, ...] | None = None
-                        ) -> messages.SubscribeResult:
-        r = await self.request(messages.Subscribe(agent=agent, resume=resume,
-                                                  capabilities=capabilities))
+    async def subscribe(
+        self,
+        agent: str = "test-miner/1",
+        resume: bytes | None = None,
+        capabilities: tuple[str, ...] | None = None,
+    ) -> messages.SubscribeResult:
+        r = await self.request(
+            messages.Subscribe(agent=agent, resume=resume, capabilities=capabilities)
+        )
         assert r.error is None, r.error
         self.extranonce1 = r.result.extranonce1
         self.session_id = r.result.session_id
@@ -240,21 +278,23 @@ class TestMiner:
     def job(self) -> messages.Notify:
         return self.jobs[-1]
 
-    async def find(self, job: messages.Notify, extranonce2: bytes | None = None,
-                   ntime: int | None = None) -> list[Candidate]:
+    async def find(
+        self, job: messages.Notify, extranonce2: bytes | None = None, ntime: int | None = None
+    ) -> list[Candidate]:
         """Mine one header of ``job`` in a thread; shares meeting its difficulty."""
         en2 = secrets.token_bytes(8) if extranonce2 is None else extranonce2
         workload = self.workloads.get(job.work.work_root)
-        return await trio.to_thread.run_sync(mine_job, job, self.extranonce1, en2, ntime,
-                                             workload)
+        return await trio.to_thread.run_sync(mine_job, job, self.extranonce1, en2, ntime, workload)
 
     async def submit(self, c: Candidate) -> ResponseReceived:
-        return await self.request(messages.Submit(job_id=c.job_id, extranonce2=c.extranonce2,
-                                                  time=c.time, tile=c.tile))
+        return await self.request(
+            messages.Submit(job_id=c.job_id, extranonce2=c.extranonce2, time=c.time, tile=c.tile)
+        )
 
     async def send_submit(self, c: Candidate) -> int:
-        return await self.send(messages.Submit(job_id=c.job_id, extranonce2=c.extranonce2,
-                                               time=c.time, tile=c.tile))
+        return await self.send(
+            messages.Submit(job_id=c.job_id, extranonce2=c.extranonce2, time=c.time, tile=c.tile)
+        )
 
     async def shares(self, count: int, job: messages.Notify | None = None) -> list[Candidate]:
         """At least ``count`` candidates of ``job`` (default: the newest), mining headers."""
@@ -303,14 +343,20 @@ class TestMiner:
 
         def work() -> tuple[np.ndarray, list[Candidate]]:
             header_work, found = mine_job_header(job, self.extranonce1, en2, None, workload)
-            c = denoise(header_work.noisy_product, workload.a, workload.bt, header_work.seed,
-                        workload.shape.r)
+            c = denoise(
+                header_work.noisy_product,
+                workload.a,
+                workload.bt,
+                header_work.seed,
+                workload.shape.r,
+            )
             return c, found
 
         return await trio.to_thread.run_sync(work)
 
-    async def send_result(self, job: messages.Notify, c: np.ndarray, chunk: int = CHUNK_SIZE
-                          ) -> ResponseReceived:
+    async def send_result(
+        self, job: messages.Notify, c: np.ndarray, chunk: int = CHUNK_SIZE
+    ) -> ResponseReceived:
         """Send ``c`` (int32 LE, row-major) with ``work.result``; the last chunk's response.
 
         Stops at (and returns) the first error response.
@@ -318,8 +364,15 @@ class TestMiner:
         raw = np.ascontiguousarray(c, dtype="<i4").tobytes()
         response = None
         for offset, data, final in chunks(raw, chunk):
-            response = await self.request(WorkResult(job_id=job.job_id, unit=job.work.work_root,
-                                                     offset=offset, data=data, final=final))
+            response = await self.request(
+                WorkResult(
+                    job_id=job.job_id,
+                    unit=job.work.work_root,
+                    offset=offset,
+                    data=data,
+                    final=final,
+                )
+            )
             if response.error is not None:
                 return response
         assert response is not None
@@ -335,8 +388,9 @@ async def misbehave(miner: TestMiner) -> None:
     try:
         for step in range(3):
             seen = len(miner.jobs)
-            (c, *_) = await trio.to_thread.run_sync(losing_tiles, miner.job,
-                                                    miner.extranonce1, secrets.token_bytes(8))
+            (c, *_) = await trio.to_thread.run_sync(
+                losing_tiles, miner.job, miner.extranonce1, secrets.token_bytes(8)
+            )
             r = await miner.submit(c)
             assert r.error.code == ErrorCode.LOW_DIFFICULTY
             if step == 0:  # resend work: mine the fresh job next

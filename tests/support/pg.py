@@ -95,8 +95,17 @@ class PostgresServer:
             entry = pwd.getpwnam(self.as_user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
         self._run(
-            "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
-            "--no-sync", "--no-instructions",
+            "initdb",
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
         )
 
     def _run(self, tool: str, *args: str, timeout: float = START_TIMEOUT_S) -> None:
@@ -117,8 +126,17 @@ class PostgresServer:
         options = " ".join(f"-c {k}={v}" for k, v in SERVER_SETTINGS.items())
         options += f" -c port={self.port} -c unix_socket_directories={self.root}"
         self._run(
-            "pg_ctl", "start", "-D", str(self.data), "-l", str(self.log), "-w",
-            "-t", str(START_TIMEOUT_S), "-o", options,
+            "pg_ctl",
+            "start",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            str(START_TIMEOUT_S),
+            "-o",
+            options,
         )
         self.running = True
 

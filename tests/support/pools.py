@@ -39,8 +39,9 @@ TEST_NODE: dict[str, Any] = {
 }
 
 
-def make_config(data_dir: Path, settings: dict[str, Any] | None = None,
-                node: dict[str, Any] | None = None) -> PoolConfig:
+def make_config(
+    data_dir: Path, settings: dict[str, Any] | None = None, node: dict[str, Any] | None = None
+) -> PoolConfig:
     """A test config: :data:`TEST_SETTINGS`, then ``settings``; node = TEST_NODE + ``node``."""
     config = PoolConfig()
     merged = {**TEST_SETTINGS, "pool.data_dir": str(data_dir), **(settings or {})}

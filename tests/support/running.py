@@ -181,8 +181,13 @@ class WrappedBackend:
         self.product_calls += 1
         return self.inner.product(header)
 
-    def scan(self, header: bytes, share_target: int, should_stop: Callable[[], bool],
-             want_product: bool = False) -> ScanResult:
+    def scan(
+        self,
+        header: bytes,
+        share_target: int,
+        should_stop: Callable[[], bool],
+        want_product: bool = False,
+    ) -> ScanResult:
         result = self.inner.scan(header, share_target, should_stop, want_product)
         self.scans.append(result)
         return result
@@ -196,8 +201,13 @@ class CorruptingBackend(WrappedBackend):
         self.mode = mode
         self.corrupted = 0
 
-    def scan(self, header: bytes, share_target: int, should_stop: Callable[[], bool],
-             want_product: bool = False) -> ScanResult:
+    def scan(
+        self,
+        header: bytes,
+        share_target: int,
+        should_stop: Callable[[], bool],
+        want_product: bool = False,
+    ) -> ScanResult:
         result = super().scan(header, share_target, should_stop, want_product)
         bad = []
         for ti, tj, digest in result.winners:
@@ -220,8 +230,13 @@ class LongScanBackend(WrappedBackend):
         self.stopped_early = 0
         self.stop_latency: list[float] = []
 
-    def scan(self, header: bytes, share_target: int, should_stop: Callable[[], bool],
-             want_product: bool = False) -> ScanResult:
+    def scan(
+        self,
+        header: bytes,
+        share_target: int,
+        should_stop: Callable[[], bool],
+        want_product: bool = False,
+    ) -> ScanResult:
         result = self.inner.scan(header, share_target, should_stop, want_product)
         self.in_scan.set()
         deadline = time.monotonic() + self.hold
@@ -252,8 +267,13 @@ class StallingBackend(WrappedBackend):
         self.release = threading.Event()
         self.stalled_scans = 0
 
-    def scan(self, header: bytes, share_target: int, should_stop: Callable[[], bool],
-             want_product: bool = False) -> ScanResult:
+    def scan(
+        self,
+        header: bytes,
+        share_target: int,
+        should_stop: Callable[[], bool],
+        want_product: bool = False,
+    ) -> ScanResult:
         if self.stalled_scans < self.stalls:
             self.stalled_scans += 1
             self.release.wait(self.limit)

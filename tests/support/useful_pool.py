@@ -65,8 +65,9 @@ def operands(m: int, k: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]
     return a, b
 
 
-def genuine_blobs(a: np.ndarray, b: np.ndarray, unit_m: int = UNIT, unit_n: int = UNIT,
-                  r: int = 32) -> dict[bytes, int]:
+def genuine_blobs(
+    a: np.ndarray, b: np.ndarray, unit_m: int = UNIT, unit_n: int = UNIT, r: int = 32
+) -> dict[bytes, int]:
     """Every operand blob the pool makes of ``A·B``: id → size in bytes."""
     plan = plan_product(a.shape[0], b.shape[1], a.shape[1], r=r, unit_m=unit_m, unit_n=unit_n)
     blobs: dict[bytes, int] = {}
@@ -79,8 +80,9 @@ def genuine_blobs(a: np.ndarray, b: np.ndarray, unit_m: int = UNIT, unit_n: int 
 
 
 async def submit(client: httpx.AsyncClient, a: np.ndarray, b: np.ndarray) -> str:
-    answer = await client.post("/api/work", content=npy(a) + npy(b),
-                               headers={"Content-Type": "application/x-npy"})
+    answer = await client.post(
+        "/api/work", content=npy(a) + npy(b), headers={"Content-Type": "application/x-npy"}
+    )
     assert answer.status_code == 201, answer.text
     return answer.json()["id"]
 
@@ -127,8 +129,7 @@ def blas() -> Any:
 
 
 def useful_settings(tmp_path: Path, max_bytes: int = 1 << 26) -> UsefulConfig:
-    return UsefulConfig(enabled=True, cache_dir=str(tmp_path / "blobs"),
-                        cache_max_bytes=max_bytes)
+    return UsefulConfig(enabled=True, cache_dir=str(tmp_path / "blobs"), cache_max_bytes=max_bytes)
 
 
 @dataclass
@@ -142,8 +143,7 @@ class TamperingProxy:
     port: int = 0
     spoiled_ids: list[bytes] = field(default_factory=list)  # ids of whole spoiled blobs
 
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
-                    ) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         task_status.started(self.port)
@@ -157,8 +157,9 @@ class TamperingProxy:
             nursery.start_soon(self._downstream, pool, worker, nursery.cancel_scope)
 
     @staticmethod
-    async def _upstream(src: trio.SocketStream, dst: trio.SocketStream,
-                        scope: trio.CancelScope) -> None:
+    async def _upstream(
+        src: trio.SocketStream, dst: trio.SocketStream, scope: trio.CancelScope
+    ) -> None:
         try:
             async for data in src:
                 await dst.send_all(data)
@@ -166,8 +167,9 @@ class TamperingProxy:
             pass
         scope.cancel()
 
-    async def _downstream(self, src: trio.SocketStream, dst: trio.SocketStream,
-                          scope: trio.CancelScope) -> None:
+    async def _downstream(
+        self, src: trio.SocketStream, dst: trio.SocketStream, scope: trio.CancelScope
+    ) -> None:
         decoder = FrameDecoder(1 << 20)
         try:
             async for data in src:

@@ -8,8 +8,10 @@ from protocol.useful import chunks
 
 def operands(seed, m, k, n):
     rng = np.random.default_rng(seed)
-    return (rng.integers(-64, 65, (m, k), dtype=np.int8),
-            rng.integers(-64, 65, (k, n), dtype=np.int8))
+    return (
+        rng.integers(-64, 65, (m, k), dtype=np.int8),
+        rng.integers(-64, 65, (k, n), dtype=np.int8),
+    )
 
 
 def upload(desk, lease, session, raw, chunk=4096):

@@ -59,11 +59,16 @@ class App:
 
 def test_a_real_toml_file_over_the_defaults(tmp_path):
     path = tmp_path / "app.toml"
-    path.write_text('name = "x"\n[http]\nport = 9000\nratio = 2\nnames = ["b", "c"]\n'
-                    '[http.tokens]\nabc = "alice"\n[limits]\nburst = 3\n')
+    path.write_text(
+        'name = "x"\n[http]\nport = 9000\nratio = 2\nnames = ["b", "c"]\n'
+        '[http.tokens]\nabc = "alice"\n[limits]\nburst = 3\n'
+    )
     app = load_toml(App, path)
-    assert app == App(name="x", http=Http(port=9000, ratio=2.0, names=("b", "c"),
-                                          tokens={"abc": "alice"}), limits=Limits(burst=3))
+    assert app == App(
+        name="x",
+        http=Http(port=9000, ratio=2.0, names=("b", "c"), tokens={"abc": "alice"}),
+        limits=Limits(burst=3),
+    )
     assert isinstance(app.http.ratio, float)  # an integer is a number
     assert load_toml(App, None) == App()
     with pytest.raises(ConfigError, match="does not exist"):
@@ -73,22 +78,32 @@ def test_a_real_toml_file_over_the_defaults(tmp_path):
         load_toml(App, tmp_path / "bad.toml")
 
 
-@pytest.mark.parametrize(("data", "style", "message"), [
-    ({"http": {"port": "80"}}, Style(), "http.port must be an integer, got '80'"),
-    ({"http": {"port": "80"}}, Style(sections=True), "[http] port must be an integer, got '80'"),
-    ({"http": {"port": True}}, Style(), "http.port must be an integer, got True"),
-    ({"http": {"on": 1}}, Style(), "http.on must be true or false, got 1"),
-    ({"http": {"ratio": "x"}}, Style(), "http.ratio must be a number"),
-    ({"http": {"names": "b"}}, Style(), "http.names must be a list of strings"),
-    ({"http": {"tokens": 3}}, Style(), "http.tokens must be a table"),
-    ({"name": 3}, Style(type_names=PYTHON_TYPE_NAMES), "name must be str, got 3"),
-    ({"http": 3}, Style(), "[http] must be a table"),
-    ({"http": {"prot": 1}}, Style(), "unknown key http.prot (did you mean 'http.port'?)"),
-    ({"http": {"prot": 1}}, Style(sections=True),
-     "unknown key 'prot' in [http] (did you mean 'port'?)"),
-    ({"htp": {}}, Style(sections=True), "unknown section [htp] (did you mean 'http'?)"),
-    ({"zzz": 1}, Style(), "unknown key 'zzz' (known: name, http, limits)"),
-])
+@pytest.mark.parametrize(
+    ("data", "style", "message"),
+    [
+        ({"http": {"port": "80"}}, Style(), "http.port must be an integer, got '80'"),
+        (
+            {"http": {"port": "80"}},
+            Style(sections=True),
+            "[http] port must be an integer, got '80'",
+        ),
+        ({"http": {"port": True}}, Style(), "http.port must be an integer, got True"),
+        ({"http": {"on": 1}}, Style(), "http.on must be true or false, got 1"),
+        ({"http": {"ratio": "x"}}, Style(), "http.ratio must be a number"),
+        ({"http": {"names": "b"}}, Style(), "http.names must be a list of strings"),
+        ({"http": {"tokens": 3}}, Style(), "http.tokens must be a table"),
+        ({"name": 3}, Style(type_names=PYTHON_TYPE_NAMES), "name must be str, got 3"),
+        ({"http": 3}, Style(), "[http] must be a table"),
+        ({"http": {"prot": 1}}, Style(), "unknown key http.prot (did you mean 'http.port'?)"),
+        (
+            {"http": {"prot": 1}},
+            Style(sections=True),
+            "unknown key 'prot' in [http] (did you mean 'port'?)",
+        ),
+        ({"htp": {}}, Style(sections=True), "unknown section [htp] (did you mean 'http'?)"),
+        ({"zzz": 1}, Style(), "unknown key 'zzz' (known: name, http, limits)"),
+    ],
+)
 def test_bad_values_are_one_line_naming_the_key(data, style, message):
     with pytest.raises(ConfigError) as info:
         from_dict(App, data, style=style)
@@ -100,11 +115,13 @@ def test_overrides_typed_or_from_text_leave_the_original_alone():
     changed = override(app, {"http.port": 9000, "limits.burst": 2, "name": "y"})
     assert (changed.http.port, changed.limits.burst, changed.name) == (9000, 2, "y")
     assert app == App()
-    text = override(app, {"http.on": "false", "http.ratio": "1.5", "http.names": "p,q"},
-                    text=True)
+    text = override(app, {"http.on": "false", "http.ratio": "1.5", "http.names": "p,q"}, text=True)
     assert (text.http.on, text.http.ratio, text.http.names) == (False, 1.5, ("p", "q"))
-    with pytest.raises(ConfigError, match=r"unknown setting 'http\.prot' \(did you mean "
-                                          r"'http\.port'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown setting 'http\.prot' \(did you mean "
+        r"'http\.port'\?\)",
+    ):
         override(app, {"http.prot": 1})
     with pytest.raises(ConfigError, match="unknown setting 'http'"):
         override(app, {"http": 1})
@@ -114,12 +131,15 @@ def test_overrides_typed_or_from_text_leave_the_original_alone():
         override(app, {"http.port": "x"}, text=True)
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"http.port": 70000}, "http.port must be in 0..65535, got 70000"),
-    ({"http.ratio": 0.0}, "http.ratio must be positive, got 0.0"),
-    ({"http.mode": "medium"}, "http.mode must be one of fast, slow, got 'medium'"),
-    ({"limits.burst": 0}, "limits.burst must be at least 1, got 0"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"http.port": 70000}, "http.port must be in 0..65535, got 70000"),
+        ({"http.ratio": 0.0}, "http.ratio must be positive, got 0.0"),
+        ({"http.mode": "medium"}, "http.mode must be one of fast, slow, got 'medium'"),
+        ({"limits.burst": 0}, "limits.burst must be at least 1, got 0"),
+    ],
+)
 def test_bounds_on_the_fields(values, message):
     check_bounds(App())
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):

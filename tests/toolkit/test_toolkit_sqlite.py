@@ -212,8 +212,10 @@ def test_the_work_queue_opens_a_file_made_before_versioning(tmp_path):
     path = tmp_path / "work.sqlite3"
     old = sqlite3.connect(path)
     old.executescript(SCHEMA_V1)
-    old.execute("INSERT INTO items (id, customer, m, n, k, r, state, units, operand_bytes, "
-                "created) VALUES ('old', 'alice', 16, 16, 64, 4, 'done', 0, 0, 1.0)")
+    old.execute(
+        "INSERT INTO items (id, customer, m, n, k, r, state, units, operand_bytes, "
+        "created) VALUES ('old', 'alice', 16, 16, 64, 4, 'done', 0, 0, 1.0)"
+    )
     old.commit()
     old.close()
     queue = WorkQueue(path, BlobStore(tmp_path / "blobs"))

@@ -56,7 +56,6 @@ def backend(request, backends):
     return backends[request.param]
 
 
-
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c["name"])
 def test_vector_tickets_and_product(case, backend):
     check_vector_case(backend, case)
@@ -142,8 +141,7 @@ def test_devices_and_bad_input(cache_dir):
     assert dev.name == f"opencl:{devices[0].spec}"
     # what `matmine-worker mine` keeps to reopen a device it opened without --devices
     everything = open_backends("opencl", None, cache_dir=cache_dir, config=SMALL)
-    assert [f"{b.platform_index}:{b.device_index}" for b in everything] == [
-        d.spec for d in devices]
+    assert [f"{b.platform_index}:{b.device_index}" for b in everything] == [d.spec for d in devices]
     with pytest.raises(BackendError, match="PLATFORM:DEVICE"):
         open_backends("opencl", ["gpu0"])
     with pytest.raises(BackendError, match="no OpenCL device"):

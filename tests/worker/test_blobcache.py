@@ -126,8 +126,9 @@ def test_download_refuses_chunks_it_did_not_ask_for(store):
 
 def test_cache_is_bounded_lru_and_reverifies_on_load(store, tmp_path):
     cache = BlobCache(tmp_path / "cache", max_bytes=3 * 4096)
-    blobs = [verify_blob(matrix(10 + i).tobytes(), spec_of(store, matrix(10 + i)))
-             for i in range(4)]
+    blobs = [
+        verify_blob(matrix(10 + i).tobytes(), spec_of(store, matrix(10 + i))) for i in range(4)
+    ]
     for i, blob in enumerate(blobs[:3]):
         assert cache.store(blob)
         os.utime(cache._path(blob.spec.blob_id), ns=(i * 10**9, i * 10**9))
@@ -198,8 +199,7 @@ async def test_fetch_over_a_real_connection(store, tmp_path):
         buffer: list = []
 
         async def get_chunk(bid, offset, length):
-            request_id, frame = client.send_request(GetBlob(hash=bid, offset=offset,
-                                                            length=length))
+            request_id, frame = client.send_request(GetBlob(hash=bid, offset=offset, length=length))
             await stream.send_all(frame)
             while not buffer:
                 buffer.extend(client.receive_data(await stream.receive_some(65536)))

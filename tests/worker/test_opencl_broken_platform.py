@@ -41,8 +41,14 @@ def broken_vendors(tmp_path: Path) -> Path:
 
 def worker(vendors: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OCL_ICD_VENDORS": str(vendors)}
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_devices_and_bench_skip_the_broken_platform(broken_vendors: Path) -> None:

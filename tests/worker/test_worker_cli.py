@@ -27,16 +27,30 @@ ADDRESS = new_address()
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*WORKER, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [*WORKER, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
         ((), ["mine", "devices", "bench", "proof of work", "re-checked on the CPU"]),
-        (("mine",), ["--pool", "--login", "--password", "--backend", "--devices",
-                     "--metrics-port", "--config", "--log-level", "failover", "9110"]),
+        (
+            ("mine",),
+            [
+                "--pool",
+                "--login",
+                "--password",
+                "--backend",
+                "--devices",
+                "--metrics-port",
+                "--config",
+                "--log-level",
+                "failover",
+                "9110",
+            ],
+        ),
         (("devices",), ["PLATFORM:DEVICE"]),
         (("bench",), ["--backend", "--shape", "MxNxK:R", "mismatch"]),
     ],
@@ -75,8 +89,9 @@ def test_bench_report_fails_on_a_mismatching_device():
     """A real broken device (BLAS with its winners corrupted) measured by the real bench."""
     workload = Workload.synthetic(bytes(32), Shape(64, 64, 256, 64))
     good = bench_backend(open_backends("blas", None, threads=1)[0], workload, seconds=0.1)
-    bad = bench_backend(CorruptingBackend(open_backends("blas", None, threads=1)[0]), workload,
-                        seconds=0.1)
+    bad = bench_backend(
+        CorruptingBackend(open_backends("blas", None, threads=1)[0]), workload, seconds=0.1
+    )
     assert good["mismatches"] == 0 and bad["mismatches"] > 0
     out = io.StringIO()
     assert report_bench([good], out) == 0
@@ -131,13 +146,16 @@ def test_config_file_and_flags(tmp_path):
         "[metrics]\nport = 9999\n[watchdog]\nstall_timeout = 0\n"
     )
     config = load_config(path).validate()
-    assert config.pools == (PoolEndpoint("pool.example", 4444, True, 0),
-                            PoolEndpoint("10.0.0.2", 3333, False, 5))
+    assert config.pools == (
+        PoolEndpoint("pool.example", 4444, True, 0),
+        PoolEndpoint("10.0.0.2", 3333, False, 5),
+    )
     assert config.connection.backoff_max == 30.0 and config.connection.primary_retry == 12.5
     assert config.connection.job_timeout == 300.0  # default kept
     assert config.metrics.port == 9999 and config.watchdog.stall_timeout == 0
-    merged = with_overrides(config, pools=["127.0.0.1:1"], metrics_port=0, backend="blas",
-                            devices=None, login=None)
+    merged = with_overrides(
+        config, pools=["127.0.0.1:1"], metrics_port=0, backend="blas", devices=None, login=None
+    )
     assert merged.pools == (PoolEndpoint("127.0.0.1", 1),)
     assert merged.metrics.port == 0 and merged.backend == "blas"
     assert merged.login == f"{ADDRESS}.rig" and merged.devices == ("0:0",)
@@ -166,13 +184,30 @@ async def test_mine_process_against_a_real_pool_and_sigint(tmp_path):
     async with running_pool(tmp_path / "pool", share_difficulty=0.5) as pool:
         address = new_address()
         config = tmp_path / "worker.toml"
-        config.write_text("[console]\nstatus_interval = 0.5\nlive = \"off\"\n"
-                          "[connection]\nbackoff_initial = 0.1\n")
+        config.write_text(
+            '[console]\nstatus_interval = 0.5\nlive = "off"\n[connection]\nbackoff_initial = 0.1\n'
+        )
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         proc = await trio.lowlevel.open_process(
-            [*WORKER, "mine", "--pool", pool.endpoint.label, "--login", f"{address}.cli",
-             "--backend", "blas", "--metrics-port", "-1", "--config", str(config)],
-            cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            [
+                *WORKER,
+                "mine",
+                "--pool",
+                pool.endpoint.label,
+                "--login",
+                f"{address}.cli",
+                "--backend",
+                "blas",
+                "--metrics-port",
+                "-1",
+                "--config",
+                str(config),
+            ],
+            cwd=REPO,
+            env=env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        )
         log = bytearray()
 
         async def drain() -> None:
@@ -216,10 +251,12 @@ async def test_a_pool_that_refuses_the_login_is_not_retried(tmp_path):
     tries = []
     settings = fast_connection()
     async with running_pool(tmp_path / "pool") as pool:
+
         def factory(ep, resume):
             tries.append(ep)
-            return PoolClient(ep, login="x.y", password="", agent="t", settings=settings,
-                              on_job=lambda job: None)
+            return PoolClient(
+                ep, login="x.y", password="", agent="t", settings=settings, on_job=lambda job: None
+            )
 
         failover = Failover([pool.endpoint], factory, settings)
         with trio.fail_after(20), pytest.raises(WorkerStopped, match="refused"):
@@ -234,8 +271,17 @@ def test_a_busy_metrics_port_is_one_line(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        done = run_cli("mine", "--pool", "127.0.0.1:1", "--login", f"{ADDRESS}.rig",
-                       "--backend", "blas", "--metrics-port", str(port))
+        done = run_cli(
+            "mine",
+            "--pool",
+            "127.0.0.1:1",
+            "--login",
+            f"{ADDRESS}.rig",
+            "--backend",
+            "blas",
+            "--metrics-port",
+            str(port),
+        )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert f"metrics port {port}" in done.stderr

@@ -34,8 +34,14 @@ LOGIN = "mmd1" + "ab" * 20
 def make_client(endpoint: PoolEndpoint, jobs: list[Job], **settings: float) -> PoolClient:
     from protocol.address import new_address
 
-    return PoolClient(endpoint, login=f"{new_address()}.t", password="x", agent="test/1",
-                      settings=fast_connection(**settings), on_job=jobs.append)
+    return PoolClient(
+        endpoint,
+        login=f"{new_address()}.t",
+        password="x",
+        agent="test/1",
+        settings=fast_connection(**settings),
+        on_job=jobs.append,
+    )
 
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
@@ -59,8 +65,9 @@ async def handshake(stream: trio.SocketStream, conn: Connection) -> list[Request
             assert isinstance(event, RequestReceived)
             asked.append(event)
             if isinstance(event.message, Subscribe):
-                result = SubscribeResult(session_id=b"s1", extranonce1=b"\x01\x02\x03\x04",
-                                         extranonce2_size=8)
+                result = SubscribeResult(
+                    session_id=b"s1", extranonce1=b"\x01\x02\x03\x04", extranonce2_size=8
+                )
                 await stream.send_all(conn.send_result(event.id, result))
             else:
                 await stream.send_all(conn.send_result(event.id, AuthorizeResult(True)))
@@ -89,8 +96,7 @@ async def test_subscribe_authorize_job_and_share_outcomes(tmp_path):
             from worker.jobfeed import MinableJob
 
             workload = Workload.synthetic(notify.work.source.seed, notify.work.shape)
-            minable = MinableJob(job, workload, target_from_difficulty(notify.difficulty),
-                                 0)
+            minable = MinableJob(job, workload, target_from_difficulty(notify.difficulty), 0)
             backend = open_backends("blas", None, threads=1)[0]
             backend.prepare(workload)
             winners, en2 = [], b""
@@ -227,8 +233,7 @@ async def test_keepalive_ping_and_unanswered_ping_drops():
 
     async with trio.open_nursery() as nursery:
         endpoint = await start_raw_server(nursery, answers_two_pings)
-        client = make_client(endpoint, [], ping_interval=0.1, response_timeout=0.3,
-                             job_timeout=30)
+        client = make_client(endpoint, [], ping_interval=0.1, response_timeout=0.3, job_timeout=30)
         with trio.fail_after(5):
             outcome = await client.run()
         nursery.cancel_scope.cancel()

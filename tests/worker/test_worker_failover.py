@@ -39,8 +39,11 @@ def test_backoff_without_jitter_is_exact():
 
 
 def test_priorities_order_the_pools():
-    eps = [PoolEndpoint("a", 1, priority=2), PoolEndpoint("b", 2, priority=0),
-           PoolEndpoint("c", 3, priority=2)]
+    eps = [
+        PoolEndpoint("a", 1, priority=2),
+        PoolEndpoint("b", 2, priority=0),
+        PoolEndpoint("c", 3, priority=2),
+    ]
     failover = Failover(eps, lambda ep, resume: None, fast_connection())  # type: ignore[arg-type,return-value]
     assert [p.endpoint.host for p in failover.pools] == ["b", "a", "c"]
     with pytest.raises(ValueError):
@@ -54,8 +57,9 @@ async def test_dead_pools_are_retried_with_growing_backoff():
 
     def factory(ep: PoolEndpoint, resume: bytes | None) -> PoolClient:
         tries.append(trio.current_time())
-        return PoolClient(ep, login="x.y", password="", agent="t", settings=settings,
-                          on_job=lambda job: None)
+        return PoolClient(
+            ep, login="x.y", password="", agent="t", settings=settings, on_job=lambda job: None
+        )
 
     failover = Failover(dead, factory, settings)
     async with trio.open_nursery() as nursery:
@@ -85,8 +89,12 @@ async def test_failover_from_a_dead_primary_and_back(tmp_path, caplog):
         # the primary comes up on its port: the worker goes back to it
         async with running_pool(tmp_path / "primary", port=primary.port) as first:
             await wait_until(
-                lambda: worker.failover.active is not None
-                and worker.failover.active.endpoint == primary, 10)
+                lambda: (
+                    worker.failover.active is not None
+                    and worker.failover.active.endpoint == primary
+                ),
+                10,
+            )
             assert worker.failover.switches_to_better == 1
             await wait_until(lambda: first.sessions() == 1, 5)
             await wait_until(lambda: secondary.sessions() == 0, 5)
@@ -97,7 +105,11 @@ async def test_failover_from_a_dead_primary_and_back(tmp_path, caplog):
 
         # the primary goes away again: back to the secondary
         await wait_until(
-            lambda: worker.failover.active is not None
-            and worker.failover.active.endpoint == secondary.endpoint, 10)
+            lambda: (
+                worker.failover.active is not None
+                and worker.failover.active.endpoint == secondary.endpoint
+            ),
+            10,
+        )
     assert f"pool {primary.label} is back; leaving {secondary.endpoint.label}" in caplog.text
     assert f"pool {primary.label}: cannot connect" in caplog.text

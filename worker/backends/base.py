@@ -66,8 +66,13 @@ class Backend(Protocol):
     def prepare(self, workload: Workload) -> None:
         """Upload / cache the operands of ``workload`` (keyed by its work_root)."""
 
-    def scan(self, header: bytes, share_target: int, should_stop: Callable[[], bool],
-             want_product: bool = False) -> ScanResult:
+    def scan(
+        self,
+        header: bytes,
+        share_target: int,
+        should_stop: Callable[[], bool],
+        want_product: bool = False,
+    ) -> ScanResult:
         """Every ticket of ``header``; winners meet ``ticket_limit(share_target, k)``.
 
         ``want_product``: also return the header's noisy product ``A'·B'`` (the final

@@ -240,4 +240,3 @@ class BlasBackend:
         if work.limit is not None:
             found = winners_of(work.seed, jb, work.limit, i0 // TILE, j0 // TILE)
         return found, slabs * macs_per_slab, True
-

@@ -65,8 +65,9 @@ def open_device(spec: str, *, self_test: bool = True, **options: Any) -> OpenCLB
     return backend
 
 
-def open_opencl(specs: list[str] | None, *, self_test: bool = True,
-                **options: object) -> list[OpenCLBackend]:
+def open_opencl(
+    specs: list[str] | None, *, self_test: bool = True, **options: object
+) -> list[OpenCLBackend]:
     """Backends for ``"platform:device"`` specs (default: every device found).
 
     A device that cannot be opened or fails its self-test is skipped with one warning

@@ -134,7 +134,8 @@ class OpenCLBackend:
                 )
             except cl.Error as exc:
                 raise DeviceUnusable(
-                    self.description, f"kernels do not build: {compiler_reason(exc)}") from exc
+                    self.description, f"kernels do not build: {compiler_reason(exc)}"
+                ) from exc
         return self._programs[key]
 
     def kernel(self, config: KernelConfig, name: str, plain_gemm: bool = False) -> cl.Kernel:
@@ -184,15 +185,14 @@ class OpenCLBackend:
         key = self.autotune_key(shape)
         tuner = Autotuner(self.cache_dir)
         try:
-            return tuner.tune(key, candidates,
-                              lambda c: self.measure(c, self.tune_seconds)).config
+            return tuner.tune(key, candidates, lambda c: self.measure(c, self.tune_seconds)).config
         except NoWorkingCandidate as exc:
             first = next(iter(exc.errors.values()))
             if isinstance(first, DeviceUnusable):
                 raise DeviceUnusable(self.description, first.reason) from exc
-            raise DeviceUnusable(self.description,
-                                 f"no kernel configuration runs: {compiler_reason(first)}"
-                                 ) from exc
+            raise DeviceUnusable(
+                self.description, f"no kernel configuration runs: {compiler_reason(first)}"
+            ) from exc
 
     # -- self-test -----------------------------------------------------------------------
 
@@ -221,8 +221,9 @@ class OpenCLBackend:
         except DeviceUnusable:
             raise
         except (cl.Error, BackendError) as exc:
-            raise DeviceUnusable(self.description,
-                                 f"kernels do not run: {compiler_reason(exc)}") from exc
+            raise DeviceUnusable(
+                self.description, f"kernels do not run: {compiler_reason(exc)}"
+            ) from exc
         finally:
             self._workload, self._bufs, self.config, self._band_tiles = saved
         problem = reference_mismatch(result, workload)
@@ -273,9 +274,18 @@ class OpenCLBackend:
             cl.enqueue_copy(self.queue, bufs[f_buf], f.astype(np.uint16))
             cl.enqueue_copy(self.queue, bufs[g_buf], g.astype(np.uint16))
             cl.enqueue_copy(self.queue, bufs[e_buf], e)
-            kernel(self.queue, (shape.k, rows), None,
-                   bufs[x], bufs[e_buf], bufs[f_buf], bufs[g_buf], bufs[out],
-                   np.int32(shape.k), np.int32(shape.r))
+            kernel(
+                self.queue,
+                (shape.k, rows),
+                None,
+                bufs[x],
+                bufs[e_buf],
+                bufs[f_buf],
+                bufs[g_buf],
+                bufs[out],
+                np.int32(shape.k),
+                np.int32(shape.r),
+            )
         return seed
 
     def _set_key_limit(self, seed: bytes, limit: int) -> None:
@@ -302,11 +312,23 @@ class OpenCLBackend:
         raw = plain and not config.item  # mine_item reads packed operands, made by the caller
         a, bt = (bufs["a"], bufs["bt"]) if raw else (bufs["a_noisy"], bufs["bt_noisy"])
         kernel(
-            self.queue, global_size, local,
-            a, bt, np.int32(shape.n), np.int32(shape.k), np.int32(shape.r), np.int32(tile_row0),
-            bufs["key"], bufs["limit"], bufs["j"], bufs["count"],
-            bufs["winners"], np.uint32(self.winner_cap),
-            acc if acc is not None else bufs["no_acc"], np.int32(acc is not None),
+            self.queue,
+            global_size,
+            local,
+            a,
+            bt,
+            np.int32(shape.n),
+            np.int32(shape.k),
+            np.int32(shape.r),
+            np.int32(tile_row0),
+            bufs["key"],
+            bufs["limit"],
+            bufs["j"],
+            bufs["count"],
+            bufs["winners"],
+            np.uint32(self.winner_cap),
+            acc if acc is not None else bufs["no_acc"],
+            np.int32(acc is not None),
         )
 
     def _run(
@@ -403,8 +425,9 @@ class OpenCLBackend:
         acc = self._bufs.get("acc")
         if acc is None:
             shape = require_prepared(self._workload).shape
-            acc = self._bufs["acc"] = cl.Buffer(self.context, cl.mem_flags.READ_WRITE,
-                                                4 * shape.m * shape.n)
+            acc = self._bufs["acc"] = cl.Buffer(
+                self.context, cl.mem_flags.READ_WRITE, 4 * shape.m * shape.n
+            )
         return acc
 
     def transcripts(self, header: bytes) -> np.ndarray:

@@ -118,9 +118,12 @@ def reference_mismatch(result: ScanResult, workload: Workload) -> str | None:
     got = {(ti, tj): d for ti, tj, d in result.winners}
     wrong = sum(got.get(tile) != digest for tile, digest in expected.items())
     wrong += len(set(got) - set(expected))
-    product_ok = (result.product is not None
-                  and np.array_equal(result.product, reference.noisy_product))
+    product_ok = result.product is not None and np.array_equal(
+        result.product, reference.noisy_product
+    )
     if wrong or not product_ok:
-        return (f"results differ from the CPU reference ({wrong} of {shape.tiles} tickets "
-                f"wrong, product {'right' if product_ok else 'wrong'})")
+        return (
+            f"results differ from the CPU reference ({wrong} of {shape.tiles} tickets "
+            f"wrong, product {'right' if product_ok else 'wrong'})"
+        )
     return None
