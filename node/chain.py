@@ -68,7 +68,7 @@ from .rules import (
 )
 from .store import NodeStore, StoredBlock, StoredPayment
 
-log = logging.getLogger("matmine.node")
+log = logging.getLogger("node")
 
 MEDIAN_TIME_SPAN = 11
 FORGED_WORK_ROOT = H(b"matmine-node/devnet-forged-block")

@@ -21,6 +21,7 @@ import trio
 
 from protocol.address import new_address
 from protocol.version import package_version
+from toolkit.logs import setup_logging
 from toolkit.settings import (
     PYTHON_TYPE_NAMES,
     ConfigError,
@@ -36,7 +37,7 @@ from toolkit.sqlite import StoreError
 from .config import NodeConfig
 from .rpc_server import DEFAULT_HOST, DEFAULT_MAX_FRAME_SIZE, DEFAULT_PORT, run_node
 
-log = logging.getLogger("matmine.node")
+log = logging.getLogger("node")
 
 
 _NODE_DEFAULTS = NodeConfig()
@@ -97,6 +98,9 @@ class NodeSettings:
     )
     max_frame_size: int = setting(DEFAULT_MAX_FRAME_SIZE, "largest RPC frame accepted, in bytes")
     verify_threads: int = setting(2, "worker threads for block verification and storage")
+    metrics_port: int = setting(
+        -1, "port of the Prometheus /metrics endpoint on host (-1: off, 0: any free port)"
+    )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     def node_config(self) -> NodeConfig:
@@ -158,11 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"matmine-node: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(settings.log_level)
     failure: str | None = None
     try:
         trio.run(serve_until_signalled, settings, config)
@@ -189,6 +189,7 @@ async def serve_until_signalled(settings: NodeSettings, config: NodeConfig) -> N
                     settings.port,
                     max_frame_size=settings.max_frame_size,
                     verify_threads=settings.verify_threads,
+                    metrics_port=settings.metrics_port,
                 )
             )
             async for signum in signals:

@@ -39,8 +39,9 @@ from protocol.framing import FrameDecoder, encode_frame
 
 from .chain import Chain
 from .config import NodeConfig
+from .metrics import serve_metrics
 
-log = logging.getLogger("matmine.node.rpc")
+log = logging.getLogger("node.rpc")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 18444
@@ -232,14 +233,15 @@ async def run_node(
     *,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     verify_threads: int = 2,
+    metrics_port: int = -1,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Open the chain in ``data_dir`` and serve it until cancelled (``matmine-node serve``)."""
+    """Open the chain in ``data_dir`` and serve it until cancelled (``matmine-node serve``);
+    with ``metrics_port`` ≥ 0 also ``/metrics`` on ``host`` (0: any free port)."""
     chain = await trio.to_thread.run_sync(Chain.open, data_dir, config)
     try:
-        server = NodeRpcServer(
-            chain, max_frame_size=max_frame_size, limiter=trio.CapacityLimiter(verify_threads)
-        )
+        limiter = trio.CapacityLimiter(verify_threads)
+        server = NodeRpcServer(chain, max_frame_size=max_frame_size, limiter=limiter)
         info = await trio.to_thread.run_sync(chain.info)
         log.info(
             "chain in %s at height %d, difficulty %.4g",
@@ -247,11 +249,15 @@ async def run_node(
             info["height"],
             info["next_difficulty"],
         )
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        for listener in listeners:
-            bound_host, bound_port = listener.socket.getsockname()[:2]
-            log.info("matmine-node listening on %s:%d", bound_host, bound_port)
-        await trio.serve_listeners(server.handle_connection, listeners, task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            if metrics_port >= 0:
+                bound = await nursery.start(serve_metrics, chain, limiter, host, metrics_port)
+                log.info("metrics on http://%s:%d/metrics", host, bound)
+            listeners = await trio.open_tcp_listeners(port, host=host)
+            for listener in listeners:
+                bound_host, bound_port = listener.socket.getsockname()[:2]
+                log.info("matmine-node listening on %s:%d", bound_host, bound_port)
+            await trio.serve_listeners(server.handle_connection, listeners, task_status=task_status)
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(chain.close)

@@ -9,7 +9,7 @@ into sessions itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -87,7 +87,9 @@ class PoolData:
     """Answers the API's questions from ``ledger`` and the live ``snapshot()``.
 
     ``fee_bps`` (basis points) and ``min_payout`` (base units) are the pool's published
-    terms; ``limiter`` guards the ledger's worker thread.
+    terms; ``limiter`` guards the ledger's worker thread. ``accepted_work()``: MACs proven
+    by accepted shares since start; ``useful()``: useful work's stats (units, items,
+    ``useful_macs``), None when useful work is off.
     """
 
     def __init__(
@@ -98,7 +100,11 @@ class PoolData:
         *,
         fee_bps: int,
         min_payout: int,
+        accepted_work: Callable[[], float] | None = None,
+        useful: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
+        self.accepted_work = accepted_work
+        self.useful = useful
         self.ledger = ledger
         self.snapshot = snapshot
         self.limiter = limiter
@@ -109,23 +115,28 @@ class PoolData:
         return await trio.to_thread.run_sync(fn, limiter=self.limiter)
 
     async def pool(self) -> dict[str, Any]:
-        """Pool-wide stats: live hashrate and connections, chain, blocks, money."""
+        """Pool-wide stats: live hashrate and connections, chain, blocks, money; the current
+        round's effort; useful work (None when off)."""
         live = self.snapshot()
 
-        def read() -> tuple[Any, list[BlockRecord], int]:
+        def read() -> tuple[Any, list[BlockRecord], int, float]:
+            last = self.ledger.blocks(1)
+            since = last[0].time if last else 0.0
             return (
                 self.ledger.pool_totals(),
-                self.ledger.blocks(1),
+                last,
                 self.ledger.pending_payout_total(),
+                sum(stat.difficulty for stat in self.ledger.share_stats(since)),
             )
 
-        totals, last, pending = await self._ledger(read)
-        return {
+        totals, last, pending, round_difficulty = await self._ledger(read)
+        nd = live.network_difficulty
+        answer = {
             "hashrate": dict(live.hashrate),
             "connections": live.connections,
             "workers": live.workers,
             "miners_online": len(live.miners),
-            "network_difficulty": live.network_difficulty,
+            "network_difficulty": nd,
             "height": live.height,
             "blocks_found": totals.blocks_found,
             "blocks_pending": totals.blocks_pending,
@@ -141,7 +152,19 @@ class PoolData:
             "pending_payout": pending,
             "miners": totals.miners,
             "started": live.started,
+            "round_share_difficulty": round_difficulty,
+            "effort": round_difficulty / nd if nd > 0 else None,
         }
+        accepted = self.accepted_work() if self.accepted_work is not None else None
+        answer["accepted_work_macs"] = accepted
+        answer["useful"] = None if self.useful is None else await self._useful(accepted)
+        return answer
+
+    async def _useful(self, accepted: float | None) -> dict[str, Any]:
+        stats = dict(await self.useful()) if self.useful is not None else {}
+        macs = stats.get("useful_macs", 0)
+        stats["useful_fraction"] = macs / accepted if accepted else None
+        return stats
 
     async def miner(self, address: str, payments_limit: int = 20) -> dict[str, Any]:
         """One address: live workers and hashrate, balances, recent payments.

@@ -49,6 +49,8 @@ from pool.useful.service import UsefulWork
 from pool.workloads import SyntheticSource
 from protocol.address import new_address, validate_address
 from protocol.errors import ProtocolError
+from protocol.version import package_version
+from toolkit.metrics import add_program_metrics
 
 log = logging.getLogger("pool")
 
@@ -146,6 +148,11 @@ def snapshot(ctx: PoolContext, started: float) -> PoolSnapshot:
     )
 
 
+def capable_sessions(ctx: PoolContext) -> int:
+    """Authorized sessions that announced ``useful-1`` (they can compute customers' units)."""
+    return sum(1 for s in list(ctx.sessions) if s.useful_capable and s.authorized)
+
+
 async def _stats(ctx: PoolContext, metrics: PoolMetrics) -> None:
     while True:
         now = trio.current_time()
@@ -166,6 +173,7 @@ async def run_pool(
     config.data_path.mkdir(parents=True, exist_ok=True)
     wallet = ensure_payout_address(config)
     registry = CollectorRegistry()
+    add_program_metrics(registry, "pool", package_version())
     metrics = PoolMetrics(registry)
     health = DependencyHealth(metrics.dependency_up)
     ledger_limiter = trio.CapacityLimiter(1)
@@ -271,12 +279,18 @@ async def run_pool(
                     ledger_limiter,
                     fee_bps=p.fee_bps,
                     min_payout=p.min_payout,
+                    accepted_work=lambda: metrics.accepted_work_macs,
+                    useful=None if useful is None else useful.stats,
                 )
                 work_routes = (
                     []
                     if useful is None
                     else create_work_routes(
-                        useful.queue, useful.blobs, config.useful.tokens, useful.limiter
+                        useful.queue,
+                        useful.blobs,
+                        config.useful.tokens,
+                        useful.limiter,
+                        partial(capable_sessions, ctx),
                     )
                 )
                 history = HashrateHistory()

@@ -23,6 +23,7 @@ from pool.config_rules import LOG_LEVELS
 from pool.preflight import preflight
 from pool.useful.cli import add_work_subcommands
 from protocol.version import package_version
+from toolkit.logs import setup_logging
 from toolkit.settings import cli_help, setting_type
 
 
@@ -113,10 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"matmine-pool: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.pool.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    setup_logging(config.pool.log_level)
     from pool.app import serve_until_signalled
 
     try:

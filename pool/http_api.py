@@ -6,7 +6,8 @@ A Starlette app (``create_app``) served by Hypercorn on trio (``serve_http``). R
 - ``GET /static/...``          the vendored charting library (uPlot), no CDN
 - ``GET /healthz``             200 ``{"status": "ok"}``, or 503 ``{"status": "degraded",
   "down": {dependency: reason}}`` while the ledger or the chain is down
-- ``GET /metrics``             Prometheus exposition of the registry passed in
+- ``GET /metrics``             Prometheus exposition of the registry passed in (no
+  ``_created`` series)
 - ``GET /api/pool``            pool stats
 - ``GET /api/miners?limit=``   connected miners, highest hashrate first
 - ``GET /api/miners/{address}`` one miner (404 JSON for a malformed or unknown address)
@@ -30,7 +31,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from hypercorn.typing import ASGIFramework
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -41,6 +42,7 @@ from starlette.staticfiles import StaticFiles
 from pool.api_data import PoolData, UnknownMiner
 from pool.health import DependencyHealth
 from pool.history import HashrateHistory
+from toolkit.metrics import exposition
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -89,7 +91,7 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(registry), media_type=CONTENT_TYPE_LATEST)
 
     async def pool_stats(request: Request) -> Response:
         return JSONResponse(await data.pool())

@@ -42,7 +42,14 @@ from pool.workloads import JobWork, PreparedWork, WorkloadSource
 from protocol import messages
 from protocol.chain import BlockTemplate
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.header import HEADER_VERSION, Header, assemble_coinbase, coinbase_hash, coinbase_parts
+from protocol.header import (
+    HEADER_VERSION,
+    Header,
+    assemble_coinbase,
+    coinbase_hash,
+    coinbase_parts,
+    coins,
+)
 from protocol.messages import MAX_JOB_ID
 from protocol.target import difficulty_from_bits, target_from_bits, target_from_difficulty
 
@@ -300,10 +307,10 @@ class JobManager:
         self._changed = trio.Event()
         if new_block:
             log.info(
-                "new block template: height %d, network difficulty %.6g, reward %d",
+                "new block template: height %d, network difficulty %.6g, reward %s coins",
                 block.height,
                 template.network_difficulty,
-                block.reward,
+                coins(block.reward),
             )
         return template
 

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pool.health import DEPENDENCIES
 from protocol.errors import ErrorCode
+from protocol.target import MACS_PER_DIFF1
 
 SHARE_RESULTS = (
     "accepted",
@@ -84,6 +85,13 @@ class PoolMetrics:
             ["result"],
             registry=registry,
         )
+        self.accepted_work = Counter(
+            "matmine_pool_accepted_work_macs",
+            "MACs proven by accepted shares (difficulty × 2³² each), useful work's included.",
+            registry=registry,
+        )
+        self.accepted_work_macs = 0.0
+        """What ``accepted_work`` counts, since start."""
         self.share_check_seconds = Histogram(
             "matmine_pool_share_check_seconds",
             "Time to judge one submitted share (ticket verification included).",
@@ -210,6 +218,12 @@ class PoolMetrics:
         if result not in SHARE_RESULTS:
             raise ValueError(f"unknown share result {result!r}")
         self.shares.labels(result=result).inc()
+
+    def share_accepted_work(self, difficulty: float) -> None:
+        """Count the work an accepted share of ``difficulty`` proves (difficulty × 2³² MACs)."""
+        macs = difficulty * MACS_PER_DIFF1
+        self.accepted_work.inc(macs)
+        self.accepted_work_macs += macs
 
     def share_rejected(self, code: int) -> None:
         """Count one share rejected with wire error ``code``."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import trio
 
 from protocol.chain import ChainError
+from protocol.header import coins
 
 from .chain.base import ChainAdapter
 from .ledger.base import Ledger, PaymentBatch
@@ -98,7 +99,7 @@ async def payout_round(
         return report
     report.batch = done
     report.paid += done.total
-    log.info("paid %d base units to %d addresses, txid %s", done.total, len(outputs), done.txid)
+    log.info("paid %s coins to %d addresses, txid %s", coins(done.total), len(outputs), done.txid)
     return report
 
 

@@ -13,7 +13,9 @@ import trio
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 
+from protocol.version import package_version
 from protocol.work_messages import USEFUL_CAPABILITY
+from toolkit.metrics import add_program_metrics
 
 from .backends.base import Backend
 from .checker import Checker
@@ -79,6 +81,7 @@ class WorkerApp:
         self.watchdog = Watchdog(self.miner, self.stats, stall) if stall > 0 else None
         self.registry = registry
         register_metrics(registry, self.stats)
+        add_program_metrics(registry, "worker", package_version())
         self.console = (
             StatusConsole(self.stats, config.console.status_interval, config.console.live, console)
             if status

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TextIO
 from protocol.errors import ProtocolError
 from protocol.version import package_version
 from protocol.workload import Shape
+from toolkit.logs import setup_logging as toolkit_logging
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -212,20 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(level: str, console: Console | None = None) -> None:
-    """Log to stderr, or through ``rich`` when the live view owns the terminal."""
-    handler: logging.Handler
-    if console is not None:
-        from rich.logging import RichHandler
+    """Log to stderr in the programs' one style, or through ``rich`` when the live view owns
+    the terminal."""
+    if console is None:
+        toolkit_logging(level)
+        return
+    from rich.logging import RichHandler
 
-        handler = RichHandler(console=console, show_path=False)
-        fmt = "%(message)s"
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    handler.setFormatter(logging.Formatter(fmt))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    handler = RichHandler(console=console, show_path=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    toolkit_logging(level, handler=handler)
 
 
 def _mine(args: argparse.Namespace) -> int:
@@ -278,7 +275,7 @@ def _mine(args: argparse.Namespace) -> int:
 def _devices(args: argparse.Namespace) -> int:
     from .backends import probe_devices
 
-    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    toolkit_logging(logging.ERROR)
     devices = probe_devices()
     if not devices:
         print("no OpenCL platform or device found (is an OpenCL driver or PoCL installed?)")
@@ -321,7 +318,7 @@ def _bench(args: argparse.Namespace) -> int:
     from .backends import BackendError
     from .bench import run_bench
 
-    logging.basicConfig(level=args.log_level, stream=sys.stderr)
+    toolkit_logging(args.log_level)
     kinds = list(BACKENDS) if args.backend == "all" else [args.backend]
     rows: list[dict] = []
     failed = False

@@ -4,7 +4,8 @@
 too), ``matmine_worker_shares_total{result}``, ``matmine_worker_hw_errors_total{device}``,
 ``matmine_worker_pool_connected``, ``matmine_worker_blob_bytes_total``,
 ``matmine_worker_blobs_rejected_total``, ``matmine_worker_useful_results_total{outcome}``,
-``matmine_worker_best_share_difficulty``.
+``matmine_worker_best_share_difficulty``; the app adds ``matmine_worker_build_info`` and
+``process_*`` (:mod:`toolkit.metrics`). No ``_created`` series.
 Values are read from ``WorkerStats`` at scrape time.
 ``/api/summary``: ``WorkerStats.summary()`` as JSON.
 """
@@ -18,13 +19,15 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from hypercorn.typing import ASGIFramework
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from toolkit.metrics import exposition
 
 from .stats import SHARE_RESULTS, WorkerStats
 
@@ -105,7 +108,7 @@ def metrics_app(registry: CollectorRegistry, stats: WorkerStats) -> Starlette:
     """The ASGI app: ``GET /metrics`` and ``GET /api/summary``."""
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE)
+        return Response(exposition(registry), media_type=CONTENT_TYPE)
 
     async def summary(request: Request) -> JSONResponse:
         return JSONResponse(stats.summary())

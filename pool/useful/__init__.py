@@ -5,7 +5,8 @@
 - :mod:`pool.useful.results` — result uploads, Freivalds' check, delivery;
 - :mod:`pool.useful.unitwork` — a leased unit as a job's workload (share checks, blocks);
 - :mod:`pool.useful.api` — the HTTP work API (starlette routes);
-- :mod:`pool.useful.cli` — ``matmine-pool work submit|status``.
+- :mod:`pool.useful.cli` — ``matmine-pool work submit|status|result``;
+  :mod:`pool.useful.cli_check` — its checks before upload and its progress line.
 
 :class:`UsefulConfig` holds every setting with its default (the pool's ``[useful]``
 section); :class:`UsefulMetrics` registers the useful-work metrics on a registry passed in.
@@ -102,6 +103,8 @@ class UsefulMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.verified_macs = 0
+        """MACs of verified useful products since start (what ``useful_macs`` counts)."""
         for state in UNIT_STATES:
             self.work_units.labels(state)
         for outcome in CHECK_OUTCOMES:
@@ -115,3 +118,4 @@ class UsefulMetrics:
         self.result_checks.labels(outcome).inc()
         if outcome == "pass" and macs:
             self.useful_macs.inc(macs)
+            self.verified_macs += macs

@@ -10,7 +10,11 @@ Routes (mounted by the pool's HTTP app; :func:`create_work_routes`):
 
   → ``201 {"id", "state", "units", ...}`` with ``Location``; ``400`` malformed input,
   ``413`` too large, ``429`` too many unfinished items, ``401``/``403`` not allowed.
-- ``GET /api/work/{id}`` — status and progress (``state``: queued, running, done, failed).
+- ``GET /api/work`` — what a customer may submit and whether anyone can compute it:
+  ``{"limits": {...}, "capable_sessions": N}`` (N: connected miners that announced
+  ``useful-1``; absent when the pool does not say).
+- ``GET /api/work/{id}`` — status and progress (``state``: queued, running, done, failed),
+  with ``capable_sessions`` as above.
 - ``GET /api/work/{id}/result`` — the product as ``.npy`` (int32, m×n) once ``done``;
   ``409`` before.
 
@@ -24,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import trio
@@ -43,6 +47,7 @@ from pool.useful.upload import (
     UploadBudget,
     WorkBusyError,
 )
+from protocol.workload import ENTRY_MAX, ENTRY_MIN
 
 LOCAL_CUSTOMER = "local"
 UPLOAD_SLACK = 64 * 1024
@@ -97,8 +102,10 @@ class WorkApi:
         blobs: BlobStore,
         tokens: Mapping[str, str] | Iterable[str] | None,
         limiter: trio.CapacityLimiter,
+        capable: Callable[[], int] | None = None,
     ) -> None:
         self.queue = queue
+        self.capable = capable
         self.blobs = blobs
         self.customers = customers_from_tokens(tokens)
         self.limiter = limiter
@@ -249,9 +256,35 @@ class WorkApi:
         except WorkError as exc:
             return _error(exc.http_status, str(exc))
 
+    def _capable(self) -> dict[str, int]:
+        return {} if self.capable is None else {"capable_sessions": self.capable()}
+
+    def limits(self) -> dict[str, Any]:
+        """The published limits of one product (what ``POST /api/work`` refuses beyond)."""
+        cfg = self.queue.config
+        return {
+            "dtype": "int8",
+            "entry_min": ENTRY_MIN,
+            "entry_max": ENTRY_MAX,
+            "max_dim": cfg.max_dim,
+            "max_k": cfg.max_k,
+            "max_upload_bytes": cfg.max_upload_bytes,
+            "max_active_items": cfg.max_active_items,
+            "max_queued_bytes": cfg.max_queued_bytes,
+        }
+
+    async def info(self, request: Request) -> Response:
+        try:
+            self.customer(request)
+        except _Denied as exc:
+            return _error(exc.status, str(exc))
+        return JSONResponse({"limits": self.limits(), **self._capable()})
+
     async def status(self, request: Request) -> Response:
         status = await self._item_status(request)
-        return status if isinstance(status, Response) else JSONResponse(status.to_json())
+        if isinstance(status, Response):
+            return status
+        return JSONResponse({**status.to_json(), **self._capable()})
 
     async def result(self, request: Request) -> Response:
         status = await self._item_status(request)
@@ -277,15 +310,18 @@ def create_work_routes(
     blobstore: BlobStore,
     tokens: Mapping[str, str] | Iterable[str] | None,
     limiter: trio.CapacityLimiter,
+    capable: Callable[[], int] | None = None,
 ) -> list[Route]:
     """The work API's routes, to mount in the pool's starlette app.
 
     ``tokens``: ``{token: customer name}`` or a list of tokens; empty or None means
-    loopback clients only.
+    loopback clients only. ``capable()``: how many connected sessions can take useful
+    work now (reported to customers; None: not reported).
     """
-    api = WorkApi(queue, blobstore, tokens, limiter)
+    api = WorkApi(queue, blobstore, tokens, limiter, capable)
     return [
         Route("/api/work", api.submit, methods=["POST"]),
+        Route("/api/work", api.info, methods=["GET"]),
         Route("/api/work/{work_id}", api.status, methods=["GET"]),
         Route("/api/work/{work_id}/result", api.result, methods=["GET"]),
     ]

@@ -5,9 +5,13 @@
     matmine-pool work result --api http://HOST:PORT ID -o C.npy [--token T]
 
 The pool CLI calls :func:`add_work_subcommands` on its subparsers; each parsed command
-carries ``func(args) -> exit code``. ``submit`` prints the work id on stdout (progress
-goes to stderr). The token may also come from ``MATMINE_TOKEN``. Exit codes: 0 done or
-accepted, 1 failed item or HTTP error, 2 bad usage or unreadable input.
+carries ``func(args) -> exit code``. ``submit`` first checks A and B as the pool would
+(int8, shapes, k, entries in [-64, 64], the limits the pool publishes at ``GET /api/work``)
+and uploads nothing if one fails; it prints the work id on stdout, progress goes to stderr
+(units done/total, elapsed, MAC/s, ETA; one line redrawn on a terminal), with a warning
+while no worker able to do useful work is connected. The token may also come from
+``MATMINE_TOKEN``. Exit codes: 0 done or accepted, 1 failed item or HTTP error, 2 bad usage
+or an operand the pool would refuse.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from pool.useful.cli_check import NO_WORKER, OperandError, Progress, check_operand_files
 
 DEFAULT_API = "http://127.0.0.1:8080"
 
@@ -83,13 +89,36 @@ def _progress(status: dict[str, Any]) -> str:
     )
 
 
+def _work_info(client: httpx.Client) -> dict[str, Any]:
+    """The pool's ``GET /api/work`` answer (limits, capable sessions); {} from an older pool
+    that has no such route."""
+    response = client.get("/api/work")
+    if response.status_code in (404, 405):
+        return {}
+    info = _check(response)
+    return info if isinstance(info, dict) else {}
+
+
 def submit(args: argparse.Namespace) -> int:
     paths = [Path(args.a), Path(args.b)]
-    for path in paths:
+    for name, path in zip("AB", paths, strict=True):
         if not path.is_file():
-            raise CliError(f"{path} is not a readable file", code=2)
+            raise CliError(f"{path}: {name} is not a readable file (nothing uploaded)", code=2)
+    if args.check:
+        try:
+            check_operand_files(paths[0], paths[1])
+        except OperandError as exc:
+            raise CliError(f"{exc} (nothing uploaded)", code=2) from None
     size = sum(p.stat().st_size for p in paths)
     with _client(args) as client:
+        info = _work_info(client)
+        if args.check and info.get("limits"):
+            try:
+                check_operand_files(paths[0], paths[1], info["limits"])
+            except OperandError as exc:
+                raise CliError(f"{exc} (nothing uploaded)", code=2) from None
+        if info.get("capable_sessions") == 0:
+            print(f"warning: {NO_WORKER}", file=sys.stderr)
         status = _check(
             client.post(
                 "/api/work",
@@ -103,13 +132,17 @@ def submit(args: argparse.Namespace) -> int:
             if args.output:
                 print("--output needs --wait (or use 'work result')", file=sys.stderr)
             return 0
+        progress = Progress(sys.stderr, interval=args.progress_interval)
         deadline = time.monotonic() + args.timeout
-        while status["state"] not in ("done", "failed"):
-            if time.monotonic() > deadline:
-                raise CliError(f"gave up after {args.timeout:g} s: {_progress(status)}")
-            time.sleep(args.poll)
-            status = _status(client, status["id"])
-            print(_progress(status), file=sys.stderr)
+        try:
+            while status["state"] not in ("done", "failed"):
+                if time.monotonic() > deadline:
+                    raise CliError(f"gave up after {args.timeout:g} s: {_progress(status)}")
+                time.sleep(args.poll)
+                status = _status(client, status["id"])
+                progress.show(status, final=status["state"] in ("done", "failed"))
+        finally:
+            progress.end()
         if status["state"] == "failed":
             raise CliError(f"work {status['id']} failed: {status.get('error')}")
         if args.output:
@@ -120,7 +153,10 @@ def submit(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        print(json.dumps(_status(client, args.id), indent=2))
+        answer = _status(client, args.id)
+    print(json.dumps(answer, indent=2))
+    if answer.get("capable_sessions") == 0 and answer.get("state") not in ("done", "failed"):
+        print(f"warning: {NO_WORKER}", file=sys.stderr)
     return 0
 
 
@@ -180,6 +216,18 @@ def add_work_subcommands(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="poll until the product is done")
     p.add_argument("-o", "--output", help="with --wait: write C (int32 .npy, m×n) here")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between polls (default 1)")
+    p.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="upload without checking A and B here first (the pool judges them)",
+    )
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=5.0,
+        help="with --wait and stderr not a terminal: seconds between progress lines (default 5)",
+    )
     p.add_argument(
         "--timeout",
         type=float,

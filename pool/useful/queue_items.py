@@ -253,3 +253,13 @@ class ItemSide(QueueDb):
         """Items remembered (for ``matmine_pool_work_item_rows``)."""
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def item_counts(self) -> dict[str, int]:
+        """Items remembered, by state (queued, running, done, failed)."""
+        counts = dict.fromkeys(("queued", "running", "done", "failed"), 0)
+        with self._lock:
+            for state, count in self._db.execute(
+                "SELECT state, COUNT(*) FROM items GROUP BY state"
+            ):
+                counts[state] = int(count)
+        return counts

@@ -139,6 +139,15 @@ class UsefulWork:
     def close(self) -> None:
         self.queue.close()
 
+    async def stats(self) -> dict[str, Any]:
+        """For the dashboard: units and items by state, verified useful MACs since start."""
+
+        def read() -> tuple[dict[str, int], dict[str, int]]:
+            return self.queue.unit_counts(), self.queue.item_counts()
+
+        units, items = await self._call(read)
+        return {"units": units, "items": items, "useful_macs": self.metrics.verified_macs}
+
     # -- units queued -----------------------------------------------------------------------
 
     def _units_changed(self, counts: dict[str, int]) -> None:

@@ -8,6 +8,7 @@ skips, except under CI (env ``CI`` set) where it fails. The screenshot is saved 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import shutil
@@ -17,9 +18,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import httpx
+import numpy as np
 import pytest
 import trio
 
+from protocol import messages
 from protocol.address import new_address
 from tests.support.miner import TestMiner
 from tests.support.pools import StartPool
@@ -131,6 +135,11 @@ def browse(url: str, address: str, user_dir: Path, shot: Path) -> dict[str, Any]
         )
         max_rate = cdp.evaluate("Math.max(...charts['chart'].data[1])")
         miners = cdp.wait_for("document.querySelector('#miners tbody').textContent")
+        stats = cdp.evaluate("document.querySelector('#stats tbody').innerText")
+        useful = cdp.evaluate(
+            "(() => { const s = document.getElementById('useful'); "
+            "return s.hidden ? null : s.innerText; })()"
+        )
         cdp.call("Page.navigate", url=f"{url}#/miner/{address}")
         workers = cdp.wait_for("document.querySelector('#workers tbody').textContent")
         time.sleep(0.5)
@@ -142,6 +151,8 @@ def browse(url: str, address: str, user_dir: Path, shot: Path) -> dict[str, Any]
             "max_rate": max_rate,
             "miners": miners,
             "workers": workers,
+            "stats": stats,
+            "useful": useful,
             "errors": cdp.errors,
         }
     finally:
@@ -172,3 +183,75 @@ async def test_dashboard_in_chromium(start_pool: StartPool, tmp_path: Path) -> N
     assert address in seen["miners"] and "rig1" in seen["miners"]
     assert "rig1" in seen["workers"]
     assert shot.stat().st_size > 1000
+    assert "current round effort" in seen["stats"]
+
+
+def npy_pair(a: np.ndarray, b: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, a)
+    np.save(out, b)
+    return out.getvalue()
+
+
+@pytest.mark.slow
+async def test_dashboard_shows_useful_work_of_a_running_pool(
+    start_pool: StartPool, tmp_path: Path
+) -> None:
+    pool = await start_pool(
+        settings={
+            "http.enabled": True,
+            "http.history_interval": 0.5,
+            "pool.start_difficulty": 1e-5,
+            "useful.unit_m": 32,
+            "useful.unit_n": 32,
+            "useful.r": 32,
+            "limits.invalid_min_shares": 1000,
+        }
+    )
+    rng = np.random.default_rng(5)
+    a = rng.integers(-64, 65, (32, 128), dtype=np.int8)
+    b = rng.integers(-64, 65, (128, 64), dtype=np.int8)  # two units: one done, one queued
+    base = f"http://127.0.0.1:{pool.http_port}"
+    async with httpx.AsyncClient(base_url=base, timeout=20) as client:
+        r = await client.post(
+            "/api/work", content=npy_pair(a, b), headers={"Content-Type": "application/x-npy"}
+        )
+        assert r.status_code == 201, r.text
+    address = new_address()
+    async with await TestMiner.connect(pool.stratum_port) as miner:
+        job = await miner.login(address + ".rig1", useful=True)
+        assert isinstance(job.work.source, messages.BlobSource)
+        c, found = await miner.product(job)
+        assert found, "no share in the unit's header"
+        for candidate in found:
+            await miner.submit(candidate)
+        seen_jobs = len(miner.jobs)
+        verdict = await miner.send_result(job, c)
+        assert verdict.result.verified is True
+        await miner.next_job(seen_jobs)  # the second unit's: it stays running
+        await trio.sleep(1.5)
+        async with httpx.AsyncClient(base_url=base, timeout=20) as client:
+            p = (await client.get("/api/pool")).json()
+        u = p["useful"]
+        assert u["units"]["done"] == 1 and u["units"]["queued"] + u["units"]["running"] == 1
+        assert u["items"]["running"] == 1
+        assert u["useful_macs"] == 32 * 32 * 128
+        assert 0 < u["useful_fraction"] == pytest.approx(u["useful_macs"] / p["accepted_work_macs"])
+        shot_dir = Path(os.environ.get("MATMINE_SCREENSHOT_DIR", tmp_path))
+        shot_dir.mkdir(parents=True, exist_ok=True)
+        shot = shot_dir / "dashboard-useful.png"
+        seen = await trio.to_thread.run_sync(
+            browse, base + "/", address, tmp_path / "chromium", shot
+        )
+    print(f"dashboard screenshot: {shot}")
+    assert seen["errors"] == []
+    assert address in seen["miners"] and "rig1" in seen["workers"]
+    panel = seen["useful"]
+    assert panel is not None and "Useful work" in panel
+    lines = {line.split("\t")[0]: line for line in panel.splitlines()}
+    assert "1 running, 1 done" in lines["units"]
+    assert "1 running, 0 done" in lines["items"]
+    assert "131.07 kMAC" in lines["verified useful work"]  # 32·32·128 verified useful MACs
+    fraction = f"{100 * u['useful_fraction']:.2f}%"
+    assert fraction in panel or f"{100 * u['useful_fraction']:.1f}%" in panel, (fraction, panel)
+    assert "current round effort" in seen["stats"]

@@ -117,6 +117,31 @@ async def test_pool_stats(api: Api) -> None:
     assert body["pending_payout"] == api.ledger.pending_payout_total()
 
 
+async def test_round_effort_counts_shares_since_the_last_block(api: Api) -> None:
+    body = (await api.client.get("/api/pool")).json()
+    assert body["round_share_difficulty"] == 0 and body["effort"] == 0  # last block at 1060
+    assert body["accepted_work_macs"] is None and body["useful"] is None  # not given
+    api.ledger.insert_shares(
+        [
+            ShareRecord(
+                digest=os.urandom(32),
+                time=1060.0 + i,
+                address=ALICE,
+                worker="rig1",
+                job_id="j2",
+                height=12,
+                difficulty=2.0,
+                network_difficulty=40.0,
+                session_id=b"s" * 8,
+            )
+            for i in range(1, 6)
+        ]
+    )
+    body = (await api.client.get("/api/pool")).json()
+    assert body["round_share_difficulty"] == 10.0
+    assert body["effort"] == pytest.approx(10.0 / 40.0)
+
+
 async def test_miner_joins_ledger_and_live_workers(api: Api) -> None:
     r = await api.client.get(f"/api/miners/{ALICE}")
     assert r.status_code == 200

@@ -418,6 +418,20 @@ async def test_cli_prints_the_id_and_reports_http_errors(pool, tmp_path, capsys)
         cli_main,
         ["work", "submit", "--api", pool.url, str(tmp_path / "A.npy"), str(tmp_path / "B.npy")],
     )
+    assert code == 2  # judged before the upload (nothing sent)
+    assert "B.npy: B must be int8, got int32 (nothing uploaded)" in capsys.readouterr().err
+    code = await trio.to_thread.run_sync(
+        cli_main,
+        [
+            "work",
+            "submit",
+            "--no-check",
+            "--api",
+            pool.url,
+            str(tmp_path / "A.npy"),
+            str(tmp_path / "B.npy"),
+        ],
+    )
     assert code == 1
     assert "HTTP 400: B must be int8, got int32" in capsys.readouterr().err
     np.save(tmp_path / "B.npy", b)
