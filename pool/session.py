@@ -37,6 +37,7 @@ from pool.inbox import Inbox, Kick, Notice, WorkLost
 from pool.job_feed import JobFeed
 from pool.jobs import SessionJobs
 from pool.miner_state import MinerState
+from pool.sockets import linger
 from pool.useful.lease import UsefulLease
 from pool.vardiff import Vardiff
 from pool.watchdog import SessionWatchdog
@@ -50,7 +51,6 @@ log = logging.getLogger("pool.session")
 READ_SIZE = 65536
 SEND_TIMEOUT = 10.0
 LINGER_SECONDS = 0.5
-LINGER_BYTES = 1 << 20
 
 
 class CloseSession(Exception):
@@ -119,7 +119,7 @@ class Session(MinerState):
                 if self.extranonce1 is not None:
                     self.ctx.remember_session(self.session_id, self.extranonce1)
             with trio.CancelScope(shield=True), trio.move_on_after(LINGER_SECONDS + 1):
-                await self._linger()
+                await linger(self.stream, LINGER_SECONDS)
                 await self.stream.aclose()
             log.info(
                 "miner %s from %s disconnected: %s (%d accepted, %d rejected)",
@@ -129,23 +129,6 @@ class Session(MinerState):
                 self.accepted,
                 self.rejected,
             )
-
-    async def _linger(self) -> None:
-        """Half-close, then drain what the miner still sends for a moment, so that our
-        last words (the reason for closing) reach it instead of being lost to a reset."""
-        if not isinstance(self.stream, trio.SocketStream):
-            return
-        try:
-            await self.stream.send_eof()
-            drained = 0
-            with trio.move_on_after(LINGER_SECONDS):
-                while drained < LINGER_BYTES:
-                    data = await self.stream.receive_some(READ_SIZE)
-                    if not data:
-                        break
-                    drained += len(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
 
     def close(self, reason: str) -> None:
         """End the session (from any of its tasks, or from outside)."""

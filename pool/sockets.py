@@ -1,4 +1,5 @@
-"""What the socket under a miner's stream says: its peer's IP, the TCP socket itself."""
+"""The socket under a miner's stream: the TCP socket itself, its peer's IP, and a lingering
+close (our last words reach the miner instead of being lost to a reset)."""
 
 from __future__ import annotations
 
@@ -18,3 +19,25 @@ def peer_ip(stream: trio.abc.Stream) -> str:
         return "unknown" if sock is None else str(sock.getpeername()[0])
     except OSError:
         return "unknown"
+
+
+LINGER_BYTES = 1 << 20
+READ_SIZE = 65536
+
+
+async def linger(stream: trio.abc.Stream, seconds: float) -> None:
+    """Half-close, then drain what the miner still sends for ``seconds`` (at most
+    ``LINGER_BYTES``), so that the last frame we sent is read rather than reset."""
+    if not isinstance(stream, trio.SocketStream):
+        return
+    try:
+        await stream.send_eof()
+        drained = 0
+        with trio.move_on_after(seconds):
+            while drained < LINGER_BYTES:
+                data = await stream.receive_some(READ_SIZE)
+                if not data:
+                    break
+                drained += len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass

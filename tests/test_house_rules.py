@@ -120,3 +120,10 @@ def test_no_module_is_over_the_size_limit():
         if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
     }
     assert not long, f"modules over {MAX_MODULE_LINES} lines (split them): {long}"
+
+
+def test_the_session_only_talks():
+    """ARCHITECTURE.md: ``Session`` keeps the stream and the dispatch; the rest lives in its
+    collaborators (handlers, inbox, job feed, watchdog, lease), so it stays short."""
+    lines = len((REPO / "pool" / "session.py").read_text().splitlines())
+    assert lines < 300, f"pool/session.py has {lines} lines: move a job into a collaborator"

@@ -38,7 +38,7 @@ from protocol.messages import (
     SubscribeResult,
     SuggestDifficulty,
 )
-from protocol.work_messages import GetBlob, WorkResult, WorkResultAck
+from protocol.work_messages import GetBlob, GetBlobResult, WorkResult, WorkResultAck
 
 from .config import ConnectionConfig, PoolEndpoint
 from .outcomes import Disconnected, RequestFailed, SubmitOutcome
@@ -359,7 +359,9 @@ class PoolClient:
         except ProtocolError as exc:
             raise RequestFailed(f"not sendable: {exc}") from None
         result = await self._work_call(message)
-        return result.data, result.total  # type: ignore[attr-defined]
+        if not isinstance(result, GetBlobResult):  # pragma: no cover - decoded by the method
+            raise RequestFailed(f"work.get_blob answered with {type(result).__name__}")
+        return result.data, result.total
 
     async def send_result(
         self, job_id: str, unit: bytes, offset: int, data: bytes, final: bool
@@ -373,7 +375,15 @@ class PoolClient:
             message = WorkResult(job_id=job_id, unit=unit, offset=offset, data=data, final=final)
         except ProtocolError as exc:
             raise RequestFailed(f"not sendable: {exc}") from None
-        return await self._start_work_call(message)  # type: ignore[return-value]
+        answer = await self._start_work_call(message)
+
+        async def ack() -> WorkResultAck:
+            reply = await answer()
+            if not isinstance(reply, WorkResultAck):  # pragma: no cover - decoded by the method
+                raise RequestFailed(f"work.result answered with {type(reply).__name__}")
+            return reply
+
+        return ack
 
     # --- timers ------------------------------------------------------------------------
 

@@ -34,11 +34,12 @@ async def open_stream(endpoint: PoolEndpoint, settings: ConnectionConfig) -> tri
         with trio.fail_after(settings.connect_timeout):
             if endpoint.tls:
                 context = tls_context(settings.tls_ca)
-                stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
+                tls = await trio.open_ssl_over_tcp_stream(
                     endpoint.host, endpoint.port, ssl_context=context
                 )
+                stream: trio.abc.Stream = tls
                 try:
-                    await stream.do_handshake()  # type: ignore[attr-defined]
+                    await tls.do_handshake()
                 except trio.BrokenResourceError as exc:
                     await trio.aclose_forcefully(stream)
                     trusted = (
