@@ -15,8 +15,9 @@ On shutdown ``run`` commits whatever is still queued before it returns.
 A failed commit also means the ledger is unavailable (reported once to
 :class:`~pool.health.DependencyHealth`): the writer checks it with a read when the next
 submit arrives (or after ``retry_interval`` seconds), then, while the checks fail, every
-``retry_interval`` seconds. Submits that arrive during a check wait for it (bounded by the
-ledger's own timeouts); between checks they are refused at once (``ShareLogError``;
+``retry_interval`` seconds. Submits that arrive during a check wait for it, at most
+``check_wait`` seconds (a check of a hung server can take the ledger's whole connect
+timeout); otherwise, and between checks, they are refused at once (``ShareLogError``;
 nothing is buffered). When a check answers, shares are committed again, and the ledger is
 reported up by the first commit that succeeds (so a ledger that reads but cannot write
 does not flap). A share that was acknowledged was committed; nothing else is kept.
@@ -64,6 +65,7 @@ class ShareLog:
         observe_commit: Callable[[float], None] | None = None,
         health: DependencyHealth | None = None,
         retry_interval: float = 1.0,
+        check_wait: float = 1.0,
     ) -> None:
         self.ledger = ledger
         self.limiter = ledger_limiter
@@ -77,6 +79,7 @@ class ShareLog:
         self._observe = observe_commit
         self.health = health if health is not None else DependencyHealth()
         self.retry_interval = retry_interval
+        self.check_wait = check_wait
         self._unavailable: str | None = None  # why the ledger cannot commit, while it cannot
         self._checking = False  # a check of the ledger is running
         self._on_demand = False  # the next submit starts a check (first one after a failure)
@@ -98,7 +101,8 @@ class ShareLog:
         if self._unavailable is not None and (self._checking or self._on_demand):
             checked = self._checked
             self._wanted.set()
-            await checked.wait()
+            with trio.move_on_after(self.check_wait):
+                await checked.wait()
         if self._unavailable is not None:
             self.refused += 1
             raise ShareLogError(f"ledger unavailable: {self._unavailable}")
