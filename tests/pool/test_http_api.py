@@ -232,7 +232,7 @@ async def test_metrics_exposition(api: Api) -> None:
         "matmine_pool_workers",
         "matmine_pool_shares_total",
         "matmine_pool_share_check_seconds_bucket",
-        "matmine_pool_hashrate_macs",
+        "matmine_pool_hashrate_macs_per_second",
         "matmine_pool_network_difficulty",
         "matmine_pool_block_height",
         "matmine_pool_blocks_total",
