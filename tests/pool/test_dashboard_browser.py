@@ -144,7 +144,7 @@ def browse(url: str, address: str, user_dir: Path, shot: Path) -> dict[str, Any]
         cdp.call("Page.navigate", url=f"{url}#/miner/{address}")
         workers = cdp.wait_for("document.querySelector('#workers tbody').textContent")
         time.sleep(0.5)
-        png = cdp.call("Page.captureScreenshot", format="png")["data"]
+        png = cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
         shot.write_bytes(base64.b64decode(png))
         cdp.evaluate("1")  # drain pending events
         return {
