@@ -9,6 +9,7 @@ into sessions itself.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -20,6 +21,13 @@ from protocol.address import validate_address
 from protocol.errors import ProtocolError
 
 T = TypeVar("T")
+EFFORT_BLOCKS = 50  # /api/pool's average effort is over this many newest blocks
+
+
+def average_effort(blocks: list[BlockRecord]) -> tuple[float | None, int]:
+    """The mean effort of the ``blocks`` that have one (None if none), and how many."""
+    efforts = [b.effort for b in blocks if b.effort is not None]
+    return (sum(efforts) / len(efforts) if efforts else None), len(efforts)
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,9 @@ def block_json(block: BlockRecord) -> dict[str, Any]:
     """One block; ``status`` is the ledger's state, in the words of the blocks metric:
     "submitting" (waiting for the node's answer: the pending-submissions gauge), "found"
     and "credited" (accepted: counted ``found``), "confirmed", "orphaned", "rejected"
-    (the node said no or the chain moved past it; ``reason`` says which)."""
+    (the node said no or the chain moved past it; ``reason`` says which). ``effort``: its
+    round's share difficulty over its network difficulty (1.0 = as much work as expected,
+    under 1 is lucky), None for blocks recorded before the ledger kept it."""
     return {
         "height": block.height,
         "hash": block.hash.hex(),
@@ -67,6 +77,7 @@ def block_json(block: BlockRecord) -> dict[str, Any]:
         "fee": block.fee,
         "shares_used": block.shares_used,
         "reason": block.reason,
+        "effort": block.effort,
     }
 
 
@@ -116,20 +127,22 @@ class PoolData:
 
     async def pool(self) -> dict[str, Any]:
         """Pool-wide stats: live hashrate and connections, chain, blocks, money; the current
-        round's effort; useful work (None when off)."""
+        round's effort and the mean effort of the newest blocks; useful work (None when off).
+        The round is the shares after the newest block (its own share is its block's)."""
         live = self.snapshot()
 
         def read() -> tuple[Any, list[BlockRecord], int, float]:
-            last = self.ledger.blocks(1)
-            since = last[0].time if last else 0.0
+            recent = self.ledger.blocks(EFFORT_BLOCKS)
+            since = math.nextafter(recent[0].time, math.inf) if recent else 0.0
             return (
                 self.ledger.pool_totals(),
-                last,
+                recent,
                 self.ledger.pending_payout_total(),
                 sum(stat.difficulty for stat in self.ledger.share_stats(since)),
             )
 
         totals, last, pending, round_difficulty = await self._ledger(read)
+        mean_effort, effort_blocks = average_effort(last)
         nd = live.network_difficulty
         answer = {
             "hashrate": dict(live.hashrate),
@@ -154,6 +167,8 @@ class PoolData:
             "started": live.started,
             "round_share_difficulty": round_difficulty,
             "effort": round_difficulty / nd if nd > 0 else None,
+            "average_effort": mean_effort,
+            "average_effort_blocks": effort_blocks,
         }
         accepted = self.accepted_work() if self.accepted_work is not None else None
         answer["accepted_work_macs"] = accepted

@@ -99,7 +99,7 @@ class PoolMetrics:
             registry=registry,
         )
         self.hashrate = Gauge(
-            "matmine_pool_hashrate_macs",
+            "matmine_pool_hashrate_macs_per_second",
             "Pool hashrate in MAC/s proven by accepted shares (5-minute EWMA).",
             registry=registry,
         )

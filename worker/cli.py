@@ -23,6 +23,7 @@ from .config import (
     LOG_LEVELS,
     ConfigError,
     WorkerConfig,
+    default_config_text,
     load_config,
     with_overrides,
 )
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument(
         "--config",
         metavar="FILE",
-        help="TOML configuration file (keys documented in worker/config.py)",
+        help="TOML configuration file (every key with its default: 'matmine-worker init-config')",
     )
     mine.add_argument(
         "--log-level",
@@ -160,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="log verbosity (config: log_level; default INFO)",
     )
 
+    commands.add_parser(
+        "init-config",
+        help="print a commented TOML file of every setting at its default",
+        description="Print a complete, commented configuration file with every key at its "
+        "default value: matmine-worker init-config > worker.toml, then edit it and run "
+        "matmine-worker mine --config worker.toml.",
+    )
     commands.add_parser(
         "devices",
         help="list OpenCL platforms and devices, and whether the kernels build",
@@ -336,6 +344,9 @@ def _bench(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``matmine-worker`` console script."""
     args = build_parser().parse_args(argv)
+    if args.command == "init-config":
+        sys.stdout.write(default_config_text())
+        return EXIT_OK
     handlers = {"mine": _mine, "devices": _devices, "bench": _bench}
     try:
         return handlers[args.command](args)

@@ -12,6 +12,9 @@ Each key is a dataclass field below with its default and help text
 
     [connection]
     backoff_max = 60.0
+
+``default_config_text()`` is the commented file of every key at its default that
+``matmine-worker init-config`` prints, generated from the same fields.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from toolkit.settings import (
     read_toml,
     section,
     setting,
+    toml_text,
 )
 
 DEFAULT_METRICS_PORT = 9110
@@ -251,3 +255,32 @@ def with_overrides(config: WorkerConfig, **flags: Any) -> WorkerConfig:
         settings["useful.enabled"] = False
     config = override(config, settings)
     return replace(config, pools=pools) if pools else config
+
+
+CONFIG_HEADER = (
+    "matmine worker configuration. Every key is optional; shown are the defaults.",
+    "CLI flags (matmine-worker mine --help) override what is set here; mine needs a pool",
+    "and a login, here or as --pool and --login.",
+)
+
+# The pools: an array of tables, so after every top-level key; commented out by default.
+POOL_EXAMPLE = (
+    "",
+    "# The pools, in order of preference (--pool HOST:PORT, repeated): one [[pool]] each.",
+    '# url: "HOST:PORT", "tcp://HOST:PORT" or "tls://HOST:PORT"; priority: lower is',
+    "# preferred (default: the position in the list).",
+    "# [[pool]]",
+    '# url = "127.0.0.1:3333"',
+    "# priority = 0",
+    "",
+)
+
+
+def default_config_text() -> str:
+    """A complete, commented TOML file with every key at its default value."""
+    lines = toml_text(WorkerConfig(), CONFIG_HEADER).splitlines()
+    at = lines.index("pools = []")  # a [[pool]] array in TOML, not a key: the example instead
+    del lines[at - (lines[at - 1].strip() == "#") : at + 1]  # the key and its empty help
+    first_table = next(i for i, line in enumerate(lines) if line.startswith("["))
+    lines[first_table:first_table] = POOL_EXAMPLE
+    return "\n".join(lines) + "\n"

@@ -1,7 +1,8 @@
 """Prometheus metrics and the read-only JSON summary, on one port (hypercorn + starlette, trio).
 
-``/metrics``: ``matmine_worker_hashrate_macs{device}`` (60 s MAC/s; ``device="total"``
-too), ``matmine_worker_shares_total{result}``, ``matmine_worker_hw_errors_total{device}``,
+``/metrics``: ``matmine_worker_hashrate_macs_per_second{device}`` (60 s MAC/s; ``device="total"``
+too), ``matmine_worker_work_macs_total{device}`` (MACs computed: ``rate()`` it),
+``matmine_worker_shares_total{result}``, ``matmine_worker_hw_errors_total{device}``,
 ``matmine_worker_pool_connected``, ``matmine_worker_blob_bytes_total``,
 ``matmine_worker_blobs_rejected_total``, ``matmine_worker_useful_results_total{outcome}``,
 ``matmine_worker_best_share_difficulty``; the app adds ``matmine_worker_build_info`` and
@@ -44,7 +45,7 @@ class WorkerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self.stats
         rate = GaugeMetricFamily(
-            "matmine_worker_hashrate_macs",
+            "matmine_worker_hashrate_macs_per_second",
             "Multiply-accumulates per second over the last 60 s",
             labels=["device"],
         )
@@ -52,6 +53,14 @@ class WorkerCollector(Collector):
             rate.add_metric([name], stats.hashrate(HASHRATE_WINDOW, name))
         rate.add_metric(["total"], stats.hashrate(HASHRATE_WINDOW))
         yield rate
+        work = CounterMetricFamily(
+            "matmine_worker_work_macs",
+            "Multiply-accumulates computed, by device (rate() of it is the hashrate)",
+            labels=["device"],
+        )
+        for name, dev in stats.devices.items():
+            work.add_metric([name], dev.macs)
+        yield work
         shares = CounterMetricFamily(
             "matmine_worker_shares", "Shares submitted, by outcome", labels=["result"]
         )

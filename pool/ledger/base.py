@@ -83,6 +83,10 @@ class BlockRecord:
     fee_address: str | None = None
     shares_used: int | None = None
     reason: str | None = None  # why the node rejected it
+    # Its round's accepted share difficulty (after the block before it, up to this one)
+    # over its network difficulty: 1.0 is the work expected per block, under 1 is lucky.
+    # None for blocks recorded before the ledger kept it (schema 3).
+    effort: float | None = None
 
 
 @dataclass(frozen=True)
@@ -240,6 +244,11 @@ class Ledger(abc.ABC):
         submission: bytes | None = None,
     ) -> int:
         """Store a found block (state "found"); return its id. Same hash again: same id.
+
+        Its ``effort`` is computed here from the shares in the ledger: the difficulty of
+        those after the newest block recorded before ``time`` and at or before ``time``,
+        over ``network_difficulty``. (Shares held for a useful-work unit that verifies
+        later are not in it.)
 
         With ``submission`` (the encoded ``BlockSubmission``) the block is "submitting"
         and the submission is kept until the node answers (``block_submitted``,

@@ -29,8 +29,9 @@ CREDIT_VOID = "void"
 
 BLOCK_COLUMNS = (
     "id, height, hash, reward, time, address, worker, network_difficulty, status, "
-    "confirmations, fee, remainder, fee_address, shares_used, reason"
+    "confirmations, fee, remainder, fee_address, shares_used, reason, effort"
 )
+BLOCK_FIELDS = len(BLOCK_COLUMNS.split(","))
 
 
 def _block(row: Sequence[Any]) -> BlockRecord:
@@ -50,7 +51,20 @@ def _block(row: Sequence[Any]) -> BlockRecord:
         fee_address=row[12],
         shares_used=row[13],
         reason=row[14],
+        effort=row[15],
     )
+
+
+def round_effort(tx: Transaction, time: float, network_difficulty: float) -> float:
+    """The effort of a block at ``time``: the accepted share difficulty after the newest
+    block recorded before it, up to ``time``, over ``network_difficulty``."""
+    (since,) = tx.execute("SELECT MAX(time) FROM blocks WHERE time < ?", (time,)).fetchone()
+    query = "SELECT COALESCE(SUM(difficulty), 0) FROM shares WHERE time <= ?"
+    params: tuple[float, ...] = (time,)
+    if since is not None:
+        query, params = query + " AND time > ?", (time, float(since))
+    (work,) = tx.execute(query, params).fetchone()
+    return float(work) / network_difficulty
 
 
 class BlockRepository(SqlStore):
@@ -86,11 +100,12 @@ class BlockRepository(SqlStore):
         )
 
         def record(tx: Transaction) -> int:
+            effort = round_effort(tx, float(time), float(network_difficulty))
             tx.execute(
                 "INSERT INTO blocks (height, hash, reward, time, address, worker,"
-                " network_difficulty, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " network_difficulty, status, effort) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (hash) DO NOTHING",
-                row,
+                (*row, effort),
             )
             block_id, status = tx.execute(
                 "SELECT id, status FROM blocks WHERE hash = ?", (bytes(block_hash),)
@@ -247,7 +262,8 @@ class BlockRepository(SqlStore):
                 (SUBMITTING,),
             ).fetchall()
         )
-        return [PendingSubmission(_block(r[:15]), bytes(r[15]), r[16], r[17]) for r in rows]
+        n = BLOCK_FIELDS
+        return [PendingSubmission(_block(r[:n]), bytes(r[n]), r[n + 1], r[n + 2]) for r in rows]
 
     def set_block_confirmations(self, block_id: int, confirmations: int) -> None:
         def set_confirmations(tx: Transaction) -> None:

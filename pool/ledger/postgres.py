@@ -131,7 +131,10 @@ CREATE TABLE block_submissions (
     created DOUBLE PRECISION NOT NULL,
     last_attempt DOUBLE PRECISION
 )
-"""
+""",
+    # Version 3: each block's effort (its round's share work over its network difficulty);
+    # NULL for the blocks recorded before.
+    3: "ALTER TABLE blocks ADD COLUMN effort DOUBLE PRECISION",
 }
 
 

@@ -21,7 +21,8 @@ repository per aggregate (MiningCore's ``Persistence/Repositories``):
   ``v - 1`` to ``v``, for each later ``v``) and ``where`` (the store, for messages).
 
 Versions: 1, the tables; 2, blocks waiting for the node's answer keep their submission
-(``block_submissions``) and a rejected block its reason (``blocks.reason``).
+(``block_submissions``) and a rejected block its reason (``blocks.reason``); 3, each block's
+effort (``blocks.effort``, NULL for blocks recorded before).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .shares import ShareRepository
 from .summaries import SummaryRepository
 from .transaction import HISTORY, MAX_AMOUNT, SqlStore, Transaction
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class SqlLedger(ShareRepository, BlockRepository, PaymentRepository, SummaryRepository, Ledger):

@@ -100,7 +100,10 @@ CREATE TABLE block_submissions (
     created REAL NOT NULL,
     last_attempt REAL
 )
-"""
+""",
+    # Version 3: each block's effort (its round's share work over its network difficulty);
+    # NULL for the blocks recorded before.
+    3: "ALTER TABLE blocks ADD COLUMN effort REAL",
 }
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from functools import partial
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -40,6 +42,28 @@ def check_conventions(text: str, program: str) -> None:
     version = package_version()
     assert f'matmine_{program}_build_info{{version="{version}"}} 1.0' in text, program
     assert "process_cpu_seconds_total" in text and "process_resident_memory_bytes" in text
+    check_names(text, program)
+
+
+def check_names(text: str, program: str) -> None:
+    """Prometheus naming: counters end in ``_total`` and nothing else does; a rate is a
+    gauge named ``..._per_second``; and ``promtool check metrics`` (when installed) finds
+    nothing to say."""
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+    helps = dict(re.findall(r"^# HELP (\S+) (.*)$", text, re.M))
+    assert types, program
+    for name, kind in types.items():
+        assert name.endswith("_total") == (kind == "counter"), (program, name, kind)
+        if re.search(r"per second|/s\b", helps[name]):
+            assert kind == "gauge" and name.endswith("_per_second"), (program, name)
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        done = subprocess.run(
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0 and done.stdout + done.stderr == "", (program, done.stdout)
+    elif os.environ.get("CI"):
+        pytest.fail("promtool not found (apt-get install -y prometheus)")
 
 
 async def node_metrics(tmp_path: Path) -> tuple[str, list[str]]:

@@ -134,8 +134,11 @@ async def test_metrics_and_summary_are_served(tmp_path):
                 text = (await http.get("/metrics")).text
                 summary = (await http.get("/api/summary")).json()
                 missing = await http.get("/nope")
-    assert f'matmine_worker_hashrate_macs{{device="{device.name}"}}' in text
-    assert 'matmine_worker_hashrate_macs{device="total"}' in text
+    assert f'matmine_worker_hashrate_macs_per_second{{device="{device.name}"}}' in text
+    assert 'matmine_worker_hashrate_macs_per_second{device="total"}' in text
+    work = f'matmine_worker_work_macs_total{{device="{device.name}"}} '
+    (line,) = [x for x in text.splitlines() if x.startswith(work)]
+    assert float(line.split()[-1]) > 0
     assert 'matmine_worker_shares_total{result="accepted"}' in text
     assert 'matmine_worker_shares_total{result="stale"} 0.0' in text
     assert f'matmine_worker_hw_errors_total{{device="{device.name}"}} 0.0' in text

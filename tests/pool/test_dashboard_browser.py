@@ -136,6 +136,7 @@ def browse(url: str, address: str, user_dir: Path, shot: Path) -> dict[str, Any]
         max_rate = cdp.evaluate("Math.max(...charts['chart'].data[1])")
         miners = cdp.wait_for("document.querySelector('#miners tbody').textContent")
         stats = cdp.evaluate("document.querySelector('#stats tbody').innerText")
+        blocks = cdp.evaluate("document.querySelector('#blocks').innerText")
         useful = cdp.evaluate(
             "(() => { const s = document.getElementById('useful'); "
             "return s.hidden ? null : s.innerText; })()"
@@ -143,7 +144,7 @@ def browse(url: str, address: str, user_dir: Path, shot: Path) -> dict[str, Any]
         cdp.call("Page.navigate", url=f"{url}#/miner/{address}")
         workers = cdp.wait_for("document.querySelector('#workers tbody').textContent")
         time.sleep(0.5)
-        png = cdp.call("Page.captureScreenshot", format="png")["data"]
+        png = cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
         shot.write_bytes(base64.b64decode(png))
         cdp.evaluate("1")  # drain pending events
         return {
@@ -152,6 +153,7 @@ def browse(url: str, address: str, user_dir: Path, shot: Path) -> dict[str, Any]
             "miners": miners,
             "workers": workers,
             "stats": stats,
+            "blocks": blocks,
             "useful": useful,
             "errors": cdp.errors,
         }
@@ -160,9 +162,22 @@ def browse(url: str, address: str, user_dir: Path, shot: Path) -> dict[str, Any]
         proc.wait(timeout=10)
 
 
+def pct(x: float) -> str:
+    """A fraction as the dashboard's ``pct`` writes it."""
+    return f"{100 * x:.{2 if x < 0.1 else 1}f}%"
+
+
 @pytest.mark.slow
 async def test_dashboard_in_chromium(start_pool: StartPool, tmp_path: Path) -> None:
-    pool = await start_pool(settings={"http.enabled": True, "http.history_interval": 0.5})
+    # Share difficulty 1e-5, network 1e-4: about 15% of tickets are blocks (one is found).
+    pool = await start_pool(
+        settings={
+            "http.enabled": True,
+            "http.history_interval": 0.5,
+            "pool.start_difficulty": 1e-5,
+        },
+        node={"start_difficulty": 1e-4},
+    )
     address = new_address()
     async with await TestMiner.connect(pool.stratum_port) as miner:
         job = await miner.login(address + ".rig1")
@@ -171,7 +186,14 @@ async def test_dashboard_in_chromium(start_pool: StartPool, tmp_path: Path) -> N
             r = await miner.submit(c)
             accepted += r.error is None
         assert accepted >= 1
+        with trio.fail_after(20):
+            while not (found := [c for c in await miner.find(miner.job) if c.is_block]):
+                pass
+        assert (await miner.submit(found[0])).result.block is not None
         await trio.sleep(1.5)  # a few history samples after the shares
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{pool.http_port}") as client:
+            block = (await client.get("/api/blocks")).json()[0]
+            p = (await client.get("/api/pool")).json()
         shot_dir = Path(os.environ.get("MATMINE_SCREENSHOT_DIR", tmp_path))
         shot_dir.mkdir(parents=True, exist_ok=True)
         shot = shot_dir / "dashboard.png"
@@ -184,6 +206,15 @@ async def test_dashboard_in_chromium(start_pool: StartPool, tmp_path: Path) -> N
     assert "rig1" in seen["workers"]
     assert shot.stat().st_size > 1000
     assert "current round effort" in seen["stats"]
+    # The block's effort (luck) in its column, and the pool's mean over its blocks.
+    assert block["effort"] > 0
+    header, *rows = seen["blocks"].splitlines()
+    assert header.split("\t")[4] == "effort"
+    assert any(r.startswith(str(block["height"])) and pct(block["effort"]) in r for r in rows)
+    n = p["average_effort_blocks"]
+    assert n >= 1 and p["average_effort"] > 0
+    label = f"average effort (last {n} block{'' if n == 1 else 's'})"
+    assert f"{label}\t{pct(p['average_effort'])}" in seen["stats"]
 
 
 def npy_pair(a: np.ndarray, b: np.ndarray) -> bytes:

@@ -1,5 +1,6 @@
-"""deploy/ stays true to the code: every metric an alert or a dashboard panel names exists,
-and every flag a unit file or the compose file passes is one the program accepts."""
+"""deploy/ and the README stay true to the code: every metric an alert, a dashboard panel or
+the README names exists, and every flag a unit file, the compose file or a README command
+passes is one the program accepts."""
 
 import json
 import os
@@ -66,6 +67,41 @@ def deploy_commands() -> list[list[str]]:
         if "command" in service and "build" in service:
             commands.append(shlex.split(service["command"]))
     return commands
+
+
+def readme_commands() -> list[list[str]]:
+    """The README's ``.venv/bin/matmine-* SUBCOMMAND ...`` lines, comments dropped."""
+    commands = []
+    for line in (REPO / "README.md").read_text().splitlines():
+        if line.startswith(".venv/bin/matmine-"):
+            argv = shlex.split(line.split("#")[0])
+            commands.append([Path(argv[0]).name, *argv[1:]])
+    return commands
+
+
+@pytest.mark.parametrize("argv", readme_commands(), ids=lambda a: " ".join(a[:3]))
+def test_readme_commands_are_real(argv):
+    program, subcommand = argv[0], argv[1]
+    assert program in PROGRAMS, argv
+    words = [subcommand] + ([argv[2]] if subcommand == "work" else [])
+    done = subprocess.run(
+        [sys.executable, "-m", PROGRAMS[program], *words, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    for flag in (a.split("=")[0] for a in argv[2:] if a.startswith("-")):
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", done.stdout), (argv, flag)
+
+
+def test_readme_metric_names_are_exported():
+    named = set(METRIC.findall((REPO / "README.md").read_text()))
+    assert "matmine_pool_hashrate_macs_per_second" in named
+    exported = exported_metric_names() | {
+        f"matmine_{p}_build_info" for p in ("pool", "worker", "node")
+    }
+    assert sorted(named - exported) == []
 
 
 def compose_services() -> dict[str, dict]:

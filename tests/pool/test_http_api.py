@@ -186,6 +186,15 @@ async def test_blocks_and_limit(api: Api) -> None:
     assert [b["height"] for b in r.json()] == [11]
 
 
+async def test_each_block_has_its_effort_and_the_pool_their_mean(api: Api) -> None:
+    blocks = (await api.client.get("/api/blocks")).json()
+    # Block 10 at 1050: the shares at 1000..1050 (51 x 2.0); block 11 at 1060: 1051..1059.
+    assert [b["effort"] for b in blocks] == [pytest.approx(18 / 40), pytest.approx(102 / 40)]
+    body = (await api.client.get("/api/pool")).json()
+    assert body["average_effort"] == pytest.approx((18 / 40 + 102 / 40) / 2)
+    assert body["average_effort_blocks"] == 2
+
+
 async def test_payments_and_limit(api: Api) -> None:
     r = await api.client.get("/api/payments", params={"limit": MAX_LIMIT})
     assert r.status_code == 200
@@ -223,7 +232,7 @@ async def test_metrics_exposition(api: Api) -> None:
         "matmine_pool_workers",
         "matmine_pool_shares_total",
         "matmine_pool_share_check_seconds_bucket",
-        "matmine_pool_hashrate_macs",
+        "matmine_pool_hashrate_macs_per_second",
         "matmine_pool_network_difficulty",
         "matmine_pool_block_height",
         "matmine_pool_blocks_total",

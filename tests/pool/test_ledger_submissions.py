@@ -177,7 +177,7 @@ def v1_ledger(target: str) -> None:
 def test_a_schema_1_ledger_is_migrated_with_its_data(target):
     v1_ledger(target)
     with open_ledger(target) as led:
-        assert led.schema_version() == SCHEMA_VERSION == 2
+        assert led.schema_version() == SCHEMA_VERSION == 3
         assert led.share_count() == 1
         (block,) = led.blocks(10)
         assert (block.height, block.status, block.reward, block.fee, block.reason) == (
