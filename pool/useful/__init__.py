@@ -25,6 +25,8 @@ from protocol.workload import ALLOWED_R, MAX_K, TILE
 
 UNIT_STATES = ("queued", "running", "done", "failed")
 CHECK_OUTCOMES = ("pass", "fail", "malformed")
+DATA_PATHS = ("http", "stratum")
+DATA_DIRECTIONS = ("in", "out")  # in: results from workers; out: operands to workers
 
 
 @dataclass
@@ -103,6 +105,15 @@ class UsefulMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.data_bytes_total = Counter(
+            "matmine_pool_data_bytes",
+            "Useful-work bytes moved: operands out, results in, by path (http or stratum)",
+            ["direction", "path"],
+            registry=registry,
+        )
+        for direction in DATA_DIRECTIONS:
+            for path in DATA_PATHS:
+                self.data_bytes_total.labels(direction, path)
         self.verified_macs = 0
         """MACs of verified useful products since start (what ``useful_macs`` counts)."""
         for state in UNIT_STATES:
@@ -113,6 +124,11 @@ class UsefulMetrics:
     def set_unit_counts(self, counts: dict[str, int]) -> None:
         for state in UNIT_STATES:
             self.work_units.labels(state).set(counts.get(state, 0))
+
+    def data_bytes(self, direction: str, path: str, nbytes: int) -> None:
+        """Count ``nbytes`` of useful-work data moved (``matmine_pool_data_bytes_total``)."""
+        if nbytes:
+            self.data_bytes_total.labels(direction, path).inc(nbytes)
 
     def result_checked(self, outcome: str, macs: int = 0) -> None:
         self.result_checks.labels(outcome).inc()
