@@ -206,6 +206,8 @@ async def run_pool(
             useful = await trio.to_thread.run_sync(
                 UsefulWork, config.data_path, config.useful.useful_config(), UsefulMetrics(registry)
             )
+            useful_metrics = useful.metrics
+            metrics.useful_mined_macs = lambda: useful_metrics.mined_macs
         async with trio.open_nursery() as nursery:
             sharelog = ShareLog(
                 ledger,

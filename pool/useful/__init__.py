@@ -114,6 +114,8 @@ class UsefulMetrics:
         for direction in DATA_DIRECTIONS:
             for path in DATA_PATHS:
                 self.data_bytes_total.labels(direction, path)
+        self.mined_macs = 0.0
+        """Expected MACs (difficulty × 2³²) of the shares held on leased units since start."""
         self.verified_macs = 0
         """MACs of verified useful products since start (what ``useful_macs`` counts)."""
         for state in UNIT_STATES:

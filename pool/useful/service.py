@@ -45,6 +45,7 @@ from pool.useful.results import Passed, ResultDesk, Verdict
 from pool.useful.tokens import LeaseTokens
 from pool.useful.unitwork import UnitWork
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.target import MACS_PER_DIFF1
 from protocol.work_messages import GetBlob, GetBlobResult, WorkResult, WorkResultAck
 
 log = logging.getLogger("pool.useful")
@@ -228,7 +229,10 @@ class UsefulWork:
 
     async def hold(self, lease_id: int, record: ShareRecord) -> bool:
         """Hold a share of a useful job; False: the lease ended (the share is stale)."""
-        return await self._call(self.queue.hold_share, lease_id, share_to_json(record))
+        held = await self._call(self.queue.hold_share, lease_id, share_to_json(record))
+        if held:
+            self.metrics.mined_macs += record.difficulty * MACS_PER_DIFF1
+        return held
 
     def current(self, session: str) -> Lease | None:
         """The lease of the session's newest useful job (None: synthetic work)."""

@@ -229,6 +229,9 @@ async def test_result_upload_resumes_and_credits_only_after_verification(start_p
             assert r.json()["verified"] is True, r.json()
         assert await ledger_shares(handle) == shares
         assert not isinstance((await miner.next_job(seen)).work.source, messages.BlobSource)
+        mined = shares * job.difficulty * 2**32  # expected MACs of the unit's shares
+        assert metric(handle, "matmine_pool_mined_macs_total", kind="useful") == mined
+        assert metric(handle, "matmine_pool_mined_macs_total", kind="synthetic") == 0
     assert metric(handle, "matmine_pool_data_bytes_total", direction="in", path="http") == len(raw)
     assert metric(handle, "matmine_pool_data_bytes_total", direction="in", path="stratum") == 0
 
