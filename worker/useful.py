@@ -2,8 +2,11 @@
 
 A job whose ``work.source`` is a blob names a unit of a customer's product A·B (SPEC
 §12.7). :meth:`UsefulWork.workload` gets both operands through the
-:class:`~worker.blobcache.BlobCache`: from disk when cached, else fetched over the job's
-own session with ``work.get_blob`` in chunks of at most ``chunk_max`` bytes. Each blob is
+:class:`~worker.blobcache.BlobCache`: from disk when cached, else over the lease's HTTP
+data plane when the job names one (:mod:`worker.data_client`: ``GET`` with ``Range``
+resume), else — or when that fails — over the job's own session with ``work.get_blob``
+in chunks of at most ``chunk_max`` bytes. The result goes the same way: ``PUT`` with
+resume when the job names a data plane, ``work.result`` chunks otherwise. Each blob is
 verified against the job's commitments (size, content hash, entry range, row root)
 before a :class:`Workload` is made of it, so no device ever mines an unverified row; a
 blob that fails raises :class:`BlobRejected`.

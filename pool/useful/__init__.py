@@ -5,6 +5,8 @@
 - :mod:`pool.useful.results` — result uploads, Freivalds' check, delivery;
 - :mod:`pool.useful.unitwork` — a leased unit as a job's workload (share checks, blocks);
 - :mod:`pool.useful.api` — the HTTP work API (starlette routes);
+- :mod:`pool.useful.data_api` — the HTTP data plane of leases (blob ``GET`` with
+  ``Range``, resumable result ``PUT``), authorized by :mod:`pool.useful.tokens`;
 - :mod:`pool.useful.cli` — ``matmine-pool work submit|status|result``;
   :mod:`pool.useful.cli_check` — its checks before upload and its progress line.
 
