@@ -162,9 +162,12 @@ class DataApi:
         }
         if span is not None:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
+        status = 206 if span is not None else 200
+        if request.method == "HEAD":  # the headers only; nothing is read
+            return Response(status_code=status, headers=headers)
         return StreamingResponse(
             self._stream(path, start, end),
-            status_code=206 if span is not None else 200,
+            status_code=status,
             headers=headers,
             media_type="application/octet-stream",
         )

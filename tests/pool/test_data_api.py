@@ -19,6 +19,7 @@ import trio
 from blake3 import blake3
 
 from pool.app import PoolHandle
+from pool.useful.data_api import parse_range
 from protocol import messages
 from protocol.address import new_address
 from protocol.useful import blob_id
@@ -114,6 +115,9 @@ async def test_blob_get_serves_ranges_with_cache_headers(start_pool):
             assert r.headers["etag"] == f'"{src.a.hex()}"'
             assert "immutable" in r.headers["cache-control"]
             assert r.headers["accept-ranges"] == "bytes"
+            r = await client.head(url, headers=p.auth)
+            assert r.status_code == 200 and r.content == b""
+            assert r.headers["content-length"] == str(len(whole))
             r = await client.get(url, headers={**p.auth, "Range": "bytes=100-199"})
             assert r.status_code == 206 and r.content == whole[100:200]
             assert r.headers["content-range"] == f"bytes 100-199/{len(whole)}"
@@ -343,3 +347,25 @@ async def test_memory_stays_bounded_while_large_results_stream_in(start_pool):
     growth = (peak - baseline) / 1024
     print(f"\nRSS baseline {baseline / 1024:.1f} MiB, peak +{growth:.1f} MiB for 4 × 16 MiB")
     assert growth < 32, f"peak RSS grew by {growth:.1f} MiB while 64 MiB streamed in"
+
+
+@pytest.mark.parametrize(
+    ("header", "span"),
+    [
+        (None, None),
+        ("bytes=0-", (0, 100)),
+        ("bytes=10-19", (10, 20)),
+        ("bytes=-5", (95, 100)),
+        ("bytes=90-500", (90, 100)),
+    ],
+)
+def test_parse_range(header, span):
+    assert parse_range(header, 100) == span
+
+
+@pytest.mark.parametrize(
+    "header", ["bytes=100-", "bytes=5-2", "items=0-1", "bytes=-", "bytes=0-1,3-4"]
+)
+def test_parse_range_refuses_what_cannot_be_served(header):
+    with pytest.raises(Exception, match="not satisfiable"):
+        parse_range(header, 100)
