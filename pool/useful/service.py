@@ -124,8 +124,7 @@ class UsefulWork:
         self._expiry_poke = trio.Event()
         self.on_lease_end: Callable[[LeaseEnd], None] | None = None
         self.tokens = LeaseTokens()
-        self.data_url: str | None = None
-        """The HTTP data plane's URL base named in blob jobs (None: stratum only)."""
+        self.data_url: str | None = None  # named in blob jobs (SPEC §12.7); None: stratum only
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
@@ -270,17 +269,21 @@ class UsefulWork:
                 "of this session's current work unit",
                 code=ErrorCode.STALE,
             )
-        self.charge_served(lease, min(msg.length, self.config.chunk_max))
-        data, total = await self._call(
-            self.blobs.read_chunk, msg.hash, msg.offset, msg.length, self.config.chunk_max
-        )
-        self._served[lease.id] += len(data) - min(msg.length, self.config.chunk_max)
+        asked = min(msg.length, self.config.chunk_max)
+        self.charge_served(lease, asked)
+        try:
+            data, total = await self._call(
+                self.blobs.read_chunk, msg.hash, msg.offset, msg.length, self.config.chunk_max
+            )
+        except BaseException:
+            self._refund(lease.id, asked)
+            raise
+        self._refund(lease.id, asked - len(data))
         self.metrics.data_bytes("out", "stratum", len(data))
         return GetBlobResult(data=data, total=total)
 
     def charge_served(self, lease: Lease, nbytes: int) -> None:
-        """Count ``nbytes`` of operand bytes served to ``lease`` (either path); raises
-        ``ProtocolError`` (27) past the lease's budget of 4 × its operand bytes."""
+        """Count operand bytes served to ``lease`` (either path); 27 past 4 × its operands."""
         unit = lease.unit
         budget = BLOB_BUDGET_FACTOR * (unit.shape.m + unit.shape.n) * unit.shape.k
         served = self._served.get(lease.id, 0)
@@ -291,6 +294,10 @@ class UsefulWork:
                 code=ErrorCode.RATE_LIMITED,
             )
         self._served[lease.id] = served + nbytes
+
+    def _refund(self, lease_id: int, nbytes: int) -> None:
+        if lease_id in self._served:  # bytes charged but not served (unless it ended since)
+            self._served[lease_id] -= nbytes
 
     async def active_lease(self, lease_id: int) -> Lease | None:
         """Lease ``lease_id`` if it is active and before its deadline, else None."""
