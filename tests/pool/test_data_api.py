@@ -369,3 +369,18 @@ def test_parse_range(header, span):
 def test_parse_range_refuses_what_cannot_be_served(header):
     with pytest.raises(Exception, match="not satisfiable"):
         parse_range(header, 100)
+
+
+async def test_blob_bytes_per_lease_are_bounded_across_both_paths(start_pool):
+    handle = await start_pool(USEFUL)
+    await leased(handle)
+    async with await TestMiner.connect(handle.stratum_port) as miner:
+        job = await miner.login(f"{new_address()}.rig1", useful=True)
+        p, size = plane(job), job.work.m * job.work.k
+        budget = 4 * (job.work.m + job.work.n) * job.work.k
+        await miner.fetch_blob(source(job).a, size)  # over stratum: the same budget
+        url = f"{p.base}/blobs/{source(job).a.hex()}"
+        async with httpx.AsyncClient() as client:
+            codes = [(await client.get(url, headers=p.auth)).status_code for _ in range(12)]
+        fits = budget // size - 1
+        assert codes[:fits] == [200] * fits and set(codes[fits:]) == {429}, codes
