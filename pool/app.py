@@ -45,6 +45,7 @@ from pool.sharelog import ShareLog
 from pool.unlocker import run_unlocker
 from pool.useful import UsefulMetrics
 from pool.useful.api import create_work_routes
+from pool.useful.data_api import create_data_routes, data_url
 from pool.useful.service import UsefulWork
 from pool.workloads import SyntheticSource
 from protocol.address import new_address, validate_address
@@ -205,6 +206,8 @@ async def run_pool(
             useful = await trio.to_thread.run_sync(
                 UsefulWork, config.data_path, config.useful.useful_config(), UsefulMetrics(registry)
             )
+            useful_metrics = useful.metrics
+            metrics.useful_mined_macs = lambda: useful_metrics.mined_macs
         async with trio.open_nursery() as nursery:
             sharelog = ShareLog(
                 ledger,
@@ -292,6 +295,7 @@ async def run_pool(
                         useful.limiter,
                         partial(capable_sessions, ctx),
                     )
+                    + create_data_routes(useful, checker.credit)
                 )
                 history = HashrateHistory()
                 await nursery.start(
@@ -307,6 +311,10 @@ async def run_pool(
                     config.http.port,
                 )
                 log.info("HTTP API and /metrics on http://%s:%d/", config.http.host, http_port)
+                if useful is not None:  # blob jobs name the HTTP data plane from now on
+                    useful.data_url = data_url(
+                        config.http.host, http_port, config.stratum.public_host
+                    )
             policy = PplnsPolicy(p.pplns_factor, p.fee_bps, fee_address)
             await nursery.start(
                 partial(

@@ -8,7 +8,11 @@ first sample.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from pool.health import DEPENDENCIES
 from protocol.errors import ErrorCode
@@ -66,6 +70,25 @@ class PoolFaultCode(int):
     state: the shares metric counts it under ``pool_error``, apart from miners' faults."""
 
 
+class MinedMacs(Collector):
+    """``matmine_pool_mined_macs_total{kind}``: the expected MACs of accepted shares
+    (difficulty × 2³² each), ``useful`` (on leased units) or ``synthetic`` (the rest)."""
+
+    def __init__(self, metrics: PoolMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "matmine_pool_mined_macs",
+            "Expected MACs of accepted shares (difficulty × 2³² each), by kind of work",
+            labels=["kind"],
+        )
+        useful = self.metrics.useful_mined_macs()
+        family.add_metric(["useful"], useful)
+        family.add_metric(["synthetic"], max(0.0, self.metrics.accepted_work_macs - useful))
+        yield family
+
+
 class PoolMetrics:
     """All pool metrics, registered in ``registry``. Attributes are prometheus_client objects."""
 
@@ -92,6 +115,10 @@ class PoolMetrics:
         )
         self.accepted_work_macs = 0.0
         """What ``accepted_work`` counts, since start."""
+        self.useful_mined_macs: Callable[[], float] = lambda: 0.0
+        """Of ``accepted_work_macs``, the MACs of shares mined on useful units (set by the
+        pool when it has useful work)."""
+        registry.register(MinedMacs(self))
         self.share_check_seconds = Histogram(
             "matmine_pool_share_check_seconds",
             "Time to judge one submitted share (ticket verification included).",

@@ -36,6 +36,10 @@ from .workload import Shape, work_root
 
 MAX_JOB_ID = 64
 """Longest job id on the wire (SPEC §12.4)."""
+MAX_DATA_URL = 512
+"""Longest data-plane URL base of a blob source (SPEC §12.7)."""
+MAX_TOKEN = 128
+"""Longest per-lease bearer token of a blob source."""
 
 
 # --- results -------------------------------------------------------------------------
@@ -165,12 +169,24 @@ class SyntheticSource(Struct):
 
 @dataclass(frozen=True)
 class BlobSource(Struct):
-    """Operands fetched by content hash: ``a`` is the blob of A, ``b`` the blob of Bᵀ."""
+    """Operands fetched by content hash: ``a`` is the blob of A, ``b`` the blob of Bᵀ.
+
+    ``data`` and ``token`` (both or neither) name the lease's HTTP data plane (SPEC §12.7):
+    the URL base of its blob and result endpoints and the lease's bearer token.
+    """
 
     kind: ClassVar[str] = "blob"
     _where: ClassVar[str] = "work.source"
     a: bytes = wire_field(Bin(32))
     b: bytes = wire_field(Bin(32))
+    data: str | None = wire_field(Optional(Str(max_len=MAX_DATA_URL)), None)
+    token: str | None = wire_field(Optional(Str(max_len=MAX_TOKEN)), None)
+
+    def _check(self, where: str) -> None:
+        if (self.data is None) != (self.token is None):
+            raise ProtocolError(f"{where}.data and {where}.token go together (both or neither)")
+        if self.data is not None and not self.data.startswith(("http://", "https://")):
+            raise ProtocolError(f"{where}.data must be an http:// or https:// URL")
 
 
 @dataclass(frozen=True)

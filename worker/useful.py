@@ -2,8 +2,11 @@
 
 A job whose ``work.source`` is a blob names a unit of a customer's product A·B (SPEC
 §12.7). :meth:`UsefulWork.workload` gets both operands through the
-:class:`~worker.blobcache.BlobCache`: from disk when cached, else fetched over the job's
-own session with ``work.get_blob`` in chunks of at most ``chunk_max`` bytes. Each blob is
+:class:`~worker.blobcache.BlobCache`: from disk when cached, else over the lease's HTTP
+data plane when the job names one (:mod:`worker.data_client`: ``GET`` with ``Range``
+resume), else — or when that fails — over the job's own session with ``work.get_blob``
+in chunks of at most ``chunk_max`` bytes. The result goes the same way: ``PUT`` with
+resume when the job names a data plane, ``work.result`` chunks otherwise. Each blob is
 verified against the job's commitments (size, content hash, entry range, row root)
 before a :class:`Workload` is made of it, so no device ever mines an unverified row; a
 blob that fails raises :class:`BlobRejected`.
@@ -39,8 +42,9 @@ from protocol.useful import RESULT_DTYPE, chunks
 from protocol.work_messages import CHUNK_SIZE, WorkResultAck
 from protocol.workload import Shape, Workload
 
-from .blobcache import BlobCache, BlobRejected, BlobSpec
+from .blobcache import BlobCache, BlobRejected, BlobSpec, VerifiedBlob
 from .client import Job, PoolClient
+from .data_client import DataClient, DataPlane, DataPlaneError
 from .outcomes import RequestFailed
 from .stats import USEFUL_RESULTS, WorkerStats
 
@@ -78,6 +82,7 @@ class UsefulWork:
     _cache: BlobCache | None = field(default=None, init=False, repr=False)
     _client: PoolClient | None = field(default=None, init=False, repr=False)
     _units: dict[bytes, _Unit] = field(default_factory=dict, init=False, repr=False)
+    _data: DataClient | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.chunk_max <= CHUNK_SIZE:
@@ -107,8 +112,8 @@ class UsefulWork:
         work = job.notify.work
         a_spec, b_spec = BlobSpec.operands(work)
         before = self.stats.blob_bytes
-        a = await self.cache.ensure(a_spec, job.client.get_blob, self.chunk_max, self.limiter)
-        b = await self.cache.ensure(b_spec, job.client.get_blob, self.chunk_max, self.limiter)
+        a = await self._ensure(job, a_spec)
+        b = await self._ensure(job, b_spec)
         fetched = self.stats.blob_bytes - before
         if fetched:
             log.info(
@@ -124,6 +129,37 @@ class UsefulWork:
             raise BlobRejected("the verified operands do not give the job's work_root")
         self._track(job)
         return workload
+
+    @property
+    def data(self) -> DataClient:
+        if self._data is None:
+            self._data = DataClient(self._count_bytes)
+        return self._data
+
+    @staticmethod
+    def plane(job: Job) -> DataPlane | None:
+        """The job's HTTP data plane (SPEC §12.7), or None: the stratum ``work.*`` path."""
+        source = job.notify.work.source
+        if not isinstance(source, BlobSource) or source.data is None or source.token is None:
+            return None
+        return DataPlane.of(source.data, source.token, job.client.endpoint.host)
+
+    async def _ensure(self, job: Job, spec: BlobSpec) -> VerifiedBlob:
+        """One verified operand: cached, else over HTTP, else (or if that fails) stratum."""
+        plane = self.plane(job)
+        if plane is not None:
+            cached = await trio.to_thread.run_sync(self.cache.load, spec, limiter=self.limiter)
+            if cached is not None:
+                return cached
+            part = self.cache.dir / f".part-{spec.blob_id.hex()}"
+            try:
+                blob = await self.data.fetch_blob(plane, spec, part)
+            except DataPlaneError as exc:
+                log.warning("job %s: %s; fetching over the stratum connection", job.job_id, exc)
+            else:
+                await trio.to_thread.run_sync(self.cache.store, blob, limiter=self.limiter)
+                return blob
+        return await self.cache.ensure(spec, job.client.get_blob, self.chunk_max, self.limiter)
 
     # --- results -------------------------------------------------------------------------
 
@@ -180,6 +216,26 @@ class UsefulWork:
             )
         except (ProtocolError, ValueError) as exc:  # pragma: no cover - a backend bug
             return self._finish(job, "failed", f"unit {short}…: cannot denoise: {exc}")
+        plane = self.plane(job)
+        if plane is not None:
+            try:
+                answer = await self.data.upload_result(plane, unit_id, raw)
+            except DataPlaneError as exc:
+                log.warning("unit %s…: %s; sending it over the stratum connection", short, exc)
+            else:
+                ack = WorkResultAck(
+                    accepted=True,
+                    received=int(answer.get("received", 0)),
+                    verified=bool(answer["verified"]),
+                    reason=None if answer.get("reason") is None else str(answer["reason"])[:256],
+                )
+                return self._verdict(job, workload, ack)
+        return await self._deliver_stratum(job, workload, raw)
+
+    async def _deliver_stratum(self, job: Job, workload: Workload, raw: bytes) -> str:
+        """Send C in ``work.result`` chunks on the job's session; the outcome."""
+        unit_id = workload.work_root
+        short = unit_id.hex()[:16]
         client = job.client
         in_flight: deque[tuple[int, Callable[[], Awaitable[WorkResultAck]]]] = deque()
         try:

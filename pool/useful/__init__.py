@@ -5,6 +5,8 @@
 - :mod:`pool.useful.results` — result uploads, Freivalds' check, delivery;
 - :mod:`pool.useful.unitwork` — a leased unit as a job's workload (share checks, blocks);
 - :mod:`pool.useful.api` — the HTTP work API (starlette routes);
+- :mod:`pool.useful.data_api` — the HTTP data plane of leases (blob ``GET`` with
+  ``Range``, resumable result ``PUT``), authorized by :mod:`pool.useful.tokens`;
 - :mod:`pool.useful.cli` — ``matmine-pool work submit|status|result``;
   :mod:`pool.useful.cli_check` — its checks before upload and its progress line.
 
@@ -25,6 +27,8 @@ from protocol.workload import ALLOWED_R, MAX_K, TILE
 
 UNIT_STATES = ("queued", "running", "done", "failed")
 CHECK_OUTCOMES = ("pass", "fail", "malformed")
+DATA_PATHS = ("http", "stratum")
+DATA_DIRECTIONS = ("in", "out")  # in: results from workers; out: operands to workers
 
 
 @dataclass
@@ -103,6 +107,17 @@ class UsefulMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.data_bytes_total = Counter(
+            "matmine_pool_data_bytes",
+            "Useful-work bytes moved: operands out, results in, by path (http or stratum)",
+            ["direction", "path"],
+            registry=registry,
+        )
+        for direction in DATA_DIRECTIONS:
+            for path in DATA_PATHS:
+                self.data_bytes_total.labels(direction, path)
+        self.mined_macs = 0.0
+        """Expected MACs (difficulty × 2³²) of the shares held on leased units since start."""
         self.verified_macs = 0
         """MACs of verified useful products since start (what ``useful_macs`` counts)."""
         for state in UNIT_STATES:
@@ -113,6 +128,11 @@ class UsefulMetrics:
     def set_unit_counts(self, counts: dict[str, int]) -> None:
         for state in UNIT_STATES:
             self.work_units.labels(state).set(counts.get(state, 0))
+
+    def data_bytes(self, direction: str, path: str, nbytes: int) -> None:
+        """Count ``nbytes`` of useful-work data moved (``matmine_pool_data_bytes_total``)."""
+        if nbytes:
+            self.data_bytes_total.labels(direction, path).inc(nbytes)
 
     def result_checked(self, outcome: str, macs: int = 0) -> None:
         self.result_checks.labels(outcome).inc()

@@ -42,8 +42,10 @@ from pool.useful import UsefulConfig, UsefulMetrics
 from pool.useful.blobstore import BlobStore
 from pool.useful.queue import Lease, LeaseEnd, LeaseError, WorkQueue
 from pool.useful.results import Passed, ResultDesk, Verdict
+from pool.useful.tokens import LeaseTokens
 from pool.useful.unitwork import UnitWork
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.target import MACS_PER_DIFF1
 from protocol.work_messages import GetBlob, GetBlobResult, WorkResult, WorkResultAck
 
 log = logging.getLogger("pool.useful")
@@ -121,6 +123,8 @@ class UsefulWork:
         self._served: dict[int, int] = {}  # lease id → blob bytes served
         self._expiry_poke = trio.Event()
         self.on_lease_end: Callable[[LeaseEnd], None] | None = None
+        self.tokens = LeaseTokens()
+        self.data_url: str | None = None  # named in blob jobs (SPEC §12.7); None: stratum only
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
@@ -212,6 +216,8 @@ class UsefulWork:
             )
         self._current[session] = lease
         self._expiry_poke.set()
+        if self.data_url is not None:
+            work = work.for_lease(self.data_url, self.tokens.issue(lease.id))
         return lease, work
 
     async def attach(self, lease: Lease, session: str, job_id: str) -> None:
@@ -222,7 +228,10 @@ class UsefulWork:
 
     async def hold(self, lease_id: int, record: ShareRecord) -> bool:
         """Hold a share of a useful job; False: the lease ended (the share is stale)."""
-        return await self._call(self.queue.hold_share, lease_id, share_to_json(record))
+        held = await self._call(self.queue.hold_share, lease_id, share_to_json(record))
+        if held:
+            self.metrics.mined_macs += record.difficulty * MACS_PER_DIFF1
+        return held
 
     def current(self, session: str) -> Lease | None:
         """The lease of the session's newest useful job (None: synthetic work)."""
@@ -260,19 +269,45 @@ class UsefulWork:
                 "of this session's current work unit",
                 code=ErrorCode.STALE,
             )
+        asked = min(msg.length, self.config.chunk_max)
+        self.charge_served(lease, asked)
+        try:
+            data, total = await self._call(
+                self.blobs.read_chunk, msg.hash, msg.offset, msg.length, self.config.chunk_max
+            )
+        except BaseException:
+            self._refund(lease.id, asked)
+            raise
+        self._refund(lease.id, asked - len(data))
+        self.metrics.data_bytes("out", "stratum", len(data))
+        return GetBlobResult(data=data, total=total)
+
+    def charge_served(self, lease: Lease, nbytes: int) -> None:
+        """Count operand bytes served to ``lease`` (either path); 27 past 4 × its operands."""
+        unit = lease.unit
         budget = BLOB_BUDGET_FACTOR * (unit.shape.m + unit.shape.n) * unit.shape.k
         served = self._served.get(lease.id, 0)
-        if served + min(msg.length, self.config.chunk_max) > budget:
+        if served + nbytes > budget:
             raise ProtocolError(
                 f"work.get_blob: this work unit's blobs were already served "
                 f"{served} bytes; the limit is {budget}",
                 code=ErrorCode.RATE_LIMITED,
             )
-        data, total = await self._call(
-            self.blobs.read_chunk, msg.hash, msg.offset, msg.length, self.config.chunk_max
-        )
-        self._served[lease.id] = served + len(data)
-        return GetBlobResult(data=data, total=total)
+        self._served[lease.id] = served + nbytes
+
+    def _refund(self, lease_id: int, nbytes: int) -> None:
+        if lease_id in self._served:  # bytes charged but not served (unless it ended since)
+            self._served[lease_id] -= nbytes
+
+    async def active_lease(self, lease_id: int) -> Lease | None:
+        """Lease ``lease_id`` if it is active and before its deadline, else None."""
+        try:
+            lease = await self._call(self.queue.get_lease, lease_id)
+        except LeaseError:
+            return None
+        if lease.state != "active" or lease.deadline < self.queue.clock():
+            return None
+        return lease
 
     # -- work.result ----------------------------------------------------------------------
 
@@ -292,14 +327,24 @@ class UsefulWork:
         receipt = self.desk.receive(lease, session, msg.unit, msg.offset, msg.data, msg.final)
         if not receipt.complete:
             return WorkResultAck(accepted=True, received=receipt.received)
-        raw = self.desk.take_upload(lease.id)
+        self.metrics.data_bytes("in", "stratum", receipt.received)
+        return await self.deliver(lease, self.desk.take_upload(lease.id))
+
+    async def deliver(self, lease: Lease, raw: bytes) -> Delivery:
+        """Mark ``lease`` delivered with its whole result ``raw`` (either path); pass the
+        :class:`Delivery` to :meth:`judge`. ``ProtocolError`` (21) if the lease ended."""
         try:
             with trio.CancelScope(shield=True):  # delivered, the result is judged regardless
                 lease = await self._call(self.queue.deliver, lease.id)
         except LeaseError as exc:  # it ended (deadline) while the last chunk came in
             raise ProtocolError(f"work.result: {exc}", code=ErrorCode.STALE) from None
         self._end_current(lease)
-        return Delivery(lease, session, raw, receipt.received)
+        return Delivery(lease, lease.session, raw, len(raw))
+
+    def announce(self, lease: Lease) -> None:
+        """Tell ``lease``'s session its unit is delivered (over HTTP): it gets new work."""
+        if self.on_lease_end is not None:
+            self.on_lease_end(LeaseEnd(lease, "delivered", []))
 
     async def judge(self, delivery: Delivery, credit: Credit) -> tuple[WorkResultAck, Verdict]:
         """Check a delivered result; on a pass, ``credit`` the held shares, then mark the

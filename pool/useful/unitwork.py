@@ -9,7 +9,7 @@ reads both operand blobs and their row trees: call :meth:`UnitWork.load` in a th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ import numpy as np
 from pool.useful.blobstore import BlobStore
 from pool.useful.queue import Unit
 from protocol.merkle import RowTree
-from protocol.messages import WorkSpec
+from protocol.messages import BlobSource, WorkSpec
 from protocol.workload import TILE, Shape
 
 
@@ -30,6 +30,8 @@ class UnitWork:
     bt: np.ndarray
     a_tree: RowTree
     b_tree: RowTree
+    data: str | None = None  # the lease's data-plane URL base (SPEC §12.7), with its token
+    token: str | None = None
 
     @classmethod
     def load(cls, blobs: BlobStore, unit: Unit) -> UnitWork:
@@ -58,7 +60,15 @@ class UnitWork:
         return self.unit.unit_id
 
     def work_spec(self) -> WorkSpec:
-        return self.unit.work_spec()
+        spec = self.unit.work_spec()
+        if self.data is None:
+            return spec
+        source = BlobSource(self.unit.a_blob, self.unit.b_blob, self.data, self.token)
+        return replace(spec, source=source)
+
+    def for_lease(self, data: str | None, token: str | None) -> UnitWork:
+        """The same unit whose jobs name a lease's data plane (shares the arrays)."""
+        return replace(self, data=data, token=token)
 
     def tile_rows(self, tile: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """The 16 rows of A and 16 rows of Bᵀ that the ticket of ``tile`` reads."""

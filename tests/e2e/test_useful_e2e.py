@@ -83,7 +83,10 @@ async def test_tampered_blob_chunk_is_rejected_and_never_mined(tmp_path):
     expected = a.astype(np.int64) @ b.astype(np.int64)
     blobs = genuine_blobs(a, b)
     device = RecordingBackend(blas())
-    async with running_useful_pool(tmp_path / "pool") as pool, trio.open_nursery() as nursery:
+    async with (
+        running_useful_pool(tmp_path / "pool", data_plane=False) as pool,
+        trio.open_nursery() as nursery,
+    ):
         proxy = TamperingProxy(pool.endpoint)
         port = await nursery.start(proxy.serve)
         async with (

@@ -276,7 +276,10 @@ async def test_error_21_to_get_blob_waits_for_the_next_job_without_reconnecting(
     caplog.set_level(logging.INFO, logger="worker")
     a, b = operands(40, 96, 24, seed=7)
     device = RecordingBackend(blas())
-    async with running_useful_pool(tmp_path / "pool") as pool, trio.open_nursery() as nursery:
+    async with (
+        running_useful_pool(tmp_path / "pool", data_plane=False) as pool,
+        trio.open_nursery() as nursery,
+    ):
         proxy = StaleBlobProxy(pool.endpoint)
         port = await nursery.start(proxy.serve)
         async with (

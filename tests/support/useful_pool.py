@@ -29,8 +29,12 @@ UNIT = 64
 
 
 @asynccontextmanager
-async def running_useful_pool(data_dir: Path, **useful: Any) -> AsyncIterator[RunningPool]:
-    """The real pool with its HTTP API on 127.0.0.1 and small useful-work units."""
+async def running_useful_pool(
+    data_dir: Path, data_plane: bool = True, **useful: Any
+) -> AsyncIterator[RunningPool]:
+    """The real pool with its HTTP API on 127.0.0.1 and small useful-work units; its blob
+    jobs name the HTTP data plane unless ``data_plane`` is False (the stratum path only,
+    as for a worker that does not know it)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     config = pool_config(data_dir, share_difficulty=SHARE_DIFFICULTY)
     config.http.enabled = True
@@ -44,6 +48,8 @@ async def running_useful_pool(data_dir: Path, **useful: Any) -> AsyncIterator[Ru
     validate(config)
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(run_pool, config)
+        if not data_plane and handle.useful is not None:
+            handle.useful.data_url = None
         yield RunningPool(handle, nursery.cancel_scope)
         nursery.cancel_scope.cancel()
 
