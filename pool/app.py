@@ -311,8 +311,9 @@ async def run_pool(
                     config.http.port,
                 )
                 log.info("HTTP API and /metrics on http://%s:%d/", config.http.host, http_port)
-                if useful is not None:  # blob jobs name the HTTP data plane from now on
-                    useful.data_url = data_url(
+                if useful is not None and config.useful.data_plane:
+                    # blob jobs name the HTTP data plane from now on
+                    useful.data_url = config.useful.data_url or data_url(
                         config.http.host, http_port, config.stratum.public_host
                     )
             policy = PplnsPolicy(p.pplns_factor, p.fee_bps, fee_address)

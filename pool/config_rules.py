@@ -82,6 +82,10 @@ def validate_useful(config: PoolConfig) -> None:
             f"useful.chunk_max must be at least {CHUNK_SIZE} (the chunk every "
             f"worker may use), got {u.chunk_max}"
         )
+    if u.data_url and not u.data_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"useful.data_url must be an http:// or https:// URL base, got {u.data_url!r}"
+        )
     if (
         config.http.enabled
         and u.usable(config.stratum.max_frame_size) is None

@@ -339,6 +339,16 @@ class UsefulSection(UsefulConfig):
         "customers together (a body without Content-Length counts as max_upload_bytes); "
         "beyond: 503",
     )
+    data_plane: bool = setting(
+        True,
+        "name the HTTP data plane in blob jobs (SPEC §12.7: operands and results over the "
+        "HTTP port); false = over the stratum connection only",
+    )
+    data_url: str = setting(
+        "",
+        "public URL base of the data plane (e.g. a reverse proxy or CDN in front of the "
+        "pool); empty = http://<stratum.public_host or http.host>:<http.port>/data",
+    )
     tokens: dict[str, Any] = setting(
         {},
         'work API tokens: token = "customer name"; none = loopback clients only',

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pool.abuse import AbusePolicy, BanList
 from pool.config import PoolConfig
 from pool.hashrate import HashrateMeter
-from pool.inbox import OfferWork, WorkLost
+from pool.inbox import OfferWork, ResultRejected, WorkLost
 from pool.jobs import JobManager
 from pool.share_check import ShareChecker
 from pool.useful.queue import LeaseEnd
@@ -51,10 +51,14 @@ class PoolContext:
         return self.abuse.strikes
 
     def lease_ended(self, end: LeaseEnd) -> None:
-        """A lease ended without a result (deadline): give its session new work."""
+        """A lease ended without a verified result: its session gets new work (a deadline,
+        a delivery over the data plane) or, for a wrong result, the strikes it earned."""
         for session in list(self.sessions):
             if session.work_key == end.lease.session:
-                session.inbox.post(WorkLost())
+                if end.state == "rejected":
+                    session.inbox.post(ResultRejected(max(1, len(end.shares))))
+                else:
+                    session.inbox.post(WorkLost())
 
     def units_queued(self) -> None:
         """Units wait in the queue: every idle capable session tries to lease one now."""

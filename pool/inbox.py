@@ -35,11 +35,19 @@ class WorkLost:
 
 
 @dataclass(frozen=True)
+class ResultRejected:
+    """A unit result the session sent over the data plane was wrong: count it against the
+    miner like ``shares`` invalid shares (as a wrong ``work.result`` is counted)."""
+
+    shares: int
+
+
+@dataclass(frozen=True)
 class OfferWork:
     """Units are queued: lease one if the session takes useful work and holds none."""
 
 
-SessionEvent = Kick | Notice | WorkLost | OfferWork
+SessionEvent = Kick | Notice | WorkLost | ResultRejected | OfferWork
 
 
 class Inbox:

@@ -33,7 +33,7 @@ from pool.abuse import RateLimiter, ShareJudge
 from pool.context import PoolContext
 from pool.handlers import RequestHandlers
 from pool.hashrate import HashrateMeter
-from pool.inbox import Inbox, Kick, Notice, WorkLost
+from pool.inbox import Inbox, Kick, Notice, ResultRejected, WorkLost
 from pool.job_feed import JobFeed
 from pool.jobs import SessionJobs
 from pool.miner_state import MinerState
@@ -166,6 +166,9 @@ class Session(MinerState):
             elif isinstance(event, WorkLost):
                 if self.ready.is_set():
                     await self.feed.push_fresh()
+            elif isinstance(event, ResultRejected):
+                for _ in range(event.shares):
+                    await self.handlers.judge(False)
             elif self.lease.wants_offer(self.book):  # OfferWork
                 await self.feed.push_fresh(new_unit_only=True)
 

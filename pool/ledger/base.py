@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Block states.
@@ -62,6 +62,16 @@ class ShareRecord:
     difficulty: float
     network_difficulty: float
     session_id: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able values (bytes as hex), as the work queue holds a share."""
+        return {**asdict(self), "digest": self.digest.hex(), "session_id": self.session_id.hex()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ShareRecord:
+        """The inverse of :meth:`to_json`."""
+        digest, session_id = bytes.fromhex(data["digest"]), bytes.fromhex(data["session_id"])
+        return cls(**{**data, "digest": digest, "session_id": session_id})
 
 
 @dataclass(frozen=True)

@@ -301,9 +301,10 @@ class DataApi:
                     raise _Refused(403, str(exc)) from None
                 self.useful.announce(delivery.lease)
                 try:
-                    ack, _verdict = await self.useful.judge(delivery, self.credit)
+                    ack, verdict = await self.useful.judge(delivery, self.credit)
                 except ProtocolError as exc:
                     raise _Refused(403, str(exc)) from None
+                self.useful.rejected(verdict)  # a wrong product counts against the miner
         finally:
             upload.file.close()
         answer: dict[str, object] = {

@@ -31,7 +31,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,25 +56,6 @@ UNITWORK_CACHE = 8
 BLOB_BUDGET_FACTOR = 4
 """A lease may fetch its operand blobs this many times over before ``work.get_blob`` is 27."""
 MAX_EXPIRY_SLEEP = 1.0
-
-
-def share_to_json(record: ShareRecord) -> dict[str, Any]:
-    """A share record as JSON-able values (bytes as hex) for :meth:`WorkQueue.hold_share`."""
-    out = asdict(record)
-    out["digest"] = record.digest.hex()
-    out["session_id"] = record.session_id.hex()
-    return out
-
-
-def share_from_json(data: dict[str, Any]) -> ShareRecord:
-    """The inverse of :func:`share_to_json`."""
-    return ShareRecord(
-        **{
-            **data,
-            "digest": bytes.fromhex(data["digest"]),
-            "session_id": bytes.fromhex(data["session_id"]),
-        }
-    )
 
 
 @dataclass(frozen=True)
@@ -228,7 +209,7 @@ class UsefulWork:
 
     async def hold(self, lease_id: int, record: ShareRecord) -> bool:
         """Hold a share of a useful job; False: the lease ended (the share is stale)."""
-        held = await self._call(self.queue.hold_share, lease_id, share_to_json(record))
+        held = await self._call(self.queue.hold_share, lease_id, record.to_json())
         if held:
             self.metrics.mined_macs += record.difficulty * MACS_PER_DIFF1
         return held
@@ -341,6 +322,11 @@ class UsefulWork:
         self._end_current(lease)
         return Delivery(lease, lease.session, raw, len(raw))
 
+    def rejected(self, verdict: Verdict) -> None:
+        """Tell the session of a wrong result delivered over HTTP: it counts against it."""
+        if not verdict.passed and self.on_lease_end is not None:
+            self.on_lease_end(replace(verdict.end, state="rejected"))
+
     def announce(self, lease: Lease) -> None:
         """Tell ``lease``'s session its unit is delivered (over HTTP): it gets new work."""
         if self.on_lease_end is not None:
@@ -396,7 +382,7 @@ class UsefulWork:
         if not shares:
             return
         try:
-            await credit([share_from_json(s) for s in shares])
+            await credit([ShareRecord.from_json(s) for s in shares])
         except Exception as exc:  # the unit's result stands; the shares could not be written
             log.error(
                 "could not credit %d verified share(s) of session %s: %s", len(shares), session, exc

@@ -19,6 +19,7 @@ import trio
 from blake3 import blake3
 
 from pool.app import PoolHandle
+from pool.config import ConfigError, load_config
 from pool.useful.data_api import parse_range
 from protocol import messages
 from protocol.address import new_address
@@ -283,13 +284,20 @@ async def test_a_wrong_product_over_http_voids_the_held_shares(start_pool):
     await leased(handle)
     async with await TestMiner.connect(handle.stratum_port) as miner:
         job = await miner.login(f"{new_address()}.rig1", useful=True)
-        raw, _ = await held_product(miner, job)
+        raw, held = await held_product(miner, job)
         wrong = bytearray(raw)
         wrong[0] ^= 1
         answer = await DataClient().upload_result(plane(job), job.work.work_root, bytes(wrong))
         assert answer["verified"] is False and answer["reason"], answer
         assert await ledger_shares(handle) == 0
         assert metric(handle, "matmine_pool_result_checks_total", outcome="fail") == 1
+        # ... and counts against the session like a wrong work.result: each voided share
+        # is an invalid one in its judge (through the session's inbox)
+        session = next(s for s in handle.context.sessions if s.session_id == miner.session_id)
+        with trio.fail_after(10):
+            while session.judge.invalid_fraction == 0:
+                await trio.sleep(0.02)
+        assert session.judge.invalid_fraction == pytest.approx(held / (2 * held))
 
 
 def _status_kb(field: str) -> int:
@@ -384,3 +392,32 @@ async def test_blob_bytes_per_lease_are_bounded_across_both_paths(start_pool):
             codes = [(await client.get(url, headers=p.auth)).status_code for _ in range(12)]
         fits = budget // size - 1
         assert codes[:fits] == [200] * fits and set(codes[fits:]) == {429}, codes
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"useful.data_plane": False}, None),
+        ({"useful.data_url": "https://cdn.example/pool-data"}, "https://cdn.example/pool-data"),
+    ],
+    ids=["off", "public-url"],
+)
+async def test_the_operator_chooses_whether_and_where_jobs_name_the_data_plane(
+    start_pool, settings, expected
+):
+    """``useful.data_plane = false`` keeps blob jobs on the stratum path; ``useful.data_url``
+    names a public base (a reverse proxy or CDN in front of the pool) instead of the
+    pool's own HTTP address."""
+    handle = await start_pool({**USEFUL, **settings})
+    await leased(handle)
+    async with await TestMiner.connect(handle.stratum_port) as miner:
+        job = await miner.login(f"{new_address()}.rig1", useful=True)
+        blob = job.work.source
+        assert isinstance(blob, messages.BlobSource)
+        assert blob.data == expected
+        assert (blob.token is None) == (expected is None)
+
+
+def test_a_data_url_that_is_not_http_is_refused():
+    with pytest.raises(ConfigError, match=r"useful\.data_url must be an http"):
+        load_config(None, {"useful.data_url": "ftp://example/data"})
