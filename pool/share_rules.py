@@ -14,7 +14,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import H
 from protocol.header import MAX_TIME_ROLL
 from protocol.target import meets_target
-from protocol.ticket import verify_ticket
+from protocol.ticket import verify_ticket_fast
 
 
 class ShareRejected(ProtocolError):
@@ -41,11 +41,14 @@ class CheckedTicket:
 
 def check_ticket(job: Job, coinbase: bytes, header: bytes, tile: tuple[int, int]) -> CheckedTicket:
     """Recompute the ticket of a submit on ``job``'s ``header`` (from :meth:`Job.header`;
-    CPU work: call it in a worker thread)."""
+    CPU work: call it in a worker thread). The rows come from the job's workload (cached
+    bands for synthetic work, the unit's matrices for blob work) and the header's index
+    pairs from the template's cache; the digest equals ``protocol.ticket.verify_ticket``'s."""
     t = job.template
     work = job.work
     a_rows, bt_rows = work.tile_rows(tile)
-    digest = verify_ticket(header, work.shape, tile, a_rows, bt_rows)
+    noise = t.work.header_noise(header, work.shape)
+    digest = verify_ticket_fast(header, work.shape, tile, a_rows, bt_rows, noise)
     k = work.shape.k
     return CheckedTicket(
         digest,
