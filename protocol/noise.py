@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from .hashing import H, X
@@ -70,3 +72,15 @@ def tile_tables(seed: bytes, ti: int, tj: int, r: int) -> np.ndarray:
     )
     factors = (np.frombuffer(raw, dtype=np.uint8) & np.uint8(63)).view(np.int8) - np.int8(32)
     return np.ascontiguousarray(factors.reshape(2, 16, r).transpose(0, 2, 1)).reshape(2 * r, 16)
+
+
+def tiles_tables(seed_tiles: Sequence[tuple[bytes, int, int]], r: int) -> np.ndarray:
+    """:func:`tile_tables` of each ``(seed, ti, tj)``, stacked: ``(count, 2r, 16)`` int8."""
+    raw = b"".join(
+        X(seed, _LABELS["A"][0], 16 * r, 16 * ti * r)
+        + X(seed, _LABELS["B"][0], 16 * r, 16 * tj * r)
+        for seed, ti, tj in seed_tiles
+    )
+    factors = (np.frombuffer(raw, dtype=np.uint8) & np.uint8(63)).view(np.int8) - np.int8(32)
+    by_side = factors.reshape(len(seed_tiles), 2, 16, r).transpose(0, 1, 3, 2)
+    return np.ascontiguousarray(by_side).reshape(len(seed_tiles), 2 * r, 16)

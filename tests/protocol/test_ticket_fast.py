@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from protocol.errors import ProtocolError
 from protocol.noise import index_pairs, noise_factors, pow_seed, tile_tables
-from protocol.ticket import HeaderNoise, verify_ticket, verify_ticket_fast
+from protocol.ticket import HeaderNoise, TileCheck, tile_digests, verify_ticket, verify_ticket_fast
 from protocol.workload import ALLOWED_R, Shape, synthetic_rows
 
 
@@ -93,3 +93,28 @@ def test_fast_check_refuses_what_the_reference_refuses() -> None:
         verify_ticket_fast(header, shape, (0, 0), rows, rows, HeaderNoise.of(b"x" * 128, 128, 32))
     with pytest.raises(ValueError, match="not this header's"):
         verify_ticket_fast(header, shape, (0, 0), rows, rows, HeaderNoise.of(header, 256, 32))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=shapes(),
+    headers=st.lists(st.binary(min_size=128, max_size=128), min_size=1, max_size=6),
+    seed=st.binary(min_size=32, max_size=32),
+    blob=st.booleans(),
+)
+def test_a_batch_of_checks_equals_the_reference(
+    shape: Shape, headers: list[bytes], seed: bytes, blob: bool
+) -> None:
+    """Several tickets (headers, tiles, rows of their own) in one pass, each the reference."""
+    rng = np.random.default_rng(int.from_bytes(seed[:8], "little"))
+    checks, want = [], []
+    for i, header in enumerate(headers):
+        tile = (i % shape.tiles_m, (3 * i) % shape.tiles_n)
+        if blob:
+            a, bt = blob_rows(rng, shape.k, True), blob_rows(rng, shape.k, True)
+        else:
+            a = synthetic_rows(seed, "A", 16 * tile[0], 16, shape.k)
+            bt = np.ascontiguousarray(synthetic_rows(seed, "B", 16 * tile[1], 16, shape.k).T).T
+        want.append(verify_ticket(header, shape, tile, a, bt))
+        checks.append(TileCheck(HeaderNoise.of(header, shape.k, shape.r), tile, a, bt))
+    assert tile_digests(checks) == want
