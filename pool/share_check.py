@@ -26,7 +26,8 @@ was stored as new and is credited (``ShareLog.commit`` says whether the ledger t
 24 (unauthorized), 25 (not subscribed), 26 (malformed) and 27 (message rate) are the
 session's (``pool.session``). Everything that touches numpy or hashes rows — building the
 coinbase and header, regenerating 16 rows of A and Bᵀ, recomputing the ticket — runs in
-a worker thread behind a ``CapacityLimiter``; the event loop only does dictionary work.
+a worker thread behind a ``CapacityLimiter``, several submits a call
+(:mod:`pool.check_batch`); the event loop only does dictionary work.
 
 An accepted share is committed through the :class:`~pool.sharelog.ShareLog` before the
 ack. A share that also meets the network target is submitted to the chain at once
@@ -53,11 +54,12 @@ import trio
 from pool.abuse import CheckBudget
 from pool.block_submitter import credit_accepted_block, encode_submission, node_verdict, unanswered
 from pool.chain.base import ChainAdapter
+from pool.check_batch import CheckBatcher
 from pool.jobs import Job, JobManager, SessionJobs
 from pool.ledger.base import Ledger, ShareRecord
 from pool.metrics import PoolMetrics
 from pool.pplns import PplnsPolicy
-from pool.share_rules import CheckedTicket, ShareRejected, check_ticket, precheck
+from pool.share_rules import CheckedTicket, ShareRejected, precheck
 from pool.sharelog import ShareLog, ShareLogError
 from pool.useful.service import UsefulWork
 from protocol import messages
@@ -135,6 +137,8 @@ class ShareChecker:
         self.useful = useful
         self.budget = budget
         self.submit_timeout = submit_timeout  # then a found block is left to the resubmitter
+        # Timed inside the thread: the metric is the check, not the wait for a thread.
+        self.batcher = CheckBatcher(check_limiter, observe=metrics.share_check_seconds.observe)
 
     def count(self, code: int | None) -> None:
         """Count one submit outcome in the shares metric (None = accepted)."""
@@ -160,16 +164,8 @@ class ShareChecker:
                 "too many share checks from your IP address; slow down", ErrorCode.RATE_LIMITED
             )
 
-        def timed_check() -> CheckedTicket:
-            # Timed inside the thread: the metric is the check, not the wait for a thread.
-            started = time.perf_counter()
-            try:
-                return check_ticket(job, pre.coinbase, pre.header, submit.tile)
-            finally:
-                self.metrics.share_check_seconds.observe(time.perf_counter() - started)
-
         try:
-            checked = await trio.to_thread.run_sync(timed_check, limiter=self.check_limiter)
+            checked = await self.batcher.check(job, pre.coinbase, pre.header, submit.tile)
         except ProtocolError as exc:  # the header, coinbase or ticket rules
             raise ShareRejected(f"share cannot be checked: {exc}", exc.code) from None
         except Exception as exc:  # a bug: reject the share, keep the session, say so loudly

@@ -5,6 +5,7 @@ time, duplicate across the session's jobs, the per-job share budget), then the t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pool.jobs import Job, SessionJobs, ShareKey
@@ -14,7 +15,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import H
 from protocol.header import MAX_TIME_ROLL
 from protocol.target import meets_target
-from protocol.ticket import verify_ticket
+from protocol.ticket import TileCheck, check_tile_rows, tile_digests, verify_ticket_fast
 
 
 class ShareRejected(ProtocolError):
@@ -41,11 +42,14 @@ class CheckedTicket:
 
 def check_ticket(job: Job, coinbase: bytes, header: bytes, tile: tuple[int, int]) -> CheckedTicket:
     """Recompute the ticket of a submit on ``job``'s ``header`` (from :meth:`Job.header`;
-    CPU work: call it in a worker thread)."""
+    CPU work: call it in a worker thread). The rows come from the job's workload (cached
+    bands for synthetic work, the unit's matrices for blob work) and the header's index
+    pairs from the template's cache; the digest equals ``protocol.ticket.verify_ticket``'s."""
     t = job.template
     work = job.work
     a_rows, bt_rows = work.tile_rows(tile)
-    digest = verify_ticket(header, work.shape, tile, a_rows, bt_rows)
+    noise = t.work.header_noise(header, work.shape)
+    digest = verify_ticket_fast(header, work.shape, tile, a_rows, bt_rows, noise)
     k = work.shape.k
     return CheckedTicket(
         digest,
@@ -54,6 +58,47 @@ def check_ticket(job: Job, coinbase: bytes, header: bytes, tile: tuple[int, int]
         meets_target(digest, job.share_target, k),
         meets_target(digest, t.network_target, k),
     )
+
+
+TicketRequest = tuple[Job, bytes, bytes, tuple[int, int]]
+"""One ticket to check: ``(job, coinbase, header, tile)``, as :func:`check_ticket` takes them."""
+
+
+def check_tickets(requests: Sequence[TicketRequest]) -> list[CheckedTicket | Exception]:
+    """:func:`check_ticket` of several submits in one vectorised pass per job shape; each
+    answer is its ``CheckedTicket`` or the exception that rejects it (CPU work: a thread)."""
+    answers: list[CheckedTicket | Exception] = [ValueError("not checked")] * len(requests)
+    by_shape: dict[tuple[int, int], list[tuple[int, TileCheck]]] = {}
+    for i, (job, _, header, tile) in enumerate(requests):
+        try:
+            work = job.work
+            a_rows, bt_rows = work.tile_rows(tile)
+            check_tile_rows(work.shape, tile, a_rows, bt_rows)
+            noise = job.template.work.header_noise(header, work.shape)
+        except Exception as exc:
+            answers[i] = exc
+            continue
+        by_shape.setdefault((noise.k, noise.r), []).append(
+            (i, TileCheck(noise, tile, a_rows, bt_rows))
+        )
+    for group in by_shape.values():
+        try:
+            digests = tile_digests([check for _, check in group])
+        except Exception as exc:
+            for i, _ in group:
+                answers[i] = exc
+            continue
+        for (i, _), digest in zip(group, digests, strict=True):
+            job, coinbase, header, _ = requests[i]
+            k = job.work.shape.k
+            answers[i] = CheckedTicket(
+                digest,
+                header,
+                coinbase,
+                meets_target(digest, job.share_target, k),
+                meets_target(digest, job.template.network_target, k),
+            )
+    return answers
 
 
 @dataclass(frozen=True)

@@ -9,19 +9,86 @@ needs later to check a ticket (16 rows of A and of Bᵀ) and to submit a block.
 template, the matrices derived from it (SPEC §4, synthetic workloads), nothing to ship.
 Blob workloads (real matrices fetched by content hash) come with the useful-work
 capability behind the same interface.
+
+Share checks reuse what does not change from share to share (:class:`ArrayCache`, bounded
+in bytes, one of each per ``SyntheticSource``, so per pool): the 16-row bands of a
+template's A and Bᵀ (the same for every session and share; at most ``ROW_CACHE_BYTES``, the
+whole workload of the newest templates: 8 MiB at 2048³) and the index pairs of a header
+(``HeaderNoise``, the same for every tile of it; at most ``NOISE_CACHE_BYTES``: 16 KiB a
+header at k = 2048). Both are least-recently-used: old templates and headers fall out.
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
-from typing import Any, Protocol
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
 from protocol import messages
 from protocol.chain import BlockTemplate
+from protocol.ticket import HeaderNoise
 from protocol.workload import TILE, Shape, Workload, synthetic_rows
+
+ROW_CACHE_BYTES = 64 << 20
+"""Row bands kept for share checks, per pool (a 2048³ workload's A and Bᵀ: 8 MiB)."""
+NOISE_CACHE_BYTES = 16 << 20
+"""Headers' index pairs kept for share checks, per pool (8·k bytes and a little a header)."""
+
+
+class HasBytes(Protocol):
+    @property
+    def nbytes(self) -> int: ...
+
+
+V = TypeVar("V", bound=HasBytes)
+
+
+class ArrayCache(Generic[V]):
+    """A thread-safe least-recently-used map of derived values, at most ``max_bytes`` of
+    them (by their ``nbytes``); a value over the bound alone is made but not kept."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._items: OrderedDict[Hashable, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable, make: Callable[[], V]) -> V:
+        """The value of ``key``, made by ``make()`` (outside the lock) when not kept."""
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+                return value
+        value = make()
+        self.put(key, value)
+        return value
+
+    def put(self, key: Hashable, value: V) -> None:
+        """Keep ``value`` as the newest entry, dropping the oldest beyond ``max_bytes``."""
+        with self._lock:
+            if key in self._items or value.nbytes > self.max_bytes:
+                return
+            self._items[key] = value
+            self.nbytes += value.nbytes
+            while self.nbytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self.nbytes -= old.nbytes
+
+
+def row_band(rows: np.ndarray) -> np.ndarray:
+    """16 rows (16 × k) as the read-only k × 16 array a share check reads fastest."""
+    band = np.ascontiguousarray(rows.T)
+    band.setflags(write=False)
+    return band
 
 
 @dataclass(frozen=True)
@@ -33,14 +100,30 @@ class PreparedWork:
     b_root: bytes
     work_root: bytes
     seed: bytes  # synthetic workload seed
+    rows: ArrayCache[np.ndarray] = field(
+        default_factory=lambda: ArrayCache(ROW_CACHE_BYTES), repr=False, compare=False
+    )
+    noise: ArrayCache[HeaderNoise] = field(
+        default_factory=lambda: ArrayCache(NOISE_CACHE_BYTES), repr=False, compare=False
+    )
+
+    def band(self, matrix: str, index: int) -> np.ndarray:
+        """Rows ``16·index..`` of A (``"A"``) or Bᵀ (``"B"``), k × 16, derived once."""
+        return self.rows.get(
+            (self.seed, matrix, index),
+            lambda: row_band(synthetic_rows(self.seed, matrix, index * TILE, TILE, self.shape.k)),
+        )
 
     def tile_rows(self, tile: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """The 16 rows of A and 16 rows of Bᵀ that the ticket of ``tile`` reads."""
+        """The 16 rows of A and 16 rows of Bᵀ that the ticket of ``tile`` reads (16 × k:
+        transposed views of the cached bands)."""
         ti, tj = tile
-        k = self.shape.k
-        return (
-            synthetic_rows(self.seed, "A", ti * TILE, TILE, k),
-            synthetic_rows(self.seed, "B", tj * TILE, TILE, k),
+        return self.band("A", ti).T, self.band("B", tj).T
+
+    def header_noise(self, header: bytes, shape: Shape) -> HeaderNoise:
+        """The index pairs of ``header`` for a job of ``shape``, derived once per header."""
+        return self.noise.get(
+            (header, shape.k, shape.r), lambda: HeaderNoise.of(header, shape.k, shape.r)
         )
 
     def block_fields(self, tile: tuple[int, int]) -> dict[str, Any]:
@@ -85,10 +168,26 @@ class WorkloadSource(Protocol):
 class SyntheticSource:
     """Synthetic workloads of a fixed shape, a new random workload seed per template."""
 
-    def __init__(self, shape: Shape) -> None:
+    def __init__(
+        self,
+        shape: Shape,
+        row_cache_bytes: int = ROW_CACHE_BYTES,
+        noise_cache_bytes: int = NOISE_CACHE_BYTES,
+    ) -> None:
         self.shape = shape
+        self.rows: ArrayCache[np.ndarray] = ArrayCache(row_cache_bytes)
+        self.noise: ArrayCache[HeaderNoise] = ArrayCache(noise_cache_bytes)
 
     def prepare(self, template: BlockTemplate) -> PreparedWork:
+        """A new workload; its bands go into the row cache now when the whole fits."""
         seed = secrets.token_bytes(32)
-        workload = Workload.synthetic(seed, self.shape)
-        return PreparedWork(self.shape, workload.a_root, workload.b_root, workload.work_root, seed)
+        s = self.shape
+        workload = Workload.synthetic(seed, s)
+        if (s.m + s.n) * s.k <= self.rows.max_bytes:
+            for matrix, rows in (("A", workload.a), ("B", workload.bt)):
+                for index in range(len(rows) // TILE):
+                    band = row_band(rows[index * TILE : (index + 1) * TILE])
+                    self.rows.put((seed, matrix, index), band)
+        return PreparedWork(
+            s, workload.a_root, workload.b_root, workload.work_root, seed, self.rows, self.noise
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from .hashing import H, X
@@ -41,3 +43,44 @@ def noisy_rows(seed: bytes, side: str, rows: np.ndarray, start: int, r: int) -> 
     count, k = rows.shape
     f, g = index_pairs(seed, side, k, r)
     return add_noise(rows, noise_factors(seed, side, start, count, r), f, g)
+
+
+# -- the same noise, laid out for checking one ticket fast (SPEC §7 unchanged) ------------
+
+
+def header_gather(seed: bytes, k: int, r: int) -> np.ndarray:
+    """Both sides' index pairs as one ``(2, 2, k)`` int16 gather: ``[side][f, g][l]``,
+    side B's indices offset by ``r`` (they address the lower half of :func:`tile_tables`)."""
+    raw = X(seed, _LABELS["A"][1], 4 * k) + X(seed, _LABELS["B"][1], 4 * k)
+    u = np.frombuffer(raw, dtype="<u4").reshape(2, k)
+    mask = np.uint32(r - 1)
+    f = u & mask
+    # (f + 1 + (u >> 16) mod (r − 1)) mod r, with mod r = & (r − 1): r is a power of two
+    g = (f + np.uint32(1) + (u >> np.uint32(16)) % np.uint32(r - 1)) & mask
+    gather = np.empty((2, 2, k), dtype=np.int16)
+    gather[:, 0] = f
+    gather[:, 1] = g
+    gather[1] += np.int16(r)
+    return gather
+
+
+def tile_tables(seed: bytes, ti: int, tj: int, r: int) -> np.ndarray:
+    """EAL rows ``16ti..`` and EBR rows ``16tj..`` transposed and stacked: ``(2r, 16)`` int8,
+    row ``c`` = column ``c`` of the A side's factors, row ``r + c`` the B side's."""
+    raw = X(seed, _LABELS["A"][0], 16 * r, 16 * ti * r) + X(
+        seed, _LABELS["B"][0], 16 * r, 16 * tj * r
+    )
+    factors = (np.frombuffer(raw, dtype=np.uint8) & np.uint8(63)).view(np.int8) - np.int8(32)
+    return np.ascontiguousarray(factors.reshape(2, 16, r).transpose(0, 2, 1)).reshape(2 * r, 16)
+
+
+def tiles_tables(seed_tiles: Sequence[tuple[bytes, int, int]], r: int) -> np.ndarray:
+    """:func:`tile_tables` of each ``(seed, ti, tj)``, stacked: ``(count, 2r, 16)`` int8."""
+    raw = b"".join(
+        X(seed, _LABELS["A"][0], 16 * r, 16 * ti * r)
+        + X(seed, _LABELS["B"][0], 16 * r, 16 * tj * r)
+        for seed, ti, tj in seed_tiles
+    )
+    factors = (np.frombuffer(raw, dtype=np.uint8) & np.uint8(63)).view(np.int8) - np.int8(32)
+    by_side = factors.reshape(len(seed_tiles), 2, 16, r).transpose(0, 1, 3, 2)
+    return np.ascontiguousarray(by_side).reshape(len(seed_tiles), 2 * r, 16)

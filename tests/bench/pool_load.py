@@ -1,6 +1,7 @@
 """Pool load benchmark: N miners on loopback against a real pool in a subprocess.
 
-    .venv/bin/python tests/bench/pool_load.py --connections 500 --phase-seconds 10
+    .venv/bin/python tests/bench/pool_load.py --connections 500 --phase-seconds 10 \
+        --check-threads 1 2
 
 The pool runs as ``matmine-pool`` (``python -m pool.cli serve``) with a fresh data dir, the
 embedded devnet node (network difficulty far above the share difficulty, so no blocks) and
@@ -13,8 +14,10 @@ Phases, all over the same N sockets in the same run:
 2. echo baseline: every connection sends ``mining.ping`` in a closed loop (one in flight)
 3. shares: every connection sends ``mining.submit`` in a closed loop (one in flight)
 
-Prints requests/s and p50/p99 request→answer latency of both phases, their ratio (the cost
-of judging and durably storing a share over a bare msgpack round trip), and the pool's own
+The whole run is repeated for each ``--check-threads`` value (the pool's ``check_threads``,
+a fresh pool each time), so accepted shares/s with 1 and 2 check threads come from the same
+run. Prints requests/s and p50/p99 request→answer latency of both phases, their ratio (the
+cost of judging and durably storing a share over a bare msgpack round trip), and the pool's own
 ``matmine_pool_share_check_seconds`` and ``matmine_pool_db_write_seconds`` means from
 /metrics. The client shares the machine's cores with the pool: on a small box the absolute
 rates are bounded by both; the ratio is the figure to compare.
@@ -39,9 +42,11 @@ from pathlib import Path
 import httpx
 import trio
 
+from pool.workloads import SyntheticSource
 from protocol.address import new_address
+from protocol.chain import BlockTemplate
 from protocol.framing import FrameDecoder, encode_frame
-from protocol.ticket import verify_ticket
+from protocol.ticket import verify_ticket, verify_ticket_fast
 from protocol.workload import Shape, synthetic_rows
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,21 +66,29 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def bare_check_seconds(shape: Shape, count: int = 100) -> float:
-    """Mean time of one share's CPU work in this process, nothing else running: derive the
-    16 + 16 synthetic rows and recompute the ticket (what the pool's check thread does)."""
-    seed = os.urandom(32)
+def bare_check_seconds(shape: Shape, fast: bool, count: int = 200) -> float:
+    """Mean time of one share's CPU work in this process, nothing else running, a new header
+    each share. ``fast``: the pool's check (cached row bands, ``verify_ticket_fast``); else
+    what it did before (derive the 16 + 16 synthetic rows, the reference ``verify_ticket``)."""
+    block = BlockTemplate(height=1, prev_hash=bytes(32), bits=0x1D010000, time=0, reward=1)
+    work = SyntheticSource(shape).prepare(block)
     start = time.perf_counter()
     for i in range(count):
         header = os.urandom(128)
         tile = (i % shape.tiles_m, (i * 7) % shape.tiles_n)
-        a = synthetic_rows(seed, "A", tile[0] * 16, 16, shape.k)
-        bt = synthetic_rows(seed, "B", tile[1] * 16, 16, shape.k)
-        verify_ticket(header, shape, tile, a, bt)
+        if fast:
+            a, bt = work.tile_rows(tile)
+            verify_ticket_fast(header, shape, tile, a, bt, work.header_noise(header, shape))
+        else:
+            a = synthetic_rows(work.seed, "A", tile[0] * 16, 16, shape.k)
+            bt = synthetic_rows(work.seed, "B", tile[1] * 16, 16, shape.k)
+            verify_ticket(header, shape, tile, a, bt)
     return (time.perf_counter() - start) / count
 
 
-def pool_config(data: Path, stratum: int, http: int, shape: Shape, connections: int) -> str:
+def pool_config(
+    data: Path, stratum: int, http: int, shape: Shape, connections: int, check_threads: int
+) -> str:
     return f"""
 [stratum]
 host = "127.0.0.1"
@@ -92,6 +105,7 @@ port = {http}
 [pool]
 data_dir = "{data}"
 start_difficulty = {SHARE_DIFFICULTY}
+check_threads = {check_threads}
 log_level = "warning"
 
 [vardiff]
@@ -263,7 +277,9 @@ def histogram_mean(metrics: str, name: str) -> tuple[float, float]:
     return (total / count if count else float("nan")), count
 
 
-async def bench(args: argparse.Namespace, pid: int, stratum: int, http: int) -> None:
+async def bench(
+    args: argparse.Namespace, pid: int, stratum: int, http: int, results: list[str]
+) -> None:
     shape = Shape(*args.shape)
     rss_before = rss_kib(pid)
     t0 = time.perf_counter()
@@ -282,6 +298,11 @@ async def bench(args: argparse.Namespace, pid: int, stratum: int, http: int) -> 
     shares = await run_phase(miners, "submit", args.phase_seconds)
     print(shares.line())
     if ping.rate and shares.rate:
+        results.append(
+            f"check_threads {args.threads}: {shares.rate:8.1f} accepted shares/s vs"
+            f" {ping.rate:8.1f} pings/s = {shares.rate / ping.rate:.3f}x,"
+            f" p99 submit {shares.pct(0.99) * 1e3:.1f} ms"
+        )
         print(
             f"submit vs ping: throughput {shares.rate / ping.rate:.3f}x,"
             f" p50 latency {shares.pct(0.5) / ping.pct(0.5):.1f}x,"
@@ -323,18 +344,42 @@ def main() -> None:
         help="job shape (the pool's default cpu profile)",
     )
     parser.add_argument("--startup-timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--check-threads", type=int, nargs="+", default=[1, 2], help="one pool run for each"
+    )
     args = parser.parse_args()
     shape = Shape(*args.shape)  # validate early
-    check = bare_check_seconds(shape)
+    before, after = bare_check_seconds(shape, False), bare_check_seconds(shape, True)
     print(
-        f"bare ticket check (rows + verify_ticket, 1 thread, no pool running):"
-        f" {check * 1e3:.3f} ms = {1 / check:.0f}/s per core"
+        f"bare ticket check (1 thread, no pool running, a new header each): before (rows"
+        f" derived + verify_ticket) {before * 1e6:.0f} µs = {1 / before:.0f}/s per core;"
+        f" now (cached rows + verify_ticket_fast) {after * 1e6:.0f} µs = {1 / after:.0f}/s"
+        f" per core ({before / after:.1f}x)"
     )
+    results: list[str] = []
+    for threads in args.check_threads:
+        args.threads = threads
+        print(f"\n-- pool with check_threads = {threads}")
+        run_pool(args, results)
+    print("\nsummary (same run, same connections):")
+    for line in results:
+        print(" ", line)
+
+
+def run_pool(args: argparse.Namespace, results: list[str]) -> None:
+    """One fresh pool with ``args.threads`` check threads, benched through all phases."""
     stratum, http = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="matmine-bench-") as tmp:
         config = Path(tmp) / "pool.toml"
         config.write_text(
-            pool_config(Path(tmp) / "data", stratum, http, Shape(*args.shape), args.connections)
+            pool_config(
+                Path(tmp) / "data",
+                stratum,
+                http,
+                Shape(*args.shape),
+                args.connections,
+                args.threads,
+            )
         )
         log_path = Path(tmp) / "pool.log"
         cmd = [sys.executable, "-m", "pool.cli", "serve", "--config", str(config)]
@@ -343,7 +388,7 @@ def main() -> None:
         try:
             wait_listening(pool, stratum, args.startup_timeout, log_path)
             print(f"pool pid {pool.pid}, shape {tuple(args.shape)}, cpus {os.cpu_count()}")
-            trio.run(bench, args, pool.pid, stratum, http)
+            trio.run(bench, args, pool.pid, stratum, http, results)
         except BaseException:
             print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
             raise

@@ -6,19 +6,44 @@ numpy's float32 ``A @ B`` MAC/s on the same shape (the baseline), their ratio, a
 cost of one ``verify_ticket`` against the time the miner needs for the expected
 2³² MACs of one difficulty-1 share.
 
+Then one pool share check at ``--check-shape`` (default 2048³ r128), all in the same run:
+
+- before: what the pool did per share until now, derive the 16 + 16 synthetic rows and
+  run the reference ``verify_ticket``;
+- after: ``verify_ticket_fast`` on the pool's cached row bands, with the header's index
+  pairs derived for this share (a header with one share) and cached (several shares);
+- baselines: the bare arithmetic (the 16 float32 slab products, one batched sgemm) and a
+  ``mining.ping``'s framing (decode the request, encode the answer);
+- checks/s with 1 and 2 threads, one check a call and 8 a call (``tile_digests``, as the
+  pool's ``CheckBatcher`` does): only numpy's kernels run in parallel, outside the GIL.
+
     python tests/bench/pow_cpu.py [--shapes 512,1024,2048] [--r 64] [--repeat 3]
+                                  [--check-shape 2048 2048 2048 128] [--checks 2000]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from timing import best_of
 
+from pool.workloads import SyntheticSource
+from protocol.chain import BlockTemplate
+from protocol.framing import FrameDecoder, encode_frame
 from protocol.target import share_macs
-from protocol.ticket import mine_header, verify_ticket
-from protocol.workload import Shape, Workload
+from protocol.ticket import (
+    HeaderNoise,
+    TileCheck,
+    mine_header,
+    tile_digests,
+    verify_ticket,
+    verify_ticket_fast,
+)
+from protocol.workload import Shape, Workload, synthetic_rows
 
 
 def measure(size: int, r: int, repeat: int) -> str:
@@ -47,6 +72,87 @@ def measure(size: int, r: int, repeat: int) -> str:
     )
 
 
+def per_call(count: int, fn: object) -> float:
+    """Mean seconds of ``fn(i)`` over ``count`` calls (best of 3 runs)."""
+    assert callable(fn)
+    return best_of(3, lambda: [fn(i) for i in range(count)]) / count
+
+
+def check_table(shape: Shape, count: int) -> None:
+    """One share check at ``shape``, before and after, beside its baselines (module doc)."""
+    block = BlockTemplate(height=1, prev_hash=bytes(32), bits=0x1D010000, time=0, reward=1)
+    work = SyntheticSource(shape).prepare(block)  # the row bands, as the pool keeps them
+    headers = [os.urandom(128) for _ in range(count)]
+    tiles = [(i % shape.tiles_m, (i * 7) % shape.tiles_n) for i in range(count)]
+    one_header = HeaderNoise.of(headers[0], shape.k, shape.r)
+
+    def before(i: int) -> bytes:
+        ti, tj = tiles[i]
+        a = synthetic_rows(work.seed, "A", ti * 16, 16, shape.k)
+        bt = synthetic_rows(work.seed, "B", tj * 16, 16, shape.k)
+        return verify_ticket(headers[i], shape, tiles[i], a, bt)
+
+    def fresh(i: int) -> bytes:
+        a, bt = work.tile_rows(tiles[i])
+        return verify_ticket_fast(
+            headers[i], shape, tiles[i], a, bt, work.header_noise(headers[i], shape)
+        )
+
+    def cached(i: int) -> bytes:
+        a, bt = work.tile_rows(tiles[i])
+        return verify_ticket_fast(headers[0], shape, tiles[i], a, bt, one_header)
+
+    assert all(before(i) == fresh(i) for i in range(20)), "fast check differs from the reference"
+    a32 = np.zeros((shape.slabs, 16, shape.r), np.float32)
+    b32 = np.zeros((shape.slabs, shape.r, 16), np.float32)
+    ping = encode_frame({"id": 1, "method": "mining.ping", "params": {}})
+    decoder = FrameDecoder()
+
+    def ping_framing(i: int) -> bytes:
+        request = decoder.feed(ping)[0]
+        return encode_frame({"id": request["id"], "result": "pong"})
+
+    n_before = max(20, count // 10)
+    t_before = per_call(n_before, before)
+    work.noise.max_bytes = 0  # every header new: its index pairs derived per share
+    t_fresh = per_call(count, fresh)
+    t_cached = per_call(count, cached)
+    t_math = per_call(count, lambda i: np.matmul(a32, b32))
+    t_ping = per_call(count, ping_framing)
+    print(f"\nshare check at {shape.m}x{shape.n}x{shape.k} r{shape.r}, one core:")
+    rows = [
+        ("before: rows derived + verify_ticket", t_before),
+        ("after: cached rows, new header", t_fresh),
+        ("after: cached rows, header seen", t_cached),
+        ("baseline: the 16 slab sgemms alone", t_math),
+        ("baseline: a ping's framing", t_ping),
+    ]
+    for name, t in rows:
+        print(f"{name:>40} {t * 1e6:9.1f} µs  {t_before / t:7.2f}x faster than before")
+    print(
+        f"{'after (new header) / arithmetic':>40} {t_fresh / t_math:9.2f}x;"
+        f"  / ping framing {t_fresh / t_ping:.2f}x"
+    )
+
+    def batch_of_8(i: int) -> list[bytes]:
+        picked = [(i * 8 + b) % count for b in range(8)]
+        return tile_digests(
+            [
+                TileCheck(work.header_noise(headers[p], shape), tiles[p], *work.tile_rows(tiles[p]))
+                for p in picked
+            ]
+        )
+
+    for threads in (1, 2):
+        for name, fn, size in (("one a call", fresh, 1), ("8 a call", batch_of_8, 8)):
+            n = count * threads // size
+            with ThreadPoolExecutor(threads) as pool:
+                start = time.perf_counter()
+                list(pool.map(fn, (i % count for i in range(n))))
+                rate = n * size / (time.perf_counter() - start)
+            print(f"{f'checks/s, {threads} thread(s), {name}':>40} {rate:9.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -54,6 +160,15 @@ def main() -> None:
     parser.add_argument("--shapes", default="512,1024,2048", help="cube sizes m=n=k")
     parser.add_argument("--r", type=int, default=64, help="slab width r")
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
+    parser.add_argument(
+        "--check-shape",
+        type=int,
+        nargs=4,
+        default=(2048, 2048, 2048, 128),
+        metavar=("M", "N", "K", "R"),
+        help="shape of the share-check table",
+    )
+    parser.add_argument("--checks", type=int, default=2000, help="share checks timed per row")
     args = parser.parse_args()
     print(
         f"{'shape':>12} {'miner MAC/s':>12} {'numpy MAC/s':>12} {'ratio':>6} "
@@ -61,6 +176,7 @@ def main() -> None:
     )
     for size in (int(s) for s in args.shapes.split(",")):
         print(measure(size, args.r, args.repeat), flush=True)
+    check_table(Shape(*args.check_shape), args.checks)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,118 @@
+"""Share checks in batches: many submits, one worker-thread call, one vectorised pass.
+
+A check thread that takes one share at a time spends most of its time in short numpy
+calls, each a trip for the GIL against the event loop's thread, so two check threads
+barely beat one. :class:`CheckBatcher` queues the submits (in arrival order); while fewer
+than ``check_threads`` batches run, a waiting submit's task **leads**: it takes up to
+``max_batch`` queued submits, checks them in one ``trio.to_thread.run_sync`` (behind the
+check limiter) with :func:`pool.share_rules.check_tickets`, wakes their tasks, and goes
+on until its own submit is done; then the next waiting submit leads. A leader finishes
+its batches even if its own session is cancelled (shielded, bounded by the queue ahead of
+it); a submit cancelled while it waits leaves the queue. Batches are smaller for large
+``k`` (at most ``BATCH_K // k`` tickets: a batch's arrays stay a few MiB).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from pool.jobs import Job
+from pool.share_rules import CheckedTicket, TicketRequest, check_tickets
+
+BATCH_K = 8 * 4096
+"""A batch holds at most this many columns of k in all (about 224 bytes of arrays each)."""
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One queued submit, the answer once checked, and the event its task waits on."""
+
+    request: TicketRequest
+    taken: bool = False
+    answer: CheckedTicket | Exception | None = None
+    wake: trio.Event = field(default_factory=trio.Event)
+
+
+class CheckBatcher:
+    """Checks submits in batches on at most ``limiter.total_tokens`` threads at once."""
+
+    def __init__(
+        self,
+        limiter: trio.CapacityLimiter,
+        *,
+        max_batch: int = 8,
+        observe: Callable[[float], None] | None = None,
+    ) -> None:
+        self.limiter = limiter
+        self.max_batch = max_batch
+        self.observe = observe  # seconds per share of each batch (timed in the thread)
+        self._queue: deque[_Pending] = deque()
+        self._leaders = 0
+
+    async def check(
+        self, job: Job, coinbase: bytes, header: bytes, tile: tuple[int, int]
+    ) -> CheckedTicket:
+        """The checked ticket of one submit; raises the exception that rejects it."""
+        pending = _Pending((job, coinbase, header, tile))
+        self._queue.append(pending)
+        try:
+            while pending.answer is None:
+                if not pending.taken and self._leaders < self.limiter.total_tokens:
+                    await self._lead(pending)
+                else:
+                    pending.wake = trio.Event()
+                    await pending.wake.wait()
+        finally:
+            if not pending.taken:  # cancelled while queued: drop it, let the next lead
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(pending)
+                self._wake_next()
+        if isinstance(pending.answer, Exception):
+            raise pending.answer
+        return pending.answer
+
+    async def _lead(self, own: _Pending) -> None:
+        self._leaders += 1
+        try:
+            with trio.CancelScope(shield=True):
+                while not own.taken and self._queue:
+                    batch = self._take()
+                    await trio.to_thread.run_sync(self._run, batch, limiter=self.limiter)
+                    for pending in batch:
+                        pending.wake.set()
+        finally:
+            self._leaders -= 1
+            self._wake_next()
+
+    def _take(self) -> list[_Pending]:
+        k = self._queue[0].request[0].work.shape.k
+        size = max(1, min(self.max_batch, BATCH_K // k))
+        batch = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
+        for pending in batch:
+            pending.taken = True
+        return batch
+
+    def _wake_next(self) -> None:
+        """Ask the oldest waiting submit to lead when a batch could start."""
+        if self._queue and self._leaders < self.limiter.total_tokens:
+            self._queue[0].wake.set()
+
+    def _run(self, batch: list[_Pending]) -> None:
+        """In a worker thread: check the batch, give each submit its answer."""
+        started = time.perf_counter()
+        try:
+            answers = check_tickets([p.request for p in batch])
+        except Exception as exc:  # a bug: every submit of the batch is rejected with it
+            answers = [exc] * len(batch)
+        for pending, answer in zip(batch, answers, strict=True):
+            pending.answer = answer
+        if self.observe is not None:
+            each = (time.perf_counter() - started) / len(batch)
+            for _ in batch:
+                self.observe(each)

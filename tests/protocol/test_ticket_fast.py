@@ -1,0 +1,120 @@
+"""The fast ticket check equals the reference ``verify_ticket`` bit for bit (SPEC §7–§10)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol.errors import ProtocolError
+from protocol.noise import index_pairs, noise_factors, pow_seed, tile_tables
+from protocol.ticket import HeaderNoise, TileCheck, tile_digests, verify_ticket, verify_ticket_fast
+from protocol.workload import ALLOWED_R, Shape, synthetic_rows
+
+
+@st.composite
+def shapes(draw: st.DrawFn) -> Shape:
+    """Valid shapes, small enough to check many; slab counts on both sides of 64."""
+    r = draw(st.sampled_from(ALLOWED_R[:4]))
+    slabs = draw(st.sampled_from([4, 5, 16, 17, 33, 64, 65, 80]))
+    m, n = draw(st.integers(1, 4)) * 16, draw(st.integers(1, 4)) * 16
+    return Shape(m, n, min(slabs * r, 8192), r)
+
+
+def blob_rows(rng: np.random.Generator, k: int, wide: bool) -> np.ndarray:
+    """16 rows as a blob workload holds them: in [-64, 64], or any int8 when ``wide``."""
+    low, high = (-128, 128) if wide else (-64, 65)
+    return rng.integers(low, high, size=(16, k), dtype=np.int8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=shapes(),
+    header=st.binary(min_size=128, max_size=128),
+    seed=st.binary(min_size=32, max_size=32),
+    where=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    source=st.sampled_from(["synthetic", "blob", "blob-any-int8"]),
+    layout=st.sampled_from(["rows", "bands"]),
+    cached=st.booleans(),
+)
+def test_fast_check_equals_reference(
+    shape: Shape,
+    header: bytes,
+    seed: bytes,
+    where: tuple[int, int],
+    source: str,
+    layout: str,
+    cached: bool,
+) -> None:
+    tile = (where[0] % shape.tiles_m, where[1] % shape.tiles_n)
+    k = shape.k
+    if source == "synthetic":
+        a = synthetic_rows(seed, "A", 16 * tile[0], 16, k)
+        bt = synthetic_rows(seed, "B", 16 * tile[1], 16, k)
+    else:
+        rng = np.random.default_rng(int.from_bytes(seed[:8], "little"))
+        wide = source == "blob-any-int8"
+        a, bt = blob_rows(rng, k, wide), blob_rows(rng, k, wide)
+    want = verify_ticket(header, shape, tile, a, bt)
+    if layout == "bands":  # how the pool's row cache holds them: k × 16, viewed as 16 × k
+        a, bt = np.ascontiguousarray(a.T).T, np.ascontiguousarray(bt.T).T
+    noise = HeaderNoise.of(header, k, shape.r) if cached else None
+    assert verify_ticket_fast(header, shape, tile, a, bt, noise) == want
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    header=st.binary(min_size=128, max_size=128),
+    r=st.sampled_from(ALLOWED_R),
+    ti=st.integers(0, 40),
+    tj=st.integers(0, 40),
+)
+def test_fast_noise_layout_is_the_reference_noise(header: bytes, r: int, ti: int, tj: int) -> None:
+    """The gather and tables hold exactly §7's (f, g), (f', g'), EAL and EBR."""
+    seed, k = pow_seed(header), 4 * r
+    noise = HeaderNoise.of(header, k, r)
+    for side in (0, 1):
+        f, g = index_pairs(seed, "AB"[side], k, r)
+        assert (noise.gather[side, 0] - side * r == f).all()
+        assert (noise.gather[side, 1] - side * r == g).all()
+    tables = tile_tables(seed, ti, tj, r)
+    assert (noise_factors(seed, "A", 16 * ti, 16, r) == tables[:r].T).all()
+    assert (noise_factors(seed, "B", 16 * tj, 16, r) == tables[r:].T).all()
+
+
+def test_fast_check_refuses_what_the_reference_refuses() -> None:
+    shape = Shape(32, 16, 128, 32)
+    rows = np.zeros((16, 128), dtype=np.int8)
+    header = bytes(128)
+    with pytest.raises(ProtocolError, match="outside"):
+        verify_ticket_fast(header, shape, (2, 0), rows, rows)
+    with pytest.raises(ProtocolError, match="16 rows"):
+        verify_ticket_fast(header, shape, (0, 0), rows[:15], rows)
+    with pytest.raises(ValueError, match="not this header's"):
+        verify_ticket_fast(header, shape, (0, 0), rows, rows, HeaderNoise.of(b"x" * 128, 128, 32))
+    with pytest.raises(ValueError, match="not this header's"):
+        verify_ticket_fast(header, shape, (0, 0), rows, rows, HeaderNoise.of(header, 256, 32))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=shapes(),
+    headers=st.lists(st.binary(min_size=128, max_size=128), min_size=1, max_size=6),
+    seed=st.binary(min_size=32, max_size=32),
+    blob=st.booleans(),
+)
+def test_a_batch_of_checks_equals_the_reference(
+    shape: Shape, headers: list[bytes], seed: bytes, blob: bool
+) -> None:
+    """Several tickets (headers, tiles, rows of their own) in one pass, each the reference."""
+    rng = np.random.default_rng(int.from_bytes(seed[:8], "little"))
+    checks, want = [], []
+    for i, header in enumerate(headers):
+        tile = (i % shape.tiles_m, (3 * i) % shape.tiles_n)
+        if blob:
+            a, bt = blob_rows(rng, shape.k, True), blob_rows(rng, shape.k, True)
+        else:
+            a = synthetic_rows(seed, "A", 16 * tile[0], 16, shape.k)
+            bt = np.ascontiguousarray(synthetic_rows(seed, "B", 16 * tile[1], 16, shape.k).T).T
+        want.append(verify_ticket(header, shape, tile, a, bt))
+        checks.append(TileCheck(HeaderNoise.of(header, shape.k, shape.r), tile, a, bt))
+    assert tile_digests(checks) == want
