@@ -26,17 +26,11 @@ from protocol.address import new_address
 from protocol.useful import blob_id
 from tests.support.http_proxy import FaultyProxy
 from tests.support.miner import TestMiner
+from tests.support.pools import USEFUL_SETTINGS
 from worker.blobcache import BlobRejected, BlobSpec
 from worker.data_client import DataClient, DataPlane
 
-USEFUL = {
-    "http.enabled": True,
-    "pool.start_difficulty": 1e-5,
-    "useful.unit_m": 32,
-    "useful.unit_n": 32,
-    "useful.r": 32,
-    "limits.invalid_min_shares": 1000,
-}
+USEFUL = USEFUL_SETTINGS
 
 
 def operands(m: int, k: int, n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:

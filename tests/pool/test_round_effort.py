@@ -16,16 +16,9 @@ from protocol import messages
 from protocol.address import new_address
 from protocol.target import MACS_PER_DIFF1
 from tests.support.miner import TestMiner
-from tests.support.pools import StartPool
+from tests.support.pools import USEFUL_SETTINGS, StartPool
 
-USEFUL = {
-    "http.enabled": True,
-    "pool.start_difficulty": 1e-5,
-    "useful.unit_m": 32,
-    "useful.unit_n": 32,
-    "useful.r": 32,
-    "limits.invalid_min_shares": 1000,
-}
+USEFUL = USEFUL_SETTINGS
 
 
 async def test_effort_and_accepted_work_from_accepted_shares(start_pool: StartPool) -> None:

@@ -24,16 +24,9 @@ from protocol.errors import ErrorCode
 from protocol.useful import chunks
 from protocol.work_messages import USEFUL_CAPABILITY, WorkResult, WorkResultAck
 from tests.support.miner import TestMiner
-from tests.support.pools import make_config
+from tests.support.pools import USEFUL_SETTINGS, make_config
 
-USEFUL = {
-    "http.enabled": True,
-    "pool.start_difficulty": 1e-5,
-    "useful.unit_m": 32,
-    "useful.unit_n": 32,
-    "useful.r": 32,
-    "limits.invalid_min_shares": 1000,
-}
+USEFUL = USEFUL_SETTINGS
 
 
 def login_of(n: int) -> str:

@@ -23,18 +23,10 @@ from pool.useful.cli_check import Progress, check_operand_files, progress_line
 from protocol import messages
 from protocol.address import new_address
 from tests.support.miner import TestMiner
-from tests.support.pools import StartPool
+from tests.support.pools import USEFUL_SETTINGS, StartPool
 
 ROOT = Path(__file__).resolve().parents[2]
-USEFUL = {
-    "http.enabled": True,
-    "pool.start_difficulty": 1e-5,
-    "useful.unit_m": 32,
-    "useful.unit_n": 32,
-    "useful.r": 32,
-    "useful.max_dim": 64,
-    "limits.invalid_min_shares": 1000,
-}
+USEFUL = {**USEFUL_SETTINGS, "useful.max_dim": 64}
 
 
 def cli(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

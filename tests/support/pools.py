@@ -51,3 +51,14 @@ def make_config(
 
 
 StartPool = Callable[..., Awaitable[PoolHandle]]
+
+
+USEFUL_SETTINGS: dict[str, Any] = {
+    "http.enabled": True,
+    "pool.start_difficulty": 1e-5,
+    "useful.unit_m": 32,
+    "useful.unit_n": 32,
+    "useful.r": 32,
+    "limits.invalid_min_shares": 1000,
+}
+"""A pool with useful work in small units (32 × 32, r 32) and a lenient invalid-share judge."""
