@@ -47,10 +47,12 @@ class CheckBatcher:
         limiter: trio.CapacityLimiter,
         *,
         max_batch: int = 8,
+        batches_per_call: int = 4,
         observe: Callable[[float], None] | None = None,
     ) -> None:
         self.limiter = limiter
         self.max_batch = max_batch
+        self.batches_per_call = batches_per_call  # one thread round trip for this many
         self.observe = observe  # seconds per share of each batch (timed in the thread)
         self._queue: deque[_Pending] = deque()
         self._leaders = 0
@@ -90,10 +92,14 @@ class CheckBatcher:
             self._leaders -= 1
             self._wake_next()
 
+    def _batch_size(self, k: int) -> int:
+        return max(1, min(self.max_batch, BATCH_K // k))
+
     def _take(self) -> list[_Pending]:
-        k = self._queue[0].request[0].work.shape.k
-        size = max(1, min(self.max_batch, BATCH_K // k))
-        batch = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
+        """Up to ``batches_per_call`` batches of the queue's head (checked one by one)."""
+        size = self._batch_size(self._queue[0].request[0].work.shape.k)
+        count = min(size * self.batches_per_call, len(self._queue))
+        batch = [self._queue.popleft() for _ in range(count)]
         for pending in batch:
             pending.taken = True
         return batch
@@ -103,16 +109,22 @@ class CheckBatcher:
         if self._queue and self._leaders < self.limiter.total_tokens:
             self._queue[0].wake.set()
 
-    def _run(self, batch: list[_Pending]) -> None:
-        """In a worker thread: check the batch, give each submit its answer."""
-        started = time.perf_counter()
-        try:
-            answers = check_tickets([p.request for p in batch])
-        except Exception as exc:  # a bug: every submit of the batch is rejected with it
-            answers = [exc] * len(batch)
-        for pending, answer in zip(batch, answers, strict=True):
-            pending.answer = answer
-        if self.observe is not None:
-            each = (time.perf_counter() - started) / len(batch)
-            for _ in batch:
-                self.observe(each)
+    def _run(self, taken: list[_Pending]) -> None:
+        """In a worker thread: check what was taken, a batch at a time (its arrays stay
+        small), and give each submit its answer."""
+        start = 0
+        while start < len(taken):
+            size = self._batch_size(taken[start].request[0].work.shape.k)
+            batch = taken[start : start + size]
+            start += size
+            started = time.perf_counter()
+            try:
+                answers = check_tickets([p.request for p in batch])
+            except Exception as exc:  # a bug: every submit of the batch is rejected with it
+                answers = [exc] * len(batch)
+            for pending, answer in zip(batch, answers, strict=True):
+                pending.answer = answer
+            if self.observe is not None:
+                each = (time.perf_counter() - started) / len(batch)
+                for _ in batch:
+                    self.observe(each)
