@@ -3,10 +3,12 @@
 A check thread that takes one share at a time spends most of its time in short numpy
 calls, each a trip for the GIL against the event loop's thread, so two check threads
 barely beat one. :class:`CheckBatcher` queues the submits (in arrival order); while fewer
-than ``check_threads`` batches run, a waiting submit's task **leads**: it takes up to
-``max_batch`` queued submits, checks them in one ``trio.to_thread.run_sync`` (behind the
-check limiter) with :func:`pool.share_rules.check_tickets`, wakes their tasks, and goes
-on until its own submit is done; then the next waiting submit leads. A leader finishes
+than ``check_threads`` leaders run, a waiting submit's task **leads**: it takes up to
+``batches_per_call`` batches of ``max_batch`` queued submits, checks them batch by batch
+in one ``trio.to_thread.run_sync`` (behind the check limiter; one thread round trip for
+several batches, the arrays of one batch at a time) with
+:func:`pool.share_rules.check_tickets`, wakes their tasks, and goes on until its own
+submit is done; then the next waiting submit leads. A leader finishes
 its batches even if its own session is cancelled (shielded, bounded by the queue ahead of
 it); a submit cancelled while it waits leaves the queue. Batches are smaller for large
 ``k`` (at most ``BATCH_K // k`` tickets: a batch's arrays stay a few MiB).
