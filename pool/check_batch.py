@@ -3,10 +3,12 @@
 A check thread that takes one share at a time spends most of its time in short numpy
 calls, each a trip for the GIL against the event loop's thread, so two check threads
 barely beat one. :class:`CheckBatcher` queues the submits (in arrival order); while fewer
-than ``check_threads`` batches run, a waiting submit's task **leads**: it takes up to
-``max_batch`` queued submits, checks them in one ``trio.to_thread.run_sync`` (behind the
-check limiter) with :func:`pool.share_rules.check_tickets`, wakes their tasks, and goes
-on until its own submit is done; then the next waiting submit leads. A leader finishes
+than ``check_threads`` leaders run, a waiting submit's task **leads**: it takes up to
+``batches_per_call`` batches of ``max_batch`` queued submits, checks them batch by batch
+in one ``trio.to_thread.run_sync`` (behind the check limiter; one thread round trip for
+several batches, the arrays of one batch at a time) with
+:func:`pool.share_rules.check_tickets`, wakes their tasks, and goes on until its own
+submit is done; then the next waiting submit leads. A leader finishes
 its batches even if its own session is cancelled (shielded, bounded by the queue ahead of
 it); a submit cancelled while it waits leaves the queue. Batches are smaller for large
 ``k`` (at most ``BATCH_K // k`` tickets: a batch's arrays stay a few MiB).
@@ -47,10 +49,12 @@ class CheckBatcher:
         limiter: trio.CapacityLimiter,
         *,
         max_batch: int = 8,
+        batches_per_call: int = 4,
         observe: Callable[[float], None] | None = None,
     ) -> None:
         self.limiter = limiter
         self.max_batch = max_batch
+        self.batches_per_call = batches_per_call  # one thread round trip for this many
         self.observe = observe  # seconds per share of each batch (timed in the thread)
         self._queue: deque[_Pending] = deque()
         self._leaders = 0
@@ -90,10 +94,14 @@ class CheckBatcher:
             self._leaders -= 1
             self._wake_next()
 
+    def _batch_size(self, k: int) -> int:
+        return max(1, min(self.max_batch, BATCH_K // k))
+
     def _take(self) -> list[_Pending]:
-        k = self._queue[0].request[0].work.shape.k
-        size = max(1, min(self.max_batch, BATCH_K // k))
-        batch = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
+        """Up to ``batches_per_call`` batches of the queue's head (checked one by one)."""
+        size = self._batch_size(self._queue[0].request[0].work.shape.k)
+        count = min(size * self.batches_per_call, len(self._queue))
+        batch = [self._queue.popleft() for _ in range(count)]
         for pending in batch:
             pending.taken = True
         return batch
@@ -103,16 +111,22 @@ class CheckBatcher:
         if self._queue and self._leaders < self.limiter.total_tokens:
             self._queue[0].wake.set()
 
-    def _run(self, batch: list[_Pending]) -> None:
-        """In a worker thread: check the batch, give each submit its answer."""
-        started = time.perf_counter()
-        try:
-            answers = check_tickets([p.request for p in batch])
-        except Exception as exc:  # a bug: every submit of the batch is rejected with it
-            answers = [exc] * len(batch)
-        for pending, answer in zip(batch, answers, strict=True):
-            pending.answer = answer
-        if self.observe is not None:
-            each = (time.perf_counter() - started) / len(batch)
-            for _ in batch:
-                self.observe(each)
+    def _run(self, taken: list[_Pending]) -> None:
+        """In a worker thread: check what was taken, a batch at a time (its arrays stay
+        small), and give each submit its answer."""
+        start = 0
+        while start < len(taken):
+            size = self._batch_size(taken[start].request[0].work.shape.k)
+            batch = taken[start : start + size]
+            start += size
+            started = time.perf_counter()
+            try:
+                answers = check_tickets([p.request for p in batch])
+            except Exception as exc:  # a bug: every submit of the batch is rejected with it
+                answers = [exc] * len(batch)
+            for pending, answer in zip(batch, answers, strict=True):
+                pending.answer = answer
+            if self.observe is not None:
+                each = (time.perf_counter() - started) / len(batch)
+                for _ in batch:
+                    self.observe(each)

@@ -46,6 +46,7 @@ class RequestHandlers:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.ctx = session.ctx
+        self._miner: Miner | None = None  # who submits, made again when the login changes
 
     async def subscribe(self, request_id: int, msg: messages.Subscribe) -> None:
         s = self.session
@@ -103,9 +104,7 @@ class RequestHandlers:
             refused = s.conn.refusal(msg)
             if refused is not None:
                 raise ShareRejected(str(refused), refused.code)
-            assert s.address is not None and s.worker is not None
-            miner = Miner(s.session_id, s.address, s.worker, s.peer)
-            share = await self.ctx.checker.check(miner, s.book, msg)
+            share = await self.ctx.checker.check(self._submitter(), s.book, msg)
         except ShareRejected as exc:
             s.rejected += 1
             self.ctx.checker.count(exc.code)
@@ -132,6 +131,19 @@ class RequestHandlers:
             changed = s.vardiff.record_share(now, share.difficulty)
             if changed is not None:
                 await s.feed.new_difficulty(changed)
+
+    def _submitter(self) -> Miner:
+        """The session's :class:`Miner` for its login now."""
+        s, miner = self.session, self._miner
+        if (
+            miner is None
+            or miner.address != s.address
+            or miner.worker != s.worker
+            or miner.session_id != s.session_id
+        ):
+            assert s.address is not None and s.worker is not None
+            miner = self._miner = Miner(s.session_id, s.address, s.worker, s.peer)
+        return miner
 
     async def work_result(self, request_id: int, msg: WorkResult, nursery: trio.Nursery) -> None:
         s = self.session

@@ -233,8 +233,8 @@ class PoolMetrics:
         )
         for dependency in DEPENDENCIES:
             self.dependency_up.labels(dependency=dependency).set(1)
-        for result in SHARE_RESULTS:
-            self.shares.labels(result=result)
+        # Each result's child, bound once: a share is counted without a label lookup.
+        self._shares_by_result = {r: self.shares.labels(result=r) for r in SHARE_RESULTS}
         for status in BLOCK_STATUSES:
             self.blocks.labels(status=status)
         for direction in VARDIFF_DIRECTIONS:
@@ -242,9 +242,10 @@ class PoolMetrics:
 
     def share(self, result: str) -> None:
         """Count one share with ``result`` (one of :data:`SHARE_RESULTS`)."""
-        if result not in SHARE_RESULTS:
+        child = self._shares_by_result.get(result)
+        if child is None:
             raise ValueError(f"unknown share result {result!r}")
-        self.shares.labels(result=result).inc()
+        child.inc()
 
     def share_accepted_work(self, difficulty: float) -> None:
         """Count the work an accepted share of ``difficulty`` proves (difficulty × 2³² MACs)."""
@@ -254,7 +255,7 @@ class PoolMetrics:
 
     def share_rejected(self, code: int) -> None:
         """Count one share rejected with wire error ``code``."""
-        self.shares.labels(result=result_for_error_code(code)).inc()
+        self._shares_by_result[result_for_error_code(code)].inc()
 
     def vardiff_changed(self, old: float, new: float) -> None:
         """Count a vardiff change from ``old`` to ``new`` (equal values count nothing)."""

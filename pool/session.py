@@ -238,9 +238,15 @@ class Session(MinerState):
 
     async def send(self, data: bytes) -> None:
         """Send a frame; a miner that does not read it within ``SEND_TIMEOUT`` is closed."""
-        async with self._send_lock:
+        try:
+            self._send_lock.acquire_nowait()  # the usual case: no other send in progress
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
             with trio.move_on_after(SEND_TIMEOUT) as scope:
                 await self.stream.send_all(data)
+        finally:
+            self._send_lock.release()
         if scope.cancelled_caught:
             raise CloseSession("the miner does not read what we send")
 
@@ -264,7 +270,10 @@ class Session(MinerState):
     async def _request(self, event: RequestReceived, nursery: trio.Nursery) -> None:
         msg, request_id, handlers = event.message, event.id, self.handlers
         if isinstance(msg, messages.Submit):
-            await self.inflight.acquire()
+            try:
+                self.inflight.acquire_nowait()  # (the reader's receive is its checkpoint)
+            except trio.WouldBlock:
+                await self.inflight.acquire()
             nursery.start_soon(self.guard, handlers.submit, request_id, msg)
             return
         refused = self.conn.refusal(msg)

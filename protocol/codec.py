@@ -130,6 +130,9 @@ class Bin(Codec):
         return value
 
 
+MAX_U32 = (1 << 32) - 1
+
+
 class Tile(Codec):
     """A tile ``[ti, tj]`` of two uint32; a tuple in Python."""
 
@@ -138,8 +141,11 @@ class Tile(Codec):
     def check(self, value: Any, path: str) -> tuple[int, int]:
         if not isinstance(value, tuple | list) or len(value) != 2:
             raise ProtocolError(f"{path} must be [ti, tj], got {describe(value)}")
-        ti = self._coord.check(value[0], f"{path}[0]")
-        return ti, self._coord.check(value[1], f"{path}[1]")
+        ti, tj = value
+        if type(ti) is int and type(tj) is int and 0 <= ti <= MAX_U32 and 0 <= tj <= MAX_U32:
+            return ti, tj  # the usual case, without building the error paths
+        ti = self._coord.check(ti, f"{path}[0]")
+        return ti, self._coord.check(tj, f"{path}[1]")
 
     def encode(self, value: tuple[int, int]) -> list[int]:
         return list(value)
@@ -233,17 +239,48 @@ def wire_field(codec: Codec, default: Any = MISSING) -> Any:
     return field(default=default, metadata={"codec": codec})
 
 
+_Plan = tuple[tuple[str, Codec, Any], ...]
+"""A struct's fields as ``(name, codec, default)``, in order."""
+
+MAX_PATHS = 64
+"""Error-path prefixes (``where``) whose field paths a struct class keeps ready."""
+
+
 class Struct:
     """Base of every wire struct: validation from field codecs, map encode/decode."""
 
     _where: ClassVar[str] = ""
     kind: ClassVar[str]  # set by the structs a ``OneOf`` tells apart
     __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # every Struct is a dataclass
+    _wire_plan: ClassVar[_Plan]  # each class's own, made on first use (``_plan``)
+    _wire_paths: ClassVar[dict[str, tuple[str, ...]]]
+
+    @classmethod
+    def _plan(cls) -> _Plan:
+        """The fields of ``cls`` with their codecs and defaults (read once per class)."""
+        plan = cls.__dict__.get("_wire_plan")
+        if plan is None:
+            plan = tuple((f.name, f.metadata["codec"], f.default) for f in fields(cls))
+            cls._wire_plan = plan
+        return plan
+
+    @classmethod
+    def _paths(cls, where: str) -> tuple[str, ...]:
+        """``where.name`` of each field: the paths error messages name (kept per class)."""
+        cache = cls.__dict__.get("_wire_paths")
+        if cache is None:
+            cache = cls._wire_paths = {}
+        paths = cache.get(where)
+        if paths is None:
+            paths = tuple(f"{where}.{name}" for name, _, _ in cls._plan())
+            if len(cache) < MAX_PATHS:
+                cache[where] = paths
+        return paths
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = f.metadata["codec"].check(getattr(self, f.name), f"{self._where}.{f.name}")
-            object.__setattr__(self, f.name, value)
+        cls = type(self)
+        for (name, codec, _), path in zip(cls._plan(), cls._paths(self._where), strict=True):
+            object.__setattr__(self, name, codec.check(getattr(self, name), path))
         self._check(self._where)
 
     def _check(self, where: str) -> None:
@@ -251,31 +288,26 @@ class Struct:
 
     def _to_map(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in fields(self):
-            codec: Codec = f.metadata["codec"]
-            value = getattr(self, f.name)
+        for name, codec, _ in type(self)._plan():
+            value = getattr(self, name)
             if value is None and codec.optional:
                 continue
-            out[f.name] = codec.encode(value)
+            out[name] = codec.encode(value)
         return out
 
     @classmethod
     def _from_map(cls, wire: Any, where: str) -> Any:
         if not isinstance(wire, dict):
             raise ProtocolError(f"{where} must be a map, got {describe(wire)}")
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            codec: Codec = f.metadata["codec"]
-            path = f"{where}.{f.name}"
-            raw = wire.get(f.name, MISSING)
-            if raw is MISSING or (raw is None and codec.optional):
-                if f.default is MISSING:
-                    raise ProtocolError(f"{path} is missing")
-                values[f.name] = f.default
-            else:
-                values[f.name] = codec.decode(raw, path)
         obj = cls.__new__(cls)
-        for name, value in values.items():
+        for (name, codec, default), path in zip(cls._plan(), cls._paths(where), strict=True):
+            raw = wire.get(name, MISSING)
+            if raw is MISSING or (raw is None and codec.optional):
+                if default is MISSING:
+                    raise ProtocolError(f"{path} is missing")
+                value = default
+            else:
+                value = codec.decode(raw, path)
             object.__setattr__(obj, name, value)
         obj._check(where)
         return obj

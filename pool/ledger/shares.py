@@ -24,7 +24,10 @@ def _check_share(share: ShareRecord) -> None:
         raise ValueError(f"share time must be finite, got {share.time!r}")
     if not share.address:
         raise ValueError("share address must not be empty")
-    share_score(ShareScore(share.address, share.difficulty, share.network_difficulty))
+    d, nd = share.difficulty, share.network_difficulty
+    if not (math.isfinite(d) and d > 0 and math.isfinite(nd) and nd > 0):
+        # share_score refuses it, saying which (the exact score is not needed here)
+        share_score(ShareScore(share.address, d, nd))
 
 
 def _share_rows(shares: Sequence[ShareRecord]) -> list[tuple]:

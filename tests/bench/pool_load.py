@@ -17,10 +17,12 @@ Phases, all over the same N sockets in the same run:
 The whole run is repeated for each ``--check-threads`` value (the pool's ``check_threads``,
 a fresh pool each time), so accepted shares/s with 1 and 2 check threads come from the same
 run. Prints requests/s and p50/p99 request→answer latency of both phases, their ratio (the
-cost of judging and durably storing a share over a bare msgpack round trip), and the pool's own
-``matmine_pool_share_check_seconds`` and ``matmine_pool_db_write_seconds`` means from
-/metrics. The client shares the machine's cores with the pool: on a small box the absolute
-rates are bounded by both; the ratio is the figure to compare.
+cost of judging and durably storing a share over a bare msgpack round trip), the pool's CPU
+time per answer in each phase (its event-loop thread, where every request's Python runs, and
+the whole process; from ``/proc``), and the pool's own ``matmine_pool_share_check_seconds``
+and ``matmine_pool_db_write_seconds`` means from /metrics. The client shares the machine's
+cores with the pool: on a small box the absolute rates are bounded by both; the ratio is the
+figure to compare.
 """
 
 from __future__ import annotations
@@ -64,6 +66,13 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """CPU time (user + system) of process ``pid``, or of its thread ``tid``, so far."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bare_check_seconds(shape: Shape, fast: bool, count: int = 200) -> float:
@@ -198,6 +207,8 @@ class Miner:
 class Phase:
     name: str
     seconds: float = 0.0
+    main_cpu: float = 0.0  # CPU seconds of the pool's event-loop thread in this phase
+    pool_cpu: float = 0.0  # CPU seconds of the whole pool process (its threads too)
     latencies: list[float] = field(default_factory=list)
     errors: dict[int, int] = field(default_factory=dict)
 
@@ -211,12 +222,17 @@ class Phase:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
+    def per_answer_us(self, cpu: float) -> float:
+        return cpu / len(self.latencies) * 1e6 if self.latencies else float("nan")
+
     def line(self) -> str:
         errors = f", errors {self.errors}" if self.errors else ""
         return (
             f"{self.name:>6}: {len(self.latencies):7d} answers in {self.seconds:5.1f} s ="
             f" {self.rate:8.1f}/s   p50 {self.pct(0.5) * 1e3:7.2f} ms"
-            f"   p99 {self.pct(0.99) * 1e3:7.2f} ms{errors}"
+            f"   p99 {self.pct(0.99) * 1e3:7.2f} ms   pool CPU/answer: event loop"
+            f" {self.per_answer_us(self.main_cpu):5.0f} µs, all threads"
+            f" {self.per_answer_us(self.pool_cpu):5.0f} µs{errors}"
         )
 
 
@@ -244,7 +260,7 @@ async def connect_all(port: int, count: int, shape: Shape, address: str) -> list
     return miners
 
 
-async def run_phase(miners: list[Miner], name: str, seconds: float) -> Phase:
+async def run_phase(miners: list[Miner], name: str, seconds: float, pid: int) -> Phase:
     phase = Phase(name)
     method = "mining.ping" if name == "ping" else "mining.submit"
 
@@ -260,11 +276,14 @@ async def run_phase(miners: list[Miner], name: str, seconds: float) -> Phase:
                 phase.latencies.append(time.perf_counter() - t0)
 
     start = time.perf_counter()
+    main_cpu, pool_cpu = cpu_seconds(pid, pid), cpu_seconds(pid)
     with trio.move_on_after(seconds):
         async with trio.open_nursery() as nursery:
             for miner in miners:
                 nursery.start_soon(loop, miner)
     phase.seconds = time.perf_counter() - start
+    phase.main_cpu = cpu_seconds(pid, pid) - main_cpu
+    phase.pool_cpu = cpu_seconds(pid) - pool_cpu
     return phase
 
 
@@ -293,15 +312,17 @@ async def bench(
         f"pool RSS: {rss_before / 1024:.1f} MiB idle -> {rss_after / 1024:.1f} MiB connected ="
         f" {(rss_after - rss_before) / len(miners):.1f} KiB per connection"
     )
-    ping = await run_phase(miners, "ping", args.phase_seconds)
+    ping = await run_phase(miners, "ping", args.phase_seconds, pid)
     print(ping.line())
-    shares = await run_phase(miners, "submit", args.phase_seconds)
+    shares = await run_phase(miners, "submit", args.phase_seconds, pid)
     print(shares.line())
     if ping.rate and shares.rate:
         results.append(
             f"check_threads {args.threads}: {shares.rate:8.1f} accepted shares/s vs"
             f" {ping.rate:8.1f} pings/s = {shares.rate / ping.rate:.3f}x,"
-            f" p99 submit {shares.pct(0.99) * 1e3:.1f} ms"
+            f" p99 submit {shares.pct(0.99) * 1e3:.1f} ms; event-loop CPU per submit"
+            f" {shares.per_answer_us(shares.main_cpu):.0f} µs vs per ping"
+            f" {ping.per_answer_us(ping.main_cpu):.0f} µs"
         )
         print(
             f"submit vs ping: throughput {shares.rate / ping.rate:.3f}x,"
