@@ -111,16 +111,19 @@ class UsefulWork:
         """
         work = job.notify.work
         a_spec, b_spec = BlobSpec.operands(work)
-        before = self.stats.blob_bytes
+        before, started = self.stats.blob_bytes, trio.current_time()
         a = await self._ensure(job, a_spec)
         b = await self._ensure(job, b_spec)
         fetched = self.stats.blob_bytes - before
         if fetched:
+            took = max(trio.current_time() - started, 1e-6)
             log.info(
-                "job %s: fetched %d bytes of operands for unit %s…",
+                "job %s: fetched %.1f MiB of operands for unit %s… in %.2f s (%.1f MB/s)",
                 job.job_id,
-                fetched,
+                fetched / 2**20,
                 work.work_root.hex()[:16],
+                took,
+                fetched / took / 1e6,
             )
         workload = await trio.to_thread.run_sync(
             _make_workload, work.shape, a.matrix, b.matrix, limiter=self.limiter

@@ -1,5 +1,6 @@
 """The OpenCL backend (PoCL in CI) against the mmpow-1 vectors and the reference miner."""
 
+import logging
 import os
 
 import numpy as np
@@ -156,3 +157,23 @@ def test_devices_and_bad_input(cache_dir):
     with pytest.raises(BackendError, match="128 bytes"):
         dev.scan(bytes(100), 1, lambda: False)
     assert SAFE_CONFIG.fits(Shape(16, 16, 128, 32), 1024)
+
+
+def test_autotune_progress_and_the_chosen_kernel_are_logged(tmp_path, caplog):
+    """A rig owner sees the tuning run (each candidate's rate) and the kernel chosen; the
+    second device on the same shape finds the cache and only logs the choice."""
+    workload = Workload.synthetic(bytes(32), Shape(64, 64, 256, 64))
+    with caplog.at_level(logging.INFO, logger="worker.backends"):
+        tuned = OpenCLBackend(*DEVICE, cache_dir=tmp_path, tune_seconds=0.01)
+        tuned.prepare(workload)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("autotuning" in m and "once per shape" in m for m in lines), lines
+    assert any(m.startswith("autotune 1/") and "GMAC/s" in m for m in lines), lines
+    assert any(f"kernel {tuned.config}" in m for m in lines), lines
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="worker.backends"):
+        OpenCLBackend(*DEVICE, cache_dir=tmp_path, tune_seconds=0.01).prepare(workload)
+    lines = [r.getMessage() for r in caplog.records]
+    assert not any("autotun" in m for m in lines) and any(
+        f"kernel {tuned.config}" in m for m in lines
+    )

@@ -16,6 +16,7 @@ and checks one small header (every ticket and the product) against the CPU refer
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -27,11 +28,8 @@ from protocol.noise import index_pairs, noise_factors, pow_seed
 from protocol.workload import TILE, Shape, Workload
 
 from ..autotune import (
-    CANDIDATES,
     SAFE_CONFIG,
-    Autotuner,
     KernelConfig,
-    NoWorkingCandidate,
     default_cache_dir,
 )
 from ..autotune import shape_key as autotune_key
@@ -59,8 +57,11 @@ from .opencl_program import (
     source_tag,
     u32_words,
 )
+from .opencl_tuning import choose_config
 
 DEFAULT_WINNER_CAP = 256
+
+log = logging.getLogger(__name__)
 
 
 class OpenCLBackend:
@@ -103,8 +104,8 @@ class OpenCLBackend:
         self.launch_seconds = launch_seconds
         self.tune_seconds = tune_seconds
         self.winner_cap = winner_cap
-        self._fixed_config = config
-        self._autotune = autotune
+        self.fixed_config = config
+        self.autotune = autotune
         self.config: KernelConfig | None = None
         self.kernels = KernelCache(self.context, self.description, self.cache_dir)
         self._workload: Workload | None = None
@@ -127,8 +128,9 @@ class OpenCLBackend:
             return
         self._upload(workload)
         try:
-            config = self._choose_config(workload)
+            config = choose_config(self, workload)
             self.check_config(config)
+            log.info("%s: kernel %s for %s", self.description, config, workload.shape)
         except BaseException:
             self._workload = None  # not prepared: the next prepare starts again
             raise
@@ -141,32 +143,6 @@ class OpenCLBackend:
         self._band_tiles = 0
         self.config = None
 
-    def _choose_config(self, workload: Workload) -> KernelConfig:
-        shape = workload.shape
-        max_wg = self.device.max_work_group_size
-        if self._fixed_config is not None:
-            if not self._fixed_config.fits(shape, max_wg):
-                raise BackendError(
-                    f"kernel configuration {self._fixed_config} does not fit {shape}"
-                )
-            return self._fixed_config
-        candidates = [c for c in CANDIDATES if c.fits(shape, max_wg)]
-        if not candidates:
-            return SAFE_CONFIG
-        if not self._autotune:
-            return candidates[0]
-        key = self.autotune_key(shape)
-        tuner = Autotuner(self.cache_dir)
-        try:
-            return tuner.tune(key, candidates, lambda c: self.measure(c, self.tune_seconds)).config
-        except NoWorkingCandidate as exc:
-            first = next(iter(exc.errors.values()))
-            if isinstance(first, DeviceUnusable):
-                raise DeviceUnusable(self.description, first.reason) from exc
-            raise DeviceUnusable(
-                self.description, f"no kernel configuration runs: {compiler_reason(first)}"
-            ) from exc
-
     # -- self-test -----------------------------------------------------------------------
 
     def self_test(self) -> None:
@@ -175,7 +151,7 @@ class OpenCLBackend:
         Uses the fixed configuration if one was given, else the safe one (it fits every
         shape); raises ``DeviceUnusable`` with the reason. Run before a device gets work.
         """
-        self.check_config(self._fixed_config or SAFE_CONFIG)
+        self.check_config(self.fixed_config or SAFE_CONFIG)
 
     def check_config(self, config: KernelConfig) -> None:
         """Known-answer test of ``config`` (once per configuration): every ticket's digest
