@@ -327,7 +327,6 @@ async def run_pool(
                     metrics,
                     policy=policy,
                     unknown_grace=p.unknown_block_grace,
-                    health=health,
                 )
             )
             # A block whose first submission may still be running is left alone meanwhile.
@@ -339,20 +338,10 @@ async def run_pool(
                 policy,
                 interval=config.chain.resubmit_interval,
                 grace=config.chain.submit_timeout + 5,
-                health=health,
             )
             await nursery.start(submitter.run)
             await nursery.start(
-                partial(
-                    run_payouts,
-                    ledger,
-                    chain,
-                    p.payout_interval,
-                    p.min_payout,
-                    ledger_limiter,
-                    metrics,
-                    health=health,
-                )
+                run_payouts, ledger, chain, p.payout_interval, p.min_payout, ledger_limiter, metrics
             )
             r = config.retention
             databases = {} if config.ledger.kind == "postgres" else {"ledger": config.ledger_path}
@@ -372,7 +361,6 @@ async def run_pool(
                     useful_history=r.useful_history_seconds,
                     blob_grace=r.blob_grace_seconds,
                     databases=databases,
-                    health=health,
                 )
             )
             nursery.start_soon(_stats, ctx, metrics)

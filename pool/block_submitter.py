@@ -28,7 +28,6 @@ import msgpack
 import trio
 
 from pool.chain.base import ChainAdapter
-from pool.health import LEDGER, DependencyHealth, known_down
 from pool.ledger.base import BlockRecord, Ledger, LedgerError, PendingSubmission
 from pool.metrics import PoolMetrics
 from pool.pplns import PplnsPolicy
@@ -119,13 +118,11 @@ class BlockSubmitter:
         *,
         interval: float,
         grace: float,
-        health: DependencyHealth | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"resubmit interval must be positive, got {interval}")
         self.ledger = ledger
         self.chain = chain
-        self.health = health
         self.limiter = limiter
         self.metrics = metrics
         self.policy = policy
@@ -138,9 +135,6 @@ class BlockSubmitter:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            if known_down(self.health, LEDGER):  # the share log's probe brings it back
-                await trio.sleep(self.interval)
-                continue
             try:
                 await self.round()
             except LedgerError as exc:  # reported by the ledger's health; tried next round

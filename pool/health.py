@@ -86,13 +86,6 @@ class DependencyHealth:
                 log.exception("health listener failed")
 
 
-def known_down(health: DependencyHealth | None, dependency: str) -> bool:
-    """Whether ``dependency`` is known to be down: background rounds (payouts, unlocking,
-    resubmission, retention) then skip their turn instead of queueing calls that can only
-    time out ahead of the share log's probe, which is what brings the ledger back up."""
-    return health is not None and not health.is_up(dependency)
-
-
 def miner_message(change: HealthChange) -> str:
     """What miners are told about ``change`` (``client.show_message``)."""
     if change.dependency == LEDGER:

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 import trio
 
-from pool.health import LEDGER, DependencyHealth, known_down
 from protocol.chain import ChainError
 from protocol.header import coins
 
@@ -122,22 +121,17 @@ async def run_payouts(
     limiter: trio.CapacityLimiter,
     metrics: PoolMetrics,
     *,
-    health: DependencyHealth | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run :func:`payout_round` every ``interval`` seconds, forever (cancel to stop).
 
     The first round runs at once (it settles what a crash left pending). A round that
-    fails on a ledger or chain error is logged and retried next interval; a turn while
-    ``health`` knows the ledger is down is skipped.
+    fails on a ledger or chain error is logged and retried next interval.
     """
     if interval <= 0:
         raise ValueError(f"payout interval must be positive, got {interval}")
     task_status.started()
     while True:
-        if known_down(health, LEDGER):
-            await trio.sleep(interval)
-            continue
         try:
             report = await payout_round(ledger, chain, min_payout, limiter)
             await update_payout_metrics(ledger, min_payout, limiter, metrics)

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from pool.health import LEDGER, DependencyHealth, known_down
 from pool.ledger.base import Ledger
 from pool.metrics import PoolMetrics
 
@@ -69,20 +68,15 @@ async def run_retention(
     useful_history: float = 604800.0,
     blob_grace: float = 3600.0,
     databases: dict[str, Path] | None = None,
-    health: DependencyHealth | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run :func:`retention_round` (and :func:`useful_retention_round`) every ``interval``
-    seconds, forever (cancel to stop); ``databases`` names the SQLite files to measure. A
-    turn while ``health`` knows the ledger is down is skipped."""
+    seconds, forever (cancel to stop); ``databases`` names the SQLite files to measure."""
     if interval <= 0:
         raise ValueError(f"retention interval must be positive, got {interval}")
     metrics.retention_interval.set(interval)
     task_status.started()
     while True:
-        if known_down(health, LEDGER):
-            await trio.sleep(interval)
-            continue
         try:
             gone = await trio.to_thread.run_sync(
                 retention_round, ledger, factor, history, grace, limiter=limiter

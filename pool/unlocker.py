@@ -23,7 +23,6 @@ from typing import TypeVar
 
 import trio
 
-from pool.health import LEDGER, DependencyHealth, known_down
 from protocol.chain import ChainError
 
 from .chain.base import ChainAdapter
@@ -117,18 +116,13 @@ async def run_unlocker(
     *,
     policy: PplnsPolicy | None = None,
     unknown_grace: float = DEFAULT_UNKNOWN_GRACE,
-    health: DependencyHealth | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run :func:`unlock_round` every ``interval`` seconds, forever (cancel to stop); a
-    turn while ``health`` knows the ledger is down is skipped."""
+    """Run :func:`unlock_round` every ``interval`` seconds, forever (cancel to stop)."""
     if interval <= 0:
         raise ValueError(f"unlock interval must be positive, got {interval}")
     task_status.started()
     while True:
-        if known_down(health, LEDGER):
-            await trio.sleep(interval)
-            continue
         try:
             report = await unlock_round(
                 ledger, chain, limiter, policy=policy, unknown_grace=unknown_grace

@@ -30,27 +30,3 @@ async def test_running_pool_prunes_old_shares_but_keeps_the_window(start_pool, l
     assert pool.registry.get_sample_value("matmine_pool_retention_interval_seconds") == 0.1
     last = pool.registry.get_sample_value("matmine_pool_retention_last_run_timestamp_seconds")
     assert now < last <= time.time()
-
-
-async def test_background_rounds_wait_while_the_ledger_is_known_down(start_pool, ledger_call):
-    """While the ledger is reported down, retention (like payouts, unlocking and block
-    resubmission) skips its turn instead of queueing ledger calls ahead of the share log's
-    probe; once it is up again the round runs."""
-    pool = await start_pool(
-        {
-            "retention.interval": 0.05,
-            "retention.share_history_seconds": 10.0,
-            "retention.block_grace_seconds": 0.0,
-        }
-    )
-    assert pool.health is not None
-    pool.health.down("ledger", "test: reported down")
-    now = time.time()
-    old = [share(i, ALICE, now - 1000 + i, 1.0, 10.0) for i in range(100)]
-    await ledger_call(pool, pool.ledger.insert_shares, old)
-    await trio.sleep(0.5)  # ten turns
-    assert await ledger_call(pool, pool.ledger.share_count) == 100
-    pool.health.up("ledger")
-    with trio.fail_after(10):
-        while await ledger_call(pool, pool.ledger.share_count) != 20:
-            await trio.sleep(0.05)
