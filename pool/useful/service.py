@@ -31,7 +31,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -325,7 +325,7 @@ class UsefulWork:
     def rejected(self, verdict: Verdict) -> None:
         """Tell the session of a wrong result delivered over HTTP: it counts against it."""
         if not verdict.passed and self.on_lease_end is not None:
-            self.on_lease_end(replace(verdict.end, state="rejected"))
+            self.on_lease_end(verdict.end)  # a failed check ends the lease "rejected"
 
     def announce(self, lease: Lease) -> None:
         """Tell ``lease``'s session its unit is delivered (over HTTP): it gets new work."""
