@@ -37,7 +37,7 @@ from pool.inbox import Inbox, Kick, Notice, ResultRejected, WorkLost
 from pool.job_feed import JobFeed
 from pool.jobs import SessionJobs
 from pool.miner_state import MinerState
-from pool.sockets import linger
+from pool.sockets import READ_SIZE, linger
 from pool.useful.lease import UsefulLease
 from pool.vardiff import Vardiff
 from pool.watchdog import SessionWatchdog
@@ -48,7 +48,6 @@ from protocol.work_messages import GetBlob, WorkResult
 
 log = logging.getLogger("pool.session")
 
-READ_SIZE = 65536
 SEND_TIMEOUT = 10.0
 LINGER_SECONDS = 0.5
 

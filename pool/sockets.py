@@ -22,7 +22,7 @@ def peer_ip(stream: trio.abc.Stream) -> str:
 
 
 LINGER_BYTES = 1 << 20
-READ_SIZE = 65536
+READ_SIZE = 65536  # one receive from a miner's stream (the session's reader too)
 
 
 async def linger(stream: trio.abc.Stream, seconds: float) -> None:

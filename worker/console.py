@@ -36,7 +36,8 @@ def format_duration(seconds: float) -> str:
 
 
 def format_ping(stats: WorkerStats) -> str:
-    return "-" if stats.ping is None else f"{stats.ping * 1000:.0f} ms"
+    ping = stats.ping
+    return "-" if ping is None else f"{ping * 1000:.0f} ms"
 
 
 def status_line(stats: WorkerStats) -> str:

@@ -186,13 +186,14 @@ class WorkerStats:
     def summary(self) -> dict:
         """A JSON-ready snapshot (the body of ``/api/summary``)."""
         now = self.clock()
+        ping = self.ping
 
         def rates(name: str | None) -> dict[str, float]:
             return {f"{int(w)}s": round(self.hashrate(w, name), 3) for w in WINDOWS}
 
         return {
             "uptime_s": round(now - self.started, 3),
-            "ping_ms": None if self.ping is None else round(self.ping * 1000, 1),
+            "ping_ms": None if ping is None else round(ping * 1000, 1),
             "peak_hashrate_macs": round(self.peak, 3),
             "pool": {
                 "url": self.pool,
