@@ -168,11 +168,24 @@ class SyntheticSource(Struct):
 
 
 @dataclass(frozen=True)
+class NextUnit(Struct):
+    """The unit the pool has reserved for this session next (SPEC §12.7, prefetch): its two
+    operand blobs and the token that already authorizes their ``GET`` on the same data plane.
+    """
+
+    _where: ClassVar[str] = "work.source.next"
+    a: bytes = wire_field(Bin(32))
+    b: bytes = wire_field(Bin(32))
+    token: str = wire_field(Str(max_len=MAX_TOKEN))
+
+
+@dataclass(frozen=True)
 class BlobSource(Struct):
     """Operands fetched by content hash: ``a`` is the blob of A, ``b`` the blob of Bᵀ.
 
     ``data`` and ``token`` (both or neither) name the lease's HTTP data plane (SPEC §12.7):
-    the URL base of its blob and result endpoints and the lease's bearer token.
+    the URL base of its blob and result endpoints and the lease's bearer token. ``next``
+    (only with ``data``) names the unit reserved for the session next, to prefetch.
     """
 
     kind: ClassVar[str] = "blob"
@@ -181,10 +194,15 @@ class BlobSource(Struct):
     b: bytes = wire_field(Bin(32))
     data: str | None = wire_field(Optional(Str(max_len=MAX_DATA_URL)), None)
     token: str | None = wire_field(Optional(Str(max_len=MAX_TOKEN)), None)
+    next: NextUnit | None = wire_field(  # noqa: RUF009 (a field spec)
+        Optional(Nested(NextUnit)), None
+    )
 
     def _check(self, where: str) -> None:
         if (self.data is None) != (self.token is None):
             raise ProtocolError(f"{where}.data and {where}.token go together (both or neither)")
+        if self.next is not None and self.data is None:
+            raise ProtocolError(f"{where}.next needs {where}.data (it is fetched over HTTP)")
         if self.data is not None and not self.data.startswith(("http://", "https://")):
             raise ProtocolError(f"{where}.data must be an http:// or https:// URL")
 
