@@ -30,6 +30,7 @@ from protocol.header import coins
 from .chain.base import ChainAdapter
 from .ledger.base import Ledger, PaymentBatch
 from .metrics import PoolMetrics
+from .rounds import RoundErrors
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +131,15 @@ async def run_payouts(
     """
     if interval <= 0:
         raise ValueError(f"payout interval must be positive, got {interval}")
+    errors = RoundErrors(log, "payout round")
     task_status.started()
     while True:
         try:
             report = await payout_round(ledger, chain, min_payout, limiter)
             await update_payout_metrics(ledger, min_payout, limiter, metrics)
             metrics.paid.inc(report.paid)
-        except Exception:
-            log.exception("payout round failed")
+        except Exception as exc:
+            errors.failed(exc)
+        else:
+            errors.succeeded()
         await trio.sleep(interval)

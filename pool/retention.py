@@ -24,6 +24,7 @@ import trio
 
 from pool.ledger.base import Ledger
 from pool.metrics import PoolMetrics
+from pool.rounds import RoundErrors
 
 if TYPE_CHECKING:
     from pool.useful.service import UsefulWork
@@ -75,6 +76,7 @@ async def run_retention(
     if interval <= 0:
         raise ValueError(f"retention interval must be positive, got {interval}")
     metrics.retention_interval.set(interval)
+    errors = RoundErrors(log, "retention round")
     task_status.started()
     while True:
         try:
@@ -109,6 +111,8 @@ async def run_retention(
             for name, path in (databases or {}).items():
                 metrics.database_bytes.labels(database=name).set(file_bytes(path))
             metrics.retention_last_run.set(time.time())
-        except Exception:
-            log.exception("retention round failed")
+        except Exception as exc:
+            errors.failed(exc)
+        else:
+            errors.succeeded()
         await trio.sleep(interval)

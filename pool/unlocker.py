@@ -29,6 +29,7 @@ from .chain.base import ChainAdapter
 from .ledger.base import CONFIRMED, FOUND, ORPHANED, BlockRecord, Ledger
 from .metrics import PoolMetrics
 from .pplns import PplnsPolicy
+from .rounds import RoundErrors
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ async def run_unlocker(
     """Run :func:`unlock_round` every ``interval`` seconds, forever (cancel to stop)."""
     if interval <= 0:
         raise ValueError(f"unlock interval must be positive, got {interval}")
+    errors = RoundErrors(log, "unlock round")
     task_status.started()
     while True:
         try:
@@ -131,6 +133,8 @@ async def run_unlocker(
                 metrics.block(CONFIRMED)
             for _ in report.orphaned:
                 metrics.block(ORPHANED)
-        except Exception:
-            log.exception("unlock round failed")
+        except Exception as exc:
+            errors.failed(exc)
+        else:
+            errors.succeeded()
         await trio.sleep(interval)

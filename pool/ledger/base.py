@@ -49,6 +49,10 @@ class LedgerError(Exception):
     """A ledger operation that cannot be done (unknown block, bad state, short balance)."""
 
 
+class LedgerUnavailable(LedgerError):
+    """The ledger's database cannot be reached now; the same call may succeed later."""
+
+
 @dataclass(frozen=True)
 class ShareRecord:
     """One accepted share. ``digest`` (the ticket digest) is the unique key."""

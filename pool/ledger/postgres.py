@@ -12,7 +12,7 @@ consistent snapshot). A method returns only after its COMMIT is acknowledged, wh
 the server's default ``synchronous_commit = on`` means the change is in the flushed WAL.
 
 A lost connection (server restarted, network cut) makes the call raise
-``LedgerConnectionError`` (a ``LedgerError``); the next call connects again. When the
+``LedgerConnectionError`` (a ``LedgerUnavailable``); the next call connects again. When the
 connection turns out dead before anything was sent (a restart while the pool was idle),
 the call reconnects and goes on by itself. If the connection breaks during COMMIT the
 outcome is unknown to the caller; every write is idempotent (share digests, block hashes,
@@ -41,7 +41,7 @@ import psycopg
 from psycopg import IsolationLevel, errors
 from psycopg.conninfo import conninfo_to_dict
 
-from .base import LedgerError
+from .base import LedgerError, LedgerUnavailable
 from .sql import SqlLedger
 from .transaction import HISTORY, Transaction
 
@@ -138,7 +138,7 @@ CREATE TABLE block_submissions (
 }
 
 
-class LedgerConnectionError(LedgerError):
+class LedgerConnectionError(LedgerUnavailable):
     """The database cannot be reached, or the connection broke during the call."""
 
 

@@ -9,6 +9,7 @@ The tests run their own PostgreSQL cluster (they stop and kill it), not the sess
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -27,6 +28,7 @@ CALL_TIMEOUT = 2.0
 # A submit during the outage is answered within about one call timeout (the first commit
 # that hangs) plus the share log's check_wait: never held behind a probe of a hung server.
 ANSWER_BOUND = 3 * CALL_TIMEOUT
+BACKGROUND_ROUNDS = ("pool.payouts", "pool.unlocker", "pool.retention")
 REFUSALS = 30  # more than the escalation's minimum: on the old code this got the miner judged
 
 
@@ -94,6 +96,7 @@ async def outage(
     stop: Callable[[], None],
     resume: Callable[[], None],
     label: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     url = await trio.to_thread.run_sync(server.create_database)
     pool = await start_pool(
@@ -175,11 +178,18 @@ async def outage(
     )
     assert lost == []
     assert pool.context.bans.ban_seconds and not pool.context.strikes
+    # The background rounds (payouts, unlocking, retention run every 0.2 s here) say in one
+    # line that they skip while the database is down, never with a traceback.
+    rounds = [r for r in caplog.records if r.name in BACKGROUND_ROUNDS]
+    assert [r.getMessage() for r in rounds if r.exc_info] == []
+    skipped = [r for r in rounds if "skipped, the ledger is unavailable" in r.getMessage()]
+    assert {r.name for r in skipped} >= {"pool.payouts", "pool.unlocker"}, skipped
+    assert all(r.levelno == logging.WARNING for r in skipped)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-async def test_hung_postgres_sigstop_then_sigcont(start_pool, own_server):
+async def test_hung_postgres_sigstop_then_sigcont(start_pool, own_server, caplog):
     pids: list[int] = []
 
     def stop() -> None:
@@ -188,7 +198,12 @@ async def test_hung_postgres_sigstop_then_sigcont(start_pool, own_server):
 
     try:
         await outage(
-            start_pool, own_server, stop, lambda: signal_cluster(pids, signal.SIGCONT), "SIGSTOP"
+            start_pool,
+            own_server,
+            stop,
+            lambda: signal_cluster(pids, signal.SIGCONT),
+            "SIGSTOP",
+            caplog,
         )
     finally:
         signal_cluster(pids, signal.SIGCONT)
@@ -196,10 +211,15 @@ async def test_hung_postgres_sigstop_then_sigcont(start_pool, own_server):
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-async def test_killed_postgres_restarted(start_pool, own_server):
+async def test_killed_postgres_restarted(start_pool, own_server, caplog):
     try:
         await outage(
-            start_pool, own_server, lambda: kill_cluster(own_server), own_server.start, "SIGKILL"
+            start_pool,
+            own_server,
+            lambda: kill_cluster(own_server),
+            own_server.start,
+            "SIGKILL",
+            caplog,
         )
     finally:
         if not own_server.running:
