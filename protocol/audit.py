@@ -34,7 +34,7 @@ class AuditFailure(Exception):
 
 @dataclass(frozen=True, order=True)
 class Challenge:
-    """Pair ``(layer, row)``: check ``A_{layer+1}[row] = layer_{layer}(A_layer[row])``."""
+    """The pair ``(layer, row)``: check ``A_{layer+1}[row] = layer_{layer}(A_layer[row])``."""
 
     layer: int
     row: int
@@ -88,30 +88,36 @@ class _Draws:
                 return u % bound
 
 
-def draw_challenges(seed: bytes, layers: int, rows: int, count: int) -> tuple[Challenge, ...]:
-    """``count`` distinct pairs of the ``layers·rows`` pairs, by a partial Fisher–Yates
-    shuffle of ``0..N−1`` (pair ``p`` = layer ``⌊p/rows⌋``, row ``p mod rows``), in draw order."""
-    total = layers * rows
-    if layers <= 0 or rows <= 0 or not 0 <= count <= total:
-        raise ProtocolError(f"cannot draw {count} challenges from {layers}x{rows} pairs")
+def draw_challenges(model: Model, rows: int, seed: bytes, count: int) -> tuple[Challenge, ...]:
+    """``count`` draws of a MAC of the unit's pass, uniform over its ``U = rows·Σ k_l·n_l``
+    MACs, each naming the pair that holds it (so pair ``(l, i)`` has probability
+    ``k_l·n_l / U`` per draw); repeats are kept once, the rest in draw order.
+
+    Draw ``t`` is ``p = below(U)``; layer ``l`` holds ``[rows·K_l, rows·K_{l+1})`` with
+    ``K_l = Σ_{j<l} k_j·n_j``, and row ``⌊(p − rows·K_l) / (k_l·n_l)⌋`` of it.
+    """
+    total = rows * model.macs_per_row
+    if rows <= 0 or count < 0 or total >= 1 << 64:
+        raise ProtocolError(f"cannot draw {count} challenges over {rows} rows")
     draws = _Draws(seed)
-    swapped: dict[int, int] = {}
-    picked = []
-    for t in range(count):
-        j = t + draws.below(total - t)
-        value = swapped.get(j, j)
-        swapped[j] = swapped.get(t, t)
-        picked.append(Challenge(value // rows, value % rows))
+    picked: dict[Challenge, None] = {}
+    for _ in range(count):
+        p = draws.below(total)
+        for index, layer in enumerate(model.layers):
+            span = rows * layer.macs_per_row
+            if p < span:
+                picked.setdefault(Challenge(index, p // layer.macs_per_row), None)
+                break
+            p -= span
     return tuple(picked)
 
 
 def challenge_count(model: Model, rows: int, budget_ppm: int = DEFAULT_BUDGET_PPM) -> int:
-    """``c = min(N, max(1, ⌊ppm·U / (10⁶·κ)⌋))``: ``U = rows·Σ k_l·n_l`` the unit's MACs,
-    ``κ = max k_l·n_l`` the dearest challenge, so ``c·κ ≤ ppm·U/10⁶`` whenever ``c > 1`` or
-    the unit has at least :func:`min_unit_rows` rows."""
+    """``c = max(1, ⌊ppm·U / (10⁶·κ)⌋)``: ``U = rows·Σ k_l·n_l`` the unit's MACs and
+    ``κ = max k_l·n_l`` the dearest challenge, so the audit costs ``≤ c·κ ≤ ppm·U/10⁶``
+    whenever the unit has at least :func:`min_unit_rows` rows."""
     kappa = max(layer.macs_per_row for layer in model.layers)
-    fitting = budget_ppm * rows * model.macs_per_row // (10**6 * kappa)
-    return min(model.depth * rows, max(1, fitting))
+    return max(1, budget_ppm * rows * model.macs_per_row // (10**6 * kappa))
 
 
 def min_unit_rows(model: Model, challenges: int = 1, budget_ppm: int = DEFAULT_BUDGET_PPM) -> int:
@@ -125,20 +131,21 @@ def audit_cost(model: Model, challenges: Sequence[Challenge]) -> int:
     return sum(model.layers[c.layer].macs_per_row for c in challenges)
 
 
-def catch_probability(pairs: int, faked: int, challenges: int) -> float:
-    """Chance that ``challenges`` distinct uniform pairs of ``pairs`` hit at least one of
-    ``faked`` wrong ones: ``1 − Π_{t<c} (N − b − t)/(N − t)``."""
-    if not 0 <= faked <= pairs or not 0 <= challenges <= pairs:
-        raise ValueError("need 0 ≤ faked ≤ pairs and 0 ≤ challenges ≤ pairs")
-    miss = 1.0
-    for t in range(challenges):
-        miss *= max(0, pairs - faked - t) / (pairs - t)
-    return 1.0 - miss
+def faked_fraction(model: Model, rows: int, faked: Sequence[Challenge]) -> float:
+    """``φ``: the share of the pass's MACs in the wrong pairs, ``Σ k_l·n_l / U``."""
+    return audit_cost(model, sorted(set(faked))) / (rows * model.macs_per_row)
+
+
+def catch_probability(fraction: float, draws: int) -> float:
+    """Chance that ``draws`` draws hit a wrong pair when a fraction ``φ`` of the pass's
+    MACs is faked: exactly ``1 − (1 − φ)^c``."""
+    if not 0 <= fraction <= 1 or draws < 0:
+        raise ValueError("need 0 ≤ fraction ≤ 1 and draws ≥ 0")
+    return 1.0 - (1.0 - fraction) ** draws
 
 
 def challenges_for(fraction: float, confidence: float) -> int:
-    """The fewest challenges that catch a faked ``fraction`` of the pairs with at least
-    ``confidence``, from the bound ``1 − (1 − φ)^c`` (the exact chance is higher)."""
+    """The fewest draws that catch a faked fraction ``φ`` with at least ``confidence``."""
     if not 0 < fraction <= 1 or not 0 <= confidence < 1:
         raise ValueError("need 0 < fraction ≤ 1 and 0 ≤ confidence < 1")
     if fraction == 1:
