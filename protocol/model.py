@@ -16,6 +16,7 @@ written.
 from __future__ import annotations
 
 import io
+import math
 import re
 import struct
 import zipfile
@@ -36,6 +37,8 @@ BIAS_LIMIT = 1 << 30
 SCALE_MAX = (1 << 31) - 1
 SHIFT_MAX = 62
 MODEL_TAG = b"matmine/model1"
+MAX_ARRAY_BYTES = 1 << 30
+"""The most bytes a model file's arrays may hold once read (weights, biases, ...)."""
 
 _KEY = re.compile(r"^(w|b|scale|shift)(0|[1-9][0-9]*)$")
 
@@ -183,10 +186,36 @@ def model_from_arrays(arrays: Mapping[str, np.ndarray]) -> Model:
     return Model(layers)
 
 
-def load_model(data: bytes) -> Model:
-    """The model in the bytes of a ``.npz`` file (never unpickles)."""
+def _declared_bytes(archive: zipfile.ZipFile) -> int:
+    """The bytes the arrays of an ``.npz`` say they hold, from their ``.npy`` headers
+    alone (so a small compressed file cannot make us inflate gigabytes)."""
+    total = 0
+    for name in archive.namelist():
+        with archive.open(name) as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        total += math.prod(shape) * dtype.itemsize
+    return total
+
+
+def load_model(data: bytes, max_array_bytes: int = MAX_ARRAY_BYTES) -> Model:
+    """The model in the bytes of a ``.npz`` file (never unpickles; refuses arrays that
+    would take more than ``max_array_bytes`` in all before inflating them)."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with loaded as npz:
+            if npz.zip is None:
+                raise ValueError("the archive is closed")
+            declared = _declared_bytes(npz.zip)
+            if declared > max_array_bytes:
+                raise ProtocolError(
+                    f"model: its arrays hold {declared} bytes, at most {max_array_bytes}"
+                )
             arrays = {key: npz[key] for key in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ProtocolError(f"model: not a readable .npz file ({exc})") from None

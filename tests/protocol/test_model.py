@@ -228,12 +228,28 @@ def test_unreadable_files_are_refused_in_one_line():
         with pytest.raises(ProtocolError, match=r"not a readable \.npz") as caught:
             load_model(data)
         assert "\n" not in str(caught.value)
+    single = io.BytesIO()
+    np.save(single, np.zeros((2, 2), np.int8))
+    with pytest.raises(ProtocolError, match=r"a single \.npy array, not an \.npz archive"):
+        load_model(single.getvalue())
     pickled = io.BytesIO()
     arrays = arrays_of([(4, 4)])
     arrays["w0"] = np.array([[object()]], dtype=object)
     np.savez(pickled, **arrays)
     with pytest.raises(ProtocolError, match=r"not a readable \.npz"):
         load_model(pickled.getvalue())
+
+
+def test_arrays_are_sized_from_their_headers_before_they_are_inflated():
+    bomb = io.BytesIO()  # 64 MiB of zeros compress to about 64 KiB
+    arrays = arrays_of([(2, 2)])
+    arrays["w0"] = np.zeros((8192, 8192), np.int8)
+    np.savez_compressed(bomb, **arrays)
+    assert len(bomb.getvalue()) < 1 << 20
+    with pytest.raises(ProtocolError, match=r"its arrays hold 671088\d\d bytes, at most 1048576"):
+        load_model(bomb.getvalue(), max_array_bytes=1 << 20)
+    small = save_model(model_from_arrays(arrays_of([(16, 8)])))
+    assert load_model(small, max_array_bytes=1 << 20).input_width == 16
 
 
 @pytest.mark.parametrize(
