@@ -286,7 +286,15 @@ def requantise(z: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarra
 
 def layer_forward(layer: Layer, a: np.ndarray) -> np.ndarray:
     """Rows of ``A_l`` (int8, m×k) through one layer: int8 (requantised) or int32 (raw)."""
-    z = a.astype(np.int64) @ layer.w.astype(np.int64) + layer.bias.astype(np.int64)
+    return layer_output(layer, a.astype(np.int64) @ layer.w.astype(np.int64))
+
+
+def layer_output(layer: Layer, acc: np.ndarray) -> np.ndarray:
+    """The layer's output from its exact product ``acc = A_l·W_l`` (m×n): bias, then
+    requantisation, ReLU and clamp (int8), or bias and ReLU (raw, int32)."""
+    if acc.ndim != 2 or acc.shape[1] != layer.n:
+        raise ProtocolError(f"a product of this layer has {layer.n} columns, got {acc.shape}")
+    z = acc.astype(np.int64) + layer.bias.astype(np.int64)
     if layer.scale is not None and layer.shift is not None:
         y = requantise(z, layer.scale, layer.shift)
         if layer.relu:

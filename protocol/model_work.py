@@ -18,7 +18,7 @@ import numpy as np
 from .errors import ProtocolError
 from .hashing import H
 from .merkle import rows_root
-from .model import Model, check_input, output_bytes
+from .model import Model, check_input, layer_output, output_bytes
 from .useful import choose_r, padded_k, round_up
 from .workload import ALLOWED_R, TILE, Shape, Workload
 
@@ -57,6 +57,17 @@ def layer_workload(model: Model, index: int, a: np.ndarray, r: int = DEFAULT_R) 
     """The mmpow-1 workload of layer ``index`` whose (unpadded) activation is ``a``."""
     shape = layer_shape(model, index, a.shape[0], r)
     return Workload(shape, padded_activation(a, shape), padded_weights_t(model, index, shape))
+
+
+def next_activation(model: Model, index: int, product: np.ndarray, m: int) -> np.ndarray:
+    """``A_{index+1}`` (or the output ``Y``) from the layer's exact padded product (the
+    denoised ``A·B`` of its workload, §11): the real ``m × n_l`` block through
+    :func:`layer_output`. The padding of the product must be zero (it is, for zero-padded
+    operands)."""
+    layer = model.layers[index]
+    if product.ndim != 2 or product.shape[0] < m or product.shape[1] < layer.n:
+        raise ProtocolError(f"layer {index}'s product is {product.shape}, needs {m}x{layer.n}")
+    return layer_output(layer, product[:m, : layer.n])
 
 
 def weight_roots(model: Model, r: int = DEFAULT_R) -> tuple[bytes, ...]:

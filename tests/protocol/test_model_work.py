@@ -14,6 +14,7 @@ from protocol.model_work import (
     commitments_digest,
     layer_shape,
     layer_workload,
+    next_activation,
     padded_activation,
     unit_id,
     weight_roots,
@@ -96,6 +97,13 @@ def test_a_mined_layer_denoises_to_the_product_that_feeds_the_next_layer():
     q = requantise(product[:16, :20].astype(np.int64) + layer.bias, layer.scale, layer.shift)
     a1 = np.clip(np.maximum(q, 0), -64, 64).astype(np.int8)
     assert np.array_equal(a1, run.activations[1])
+    assert np.array_equal(next_activation(model, 0, product, 16), run.activations[1])
+    # the next layer's workload is built from it, and its product gives the output
+    second = layer_workload(model, 1, a1)
+    exact = second.a.astype(np.int64) @ second.bt.astype(np.int64).T
+    assert np.array_equal(next_activation(model, 1, exact, 16), run.output)
+    with pytest.raises(ProtocolError, match="needs 16x10"):
+        next_activation(model, 1, exact[:, :8], 16)
     # a share's ticket is checked from 16 rows of the padded A_l and of Wᵀ (SPEC §10)
     digest = verify_ticket(header.encode(), s, (0, 1), workload.a[:16], workload.bt[16:32])
     assert digest == work.digest(0, 1)
