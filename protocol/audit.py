@@ -25,6 +25,10 @@ from .workload import ENTRY_MAX, ENTRY_MIN
 DRAW_LABEL = b"matmine/audit/draw"
 DEFAULT_BUDGET_PPM = 100
 """The audit's cost bound by default: 100 parts per million (1e-4) of the unit's MACs."""
+RANK_GAP = 0.2
+"""A bound on ``1 − E[ρ_s]/r`` (measured 0.165..0.183, SPEC §12.12.5): the most a worker
+saves of a layer's mining by faking that layer's activation as zero, which it can only do
+by faking at least ``1 − RANK_GAP`` of the layer's rows."""
 _DRAW_BLOCK = 512
 
 
@@ -89,41 +93,47 @@ class _Draws:
 
 
 def draw_challenges(model: Model, rows: int, seed: bytes, count: int) -> tuple[Challenge, ...]:
-    """``count`` draws of a MAC of the unit's pass, uniform over its ``U = rows·Σ k_l·n_l``
-    MACs, each naming the pair that holds it (so pair ``(l, i)`` has probability
-    ``k_l·n_l / U`` per draw); repeats are kept once, the rest in draw order.
-
-    Draw ``t`` is ``p = below(U)``; layer ``l`` holds ``[rows·K_l, rows·K_{l+1})`` with
-    ``K_l = Σ_{j<l} k_j·n_j``, and row ``⌊(p − rows·K_l) / (k_l·n_l)⌋`` of it.
-    """
-    total = rows * model.macs_per_row
+    """``count`` draws, each uniform over the unit's ``N = L·rows`` pairs: draw ``t`` is
+    ``p = below(N)``, pair ``(⌊p/rows⌋, p mod rows)``; repeats are kept once, the rest in
+    draw order."""
+    total = model.depth * rows
     if rows <= 0 or count < 0 or total >= 1 << 64:
         raise ProtocolError(f"cannot draw {count} challenges over {rows} rows")
     draws = _Draws(seed)
     picked: dict[Challenge, None] = {}
     for _ in range(count):
         p = draws.below(total)
-        for index, layer in enumerate(model.layers):
-            span = rows * layer.macs_per_row
-            if p < span:
-                picked.setdefault(Challenge(index, p // layer.macs_per_row), None)
-                break
-            p -= span
+        picked.setdefault(Challenge(p // rows, p % rows), None)
     return tuple(picked)
 
 
+def deterrence_floor(depth: int) -> int:
+    """The fewest draws that catch, with probability at least ``RANK_GAP``, a worker that
+    fakes ``1 − RANK_GAP`` of one layer's rows (what the rank gap of SPEC §12.12.5 needs):
+    ``⌈ln(1 − g) / ln(1 − (1 − g)/L)⌉``, 1 for ``L ≤ 4``."""
+    per_draw = (1 - RANK_GAP) / depth
+    if per_draw >= RANK_GAP:
+        return 1
+    return math.ceil(math.log1p(-RANK_GAP) / math.log1p(-per_draw))
+
+
 def challenge_count(model: Model, rows: int, budget_ppm: int = DEFAULT_BUDGET_PPM) -> int:
-    """``c = max(1, ⌊ppm·U / (10⁶·κ)⌋)``: ``U = rows·Σ k_l·n_l`` the unit's MACs and
-    ``κ = max k_l·n_l`` the dearest challenge, so the audit costs ``≤ c·κ ≤ ppm·U/10⁶``
-    whenever the unit has at least :func:`min_unit_rows` rows."""
+    """``c = max(deterrence_floor(L), ⌊ppm·U / (10⁶·κ)⌋)``: ``U = rows·Σ k_l·n_l`` the
+    unit's MACs and ``κ = max k_l·n_l`` the dearest challenge, so the audit costs at most
+    ``c·κ ≤ ppm·U/10⁶`` whenever the unit has at least :func:`min_unit_rows` rows."""
     kappa = max(layer.macs_per_row for layer in model.layers)
-    return max(1, budget_ppm * rows * model.macs_per_row // (10**6 * kappa))
+    fitting = budget_ppm * rows * model.macs_per_row // (10**6 * kappa)
+    return max(deterrence_floor(model.depth), fitting)
 
 
-def min_unit_rows(model: Model, challenges: int = 1, budget_ppm: int = DEFAULT_BUDGET_PPM) -> int:
-    """The fewest rows of a unit whose ``challenges`` challenges cost within the budget."""
+def min_unit_rows(
+    model: Model, budget_ppm: int = DEFAULT_BUDGET_PPM, challenges: int | None = None
+) -> int:
+    """The fewest rows of a unit whose ``challenges`` draws (by default the deterrence
+    floor) cost within the budget: ``⌈c·κ·10⁶ / (ppm·Σ k_l·n_l)⌉``."""
+    c = deterrence_floor(model.depth) if challenges is None else challenges
     kappa = max(layer.macs_per_row for layer in model.layers)
-    return -(-challenges * kappa * 10**6 // (budget_ppm * model.macs_per_row))
+    return -(-c * kappa * 10**6 // (budget_ppm * model.macs_per_row))
 
 
 def audit_cost(model: Model, challenges: Sequence[Challenge]) -> int:
@@ -132,13 +142,13 @@ def audit_cost(model: Model, challenges: Sequence[Challenge]) -> int:
 
 
 def faked_fraction(model: Model, rows: int, faked: Sequence[Challenge]) -> float:
-    """``φ``: the share of the pass's MACs in the wrong pairs, ``Σ k_l·n_l / U``."""
-    return audit_cost(model, sorted(set(faked))) / (rows * model.macs_per_row)
+    """``φ``: the share of the unit's ``L·rows`` pairs that are wrong."""
+    return len(set(faked)) / (model.depth * rows)
 
 
 def catch_probability(fraction: float, draws: int) -> float:
-    """Chance that ``draws`` draws hit a wrong pair when a fraction ``φ`` of the pass's
-    MACs is faked: exactly ``1 − (1 − φ)^c``."""
+    """Chance that ``draws`` draws hit a wrong pair when a fraction ``φ`` of the pairs is
+    wrong: exactly ``1 − (1 − φ)^c``."""
     if not 0 <= fraction <= 1 or draws < 0:
         raise ValueError("need 0 ≤ fraction ≤ 1 and draws ≥ 0")
     return 1.0 - (1.0 - fraction) ** draws

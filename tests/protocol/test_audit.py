@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from protocol.audit import (
+    RANK_GAP,
     AuditFailure,
     Challenge,
     ChallengeAnswer,
@@ -18,6 +19,7 @@ from protocol.audit import (
     challenges_for,
     check_audit,
     check_challenge,
+    deterrence_floor,
     draw_challenges,
     faked_fraction,
     min_unit_rows,
@@ -115,7 +117,7 @@ def test_a_whole_layer_skipped_fails_every_challenge_of_that_layer():
     unit = worker_unit(activations, output)
     bad = failures(unit, Openings(unit, activations), every_pair())
     assert bad == {Challenge(0, row) for row in range(ROWS)}
-    assert faked_fraction(MODEL, ROWS, sorted(bad)) == pytest.approx(40 * 24 / MODEL.macs_per_row)
+    assert faked_fraction(MODEL, ROWS, sorted(bad)) == pytest.approx(1 / 3)
 
 
 def _answer(openings, challenge, **changes):
@@ -193,23 +195,23 @@ def test_draws_depend_on_the_secret_and_every_commitment():
         audit_seed(b"short", unit.digest)
 
 
-def test_draws_are_weighted_by_each_layers_macs():
+def test_draws_are_uniform_over_pairs_whatever_the_layer_costs():
     model = make_model([(64, 16), (16, 256), (256, 4)])  # costs 1024, 4096, 1024 per row
-    counts = np.zeros(3)
-    trials = 600
+    counts = np.zeros((3, 8))
+    trials = 1200
     for t in range(trials):
         for c in draw_challenges(model, 8, H(b"w", t.to_bytes(4, "little")), 1):
-            counts[c.layer] += 1
-    expected = np.array([1024, 4096, 1024]) / 6144 * trials
+            counts[c.layer, c.row] += 1
+    expected = trials / 24
     assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected))
 
 
 def test_catch_probability_matches_a_monte_carlo_of_the_real_draws():
-    """Fake 3 pairs of unequal layers; the share of audit seeds whose draws hit one of them
-    is 1 − (1 − φ)^c within 4.5 standard deviations (bounded: 1500 seeds)."""
+    """Fake 3 pairs; the share of audit seeds whose draws hit one of them is
+    1 − (1 − φ)^c within 4.5 standard deviations (bounded: 1500 seeds per c)."""
     faked = {Challenge(0, 3), Challenge(1, 11), Challenge(2, 19)}
     phi = faked_fraction(MODEL, ROWS, sorted(faked))
-    assert phi == pytest.approx((960 + 792 + 330) / (ROWS * MODEL.macs_per_row))
+    assert phi == pytest.approx(3 / (3 * ROWS))
     for draws in (1, 5, 20):
         want = catch_probability(phi, draws)
         trials = 1500
@@ -228,6 +230,17 @@ def test_catch_probability_matches_a_monte_carlo_of_the_real_draws():
         assert abs(caught / trials - want) < 4.5 * sigma + 1e-9, (draws, caught, want)
 
 
+def test_the_rank_gap_attack_is_caught_at_least_as_often_as_it_pays():
+    """SPEC §12.12.7: zeroing a layer's activation pays at most RANK_GAP of that layer's
+    mining and needs ≥ 1 − RANK_GAP of its rows faked; at the floor's draws the chance of
+    being caught is at least RANK_GAP, whatever L."""
+    for depth in range(1, 65):
+        c = deterrence_floor(depth)
+        assert catch_probability((1 - RANK_GAP) / depth, c) >= RANK_GAP - 1e-12
+        assert c == 1 or catch_probability((1 - RANK_GAP) / depth, c - 1) < RANK_GAP
+    assert [deterrence_floor(d) for d in (1, 4, 5, 8, 64)] == [1, 1, 2, 3, 18]
+
+
 def test_catch_probability_and_challenges_for():
     assert catch_probability(0.3, 0) == 0
     assert catch_probability(1.0, 1) == 1
@@ -240,24 +253,28 @@ def test_catch_probability_and_challenges_for():
         catch_probability(1.5, 1)
 
 
-@pytest.mark.parametrize("dims", [DIMS, [(512, 512)] * 3, [(4096, 64), (64, 4096), (4096, 16)]])
+@pytest.mark.parametrize(
+    "dims",
+    [DIMS, [(512, 512)] * 3, [(4096, 64), (64, 4096), (4096, 16)], [(256, 256)] * 8],
+)
 def test_challenge_count_keeps_the_cost_within_the_budget(dims):
     model = make_model(dims)
     kappa = max(k * n for k, n in dims)
+    floor = deterrence_floor(len(dims))
     m_min = min_unit_rows(model)
     for rows in (m_min, m_min + 1, 3 * m_min + 7, 20 * m_min):
         c = challenge_count(model, rows)
         units_macs = rows * model.macs_per_row
-        assert c >= 1 and c * kappa * 10**6 <= 100 * units_macs  # the worst draws fit
+        assert c >= floor and c * kappa * 10**6 <= 100 * units_macs  # the worst draws fit
         draws = draw_challenges(model, rows, H(b"cost", rows.to_bytes(4, "little")), c)
         assert audit_cost(model, draws) * 10**4 <= units_macs
-    # one row fewer than m_min: the single mandatory draw may cost more than the budget
-    if m_min > 1:
-        assert challenge_count(model, m_min - 1) == 1
-        assert kappa * 10**6 > 100 * (m_min - 1) * model.macs_per_row
-    assert challenge_count(model, 20 * m_min) >= 20
+    # one row fewer than m_min: the floor's draws may cost more than the budget
+    assert challenge_count(model, m_min - 1) == floor
+    assert floor * kappa * 10**6 > 100 * (m_min - 1) * model.macs_per_row
+    assert challenge_count(model, 20 * m_min) >= 20 * floor
 
 
 def test_min_unit_rows_for_equal_layers():
     assert min_unit_rows(make_model([(512, 512)] * 3)) == 3334  # ⌈10⁴ / 3⌉
     assert min_unit_rows(make_model([(512, 512)] * 3), challenges=3) == 10_000
+    assert min_unit_rows(make_model([(256, 256)] * 8)) == 3750  # 3 draws: ⌈3·10⁴ / 8⌉

@@ -174,7 +174,7 @@ def test_audit_draws_and_cost():
     seed_a = seed.digest()
     assert seed_a.hex() == audit["seed"]
     costs = [layer["k"] * layer["n"] for layer in LAYERS]
-    total = M * sum(costs)
+    pairs_total = len(LAYERS) * M
     stream = xof(seed_a, b"matmine/audit/draw", 8 * 64 * audit["draws"], 0)
     position = 0
     pairs: list[list[int]] = []
@@ -182,16 +182,13 @@ def test_audit_draws_and_cost():
         while True:
             u = int.from_bytes(stream[position : position + 8], "little")
             position += 8
-            if u < (1 << 64) - (1 << 64) % total:
+            if u < (1 << 64) - (1 << 64) % pairs_total:
                 break
-        p = u % total
-        for index, cost in enumerate(costs):
-            if p < M * cost:
-                pair = [index, p // cost]
-                break
-            p -= M * cost
+        pair = [(u % pairs_total) // M, (u % pairs_total) % M]
         if pair not in pairs:
             pairs.append(pair)
     assert pairs == audit["challenges"]
     assert sum(costs[layer] for layer, _ in pairs) == audit["cost"]
-    assert audit["count"] == max(1, audit["budget_ppm"] * total // (10**6 * max(costs)))
+    # SPEC §12.12.7: c = max(floor(L), ⌊ppm·U / (10⁶·κ)⌋), floor(L) = 1 for L ≤ 4
+    budget = audit["budget_ppm"] * M * sum(costs) // (10**6 * max(costs))
+    assert audit["count"] == max(1, budget)
