@@ -1,4 +1,4 @@
-"""The usefulness audit of a model-job unit (SPEC §12.12.5–§12.12.6).
+"""The usefulness audit of a model-job unit (SPEC §12.12.6–§12.12.7).
 
 After a unit's commitments arrive, the pool draws challenges ``(layer l, row i)`` from
 ``HK(pool secret, commitments digest)``, which the worker cannot predict; the worker opens
@@ -169,14 +169,11 @@ class Openings:
     def __init__(self, unit: UnitRecord, activations: Sequence[np.ndarray]) -> None:
         """``activations`` = ``A_0..A_{L−1}`` unpadded, as :func:`reference_pass` gives them."""
         self.unit = unit
-        self.trees = [
-            RowTree(padded_activation(activations[index], unit.shape(index)))
-            for index in range(1, unit.model.depth)
-        ]
         self.padded = [
             padded_activation(activations[index], unit.shape(index))
             for index in range(1, unit.model.depth)
         ]
+        self.trees = [RowTree(matrix) for matrix in self.padded]
 
     def _open(self, index: int, row: int) -> RowOpening:
         matrix = self.padded[index - 1]

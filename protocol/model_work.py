@@ -1,4 +1,4 @@
-"""How a model job's pass becomes mmpow-1 work (SPEC §12.12.2–§12.12.3).
+"""How a model job's pass becomes mmpow-1 work (SPEC §12.12.3–§12.12.4).
 
 Layer ``l`` of a unit of ``m`` input rows is one mmpow-1 workload: ``A`` = the unit's
 activation ``A_l`` and ``Bᵀ`` = ``W_lᵀ``, both zero-padded to the layer's shape
