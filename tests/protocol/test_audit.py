@@ -24,11 +24,15 @@ from protocol.audit import (
     faked_fraction,
     min_unit_rows,
 )
+from protocol.denoise import denoise
 from protocol.errors import ProtocolError
 from protocol.hashing import H
+from protocol.header import Header
 from protocol.merkle import RowTree
 from protocol.model import layer_forward, model_from_arrays, reference_pass
-from protocol.model_work import UnitRecord, layer_workload
+from protocol.model_work import UnitRecord, layer_workload, next_activation
+from protocol.noise import pow_seed
+from protocol.ticket import mine_header
 
 DIMS = [(40, 24), (24, 33), (33, 10)]
 ROWS = 20
@@ -278,3 +282,26 @@ def test_min_unit_rows_for_equal_layers():
     assert min_unit_rows(make_model([(512, 512)] * 3)) == 3334  # ⌈10⁴ / 3⌉
     assert min_unit_rows(make_model([(512, 512)] * 3), challenges=3) == 10_000
     assert min_unit_rows(make_model([(256, 256)] * 8)) == 3750  # 3 draws: ⌈3·10⁴ / 8⌉
+
+
+def test_a_mined_pass_passes_its_audit():
+    """The whole worker path of SPEC §12.12.4 in sans-IO: each layer mined as one header of
+    its work_root, denoised, requantised into the next; then delivery, draws and answers."""
+    activations = [X]
+    for index in range(MODEL.depth):
+        workload = layer_workload(MODEL, index, activations[-1])
+        header = Header(
+            1, 9, H(b"prev"), H(b"cb", bytes([index])), workload.work_root, 1, 0x1D010000
+        )
+        work = mine_header(header.encode(), workload)
+        product = denoise(
+            work.noisy_product, workload.a, workload.bt, pow_seed(header.encode()), workload.shape.r
+        )
+        activations.append(next_activation(MODEL, index, product, ROWS))
+    output = activations.pop()
+    reference = reference_pass(MODEL, X)
+    assert np.array_equal(output, reference.output)
+    unit = worker_unit(activations, output)
+    openings = Openings(unit, activations)
+    draws = draw_challenges(MODEL, ROWS, audit_seed(SECRET, unit.digest), 30)
+    check_audit(unit, draws, [openings.answer(c) for c in draws])
