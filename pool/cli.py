@@ -4,6 +4,7 @@
     matmine-pool serve --config pool.toml [--stratum-port 3333] [--http-port 8080] ...
     matmine-pool work submit --api http://HOST:PORT A.npy B.npy [--wait] [-o C.npy] [--token T]
     matmine-pool work status|result ...
+    matmine-pool model add NAME FILE.npz (--data-dir DIR | --api URL) / model list ...
 
 Flags override the file; the file overrides the defaults (``pool.config``).
 """
@@ -20,6 +21,7 @@ import trio
 
 from pool.config import WORK_PROFILES, ConfigError, PoolConfig, default_config_text, load_config
 from pool.config_rules import LOG_LEVELS
+from pool.models.cli import add_model_subcommands
 from pool.preflight import preflight
 from pool.useful.cli import add_work_subcommands
 from protocol.version import package_version
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--chain", metavar="URL", help="'embedded' (default) or rpc://HOST:PORT of a matmine-node"
     )
     add_work_subcommands(sub)
+    add_model_subcommands(sub)
     return parser
 
 
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "init-config":
         sys.stdout.write(default_config_text())
         return 0
-    if args.command == "work":
+    if args.command in ("work", "model"):
         return int(args.func(args))
     try:
         config = load_config(args.config, overrides_from_args(args))

@@ -1,6 +1,6 @@
-"""Generate protocol/vectors/mmpow1.json from the reference implementation.
+"""Generate protocol/vectors/mmpow1.json and model1.json from the reference implementation.
 
-Run ``python tools/gen_vectors.py`` to rewrite the file; ``--check`` exits non-zero if the
+Run ``python tools/gen_vectors.py`` to rewrite the files; ``--check`` exits non-zero if a
 file differs from what the code produces now.
 """
 
@@ -20,8 +20,10 @@ from protocol.noise import pow_seed
 from protocol.target import bits_from_target, target_from_difficulty
 from protocol.ticket import mine_header
 from protocol.workload import Shape, Workload
+from tools.model_vectors import build_model_vectors
 
 VECTORS = Path(__file__).resolve().parent.parent / "protocol" / "vectors" / "mmpow1.json"
+MODEL_VECTORS = VECTORS.with_name("model1.json")
 DIFFICULTIES = [1.0, 0.5, 2.0, 3.75, 1000.0, 123456.789, 0.001]
 CASES = [
     ("square-r32", Shape(32, 32, 128, 32)),
@@ -93,20 +95,26 @@ def render() -> str:
     return json.dumps(build(), indent=1) + "\n"
 
 
+def render_model() -> str:
+    """The text of ``model1.json`` (SPEC §12.12, §13)."""
+    return json.dumps(build_model_vectors(), indent=1) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
     args = parser.parse_args()
-    text = render()
-    if args.check:
-        if VECTORS.read_text() != text:
-            print(f"{VECTORS} is out of date", file=sys.stderr)
-            return 1
-        print(f"{VECTORS} is up to date")
-        return 0
-    VECTORS.write_text(text)
-    print(f"wrote {VECTORS}")
-    return 0
+    stale = 0
+    for path, text in ((VECTORS, render()), (MODEL_VECTORS, render_model())):
+        if not args.check:
+            path.write_text(text)
+            print(f"wrote {path}")
+        elif not path.exists() or path.read_text() != text:
+            print(f"{path} is out of date", file=sys.stderr)
+            stale = 1
+        else:
+            print(f"{path} is up to date")
+    return stale
 
 
 if __name__ == "__main__":

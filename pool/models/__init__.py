@@ -1,0 +1,1 @@
+"""The model registry of model jobs (SPEC §12.12)."""
