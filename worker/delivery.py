@@ -102,6 +102,15 @@ class ResultDelivery:
             self.uploading = product.workload.work_root
             try:
                 await self.deliver(product)
+            except Exception as exc:  # a fault of one upload never stops the worker
+                short = product.workload.work_root.hex()[:16]
+                log.debug("unit %s… delivery failed", short, exc_info=True)
+                self._finish(
+                    product.job,
+                    product.workload,
+                    "failed",
+                    f"unit {short}…: result not delivered: {exc!r}",
+                )
             finally:
                 self.uploading = None
 

@@ -28,6 +28,8 @@ from .data_client import DataClient, DataPlane, DataPlaneError
 
 log = logging.getLogger(__name__)
 
+_Key = tuple[str, bytes, bytes]  # a reservation: (token, a, b)
+
 
 class Prefetcher:
     """One background prefetch at a time of the blobs a job's ``next`` names."""
@@ -38,8 +40,8 @@ class Prefetcher:
         self._cache = cache
         self._data = data
         self._limiter = limiter
-        self._wanted: tuple[DataPlane, tuple[bytes, ...]] | None = None
-        self._last: tuple[str, bytes, bytes] | None = None
+        self._wanted: tuple[_Key, DataPlane] | None = None
+        self._last: _Key | None = None  # the reservation asked for last
         self._wake = trio.Event()
         self._running: frozenset[bytes] = frozenset()
         self._scope: trio.CancelScope | None = None
@@ -55,7 +57,9 @@ class Prefetcher:
         if key == self._last:
             return
         self._last = key
-        self._wanted = (DataPlane(plane.base, nxt.token), (nxt.a, nxt.b))
+        self._wanted = (key, DataPlane(plane.base, nxt.token))
+        if self._scope is not None and not self._running & {nxt.a, nxt.b}:
+            self._scope.cancel()  # a reservation the pool dropped: fetch the new one instead
         self._wake.set()
 
     async def settle(self, bid: bytes) -> None:
@@ -72,20 +76,26 @@ class Prefetcher:
             while self._wanted is None:
                 await self._wake.wait()
                 self._wake = trio.Event()
-            plane, ids = self._wanted
+            key, plane = self._wanted
             self._wanted = None
+            ids = key[1:]
             self._running, self._done = frozenset(ids), trio.Event()
+            what = " and ".join(f"{bid.hex()[:16]}…" for bid in ids)
             try:
                 with trio.CancelScope() as scope:
                     self._scope = scope
                     await self._fetch(plane, ids)
                 if scope.cancelled_caught:
                     self.dropped += 1
-                    self._last = None  # a later job naming it may try again
-                    log.debug("prefetch of %s cancelled: the current unit needs the link", ids)
+                    if self._last == key:
+                        self._last = None  # a later job naming it may try again
+                    log.debug("prefetch of blobs %s cancelled: other work goes first", what)
             except (DataPlaneError, BlobRejected, OSError) as exc:
                 self.dropped += 1
-                log.debug("prefetch dropped: %s", exc)
+                log.debug("prefetch of blobs %s dropped: %s", what, exc)
+            except Exception as exc:  # never let a prefetch stop the worker
+                self.dropped += 1
+                log.debug("prefetch of blobs %s dropped: %r", what, exc, exc_info=True)
             finally:
                 self._scope = None
                 self._running = frozenset()

@@ -229,10 +229,6 @@ class UsefulWork:
         the background; returns at once (:mod:`worker.delivery`)."""
         self.delivery.hand_over(Product(job, workload, header, noisy))
 
-    async def deliver(self, job: Job, workload: Workload, header: bytes, noisy: np.ndarray) -> str:
-        """Denoise ``noisy``, send C to the pool and wait for the outcome (not queued)."""
-        return await self.delivery.deliver(Product(job, workload, header, noisy))
-
     def _latest_job_id(self, job: Job) -> str:
         latest = self._units.get(job.notify.work.work_root)
         return latest.job.job_id if latest and latest.job.client is job.client else job.job_id

@@ -205,3 +205,31 @@ async def test_a_prefetch_that_fails_is_dropped_quietly(
         assert drops and all(r.levelno == logging.DEBUG for r in drops)
         why = {"not-the-lease's": "403", "spoiled": "", "too-big": "at most"}[fault]
         assert why in drops[-1].getMessage()
+
+
+async def test_a_new_reservation_replaces_the_prefetch_of_a_dropped_one(
+    start_pool, nursery, tmp_path
+):
+    handle = await start_pool(USEFUL_SETTINGS)
+    await submit_units(handle, 2)
+    proxy = HoldingProxy(handle.http_port, hold=b"GET /data/blobs/")
+    await nursery.start(proxy.serve)
+    cache = BlobCache(tmp_path / "cache", 1 << 20)
+    prefetcher = Prefetcher(lambda: cache, DataClient(), trio.CapacityLimiter(1))
+    nursery.start_soon(prefetcher.run)
+    async with (
+        await TestMiner.connect(handle.stratum_port) as first,
+        await TestMiner.connect(handle.stratum_port) as second,
+    ):
+        job1 = await first.login(f"{new_address()}.rig1", useful=True)
+        job2 = await second.login(f"{new_address()}.rig2", useful=True)
+        dropped = dataclasses.replace(next_of(job1), a=bytes(range(32)), b=bytes(range(1, 33)))
+        prefetcher.want(plane(job1, proxy.url), dropped)
+        await wait_until(lambda: proxy.held == 1, 10)
+        # the pool dropped that reservation: the next job names another unit
+        prefetcher.want(plane(job1, proxy.url), next_of(job2))
+        await wait_until(lambda: prefetcher.dropped == 1 and proxy.held == 2, 10)
+        proxy.release.set()
+        await wait_until(lambda: prefetcher.fetched == 2, 10)
+        assert source(job2).a in cache and source(job2).b in cache
+        assert prefetcher.dropped == 1
