@@ -20,6 +20,7 @@ import trio
 
 from protocol.useful import blob_id, plan_product
 from tests.support.holding_proxy import HoldingProxy
+from tests.support.http_proxy import FaultyProxy
 from tests.support.running import WrappedBackend, running_worker, wait_until
 from tests.support.useful_pool import (
     api_url,
@@ -133,4 +134,37 @@ async def test_the_next_unit_is_mined_while_the_last_result_uploads(tmp_path):
             assert summary["useful"]["scanned_macs"]["useful"] == kinds["useful"]
             assert summary["useful"]["bytes"]["in"] == sum(blobs.values())
             assert 0 < summary["useful"]["useful_fraction"] < 1
+        proxies.cancel_scope.cancel()
+
+
+async def test_a_background_upload_cut_midway_resumes_and_is_verified(tmp_path):
+    a, b = operands(64, 96, 64, seed=6)  # one unit: its A, its Bᵀ, then its result
+    result_bytes = 64 * 64 * 4
+    async with (
+        running_useful_pool(tmp_path / "pool") as pool,
+        trio.open_nursery() as proxies,
+    ):
+        # connections 1 and 2 fetch the blobs (no body to cut), 3 is the PUT: cut midway
+        proxy = FaultyProxy(pool.handle.http_port, direction="up", cut_after=5000, faulty=3)
+        await proxies.start(proxy.serve)
+        assert pool.handle.useful is not None
+        pool.handle.useful.data_url = f"{proxy.url}/data"
+        async with (
+            running_worker([pool.endpoint], [blas()], useful=useful_settings(tmp_path)) as worker,
+            httpx.AsyncClient(base_url=api_url(pool)) as customer,
+        ):
+            work_id = await submit(customer, a, b)
+            await wait_done(customer, work_id, 60)
+            c = await fetch_result(customer, work_id)
+            assert np.array_equal(c.astype(np.int64), a.astype(np.int64) @ b.astype(np.int64))
+            stats = worker.stats
+            await wait_until(lambda: stats.useful_results["verified"] == 1, 30)
+            assert proxy.cuts == 1 and proxy.connections >= 4
+            assert stats.useful_results == {"verified": 1, "rejected": 0, "failed": 0}
+            # the cut piece went twice: what the pool held was kept, the rest sent again
+            assert result_bytes < stats.useful_bytes["out"] < 2 * result_bytes
+            served = metric(
+                pool.handle.registry, "matmine_pool_data_bytes_total", 'direction="in",path="http"'
+            )
+            assert served == result_bytes
         proxies.cancel_scope.cancel()
