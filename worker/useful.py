@@ -41,7 +41,7 @@ from protocol.workload import Shape, Workload
 from .blobcache import BlobCache, BlobRejected, BlobSpec, VerifiedBlob
 from .client import Job, PoolClient
 from .data_client import DataClient, DataPlane, DataPlaneError
-from .delivery import Product, ResultDelivery, exact_product
+from .delivery import Product, ResultDelivery
 from .prefetch import Prefetcher
 from .stats import USEFUL_RESULTS, WorkerStats
 
@@ -249,9 +249,6 @@ def _make_workload(shape: Shape, a: np.ndarray, bt: np.ndarray) -> Workload:
     workload = Workload(shape, a, bt)
     _ = workload.work_root  # hash the rows here, off the trio thread
     return workload
-
-
-_exact_product = exact_product  # the name tests import
 
 
 __all__ = ["RESULT_OUTCOMES", "BlobRejected", "UsefulWork", "is_blob_job"]
