@@ -3,12 +3,13 @@
 The miner hands a claimed header's noisy product ``A'·B'`` over with
 :meth:`ResultDelivery.hand_over`, which never blocks: the product waits in a small queue
 and the miner moves on at once. :meth:`ResultDelivery.run` (one task of the worker's
-nursery) takes the products one at a time — at most one upload is in flight, a second
-unit's product waits for it — denoises each in a worker thread (``protocol.denoise``) and
-sends the unit's C as int32 little-endian: ``PUT`` with resume over the lease's HTTP data
-plane when the job names one (the first ``PUT`` at offset 0 ends the unit's mining on the
-pool, which sends the next job while the upload goes on), else — or when that fails — in
-``work.result`` chunks on the session that gave the job. The verdict is booked (stats,
+nursery) takes the products in order — at most one upload is in flight, a second unit's
+product waits for it — denoises each in a worker thread (``protocol.denoise``; the next
+one while the one before uploads) and sends the unit's C as int32 little-endian: ``PUT``
+with resume over the lease's HTTP data plane when the job names one (the first ``PUT`` at
+offset 0 ends the unit's mining on the pool, which sends the next job while the upload
+goes on), else — or when that fails — in ``work.result`` chunks on the session that gave
+the job. The verdict is booked (stats,
 log) when the pool's answer arrives.
 """
 
@@ -18,6 +19,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import trio
@@ -36,6 +38,7 @@ from .stats import WorkerStats
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
 RESULT_WINDOW = 8  # result chunks in flight at once (acks are collected in order)
 WAITING = 2  # products waiting behind the upload in flight (more: the oldest is failed)
 
@@ -70,18 +73,19 @@ class ResultDelivery:
         self._on_outcome = on_outcome
         self._waiting: deque[Product] = deque()
         self._wake = trio.Event()
+        self.ahead = 0  # 1 while the next product is denoised ahead of the upload in flight
         self.uploading: bytes | None = None  # unit id of the upload in flight
         self.limiter = trio.CapacityLimiter(1)  # denoising, apart from operand loading
 
     @property
     def waiting(self) -> int:
-        """Products waiting behind the upload in flight."""
-        return len(self._waiting)
+        """Products waiting behind the upload in flight (queued, or denoised ahead)."""
+        return len(self._waiting) + self.ahead
 
     def hand_over(self, product: Product) -> None:
         """Queue ``product`` for delivery; returns at once."""
         self._waiting.append(product)
-        while len(self._waiting) > WAITING:
+        while len(self._waiting) + self.ahead > WAITING:
             dropped = self._waiting.popleft()
             self._finish(
                 dropped.job,
@@ -93,38 +97,69 @@ class ResultDelivery:
         self._wake.set()
 
     async def run(self) -> None:
-        """Deliver handed-over products in order until cancelled."""
+        """Deliver handed-over products in order until cancelled: the next one is denoised
+        while the one before uploads, and waits (denoised) until that upload is done."""
+        send, receive = trio.open_memory_channel[tuple[Product, bytes]](0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._denoise_loop, send)
+            nursery.start_soon(self._upload_loop, receive)
+
+    async def _denoise_loop(self, send: trio.MemorySendChannel[tuple[Product, bytes]]) -> None:
         while True:
             while not self._waiting:
                 await self._wake.wait()
                 self._wake = trio.Event()
             product = self._waiting.popleft()
+            self.ahead = 1
+            try:
+                raw = await self._guarded(product, self._denoise(product))
+                if raw is not None:
+                    await send.send((product, raw))
+            finally:
+                self.ahead = 0
+
+    async def _upload_loop(self, receive: trio.MemoryReceiveChannel[tuple[Product, bytes]]) -> None:
+        async for product, raw in receive:
             self.uploading = product.workload.work_root
             try:
-                await self.deliver(product)
-            except Exception as exc:  # a fault of one upload never stops the worker
-                short = product.workload.work_root.hex()[:16]
-                log.debug("unit %s… delivery failed", short, exc_info=True)
-                self._finish(
-                    product.job,
-                    product.workload,
-                    "failed",
-                    f"unit {short}…: result not delivered: {exc!r}",
-                )
+                await self._guarded(product, self._upload(product, raw))
             finally:
                 self.uploading = None
 
-    async def deliver(self, product: Product) -> str:
-        """Denoise ``product``, send C to the pool, return the outcome."""
+    async def _guarded(self, product: Product, step: Awaitable[_T]) -> _T | None:
+        """``await step``; a fault of one product is its outcome, never the worker's end."""
+        try:
+            return await step
+        except Exception as exc:
+            short = product.workload.work_root.hex()[:16]
+            log.debug("unit %s… delivery failed", short, exc_info=True)
+            self._finish(
+                product.job, product.workload, "failed", f"unit {short}…: not delivered: {exc!r}"
+            )
+            return None
+
+    async def _denoise(self, product: Product) -> bytes | None:
+        """The unit's C from the product, in a worker thread (None: it failed, booked)."""
+        try:
+            return await trio.to_thread.run_sync(
+                exact_product,
+                product.workload,
+                product.header,
+                product.noisy,
+                limiter=self.limiter,
+            )
+        except (ProtocolError, ValueError) as exc:  # pragma: no cover - a backend bug
+            short = product.workload.work_root.hex()[:16]
+            self._finish(
+                product.job, product.workload, "failed", f"unit {short}…: cannot denoise: {exc}"
+            )
+            return None
+
+    async def _upload(self, product: Product, raw: bytes) -> str:
+        """Send C to the pool (HTTP, else stratum); the outcome."""
         job, workload = product.job, product.workload
         unit_id = workload.work_root
         short = unit_id.hex()[:16]
-        try:
-            raw = await trio.to_thread.run_sync(
-                exact_product, workload, product.header, product.noisy, limiter=self.limiter
-            )
-        except (ProtocolError, ValueError) as exc:  # pragma: no cover - a backend bug
-            return self._finish(job, workload, "failed", f"unit {short}…: cannot denoise: {exc}")
         plane = self._plane_of(job)
         if plane is not None:
             try:

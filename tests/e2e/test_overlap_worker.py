@@ -90,6 +90,7 @@ async def test_the_next_unit_is_mined_while_the_last_result_uploads(tmp_path):
             await wait_until(lambda: proxy.held == 1 and len(device.units) == 2, 30)
             first, second = device.units
             await wait_until(lambda: useful.delivery.waiting == 1, 30)
+            assert useful.delivery.ahead == 1  # taken for denoising ahead; no upload yet
             # ... which waits behind the upload in flight, while the device mines on
             scans = device.scans_of(second)
             await wait_until(lambda: device.scans_of(second) >= scans + 3, 30)
