@@ -142,6 +142,8 @@ class WorkerApp:
                     ) from None
                 log.info("metrics and /api/summary on %s", ", ".join(self.metrics_urls))
             nursery.start_soon(self.failover.run)
+            if self.useful is not None:  # result delivery and prefetch, in the background
+                nursery.start_soon(self.useful.run)
             nursery.start_soon(self._mine, nursery.cancel_scope)
             if self.watchdog is not None:
                 nursery.start_soon(self.watchdog.run)

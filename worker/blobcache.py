@@ -12,8 +12,12 @@ one asked for; a tampered chunk makes the finished blob fail verification and th
 download is rejected (:class:`BlobRejected`). :func:`fetch_blob` drives it over any
 ``get_chunk`` coroutine (the worker client's ``work.get_blob`` request).
 
-The cache keeps blobs under ``dir`` up to ``max_bytes``, evicting the least recently used
-(file mtimes, so the order survives restarts), and re-hashes a blob when it is loaded.
+The cache keeps operands by content hash across units, under ``dir`` up to ``max_bytes``,
+evicting the least recently used (every load or store is a use; file mtimes, so the order
+survives restarts) but never a pinned blob (the operands of the unit being mined), so a
+unit's Bᵀ stays while the A blocks change. A blob is re-hashed when it is loaded. A
+prefetched blob (SPEC §12.7 ``next``) enters with :meth:`BlobCache.adopt`, checked by its
+content hash only; its rows are checked against the first job that names it.
 """
 
 from __future__ import annotations
@@ -173,6 +177,8 @@ class BlobCache:
         """Called with the byte count of every downloaded chunk
         (``matmine_worker_blob_bytes_total``)."""
         self._last_use_ns = 0
+        self.pinned: frozenset[bytes] = frozenset()
+        """Blob ids eviction leaves alone (the current unit's operands)."""
         for leftover in self.dir.glob(".tmp-*"):  # half-written by a worker that crashed
             leftover.unlink(missing_ok=True)
 
@@ -233,7 +239,8 @@ class BlobCache:
         if path.exists():
             self._touch(path)
             return True
-        self._evict(self.max_bytes - size)
+        if not self._evict(self.max_bytes - size):
+            return False
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -246,20 +253,48 @@ class BlobCache:
         self._write_meta(path, blob.spec)
         return True
 
-    def _evict(self, keep_at_most: int) -> None:
+    def pin(self, *bids: bytes) -> None:
+        """Keep ``bids`` (and only them) from eviction, e.g. the operands being mined."""
+        self.pinned = frozenset(bids)
+
+    def adopt(self, bid: bytes, part: Path, size: int) -> bool:
+        """Move a downloaded file whose bytes hash to ``bid`` into the cache (no row
+        metadata: the first :meth:`load` verifies its rows); False if it cannot fit beside
+        the pinned blobs (``part`` is then deleted)."""
+        path = self._path(bid)
+        try:
+            if path.exists():
+                self._touch(path)
+                return True
+            if size > self.max_bytes or not self._evict(self.max_bytes - size):
+                return False
+            os.replace(part, path)
+            path.with_suffix(".json").unlink(missing_ok=True)
+            self._touch(path)
+            return True
+        finally:
+            part.unlink(missing_ok=True)
+
+    def _evict(self, keep_at_most: int) -> bool:
+        """Delete least recently used unpinned blobs until at most ``keep_at_most`` bytes
+        are left; False if the pinned ones alone are more."""
         files = []  # (mtime, size, path); a file another process removed meanwhile is skipped
         for path in self._files():
             with contextlib.suppress(FileNotFoundError):
                 st = path.stat()
                 files.append((st.st_mtime_ns, st.st_size, path))
         files.sort()
+        pinned = {bid.hex() for bid in self.pinned}
         total = sum(size for _, size, _ in files)
         for _, size, path in files:
             if total <= keep_at_most:
                 break
+            if path.stem in pinned:
+                continue
             total -= size
             path.unlink(missing_ok=True)
             path.with_suffix(".json").unlink(missing_ok=True)
+        return total <= keep_at_most
 
     @staticmethod
     def _write_meta(path: Path, spec: BlobSpec) -> None:

@@ -40,15 +40,21 @@ def format_ping(stats: WorkerStats) -> str:
     return "-" if ping is None else f"{ping * 1000:.0f} ms"
 
 
+def format_useful(stats: WorkerStats) -> str:
+    """``useful 73.5%`` of the scanned MACs (``useful -`` before any scan)."""
+    fraction = stats.useful_fraction
+    return "useful -" if fraction is None else f"useful {fraction:.1%}"
+
+
 def status_line(stats: WorkerStats) -> str:
-    """One line: pool, its ping, hashrate 10s/60s/15m and peak, shares A/R/S, hardware
-    errors, best share, blocks, uptime."""
+    """One line: pool, its ping, hashrate 10s/60s/15m and peak, the useful fraction of the
+    scanned MACs, shares A/R/S, hardware errors, best share, blocks, uptime."""
     s = stats.shares
     pool = stats.pool if stats.pool_connected else "no pool"
     rates = "/".join(format_rate(stats.hashrate(w)) for w in (10, 60, 900))
     return (
         f"{pool} | ping {format_ping(stats)} | {rates} (10s/60s/15m), peak "
-        f"{format_rate(stats.peak)} | accepted {s['accepted']} rejected "
+        f"{format_rate(stats.peak)} | {format_useful(stats)} | accepted {s['accepted']} rejected "
         f"{s['rejected']} stale {s['stale']} lost {s['lost']} | hw errors "
         f"{stats.hw_errors} | best share {stats.best.difficulty:.4g} | blocks {stats.blocks}"
         f" | up {format_duration(stats.uptime)}"

@@ -70,8 +70,13 @@ class DataClient:
     """HTTP downloads and uploads for blob jobs (one ``httpx.AsyncClient`` per transfer,
     so nothing is left open between units)."""
 
-    def __init__(self, on_bytes: Callable[[int], None] | None = None) -> None:
-        self.on_bytes = on_bytes
+    def __init__(
+        self,
+        on_bytes: Callable[[int], None] | None = None,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> None:
+        self.on_bytes = on_bytes  # blob bytes received
+        self.on_sent = on_sent  # result bytes sent
 
     # -- blobs ----------------------------------------------------------------------------
 
@@ -129,6 +134,51 @@ class DataClient:
                     raise DataPlaneError(f"GET {url}: {exc}") from None
         return have
 
+    async def prefetch_blob(self, plane: DataPlane, bid: bytes, part: Path, max_bytes: int) -> int:
+        """Download the blob named ``bid`` (size not known yet: SPEC §12.7 ``next``) into
+        ``part``, entries range-checked and BLAKE3-hashed as they stream; its size.
+
+        :class:`DataPlaneError` if the pool refuses or the blob is over ``max_bytes``;
+        :class:`BlobRejected` if the bytes are not the hash's. Only the content hash is
+        known here: the rows are checked when a job names the blob (``BlobCache.load``).
+        """
+        hasher = blake3()
+        short = bid.hex()[:16]
+        url = f"{plane.base}/blobs/{bid.hex()}"
+        part.unlink(missing_ok=True)
+        have = 0
+        try:
+            async with (
+                httpx.AsyncClient(timeout=TIMEOUT, trust_env=False) as http,
+                http.stream("GET", url, headers={**plane.auth, "Range": "bytes=0-"}) as answer,
+            ):
+                if answer.status_code != 206:
+                    await answer.aread()
+                    raise DataPlaneError(_refusal("GET", url, answer))
+                total = _range_total(answer.headers.get("content-range"))
+                if total is None or total > max_bytes:
+                    raise DataPlaneError(
+                        f"blob {short}…: {answer.headers.get('content-range')!r} is not a"
+                        f" range of at most {max_bytes} bytes"
+                    )
+                with part.open("wb") as out:
+                    async for chunk in answer.aiter_bytes(UPLOAD_PIECE):
+                        if have + len(chunk) > total:
+                            raise BlobRejected(f"blob {short}… runs long")
+                        await trio.to_thread.run_sync(_take, out, hasher, chunk)
+                        have += len(chunk)
+                        if self.on_bytes is not None:
+                            self.on_bytes(len(chunk))
+            if have != total or hasher.digest() != bid:
+                raise BlobRejected(f"blob {short}…: content does not match its hash")
+        except httpx.HTTPError as exc:
+            part.unlink(missing_ok=True)
+            raise DataPlaneError(f"GET {url}: {exc}") from None
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        return have
+
     # -- results --------------------------------------------------------------------------
 
     async def upload_result(self, plane: DataPlane, unit: bytes, raw: bytes) -> dict[str, Any]:
@@ -155,7 +205,7 @@ class DataClient:
                     url,
                     params={"offset": offset},
                     headers=headers,
-                    content=_pieces(raw, offset),
+                    content=_pieces(raw, offset, self.on_sent),
                 )
             except httpx.HTTPError as exc:
                 last = f"PUT {url}: {exc}"
@@ -172,10 +222,15 @@ class DataClient:
         raise DataPlaneError(f"result not delivered after {ATTEMPTS} requests: {last}")
 
 
-async def _pieces(raw: bytes, offset: int) -> AsyncIterator[bytes]:
+async def _pieces(
+    raw: bytes, offset: int, on_sent: Callable[[int], None] | None
+) -> AsyncIterator[bytes]:
     view = memoryview(raw)
     for start in range(offset, len(raw), UPLOAD_PIECE):
-        yield bytes(view[start : start + UPLOAD_PIECE])
+        piece = bytes(view[start : start + UPLOAD_PIECE])
+        yield piece
+        if on_sent is not None:
+            on_sent(len(piece))
 
 
 def _refusal(method: str, url: str, answer: httpx.Response) -> str:
@@ -184,6 +239,15 @@ def _refusal(method: str, url: str, answer: httpx.Response) -> str:
     except ValueError:
         why = answer.text[:200]
     return f"{method} {url}: {answer.status_code} {why}".rstrip()
+
+
+def _range_total(content_range: str | None) -> int | None:
+    """``total`` of ``bytes 0-<total-1>/<total>``, or None if it is not that."""
+    unit, _, rest = (content_range or "").partition(" ")
+    span, _, total = rest.partition("/")
+    if unit != "bytes" or not total.isdigit() or int(total) == 0:
+        return None
+    return int(total) if span == f"0-{int(total) - 1}" else None
 
 
 def _rehash(part: Path, hasher: Any, size: int) -> int:

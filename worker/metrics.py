@@ -5,9 +5,11 @@ too), ``matmine_worker_work_macs_total{device}`` (MACs computed: ``rate()`` it),
 ``matmine_worker_shares_total{result}``, ``matmine_worker_hw_errors_total{device}``,
 ``matmine_worker_pool_connected``, ``matmine_worker_blob_bytes_total``,
 ``matmine_worker_blobs_rejected_total``, ``matmine_worker_useful_results_total{outcome}``,
-``matmine_worker_best_share_difficulty``; the app adds ``matmine_worker_build_info`` and
-``process_*`` (:mod:`toolkit.metrics`). No ``_created`` series.
-Values are read from ``WorkerStats`` at scrape time.
+``matmine_worker_best_share_difficulty``, ``matmine_worker_scanned_macs_total{kind}``
+(``useful``: a unit's headers before its product was taken; ``synthetic``: the rest),
+``matmine_worker_useful_bytes_total{direction}`` (operands ``in``, results ``out``); the
+app adds ``matmine_worker_build_info`` and ``process_*`` (:mod:`toolkit.metrics`).
+No ``_created`` series. Values are read from ``WorkerStats`` at scrape time.
 ``/api/summary``: ``WorkerStats.summary()`` as JSON.
 """
 
@@ -30,7 +32,7 @@ from starlette.routing import Route
 
 from toolkit.metrics import exposition
 
-from .stats import SHARE_RESULTS, WorkerStats
+from .stats import DIRECTIONS, SCAN_KINDS, SHARE_RESULTS, WorkerStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HASHRATE_WINDOW = 60.0
@@ -99,6 +101,23 @@ class WorkerCollector(Collector):
         for outcome, count in stats.useful_results.items():
             results.add_metric([outcome], count)
         yield results
+        scanned = CounterMetricFamily(
+            "matmine_worker_scanned_macs",
+            "Multiply-accumulates scanned, by kind (useful: a unit's headers before its "
+            "product was taken; synthetic: everything else)",
+            labels=["kind"],
+        )
+        for kind in SCAN_KINDS:
+            scanned.add_metric([kind], stats.scanned_macs[kind])
+        yield scanned
+        moved = CounterMetricFamily(
+            "matmine_worker_useful_bytes",
+            "Useful-work bytes moved, by direction (in: operand blobs, out: results)",
+            labels=["direction"],
+        )
+        for direction in DIRECTIONS:
+            moved.add_metric([direction], stats.useful_bytes[direction])
+        yield moved
         yield GaugeMetricFamily(
             "matmine_worker_best_share_difficulty",
             "Highest difficulty of a checked share since start",

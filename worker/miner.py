@@ -13,6 +13,11 @@ and retired after ``MAX_FAILURES`` failures in a row without a completed scan; a
 that is unusable (``DeviceUnusable``: kernels that do not build, wrong results) is retired
 at once with one warning. The others mine on; ``Miner.run`` returns when none is left.
 
+Every scan's MACs are counted by kind: ``useful`` while the scan is of a unit whose
+product is not taken yet (it asks for the product), ``synthetic`` for everything else
+(synthetic jobs, and a unit's headers after its product was handed to the background
+delivery, mined only until the pool's next job arrives).
+
 The jobs and their workloads are ``jobfeed.py``; one device's state is ``device_slot.py``.
 """
 
@@ -269,7 +274,7 @@ class Miner:
 
     def _deliver(self, minable: MinableJob, header: bytes, noisy: np.ndarray) -> None:
         """Start the useful task on ``header``'s noisy product, unless its unit has ended."""
-        assert self._useful is not None and self._nursery is not None
+        assert self._useful is not None
         job = minable.job
         current = self.feed.job
         if (
@@ -282,7 +287,7 @@ class Miner:
                 minable.workload.work_root.hex()[:16],
             )
             return
-        self._nursery.start_soon(self._useful.deliver, job, minable.workload, header, noisy)
+        self._useful.hand_over(job, minable.workload, header, noisy)
 
     async def _device_loop(self, slot: DeviceSlot) -> None:
         while True:
@@ -320,7 +325,9 @@ class Miner:
             finally:
                 flag.set()
                 slot.scan_started = None
-            self._stats.add_scan(slot.name, result.macs, result.complete)
+            # useful: a header of a unit whose product is not taken yet; else synthetic
+            kind = "useful" if want else "synthetic"
+            self._stats.add_scan(slot.name, result.macs, result.complete, kind)
             if result.complete:
                 slot.failures = 0
             if self.feed.generation != generation:

@@ -14,6 +14,9 @@ WINDOWS = (10.0, 60.0, 900.0)
 SHARE_RESULTS = ("accepted", "rejected", "stale", "lost")
 PING_SAMPLES = 32  # submit round trips the pool ping is the median of
 USEFUL_RESULTS = ("verified", "rejected", "failed")
+SCAN_KINDS = ("useful", "synthetic")
+"""``useful``: headers of a unit before its product was taken; ``synthetic``: all else."""
+DIRECTIONS = ("in", "out")  # useful-work bytes: operands in, results out
 
 
 class RateWindow:
@@ -97,6 +100,8 @@ class WorkerStats:
     blobs_rejected: int = 0  # blob jobs dropped because an operand failed verification
     useful_results: dict[str, int] = field(default_factory=lambda: dict.fromkeys(USEFUL_RESULTS, 0))
     useful_macs: int = 0  # MACs (padded unit shape) of results the pool verified
+    scanned_macs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SCAN_KINDS, 0))
+    useful_bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DIRECTIONS, 0))
     peak: float = 0.0  # highest 10 s hashrate of all devices together, MAC/s
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=PING_SAMPLES))
 
@@ -112,7 +117,11 @@ class WorkerStats:
             self.devices[name] = dev
         return dev
 
-    def add_scan(self, name: str, macs: int, complete: bool) -> None:
+    def add_scan(self, name: str, macs: int, complete: bool, kind: str = "synthetic") -> None:
+        """Count one scan of device ``name``: its MACs, by ``kind`` (``SCAN_KINDS``)."""
+        if kind not in self.scanned_macs:
+            raise ValueError(f"unknown scan kind {kind!r}")
+        self.scanned_macs[kind] += macs
         now = self.clock()
         dev = self.device(name)
         dev.macs += macs
@@ -176,6 +185,12 @@ class WorkerStats:
         return ordered[len(ordered) // 2]
 
     @property
+    def useful_fraction(self) -> float | None:
+        """The share of scanned MACs that were useful (None before any scan)."""
+        total = sum(self.scanned_macs.values())
+        return None if total == 0 else self.scanned_macs["useful"] / total
+
+    @property
     def uptime(self) -> float:
         return self.clock() - self.started
 
@@ -213,6 +228,9 @@ class WorkerStats:
                 "blobs_rejected": self.blobs_rejected,
                 "results": dict(self.useful_results),
                 "macs": self.useful_macs,
+                "scanned_macs": dict(self.scanned_macs),
+                "useful_fraction": self.useful_fraction,
+                "bytes": dict(self.useful_bytes),
             },
             "devices": [
                 {

@@ -16,43 +16,39 @@ While mining, the miner asks each scan of a blob job for the header's noisy prod
 :meth:`UsefulWork.wants_product` says so, and :meth:`UsefulWork.claim` once per completed
 header; the first header of a unit on a session gets ``True`` and the miner hands its
 product (from the scan, or from ``backend.product(header)`` for a backend that gives
-none) to :meth:`UsefulWork.deliver`, which
-denoises it in a worker thread (``protocol.denoise``), sends the unit's C as int32
-little-endian in ``work.result`` chunks on the session that gave the job, and reads the
-pool's verdict from the answer to the final chunk. Mining goes on meanwhile: the pool
-pushes new work once it has judged the result.
+none) to :meth:`UsefulWork.hand_over`, which queues it for :mod:`worker.delivery`
+(denoised in a worker thread, uploaded in the background, one upload at a time, the
+verdict booked when it arrives) and returns at once: the miner moves on. A job whose
+source names ``next`` (the unit the pool reserved for this session) has those blobs
+prefetched in the background once its own operands are in (:mod:`worker.prefetch`), and
+the blob cache keeps the current unit's operands pinned, so a Bᵀ shared by the next unit
+stays. :meth:`UsefulWork.run` runs the delivery and prefetch tasks.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import trio
 
-from protocol.denoise import denoise
-from protocol.errors import ProtocolError
 from protocol.messages import BlobSource
-from protocol.noise import pow_seed
-from protocol.useful import RESULT_DTYPE, chunks
-from protocol.work_messages import CHUNK_SIZE, WorkResultAck
+from protocol.work_messages import CHUNK_SIZE
 from protocol.workload import Shape, Workload
 
 from .blobcache import BlobCache, BlobRejected, BlobSpec, VerifiedBlob
 from .client import Job, PoolClient
 from .data_client import DataClient, DataPlane, DataPlaneError
-from .outcomes import RequestFailed
+from .delivery import Product, ResultDelivery
+from .prefetch import Prefetcher
 from .stats import USEFUL_RESULTS, WorkerStats
 
 log = logging.getLogger(__name__)
 
 RESULT_OUTCOMES = USEFUL_RESULTS
 """``verified``: the pool's check passed; ``rejected``: it failed; ``failed``: not delivered."""
-RESULT_WINDOW = 8  # result chunks in flight at once (acks are collected in order)
 MAX_UNITS = 64  # units remembered per session (the oldest is forgotten first)
 
 
@@ -82,12 +78,24 @@ class UsefulWork:
     _cache: BlobCache | None = field(default=None, init=False, repr=False)
     _client: PoolClient | None = field(default=None, init=False, repr=False)
     _units: dict[bytes, _Unit] = field(default_factory=dict, init=False, repr=False)
-    _data: DataClient | None = field(default=None, init=False, repr=False)
+    data: DataClient = field(init=False, repr=False)
+    delivery: ResultDelivery = field(init=False, repr=False)
+    prefetcher: Prefetcher = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.chunk_max <= CHUNK_SIZE:
             raise ValueError(f"chunk_max must be in 1..{CHUNK_SIZE}, got {self.chunk_max}")
         self.cache_dir = Path(self.cache_dir)
+        self.data = DataClient(self._count_bytes, self._count_sent)
+        self.delivery = ResultDelivery(
+            self.stats,
+            self.data,
+            self.chunk_max,
+            self.plane,
+            self._latest_job_id,
+            self._set_outcome,
+        )
+        self.prefetcher = Prefetcher(lambda: self.cache, self.data, trio.CapacityLimiter(1))
 
     @property
     def cache(self) -> BlobCache:
@@ -99,6 +107,10 @@ class UsefulWork:
 
     def _count_bytes(self, n: int) -> None:
         self.stats.blob_bytes += n  # matmine_worker_blob_bytes_total
+        self.stats.useful_bytes["in"] += n
+
+    def _count_sent(self, n: int) -> None:
+        self.stats.useful_bytes["out"] += n
 
     # --- operands ------------------------------------------------------------------------
 
@@ -111,6 +123,7 @@ class UsefulWork:
         """
         work = job.notify.work
         a_spec, b_spec = BlobSpec.operands(work)
+        self.cache.pin(a_spec.blob_id, b_spec.blob_id)
         before, started = self.stats.blob_bytes, trio.current_time()
         a = await self._ensure(job, a_spec)
         b = await self._ensure(job, b_spec)
@@ -131,13 +144,11 @@ class UsefulWork:
         if workload.work_root != work.work_root:
             raise BlobRejected("the verified operands do not give the job's work_root")
         self._track(job)
+        plane = self.plane(job)
+        source = work.source
+        if plane is not None and isinstance(source, BlobSource) and source.next is not None:
+            self.prefetcher.want(plane, source.next)  # after this unit's own operands
         return workload
-
-    @property
-    def data(self) -> DataClient:
-        if self._data is None:
-            self._data = DataClient(self._count_bytes)
-        return self._data
 
     @staticmethod
     def plane(job: Job) -> DataPlane | None:
@@ -152,6 +163,9 @@ class UsefulWork:
         plane = self.plane(job)
         if plane is not None:
             cached = await trio.to_thread.run_sync(self.cache.load, spec, limiter=self.limiter)
+            if cached is None:  # a prefetch may be bringing it; any other waits
+                await self.prefetcher.settle(spec.blob_id)
+                cached = await trio.to_thread.run_sync(self.cache.load, spec, limiter=self.limiter)
             if cached is not None:
                 return cached
             part = self.cache.dir / f".part-{spec.blob_id.hex()}"
@@ -182,7 +196,8 @@ class UsefulWork:
 
     def wants_product(self, job: Job) -> bool:
         """Should the next scan of ``job`` also return its noisy product? True for a blob
-        job whose unit has no claimed header on this session yet (does not claim)."""
+        job whose unit has no claimed header on this session yet (does not claim). A scan
+        that starts while this is True is useful work; any other is synthetic."""
         if not is_blob_job(job):
             return False
         unit = self._units.get(job.notify.work.work_root)
@@ -209,103 +224,31 @@ class UsefulWork:
         unit = self._units.get(job.notify.work.work_root)
         return unit.outcome if unit is not None and job.client is self._client else None
 
-    async def deliver(self, job: Job, workload: Workload, header: bytes, noisy: np.ndarray) -> str:
-        """Denoise ``noisy`` (A'·B' of ``header``), send C to the pool, return the outcome."""
-        unit_id = workload.work_root
-        short = unit_id.hex()[:16]
-        try:
-            raw = await trio.to_thread.run_sync(
-                _exact_product, workload, header, noisy, limiter=self.limiter
-            )
-        except (ProtocolError, ValueError) as exc:  # pragma: no cover - a backend bug
-            return self._finish(job, "failed", f"unit {short}…: cannot denoise: {exc}")
-        plane = self.plane(job)
-        if plane is not None:
-            try:
-                answer = await self.data.upload_result(plane, unit_id, raw)
-            except DataPlaneError as exc:
-                log.warning("unit %s…: %s; sending it over the stratum connection", short, exc)
-            else:
-                ack = WorkResultAck(
-                    accepted=True,
-                    received=int(answer.get("received", 0)),
-                    verified=bool(answer["verified"]),
-                    reason=None if answer.get("reason") is None else str(answer["reason"])[:256],
-                )
-                return self._verdict(job, workload, ack)
-        return await self._deliver_stratum(job, workload, raw)
+    def hand_over(self, job: Job, workload: Workload, header: bytes, noisy: np.ndarray) -> None:
+        """Queue ``noisy`` (A'·B' of ``header``, the unit's claimed header) for delivery in
+        the background; returns at once (:mod:`worker.delivery`)."""
+        self.delivery.hand_over(Product(job, workload, header, noisy))
 
-    async def _deliver_stratum(self, job: Job, workload: Workload, raw: bytes) -> str:
-        """Send C in ``work.result`` chunks on the job's session; the outcome."""
-        unit_id = workload.work_root
-        short = unit_id.hex()[:16]
-        client = job.client
-        in_flight: deque[tuple[int, Callable[[], Awaitable[WorkResultAck]]]] = deque()
-        try:
-            for offset, data, final in chunks(raw, self.chunk_max):
-                latest = self._units.get(unit_id)
-                job_id = latest.job.job_id if latest and latest.job.client is client else job.job_id
-                in_flight.append(
-                    (offset, await client.send_result(job_id, unit_id, offset, data, final))
-                )
-                # Up to RESULT_WINDOW chunks in flight; the final one waits for all before it.
-                while in_flight and (len(in_flight) >= RESULT_WINDOW or final):
-                    sent_at, ack_of = in_flight.popleft()
-                    ack = await ack_of()
-                    if not in_flight and final:
-                        return self._verdict(job, workload, ack)
-                    if not ack.accepted:
-                        why = ack.reason or "no reason given"
-                        return self._finish(
-                            job,
-                            "failed",
-                            f"unit {short}…: pool refused the result chunk at {sent_at}: {why}",
-                        )
-        except RequestFailed as exc:
-            return self._finish(job, "failed", f"unit {short}…: result not delivered: {exc}")
-        raise AssertionError("chunks() always ends with a final chunk")  # pragma: no cover
+    def _latest_job_id(self, job: Job) -> str:
+        latest = self._units.get(job.notify.work.work_root)
+        return latest.job.job_id if latest and latest.job.client is job.client else job.job_id
 
-    def _verdict(self, job: Job, workload: Workload, ack: WorkResultAck) -> str:
-        """The outcome of a unit from the pool's answer to its final result chunk."""
-        short = workload.work_root.hex()[:16]
-        why = ack.reason or "no reason given"
-        if ack.verified is None:
-            what = (
-                "took the final chunk but gave no verdict"
-                if ack.accepted
-                else (f"refused the final result chunk: {why}")
-            )
-            return self._finish(job, "failed", f"unit {short}…: the pool {what}")
-        if ack.verified and ack.accepted:
-            self.stats.useful_macs += workload.shape.macs_per_header
-            return self._finish(
-                job,
-                "verified",
-                f"unit {short}…: result verified by the pool ({ack.received} bytes)",
-            )
-        return self._finish(
-            job, "rejected", f"unit {short}…: the pool's check of the result failed: {why}"
-        )
-
-    def _finish(self, job: Job, outcome: str, message: str) -> str:
+    def _set_outcome(self, job: Job, outcome: str) -> None:
         unit = self._units.get(job.notify.work.work_root)
         if unit is not None and job.client is self._client:
             unit.outcome = outcome
-        self.stats.useful_results[outcome] += 1
-        (log.info if outcome == "verified" else log.error)("%s", message)
-        return outcome
+
+    async def run(self) -> None:
+        """The background tasks: result delivery and prefetch (the worker's nursery)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.delivery.run)
+            nursery.start_soon(self.prefetcher.run)
 
 
 def _make_workload(shape: Shape, a: np.ndarray, bt: np.ndarray) -> Workload:
     workload = Workload(shape, a, bt)
     _ = workload.work_root  # hash the rows here, off the trio thread
     return workload
-
-
-def _exact_product(workload: Workload, header: bytes, noisy: np.ndarray) -> bytes:
-    """The unit's C = A·B from one header's noisy product, as int32 LE bytes."""
-    c = denoise(noisy, workload.a, workload.bt, pow_seed(header), workload.shape.r)
-    return np.ascontiguousarray(c, dtype=RESULT_DTYPE).tobytes()
 
 
 __all__ = ["RESULT_OUTCOMES", "BlobRejected", "UsefulWork", "is_blob_job"]

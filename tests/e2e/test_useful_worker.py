@@ -44,7 +44,7 @@ from worker.config import (
     config_from_dict,
     with_overrides,
 )
-from worker.useful import _exact_product
+from worker.delivery import exact_product
 
 
 def header(time_: int) -> bytes:
@@ -67,11 +67,11 @@ def test_the_denoised_product_of_any_mined_header_is_exactly_a_times_b(kind):
     for t in (1000, 1001):
         noisy = backend.product(header(t))
         assert not np.array_equal(noisy.astype(np.int64), expected)  # the noise is there
-        raw = _exact_product(workload, header(t), noisy)
+        raw = exact_product(workload, header(t), noisy)
         c = np.frombuffer(raw, dtype=RESULT_DTYPE).reshape(48, 32)
         assert np.array_equal(c.astype(np.int64), expected)
     # a product of one header denoised with another header's seed is wrong
-    wrong = _exact_product(workload, header(1001), backend.product(header(1000)))
+    wrong = exact_product(workload, header(1001), backend.product(header(1000)))
     assert not np.array_equal(np.frombuffer(wrong, dtype=RESULT_DTYPE).reshape(48, 32), expected)
 
 
