@@ -10,6 +10,17 @@
 //             0: multiply-add in int32
 //   PLAIN_GEMM 1: the same tiling without noise, fold, transcript or hash (benchmark baseline)
 //   INTERLEAVE 1: interleaved columns in `mine` (needs BN == 16 * WN); the host always sets it
+//   MMPOW_DOT the inner product of `mine` (worker/backends/opencl_dot.py chooses it per device):
+//     DOT_PORTABLE   int8 widened to float32 (ACC_FLOAT) or int32, one multiply-add per MAC
+//     DOT_PACKED     4 int8 of the inner index packed in a uint, dot4 in plain C (any device:
+//                    the layout of the fast paths below, exercised where they do not build)
+//     DOT_KHR_PACKED dot_acc_sat_4x8packed_ss_int (cl_khr_integer_dot_product; Intel, others)
+//     DOT_PTX_DP4A   inline PTX dp4a.s32.s32 (NVIDIA sm_61+)
+//     DOT_AMD_SDOT4  __builtin_amdgcn_sdot4 (AMD gfx906+, v_dot4_i32_i8)
+//   The packed paths accumulate in int32 (ACC_FLOAT is ignored) and need KC % 4 == 0.
+//   Exact: every operand is one int8 (noisy entries fit, SPEC §7) and |acc| <= 128^2 * 65536
+//   = 2^30 < 2^31, so neither the wrapping dp4a/sdot4 nor the saturating khr form ever
+//   differs from the reference's int32 sum.
 // `mine` runs in work-groups of (BN / WN, BM / WM); `mine_item` in work-groups of one.
 
 #ifndef BM
@@ -35,6 +46,44 @@
 #endif
 #ifndef PLAIN_GEMM
 #define PLAIN_GEMM 0
+#endif
+
+#define DOT_PORTABLE 0
+#define DOT_PACKED 1
+#define DOT_KHR_PACKED 2
+#define DOT_PTX_DP4A 3
+#define DOT_AMD_SDOT4 4
+#ifndef MMPOW_DOT
+#define MMPOW_DOT DOT_PORTABLE
+#endif
+#define PACKED (MMPOW_DOT != DOT_PORTABLE)
+#if PACKED
+#if KC % 4
+#error the packed dot paths need KC % 4 == 0
+#endif
+#undef ACC_FLOAT
+#define ACC_FLOAT 0
+#endif
+
+// acc + the dot product of the 4 int8 packed in a and in b (same byte order in both)
+#if MMPOW_DOT == DOT_PACKED
+int dot4(const uint a, const uint b, const int acc) {
+    const char4 x = as_char4(a);
+    const char4 y = as_char4(b);
+    return acc + x.s0 * y.s0 + x.s1 * y.s1 + x.s2 * y.s2 + x.s3 * y.s3;
+}
+#elif MMPOW_DOT == DOT_KHR_PACKED
+#define dot4(a, b, acc) dot_acc_sat_4x8packed_ss_int((a), (b), (acc))
+#elif MMPOW_DOT == DOT_PTX_DP4A
+int dot4(const uint a, const uint b, const int acc) {
+    int d;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(acc));
+    return d;
+}
+#elif MMPOW_DOT == DOT_AMD_SDOT4
+#define dot4(a, b, acc) __builtin_amdgcn_sdot4(as_int(a), as_int(b), (acc), false)
+#elif MMPOW_DOT != DOT_PORTABLE
+#error unknown MMPOW_DOT
 #endif
 
 #define LX (BN / WN)
@@ -160,8 +209,13 @@ void mine(__global const char *a, __global const char *bt,
           __global const uint *key, __global const uint *limit,
           __global uint *jout, __global volatile uint *win_count, __global uint *winners,
           const uint win_cap, __global int *acc_out, const int write_acc) {
+#if PACKED
+    __local uint As[KC / 4][BM];  // As[q][i]: inner indices 4q .. 4q+3 of row i, packed
+    __local uint Bs[KC / 4][BN];
+#else
     __local elem_t As[KC][BM];
     __local elem_t Bs[KC][BN];
+#endif
 #if !PLAIN_GEMM
 #if INTERLEAVE
     __local uint xr[WN][LY][LX];
@@ -199,6 +253,30 @@ void mine(__global const char *a, __global const char *bt,
     for (int s = 0; s < slabs; s++) {
         for (int cs = 0; cs < chunks_per_slab; cs++) {
             const int kb = s * r + cs * KC;
+#if PACKED
+            // k, kb and KC are multiples of 4: every packed word is an aligned uint
+            __global const uint *a4 = (__global const uint *)a;
+            __global const uint *b4 = (__global const uint *)bt;
+            for (int idx = lid; idx < BM * (KC / 4); idx += LSIZE) {
+                const int i = idx / (KC / 4);
+                const int q = idx % (KC / 4);
+                As[q][i] = a4[((size_t)(row0 + i) * k + kb) / 4 + q];
+            }
+            for (int idx = lid; idx < BN * (KC / 4); idx += LSIZE) {
+                const int j = idx / (KC / 4);
+                const int q = idx % (KC / 4);
+                Bs[q][j] = b4[((size_t)(col0 + j) * k + kb) / 4 + q];
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (int q = 0; q < KC / 4; q++) {
+                uint ar[WM], br[WN];
+                for (int i = 0; i < WM; i++) ar[i] = As[q][ly * WM + i];
+                for (int j = 0; j < WN; j++) br[j] = Bs[q][COL(j)];
+                for (int i = 0; i < WM; i++)
+                    for (int j = 0; j < WN; j++) acc[i][j] = dot4(ar[i], br[j], acc[i][j]);
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+#else
             for (int idx = lid; idx < BM * (KC / VW); idx += LSIZE) {
                 const int i = idx / (KC / VW);
                 const int cc = (idx % (KC / VW)) * VW;
@@ -228,6 +306,7 @@ void mine(__global const char *a, __global const char *bt,
                     }
             }
             barrier(CLK_LOCAL_MEM_FENCE);
+#endif
         }
 #if ACC_FLOAT
         // exact: |slab partial| <= 127^2 * r < 2^24
