@@ -17,11 +17,21 @@ from protocol.workload import TILE, Shape
 
 CACHE_FILE = "autotune.json"
 
-# The inner products of the tiled kernel (MMPOW_DOT in mmpow1.cl), slowest first; which one a
-# device gets is worker/backends/opencl_dot.py's choice. All but "portable" pack 4 int8 of
-# the inner index in a uint: "packed" with a plain C dot4 (any device), the others with one
-# instruction.
-DOT_VARIANTS = ("portable", "packed", "khr_packed", "amd_sdot4", "ptx_dp4a")
+# The inner products of the tiled kernel (MMPOW_DOT in mmpow1.cl); which one a device gets
+# is worker/backends/opencl_dot.py's choice. All but "portable" pack 4 int8 of the inner
+# index in a uint: "packed" with a plain C dot4 (any device), khr_packed / amd_sdot4 /
+# ptx_dp4a with one instruction; ptx_mma is another kernel, a warp per tile row on NVIDIA
+# tensor cores (mma.sync m16n8k32), and mma_emulated that kernel with the mma done in C.
+DOT_VARIANTS = (
+    "portable",
+    "packed",
+    "khr_packed",
+    "amd_sdot4",
+    "ptx_dp4a",
+    "ptx_mma",
+    "mma_emulated",
+)
+MMA_VARIANTS = ("ptx_mma", "mma_emulated")
 DOT_CHOICES = ("auto", *DOT_VARIANTS)  # what an operator may ask for ([opencl] dot, --dot)
 
 
@@ -57,11 +67,21 @@ class KernelConfig:
         """The tiled kernel with 4 int8 packed per word (every dot variant but portable)."""
         return self.dot != "portable"
 
+    @property
+    def mma(self) -> bool:
+        """The tensor-core kernel: work-groups of (32, bm / 16), one warp per tile row."""
+        return self.dot in MMA_VARIANTS
+
     def with_dot(self, dot: str) -> KernelConfig:
         """This configuration with inner product ``dot`` (the item kernel keeps its own;
-        a packed one accumulates in int32, so ``acc_float`` is off)."""
+        a packed one accumulates in int32, so ``acc_float`` is off; the mma kernel takes
+        the inner index 32 at a time and has no micro-tiles, so those are fixed)."""
         if self.item or dot == "portable":
             return replace(self, dot="portable")
+        if dot in MMA_VARIANTS:
+            return replace(
+                self, dot=dot, acc_float=False, kc=32, vw=4, wm=4, wn=4, interleave=False
+            )
         return replace(self, dot=dot, acc_float=False)
 
     @property
@@ -70,6 +90,8 @@ class KernelConfig:
         if self.item:
             return "mine_item (one tile per work-item, float32 SIMD)"
         inner = self.dot if self.packed else f"portable {'float32' if self.acc_float else 'int32'}"
+        if self.mma:
+            return f"mine {self.bm}x{self.bn} warp/tile-row kc{self.kc} {inner}"
         return f"mine {self.bm}x{self.bn}/{self.wm}x{self.wn} kc{self.kc} {inner}"
 
     @property
@@ -82,6 +104,8 @@ class KernelConfig:
         """
         if self.item:
             return (1, 1)
+        if self.mma:
+            return (32, self.bm // TILE)
         return (self.bn // self.wn, self.bm // self.wm)
 
     def valid(self) -> bool:
@@ -97,13 +121,14 @@ class KernelConfig:
             and self.bn > 0
             and self.dot in DOT_VARIANTS
             and not (self.packed and (self.item or self.kc % 4))
+            and not (self.mma and (self.kc % 32 or self.bn > 32 * TILE))
         )
 
     def fits(self, shape: Shape, max_work_group_size: int) -> bool:
         """Usable for ``shape`` on a device with this work-group size limit."""
         if self.item:
             return self.valid()
-        lx, ly = self.bn // self.wn, self.bm // self.wm
+        lx, ly = self.local_size
         return (
             self.valid()
             and shape.m % self.bm == 0

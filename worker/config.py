@@ -140,7 +140,7 @@ class OpenCLConfig:
         "auto",
         'inner product of the OpenCL kernel: "auto" (the fastest the device claims that '
         'passes its self-test, else portable) or one forced: "portable", "packed", '
-        '"khr_packed", "amd_sdot4", "ptx_dp4a" (--dot)',
+        '"khr_packed", "amd_sdot4", "ptx_dp4a", "ptx_mma", "mma_emulated" (--dot)',
         choices=DOT_CHOICES,
     )
 

@@ -30,11 +30,21 @@ FEATURES_30 = frozenset({"__opencl_c_int64", KHR_PACKED_FEATURE})
 
 # (what, traits, the paths tried in order under "auto")
 DEVICES = [
-    ("H200", DeviceTraits(NVIDIA, True, NV_EXT, None, "OpenCL 3.0 CUDA", (9, 0)), ["ptx_dp4a"]),
-    ("A100", DeviceTraits(NVIDIA, True, NV_EXT, None, "OpenCL 3.0 CUDA", (8, 0)), ["ptx_dp4a"]),
+    (
+        "H200",
+        DeviceTraits(NVIDIA, True, NV_EXT, None, "OpenCL 3.0 CUDA", (9, 0)),
+        ["ptx_mma", "ptx_dp4a"],
+    ),
+    (
+        "A100",
+        DeviceTraits(NVIDIA, True, NV_EXT, None, "OpenCL 3.0 CUDA", (8, 0)),
+        ["ptx_mma", "ptx_dp4a"],
+    ),
+    ("T4 sm_75 (no m16n8k32)", DeviceTraits(NVIDIA, True, NV_EXT, None, "", (7, 5)), ["ptx_dp4a"]),
     ("GTX 1080 sm_61", DeviceTraits(NVIDIA, True, NV_EXT, None, "", (6, 1)), ["ptx_dp4a"]),
     ("GTX 1060 sm_60 (no dp4a)", DeviceTraits(NVIDIA, True, NV_EXT, None, "", (6, 0)), []),
     ("Maxwell sm_52", DeviceTraits(NVIDIA, True, NV_EXT, None, "", (5, 2)), []),
+    # tensor cores only when the device says it has them
     ("NVIDIA, no capability", DeviceTraits(NVIDIA, True, frozenset(), None), ["ptx_dp4a"]),
     ("NVIDIA, not a GPU", DeviceTraits(NVIDIA, False, NV_EXT, None, "", (9, 0)), []),
     (
@@ -73,6 +83,8 @@ DEVICES = [
     ("PoCL on an Intel CPU", DeviceTraits("GenuineIntel", False, frozenset(), frozenset()), []),
 ]
 
+BY_NAME = {what: traits for what, traits, _ in DEVICES}
+
 
 @pytest.mark.parametrize(("what", "traits", "fast"), DEVICES, ids=[d[0] for d in DEVICES])
 def test_auto_tries_the_claimed_fast_paths_then_portable(what, traits, fast):
@@ -84,7 +96,7 @@ def test_auto_tries_the_claimed_fast_paths_then_portable(what, traits, fast):
 
 def test_unknown_choice_is_refused():
     with pytest.raises(ValueError, match="dot must be one of"):
-        dot_plan(DEVICES[0][1], "dp4a")
+        dot_plan(BY_NAME["H200"], "dp4a")
 
 
 def tries(outcomes: dict[str, str | None]):
@@ -99,7 +111,7 @@ def tries(outcomes: dict[str, str | None]):
 
 
 def test_a_fast_path_that_fails_falls_back_to_portable_with_its_reason():
-    mi300 = DEVICES[7][1]
+    mi300 = BY_NAME["MI300 (khr too)"]
     try_variant, called = tries(
         {"khr_packed": "kernels do not build: no dot_acc_sat", "amd_sdot4": None, "portable": None}
     )
@@ -121,18 +133,25 @@ def test_a_fast_path_that_fails_falls_back_to_portable_with_its_reason():
 
 
 def test_portable_failing_too_is_the_device_unusable_with_portables_reason():
-    h200 = DEVICES[0][1]
-    try_variant, _ = tries(
-        {"ptx_dp4a": "ptxas: dp4a needs sm_61", "portable": "kernels do not build: x"}
-    )
+    h200 = BY_NAME["H200"]
+    outcomes = {
+        "ptx_mma": "results differ from the CPU reference",
+        "ptx_dp4a": "ptxas: dp4a needs sm_61",
+        "portable": "kernels do not build: x",
+    }
+    try_variant, called = tries(outcomes)
     with pytest.raises(DeviceUnusable) as caught:
         select_dot(h200, "auto", try_variant, "opencl:0:0")
+    assert called == ["ptx_mma", "ptx_dp4a", "portable"]
     assert caught.value.reason.startswith("kernels do not build: x")
     assert "ptx_dp4a: ptxas: dp4a needs sm_61" in caught.value.reason
+    assert "ptx_mma: results differ" in caught.value.reason
+    outcomes["ptx_mma"] = None  # tensor cores that pass are the first choice
+    assert select_dot(h200, "auto", tries(outcomes)[0]).variant == "ptx_mma"
 
 
 def test_a_forced_path_is_used_or_the_device_is_unusable():
-    pocl = DEVICES[-1][1]
+    pocl = BY_NAME["PoCL on an Intel CPU"]
     try_variant, called = tries({"packed": None})
     choice = select_dot(pocl, "packed", try_variant)
     assert (choice.variant, choice.forced, called) == ("packed", True, ["packed"])
@@ -153,6 +172,11 @@ def test_kernel_config_with_dot():
     assert not KernelConfig(kc=18, vw=2, dot="packed").valid()  # packs 4 per word
     assert not KernelConfig(dot="dp4a").valid()
     assert "ptx_dp4a" in packed.label and "mine_item" in ITEM_CONFIG.label
+    mma = KernelConfig(64, 64, 8, 8, 16, 8, True).with_dot("ptx_mma")
+    assert (mma.kc, mma.local_size, mma.acc_float) == (32, (32, 4), False) and mma.valid()
+    assert "-DMMPOW_DOT=DOT_PTX_MMA" in mma.build_options()
+    assert SAFE_CONFIG.with_dot("mma_emulated").local_size == (32, 1)
+    assert not KernelConfig(64, 1024, kc=32, dot="ptx_mma").valid()  # 32 tiles a warp at most
 
 
 def test_the_dot_setting():
@@ -206,9 +230,9 @@ def pocl(tmp_path_factory):
 
 
 @pytest.mark.opencl
-def test_pocl_builds_portable_and_packed_and_refuses_the_rest_at_build(pocl):
+def test_pocl_builds_the_c_variants_and_refuses_the_rest_at_build(pocl):
     _, built, refused = pocl
-    assert {"portable", "packed"} <= set(built)
+    assert {"portable", "packed", "mma_emulated"} <= set(built)
     for variant, reason in refused.items():
         # a fast path that is not there fails to build; none builds and computes wrong results
         assert reason.startswith(f"forced inner product {variant}: kernels do not build"), reason

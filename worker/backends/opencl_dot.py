@@ -1,7 +1,8 @@
 """Which inner product the tiled mining kernel uses on a device (``MMPOW_DOT``, mmpow1.cl).
 
 Standard OpenCL has no int8 dot product; the fast paths are each one vendor's: inline PTX
-``dp4a`` (NVIDIA sm_61+), ``cl_khr_integer_dot_product`` (Intel, others), AMD's
+``mma.sync`` on tensor cores (NVIDIA sm_80+, only when the device reports its compute
+capability) and ``dp4a`` (NVIDIA sm_61+), ``cl_khr_integer_dot_product`` (Intel, others), AMD's
 ``__builtin_amdgcn_sdot4`` (gfx906+). ``claimed_paths`` reads which of them a device claims
 from its vendor, type, extensions, OpenCL C features and (NVIDIA) compute capability, a pure
 function of :class:`DeviceTraits`; ``select_dot`` tries them fastest first (build and
@@ -25,6 +26,7 @@ KHR_PACKED_FEATURE = "__opencl_c_integer_dot_product_input_4x8bit_packed"
 # cl_nv_device_attribute_query: CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV / _MINOR_NV
 NV_CC_MAJOR, NV_CC_MINOR = 0x4000, 0x4001
 DP4A_MIN_CC = (6, 1)
+MMA_MIN_CC = (8, 0)  # mma.sync m16n8k32 s8: Ampere and later, only when the device says so
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ def claimed_paths(traits: DeviceTraits) -> list[tuple[str, str]]:
     """The fast inner products ``traits`` claim, fastest first, each with why it is claimed."""
     paths = []
     cc = traits.compute_capability
+    if traits.nvidia and traits.gpu and cc is not None and cc >= MMA_MIN_CC:
+        paths.append(("ptx_mma", f"NVIDIA GPU, sm_{cc[0]}{cc[1]}: tensor cores"))
     if traits.nvidia and traits.gpu and (cc is None or cc >= DP4A_MIN_CC):
         why = "NVIDIA GPU" + (f", sm_{cc[0]}{cc[1]}" if cc else ", compute capability unknown")
         paths.append(("ptx_dp4a", why))
