@@ -333,3 +333,40 @@ def test_autotuned_candidates_carry_the_devices_inner_product(pocl, tmp_path):
     assert packed.config is not None
     assert packed.config.item or packed.config.dot == "packed"
     assert packed.kernel == packed.config.label
+
+
+def worker_cli(*args: str):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.opencl
+@pytest.mark.slow
+def test_devices_and_bench_name_the_inner_product(pocl):
+    device, _, refused = pocl
+    spec = f"{device[0]}:{device[1]}"
+    listed = worker_cli("devices")
+    header, *rows = listed.stdout.splitlines()
+    assert "dot" in header.split()
+    row = next(r for r in rows if r.startswith(spec))
+    from worker.backends.opencl import OpenCLBackend
+
+    chosen = OpenCLBackend(*device, config=SAFE_CONFIG).dot  # what auto chooses here
+    assert row.rstrip().endswith("ok") and f" {chosen} " in row
+    shape = ("--shape", "64x64x256:64", "--seconds", "0.2", "--devices", spec)
+    packed = worker_cli("bench", "--backend", "opencl", "--dot", "mma_emulated", *shape)
+    assert packed.returncode == 0, packed.stdout + packed.stderr
+    assert "OK" in packed.stdout and "[mine" in packed.stdout
+    if "ptx_mma" in refused:
+        forced = worker_cli("bench", "--backend", "opencl", "--dot", "ptx_mma", *shape)
+        assert forced.returncode == 1
+        assert "forced inner product ptx_mma: kernels do not build" in forced.stderr
