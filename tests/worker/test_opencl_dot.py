@@ -370,3 +370,28 @@ def test_devices_and_bench_name_the_inner_product(pocl):
         forced = worker_cli("bench", "--backend", "opencl", "--dot", "ptx_mma", *shape)
         assert forced.returncode == 1
         assert "forced inner product ptx_mma: kernels do not build" in forced.stderr
+
+
+@pytest.mark.opencl
+async def test_the_summary_names_the_kernel_that_mines(pocl, tmp_path):
+    """A real worker mining on PoCL with the packed inner product against a real pool: its
+    /api/summary says which kernel runs."""
+    import httpx
+
+    from tests.support.running import running_pool, running_worker, wait_until
+    from worker.backends.opencl import OpenCLBackend
+
+    device, _, _ = pocl
+    backend = OpenCLBackend(*device, cache_dir=tmp_path, config=SAFE_CONFIG, dot="packed")
+    backend.self_test()
+    async with (
+        running_pool(tmp_path) as pool,
+        running_worker([pool.endpoint], [backend], metrics_port=0) as worker,
+    ):
+        await wait_until(lambda: worker.stats.device(backend.name).scans >= 1, 30)
+        (url,) = worker.metrics_urls
+        async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+            summary = (await http.get("/api/summary")).json()
+    (entry,) = summary["devices"]
+    assert entry["name"] == backend.name
+    assert entry["kernel"] == backend.kernel == "mine 16x16/4x4 kc16 packed"
