@@ -263,6 +263,36 @@ def test_every_variant_pocl_builds_finds_exactly_the_reference_winners(pocl, var
 
 
 @pytest.mark.opencl
+@pytest.mark.parametrize("variant", DOT_VARIANTS)
+def test_every_variant_pocl_builds_is_exact_at_the_extremes(pocl, variant):
+    """Entries of ±64 only: the noisy operands reach ±127 (SPEC §7), every packed byte's
+    sign matters and every product is as large as the rules allow."""
+    import numpy as np
+
+    from protocol.ticket import mine_header
+    from protocol.workload import Shape, Workload
+
+    _, built, refused = pocl
+    if variant not in built:
+        pytest.skip(f"{variant} does not build here: {refused[variant]}")
+    shape = Shape(32, 32, 256, 64)
+    rng = np.random.default_rng(7)
+    a = (rng.integers(0, 2, (shape.m, shape.k)) * 128 - 64).astype(np.int8)
+    bt = (rng.integers(0, 2, (shape.n, shape.k)) * 128 - 64).astype(np.int8)
+    bt[:16] = -a[:16]  # tiles whose every product is -64·64 before noise
+    workload = Workload(shape, a, bt)
+    header = bytes(range(128, 256))
+    reference = mine_header(header, workload)
+    noisy = reference.noisy_product
+    assert np.abs(noisy).max() > 64 * 64 * shape.k // 2  # really at the extremes
+    backend = built[variant]
+    backend.prepare(workload)
+    result = backend.scan(header, 1 << 256, lambda: False, want_product=True)
+    assert result.winners == reference.winners(1 << 256, shape.k)
+    assert np.array_equal(result.product, noisy)
+
+
+@pytest.mark.opencl
 def test_auto_on_pocl_follows_what_it_claims(pocl, caplog):
     from worker.backends.opencl import OpenCLBackend
     from worker.backends.opencl_dot import device_traits
