@@ -12,8 +12,8 @@ A device that cannot mine is found before it is given work: ``self_test`` choose
 kernel's inner product (``opencl_dot``: the fastest the device claims that builds and passes,
 else portable), builds its kernels and checks one small header (every ticket and the
 product) against the CPU reference, and ``prepare`` does the same for the configuration it
-chooses. Such a device raises
-``DeviceUnusable`` with the compiler's own reason (its first error line, not the whole log).
+chooses. Such a device raises ``DeviceUnusable`` with the compiler's own reason (its first
+error line, not the whole log).
 """
 
 from __future__ import annotations
