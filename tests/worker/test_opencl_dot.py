@@ -4,6 +4,7 @@ when a claimed fast path fails, the forced setting, and every variant PoCL build
 bit-identical tickets and products to the reference."""
 
 import logging
+import os
 
 import pytest
 
@@ -201,11 +202,16 @@ def test_the_summary_names_each_devices_kernel():
 # -- on PoCL -----------------------------------------------------------------------------
 
 
-def opencl_device():
-    cl = pytest.importorskip("pyopencl")
+def opencl_device() -> tuple[int, int]:
+    """$MATMINE_TEST_DEVICE ("P:D", how tests/bench/gpu_check.sh names the GPU), else the
+    first device that works."""
+    pytest.importorskip("pyopencl")
     from tests.support.backend_checks import working_opencl_device
 
-    del cl
+    spec = os.environ.get("MATMINE_TEST_DEVICE")
+    if spec:
+        platform, device = (int(part) for part in spec.split(":"))
+        return platform, device
     return working_opencl_device()
 
 
