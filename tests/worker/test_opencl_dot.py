@@ -95,6 +95,33 @@ def test_auto_tries_the_claimed_fast_paths_then_portable(what, traits, fast):
         assert dot_plan(traits, forced) == [forced]
 
 
+def test_device_traits_read_what_a_driver_reports_and_nothing_it_refuses():
+    from types import SimpleNamespace
+
+    from worker.backends.opencl_dot import device_traits
+
+    h200 = SimpleNamespace(  # what pyopencl shows of an NVIDIA driver's device
+        type=4,
+        vendor="NVIDIA Corporation ",
+        extensions="cl_khr_fp64 cl_nv_device_attribute_query  cl_khr_int64_base_atomics",
+        version="OpenCL 3.0 CUDA",
+        compute_capability_major_nv=9,
+        compute_capability_minor_nv=0,
+    )
+    traits = device_traits(h200)
+    assert (traits.vendor, traits.gpu, traits.compute_capability) == (NVIDIA, True, (9, 0))
+    assert traits.opencl_c_features is None  # not reported: the khr feature is not required
+    assert dot_plan(traits, "auto") == ["ptx_mma", "ptx_dp4a", "portable"]
+
+    class Refusing:  # a broken driver: every query fails
+        def __getattr__(self, name):
+            raise RuntimeError("clGetDeviceInfo failed: INVALID_VALUE")
+
+    broken = device_traits(Refusing())
+    assert (broken.vendor, broken.gpu, broken.extensions) == ("", False, frozenset())
+    assert dot_plan(broken, "auto") == ["portable"]
+
+
 def test_unknown_choice_is_refused():
     with pytest.raises(ValueError, match="dot must be one of"):
         dot_plan(BY_NAME["H200"], "dp4a")
