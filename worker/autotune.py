@@ -10,12 +10,29 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from protocol.workload import TILE, Shape
 
 CACHE_FILE = "autotune.json"
+
+# The inner products of the tiled kernel (MMPOW_DOT in mmpow1.cl); which one a device gets
+# is worker/backends/opencl_dot.py's choice. All but "portable" pack 4 int8 of the inner
+# index in a uint: "packed" with a plain C dot4 (any device), khr_packed / amd_sdot4 /
+# ptx_dp4a with one instruction; ptx_mma is another kernel, a warp per tile row on NVIDIA
+# tensor cores (mma.sync m16n8k32), and mma_emulated that kernel with the mma done in C.
+DOT_VARIANTS = (
+    "portable",
+    "packed",
+    "khr_packed",
+    "amd_sdot4",
+    "ptx_dp4a",
+    "ptx_mma",
+    "mma_emulated",
+)
+MMA_VARIANTS = ("ptx_mma", "mma_emulated")
+DOT_CHOICES = ("auto", *DOT_VARIANTS)  # what an operator may ask for ([opencl] dot, --dot)
 
 
 def default_cache_dir() -> Path:
@@ -39,10 +56,43 @@ class KernelConfig:
     # columns j*16+lx of a work-item (needs bn == 16*wn); no candidate uses it (reported no
     # gain on PoCL): kept for explicit configs and the tests of that fold path
     interleave: bool = False
+    dot: str = "portable"  # the inner product (DOT_VARIANTS); the item kernel has its own
 
     @property
     def kernel_name(self) -> str:
         return "mine_item" if self.item else "mine"
+
+    @property
+    def packed(self) -> bool:
+        """The tiled kernel with 4 int8 packed per word (every dot variant but portable)."""
+        return self.dot != "portable"
+
+    @property
+    def mma(self) -> bool:
+        """The tensor-core kernel: work-groups of (32, bm / 16), one warp per tile row."""
+        return self.dot in MMA_VARIANTS
+
+    def with_dot(self, dot: str) -> KernelConfig:
+        """This configuration with inner product ``dot`` (the item kernel keeps its own;
+        a packed one accumulates in int32, so ``acc_float`` is off; the mma kernel takes
+        the inner index 32 at a time and has no micro-tiles, so those are fixed)."""
+        if self.item or dot == "portable":
+            return replace(self, dot="portable")
+        if dot in MMA_VARIANTS:
+            return replace(
+                self, dot=dot, acc_float=False, kc=32, vw=4, wm=4, wn=4, interleave=False
+            )
+        return replace(self, dot=dot, acc_float=False)
+
+    @property
+    def label(self) -> str:
+        """A short name of the kernel this configuration builds, for logs and summaries."""
+        if self.item:
+            return "mine_item (one tile per work-item, float32 SIMD)"
+        inner = self.dot if self.packed else f"portable {'float32' if self.acc_float else 'int32'}"
+        if self.mma:
+            return f"mine {self.bm}x{self.bn} warp/tile-row kc{self.kc} {inner}"
+        return f"mine {self.bm}x{self.bn}/{self.wm}x{self.wn} kc{self.kc} {inner}"
 
     @property
     def local_size(self) -> tuple[int, int]:
@@ -54,6 +104,8 @@ class KernelConfig:
         """
         if self.item:
             return (1, 1)
+        if self.mma:
+            return (32, self.bm // TILE)
         return (self.bn // self.wn, self.bm // self.wm)
 
     def valid(self) -> bool:
@@ -67,13 +119,16 @@ class KernelConfig:
             and self.vw in (1, 2, 4, 8, 16)
             and self.bm > 0
             and self.bn > 0
+            and self.dot in DOT_VARIANTS
+            and not (self.packed and (self.item or self.kc % 4))
+            and not (self.mma and (self.kc % 32 or self.bn > 32 * TILE))
         )
 
     def fits(self, shape: Shape, max_work_group_size: int) -> bool:
         """Usable for ``shape`` on a device with this work-group size limit."""
         if self.item:
             return self.valid()
-        lx, ly = self.bn // self.wn, self.bm // self.wm
+        lx, ly = self.local_size
         return (
             self.valid()
             and shape.m % self.bm == 0
@@ -94,6 +149,7 @@ class KernelConfig:
             f"-DACC_FLOAT={int(self.acc_float)}",
             f"-DPLAIN_GEMM={int(plain_gemm)}",
             f"-DINTERLEAVE={int(self.interleave and self.bn == TILE * self.wn)}",
+            f"-DMMPOW_DOT=DOT_{self.dot.upper()}",
         ]
 
 

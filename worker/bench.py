@@ -101,6 +101,7 @@ def bench_backend(
         "macs_per_s": macs / elapsed,
         "winners": winners,
         "mismatches": mismatches,
+        "kernel": str(getattr(backend, "kernel", "")),  # OpenCL: the kernel that mined
     }
 
 

@@ -7,7 +7,7 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from protocol.errors import ProtocolError
 from protocol.version import package_version
@@ -17,6 +17,7 @@ from toolkit.logs import setup_logging as toolkit_logging
 if TYPE_CHECKING:
     from rich.console import Console
 
+from .autotune import DOT_CHOICES
 from .config import (
     BACKENDS,
     DEFAULT_METRICS_PORT,
@@ -130,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"{DEFAULT_METRICS_PORT})",
     )
     mine.add_argument(
+        "--dot",
+        choices=DOT_CHOICES,
+        help="inner product of the OpenCL kernel: auto = the fastest the device claims that "
+        "passes its self-test, else portable; or force one (config: [opencl] dot; default auto)",
+    )
+    mine.add_argument(
         "--no-useful",
         action="store_true",
         default=None,
@@ -204,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="OpenCL devices as PLATFORM:DEVICE (default all)",
     )
     bench.add_argument(
+        "--dot",
+        choices=DOT_CHOICES,
+        help="inner product of the OpenCL kernel: auto = the fastest the device claims that "
+        "passes its self-test, else portable; or force one (default auto)",
+    )
+    bench.add_argument(
         "--seconds",
         type=float,
         default=2.0,
@@ -247,6 +260,7 @@ def _mine(args: argparse.Namespace) -> int:
             no_useful=args.no_useful,
             blob_cache=args.blob_cache,
             blob_cache_max=args.blob_cache_max,
+            dot=args.dot,
         ).validate()
     except ConfigError as exc:
         print(f"matmine-worker mine: {exc}", file=sys.stderr)
@@ -264,7 +278,8 @@ def _mine(args: argparse.Namespace) -> int:
     console = Console() if live_view(config.console.live) else None
     setup_logging(config.log_level.upper(), console)
     try:
-        backends = open_backends(config.backend, list(config.devices) or None)
+        opencl: dict[str, Any] = {"dot": config.opencl.dot} if config.backend == "opencl" else {}
+        backends = open_backends(config.backend, list(config.devices) or None, **opencl)
     except BackendError as exc:
         log.error("cannot open the %s backend: %s", config.backend, exc)
         return EXIT_FAILURE
@@ -273,7 +288,7 @@ def _mine(args: argparse.Namespace) -> int:
 
     def reopen(index: int) -> Backend:
         if config.backend == "opencl":
-            return open_device(specs[index])
+            return open_device(specs[index], **opencl)
         return open_backends(config.backend, None)[0]
 
     app = WorkerApp(config, backends, CollectorRegistry(), reopen=reopen, console=console)
@@ -281,21 +296,24 @@ def _mine(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
-    from .backends import probe_devices
+    from .backends.opencl import probe_kernels
 
     toolkit_logging(logging.ERROR)
-    devices = probe_devices()
+    devices = probe_kernels()
     if not devices:
         print("no OpenCL platform or device found (is an OpenCL driver or PoCL installed?)")
         return EXIT_FAILURE
-    print(f"{'spec':<6} {'platform':<28} {'device':<40} {'CUs':>4} {'memory':>10}  kernels")
-    for d, reason in devices:
+    print(
+        f"{'spec':<6} {'platform':<28} {'device':<40} {'CUs':>4} {'memory':>10}  "
+        f"{'dot':<11} kernels"
+    )
+    for d, reason, dot in devices:
         verdict = "ok" if reason is None else f"FAIL: {reason}"
         print(
             f"{d.spec:<6} {d.platform[:28]:<28} {d.name[:40]:<40} {d.compute_units:>4} "
-            f"{d.memory / 2**30:>8.1f}Gi  {verdict}"
+            f"{d.memory / 2**30:>8.1f}Gi  {dot or '-':<11} {verdict}"
         )
-    usable = sum(reason is None for _, reason in devices)
+    usable = sum(reason is None for _, reason, _ in devices)
     if not usable:
         print("no usable OpenCL device: the kernels build and pass the self-test on none")
         return EXIT_FAILURE
@@ -310,9 +328,10 @@ def report_bench(rows: list[dict], out: TextIO) -> int:
         rate = float(row.get("macs_per_s", 0.0))
         mismatches = int(row.get("mismatches", 0))
         verdict = "OK" if mismatches == 0 else f"MISMATCH x{mismatches}"
+        kernel = f"  [{row['kernel']}]" if row.get("kernel") else ""
         print(
             f"{name:<24} {row.get('shape', ''):<20} {rate / 1e9:10.3f} GMAC/s  "
-            f"{row.get('headers', '?')} headers  {verdict}",
+            f"{row.get('headers', '?')} headers  {verdict}{kernel}",
             file=out,
         )
         failed = failed or mismatches > 0
@@ -332,8 +351,9 @@ def _bench(args: argparse.Namespace) -> int:
     failed = False
     for kind in kinds:
         devices = args.devices if kind == "opencl" else None
+        opencl = {"dot": args.dot} if kind == "opencl" and args.dot else {}
         try:
-            rows.extend(run_bench(kind, args.shape, devices, seconds=args.seconds))
+            rows.extend(run_bench(kind, args.shape, devices, seconds=args.seconds, **opencl))
         except BackendError as exc:
             print(f"{kind}: cannot run: {exc}", file=sys.stderr)
             failed = True

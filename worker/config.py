@@ -37,6 +37,8 @@ from toolkit.settings import (
     toml_text,
 )
 
+from .autotune import DOT_CHOICES
+
 DEFAULT_METRICS_PORT = 9110
 BACKENDS = ("blas", "opencl")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -133,6 +135,17 @@ class UsefulConfig:
 
 
 @dataclass(frozen=True)
+class OpenCLConfig:
+    dot: str = setting(
+        "auto",
+        'inner product of the OpenCL kernel: "auto" (the fastest the device claims that '
+        'passes its self-test, else portable) or one forced: "portable", "packed", '
+        '"khr_packed", "amd_sdot4", "ptx_dp4a", "ptx_mma", "mma_emulated" (--dot)',
+        choices=DOT_CHOICES,
+    )
+
+
+@dataclass(frozen=True)
 class WatchdogConfig:
     stall_timeout: float = setting(
         120.0, "a device without progress this long (seconds) is restarted; 0 = off"
@@ -167,6 +180,7 @@ class WorkerConfig:
     connection: ConnectionConfig = section(ConnectionConfig)
     mining: MiningConfig = section(MiningConfig)
     useful: UsefulConfig = section(UsefulConfig)
+    opencl: OpenCLConfig = section(OpenCLConfig)
     watchdog: WatchdogConfig = section(WatchdogConfig)
     metrics: MetricsConfig = section(MetricsConfig)
     console: ConsoleConfig = section(ConsoleConfig)
@@ -248,6 +262,7 @@ def with_overrides(config: WorkerConfig, **flags: Any) -> WorkerConfig:
         ("metrics_port", "metrics.port"),
         ("blob_cache", "useful.cache_dir"),
         ("blob_cache_max", "useful.cache_max_bytes"),
+        ("dot", "opencl.dot"),
     ):
         if flags.get(flag) is not None:
             settings[key] = tuple(flags[flag]) if flag == "devices" else flags[flag]

@@ -303,6 +303,7 @@ class Miner:
                     abandon_on_cancel=True,
                 )
                 slot.prepared_root = minable.workload.work_root
+                self._stats.device(slot.name).kernel = str(getattr(slot.backend, "kernel", ""))
                 if self.feed.generation != generation:
                     continue
             extranonce2 = slot.next_extranonce2()

@@ -70,6 +70,7 @@ class DeviceStats:
     stalled: bool = False
     last_progress: float = 0.0
     peak: float = 0.0  # highest 10 s hashrate seen, MAC/s
+    kernel: str = ""  # the kernel that mines (OpenCL: its configuration and inner product)
     shares: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SHARE_RESULTS, 0))
 
 
@@ -235,6 +236,7 @@ class WorkerStats:
             "devices": [
                 {
                     "name": d.name,
+                    "kernel": d.kernel,
                     "hashrate_macs": rates(d.name),
                     "peak_hashrate_macs": round(d.peak, 3),
                     "shares": dict(d.shares),

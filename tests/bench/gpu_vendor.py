@@ -1,10 +1,13 @@
 """Our OpenCL mining rate on each GPU against the vendor's own int8 GEMM, in the same run.
 
-    .venv/bin/python tests/bench/gpu_vendor.py [--sizes 2048,4096] [--seconds 3]
+    .venv/bin/python tests/bench/gpu_vendor.py [--sizes 2048,4096] [--seconds 3] [--dots all]
 
-For every OpenCL device that is a GPU (every device with ``--all-devices``): the bare mining
-scan (``OpenCLBackend.scan``, checked against the reference by ``worker.bench`` first) and
-our plain GEMM kernel, in MAC/s; then, when PyTorch with CUDA is installed, the vendor's
+For every OpenCL device that is a GPU (every device with ``--all-devices``): first the inner
+product ``auto`` chooses there, then for each inner product (``--dots``, default every one)
+that the device builds and passes its self-test with (the others are listed with the
+compiler's reason): the checked mining rate (``worker.bench``: every winner and sampled
+transcripts against the reference), the bare mining scan (``OpenCLBackend.scan``) and our
+plain GEMM kernel, in MAC/s; then, when PyTorch with CUDA is installed, the vendor's
 int8 GEMM on the same shape (``torch._int_mm``, int8 × int8 → int32 on tensor cores) and
 fp32 ``torch.mm``. Ratios: ours / vendor int8, ours / the card's int8 and fp32 peaks (from
 the table below, by device name; "n/a" for an unknown card).
@@ -17,6 +20,7 @@ import time
 from collections.abc import Callable
 
 from protocol.workload import Shape, Workload
+from worker.autotune import DOT_VARIANTS
 from worker.bench import BENCH_SEED, bench_backend
 
 # dense peaks in MAC/s (TOPS / 2, TFLOPS / 2), from the vendors' data sheets
@@ -82,9 +86,13 @@ def main() -> int:
     parser.add_argument("--r", type=int, default=128, help="slab width r")
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     parser.add_argument("--all-devices", action="store_true", help="CPU devices too")
+    parser.add_argument(
+        "--dots", default="all", help="inner products, comma-separated (all = every one)"
+    )
     args = parser.parse_args()
     import pyopencl as cl
 
+    from worker.backends import DeviceUnusable
     from worker.backends.opencl import OpenCLBackend, list_opencl_devices
 
     def is_gpu(platform: int, device: int) -> bool:
@@ -99,6 +107,26 @@ def main() -> int:
     if not devices:
         print("no OpenCL GPU found (use --all-devices to measure CPU devices)")
         return 0
+    dots = list(DOT_VARIANTS) if args.dots == "all" else args.dots.split(",")
+    usable: dict[str, list[str]] = {}  # device spec: the inner products it builds
+    for info in devices:
+        auto = OpenCLBackend(info.platform_index, info.device_index)
+        try:
+            auto.self_test()
+            choice = auto.dot_choice
+            print(f"{auto.description}: auto inner product {choice and choice.describe()}")
+        except DeviceUnusable as exc:
+            print(f"{auto.description}: unusable: {exc.reason}")
+        usable[info.spec] = []
+        for dot in dots:
+            dev = OpenCLBackend(info.platform_index, info.device_index, dot=dot)
+            try:
+                dev.self_test()
+            except DeviceUnusable as exc:
+                print(f"{dev.name} dot={dot}: not built ({exc.reason[:200]})")
+                continue
+            usable[info.spec].append(dot)
+        print(f"{auto.name}: measuring inner products {', '.join(usable[info.spec]) or 'none'}")
     print(f"{'shape':<12} {'what':<44} {'TMAC/s':>9}  ratios")
     for size in (int(s) for s in args.sizes.split(",")):
         shape = Shape(size, size, size, args.r)
@@ -110,9 +138,10 @@ def main() -> int:
             print(f"{label:<12} {name:<44} {rate / 1e12:>9.2f}")
         if exact is not None:
             print(f"{label:<12} torch int8 equals the exact product: {bool(exact)}")
-        for info in devices:
-            dev = OpenCLBackend(info.platform_index, info.device_index)
+        for info, dot in ((i, d) for i in devices for d in usable[i.spec]):
+            dev = OpenCLBackend(info.platform_index, info.device_index, dot=dot)
             checked = bench_backend(dev, workload, args.seconds)
+            print(f"{label:<12} {dev.name} dot={dot}: kernel {dev.kernel}")
             mining = checked["macs_per_s"]
             headers = iter(range(1 << 30))
             scan = best_rate(
@@ -125,9 +154,9 @@ def main() -> int:
             )
             peak = peaks(dev.description)
             for what, rate in (
-                (f"{dev.name} mining, checked ({checked['mismatches']} mismatches)", mining),
-                (f"{dev.name} bare mining scan", scan),
-                (f"{dev.name} plain GEMM (one launch)", plain),
+                (f"{dev.name} {dot} mining, checked ({checked['mismatches']} bad)", mining),
+                (f"{dev.name} {dot} bare mining scan", scan),
+                (f"{dev.name} {dot} plain GEMM (one launch)", plain),
             ):
                 notes = []
                 if "torch int8 (_int_mm)" in vendor:
@@ -138,7 +167,7 @@ def main() -> int:
                     )
                 print(f"{label:<12} {what:<44} {rate / 1e12:>9.3f}  {'; '.join(notes)}")
             if checked["mismatches"]:
-                print(f"{dev.name}: results differ from the reference")
+                print(f"{dev.name} dot={dot}: results differ from the reference")
                 return 1
     return 0
 

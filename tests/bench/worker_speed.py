@@ -1,6 +1,7 @@
 """Worker mining speed against numpy's float32 matmul, measured in the same run.
 
     .venv/bin/python tests/bench/worker_speed.py [--sizes 1024,2048] [--r 64] [--no-opencl]
+        [--dots auto,portable,packed] [--tiled]
 
 Prints, per shape, MAC/s of: numpy float32 A@B (baseline), the BLAS backend mining,
 the OpenCL backend mining (first device; PoCL on a CPU box) and our plain GEMM kernel
@@ -8,7 +9,10 @@ the OpenCL backend mining (first device; PoCL on a CPU box) and our plain GEMM k
 each as a ratio to the baseline, and the PoW overhead of our kernel over our plain GEMM
 (mining MAC/s are the mean over whole headers including the CPU checks of worker.bench;
 the overhead compares the bare mining scan with the plain GEMM, both best of a few runs).
-Every mining result is checked against the reference (worker.bench).
+Every mining result is checked against the reference (worker.bench). ``--dots``: the OpenCL
+rows once per inner product (``[opencl] dot``; one the device cannot build is reported and
+skipped); ``--tiled``: the tiled kernel 64x64/4x4 kc16 instead of the autotuned choice (on a
+CPU the autotuner picks the item kernel, which has no inner-product variants).
 Targets: BLAS >= 0.5x, OpenCL on PoCL >= 0.15x, PoW overhead <= 10%.
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE slow numpy; a fair run unsets them:
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python tests/bench/worker_speed.py
@@ -44,6 +48,60 @@ def numpy_rate(shape: Shape, seconds: float) -> float:
     return shape.macs_per_header / best_seconds(lambda: a @ b, seconds)
 
 
+def opencl_rows(
+    rows: list, label: str, workload: Workload, base: float, dot: str, args: argparse.Namespace
+) -> int:
+    """The OpenCL rows of one shape with inner product ``dot``; its mismatches."""
+    from worker.autotune import KernelConfig
+    from worker.backends import DeviceUnusable
+    from worker.backends.opencl import OpenCLBackend
+
+    shape = workload.shape
+    config = KernelConfig(64, 64, 4, 4, 16, 8, True) if args.tiled else None
+    try:
+        dev = OpenCLBackend(0, 0, dot=dot, config=config)
+        dev.self_test()
+        row = bench_backend(dev, workload, args.seconds)
+    except DeviceUnusable as exc:
+        rows.append((label, f"opencl dot={dot}: not usable here", 0.0, 0.0, exc.reason[:60]))
+        return 0
+    pow_rate = row["macs_per_s"]
+    rows.append(
+        (
+            label,
+            f"{dev.name} mining [{dev.kernel}]",
+            pow_rate,
+            pow_rate / base,
+            f"mismatches={row['mismatches']}",
+        )
+    )
+    # The PoW overhead compares like with like: the bare mining scan (a target nothing
+    # meets, so no CPU checks) and our plain GEMM, both best of a few runs, the GEMM with
+    # the same launches as mining and as one launch.
+    headers = iter(range(1 << 30))
+    scan_seconds = best_seconds(
+        lambda d=dev, h=headers: d.scan(next(h).to_bytes(128, "little"), 1), args.seconds, 2
+    )
+    scan_rate = shape.macs_per_header / scan_seconds
+    rows.append(
+        (label, f"{dev.name} bare mining scan (dot={dot})", scan_rate, scan_rate / base, "")
+    )
+    for banded, how in ((True, "same launches as mining"), (False, "one launch")):
+        seconds = best_seconds(lambda b=banded, d=dev: d.plain_gemm(b), args.seconds, 2)
+        plain = shape.macs_per_header / seconds
+        overhead = plain / scan_rate - 1.0
+        rows.append(
+            (
+                label,
+                f"{dev.name} plain GEMM (dot={dot}, {how})",
+                plain,
+                plain / base,
+                f"PoW overhead {100 * overhead:.1f}%",
+            )
+        )
+    return int(row["mismatches"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1024,2048", help="square sizes m=n=k, comma-separated")
@@ -51,6 +109,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     parser.add_argument("--no-opencl", action="store_true", help="skip the OpenCL backend")
     parser.add_argument("--no-blas", action="store_true", help="skip the BLAS backend")
+    parser.add_argument("--dots", default="auto", help="OpenCL inner products, comma-separated")
+    parser.add_argument("--tiled", action="store_true", help="OpenCL: the tiled kernel, fixed")
     args = parser.parse_args()
     unset = [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if v in os.environ]
     print(f"OPENBLAS env set: {unset or 'none'}; cpus: {os.cpu_count()}")
@@ -77,50 +137,13 @@ def main() -> int:
                 )
             )
         if not args.no_opencl:
-            from worker.backends.opencl import OpenCLBackend, list_opencl_devices
+            from worker.backends.opencl import list_opencl_devices
 
             if not list_opencl_devices():
                 print("no OpenCL device: skipping")
             else:
-                dev = OpenCLBackend(0, 0)
-                row = bench_backend(dev, workload, args.seconds)
-                mismatches += row["mismatches"]
-                pow_rate = row["macs_per_s"]
-                rows.append(
-                    (
-                        label,
-                        f"{dev.name} mining {dev.config}",
-                        pow_rate,
-                        pow_rate / base,
-                        f"mismatches={row['mismatches']}",
-                    )
-                )
-                # The PoW overhead compares like with like: the bare mining scan (a target
-                # nothing meets, so no CPU checks) and our plain GEMM, both best of a few
-                # runs, the GEMM with the same launches as mining and as one launch.
-                headers = iter(range(1 << 30))
-                scan_seconds = best_seconds(
-                    lambda d=dev, h=headers: d.scan(next(h).to_bytes(128, "little"), 1),
-                    args.seconds,
-                    2,
-                )
-                scan_rate = shape.macs_per_header / scan_seconds
-                rows.append(
-                    (label, f"{dev.name} bare mining scan", scan_rate, scan_rate / base, "")
-                )
-                for banded, how in ((True, "same launches as mining"), (False, "one launch")):
-                    seconds = best_seconds(lambda b=banded, d=dev: d.plain_gemm(b), args.seconds, 2)
-                    plain = shape.macs_per_header / seconds
-                    overhead = plain / scan_rate - 1.0
-                    rows.append(
-                        (
-                            label,
-                            f"{dev.name} plain GEMM ({how})",
-                            plain,
-                            plain / base,
-                            f"PoW overhead {100 * overhead:.1f}%",
-                        )
-                    )
+                for dot in args.dots.split(","):
+                    mismatches += opencl_rows(rows, label, workload, base, dot, args)
         again = numpy_rate(shape, args.seconds)
         rows.append((label, "numpy f32 A@B (again)", again, again / base, ""))
         # the box is shared: the baseline is the better of its two measurements

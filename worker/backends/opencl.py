@@ -2,9 +2,10 @@
 
 ``list_opencl_devices`` lists every device of every platform; ``open_opencl`` opens and
 self-tests the ones asked for (default: all), skipping a device that cannot mine with one
-warning and keeping the rest; ``probe_devices`` says of each whether it can mine (what
-``matmine-worker devices`` shows). The pipeline itself is ``opencl_backend.py``; the
-kernel program, its buffers and the known-answer test are ``opencl_program.py``.
+warning and keeping the rest; ``probe_kernels`` says of each whether it can mine and with
+which inner product (what ``matmine-worker devices`` shows; ``probe_devices`` the same
+without it). The pipeline itself is ``opencl_backend.py``; the kernel program, its buffers
+and the known-answer test are ``opencl_program.py``; the inner product ``opencl_dot.py``.
 """
 
 from __future__ import annotations
@@ -98,20 +99,34 @@ def open_opencl(
     return backends
 
 
+def probe_kernels(dot: str = "auto") -> list[tuple[DeviceInfo, str | None, str]]:
+    """Every OpenCL device with ``None`` if its kernels build and pass the self-test (else
+    the reason they do not) and the inner product chosen for it ("" when none was): what
+    ``matmine-worker devices`` shows."""
+    found: list[tuple[DeviceInfo, str | None, str]] = []
+    for info in list_opencl_devices():
+        backend = None
+        try:
+            backend = OpenCLBackend(info.platform_index, info.device_index, autotune=False, dot=dot)
+            backend.self_test()
+        except DeviceUnusable as exc:
+            found.append((info, exc.reason, _chosen_dot(backend)))
+        except BackendError as exc:
+            found.append((info, str(exc), _chosen_dot(backend)))
+        else:
+            found.append((info, None, _chosen_dot(backend)))
+    return found
+
+
+def _chosen_dot(backend: OpenCLBackend | None) -> str:
+    choice = None if backend is None else backend.dot_choice
+    return "" if choice is None else choice.variant
+
+
 def probe_devices() -> list[tuple[DeviceInfo, str | None]]:
     """Every OpenCL device with ``None`` if its kernels build and pass the self-test, else
-    the reason they do not (what ``matmine-worker devices`` shows)."""
-    found: list[tuple[DeviceInfo, str | None]] = []
-    for info in list_opencl_devices():
-        try:
-            OpenCLBackend(info.platform_index, info.device_index, autotune=False).self_test()
-        except DeviceUnusable as exc:
-            found.append((info, exc.reason))
-        except BackendError as exc:
-            found.append((info, str(exc)))
-        else:
-            found.append((info, None))
-    return found
+    the reason they do not."""
+    return [(info, reason) for info, reason, _ in probe_kernels()]
 
 
 __all__ = [
@@ -122,4 +137,5 @@ __all__ = [
     "open_device",
     "open_opencl",
     "probe_devices",
+    "probe_kernels",
 ]

@@ -8,10 +8,12 @@ appends the tiles that meet the share target to a small result buffer. Launches 
 bands of tile rows sized to about ``launch_seconds`` so that ``should_stop`` is honoured
 quickly.
 
-A device that cannot mine is found before it is given work: ``self_test`` builds its kernels
-and checks one small header (every ticket and the product) against the CPU reference, and
-``prepare`` does the same for the configuration it chooses. Such a device raises
-``DeviceUnusable`` with the compiler's own reason (its first error line, not the whole log).
+A device that cannot mine is found before it is given work: ``self_test`` chooses the
+kernel's inner product (``opencl_dot``: the fastest the device claims that builds and passes,
+else portable), builds its kernels and checks one small header (every ticket and the
+product) against the CPU reference, and ``prepare`` does the same for the configuration it
+chooses. Such a device raises ``DeviceUnusable`` with the compiler's own reason (its first
+error line, not the whole log).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from protocol.noise import index_pairs, noise_factors, pow_seed
 from protocol.workload import TILE, Shape, Workload
 
 from ..autotune import (
+    DOT_CHOICES,
     SAFE_CONFIG,
     KernelConfig,
     default_cache_dir,
@@ -43,6 +46,7 @@ from .base import (
     require_prepared,
     winners_of,
 )
+from .opencl_dot import AUTO, DotChoice
 from .opencl_program import (
     SELF_TEST_HEADER,
     SELF_TEST_SEED,
@@ -57,7 +61,7 @@ from .opencl_program import (
     source_tag,
     u32_words,
 )
-from .opencl_tuning import choose_config
+from .opencl_tuning import choose_config, choose_dot
 
 DEFAULT_WINNER_CAP = 256
 
@@ -78,6 +82,7 @@ class OpenCLBackend:
         launch_seconds: float = 0.1,
         winner_cap: int = DEFAULT_WINNER_CAP,
         tune_seconds: float = 0.3,
+        dot: str = AUTO,
     ) -> None:
         require_cl()
         try:
@@ -87,6 +92,8 @@ class OpenCLBackend:
             raise BackendError(f"no OpenCL device {platform_index}:{device_index}") from exc
         if config is not None and not config.valid():
             raise BackendError(f"invalid kernel configuration {config}")
+        if dot not in DOT_CHOICES:
+            raise BackendError(f"dot must be one of {', '.join(DOT_CHOICES)}, got {dot!r}")
         if launch_seconds <= 0 or winner_cap < 1:
             raise BackendError("launch_seconds and winner_cap must be positive")
         self.name = f"opencl:{platform_index}:{device_index}"
@@ -106,6 +113,8 @@ class OpenCLBackend:
         self.winner_cap = winner_cap
         self.fixed_config = config
         self.autotune = autotune
+        self.dot_request = dot  # "auto" or the inner product an operator forced
+        self.dot_choice: DotChoice | None = None  # made by the self-test (choose_dot)
         self.config: KernelConfig | None = None
         self.kernels = KernelCache(self.context, self.description, self.cache_dir)
         self._workload: Workload | None = None
@@ -118,6 +127,16 @@ class OpenCLBackend:
     def spec(self) -> str:
         """``"platform:device"``, the form ``open_opencl`` takes."""
         return f"{self.platform_index}:{self.device_index}"
+
+    @property
+    def dot(self) -> str:
+        """The tiled kernel's inner product on this device (chosen on first use)."""
+        return choose_dot(self).variant
+
+    @property
+    def kernel(self) -> str:
+        """The kernel that mines: the prepared configuration's, else the inner product."""
+        return self.config.label if self.config is not None else f"dot {self.dot}"
 
     # -- workload ------------------------------------------------------------------------
 
@@ -148,10 +167,11 @@ class OpenCLBackend:
     def self_test(self) -> None:
         """Build the kernels and check a small header against the CPU reference.
 
-        Uses the fixed configuration if one was given, else the safe one (it fits every
+        Chooses the inner product first (each fast path tried is built and checked), then
+        uses the fixed configuration if one was given, else the safe one (it fits every
         shape); raises ``DeviceUnusable`` with the reason. Run before a device gets work.
         """
-        self.check_config(self.fixed_config or SAFE_CONFIG)
+        self.check_config((self.fixed_config or SAFE_CONFIG).with_dot(self.dot))
 
     def check_config(self, config: KernelConfig) -> None:
         """Known-answer test of ``config`` (once per configuration): every ticket's digest
@@ -182,7 +202,7 @@ class OpenCLBackend:
 
     def autotune_key(self, shape: Shape) -> str:
         """The autotune cache key: device, driver, kernel source version and job shape."""
-        driver = f"{self.device.driver_version.strip()}|kernel {source_tag()}"
+        driver = f"{self.device.driver_version.strip()}|kernel {source_tag()}|dot {self.dot}"
         return autotune_key(self.device.name.strip(), driver, shape)
 
     def measure(self, config: KernelConfig, seconds: float = 0.3) -> float:
