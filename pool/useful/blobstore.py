@@ -116,13 +116,15 @@ class BlobStore:
             self._write_atomic(meta, [text.encode()])
         return info
 
-    def put_file(self, source: Path) -> bytes:
-        """Move the finished file ``source`` into the store under its content id."""
-        h = blake3()
-        with open(source, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        bid = h.digest()
+    def put_file(self, source: Path, bid: bytes | None = None) -> bytes:
+        """Move the finished file ``source`` into the store under its content id (``bid``
+        when the caller hashed its bytes on the way in, else read and hashed here)."""
+        if bid is None:
+            h = blake3()
+            with open(source, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+            bid = h.digest()
         target = self.path(bid)
         target.parent.mkdir(parents=True, exist_ok=True)
         if self._reuse(target):

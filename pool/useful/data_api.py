@@ -3,32 +3,32 @@
 - ``GET /data/blobs/{hash}`` — an operand of the bearer token's lease, streamed from the
   blob store in ``READ_CHUNK`` pieces (never read whole), with one ``Range``;
 - ``GET /data/results/{unit}`` — how many bytes of the lease's result the pool holds;
-- ``PUT /data/results/{unit}?offset=o`` — result bytes from ``o``, spooled to a nameless
-  file as they arrive and hashed on the way (``X-Result-Hash``); the request that brings
-  the last byte has the spool checked against that hash, then the lease delivered (its
-  session gets new work) and judged exactly as a final ``work.result`` chunk is.
+- ``PUT /data/results/{unit}?offset=o`` — result bytes from ``o``, written as they arrive
+  through the lease's :class:`~pool.useful.judge.ResultStream` (spooled, hashed, and
+  judged row by row: Freivalds' vectors drawn when the upload starts, after
+  ``X-Result-Hash`` committed C); the request that brings the last byte has the hash
+  checked, then the lease delivered (its session gets new work) and its verdict, ready
+  by then, applied exactly as a final ``work.result`` chunk's is.
 
 Memory is bounded: each upload holds at most ``SPOOL_BATCH`` bytes before they are
-written, at most ``MAX_UPLOADS`` uploads stream at once (503 beyond), and at most
-``MAX_JUDGING`` whole results are read back for judging at once.
+written (and judged), and at most ``MAX_UPLOADS`` uploads stream at once (503 beyond);
+no result is ever read back whole.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import IO
+from dataclasses import dataclass
 
 import trio
-from blake3 import blake3
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from pool.useful.judge import ResultStream, sweep_spools
 from pool.useful.queue import Lease
 from pool.useful.service import Credit, UsefulWork
 from protocol.errors import ProtocolError
@@ -36,7 +36,6 @@ from protocol.errors import ProtocolError
 READ_CHUNK = 1 << 20
 SPOOL_BATCH = 1 << 20
 MAX_UPLOADS = 8
-MAX_JUDGING = 2
 MAX_KEPT_UPLOADS = 64  # partial uploads remembered (the oldest is dropped first)
 RETRY_AFTER = "2"
 CACHE_CONTROL = "public, max-age=31536000, immutable"
@@ -80,25 +79,19 @@ def parse_range(header: str | None, total: int) -> tuple[int, int] | None:
 
 @dataclass
 class _Upload:
-    """One lease's result upload in progress, spooled to a nameless file."""
+    """One lease's result upload in progress: its ``X-Result-Hash`` and its stream."""
 
-    total: int
     digest: str
-    file: IO[bytes] = field(repr=False)
-    hasher: blake3 = field(default_factory=blake3, repr=False)
-    received: int = 0
+    stream: ResultStream
     busy: bool = False
 
-    def write(self, parts: list[bytes]) -> None:
-        for part in parts:
-            self.file.write(part)
-            self.hasher.update(part)
-            self.received += len(part)
+    @property
+    def total(self) -> int:
+        return self.stream.total
 
-    def read_all(self) -> bytes:
-        self.file.flush()
-        self.file.seek(0)
-        return self.file.read()
+    @property
+    def received(self) -> int:
+        return self.stream.received
 
 
 class DataApi:
@@ -109,7 +102,7 @@ class DataApi:
         self.credit = credit
         self.uploads: OrderedDict[int, _Upload] = OrderedDict()
         self.streaming = 0
-        self.judging = trio.Semaphore(MAX_JUDGING)
+        sweep_spools(useful.blobs)  # a restart released every lease: their spools are void
 
     async def _lease(self, request: Request) -> Lease:
         """The active lease of the request's bearer token; ``_Refused`` 401/403."""
@@ -196,7 +189,7 @@ class DataApi:
     def _drop(self, lease_id: int | None) -> None:
         upload = self.uploads.pop(lease_id, None) if lease_id is not None else None
         if upload is not None and not upload.busy:
-            upload.file.close()
+            upload.stream.close()
 
     async def result_status(self, request: Request) -> Response:
         try:
@@ -209,7 +202,6 @@ class DataApi:
 
     def _open(self, lease: Lease, offset: int, digest: str) -> _Upload:
         """The lease's upload to continue at ``offset`` (or a new one at 0)."""
-        total = lease.unit.plan.result_bytes
         upload = self.uploads.get(lease.id)
         if upload is not None and upload.busy:
             raise _Refused(409, "another upload of this result is streaming", {})
@@ -220,10 +212,7 @@ class DataApi:
         if offset != received:
             raise _Refused(409, f"the pool holds {received} bytes of this result: resume there")
         if upload is None:
-            directory = self.useful.blobs.upload_dir
-            directory.mkdir(parents=True, exist_ok=True)
-            spool = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 (closed by _drop)
-            upload = _Upload(total, digest, spool)
+            upload = _Upload(digest, self.useful.desk.open_stream(lease))
             self.uploads[lease.id] = upload
             while len(self.uploads) > MAX_KEPT_UPLOADS:
                 self._drop(next(iter(self.uploads)))
@@ -252,6 +241,10 @@ class DataApi:
             finally:
                 upload.busy = False
                 self.streaming -= 1
+                if self.uploads.get(lease.id) is not upload:  # dropped while it streamed
+                    upload.stream.close()
+            if self.uploads.get(lease.id) is not upload:
+                raise _Refused(409, "this upload was dropped meanwhile: start again at 0")
             if upload.received < upload.total:
                 return JSONResponse({"received": upload.received, "total": upload.total})
             return await self._finish(lease, upload)
@@ -273,7 +266,7 @@ class DataApi:
                 batch.append(chunk)
                 size += len(chunk)
                 if size >= SPOOL_BATCH:
-                    await trio.to_thread.run_sync(upload.write, batch)
+                    await trio.to_thread.run_sync(upload.stream.write, batch)
                     self.useful.metrics.data_bytes("in", "http", size)
                     batch, size = [], 0
         except ClientDisconnect:
@@ -281,32 +274,31 @@ class DataApi:
         finally:
             if batch and lease.id in self.uploads:
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(upload.write, batch)
+                    await trio.to_thread.run_sync(upload.stream.write, batch)
                 self.useful.metrics.data_bytes("in", "http", size)
 
     async def _finish(self, lease: Lease, upload: _Upload) -> Response:
-        """The whole result is in: check its hash, deliver and judge it."""
+        """The whole result is in, judged on the way: check its hash, deliver, apply the
+        verdict."""
         self.uploads.pop(lease.id, None)
+        stream = upload.stream
         try:
-            if upload.hasher.hexdigest() != upload.digest:
+            if stream.digest().hex() != upload.digest:
                 raise _Refused(
                     422, "the result's bytes do not match X-Result-Hash: upload again from 0"
                 )
-            async with self.judging:
-                raw = await trio.to_thread.run_sync(upload.read_all)
-                upload.file.close()
-                try:
-                    delivery = await self.useful.deliver(lease, raw)
-                except ProtocolError as exc:
-                    raise _Refused(403, str(exc)) from None
-                self.useful.announce(delivery.lease)
-                try:
-                    ack, verdict = await self.useful.judge(delivery, self.credit)
-                except ProtocolError as exc:
-                    raise _Refused(403, str(exc)) from None
-                self.useful.rejected(verdict)  # a wrong product counts against the miner
+            try:
+                delivery = await self.useful.deliver(lease, stream)
+            except ProtocolError as exc:
+                raise _Refused(403, str(exc)) from None
+            self.useful.announce(delivery.lease)
+            try:
+                ack, verdict = await self.useful.judge(delivery, self.credit)
+            except ProtocolError as exc:
+                raise _Refused(403, str(exc)) from None
+            self.useful.rejected(verdict)  # a wrong product counts against the miner
         finally:
-            upload.file.close()
+            stream.close()
         answer: dict[str, object] = {
             "received": ack.received,
             "total": upload.total,

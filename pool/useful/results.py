@@ -1,12 +1,16 @@
 """Results of units: chunked uploads, Freivalds' check, storage and delivery.
 
 The pool's ``work.result`` handler feeds each chunk to :meth:`ResultDesk.receive` (fast,
-in memory, bounded by the unit's result size). When the final chunk is in, it runs
-:meth:`ResultDesk.check` in a worker thread: Freivalds' test in exact int64 with a fresh
-unpredictable ``x`` (``freivalds_rounds`` rounds, each false-accepting with p ≤ 2⁻¹⁶).
-A failing C rejects the lease at once (held shares void, the unit goes back to the
-queue). A passing C is stored as a blob and comes back as :class:`Passed` with the
-lease's held shares: the caller credits them to the ledger, *then* calls
+on the event loop: order and size checked, the bytes queued); every ``FLUSH_BYTES`` and
+on the final chunk it writes them with :meth:`ResultDesk.pending` through the lease's
+:class:`~pool.useful.judge.ResultStream` in a worker thread, which spools them and runs
+Freivalds' test on the rows they complete (exact, ``freivalds_rounds`` rounds with a fresh
+unpredictable ``x``, each false-accepting with p ≤ 2⁻¹⁶). The HTTP data plane writes its
+``PUT`` bodies through a stream of its own (:meth:`ResultDesk.open_stream`): one judge.
+:meth:`ResultDesk.check` takes the finished stream (or whole bytes, judged the same way):
+a failing C rejects the lease at once (held shares void, the unit goes back to the queue).
+A passing C moves into the blob store and comes back as :class:`Passed` with the lease's
+held shares: the caller credits them to the ledger, *then* calls
 :meth:`ResultDesk.complete` (unit done), so that a crash in between costs at worst a
 recomputed unit, never an acknowledged share.
 When every unit of an item is verified, the customer's product is assembled into one
@@ -16,9 +20,8 @@ When every unit of an item is verified, the customer's product is assembled into
 from __future__ import annotations
 
 import os
-import secrets
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +29,13 @@ import numpy as np
 
 from pool.useful import UsefulConfig, UsefulMetrics
 from pool.useful.blobstore import BlobStore
+from pool.useful.judge import ResultStream
 from pool.useful.queue import OPEN_STATES, Lease, LeaseEnd, LeaseError, WorkQueue
-from protocol.denoise import freivalds
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.useful import RESULT_DTYPE, ChunkAssembler, assemble, decode_result
+from protocol.useful import RESULT_DTYPE, assemble, decode_result
+
+FLUSH_BYTES = 1 << 20
+"""``work.result`` bytes queued before they are spooled and judged (in a worker thread)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,22 @@ class Receipt:
 
     received: int
     complete: bool
+    flush: bool = False
+    """Queued bytes should be written now (:meth:`ResultDesk.pending`, then the stream)."""
+
+
+@dataclass
+class _Chunks:
+    """A ``work.result`` upload in progress: its stream and the chunks not written yet."""
+
+    stream: ResultStream
+    queued: list[bytes] = field(default_factory=list)
+    queued_bytes: int = 0
+    done: bool = False
+
+    @property
+    def received(self) -> int:
+        return self.stream.received + self.queued_bytes
 
 
 @dataclass(frozen=True)
@@ -85,7 +107,11 @@ class ResultDesk:
         self.blobs = blobs
         self.config = config or queue.config
         self.metrics = metrics
-        self._uploads: dict[int, ChunkAssembler] = {}
+        self._uploads: dict[int, _Chunks] = {}
+
+    def open_stream(self, lease: Lease) -> ResultStream:
+        """A new spooled, judged upload of ``lease``'s result (close it when dropped)."""
+        return ResultStream(self.blobs, lease, self.config.freivalds_rounds)
 
     def receive(
         self, lease: Lease, session: str, unit: bytes, offset: int, data: bytes, final: bool
@@ -99,7 +125,7 @@ class ResultDesk:
                 "work.result: this job's unit is leased to another session", code=ErrorCode.STALE
             )
         if lease.state != "active":
-            self._uploads.pop(lease.id, None)
+            self.forget(lease.id)
             raise ProtocolError(
                 f"work.result: the lease of this job is {lease.state}", code=ErrorCode.STALE
             )
@@ -111,48 +137,95 @@ class ResultDesk:
             )
         upload = self._uploads.get(lease.id)
         if upload is None:
-            upload = ChunkAssembler(lease.unit.plan.result_bytes, "work.result")
+            upload = _Chunks(self.open_stream(lease))
             self._uploads[lease.id] = upload
         try:
-            upload.feed(offset, data, final)
+            self._order(upload, offset, len(data), final)
         except ProtocolError:
-            self._uploads.pop(lease.id, None)
+            self.forget(lease.id)
             raise
-        return Receipt(upload.received, upload.done)
+        if data:
+            upload.queued.append(data)
+            upload.queued_bytes += len(data)
+        upload.done = final
+        return Receipt(upload.received, final, final or upload.queued_bytes >= FLUSH_BYTES)
+
+    @staticmethod
+    def _order(upload: _Chunks, offset: int, size: int, final: bool) -> None:
+        what, total, received = "work.result", upload.stream.total, upload.received
+        if upload.done:
+            raise ProtocolError(f"{what}: chunk after the final one")
+        if offset != received:
+            raise ProtocolError(f"{what}: chunk at offset {offset}, expected offset {received}")
+        end = offset + size
+        if end > total:
+            raise ProtocolError(f"{what}: chunk ends at {end}, past the total of {total} bytes")
+        if not size and not (final and end == total):
+            raise ProtocolError(f"{what}: empty chunk")
+        if final != (end == total):
+            state = "final" if final else "not final"
+            raise ProtocolError(f"{what}: chunk ending at {end} of {total} is marked {state}")
+
+    def pending(self, lease_id: int) -> tuple[ResultStream, list[bytes]] | None:
+        """The queued chunks of ``lease_id``'s upload, taken (event loop): write them with
+        ``stream.write`` in a worker thread, in the order taken."""
+        upload = self._uploads.get(lease_id)
+        if upload is None:
+            return None
+        parts, upload.queued, upload.queued_bytes = upload.queued, [], 0
+        return upload.stream, parts
 
     def forget(self, lease_id: int) -> None:
         """Drop a partial upload (the lease ended)."""
-        self._uploads.pop(lease_id, None)
-
-    def take_upload(self, lease_id: int) -> bytes:
-        """The whole uploaded result of ``lease_id`` (after a ``complete`` receipt)."""
         upload = self._uploads.pop(lease_id, None)
+        if upload is not None:
+            upload.stream.close()
+
+    def take_upload(self, lease_id: int) -> ResultStream:
+        """The whole uploaded result of ``lease_id`` (after a ``complete`` receipt), its
+        queued bytes written; pass it to :meth:`check`."""
+        upload = self._uploads.get(lease_id)
         if upload is None or not upload.done:
             raise ProtocolError("work.result: no complete result for this lease")
-        return upload.value()
+        taken = self.pending(lease_id)
+        if taken is not None and taken[1]:
+            taken[0].write(taken[1])
+        del self._uploads[lease_id]
+        return upload.stream
 
-    def check(self, lease_id: int, raw: bytes) -> Verdict | Passed:
-        """Check the unit's C (padded, int32 LE): a failing one rejects the lease (a
-        :class:`Verdict`), a passing one is stored (:class:`Passed`, lease still open).
+    def check(self, lease_id: int, result: ResultStream | bytes) -> Verdict | Passed:
+        """Judge the unit's C (padded, int32 LE): a finished :class:`ResultStream`, or its
+        bytes (judged through a stream of their own). A failing one rejects the lease (a
+        :class:`Verdict`), a passing one is stored (:class:`Passed`, lease still open);
+        the stream is closed either way.
 
-        CPU work: run it in a worker thread. Raises :class:`LeaseError` if the lease is
-        neither active nor delivered.
+        A stream's verdict is ready: this only stores it. Raises :class:`LeaseError` if
+        the lease is neither active nor delivered.
         """
-        lease = self.queue.get_lease(lease_id)
-        if lease.state not in OPEN_STATES:
-            raise LeaseError(f"lease {lease_id} is {lease.state}, not active")
-        unit = lease.unit
+        stream = result if isinstance(result, ResultStream) else None
         try:
-            c = decode_result(raw, unit.plan)
-        except ProtocolError as exc:
-            return self._reject(lease, "malformed", str(exc))
-        a = self.blobs.matrix(unit.a_blob)
-        bt = self.blobs.matrix(unit.b_blob)
-        rng = np.random.default_rng(secrets.randbits(128))
-        if not freivalds(a, bt, c, self.config.freivalds_rounds, rng):
-            return self._reject(lease, "fail", "the product does not match (Freivalds)")
-        result_blob = self.blobs.put(raw)
-        return Passed(lease, result_blob, self.queue.held_shares(lease.id))
+            lease = self.queue.get_lease(lease_id)
+            if lease.state not in OPEN_STATES:
+                raise LeaseError(f"lease {lease_id} is {lease.state}, not active")
+            if stream is None:
+                assert not isinstance(result, ResultStream)
+                if len(result) != lease.unit.plan.result_bytes:
+                    try:
+                        decode_result(bytes(result), lease.unit.plan)
+                    except ProtocolError as exc:
+                        return self._reject(lease, "malformed", str(exc))
+                stream = self.open_stream(lease)
+                stream.write([result])
+            if stream.lease_id != lease.id or not stream.done:
+                return self._reject(lease, "malformed", stream.verdict() or "not this lease's")
+            failure = stream.verdict()
+            if failure is not None:
+                return self._reject(lease, "fail", failure)
+            result_blob = stream.keep()
+            return Passed(lease, result_blob, self.queue.held_shares(lease.id))
+        finally:
+            if stream is not None:
+                stream.close()
 
     def complete(self, passed: Passed) -> Verdict:
         """Mark a passed unit done (after its held shares were credited); assemble the

@@ -40,6 +40,7 @@ import trio
 from pool.ledger.base import ShareRecord
 from pool.useful import UsefulConfig, UsefulMetrics
 from pool.useful.blobstore import BlobStore
+from pool.useful.judge import ResultStream
 from pool.useful.queue import Lease, LeaseEnd, LeaseError, WorkQueue
 from pool.useful.results import Passed, ResultDesk, Verdict
 from pool.useful.tokens import LeaseTokens
@@ -64,7 +65,8 @@ class Delivery:
 
     lease: Lease
     session: str
-    raw: bytes
+    result: ResultStream
+    """The spooled result, its verdict already reached as its bytes came in."""
     received: int
 
 
@@ -306,21 +308,40 @@ class UsefulWork:
                 code=ErrorCode.OTHER,
             )
         receipt = self.desk.receive(lease, session, msg.unit, msg.offset, msg.data, msg.final)
+        if receipt.flush:
+            await self._write_chunks(lease.id)
         if not receipt.complete:
             return WorkResultAck(accepted=True, received=receipt.received)
         self.metrics.data_bytes("in", "stratum", receipt.received)
         return await self.deliver(lease, self.desk.take_upload(lease.id))
 
-    async def deliver(self, lease: Lease, raw: bytes) -> Delivery:
-        """Mark ``lease`` delivered with its whole result ``raw`` (either path); pass the
-        :class:`Delivery` to :meth:`judge`. ``ProtocolError`` (21) if the lease ended."""
+    async def _write_chunks(self, lease_id: int) -> None:
+        """Spool and judge the queued ``work.result`` chunks of ``lease_id`` (a thread)."""
+        taken = self.desk.pending(lease_id)
+        if taken is not None and taken[1]:
+            stream, parts = taken
+            try:
+                await self._call(stream.write, parts)
+            except ValueError:  # dropped meanwhile: the lease ended
+                raise ProtocolError(
+                    "work.result: the lease of this job ended", code=ErrorCode.STALE
+                ) from None
+            except BaseException:
+                self.desk.forget(lease_id)  # the bytes are lost: the worker starts again
+                raise
+
+    async def deliver(self, lease: Lease, result: ResultStream) -> Delivery:
+        """Mark ``lease`` delivered with its whole result (spooled and judged, either
+        path); pass the :class:`Delivery` to :meth:`judge`. ``ProtocolError`` (21) if the
+        lease ended (the result is then dropped)."""
         try:
             with trio.CancelScope(shield=True):  # delivered, the result is judged regardless
                 lease = await self._call(self.queue.deliver, lease.id)
         except LeaseError as exc:  # it ended (deadline) while the last chunk came in
+            result.close()
             raise ProtocolError(f"work.result: {exc}", code=ErrorCode.STALE) from None
         self._end_current(lease)
-        return Delivery(lease, lease.session, raw, len(raw))
+        return Delivery(lease, lease.session, result, result.received)
 
     def rejected(self, verdict: Verdict) -> None:
         """Tell the session of a wrong result delivered over HTTP: it counts against it."""
@@ -341,7 +362,7 @@ class UsefulWork:
         short = lease.unit.unit_id.hex()[:16]
         with trio.CancelScope(shield=True):
             try:
-                checked = await self._call(self.desk.check, lease.id, delivery.raw)
+                checked = await self._call(self.desk.check, lease.id, delivery.result)
                 if isinstance(checked, Passed):
                     await self._credit(credit, checked.shares, session)
                     verdict = await self._call(self.desk.complete, checked)
