@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ class Receipt:
     received: int
     complete: bool
     flush: bool = False
-    """Queued bytes should be written now (:meth:`ResultDesk.pending`, then the stream)."""
+    """Queued bytes should be written now (:meth:`ResultDesk.pending`)."""
 
 
 @dataclass
@@ -166,14 +167,25 @@ class ResultDesk:
             state = "final" if final else "not final"
             raise ProtocolError(f"{what}: chunk ending at {end} of {total} is marked {state}")
 
-    def pending(self, lease_id: int) -> tuple[ResultStream, list[bytes]] | None:
-        """The queued chunks of ``lease_id``'s upload, taken (event loop): write them with
-        ``stream.write`` in a worker thread, in the order taken."""
+    def pending(self, lease_id: int) -> Callable[[], None]:
+        """Takes the queued chunks of ``lease_id``'s upload (event loop) and returns what
+        writes them, in that order, through its stream (call it in a worker thread; it
+        raises ``ProtocolError`` 21 if the lease ended meanwhile)."""
         upload = self._uploads.get(lease_id)
-        if upload is None:
-            return None
-        parts, upload.queued, upload.queued_bytes = upload.queued, [], 0
-        return upload.stream, parts
+        if upload is None or not upload.queued:
+            return lambda: None
+        stream, parts = upload.stream, upload.queued
+        upload.queued, upload.queued_bytes = [], 0
+
+        def write() -> None:
+            try:
+                stream.write(parts)
+            except ValueError:  # the stream was dropped: the lease ended
+                raise ProtocolError(
+                    "work.result: the lease of this job ended", code=ErrorCode.STALE
+                ) from None
+
+        return write
 
     def forget(self, lease_id: int) -> None:
         """Drop a partial upload (the lease ended)."""
@@ -187,9 +199,7 @@ class ResultDesk:
         upload = self._uploads.get(lease_id)
         if upload is None or not upload.done:
             raise ProtocolError("work.result: no complete result for this lease")
-        taken = self.pending(lease_id)
-        if taken is not None and taken[1]:
-            taken[0].write(taken[1])
+        self.pending(lease_id)()  # nothing left after the final chunk's receipt
         del self._uploads[lease_id]
         return upload.stream
 

@@ -308,27 +308,12 @@ class UsefulWork:
                 code=ErrorCode.OTHER,
             )
         receipt = self.desk.receive(lease, session, msg.unit, msg.offset, msg.data, msg.final)
-        if receipt.flush:
-            await self._write_chunks(lease.id)
+        if receipt.flush:  # spool and judge the chunks queued so far, in a thread
+            await self._call(self.desk.pending(lease.id))
         if not receipt.complete:
             return WorkResultAck(accepted=True, received=receipt.received)
         self.metrics.data_bytes("in", "stratum", receipt.received)
         return await self.deliver(lease, self.desk.take_upload(lease.id))
-
-    async def _write_chunks(self, lease_id: int) -> None:
-        """Spool and judge the queued ``work.result`` chunks of ``lease_id`` (a thread)."""
-        taken = self.desk.pending(lease_id)
-        if taken is not None and taken[1]:
-            stream, parts = taken
-            try:
-                await self._call(stream.write, parts)
-            except ValueError:  # dropped meanwhile: the lease ended
-                raise ProtocolError(
-                    "work.result: the lease of this job ended", code=ErrorCode.STALE
-                ) from None
-            except BaseException:
-                self.desk.forget(lease_id)  # the bytes are lost: the worker starts again
-                raise
 
     async def deliver(self, lease: Lease, result: ResultStream) -> Delivery:
         """Mark ``lease`` delivered with its whole result (spooled and judged, either
