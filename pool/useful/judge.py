@@ -27,6 +27,7 @@ import os
 import secrets
 import tempfile
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -68,6 +69,8 @@ class ResultStream:
         self.received = 0
         self.judged_rows = 0
         self.failure: str | None = None
+        self.judge_seconds = 0.0
+        """Time spent on Freivalds' test so far (the vectors, the rows), not on the spool."""
         self._check: FreivaldsRows | None = None
         self._carry = bytearray()
         self._lock = threading.Lock()  # writes of one stream never interleave
@@ -98,7 +101,9 @@ class ResultStream:
                 self.file.write(view)
                 self.hasher.update(view)
             self.received += size
+            start = time.perf_counter()
             self._judge(views)
+            self.judge_seconds += time.perf_counter() - start
 
     def _judge(self, parts: list[memoryview]) -> None:
         if self.failure is not None or not parts:
