@@ -39,7 +39,7 @@ def denoise(
 X_BITS = 16
 """Freivalds' vectors are uniform in [0, 2¹⁶): each round false-accepts with p ≤ 2⁻¹⁶."""
 _EXACT = 1 << 53  # float64 holds every integer of magnitude below this exactly
-_BLOCK_ENTRIES = 1 << 18  # entries converted to float64 at once (2 MiB: stays in cache)
+BLOCK_ENTRIES = 1 << 18  # entries converted to float64 at once (2 MiB: stays in cache)
 
 
 def exact_product(left: np.ndarray, right: np.ndarray, term_bound: int) -> np.ndarray:
@@ -55,11 +55,13 @@ def exact_product(left: np.ndarray, right: np.ndarray, term_bound: int) -> np.nd
     span = max(1, min(inner, (_EXACT - 1) // max(1, term_bound)))
     right_f = right.astype(np.float64, copy=False)
     out = np.empty((rows, right.shape[1]), dtype=np.int64)
-    step = max(1, _BLOCK_ENTRIES // max(1, inner))
+    step = max(1, BLOCK_ENTRIES // max(1, inner))
     for r0 in range(0, rows, step):
         block = left[r0 : r0 + step]
         if span >= inner:
-            out[r0 : r0 + step] = block.astype(np.float64) @ right_f
+            converted = block.astype(np.float64)
+            out[r0 : r0 + step] = converted @ right_f
+            del converted  # before the next one is made: one block of scratch at a time
             continue
         acc = np.zeros((len(block), right.shape[1]), dtype=np.int64)
         for j in range(0, inner, span):
@@ -99,10 +101,11 @@ class FreivaldsRows:
         self._c_term = self.c_bound * x_max
         # B·x = Bᵀᵀ·x, over blocks of Bᵀ's rows: each |B·x| entry ≤ 64·n·x_max < 2⁵³
         bx = np.zeros((k, rounds), dtype=np.int64)
-        step = max(1, _BLOCK_ENTRIES // max(1, k))
+        step = max(1, BLOCK_ENTRIES // max(1, k))
         for r0 in range(0, n, step):  # each block's sums ≤ step·64·x_max < 2⁵³: exact
             block = bt[r0 : r0 + step].astype(np.float64)
             bx += (self._x_f[r0 : r0 + step].T @ block).T.astype(np.int64)
+            del block  # before the next one is made: one block of scratch at a time
         self._expected = exact_product(a, bx, ENTRY_BOUND * ENTRY_BOUND * n * x_max)
 
     def rows(self, first: int, c_rows: np.ndarray) -> bool:
