@@ -100,6 +100,7 @@ class ResultStream:
             for view in views:
                 self.file.write(view)
                 self.hasher.update(view)
+            self.file.flush()  # in the file (not a buffer) before the judge takes it
             self.received += size
             start = time.perf_counter()
             self._judge(views)
@@ -115,8 +116,9 @@ class ResultStream:
             self._check = FreivaldsRows(a, bt, self._rounds, rng)
         if not self._carry and len(parts) == 1:
             data = parts[0]
-        else:
-            self._carry += b"".join(parts)
+        else:  # one copy, into the carried row's buffer
+            for part in parts:
+                self._carry += part
             data = memoryview(self._carry)
         whole = len(data) - len(data) % self.row_bytes
         if whole:

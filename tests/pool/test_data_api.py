@@ -20,9 +20,10 @@ from blake3 import blake3
 
 from pool.app import PoolHandle
 from pool.config import ConfigError, load_config
-from pool.useful.data_api import parse_range
+from pool.useful.data_api import SPOOL_BATCH, parse_range
 from protocol import messages
 from protocol.address import new_address
+from protocol.denoise import BLOCK_ENTRIES
 from protocol.useful import blob_id
 from tests.support.http_proxy import FaultyProxy
 from tests.support.miner import TestMiner
@@ -415,3 +416,108 @@ async def test_the_operator_chooses_whether_and_where_jobs_name_the_data_plane(
 def test_a_data_url_that_is_not_http_is_refused():
     with pytest.raises(ConfigError, match=r"useful\.data_url must be an http"):
         load_config(None, {"useful.data_url": "ftp://example/data"})
+
+
+def spools(handle: PoolHandle) -> list[int]:
+    """Sizes of the pool's result spool files (uploads in progress)."""
+    assert handle.useful is not None
+    return sorted(p.stat().st_size for p in handle.useful.blobs.upload_dir.glob(".result-*"))
+
+
+async def test_a_byte_tampered_after_a_resume_is_judged_wrong_and_voids_the_held_shares(
+    start_pool,
+):
+    """The worker commits a wrong C (its hash is of the wrong bytes), sends a part cut
+    mid-row, resumes: the judge has taken exactly the spooled bytes, the flipped byte in
+    the last row fails Freivalds' test, nothing is credited or stored."""
+    handle = await start_pool(USEFUL)
+    await leased(handle)
+    async with await TestMiner.connect(handle.stratum_port) as miner:
+        job = await miner.login(f"{new_address()}.rig1", useful=True)
+        raw, held = await held_product(miner, job)
+        assert held >= 1
+        wrong = bytearray(raw)
+        wrong[-5] ^= 0x40
+        p = plane(job)
+        url = f"{p.base}/results/{job.work.work_root.hex()}"
+        headers = {**p.auth, "X-Result-Hash": blake3(bytes(wrong)).hexdigest()}
+        cut = 1000  # rows are 4·32 = 128 bytes: the cut is mid-row
+        async with httpx.AsyncClient() as client:
+            r = await client.put(
+                url, params={"offset": 0}, headers=headers, content=bytes(wrong[:cut])
+            )
+            assert r.json() == {"received": cut, "total": len(raw)}
+            assert spools(handle) == [cut]  # the spool holds what the judge has taken
+            r = await client.put(
+                url, params={"offset": cut}, headers=headers, content=bytes(wrong[cut:])
+            )
+        assert r.status_code == 200 and r.json()["verified"] is False, r.text
+        assert "Freivalds" in r.json()["reason"]
+        assert await ledger_shares(handle) == 0
+        assert metric(handle, "matmine_pool_result_checks_total", outcome="fail") == 1
+        assert metric(handle, "matmine_pool_useful_macs_total") == 0
+        assert blob_id(bytes(wrong)) not in handle.useful.blobs
+        assert spools(handle) == []
+
+
+@pytest.mark.slow
+async def test_memory_stays_bounded_while_large_results_stream_in_and_are_judged(start_pool):
+    """Four 2048×2048 units (16 MiB of C each) streamed in at once and judged as they
+    come: the pool's peak RSS grows by what its chunk and block sizes allow, not by the
+    results (the old judge read each back whole, then converted it to float64)."""
+    unit = 2048
+    settings = {**USEFUL, "useful.unit_m": unit, "useful.unit_n": unit}
+    handle = await start_pool(settings)
+    a, b = operands(3 * unit, 32, 2 * unit)  # six units: the item is not assembled here
+    await submit(handle, a, b)
+    miners = [await TestMiner.connect(handle.stratum_port) for _ in range(4)]
+    try:
+        jobs = [await m.login(f"{new_address()}.rig{i}", useful=True) for i, m in enumerate(miners)]
+        assert len({j.work.work_root for j in jobs}) == 4
+        products = []
+        async with httpx.AsyncClient(timeout=60) as client:
+            for job in jobs:
+                src, p = source(job), plane(job)
+                blobs = [
+                    (await client.get(f"{p.base}/blobs/{h.hex()}", headers=p.auth)).content
+                    for h in (src.a, src.b)
+                ]
+                ua = np.frombuffer(blobs[0], np.int8).reshape(unit, job.work.k).astype(np.int32)
+                ubt = np.frombuffer(blobs[1], np.int8).reshape(unit, job.work.k).astype(np.int32)
+                products.append((ua @ ubt.T).astype("<i4").tobytes())
+        del ua, ubt
+        baseline = _status_kb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM
+        answers: list[httpx.Response] = []
+
+        async def body(raw: bytes) -> Any:
+            view = memoryview(raw)
+            for offset in range(0, len(raw), 1 << 20):
+                yield bytes(view[offset : offset + (1 << 20)])
+
+        async def upload(job: messages.Notify, raw: bytes) -> None:
+            p = plane(job)
+            url = f"{p.base}/results/{job.work.work_root.hex()}"
+            headers = {**p.auth, "X-Result-Hash": blake3(raw).hexdigest()}
+            async with httpx.AsyncClient(timeout=120) as client:
+                answers.append(
+                    await client.put(url, params={"offset": 0}, headers=headers, content=body(raw))
+                )
+
+        with trio.fail_after(240):
+            async with trio.open_nursery() as uploads:
+                for job, raw in zip(jobs, products, strict=True):
+                    uploads.start_soon(upload, job, raw)
+        peak = _status_kb("VmHWM")
+    finally:
+        for m in miners:
+            await m.aclose()
+    assert [r.status_code for r in answers] == [200] * 4, [r.text for r in answers]
+    assert all(r.json()["verified"] is True for r in answers), [r.json() for r in answers]
+    growth = (peak - baseline) / 1024
+    # per upload: one SPOOL_BATCH being received, its copy into the judge's row buffer,
+    # one float64 block of rows; plus the client's 1 MiB pieces and the servers' buffers
+    per_upload = (2 * SPOOL_BATCH + 8 * BLOCK_ENTRIES + (1 << 20)) / (1 << 20)
+    bound = 4 * per_upload + 8
+    print(f"\nRSS baseline {baseline / 1024:.1f} MiB, peak +{growth:.1f} MiB (bound {bound:.0f})")
+    assert growth < bound < 64, f"peak RSS grew by {growth:.1f} MiB while 4 × 16 MiB were judged"
