@@ -10,13 +10,14 @@ into sessions itself.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import trio
 
 from pool.ledger.base import BlockRecord, Ledger, PaymentBatch
+from pool.metrics import WORK_FIELDS, useful_fraction
 from protocol.address import validate_address
 from protocol.errors import ProtocolError
 
@@ -51,6 +52,16 @@ class PoolSnapshot:
     height: int = 0
     miners: Mapping[str, list[WorkerSnapshot]] = field(default_factory=dict)  # address -> live
     started: float | None = None  # unix seconds the pool started
+
+
+def miner_work(workers: Iterable[dict[str, float | None]]) -> dict[str, float | None]:
+    """A miner's work since start, its workers' summed (``pool.metrics.WORK_FIELDS``), with
+    its ``useful_fraction``: verified useful MACs over the work its accepted shares prove."""
+    total = {name: 0.0 for name in WORK_FIELDS}
+    for row in workers:
+        for name in WORK_FIELDS:
+            total[name] += row.get(name) or 0.0
+    return {**total, "useful_fraction": useful_fraction(total)}
 
 
 class UnknownMiner(LookupError):
@@ -100,7 +111,8 @@ class PoolData:
     ``fee_bps`` (basis points) and ``min_payout`` (base units) are the pool's published
     terms; ``limiter`` guards the ledger's worker thread. ``accepted_work()``: MACs proven
     by accepted shares since start; ``useful()``: useful work's stats (units, items,
-    ``useful_macs``), None when useful work is off.
+    ``useful_macs``), None when useful work is off; ``work_of(address)``: its workers' work
+    since start (``pool.metrics.WorkOfMiners.of``).
     """
 
     def __init__(
@@ -113,9 +125,11 @@ class PoolData:
         min_payout: int,
         accepted_work: Callable[[], float] | None = None,
         useful: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        work_of: Callable[[str], dict[str, dict[str, float | None]]] | None = None,
     ) -> None:
         self.accepted_work = accepted_work
         self.useful = useful
+        self.work_of = work_of
         self.ledger = ledger
         self.snapshot = snapshot
         self.limiter = limiter
@@ -207,8 +221,9 @@ class PoolData:
         for worker in live.values():
             for window, rate in worker.hashrate.items():
                 hashrate[window] = hashrate.get(window, 0.0) + rate
+        work = self.work_of(address) if self.work_of is not None else {}
         workers = []
-        for name in sorted(set(summary.workers) | set(live)):
+        for name in sorted(set(summary.workers) | set(live) | set(work)):
             w = live.get(name)
             stored_last = summary.workers.get(name)
             lasts = [t for t in (stored_last, w.last_share if w else None) if t is not None]
@@ -219,11 +234,13 @@ class PoolData:
                     "hashrate": dict(w.hashrate) if w else {},
                     "difficulty": w.difficulty if w else None,
                     "last_share": max(lasts) if lasts else None,
+                    "work": work.get(name),
                 }
             )
         return {
             "address": address,
             "hashrate": hashrate,
+            "work": miner_work(work.values()) if self.work_of is not None else None,
             "workers": workers,
             "balance": summary.balance,
             "immature": summary.immature,

@@ -208,6 +208,7 @@ async def run_pool(
             )
             useful_metrics = useful.metrics
             metrics.useful_mined_macs = lambda: useful_metrics.mined_macs
+            useful_metrics.miners = metrics.miners
         async with trio.open_nursery() as nursery:
             sharelog = ShareLog(
                 ledger,
@@ -284,6 +285,7 @@ async def run_pool(
                     min_payout=p.min_payout,
                     accepted_work=lambda: metrics.accepted_work_macs,
                     useful=None if useful is None else useful.stats,
+                    work_of=metrics.miners.of,
                 )
                 work_routes = (
                     []

@@ -8,9 +8,12 @@ A Starlette app (``create_app``) served by Hypercorn on trio (``serve_http``). R
   "down": {dependency: reason}}`` while the ledger or the chain is down
 - ``GET /metrics``             Prometheus exposition of the registry passed in (no
   ``_created`` series)
-- ``GET /api/pool``            pool stats
+- ``GET /api/pool``            pool stats (``useful``: units, items, verified useful MACs
+  and the useful fraction of the work accepted shares prove)
 - ``GET /api/miners?limit=``   connected miners, highest hashrate first
-- ``GET /api/miners/{address}`` one miner (404 JSON for a malformed or unknown address)
+- ``GET /api/miners/{address}`` one miner (404 JSON for a malformed or unknown address),
+  with its ``work`` since start (and each worker's): accepted work, useful mined work,
+  verified useful MACs and its useful fraction
 - ``GET /api/blocks?limit=``   newest blocks (limit 1..500, default 50; else 400 JSON)
 - ``GET /api/payments?limit=`` newest payment batches (same limit rules)
 - ``GET /api/pool/history``     pool hashrate samples ``[[unix_time, MAC/s], ...]``, oldest first

@@ -8,6 +8,7 @@ first sample.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -70,6 +71,50 @@ class PoolFaultCode(int):
     state: the shares metric counts it under ``pool_error``, apart from miners' faults."""
 
 
+MAX_TRACKED_WORKERS = 1 << 16
+"""Workers whose work :class:`WorkOfMiners` keeps (the least recently active dropped)."""
+WORK_FIELDS = ("accepted_work_macs", "useful_mined_macs", "useful_macs")
+
+
+class WorkOfMiners:
+    """Each worker's work since start, for ``/api/miners/ADDRESS``: the expected MACs of
+    its accepted shares (``accepted_work_macs``, difficulty × 2³² each), of those the ones
+    on useful units (``useful_mined_macs``, held shares included), and the MACs of the
+    useful products it delivered that verified (``useful_macs``; a unit is its worker's
+    through the shares held on it). At most :data:`MAX_TRACKED_WORKERS` workers."""
+
+    def __init__(self, limit: int = MAX_TRACKED_WORKERS) -> None:
+        self.limit = limit
+        self._work: OrderedDict[tuple[str, str], dict[str, float]] = OrderedDict()
+
+    def add(self, address: str, worker: str, field: str, macs: float) -> None:
+        """Count ``macs`` of ``field`` (one of :data:`WORK_FIELDS`) for the worker."""
+        key = (address, worker)
+        row = self._work.get(key)
+        if row is None:
+            row = self._work[key] = dict.fromkeys(WORK_FIELDS, 0.0)
+            while len(self._work) > self.limit:
+                self._work.popitem(last=False)
+        else:
+            self._work.move_to_end(key)
+        row[field] += macs
+
+    def of(self, address: str) -> dict[str, dict[str, float | None]]:
+        """Worker name → its work and ``useful_fraction`` (verified useful MACs over the
+        work its accepted shares prove; None before any)."""
+        return {
+            worker: {**row, "useful_fraction": useful_fraction(row)}
+            for (addr, worker), row in self._work.items()
+            if addr == address
+        }
+
+
+def useful_fraction(work: dict[str, float]) -> float | None:
+    """Verified useful MACs over the MACs proven by accepted shares (None before any)."""
+    accepted = work.get("accepted_work_macs", 0.0)
+    return work.get("useful_macs", 0.0) / accepted if accepted else None
+
+
 class MinedMacs(Collector):
     """``matmine_pool_mined_macs_total{kind}``: the expected MACs of accepted shares
     (difficulty × 2³² each), ``useful`` (on leased units) or ``synthetic`` (the rest)."""
@@ -115,6 +160,8 @@ class PoolMetrics:
         )
         self.accepted_work_macs = 0.0
         """What ``accepted_work`` counts, since start."""
+        self.miners = WorkOfMiners()
+        """Each worker's accepted and useful work since start."""
         self.useful_mined_macs: Callable[[], float] = lambda: 0.0
         """Of ``accepted_work_macs``, the MACs of shares mined on useful units (set by the
         pool when it has useful work)."""
@@ -247,11 +294,16 @@ class PoolMetrics:
             raise ValueError(f"unknown share result {result!r}")
         child.inc()
 
-    def share_accepted_work(self, difficulty: float) -> None:
-        """Count the work an accepted share of ``difficulty`` proves (difficulty × 2³² MACs)."""
+    def share_accepted_work(
+        self, difficulty: float, address: str | None = None, worker: str | None = None
+    ) -> None:
+        """Count the work an accepted share of ``difficulty`` proves (difficulty × 2³² MACs),
+        for the pool and, when named, for its worker."""
         macs = difficulty * MACS_PER_DIFF1
         self.accepted_work.inc(macs)
         self.accepted_work_macs += macs
+        if address is not None and worker is not None:
+            self.miners.add(address, worker, "accepted_work_macs", macs)
 
     def share_rejected(self, code: int) -> None:
         """Count one share rejected with wire error ``code``."""

@@ -200,7 +200,7 @@ class ShareChecker:
             raise
         if self.budget is not None:
             self.budget.earn(miner.session_id)
-        self.metrics.share_accepted_work(job.difficulty)
+        self.metrics.share_accepted_work(job.difficulty, miner.address, miner.worker)
         return AcceptedShare(job, job.difficulty, checked.digest, block_hash)
 
     async def _keep(self, job: Job, record: ShareRecord) -> None:

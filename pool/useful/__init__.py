@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from pool.metrics import WorkOfMiners
 from protocol.useful import DEFAULT_UNIT_M, DEFAULT_UNIT_N
 from protocol.work_messages import CHUNK_SIZE, MAX_CHUNK
 from protocol.workload import ALLOWED_R, MAX_K, TILE
@@ -120,6 +121,8 @@ class UsefulMetrics:
         """Expected MACs (difficulty × 2³²) of the shares held on leased units since start."""
         self.verified_macs = 0
         """MACs of verified useful products since start (what ``useful_macs`` counts)."""
+        self.miners: WorkOfMiners | None = None
+        """Each worker's useful work, when the pool tracks its workers' work."""
         for state in UNIT_STATES:
             self.work_units.labels(state)
         for outcome in CHECK_OUTCOMES:
@@ -134,8 +137,20 @@ class UsefulMetrics:
         if nbytes:
             self.data_bytes_total.labels(direction, path).inc(nbytes)
 
-    def result_checked(self, outcome: str, macs: int = 0) -> None:
+    def share_held(self, address: str, worker: str, macs: float) -> None:
+        """Count a share held on a leased unit: ``macs`` expected (difficulty × 2³²)."""
+        self.mined_macs += macs
+        if self.miners is not None:
+            self.miners.add(address, worker, "useful_mined_macs", macs)
+
+    def result_checked(
+        self, outcome: str, macs: int = 0, worker: tuple[str, str] | None = None
+    ) -> None:
+        """Count a judged result; a passing one's ``macs`` (its product's) go to the pool's
+        verified useful work and to ``worker`` (address, name) when known."""
         self.result_checks.labels(outcome).inc()
         if outcome == "pass" and macs:
             self.useful_macs.inc(macs)
             self.verified_macs += macs
+            if worker is not None and self.miners is not None:
+                self.miners.add(*worker, "useful_macs", macs)

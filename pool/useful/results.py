@@ -243,7 +243,10 @@ class ResultDesk:
         lease held (normally ``passed.shares``)."""
         end = self.queue.complete(passed.lease.id, passed.result_blob)
         if self.metrics is not None:
-            self.metrics.result_checked("pass", passed.lease.unit.plan.macs)
+            owner = next(
+                ((s["address"], s["worker"]) for s in passed.shares if "address" in s), None
+            )
+            self.metrics.result_checked("pass", passed.lease.unit.plan.macs, owner)
         delivered = self.assemble(passed.lease.unit.item) if end.item_done else None
         return Verdict("pass", end, None, delivered)
 

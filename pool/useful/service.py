@@ -213,7 +213,9 @@ class UsefulWork:
         """Hold a share of a useful job; False: the lease ended (the share is stale)."""
         held = await self._call(self.queue.hold_share, lease_id, record.to_json())
         if held:
-            self.metrics.mined_macs += record.difficulty * MACS_PER_DIFF1
+            self.metrics.share_held(
+                record.address, record.worker, record.difficulty * MACS_PER_DIFF1
+            )
         return held
 
     def current(self, session: str) -> Lease | None:

@@ -143,6 +143,8 @@ def browse(url: str, address: str, user_dir: Path, shot: Path) -> dict[str, Any]
         )
         cdp.call("Page.navigate", url=f"{url}#/miner/{address}")
         workers = cdp.wait_for("document.querySelector('#workers tbody').textContent")
+        worker_rows = cdp.evaluate("document.querySelector('#workers').innerText")
+        miner_stats = cdp.evaluate("document.querySelector('#miner-stats tbody').innerText")
         time.sleep(0.5)
         png = cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
         shot.write_bytes(base64.b64decode(png))
@@ -152,6 +154,8 @@ def browse(url: str, address: str, user_dir: Path, shot: Path) -> dict[str, Any]
             "max_rate": max_rate,
             "miners": miners,
             "workers": workers,
+            "worker_rows": worker_rows,
+            "miner_stats": miner_stats,
             "stats": stats,
             "blocks": blocks,
             "useful": useful,
@@ -268,6 +272,21 @@ async def test_dashboard_shows_useful_work_of_a_running_pool(
         assert u["items"]["running"] == 1
         assert u["useful_macs"] == 32 * 32 * 128
         assert 0 < u["useful_fraction"] == pytest.approx(u["useful_macs"] / p["accepted_work_macs"])
+        async with httpx.AsyncClient(base_url=base, timeout=20) as client:
+            m = (await client.get(f"/api/miners/{address}")).json()
+        # the worker's own accounting: all its accepted shares were on the unit, verified
+        mined = sum(job.difficulty for _ in found) * 2**32
+        (w,) = m["workers"]
+        assert w["work"] == pytest.approx(
+            {
+                "accepted_work_macs": mined,
+                "useful_mined_macs": mined,
+                "useful_macs": 32 * 32 * 128,
+                "useful_fraction": 32 * 32 * 128 / mined,
+            }
+        )
+        assert m["work"] == pytest.approx(w["work"])
+        assert mined == pytest.approx(p["accepted_work_macs"])  # the pool's only miner
         shot_dir = Path(os.environ.get("MATMINE_SCREENSHOT_DIR", tmp_path))
         shot_dir.mkdir(parents=True, exist_ok=True)
         shot = shot_dir / "dashboard-useful.png"
@@ -286,3 +305,11 @@ async def test_dashboard_shows_useful_work_of_a_running_pool(
     fraction = f"{100 * u['useful_fraction']:.2f}%"
     assert fraction in panel or f"{100 * u['useful_fraction']:.1f}%" in panel, (fraction, panel)
     assert "current round effort" in seen["stats"]
+    header, *rows = seen["worker_rows"].splitlines()
+    assert header.split("\t")[-1] == "useful"
+    (rig,) = [r for r in rows if r.startswith("rig1")]
+    assert rig.split("\t")[-1] == pct(w["work"]["useful_fraction"]), rig
+    assert (
+        f"verified useful work (useful fraction)\t131.07 kMAC ({pct(w['work']['useful_fraction'])})"
+        in seen["miner_stats"]
+    ), seen["miner_stats"]

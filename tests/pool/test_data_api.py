@@ -24,6 +24,7 @@ from pool.useful.data_api import SPOOL_BATCH, parse_range
 from protocol import messages
 from protocol.address import new_address
 from protocol.denoise import BLOCK_ENTRIES
+from protocol.errors import ErrorCode
 from protocol.useful import blob_id
 from tests.support.http_proxy import FaultyProxy
 from tests.support.miner import TestMiner
@@ -210,7 +211,8 @@ async def test_result_upload_resumes_and_credits_only_after_verification(start_p
     handle = await start_pool(USEFUL)
     await leased(handle)
     async with await TestMiner.connect(handle.stratum_port) as miner:
-        job = await miner.login(f"{new_address()}.rig1", useful=True)
+        address = new_address()
+        job = await miner.login(f"{address}.rig1", useful=True)
         raw, shares = await held_product(miner, job)
         p = plane(job)
         url = f"{p.base}/results/{job.work.work_root.hex()}"
@@ -232,6 +234,25 @@ async def test_result_upload_resumes_and_credits_only_after_verification(start_p
         mined = shares * job.difficulty * 2**32  # expected MACs of the unit's shares
         assert metric(handle, "matmine_pool_mined_macs_total", kind="useful") == mined
         assert metric(handle, "matmine_pool_mined_macs_total", kind="synthetic") == 0
+        # a share on the unit's header after its product was delivered: stale, not counted
+        (late, *_) = await miner.shares(1, job)
+        r = await miner.submit(late)
+        assert r.error is not None and r.error.code == ErrorCode.STALE
+        assert metric(handle, "matmine_pool_mined_macs_total", kind="useful") == mined
+        assert metric(handle, "matmine_pool_accepted_work_macs_total") == mined
+        assert metric(handle, "matmine_pool_useful_macs_total") == 32 * 32 * 128  # leased()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{handle.http_port}") as client:
+            pool = (await client.get("/api/pool")).json()
+            mine = (await client.get(f"/api/miners/{address}")).json()
+        assert pool["useful"]["useful_fraction"] == 32 * 32 * 128 / mined
+        expected = {
+            "accepted_work_macs": mined,
+            "useful_mined_macs": mined,
+            "useful_macs": 32 * 32 * 128,
+            "useful_fraction": 32 * 32 * 128 / mined,
+        }
+        assert mine["work"] == expected
+        assert [w["work"] for w in mine["workers"]] == [expected]
     assert metric(handle, "matmine_pool_data_bytes_total", direction="in", path="http") == len(raw)
     assert metric(handle, "matmine_pool_data_bytes_total", direction="in", path="stratum") == 0
 

@@ -243,7 +243,8 @@ async def test_next_job_goes_out_at_delivery_before_the_verdict(start_pool):
     a, b = operands(32, 128, 64, seed=11)  # two units
     work_id = await submit(handle, a, b)
     async with await TestMiner.connect(handle.stratum_port) as miner:
-        job = await miner.login(login_of(1), useful=True)
+        login = login_of(1)
+        job = await miner.login(login, useful=True)
         assert is_blob(job)
         c, found = await mine_unit(miner, job, min_shares=2)
         raw = np.ascontiguousarray(c, dtype="<i4").tobytes()
@@ -275,9 +276,17 @@ async def test_next_job_goes_out_at_delivery_before_the_verdict(start_pool):
         assert nxt.clean and is_blob(nxt) and nxt.work.work_root != job.work.work_root
         assert await ledger_shares(handle) == len(found)  # held shares credited
         # shares of the delivered unit's jobs are stale now, and never credited
+        useful_before = metric(handle, "matmine_pool_mined_macs_total", kind="useful")
+        accepted_before = metric(handle, "matmine_pool_accepted_work_macs_total")
+        assert useful_before == sum(job.difficulty for _ in found) * 2**32
         (late, *_) = await miner.shares(1, job)
         r = await miner.submit(late)
         assert r.error is not None and r.error.code == ErrorCode.STALE
+        # ... nor counted as mined, useful or not (SPEC §12.7: stale)
+        assert metric(handle, "matmine_pool_mined_macs_total", kind="useful") == useful_before
+        assert metric(handle, "matmine_pool_accepted_work_macs_total") == accepted_before
+        work = handle.metrics.miners.of(login.split(".")[0])
+        assert work["rig1"]["useful_mined_macs"] == useful_before
         r = await miner.request(
             WorkResult(
                 job_id=job.job_id, unit=job.work.work_root, offset=0, data=raw[:1024], final=False
