@@ -2,7 +2,8 @@
 
 - :mod:`pool.useful.blobstore` — content-addressed operand/result blobs on disk;
 - :mod:`pool.useful.queue` — work items, units, leases and held shares in SQLite;
-- :mod:`pool.useful.results` — result uploads, Freivalds' check, delivery;
+- :mod:`pool.useful.results` — result uploads, verdicts, delivery;
+- :mod:`pool.useful.judge` — a result spooled, hashed and judged (Freivalds) as it streams in;
 - :mod:`pool.useful.unitwork` — a leased unit as a job's workload (share checks, blocks);
 - :mod:`pool.useful.api` — the HTTP work API (starlette routes);
 - :mod:`pool.useful.data_api` — the HTTP data plane of leases (blob ``GET`` with

@@ -101,6 +101,8 @@ class ResultStream:
                 self.file.write(view)
                 self.hasher.update(view)
             self.file.flush()  # in the file (not a buffer) before the judge takes it
+            if size and hasattr(os, "posix_fadvise"):  # start its writeback: keep() is quick
+                os.posix_fadvise(self.file.fileno(), self.received, size, os.POSIX_FADV_DONTNEED)
             self.received += size
             start = time.perf_counter()
             self._judge(views)
