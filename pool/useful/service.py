@@ -328,6 +328,7 @@ class UsefulWork:
             result.close()
             raise ProtocolError(f"work.result: {exc}", code=ErrorCode.STALE) from None
         self._end_current(lease)
+        self.desk.forget(lease.id)  # a work.result upload of it on the other path, if any
         return Delivery(lease, lease.session, result, result.received)
 
     def rejected(self, verdict: Verdict) -> None:

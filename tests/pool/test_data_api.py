@@ -26,6 +26,7 @@ from protocol.address import new_address
 from protocol.denoise import BLOCK_ENTRIES
 from protocol.errors import ErrorCode
 from protocol.useful import blob_id
+from protocol.work_messages import WorkResult, WorkResultAck
 from tests.support.http_proxy import FaultyProxy
 from tests.support.miner import TestMiner
 from tests.support.pools import USEFUL_SETTINGS
@@ -479,6 +480,29 @@ async def test_a_byte_tampered_after_a_resume_is_judged_wrong_and_voids_the_held
         assert metric(handle, "matmine_pool_useful_macs_total") == 0
         assert blob_id(bytes(wrong)) not in handle.useful.blobs
         assert spools(handle) == []
+
+
+async def test_a_result_delivered_over_http_drops_a_partial_one_over_stratum(start_pool):
+    """One judge per delivered result: a work.result upload of the same lease, left
+    partial, is dropped (its spool removed) when the HTTP upload delivers the lease."""
+    handle = await start_pool(USEFUL)
+    await leased(handle)
+    async with await TestMiner.connect(handle.stratum_port) as miner:
+        job = await miner.login(f"{new_address()}.rig1", useful=True)
+        raw, _ = await held_product(miner, job)
+        unit = job.work.work_root
+        r = await miner.request(
+            WorkResult(job_id=job.job_id, unit=unit, offset=0, data=raw[:1024], final=False)
+        )
+        assert r.result == WorkResultAck(accepted=True, received=1024)
+        assert spools(handle) == [0]  # queued, not written yet: the stream's file is open
+        answer = await DataClient().upload_result(plane(job), unit, raw)
+        assert answer["verified"] is True, answer
+        assert spools(handle) == []
+        r = await miner.request(
+            WorkResult(job_id=job.job_id, unit=unit, offset=1024, data=raw[1024:2048], final=False)
+        )
+        assert r.error is not None and r.error.code == ErrorCode.STALE
 
 
 @pytest.mark.slow
