@@ -266,7 +266,7 @@ class DataApi:
                 batch.append(chunk)
                 size += len(chunk)
                 if size >= SPOOL_BATCH:
-                    await trio.to_thread.run_sync(upload.stream.write, batch)
+                    await self._spool(lease, upload, batch)
                     self.useful.metrics.data_bytes("in", "http", size)
                     batch, size = [], 0
         except ClientDisconnect:
@@ -274,8 +274,22 @@ class DataApi:
         finally:
             if batch and lease.id in self.uploads:
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(upload.stream.write, batch)
+                    await self._spool(lease, upload, batch)
                 self.useful.metrics.data_bytes("in", "http", size)
+
+    async def _spool(self, lease: Lease, upload: _Upload, batch: list[bytes]) -> None:
+        """Write a batch through the upload's stream; ``_Refused`` 503 (the upload dropped)
+        if the spool cannot take it."""
+        try:
+            await trio.to_thread.run_sync(upload.stream.write, batch)
+        except (OSError, ValueError) as exc:
+            upload.busy = False
+            self._drop(lease.id)
+            raise _Refused(
+                503,
+                f"the pool could not spool the result ({exc}): upload again from 0",
+                {"Retry-After": RETRY_AFTER},
+            ) from None
 
     async def _finish(self, lease: Lease, upload: _Upload) -> Response:
         """The whole result is in, judged on the way: check its hash, deliver, apply the

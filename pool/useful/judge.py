@@ -23,6 +23,7 @@ Synchronous file and numpy work: call :meth:`write` and :meth:`keep` through
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import tempfile
@@ -89,7 +90,9 @@ class ResultStream:
     def write(self, parts: Iterable[bytes | memoryview]) -> None:
         """Append ``parts`` to the spool and judge the rows they complete (worker thread).
 
-        ``ValueError`` if they run past the result's end (nothing of them is taken)."""
+        ``ValueError`` if they run past the result's end (nothing of them is taken) or the
+        upload was dropped; ``OSError`` if the spool cannot take them (the upload is then
+        dropped: start again at 0)."""
         with self._lock:
             if self.closed:
                 raise ValueError("the upload was dropped")
@@ -97,12 +100,21 @@ class ResultStream:
             size = sum(len(v) for v in views)
             if self.received + size > self.total:
                 raise ValueError(f"the result is {self.total} bytes; this runs past it")
-            for view in views:
-                self.file.write(view)
-                self.hasher.update(view)
-            self.file.flush()  # in the file (not a buffer) before the judge takes it
-            if size and hasattr(os, "posix_fadvise"):  # start its writeback: keep() is quick
-                os.posix_fadvise(self.file.fileno(), self.received, size, os.POSIX_FADV_DONTNEED)
+            try:
+                for view in views:
+                    self.file.write(view)
+                    self.hasher.update(view)
+                self.file.flush()  # in the file (not a buffer) before the judge takes it
+                if size and hasattr(os, "posix_fadvise"):  # start its writeback early
+                    os.posix_fadvise(
+                        self.file.fileno(), self.received, size, os.POSIX_FADV_DONTNEED
+                    )
+            except OSError:  # the spool and the hash may hold part of it: drop the upload
+                self.closed = True
+                self.path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # its buffer cannot be written either
+                    self.file.close()
+                raise
             self.received += size
             start = time.perf_counter()
             self._judge(views)

@@ -137,6 +137,9 @@ class ResultDesk:
                 f"work.result: params.data is {len(data)} bytes, over {self.config.chunk_max}"
             )
         upload = self._uploads.get(lease.id)
+        if upload is not None and upload.stream.closed:  # its spool failed: start again
+            self.forget(lease.id)
+            upload = None
         if upload is None:
             upload = _Chunks(self.open_stream(lease))
             self._uploads[lease.id] = upload
@@ -170,7 +173,8 @@ class ResultDesk:
     def pending(self, lease_id: int) -> Callable[[], None]:
         """Takes the queued chunks of ``lease_id``'s upload (event loop) and returns what
         writes them, in that order, through its stream (call it in a worker thread; it
-        raises ``ProtocolError`` 21 if the lease ended meanwhile)."""
+        raises ``ProtocolError``: 21 if the lease ended meanwhile, 20 if the spool failed,
+        the upload then starting again at 0)."""
         upload = self._uploads.get(lease_id)
         if upload is None or not upload.queued:
             return lambda: None
@@ -183,6 +187,12 @@ class ResultDesk:
             except ValueError:  # the stream was dropped: the lease ended
                 raise ProtocolError(
                     "work.result: the lease of this job ended", code=ErrorCode.STALE
+                ) from None
+            except OSError as exc:  # the stream dropped itself
+                raise ProtocolError(
+                    f"work.result: the pool could not spool the result ({exc}): "
+                    "send it again from offset 0",
+                    code=ErrorCode.OTHER,
                 ) from None
 
         return write

@@ -3,6 +3,8 @@ on a real queue, blob store and spool files in a temporary directory."""
 
 from __future__ import annotations
 
+import resource
+import signal
 import tracemalloc
 
 import numpy as np
@@ -15,6 +17,7 @@ from pool.useful.judge import MISMATCH, SPOOL_PREFIX, ResultStream, sweep_spools
 from pool.useful.queue import WorkQueue
 from pool.useful.results import FLUSH_BYTES, Passed, ResultDesk
 from protocol.denoise import BLOCK_ENTRIES, FreivaldsRows, exact_product, freivalds
+from protocol.errors import ErrorCode, ProtocolError
 from tests.support.useful_queue_data import operands, upload
 
 
@@ -225,3 +228,42 @@ def test_spools_left_by_a_crash_are_swept(desk):
     stream.file.close()  # the process "died": its spool stays behind
     assert sweep_spools(desk.blobs) == 1
     assert not stream.path.exists()
+
+
+def test_a_spool_that_cannot_take_the_bytes_drops_the_upload(desk):
+    """A real write fault (the file size limit, EFBIG): the stream is dropped whole, never
+    left holding bytes its judge and ``received`` do not know of."""
+    lease, raw = leased(desk)
+    stream = desk.open_stream(lease)
+    stream.write([raw[:500]])
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, old_limit[1]))
+    try:
+        with pytest.raises(OSError):
+            stream.write([raw[500:1200], raw[1200:8000]])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert stream.received == 500 and not stream.path.exists()
+    with pytest.raises(ValueError, match="dropped"):
+        stream.write([raw[500:600]])
+
+
+def test_a_work_result_upload_whose_spool_fails_starts_again_at_zero(desk):
+    lease, raw = leased(desk)
+    unit = lease.unit.unit_id
+    desk.receive(lease, "s", unit, 0, raw[:3000], False)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, old_limit[1]))
+    try:
+        with pytest.raises(ProtocolError, match="offset 0") as caught:
+            desk.pending(lease.id)()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert caught.value.code == ErrorCode.OTHER
+    with pytest.raises(ProtocolError, match="expected offset 0"):
+        desk.receive(lease, "s", unit, 3000, raw[3000:4000], False)
+    assert upload(desk, lease, "s", raw, chunk=4000).passed
