@@ -66,6 +66,7 @@ class CheckProcesses:
         self.observe = observe  # seconds per share (timed in the process)
         self.batch_fn = batch_fn
         self.broken = 0  # calls whose process died (counted, logged)
+        self.in_threads = 0  # requests no process could be told about (checked in a thread)
 
     def rows_ref(self, job: Job) -> RowsRef | None:
         """Where a process finds ``job``'s rows, or None (checked in a thread then)."""
@@ -99,6 +100,7 @@ class CheckProcesses:
             for (b, i), digest in zip(where, digests, strict=True):
                 answers[b][i] = _answer(batches[b][i], digest)
         if local:
+            self.in_threads += len(local)
             requests = [batches[b][i] for b, i in local]
             checked = await trio.to_thread.run_sync(
                 check_tickets, requests, limiter=self.thread_limiter

@@ -5,7 +5,8 @@ shape, the tile, the 128-byte header); the rows are found here, once per job per
 a synthetic job's 16-row bands are derived from its workload seed, a blob job's are read
 from the pool's blob store file (content-addressed, written once), and a header's index
 pairs are derived once. Both live in this process's byte-bounded :class:`ArrayCache`\\ s
-(the same bounds as the pool's). What goes back is a digest per share, or the error that
+(the same bounds as the pool's); BLAS runs on one thread, a process being one check
+lane. What goes back is a digest per share, or the error that
 rejects it as ``(message, code)``, and the seconds the checks took.
 
 This module is imported by the check processes, so it imports only what a check needs.
@@ -18,6 +19,7 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from pool.workloads import NOISE_CACHE_BYTES, ROW_CACHE_BYTES, ArrayCache, row_band
 from protocol.errors import ErrorCode, ProtocolError
@@ -109,6 +111,7 @@ def check_batches(batches: Sequence[Sequence[ProcRequest]]) -> tuple[list[ProcAn
     """In a check process: every batch checked in turn (one vectorised pass each); the
     answers in order and the seconds the checks took."""
     if not _CACHES:
+        threadpool_limits(1)  # one check lane per process: no BLAS threads on top
         _CACHES.append(CheckCaches())
     caches = _CACHES[0]
     started = time.perf_counter()

@@ -1,7 +1,7 @@
 """Pool load benchmark: N miners on loopback against a real pool in a subprocess.
 
     .venv/bin/python tests/bench/pool_load.py --connections 500 --phase-seconds 10 \
-        --check-threads 1 2
+        --check-threads 1 2 --check-processes 1 2
 
 The pool runs as ``matmine-pool`` (``python -m pool.cli serve``) with a fresh data dir, the
 embedded devnet node (network difficulty far above the share difficulty, so no blocks) and
@@ -15,12 +15,15 @@ Phases, all over the same N sockets in the same run:
 3. shares: every connection sends ``mining.submit`` in a closed loop (one in flight)
 
 The whole run is repeated for each ``--check-threads`` value (the pool's ``check_threads``,
-a fresh pool each time), so accepted shares/s with 1 and 2 check threads come from the same
-run. Prints requests/s and p50/p99 request→answer latency of both phases, their ratio (the
-cost of judging and durably storing a share over a bare msgpack round trip), the pool's CPU
-time per answer in each phase (its event-loop thread, where every request's Python runs, and
-the whole process; from ``/proc``), and the pool's own ``matmine_pool_share_check_seconds``
-and ``matmine_pool_db_write_seconds`` means from /metrics. The client shares the machine's
+a fresh pool each time) and then for each ``--check-processes`` value (``check_processes``:
+checks in that many worker processes), so accepted shares/s with check threads and with
+check processes come from the same run, each as a ratio to that pool's pings/s. Prints
+requests/s and p50/p99 request→answer latency of both phases, their ratio (the cost of
+judging and durably storing a share over a bare msgpack round trip), the pool's CPU time
+per answer in each phase (its event-loop thread, where every request's Python runs, the
+whole process, and its check processes; from ``/proc``, :mod:`proc_stats`), and the pool's
+own ``matmine_pool_share_check_seconds`` and ``matmine_pool_db_write_seconds`` means from
+/metrics. The client shares the machine's
 cores with the pool: on a small box the absolute rates are bounded by both; the ratio is the
 figure to compare.
 """
@@ -43,6 +46,7 @@ from pathlib import Path
 
 import httpx
 import trio
+from proc_stats import children_cpu_seconds, cpu_seconds, free_port, rss_kib
 
 from pool.workloads import SyntheticSource
 from protocol.address import new_address
@@ -53,26 +57,6 @@ from protocol.workload import Shape, synthetic_rows
 
 REPO = Path(__file__).resolve().parents[2]
 SHARE_DIFFICULTY = 1e-7  # every ticket of k >= 4·32 meets it: D <= 256·k / 2³²
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """CPU time (user + system) of process ``pid``, or of its thread ``tid``, so far."""
-    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
-    fields = Path(path).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bare_check_seconds(shape: Shape, fast: bool, count: int = 200) -> float:
@@ -96,7 +80,13 @@ def bare_check_seconds(shape: Shape, fast: bool, count: int = 200) -> float:
 
 
 def pool_config(
-    data: Path, stratum: int, http: int, shape: Shape, connections: int, check_threads: int
+    data: Path,
+    stratum: int,
+    http: int,
+    shape: Shape,
+    connections: int,
+    check_threads: int,
+    check_processes: int = 0,
 ) -> str:
     return f"""
 [stratum]
@@ -115,6 +105,7 @@ port = {http}
 data_dir = "{data}"
 start_difficulty = {SHARE_DIFFICULTY}
 check_threads = {check_threads}
+check_processes = {check_processes}
 log_level = "warning"
 
 [vardiff]
@@ -209,6 +200,7 @@ class Phase:
     seconds: float = 0.0
     main_cpu: float = 0.0  # CPU seconds of the pool's event-loop thread in this phase
     pool_cpu: float = 0.0  # CPU seconds of the whole pool process (its threads too)
+    procs_cpu: float = 0.0  # CPU seconds of the pool's check processes
     latencies: list[float] = field(default_factory=list)
     errors: dict[int, int] = field(default_factory=dict)
 
@@ -232,7 +224,8 @@ class Phase:
             f" {self.rate:8.1f}/s   p50 {self.pct(0.5) * 1e3:7.2f} ms"
             f"   p99 {self.pct(0.99) * 1e3:7.2f} ms   pool CPU/answer: event loop"
             f" {self.per_answer_us(self.main_cpu):5.0f} µs, all threads"
-            f" {self.per_answer_us(self.pool_cpu):5.0f} µs{errors}"
+            f" {self.per_answer_us(self.pool_cpu):5.0f} µs, check processes"
+            f" {self.per_answer_us(self.procs_cpu):5.0f} µs{errors}"
         )
 
 
@@ -277,6 +270,7 @@ async def run_phase(miners: list[Miner], name: str, seconds: float, pid: int) ->
 
     start = time.perf_counter()
     main_cpu, pool_cpu = cpu_seconds(pid, pid), cpu_seconds(pid)
+    procs_cpu = children_cpu_seconds(pid)
     with trio.move_on_after(seconds):
         async with trio.open_nursery() as nursery:
             for miner in miners:
@@ -284,6 +278,7 @@ async def run_phase(miners: list[Miner], name: str, seconds: float, pid: int) ->
     phase.seconds = time.perf_counter() - start
     phase.main_cpu = cpu_seconds(pid, pid) - main_cpu
     phase.pool_cpu = cpu_seconds(pid) - pool_cpu
+    phase.procs_cpu = children_cpu_seconds(pid) - procs_cpu
     return phase
 
 
@@ -318,7 +313,7 @@ async def bench(
     print(shares.line())
     if ping.rate and shares.rate:
         results.append(
-            f"check_threads {args.threads}: {shares.rate:8.1f} accepted shares/s vs"
+            f"{args.mode:>19}: {shares.rate:8.1f} accepted shares/s vs"
             f" {ping.rate:8.1f} pings/s = {shares.rate / ping.rate:.3f}x,"
             f" p99 submit {shares.pct(0.99) * 1e3:.1f} ms; event-loop CPU per submit"
             f" {shares.per_answer_us(shares.main_cpu):.0f} µs vs per ping"
@@ -368,6 +363,13 @@ def main() -> None:
     parser.add_argument(
         "--check-threads", type=int, nargs="+", default=[1, 2], help="one pool run for each"
     )
+    parser.add_argument(
+        "--check-processes",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        help="then one pool run for each (checks in that many processes)",
+    )
     args = parser.parse_args()
     shape = Shape(*args.shape)  # validate early
     before, after = bare_check_seconds(shape, False), bare_check_seconds(shape, True)
@@ -378,9 +380,11 @@ def main() -> None:
         f" per core ({before / after:.1f}x)"
     )
     results: list[str] = []
-    for threads in args.check_threads:
-        args.threads = threads
-        print(f"\n-- pool with check_threads = {threads}")
+    runs = [(t, 0) for t in args.check_threads] + [(1, p) for p in args.check_processes]
+    for threads, processes in runs:
+        args.threads, args.processes = threads, processes
+        args.mode = f"check_processes {processes}" if processes else f"check_threads {threads}"
+        print(f"\n-- pool with {args.mode}")
         run_pool(args, results)
     print("\nsummary (same run, same connections):")
     for line in results:
@@ -388,7 +392,8 @@ def main() -> None:
 
 
 def run_pool(args: argparse.Namespace, results: list[str]) -> None:
-    """One fresh pool with ``args.threads`` check threads, benched through all phases."""
+    """One fresh pool with ``args.threads`` check threads (or ``args.processes`` check
+    processes), benched through all phases."""
     stratum, http = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="matmine-bench-") as tmp:
         config = Path(tmp) / "pool.toml"
@@ -400,6 +405,7 @@ def run_pool(args: argparse.Namespace, results: list[str]) -> None:
                 Shape(*args.shape),
                 args.connections,
                 args.threads,
+                args.processes,
             )
         )
         log_path = Path(tmp) / "pool.log"

@@ -4,6 +4,7 @@ no share and credits none wrongly."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
@@ -16,12 +17,12 @@ import trio
 
 from pool.check_batch import CheckBatcher
 from pool.check_procs import CheckProcesses, open_check_processes
-from pool.check_worker import ProcAnswer, ProcRequest, check_batches
+from pool.check_worker import CheckCaches, ProcAnswer, ProcRequest, RowsRef, check_batches
 from pool.share_rules import CheckedTicket, ShareRejected, check_tickets
 from pool.workloads import SyntheticSource
 from protocol.address import new_address
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.workload import Shape
+from protocol.workload import Shape, Workload
 from tests.pool.test_check_batch import BLOCK, job_on, reference
 from tests.support.miner import TestMiner, losing_tiles
 
@@ -175,3 +176,32 @@ async def test_killed_check_process_under_a_real_pool(start_pool, ledger_call, t
         )
     assert await ledger_call(pool, pool.ledger.share_count) == 4
     assert processes.broken >= 3
+
+
+VECTORS = json.loads((Path(__file__).parents[2] / "protocol/vectors/mmpow1.json").read_text())
+
+
+@pytest.mark.parametrize("case", VECTORS["cases"], ids=lambda c: c["name"])
+def test_check_process_code_gives_the_vectors_digests(case: dict, tmp_path: Path) -> None:
+    """What a check process runs (:class:`CheckCaches`) gives every ticket of the test
+    vectors its digest, with rows from the workload seed and from blob files alike (the
+    blob store's layout: the matrix's int8 rows, row after row)."""
+    shape = Shape(case["m"], case["n"], case["k"], case["r"])
+    seed, header = bytes.fromhex(case["workload_seed"]), bytes.fromhex(case["header"])
+    workload = Workload.synthetic(seed, shape)
+    (tmp_path / "a.blob").write_bytes(workload.a.tobytes())
+    (tmp_path / "b.blob").write_bytes(workload.bt.tobytes())
+    refs: list[RowsRef] = [
+        ("seed", seed),
+        ("blob", str(tmp_path / "a.blob"), str(tmp_path / "b.blob")),
+    ]
+    for ref in refs:
+        caches = CheckCaches()
+        tickets = case["tickets"]
+        requests: list[ProcRequest] = [
+            (ref, (shape.m, shape.n, shape.k, shape.r), tuple(t["tile"]), header) for t in tickets
+        ]
+        assert caches.check(requests) == [bytes.fromhex(t["digest"]) for t in tickets]
+        outside = (ref, (shape.m, shape.n, shape.k, shape.r), (shape.tiles_m, 0), header)
+        message, code = caches.check([outside])[0]
+        assert code == ErrorCode.OTHER and "outside" in message
