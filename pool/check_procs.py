@@ -7,8 +7,9 @@ pool, opened in the app's nursery): one round trip per call, however many batche
 holds. What crosses is small: per share the job's row source (its workload seed, or the
 files of a unit's blobs), shape, tile and header, about 250 bytes; back comes the digest.
 Each process derives or reads a job's rows once and keeps them and the headers' index
-pairs in its own byte-bounded caches (:mod:`pool.check_worker`). The targets stay here:
-whether a digest meets the share and network targets is decided in the pool process.
+pairs in its own byte-bounded caches (:mod:`pool.check_worker`), and decides from the job's
+difficulty and bits whether a digest meets the share and network targets (the target math
+off the event loop too).
 
 A check process that dies (killed, out of memory) loses nothing: the call is tried again
 once on a fresh process; if that one dies too, every share of the call is answered 20
@@ -33,7 +34,6 @@ from pool.share_rules import CheckedTicket, ShareRejected, TicketRequest, check_
 from pool.useful.unitwork import UnitWork
 from pool.workloads import PreparedWork
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.target import meets_target
 
 log = logging.getLogger("pool.shares")
 
@@ -92,7 +92,8 @@ class CheckProcesses:
                     local.append((b, i))
                     continue
                 s = job.work.shape
-                sent[b].append((ref, (s.m, s.n, s.k, s.r), tile, header))
+                bits = job.template.block.bits
+                sent[b].append((ref, (s.m, s.n, s.k, s.r), tile, header, job.difficulty, bits))
                 where.append((b, i))
         answers: list[list[Answer]] = [[ValueError("not checked")] * len(b) for b in batches]
         if where:
@@ -156,22 +157,18 @@ class CheckProcesses:
 
 def _answer(request: TicketRequest, digest: ProcAnswer | Exception) -> Answer:
     """A process's answer as the thread path gives it: the checked ticket or the error."""
-    job, coinbase, header, _ = request
+    _, coinbase, header, _ = request
     if isinstance(digest, Exception):
         return digest
-    if isinstance(digest, tuple):
-        message, code = digest
-        if code < 0:  # a fault in the check, not a broken rule (logged as a bug upstream)
-            return RuntimeError(message)
-        return ProtocolError(message, code)
-    k = job.work.shape.k
-    return CheckedTicket(
-        digest,
-        header,
-        coinbase,
-        meets_target(digest, job.share_target, k),
-        meets_target(digest, job.template.network_target, k),
-    )
+    if len(digest) == 3:
+        value, meets_share, meets_network = digest
+        assert isinstance(value, bytes)
+        return CheckedTicket(value, header, coinbase, bool(meets_share), bool(meets_network))
+    message, code = digest
+    assert isinstance(message, str) and isinstance(code, int)
+    if code < 0:  # a fault in the check, not a broken rule (logged as a bug upstream)
+        return RuntimeError(message)
+    return ProtocolError(message, code)
 
 
 @asynccontextmanager

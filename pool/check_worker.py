@@ -1,13 +1,15 @@
 """The share check inside a check process (``[pool] check_processes``; SPEC §7 tickets).
 
 What comes in per share is small (:data:`ProcRequest`: where the job's rows come from, the
-shape, the tile, the 128-byte header); the rows are found here, once per job per process:
-a synthetic job's 16-row bands are derived from its workload seed, a blob job's are read
-from the pool's blob store file (content-addressed, written once), and a header's index
-pairs are derived once. Both live in this process's byte-bounded :class:`ArrayCache`\\ s
-(the same bounds as the pool's); BLAS runs on one thread, a process being one check
-lane. What goes back is a digest per share, or the error that
-rejects it as ``(message, code)``, and the seconds the checks took.
+shape, the tile, the 128-byte header, the share difficulty and the network bits); the rows
+are found here, once per job per process: a synthetic job's 16-row bands are derived from
+its workload seed, a blob job's are read from the pool's blob store file (content-addressed,
+written once), and a header's index pairs are derived once. Both live in this process's
+byte-bounded :class:`ArrayCache` s (the same bounds as the pool's); BLAS runs on one
+thread, a process being one check lane. What goes back per share is its digest and whether
+it meets the share and network targets (from the difficulty and bits, as
+``Job.share_target`` and ``Template.network_target`` have them), or the error that rejects
+it as ``(message, code)``; and the seconds the checks took.
 
 This module is imported by the check processes, so it imports only what a check needs.
 """
@@ -23,6 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from pool.workloads import NOISE_CACHE_BYTES, ROW_CACHE_BYTES, ArrayCache, row_band
 from protocol.errors import ProtocolError
+from protocol.target import meets_target, target_from_bits, target_from_difficulty
 from protocol.ticket import HeaderNoise, TileCheck, check_tile_rows, tile_digest
 from protocol.workload import TILE, Shape, synthetic_rows
 
@@ -30,11 +33,12 @@ RowsRef = tuple[str, bytes] | tuple[str, str, str]
 """Where a job's rows come from: ``("seed", workload_seed)`` or ``("blob", a_path, b_path)``
 (the files of the unit's A and Bᵀ blobs)."""
 
-ProcRequest = tuple[RowsRef, tuple[int, int, int, int], tuple[int, int], bytes]
-"""One share to check: ``(rows, (m, n, k, r), tile, header)``."""
+ProcRequest = tuple[RowsRef, tuple[int, int, int, int], tuple[int, int], bytes, float, int]
+"""One share to check: ``(rows, (m, n, k, r), tile, header, share difficulty, network bits)``."""
 
-ProcAnswer = bytes | tuple[str, int]
-"""The ticket digest, or ``(message, code)`` of the error that rejects the share."""
+ProcAnswer = tuple[bytes, bool, bool] | tuple[str, int]
+"""``(digest, meets the share target, meets the network target)``, or ``(message, code)`` of
+the error that rejects the share."""
 
 
 class CheckCaches:
@@ -51,7 +55,7 @@ class CheckCaches:
         return self.rows.get((rows, matrix, index), lambda: row_band(_read(rows, matrix, index, k)))
 
     def tile_check(self, request: ProcRequest) -> TileCheck:
-        rows, dims, tile, header = request
+        rows, dims, tile, header, _, _ = request
         shape = Shape(*dims)
         a_rows = self.band(rows, "A", tile[0], shape.k).T
         bt_rows = self.band(rows, "B", tile[1], shape.k).T
@@ -69,7 +73,15 @@ class CheckCaches:
         for request in requests:
             try:
                 c = self.tile_check(request)
-                answers.append(tile_digest(c.noise, c.tile, c.a_rows, c.bt_rows))
+                digest = tile_digest(c.noise, c.tile, c.a_rows, c.bt_rows)
+                _, (_, _, k, _), _, _, difficulty, bits = request
+                answers.append(
+                    (
+                        digest,
+                        meets_target(digest, target_from_difficulty(difficulty), k),
+                        meets_target(digest, target_from_bits(bits), k),
+                    )
+                )
             except Exception as exc:
                 answers.append(_error(exc))
         return answers

@@ -361,7 +361,7 @@ def main() -> None:
     )
     parser.add_argument("--startup-timeout", type=float, default=60.0)
     parser.add_argument(
-        "--check-threads", type=int, nargs="+", default=[1, 2], help="one pool run for each"
+        "--check-threads", type=int, nargs="*", default=[1, 2], help="one pool run for each"
     )
     parser.add_argument(
         "--check-processes",

@@ -22,6 +22,7 @@ from pool.share_rules import CheckedTicket, ShareRejected, check_tickets
 from pool.workloads import SyntheticSource
 from protocol.address import new_address
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.target import bits_from_target, target_from_difficulty
 from protocol.workload import Shape, Workload
 from tests.pool.test_check_batch import BLOCK, job_on, reference
 from tests.support.miner import TestMiner, losing_tiles
@@ -67,7 +68,7 @@ def test_what_crosses_is_small() -> None:
     ref = procs.rows_ref(job)
     assert ref == ("seed", work.seed)
     _, header = job.header(bytes(8), BLOCK.time)
-    request: ProcRequest = (ref, (64, 64, 2048, 128), (1, 2), header)
+    request: ProcRequest = (ref, (64, 64, 2048, 128), (1, 2), header, 1e-9, BLOCK.bits)
     assert len(pickle.dumps([[request] * 8])) < 8 * 400
 
 
@@ -178,6 +179,7 @@ async def test_killed_check_process_under_a_real_pool(start_pool, ledger_call, t
     assert processes.broken >= 3
 
 
+FAR_BITS = bits_from_target(target_from_difficulty(1e12))  # a network no ticket here meets
 VECTORS = json.loads((Path(__file__).parents[2] / "protocol/vectors/mmpow1.json").read_text())
 
 
@@ -198,10 +200,12 @@ def test_check_process_code_gives_the_vectors_digests(case: dict, tmp_path: Path
     for ref in refs:
         caches = CheckCaches()
         tickets = case["tickets"]
+        dims = (shape.m, shape.n, shape.k, shape.r)
         requests: list[ProcRequest] = [
-            (ref, (shape.m, shape.n, shape.k, shape.r), tuple(t["tile"]), header) for t in tickets
+            (ref, dims, tuple(t["tile"]), header, 1e-9, FAR_BITS) for t in tickets
         ]
-        assert caches.check(requests) == [bytes.fromhex(t["digest"]) for t in tickets]
-        outside = (ref, (shape.m, shape.n, shape.k, shape.r), (shape.tiles_m, 0), header)
+        wanted = [(bytes.fromhex(t["digest"]), True, False) for t in tickets]
+        assert caches.check(requests) == wanted  # every ticket meets 1e-9, none 1e12
+        outside = (ref, dims, (shape.tiles_m, 0), header, 1e-9, FAR_BITS)
         message, code = caches.check([outside])[0]
         assert code == ErrorCode.OTHER and "outside" in message

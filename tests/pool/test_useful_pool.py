@@ -450,8 +450,10 @@ async def test_work_api_on_the_pool_tokens_limits_and_malformed_uploads(start_po
         assert 'matmine_pool_work_units{state="queued"} 1.0' in metrics
 
 
-async def test_node_accepts_a_block_found_on_a_useful_unit(start_pool):
-    handle = await start_pool(USEFUL, node={"start_difficulty": 1e-4})
+@pytest.mark.parametrize("check_processes", [0, 1])  # meets_network from the process too
+async def test_node_accepts_a_block_found_on_a_useful_unit(start_pool, check_processes):
+    settings = {**USEFUL, "pool.check_processes": check_processes}
+    handle = await start_pool(settings, node={"start_difficulty": 1e-4})
     a, b = operands(32, 128, 32, seed=7)
     await submit(handle, a, b)
     async with await TestMiner.connect(handle.stratum_port) as miner:
