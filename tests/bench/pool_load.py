@@ -14,6 +14,8 @@ Phases, all over the same N sockets in the same run:
 2. echo baseline: every connection sends ``mining.ping`` in a closed loop (one in flight)
 3. shares: every connection sends ``mining.submit`` in a closed loop (one in flight)
 
+(phases 2 and 3 ``--rounds`` times, alternating; the ratio printed is the rounds' median)
+
 The whole run is repeated for each ``--check-threads`` value (the pool's ``check_threads``,
 a fresh pool each time) and then for each ``--check-processes`` value (``check_processes``:
 checks in that many worker processes), so accepted shares/s with check threads and with
@@ -36,7 +38,7 @@ import itertools
 import os
 import re
 import signal
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,7 +48,14 @@ from pathlib import Path
 
 import httpx
 import trio
-from proc_stats import children_cpu_seconds, cpu_seconds, free_port, rss_kib
+from proc_stats import (
+    children_cpu_seconds,
+    cpu_seconds,
+    free_port,
+    histogram_mean,
+    rss_kib,
+    wait_listening,
+)
 
 from pool.workloads import SyntheticSource
 from protocol.address import new_address
@@ -282,15 +291,6 @@ async def run_phase(miners: list[Miner], name: str, seconds: float, pid: int) ->
     return phase
 
 
-def histogram_mean(metrics: str, name: str) -> tuple[float, float]:
-    def value(suffix: str) -> float:
-        m = re.search(rf"^{name}_{suffix} (\S+)$", metrics, re.M)
-        return float(m.group(1)) if m else float("nan")
-
-    total, count = value("sum"), value("count")
-    return (total / count if count else float("nan")), count
-
-
 async def bench(
     args: argparse.Namespace, pid: int, stratum: int, http: int, results: list[str]
 ) -> None:
@@ -307,22 +307,28 @@ async def bench(
         f"pool RSS: {rss_before / 1024:.1f} MiB idle -> {rss_after / 1024:.1f} MiB connected ="
         f" {(rss_after - rss_before) / len(miners):.1f} KiB per connection"
     )
-    ping = await run_phase(miners, "ping", args.phase_seconds, pid)
-    print(ping.line())
-    shares = await run_phase(miners, "submit", args.phase_seconds, pid)
-    print(shares.line())
-    if ping.rate and shares.rate:
+    ratios: list[float] = []
+    for _ in range(args.rounds):  # ping, submit, ping, submit, …: load drifts hit both
+        ping = await run_phase(miners, "ping", args.phase_seconds, pid)
+        print(ping.line())
+        shares = await run_phase(miners, "submit", args.phase_seconds, pid)
+        print(shares.line())
+        if ping.rate and shares.rate:
+            ratios.append(shares.rate / ping.rate)
+            print(
+                f"submit vs ping: throughput {shares.rate / ping.rate:.3f}x,"
+                f" p50 latency {shares.pct(0.5) / ping.pct(0.5):.1f}x,"
+                f" p99 latency {shares.pct(0.99) / ping.pct(0.99):.1f}x"
+            )
+    if ratios:
+        rounds = ", ".join(f"{r:.3f}" for r in ratios)
         results.append(
             f"{args.mode:>19}: {shares.rate:8.1f} accepted shares/s vs"
-            f" {ping.rate:8.1f} pings/s = {shares.rate / ping.rate:.3f}x,"
-            f" p99 submit {shares.pct(0.99) * 1e3:.1f} ms; event-loop CPU per submit"
-            f" {shares.per_answer_us(shares.main_cpu):.0f} µs vs per ping"
-            f" {ping.per_answer_us(ping.main_cpu):.0f} µs"
-        )
-        print(
-            f"submit vs ping: throughput {shares.rate / ping.rate:.3f}x,"
-            f" p50 latency {shares.pct(0.5) / ping.pct(0.5):.1f}x,"
-            f" p99 latency {shares.pct(0.99) / ping.pct(0.99):.1f}x"
+            f" {ping.rate:8.1f} pings/s (last round); ratio median"
+            f" {statistics.median(ratios):.3f}x of rounds [{rounds}]; event-loop CPU per"
+            f" submit {shares.per_answer_us(shares.main_cpu):.0f} µs vs per ping"
+            f" {ping.per_answer_us(ping.main_cpu):.0f} µs, check processes per submit"
+            f" {shares.per_answer_us(shares.procs_cpu):.0f} µs"
         )
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"http://127.0.0.1:{http}/metrics")).text
@@ -331,7 +337,7 @@ async def bench(
     accepted = re.search(r'^matmine_pool_shares_total\{result="accepted"\} (\S+)$', text, re.M)
     print(
         f"pool-side (from /metrics): share_check_seconds mean {check * 1e3:.3f} ms over"
-        f" {checks:.0f} checks (timed inside the check thread);"
+        f" {checks:.0f} checks (timed in the check thread or process);"
         f" db write mean {db * 1e3:.3f} ms over {writes:.0f} writes;"
         f" accepted counter {accepted.group(1) if accepted else '?'}"
     )
@@ -360,6 +366,9 @@ def main() -> None:
         help="job shape (the pool's default cpu profile)",
     )
     parser.add_argument("--startup-timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="ping + submit phases per pool (median ratio)"
+    )
     parser.add_argument(
         "--check-threads", type=int, nargs="*", default=[1, 2], help="one pool run for each"
     )
@@ -429,18 +438,6 @@ def run_pool(args: argparse.Namespace, results: list[str]) -> None:
             if pool.returncode not in (0, -signal.SIGTERM):
                 tail = log_path.read_text(errors="replace")[-3000:]
                 print(f"pool exited {pool.returncode}:\n{tail}", file=sys.stderr)
-
-
-def wait_listening(pool: subprocess.Popen, port: int, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pool.poll() is not None:
-            err = log.read_text(errors="replace")[-3000:]
-            raise SystemExit(f"pool exited with {pool.returncode} during startup:\n{err}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.2)
-    raise SystemExit(f"pool did not listen on {port} within {timeout} s")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
-"""What the pool benchmarks read of processes: free ports, RSS and CPU time from ``/proc``."""
+"""What the pool benchmarks read of processes and pools: free ports, RSS and CPU time from
+``/proc``, a histogram's mean from ``/metrics``, a pool listening."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 
@@ -45,3 +49,24 @@ def children_cpu_seconds(pid: int) -> float:
         with contextlib.suppress(OSError):
             total += cpu_seconds(child)
     return total
+
+
+def histogram_mean(metrics: str, name: str) -> tuple[float, float]:
+    def value(suffix: str) -> float:
+        m = re.search(rf"^{name}_{suffix} (\S+)$", metrics, re.M)
+        return float(m.group(1)) if m else float("nan")
+
+    total, count = value("sum"), value("count")
+    return (total / count if count else float("nan")), count
+
+
+def wait_listening(pool: subprocess.Popen, port: int, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pool.poll() is not None:
+            err = log.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"pool exited with {pool.returncode} during startup:\n{err}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"pool did not listen on {port} within {timeout} s")
