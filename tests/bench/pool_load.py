@@ -96,7 +96,10 @@ def pool_config(
     connections: int,
     check_threads: int,
     check_processes: int = 0,
+    instance_id: int = 0,
+    extra: str = "",
 ) -> str:
+    """A pool's TOML for the bench (``extra``: more sections, e.g. ``[ledger]``)."""
     return f"""
 [stratum]
 host = "127.0.0.1"
@@ -115,6 +118,7 @@ data_dir = "{data}"
 start_difficulty = {SHARE_DIFFICULTY}
 check_threads = {check_threads}
 check_processes = {check_processes}
+instance_id = {instance_id}
 log_level = "warning"
 
 [vardiff]
@@ -137,7 +141,7 @@ max_shares_per_job = 1000000
 [chain.node]
 start_difficulty = 1e9
 min_difficulty = 1e9
-"""
+{extra}"""
 
 
 @dataclass
