@@ -101,6 +101,13 @@ class PoolSection:
     )
     start_difficulty: float = setting(1.0, "share difficulty of a new connection", positive=True)
     check_threads: int = setting(2, "worker threads checking shares", min=1)
+    check_processes: int = setting(
+        0,
+        "worker processes checking shares (0: in the check_threads threads of the pool "
+        "process); each keeps its own row and header caches",
+        min=0,
+        max=256,
+    )
     log_level: str = setting("info", "debug, info, warning or error")
 
 
