@@ -19,7 +19,7 @@ import os
 import re
 import tempfile
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -166,23 +166,34 @@ class DataApi:
         if request.method == "HEAD":  # the headers only; nothing is read
             return Response(status_code=status, headers=headers)
         return StreamingResponse(
-            self._stream(path, start, end),
+            self._stream(path, start, end, lambda sent: self._served(lease, bid, sent, total)),
             status_code=status,
             headers=headers,
             media_type="application/octet-stream",
         )
 
-    async def _stream(self, path: os.PathLike[str], start: int, end: int) -> AsyncIterator[bytes]:
-        async with await trio.open_file(path, "rb") as f:
-            await f.seek(start)
-            left = end - start
-            while left > 0:
-                data = await f.read(min(READ_CHUNK, left))
-                if not data:
-                    return
-                left -= len(data)
-                self.useful.metrics.data_bytes("out", "http", len(data))
-                yield data
+    def _served(self, lease: Lease, bid: bytes, sent: int, total: int) -> None:
+        """Bytes of a blob that reached the lease's worker (affinity: who holds what)."""
+        self.useful.note_served(lease, bid, sent, total)
+
+    async def _stream(
+        self, path: os.PathLike[str], start: int, end: int, done: Callable[[int], None]
+    ) -> AsyncIterator[bytes]:
+        sent = 0
+        try:
+            async with await trio.open_file(path, "rb") as f:
+                await f.seek(start)
+                left = end - start
+                while left > 0:
+                    data = await f.read(min(READ_CHUNK, left))
+                    if not data:
+                        return
+                    left -= len(data)
+                    self.useful.metrics.data_bytes("out", "http", len(data))
+                    yield data
+                    sent += len(data)
+        finally:
+            done(sent)
 
     # -- results --------------------------------------------------------------------------
 

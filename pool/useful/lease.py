@@ -11,9 +11,11 @@ judged, and hands the lease back when the connection ends.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from pool.jobs import SessionJobs
 from pool.miner_state import MinerState
+from pool.useful.affinity import BlobHolders
 from pool.useful.queue import Lease
 from pool.useful.results import Verdict
 from pool.useful.service import Credit, Delivery, UsefulWork
@@ -33,9 +35,15 @@ log = logging.getLogger("pool.session")
 class UsefulLease:
     """Useful work for the session whose state is ``miner`` (``useful`` None: none)."""
 
-    def __init__(self, useful: UsefulWork | None, miner: MinerState) -> None:
+    def __init__(
+        self,
+        useful: UsefulWork | None,
+        miner: MinerState,
+        rate: Callable[[], float | None] | None = None,
+    ) -> None:
         self._useful = useful
         self.miner = miner
+        self.rate = rate  # the session's measured MAC/s (None: not measured yet)
 
     @property
     def work(self) -> UsefulWork | None:
@@ -57,7 +65,9 @@ class UsefulLease:
         if useful is None:
             return None
         try:
-            return await useful.lease(self.miner.work_key)
+            miner = BlobHolders.miner_key(self.miner.address, self.miner.worker)
+            rate = None if self.rate is None else self.rate()
+            return await useful.lease(self.miner.work_key, miner, rate)
         except Exception as exc:  # a broken unit must not stop mining: synthetic work
             log.error("could not lease useful work to %s: %s", self.miner.login, exc)
             return None

@@ -20,9 +20,11 @@ pool credits a verified lease's held shares (:meth:`held_shares`) *before* it ca
 :meth:`complete`, so a crash in between never loses an acknowledged share: the restart
 releases the lease (the unit is computed again) and the ledger ignores a share twice.
 
-The queue is three files: the model and its SQLite file (:mod:`pool.useful.queue_model`),
-the customer side (:mod:`pool.useful.queue_items`) and the lease side
-(:mod:`pool.useful.queue_leases`); :class:`WorkQueue` is the two sides together.
+The queue is five files: the model and its SQLite file (:mod:`pool.useful.queue_model`),
+the customer side (:mod:`pool.useful.queue_items`), registered operands
+(:mod:`pool.useful.queue_operands`), the lease side (:mod:`pool.useful.queue_leases`:
+which unit suits a session, by the blobs it holds) and cutting a unit at lease time
+(:mod:`pool.useful.queue_split`); :class:`WorkQueue` is them together.
 
 Everything is in one SQLite file (WAL) in the pool's data dir, so a restart loses no
 queued unit, verified result or held share. At start, leases of the previous process
@@ -36,6 +38,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from pool.useful import UsefulConfig
 from pool.useful.blobstore import BlobStore
 from pool.useful.queue_items import ItemSide
@@ -45,6 +49,7 @@ from pool.useful.queue_model import (
     OPEN_STATES,
     ItemStatus,
     Lease,
+    LeaseChoice,
     LeaseEnd,
     LeaseError,
     Unit,
@@ -53,14 +58,17 @@ from pool.useful.queue_model import (
     WorkLimitError,
     WorkNotFound,
 )
+from pool.useful.queue_operands import OperandInfo, OperandSide
 
 __all__ = [
     "LEASE_STATES",
     "OPEN_STATES",
     "ItemStatus",
     "Lease",
+    "LeaseChoice",
     "LeaseEnd",
     "LeaseError",
+    "OperandInfo",
     "Unit",
     "WorkError",
     "WorkInputError",
@@ -70,7 +78,7 @@ __all__ = [
 ]
 
 
-class WorkQueue(ItemSide, LeaseSide):
+class WorkQueue(ItemSide, LeaseSide, OperandSide):
     """Items, units, leases and held shares in SQLite at ``path``.
 
     Opening releases the leases of the previous process (``recovered``: their ends).
@@ -90,3 +98,12 @@ class WorkQueue(ItemSide, LeaseSide):
             "state IN ('active', 'delivered')", (), "released", "restart"
         )
         self._units_changed()
+
+    def submit_on_operand(self, customer: str, a: np.ndarray, operand_id: bytes) -> ItemStatus:
+        """Queue ``a · B`` where B is ``customer``'s registered operand ``operand_id``."""
+        b = self.operand_matrix(customer, operand_id)
+        return self.submit(customer, a, b, b_operand=operand_id)
+
+    def referenced_blobs(self) -> set[bytes]:
+        """Every blob still needed: the items' (units, results) and registered operands."""
+        return super().referenced_blobs() | self.operand_blobs()

@@ -1,27 +1,23 @@
 """The pool's useful-work side, as its sessions and its HTTP app use it.
 
-:class:`UsefulWork` owns the :class:`~pool.useful.blobstore.BlobStore`, the
-:class:`~pool.useful.queue.WorkQueue` and the :class:`~pool.useful.results.ResultDesk`
-under the pool's data dir, and offers the event loop async calls that run the synchronous
-parts in worker threads behind one ``CapacityLimiter``:
+:class:`UsefulWork` owns the blob store, the work queue and the result desk under the
+pool's data dir, and offers the event loop async calls that run the synchronous parts in
+worker threads behind one ``CapacityLimiter``:
 
-- :meth:`lease` — the session's lease (continued, or a new one) with its
-  :class:`~pool.useful.unitwork.UnitWork` (cached per unit), or None: synthetic work;
+- :meth:`lease` — the session's lease (continued, or a new one on the unit that suits it:
+  :class:`~pool.useful.affinity.Placement`) with its ``UnitWork``, or None: synthetic;
 - :meth:`attach`, :meth:`lease_of_job`, :meth:`hold` — jobs of a lease and their held
   shares (a :class:`~pool.ledger.base.ShareRecord` kept as JSON until the result is judged);
-- :meth:`get_blob` — ``work.get_blob``, only for the blobs of the session's current lease,
-  bounded in bytes per lease;
+- :meth:`get_blob` — ``work.get_blob``, only the current lease's blobs, bounded per lease;
 - :meth:`take_result` — ``work.result`` chunks; the final one makes the lease
   ``delivered`` (a :class:`Delivery`: the session takes its next job at once) and
-  :meth:`judge` then checks it (Freivalds), credits the held shares to the ledger and
-  only then marks the unit done (a crash in between never loses an acknowledged share);
+  :meth:`judge` then checks it (Freivalds), credits the held shares, then marks the unit
+  done (a crash in between never loses an acknowledged share);
 - :meth:`release_session` and :meth:`run_expiry` — leases that end without a result;
-- :meth:`watch_queue` — tells the pool whenever units are queued (submitted, or back
-  from an ended lease or a rejected result), so idle capable sessions lease one at once.
+- :meth:`watch_queue` — tells the pool whenever units are queued, so idle capable
+  sessions lease one at once.
 
-Sessions hear of ended leases through the ``on_lease_end`` callback of :meth:`run_expiry`
-(the pool pushes them a new job). Every synchronous call is made through
-``trio.to_thread.run_sync``.
+Sessions hear of ended leases through ``on_lease_end`` (the pool pushes them a new job).
 """
 
 from __future__ import annotations
@@ -39,6 +35,7 @@ import trio
 
 from pool.ledger.base import ShareRecord
 from pool.useful import UsefulConfig, UsefulMetrics
+from pool.useful.affinity import Placement
 from pool.useful.blobstore import BlobStore
 from pool.useful.queue import Lease, LeaseEnd, LeaseError, WorkQueue
 from pool.useful.results import Passed, ResultDesk, Verdict
@@ -105,6 +102,7 @@ class UsefulWork:
         self._expiry_poke = trio.Event()
         self.on_lease_end: Callable[[LeaseEnd], None] | None = None
         self.tokens = LeaseTokens()
+        self.placement = Placement(config)  # affinity and unit sizes
         self.data_url: str | None = None  # named in blob jobs (SPEC §12.7); None: stratum only
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -169,13 +167,20 @@ class UsefulWork:
 
     # -- leases and jobs ------------------------------------------------------------------
 
-    async def lease(self, session: str) -> tuple[Lease, UnitWork] | None:
-        """The session's lease and its unit's workload, or None when no unit is queued."""
+    async def lease(
+        self, session: str, miner: str | None = None, rate: float | None = None
+    ) -> tuple[Lease, UnitWork] | None:
+        """The session's lease and its unit's workload, or None when no unit is queued for
+        it; ``miner`` (its holder key) and ``rate`` (MAC/s measured, None: not yet) choose
+        the unit and its size (:class:`~pool.useful.affinity.Placement`)."""
         if not self.config.enabled:
             return None
         await self._expire()  # so that no ended lease goes unannounced
-        lease = await self._call(self.queue.lease, session)
+        choice = self.placement.choice(session, miner, rate, self.queue.clock())
+        got = await self._call(self.queue.lease_or_wait, session, choice)
+        lease = self.placement.leased(session, got, self.queue.clock())
         if lease is None:
+            self._expiry_poke.set()  # so that a unit held back is offered again in time
             self._current.pop(session, None)
             return None
         work = self._works.get(lease.unit.key)
@@ -188,10 +193,11 @@ class UsefulWork:
             self._works.move_to_end(lease.unit.key)
         if self._current.get(session) is None or self._current[session].id != lease.id:
             log.info(
-                "unit %s… (item %s, unit %d) leased to session %s until %.0f",
+                "unit %s… (item %s, unit %d, %d rows) leased to session %s until %.0f",
                 lease.unit.unit_id.hex()[:16],
                 lease.unit.item,
                 lease.unit.plan.index,
+                lease.unit.plan.rows,
                 session,
                 lease.deadline,
             )
@@ -215,16 +221,12 @@ class UsefulWork:
         return held
 
     def current(self, session: str) -> Lease | None:
-        """The lease of the session's newest useful job (None: synthetic work)."""
-        return self._current.get(session)
+        return self._current.get(session)  # the lease of its newest job (None: synthetic)
 
     def _ended(self, ends: list[LeaseEnd]) -> None:
         for end in ends:
             self.desk.forget(end.lease.id)
-            self._served.pop(end.lease.id, None)
-            current = self._current.get(end.lease.session)
-            if current is not None and current.id == end.lease.id:
-                del self._current[end.lease.session]
+            self._end_current(end.lease)
             log.info(
                 "lease %d of unit %s… ended (%s): %d held share(s) voided",
                 end.lease.id,
@@ -261,7 +263,12 @@ class UsefulWork:
             raise
         self._refund(lease.id, asked - len(data))
         self.metrics.data_bytes("out", "stratum", len(data))
+        self.note_served(lease, msg.hash, len(data), total)
         return GetBlobResult(data=data, total=total)
+
+    def note_served(self, lease: Lease, blob: bytes, nbytes: int, size: int) -> None:
+        """``nbytes`` of operand ``blob`` reached ``lease``'s session (either plane)."""
+        self.placement.holders.served(lease.id, lease.session, blob, nbytes, size)
 
     def charge_served(self, lease: Lease, nbytes: int) -> None:
         """Count operand bytes served to ``lease`` (either path); 27 past 4 × its operands."""
@@ -390,6 +397,8 @@ class UsefulWork:
 
     def _end_current(self, lease: Lease) -> None:
         self._served.pop(lease.id, None)
+        self.placement.holders.lease_ended(lease.id)
+        self.placement.holders.busy(lease.session, False, self.queue.clock())
         current = self._current.get(lease.session)
         if current is not None and current.id == lease.id:
             del self._current[lease.session]
@@ -401,6 +410,7 @@ class UsefulWork:
         ends = await self._call(self.queue.release_session, session)
         self._ended(ends)
         self._current.pop(session, None)
+        self.placement.holders.disconnect(session)
         return ends
 
     async def _expire(self) -> None:
@@ -424,6 +434,9 @@ class UsefulWork:
         task_status.started()
         while True:
             deadline = await self._call(self.queue.next_deadline)
+            retry = self.placement.retry_at
+            if retry is not None:
+                deadline = retry if deadline is None else min(deadline, retry)
             wait = (
                 MAX_EXPIRY_SLEEP
                 if deadline is None
@@ -433,3 +446,5 @@ class UsefulWork:
                 await self._expiry_poke.wait()
             self._expiry_poke = trio.Event()
             await self._expire()
+            if self.placement.due(self.queue.clock()):
+                self._poke_queued()  # units held back for affinity: offer them to anyone
