@@ -76,7 +76,7 @@ class Session(MinerState):
         )
         self.hashrate = HashrateMeter(now)
         self.inbox = Inbox()
-        self.lease = UsefulLease(ctx.useful, self, self.measured_rate)
+        self.lease = UsefulLease(ctx.useful, self, self.hashrate)
         self.feed = JobFeed(
             ctx.jobs, self, self.book, self.vardiff, self.lease, self.notify, ctx.metrics
         )
@@ -87,12 +87,6 @@ class Session(MinerState):
         self.inflight = trio.Semaphore(cfg.stratum.max_inflight_submits)
         self._close_reason: str | None = None
         self._scope: trio.CancelScope | None = None
-
-    def measured_rate(self) -> float | None:
-        """The session's MAC/s over the last minute of accepted shares (None: no share)."""
-        if self.hashrate.last_share is None:
-            return None
-        return self.hashrate.rates(trio.current_time())["1m"]
 
     @property
     def authorized(self) -> bool:

@@ -11,8 +11,10 @@ judged, and hands the lease back when the connection ends.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
+import trio
+
+from pool.hashrate import HashrateMeter
 from pool.jobs import SessionJobs
 from pool.miner_state import MinerState
 from pool.useful.affinity import BlobHolders
@@ -39,11 +41,18 @@ class UsefulLease:
         self,
         useful: UsefulWork | None,
         miner: MinerState,
-        rate: Callable[[], float | None] | None = None,
+        hashrate: HashrateMeter | None = None,
     ) -> None:
         self._useful = useful
         self.miner = miner
-        self.rate = rate  # the session's measured MAC/s (None: not measured yet)
+        self.hashrate = hashrate  # the session's accepted shares: units are cut to its rate
+
+    def rate(self) -> float | None:
+        """The session's MAC/s over the last minute of accepted shares (None: none yet)."""
+        meter = self.hashrate
+        if meter is None or meter.last_share is None:
+            return None
+        return meter.rates(trio.current_time())["1m"]
 
     @property
     def work(self) -> UsefulWork | None:
@@ -66,8 +75,7 @@ class UsefulLease:
             return None
         try:
             miner = BlobHolders.miner_key(self.miner.address, self.miner.worker)
-            rate = None if self.rate is None else self.rate()
-            return await useful.lease(self.miner.work_key, miner, rate)
+            return await useful.lease(self.miner.work_key, miner, self.rate())
         except Exception as exc:  # a broken unit must not stop mining: synthetic work
             log.error("could not lease useful work to %s: %s", self.miner.login, exc)
             return None
