@@ -95,7 +95,7 @@ class WorkQueue(ItemSide, LeaseSide, OperandSide):
     ) -> None:
         super().__init__(path, blobs, config, clock=clock, on_units_changed=on_units_changed)
         self.recovered = self._release_where(
-            "state IN ('active', 'delivered')", (), "released", "restart"
+            "state IN ('active', 'uploading', 'delivered')", (), "released", "restart"
         )
         self._units_changed()
 

@@ -57,7 +57,7 @@ class LeaseSide(SplitSide):
                 picked = self._pick(db, session, choice)
             if not isinstance(picked, Unit):
                 return picked
-            if choice.rows is not None:
+            if choice.rows is not None and picked.key != choice.reserved:
                 self.split_unit(picked, choice.rows(picked.plan))
             lease = self._lease_unit(session, picked.key)
             if lease is not None:
@@ -75,11 +75,19 @@ class LeaseSide(SplitSide):
             (session, PICK_CANDIDATES),
         ).fetchall()
         units = [(unit_from_row(r[:-1]), float(r[-1])) for r in rows]
+        for unit, _ in units:
+            if unit.key == choice.reserved:
+                return unit
+        for unit, _ in units:
+            allowed = choice.take_excluded or unit.key not in choice.exclude
+            if allowed and (unit.a_blob in choice.held or unit.b_blob in choice.held):
+                return unit
+        # units reserved for other sessions last: an idle session takes one rather than wait
+        units.sort(key=lambda pair: pair[0].key in choice.exclude)
+        if not choice.take_excluded:
+            units = [(u, since) for u, since in units if u.key not in choice.exclude]
         if not units:
             return None
-        for unit, _ in units:
-            if unit.a_blob in choice.held or unit.b_blob in choice.held:
-                return unit
         now = self.clock()
         free_at: float | None = None
         for unit, since in units:
@@ -109,6 +117,39 @@ class LeaseSide(SplitSide):
             if session not in barred
         ]
         return max(waits, default=0.0)
+
+    def reservable(self, session: str, choice: LeaseChoice) -> Unit | None:
+        """A queued unit to reserve for ``session`` next (chosen and cut as a lease is),
+        left queued; None when none suits it now."""
+        with self._tx() as db:
+            picked = self._pick(db, session, choice)
+        if not isinstance(picked, Unit):
+            return None
+        if choice.rows is not None and self.split_unit(picked, choice.rows(picked.plan)):
+            with self._lock:
+                row = self._db.execute(
+                    f"SELECT {UNIT_COLUMNS} FROM units WHERE key = ?", (picked.key,)
+                ).fetchone()
+            picked = unit_from_row(row)
+        return picked
+
+    def start_upload(self, lease_id: int) -> Lease:
+        """The result upload of active lease ``lease_id`` started: it mines no more (its
+        shares are stale, its session leases its next unit) and stays open for the upload
+        until delivered or its deadline. Raises :class:`LeaseError` if it is not active or
+        its session has another lease still uploading."""
+        with self._tx() as db:
+            lease = self._active(db, lease_id)
+            other = db.execute(
+                "SELECT id FROM leases WHERE session = ? AND state = 'uploading'",
+                (lease.session,),
+            ).fetchone()
+            if other is not None:
+                raise LeaseError(
+                    f"the result of lease {other[0]} of this session is still uploading"
+                )
+            db.execute("UPDATE leases SET state = 'uploading' WHERE id = ?", (lease_id,))
+            return Lease(lease.id, lease.session, lease.deadline, "uploading", lease.unit)
 
     def _lease_unit(self, session: str, key: int) -> Lease | None:
         """A new lease of unit ``key`` to ``session`` if the unit is still queued."""
@@ -174,10 +215,12 @@ class LeaseSide(SplitSide):
         """The lease's whole result is in: hold no more shares for it (they are stale) and
         let its session lease another unit, while the result is judged.
 
-        Raises :class:`LeaseError` if the lease is not active.
+        Raises :class:`LeaseError` if the lease is neither active nor uploading.
         """
         with self._tx() as db:
-            lease = self._active(db, lease_id)
+            lease = self._lease(db, lease_id)
+            if lease.state not in ("active", "uploading"):
+                raise LeaseError(f"lease {lease_id} is {lease.state}, not active")
             db.execute("UPDATE leases SET state = 'delivered' WHERE id = ?", (lease_id,))
             return Lease(lease.id, lease.session, lease.deadline, "delivered", lease.unit)
 
@@ -243,7 +286,7 @@ class LeaseSide(SplitSide):
     def release_session(self, session: str) -> list[LeaseEnd]:
         """The session disconnected: its active lease ends, the unit goes back to the queue."""
         ends = self._release_where(
-            "state IN ('active', 'delivered') AND session = ?",
+            "state IN ('active', 'uploading', 'delivered') AND session = ?",
             (session,),
             "released",
             "disconnected",
@@ -254,7 +297,10 @@ class LeaseSide(SplitSide):
     def expire(self) -> list[LeaseEnd]:
         """End every active lease past its deadline; their units go back to the queue."""
         ends = self._release_where(
-            "state = 'active' AND deadline < ?", (self.clock(),), "expired", "deadline passed"
+            "state IN ('active', 'uploading') AND deadline < ?",
+            (self.clock(),),
+            "expired",
+            "deadline passed",
         )
         if ends:
             self._units_changed()
@@ -264,7 +310,7 @@ class LeaseSide(SplitSide):
         """The earliest deadline of an active lease (when to call :meth:`expire` next)."""
         with self._lock:
             return self._db.execute(
-                "SELECT MIN(deadline) FROM leases WHERE state = 'active'"
+                "SELECT MIN(deadline) FROM leases WHERE state IN ('active', 'uploading')"
             ).fetchone()[0]
 
     # --- internals ------------------------------------------------------------------

@@ -94,9 +94,18 @@ versioning (``IF NOT EXISTS`` throughout), so a file made by older code opens as
 version 2 adds registered operands (``operands``, ``items.b_operand``) and when each unit
 was last queued (``units.queued_since``, for affinity)."""
 
-LEASE_STATES = ("active", "delivered", "released", "expired", "verified", "rejected")
-OPEN_STATES = ("active", "delivered")
-"""Leases whose unit is still with its session: released on disconnect and restart."""
+LEASE_STATES = (
+    "active",
+    "uploading",
+    "delivered",
+    "released",
+    "expired",
+    "verified",
+    "rejected",
+)
+OPEN_STATES = ("active", "uploading", "delivered")
+"""Leases whose unit is still with its session: released on disconnect and restart.
+``uploading``: its result upload started, so it mines no more (SPEC §12.7, overlap)."""
 
 
 class WorkError(Exception):
@@ -175,9 +184,13 @@ class LeaseChoice:
     waits for them ``affinity_seconds`` from when it was queued or they became idle,
     whichever is later, unless they may not lease it (their result for it was rejected);
     ``rows``: how many rows of A a unit should have for this session (a longer one is
-    cut), None: as queued.
+    cut), None: as queued. ``reserved`` (SPEC §12.7, prefetch) goes first, as it is;
+    ``exclude``d units go last, before the session idles (first if it holds their blobs).
     """
 
+    reserved: int | None = None  # the unit reserved for the session: leased first
+    exclude: frozenset[int] = frozenset()  # units reserved for others: taken last
+    take_excluded: bool = True  # False: never (choosing a reservation)
     held: frozenset[bytes] = frozenset()
     others: Mapping[bytes, Mapping[str, float]] = field(default_factory=dict)
     affinity_seconds: float = 0.0

@@ -84,7 +84,7 @@ async def measure(handle, useful, miner: TestMiner, job: messages.Notify, rounds
         "put http": [],
     }
     for _ in range(rounds):
-        useful._served.clear()  # the per-lease blob budget is not what is measured here
+        useful.serving._served.clear()  # the per-lease blob budget is not what is measured here
         t = time.perf_counter()
         await miner.fetch_blob(src.a, spec.size)
         times["get stratum"].append(time.perf_counter() - t)
