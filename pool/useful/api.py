@@ -319,6 +319,7 @@ class WorkApi:
             "max_upload_bytes": cfg.max_upload_bytes,
             "max_active_items": cfg.max_active_items,
             "max_queued_bytes": cfg.max_queued_bytes,
+            "max_operands": cfg.max_operands,
         }
 
     async def info(self, request: Request) -> Response:

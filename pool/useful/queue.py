@@ -6,9 +6,11 @@ in the :class:`~pool.useful.blobstore.BlobStore`. Unit states: ``queued`` → ``
 (leased) → ``done`` (result verified) or back to ``queued`` (worker gone, deadline
 missed, wrong result); ``failed`` after ``max_attempts`` wrong results, which fails the
 item. Item states: ``queued``, ``running``, ``done`` (product assembled), ``failed``.
-Lease states: ``active`` → ``delivered`` (the whole result is in and being judged: no
-more shares are held, the session may take another unit) → ``verified`` or ``rejected``;
-or ``released`` (disconnect, restart) / ``expired`` (deadline; active leases only).
+Lease states: ``active`` → (``uploading``: its HTTP result upload started, it mines no
+more, the session may take another unit) → ``delivered`` (the whole result is in and being
+judged: no more shares are held, the session may take another unit) → ``verified`` or
+``rejected``; or ``released`` (disconnect, restart) / ``expired`` (deadline; active or
+uploading leases).
 
 A **lease** gives one unit to one session until a deadline. A session holds at most one
 active lease: :meth:`WorkQueue.lease` returns it again while it lasts, so each new job of

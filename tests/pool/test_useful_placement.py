@@ -11,13 +11,14 @@ from pool.useful import UsefulConfig
 from pool.useful.affinity import BlobHolders, Placement
 from pool.useful.blobstore import BlobStore
 from pool.useful.queue import LeaseChoice, WorkNotFound, WorkQueue
-from pool.useful.queue_model import WorkLimitError
+from pool.useful.queue_model import MIGRATIONS, WorkLimitError
 from pool.useful.results import ResultDesk
 from protocol.denoise import denoise
 from protocol.ticket import mine_header
 from protocol.useful import blob_id, plan_product, sized_rows
 from protocol.workload import Workload
 from tests.support.useful_queue_data import check_and_complete, operands
+from toolkit.sqlite import open_store
 
 
 class Clock:
@@ -209,3 +210,26 @@ def test_placement_sizes_by_rate_and_offers_held_back_units_again():
     assert fast.rows is not None and fast.rows(unit) == 192
     assert placement.leased("s", 12.5, 10.0) is None
     assert not placement.due(12.0) and placement.due(12.5) and not placement.due(13.0)
+
+
+def test_a_version_1_queue_file_is_migrated_and_keeps_its_units(tmp_path):
+    blobs = BlobStore(tmp_path / "blobs")
+    config = UsefulConfig(unit_m=32, unit_n=32, r=32, unit_b_max_bytes=0)
+    path = tmp_path / "useful.sqlite"
+    old = WorkQueue(path, blobs, config)
+    a, b = operands(12, 40, 40, 20)
+    item = old.submit("alice", a, b)
+    old.close()
+    conn = open_store(path, MIGRATIONS)  # back to version 1: what an older pool made
+    conn.executescript(
+        "DROP TABLE operands; ALTER TABLE items DROP COLUMN b_operand; "
+        "ALTER TABLE units DROP COLUMN queued_since; PRAGMA user_version = 1;"
+    )
+    conn.close()
+    queue = WorkQueue(path, blobs, config)
+    try:
+        assert queue.status(item.id).units == 2 and queue.operands("alice") == []
+        lease = queue.lease("s")
+        assert lease is not None and lease.unit.item == item.id
+    finally:
+        queue.close()

@@ -8,10 +8,15 @@ over real sockets (blobs by ``work.get_blob``, results by ``work.result``).
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import trio
 
 from pool.app import PoolHandle
@@ -228,3 +233,51 @@ async def test_units_are_cut_to_each_workers_measured_rate(start_pool):
             s_job = await blob_job(slow, seen_s)
         assert 64 <= f_job.work.m <= 256 and f_job.work.m % 16 == 0, f_job.work
         assert s_job.work.m == 16, s_job.work
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.run(
+        [sys.executable, "-m", "pool.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+async def test_cli_registers_lists_uses_and_deletes_an_operand(start_pool, tmp_path):
+    handle = await start_pool(WHOLE_B)
+    url = f"http://127.0.0.1:{handle.http_port}"
+    b, a = operand(128, 48, 8), operand(40, 128, 9)
+    np.save(tmp_path / "b.npy", b)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "hot.npy", np.full((128, 48), 100, dtype=np.int8))
+
+    async def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return await trio.to_thread.run_sync(lambda: cli("work", *argv, "--api", url))
+
+    added = await run("operand", "add", str(tmp_path / "b.npy"))
+    assert added.returncode == 0, added.stderr
+    operand_id = added.stdout.strip()
+    assert operand_id == blob_id(b.tobytes()).hex()
+    hot = await run("operand", "add", str(tmp_path / "hot.npy"))
+    assert hot.returncode == 2 and "outside" in hot.stderr and "nothing uploaded" in hot.stderr
+    listed = await run("operand", "list")
+    assert listed.returncode == 0 and operand_id in listed.stdout
+    both = await run(
+        "submit", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--b-operand", operand_id
+    )
+    assert both.returncode == 2 and "one of them" in both.stderr
+    submitted = await run("submit", "--b-operand", operand_id, str(tmp_path / "a.npy"))
+    assert submitted.returncode == 0, submitted.stderr
+    work_id = submitted.stdout.strip()
+    async with api(handle) as client:
+        status = (await client.get(f"/api/work/{work_id}")).json()
+    assert status["shape"] == {"m": 40, "k": 128, "n": 48} and status["units"] == 2
+    removed = await run("operand", "rm", operand_id)
+    assert removed.returncode == 0, removed.stderr
+    gone = await run("operand", "rm", operand_id)
+    assert gone.returncode == 1 and "404" in gone.stderr
