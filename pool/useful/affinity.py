@@ -114,9 +114,10 @@ class Placement:
         self.retry_at: float | None = None
 
     def choice(
-        self, session: str, miner: str | None, rate: float | None, now: float
+        self, session: str, miner: str | None, rate: float | None, now: float, queued: int = 1
     ) -> LeaseChoice:
-        """What ``session`` (of ``miner``, measured at ``rate`` MAC/s or None) should lease."""
+        """What ``session`` (of ``miner``, measured at ``rate`` MAC/s or None) should lease;
+        with nothing ``queued`` (as last reported) the others' blobs are not gathered."""
         cfg = self.config
         self.holders.connect(session, miner)
         self.holders.busy(session, False, now)
@@ -127,7 +128,7 @@ class Placement:
 
         return LeaseChoice(
             held=self.holders.held(session),
-            others=self.holders.others(session),
+            others=self.holders.others(session) if queued > 0 else {},
             affinity_seconds=cfg.affinity_seconds,
             rows=rows,
         )

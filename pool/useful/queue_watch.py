@@ -23,10 +23,12 @@ class QueueWatch:
         self.metrics = metrics
         self._token: trio.lowlevel.TrioToken | None = None  # set while run() runs
         self._queued = trio.Event()
+        self.queued = 0  # units queued, as last reported
 
     def units_changed(self, counts: dict[str, int]) -> None:
         """The queue's unit counts changed (any thread): metrics, and wake :meth:`run`."""
         self.metrics.set_unit_counts(counts)
+        self.queued = counts.get("queued", 0)
         token = self._token
         if token is not None and counts.get("queued", 0) > 0:
             with contextlib.suppress(trio.RunFinishedError):  # the pool is stopping

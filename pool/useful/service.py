@@ -160,7 +160,7 @@ class UsefulWork:
             return None
         await self._expire()  # so that no ended lease goes unannounced
         choice = replace(
-            self.placement.choice(session, miner, rate, self.queue.clock()),
+            self.placement.choice(session, miner, rate, self.queue.clock(), self.watch.queued),
             reserved=self.reservations.reserved_key(session),
             exclude=self.reservations.others(session),
         )
@@ -414,7 +414,8 @@ class UsefulWork:
         self._ended(ends)
         if self.on_lease_end is not None:
             for end in ends:
-                self.on_lease_end(end)
+                if end.lease.state != "uploading":  # its session got new work at the start
+                    self.on_lease_end(end)
 
     async def run_expiry(
         self,

@@ -4,6 +4,9 @@ Real SQLite queue files and real blobs on disk; results computed the way a miner
 (one header mined with the reference miner, denoised) and judged by the real result desk.
 """
 
+import io
+
+import httpx
 import numpy as np
 import pytest
 
@@ -233,3 +236,61 @@ def test_a_version_1_queue_file_is_migrated_and_keeps_its_units(tmp_path):
         assert lease is not None and lease.unit.item == item.id
     finally:
         queue.close()
+
+
+def test_a_unit_reserved_for_another_goes_to_a_holder_or_an_idle_session_never_to_a_reservation(
+    parts,
+):
+    _, _, queue, _ = parts
+    a, b = operands(13, 32, 40, 20)
+    item = queue.submit("alice", a, b)
+    unit = queue.units(item.id)[0]
+    mine = frozenset({unit.key})
+    assert queue.reservable("third", LeaseChoice(exclude=mine, take_excluded=False)) is None
+    lease = queue.lease("holder", LeaseChoice(held=frozenset({unit.b_blob}), exclude=mine))
+    assert lease is not None and lease.unit.key == unit.key
+    queue.release_session("holder")
+    lease = queue.lease("idle", LeaseChoice(exclude=mine))  # nothing else queued: it is taken
+    assert lease is not None and lease.unit.key == unit.key
+
+
+async def test_registered_operands_are_each_customers_own_over_http(nursery, tmp_path):
+    from tests.pool.test_useful_api import start_pool  # the work API alone, on a real socket
+
+    tokens = {"tok-alice": "alice", "tok-bob": "bob"}
+    pool = await start_pool(nursery, tmp_path, tokens=tokens)
+    _, b = operands(14, 16, 40, 20)
+    a, _ = operands(15, 32, 40, 20)
+    f = io.BytesIO()
+    np.save(f, b)
+    alice = {"Authorization": "Bearer tok-alice", "Content-Type": "application/x-npy"}
+    bob = {"Authorization": "Bearer tok-bob", "Content-Type": "application/x-npy"}
+    try:
+        async with httpx.AsyncClient(base_url=pool.url, timeout=20) as client:
+            r = await client.post("/api/work/operands", content=f.getvalue(), headers=alice)
+            assert r.status_code == 201, r.text
+            operand_id = r.json()["id"]
+            mine = await client.get("/api/work/operands", headers=alice)
+            assert [o["id"] for o in mine.json()["operands"]] == [operand_id]
+            theirs = await client.get("/api/work/operands", headers=bob)
+            assert theirs.json() == {"operands": []}
+            assert (
+                await client.get(f"/api/work/operands/{operand_id}", headers=bob)
+            ).status_code == 404
+            g = io.BytesIO()
+            np.save(g, a)
+            used = await client.post(
+                "/api/work", params={"b_operand": operand_id}, content=g.getvalue(), headers=bob
+            )
+            assert used.status_code == 404, used.text
+            assert (
+                await client.delete(f"/api/work/operands/{operand_id}", headers=bob)
+            ).status_code == 404
+            ok = await client.post(
+                "/api/work", params={"b_operand": operand_id}, content=g.getvalue(), headers=alice
+            )
+            assert ok.status_code == 201 and ok.json()["shape"]["n"] == 20, ok.text
+            bad = await client.get("/api/work/operands/not-hex", headers=alice)
+            assert bad.status_code == 404 and "64 lowercase hex" in bad.json()["error"]
+    finally:
+        pool.queue.close()

@@ -155,3 +155,25 @@ async def test_reservations_drop_on_disconnect_and_when_another_session_takes_th
         assert (source(j4).a, source(j4).b) == (n3.a, n3.b)
         assert source(j4).token != n3.token
         assert (await get_blob(j3, n3.a, n3.token)).status_code == 403
+
+
+async def test_bytes_fetched_under_a_reservation_count_against_its_units_budget(start_pool):
+    handle = await start_pool(USEFUL_SETTINGS)
+    await submit(handle, 6)
+    await submit(handle, 7)
+    async with await TestMiner.connect(handle.stratum_port) as miner:
+        job = await miner.login(f"{new_address()}.rig1", useful=True)
+        nxt = source(job).next
+        assert nxt is not None
+        # budget: 4 × (32 + 32) × 128 bytes = 8 whole blobs of 4096 bytes
+        for _ in range(8):
+            assert (await get_blob(job, nxt.a, nxt.token)).status_code == 200
+        assert (await get_blob(job, nxt.a, nxt.token)).status_code == 429
+        raw, _ = await product(miner, job)
+        seen = len(miner.jobs)
+        assert (await put_result(job, raw, 0, 64)).status_code == 200  # the upload starts
+        with trio.fail_after(10):
+            second = await miner.next_job(seen)
+        assert source(second).token == nxt.token
+        # leased now: the bytes it fetched as a reservation still count
+        assert (await get_blob(second, nxt.b, nxt.token)).status_code == 429
