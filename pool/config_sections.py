@@ -367,6 +367,11 @@ class UsefulSection(UsefulConfig):
         min=0,
     )
     max_operands: int = setting(_USEFUL.max_operands, "registered operands per customer", min=1)
+    prefetch: bool = setting(
+        _USEFUL.prefetch,
+        "while a session mines over the data plane, reserve it one more queued unit and "
+        "name it in its jobs (SPEC §12.7 next) so it fetches the operands meanwhile",
+    )
     data_plane: bool = setting(
         True,
         "name the HTTP data plane in blob jobs (SPEC §12.7: operands and results over the "

@@ -55,6 +55,7 @@ class UsefulConfig:
     unit_start_rows: int = 256  # rows of a unit for a session whose rate is not measured
     affinity_seconds: float = 5.0  # a unit waits this long for a session holding its blobs
     max_operands: int = 16  # registered operands per customer
+    prefetch: bool = True  # reserve a data-plane session's next unit, named in its jobs
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting that cannot work."""

@@ -195,12 +195,9 @@ class UsefulWork:
         self._expiry_poke.set()
         if self.data_url is not None:
             await self._reserve(session, lease, choice)
-            reserved = self.reservations.of(session)
-            work = work.for_lease(
-                self.data_url,
-                self.reservations.token(lease.id),
-                None if reserved is None else reserved.next_unit(),
-            )
+            nxt = self.reservations.of(session)
+            token = self.reservations.token(lease.id)
+            work = work.for_lease(self.data_url, token, nxt.next_unit() if nxt else None)
         return lease, work
 
     async def attach(self, lease: Lease, session: str, job_id: str) -> None:
@@ -239,6 +236,10 @@ class UsefulWork:
         """Answer ``work.get_blob``; ``ProtocolError`` with the wire code when refused."""
         return await self.serving.get_blob(self._current.get(session), msg, self.queue.clock())
 
+    @property
+    def _served(self) -> dict[int, int]:  # the per-lease byte counts (benches clear them)
+        return self.serving._served
+
     def note_served(self, lease: Lease, blob: bytes, nbytes: int, size: int) -> None:
         self.serving.served(lease, blob, nbytes, size)  # HTTP GET bytes that went out
 
@@ -267,7 +268,7 @@ class UsefulWork:
 
     async def _reserve(self, session: str, lease: Lease, choice: LeaseChoice) -> None:
         """Reserve the session's next unit if it has none and one suits it now."""
-        if self.data_url is None or self.reservations.of(session) is not None:
+        if not self.config.prefetch or self.data_url is None or self.reservations.of(session):
             return
         others = self.reservations.others(session) | {lease.unit.key}
         unit = await self._call(

@@ -177,3 +177,12 @@ async def test_bytes_fetched_under_a_reservation_count_against_its_units_budget(
         assert source(second).token == nxt.token
         # leased now: the bytes it fetched as a reservation still count
         assert (await get_blob(second, nxt.b, nxt.token)).status_code == 429
+
+
+async def test_without_prefetch_no_unit_is_reserved(start_pool):
+    handle = await start_pool({**USEFUL_SETTINGS, "useful.prefetch": False})
+    await submit(handle, 8)
+    await submit(handle, 9)
+    async with await TestMiner.connect(handle.stratum_port) as miner:
+        job = await miner.login(f"{new_address()}.rig1", useful=True)
+        assert source(job).next is None
