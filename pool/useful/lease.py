@@ -18,7 +18,7 @@ from pool.hashrate import HashrateMeter
 from pool.jobs import SessionJobs
 from pool.miner_state import MinerState
 from pool.useful.affinity import BlobHolders
-from pool.useful.queue import Lease
+from pool.useful.queue import Lease, LeaseError
 from pool.useful.results import Verdict
 from pool.useful.service import Credit, Delivery, UsefulWork
 from pool.useful.unitwork import UnitWork
@@ -81,9 +81,14 @@ class UsefulLease:
             return None
 
     async def attach(self, lease: Lease, job_id: str) -> None:
-        """Note that job ``job_id`` mines ``lease``'s unit."""
+        """Note that job ``job_id`` mines ``lease``'s unit. A lease that ended meanwhile
+        (its result came in while the job was made) is not attached: the job's shares are
+        stale, and the end of the lease sends the session a fresh job anyway."""
         assert self.work is not None
-        await self.work.attach(lease, self.miner.work_key, job_id)
+        try:
+            await self.work.attach(lease, self.miner.work_key, job_id)
+        except LeaseError as exc:
+            log.info("job %s of %s not attached: %s", job_id, self.miner.login, exc)
 
     async def release(self) -> None:
         """The connection ended: its unit goes back to the queue (errors are logged)."""

@@ -294,3 +294,30 @@ async def test_registered_operands_are_each_customers_own_over_http(nursery, tmp
             assert bad.status_code == 404 and "64 lowercase hex" in bad.json()["error"]
     finally:
         pool.queue.close()
+
+
+async def test_a_job_made_while_its_lease_was_delivered_is_not_attached_and_nothing_breaks(
+    tmp_path,
+):
+    from prometheus_client import CollectorRegistry
+
+    from pool.miner_state import MinerState
+    from pool.useful import UsefulMetrics
+    from pool.useful.lease import UsefulLease
+    from pool.useful.service import UsefulWork
+
+    useful = UsefulWork(tmp_path, UsefulConfig(), UsefulMetrics(CollectorRegistry()))
+    try:
+        a, b = operands(16, 32, 40, 20)
+        useful.queue.submit("alice", a, b)
+        miner = MinerState(peer="127.0.0.1", connected_at=0.0, last_message=0.0)
+        miner.useful_capable = True
+        session = UsefulLease(useful, miner)
+        leased = await session.lease()
+        assert leased is not None
+        lease, _ = leased
+        await useful.deliver(lease, b"")  # the result came in while the job was being made
+        await session.attach(lease, "job-1")  # logged, not raised: the session goes on
+        assert await useful.lease_of_job(miner.work_key, "job-1") is None
+    finally:
+        useful.close()
