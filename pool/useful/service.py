@@ -95,7 +95,7 @@ class UsefulWork:
             on_units_changed=self.watch.units_changed,
         )
         self.desk = ResultDesk(self.queue, self.blobs, config, metrics)
-        self._works: OrderedDict[int, UnitWork] = OrderedDict()
+        self._works: OrderedDict[bytes, UnitWork] = OrderedDict()
         self._current: dict[str, Lease] = {}  # session → the lease of its newest job
         self._expiry_poke = trio.Event()
         self.on_lease_end: Callable[[LeaseEnd], None] | None = None
@@ -170,14 +170,14 @@ class UsefulWork:
             self._expiry_poke.set()  # so that a unit held back is offered again in time
             self._current.pop(session, None)
             return None
-        work = self._works.get(lease.unit.key)
+        work = self._works.get(lease.unit.unit_id)
         if work is None:
             work = await self._call(UnitWork.load, self.blobs, lease.unit)
-            self._works[lease.unit.key] = work
+            self._works[lease.unit.unit_id] = work
             while len(self._works) > UNITWORK_CACHE:
                 self._works.popitem(last=False)
         else:
-            self._works.move_to_end(lease.unit.key)
+            self._works.move_to_end(lease.unit.unit_id)
         if self._current.get(session) is None or self._current[session].id != lease.id:
             consumed = self.reservations.leased(lease)  # the reserved unit, or another
             if consumed is not None:

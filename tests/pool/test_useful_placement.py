@@ -321,3 +321,27 @@ async def test_a_job_made_while_its_lease_was_delivered_is_not_attached_and_noth
         assert await useful.lease_of_job(miner.work_key, "job-1") is None
     finally:
         useful.close()
+
+
+async def test_a_unit_cut_after_an_earlier_lease_is_mined_as_cut(tmp_path):
+    from prometheus_client import CollectorRegistry
+
+    from pool.useful import UsefulMetrics
+    from pool.useful.service import UsefulWork
+
+    config = UsefulConfig(unit_m=64, unit_start_rows=64, unit_min_rows=16, r=32)
+    useful = UsefulWork(tmp_path, config, UsefulMetrics(CollectorRegistry()))
+    try:
+        a, b = operands(17, 64, 128, 40)
+        useful.queue.submit("alice", a, b)
+        first = await useful.lease("s1")  # not measured: the whole 64-row unit
+        assert first is not None and first[1].a.shape[0] == 64
+        await useful.release_session("s1")
+        slow = await useful.lease("s2", rate=1.0)  # 1 MAC/s: the fewest rows
+        assert slow is not None
+        lease, work = slow
+        assert lease.unit.key == first[0].unit.key and lease.unit.plan.rows == 16
+        assert work.work_root == lease.unit.unit_id and work.a.shape[0] == 16
+        assert work.work_spec().a_root == lease.unit.a_root
+    finally:
+        useful.close()
