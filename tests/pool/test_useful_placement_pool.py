@@ -281,3 +281,30 @@ async def test_cli_registers_lists_uses_and_deletes_an_operand(start_pool, tmp_p
     assert removed.returncode == 0, removed.stderr
     gone = await run("operand", "rm", operand_id)
     assert gone.returncode == 1 and "404" in gone.stderr
+
+
+async def test_a_miner_that_reconnects_keeps_what_it_held(start_pool):
+    handle = await start_pool(WHOLE_B)
+    b = operand(128, 48, 50)
+    operand_id = await register(handle, b)
+    expected_bt = bt_blob(b, 48, 128)
+    login = f"{new_address()}.holder"
+    async with await TestMiner.connect(handle.stratum_port) as first:
+        seen = len(first.jobs) + 1
+        await first.login(login, useful=True)
+        await submit_on(handle, operand(32, 128, 51), operand_id)
+        with trio.fail_after(60):
+            assert not is_blob(await compute(first, await blob_job(first, seen)))
+    async with (
+        await TestMiner.connect(handle.stratum_port) as other,
+        await TestMiner.connect(handle.stratum_port) as again,
+    ):
+        assert not is_blob(await other.login(f"{new_address()}.other", useful=True))
+        assert not is_blob(await again.login(login, useful=True))  # the same address.worker
+        seen_o = len(other.jobs)
+        await submit_on(handle, operand(32, 128, 52), operand_id)
+        with trio.fail_after(60):
+            job = await blob_job(again, len(again.jobs))
+        assert job.work.source.b == expected_bt
+        await trio.sleep(1.0)
+        assert not any(is_blob(j) for j in other.jobs[seen_o:])
