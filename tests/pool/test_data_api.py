@@ -312,7 +312,12 @@ async def _slow_body(raw_piece: bytes, total: int) -> Any:
 @pytest.mark.slow
 async def test_memory_stays_bounded_while_large_results_stream_in(start_pool):
     unit = 2048  # a 16 MiB result per unit; four stream in at once
-    settings = {**USEFUL, "useful.unit_m": unit, "useful.unit_n": unit}
+    settings = {
+        **USEFUL,
+        "useful.unit_m": unit,
+        "useful.unit_n": unit,
+        "useful.unit_start_rows": unit,  # whole units for the unmeasured sessions
+    }
     handle = await start_pool(settings)
     a, b = operands(2 * unit, 32, 2 * unit)
     await submit(handle, a, b)
