@@ -27,6 +27,7 @@ from pool.api_data import PoolData, PoolSnapshot, WorkerSnapshot
 from pool.block_submitter import BlockSubmitter
 from pool.chain.embedded import EmbeddedChain
 from pool.chain.rpc import RpcChain
+from pool.check_procs import open_check_processes
 from pool.config import ConfigError, PoolConfig, node_config
 from pool.context import PoolContext
 from pool.hashrate import HashrateMeter
@@ -209,7 +210,18 @@ async def run_pool(
             useful_metrics = useful.metrics
             metrics.useful_mined_macs = lambda: useful_metrics.mined_macs
             useful_metrics.miners = metrics.miners
-        async with trio.open_nursery() as nursery:
+        check_limiter = trio.CapacityLimiter(p.check_threads)
+        async with (
+            open_check_processes(
+                p.check_processes,
+                check_limiter,
+                blob_path=None if useful is None else useful.blobs.path,
+                observe=metrics.share_check_seconds.observe,
+            ) as processes,
+            trio.open_nursery() as nursery,
+        ):
+            if processes is not None:
+                nursery.start_soon(processes.warm)
             sharelog = ShareLog(
                 ledger,
                 ledger_limiter,
@@ -239,7 +251,7 @@ async def run_pool(
                 chain,
                 ledger,
                 ledger_limiter,
-                trio.CapacityLimiter(p.check_threads),
+                check_limiter,
                 pplns_factor=p.pplns_factor,
                 fee_bps=p.fee_bps,
                 fee_address=fee_address,
@@ -247,6 +259,7 @@ async def run_pool(
                 metrics=metrics,
                 useful=useful,
                 submit_timeout=config.chain.submit_timeout,
+                processes=processes,
                 budget=CheckBudget(
                     config.limits.checks_per_ip_per_second,
                     config.limits.check_burst_per_ip,

@@ -12,6 +12,10 @@ submit is done; then the next waiting submit leads. A leader finishes
 its batches even if its own session is cancelled (shielded, bounded by the queue ahead of
 it); a submit cancelled while it waits leaves the queue. Batches are smaller for large
 ``k`` (at most ``BATCH_K // k`` tickets: a batch's arrays stay a few MiB).
+
+With ``processes`` (:class:`pool.check_procs.CheckProcesses`, ``[pool] check_processes``
+> 0) a leader's batches go to a check process instead, in one round trip; the limiter
+then bounds the processes busy at once.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from pool.check_procs import CheckProcesses
 from pool.jobs import Job
 from pool.share_rules import CheckedTicket, TicketRequest, check_tickets
 
@@ -42,7 +47,8 @@ class _Pending:
 
 
 class CheckBatcher:
-    """Checks submits in batches on at most ``limiter.total_tokens`` threads at once."""
+    """Checks submits in batches on at most ``limiter.total_tokens`` threads (or check
+    processes) at once."""
 
     def __init__(
         self,
@@ -51,8 +57,10 @@ class CheckBatcher:
         max_batch: int = 8,
         batches_per_call: int = 4,
         observe: Callable[[float], None] | None = None,
+        processes: CheckProcesses | None = None,
     ) -> None:
         self.limiter = limiter
+        self.processes = processes
         self.max_batch = max_batch
         self.batches_per_call = batches_per_call  # one thread round trip for this many
         self.observe = observe  # seconds per share of each batch (timed in the thread)
@@ -87,7 +95,10 @@ class CheckBatcher:
             with trio.CancelScope(shield=True):
                 while not own.taken and self._queue:
                     batch = self._take()
-                    await trio.to_thread.run_sync(self._run, batch, limiter=self.limiter)
+                    if self.processes is None:
+                        await trio.to_thread.run_sync(self._run, batch, limiter=self.limiter)
+                    else:
+                        await self._run_in_process(batch)
                     for pending in batch:
                         pending.wake.set()
         finally:
@@ -111,14 +122,32 @@ class CheckBatcher:
         if self._queue and self._leaders < self.limiter.total_tokens:
             self._queue[0].wake.set()
 
-    def _run(self, taken: list[_Pending]) -> None:
-        """In a worker thread: check what was taken, a batch at a time (its arrays stay
-        small), and give each submit its answer."""
+    def _split(self, taken: list[_Pending]) -> list[list[_Pending]]:
+        """What was taken as batches of at most :meth:`_batch_size` (checked one by one)."""
+        batches: list[list[_Pending]] = []
         start = 0
         while start < len(taken):
             size = self._batch_size(taken[start].request[0].work.shape.k)
-            batch = taken[start : start + size]
+            batches.append(taken[start : start + size])
             start += size
+        return batches
+
+    async def _run_in_process(self, taken: list[_Pending]) -> None:
+        """Check what was taken in a check process (one round trip for all its batches)."""
+        assert self.processes is not None
+        batches = self._split(taken)
+        try:
+            answers = await self.processes.check([[p.request for p in b] for b in batches])
+        except Exception as exc:  # a bug: every submit taken is rejected with it
+            answers = [[exc] * len(b) for b in batches]
+        for batch, batch_answers in zip(batches, answers, strict=True):
+            for pending, answer in zip(batch, batch_answers, strict=True):
+                pending.answer = answer
+
+    def _run(self, taken: list[_Pending]) -> None:
+        """In a worker thread: check what was taken, a batch at a time (its arrays stay
+        small), and give each submit its answer."""
+        for batch in self._split(taken):
             started = time.perf_counter()
             try:
                 answers = check_tickets([p.request for p in batch])

@@ -101,6 +101,13 @@ class PoolSection:
     )
     start_difficulty: float = setting(1.0, "share difficulty of a new connection", positive=True)
     check_threads: int = setting(2, "worker threads checking shares", min=1)
+    check_processes: int = setting(
+        0,
+        "worker processes checking shares (0: in the check_threads threads of the pool "
+        "process); each keeps its own row and header caches",
+        min=0,
+        max=256,
+    )
     log_level: str = setting("info", "debug, info, warning or error")
 
 
@@ -338,6 +345,39 @@ class UsefulSection(UsefulConfig):
         "bytes of work API uploads received at once, all "
         "customers together (a body without Content-Length counts as max_upload_bytes); "
         "beyond: 503",
+    )
+    unit_b_max_bytes: int = setting(
+        _USEFUL.unit_b_max_bytes,
+        "units are cut along m only, each with the whole B (one Bᵀ blob a worker keeps), "
+        "while B's padded blob is at most this many bytes; 0 = always cut along m and n",
+        min=0,
+    )
+    unit_seconds: float = setting(
+        _USEFUL.unit_seconds,
+        "a unit is cut at lease time to take about this long on its session "
+        "(from the session's measured hashrate)",
+        positive=True,
+    )
+    unit_min_rows: int = setting(
+        _USEFUL.unit_min_rows, "fewest rows of A a unit is cut to (multiple of 16)", min=16
+    )
+    unit_start_rows: int = setting(
+        _USEFUL.unit_start_rows,
+        "rows of A of a unit for a session without a measured hashrate (multiple of 16; "
+        "at most unit_m)",
+        min=16,
+    )
+    affinity_seconds: float = setting(
+        _USEFUL.affinity_seconds,
+        "seconds a queued unit waits for a connected session that already holds its "
+        "operand blobs before any capable session may lease it",
+        min=0,
+    )
+    max_operands: int = setting(_USEFUL.max_operands, "registered operands per customer", min=1)
+    prefetch: bool = setting(
+        _USEFUL.prefetch,
+        "while a session mines over the data plane, reserve it one more queued unit and "
+        "name it in its jobs (SPEC §12.7 next) so it fetches the operands meanwhile",
     )
     data_plane: bool = setting(
         True,

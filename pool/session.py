@@ -76,7 +76,7 @@ class Session(MinerState):
         )
         self.hashrate = HashrateMeter(now)
         self.inbox = Inbox()
-        self.lease = UsefulLease(ctx.useful, self)
+        self.lease = UsefulLease(ctx.useful, self, self.hashrate)
         self.feed = JobFeed(
             ctx.jobs, self, self.book, self.vardiff, self.lease, self.notify, ctx.metrics
         )

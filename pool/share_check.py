@@ -55,6 +55,7 @@ from pool.abuse import CheckBudget
 from pool.block_submitter import credit_accepted_block, encode_submission, node_verdict, unanswered
 from pool.chain.base import ChainAdapter
 from pool.check_batch import CheckBatcher
+from pool.check_procs import CheckProcesses
 from pool.jobs import Job, JobManager, SessionJobs
 from pool.ledger.base import Ledger, ShareRecord
 from pool.metrics import PoolMetrics
@@ -121,6 +122,7 @@ class ShareChecker:
         useful: UsefulWork | None = None,
         budget: CheckBudget | None = None,
         submit_timeout: float = 10.0,
+        processes: CheckProcesses | None = None,
     ) -> None:
         self.jobs = jobs
         self.sharelog = sharelog
@@ -138,7 +140,12 @@ class ShareChecker:
         self.budget = budget
         self.submit_timeout = submit_timeout  # then a found block is left to the resubmitter
         # Timed inside the thread: the metric is the check, not the wait for a thread.
-        self.batcher = CheckBatcher(check_limiter, observe=metrics.share_check_seconds.observe)
+        # With check processes, their limiter bounds the batches in flight.
+        self.batcher = CheckBatcher(
+            check_limiter if processes is None else processes.limiter,
+            observe=metrics.share_check_seconds.observe,
+            processes=processes,
+        )
 
     def count(self, code: int | None) -> None:
         """Count one submit outcome in the shares metric (None = accepted)."""
@@ -166,6 +173,9 @@ class ShareChecker:
 
         try:
             checked = await self.batcher.check(job, pre.coinbase, pre.header, submit.tile)
+        except ShareRejected:  # not checked (a check process died): may come again
+            job.seen.discard(pre.key)
+            raise
         except ProtocolError as exc:  # the header, coinbase or ticket rules
             raise ShareRejected(f"share cannot be checked: {exc}", exc.code) from None
         except Exception as exc:  # a bug: reject the share, keep the session, say so loudly

@@ -116,11 +116,15 @@ def plan_product(
     r: int = 64,
     unit_m: int = DEFAULT_UNIT_M,
     unit_n: int = DEFAULT_UNIT_N,
+    b_max_bytes: int = 0,
 ) -> ProductPlan:
     """Split ``A (m×k) · B (k×n)`` into units of at most ``unit_m × unit_n`` outputs.
 
     ``r`` is the preferred slab width (see :func:`choose_r`); ``unit_m`` and ``unit_n``
-    must be multiples of 16. Raises ``ProtocolError`` naming the bad dimension.
+    must be multiples of 16. When B's padded blob (``n`` and ``k`` padded) is at most
+    ``b_max_bytes``, units are cut along m only and each holds the whole B: its Bᵀ blob
+    is the same for every unit (and every product on the same B), so a worker keeps it.
+    Raises ``ProtocolError`` naming the bad dimension.
     """
     for name, value in (("m", m), ("n", n), ("k", k)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -132,6 +136,8 @@ def plan_product(
     kp = padded_k(k, slab)
     if kp > MAX_K:
         raise ProtocolError(f"k = {k} pads to {kp}, more than the largest k {MAX_K}")
+    if round_up(n, TILE) * kp <= b_max_bytes:
+        unit_n = round_up(n, TILE)
     units: list[UnitPlan] = []
     for row0 in range(0, m, unit_m):
         rows = min(unit_m, m - row0)
@@ -140,6 +146,45 @@ def plan_product(
             shape = Shape(round_up(rows, TILE), round_up(cols, TILE), kp, slab)
             units.append(UnitPlan(len(units), row0, rows, col0, cols, k, shape))
     return ProductPlan(m, n, k, slab, tuple(units))
+
+
+def sized_rows(
+    macs_per_second: float | None, seconds: float, unit: UnitPlan, lo: int, hi: int, start: int
+) -> int:
+    """Rows of A for a unit like ``unit`` that take about ``seconds`` at ``macs_per_second``.
+
+    A unit's work is one padded product (rows × n × k MACs). ``None`` or a rate ≤ 0 (not
+    measured yet) gives ``start``; the answer is a multiple of 16 in ``[lo, hi]``.
+    """
+    if macs_per_second is None or not macs_per_second > 0:
+        rows = start
+    else:
+        per_row = unit.shape.n * unit.shape.k
+        rows = int(min(float(hi), macs_per_second * seconds / per_row))
+    rows = max(lo, min(hi, rows)) // TILE * TILE
+    return max(TILE, rows)
+
+
+def split_plan(unit: UnitPlan, rows: int) -> tuple[UnitPlan, UnitPlan] | None:
+    """``unit`` cut after its first ``rows`` rows (a multiple of 16): the head and the rest
+    (the rest keeps ``unit``'s index; give it a new one). None if it is not longer."""
+    if rows % TILE or rows <= 0 or rows >= unit.rows:
+        return None
+    s = unit.shape
+    head = UnitPlan(
+        unit.index, unit.row0, rows, unit.col0, unit.cols, unit.k, Shape(rows, s.n, s.k, s.r)
+    )
+    left = unit.rows - rows
+    rest = UnitPlan(
+        unit.index,
+        unit.row0 + rows,
+        left,
+        unit.col0,
+        unit.cols,
+        unit.k,
+        Shape(round_up(left, TILE), s.n, s.k, s.r),
+    )
+    return head, rest
 
 
 def check_operands(a: np.ndarray, b: np.ndarray) -> None:

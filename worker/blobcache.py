@@ -257,6 +257,14 @@ class BlobCache:
         """Keep ``bids`` (and only them) from eviction, e.g. the operands being mined."""
         self.pinned = frozenset(bids)
 
+    def room(self) -> int:
+        """The largest blob the cache could take now: its bound less the pinned blobs."""
+        pinned = 0
+        for bid in self.pinned:
+            with contextlib.suppress(FileNotFoundError):
+                pinned += self._path(bid).stat().st_size
+        return max(0, self.max_bytes - pinned)
+
     def adopt(self, bid: bytes, part: Path, size: int) -> bool:
         """Move a downloaded file whose bytes hash to ``bid`` into the cache (no row
         metadata: the first :meth:`load` verifies its rows); False if it cannot fit beside

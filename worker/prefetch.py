@@ -5,7 +5,8 @@ reserved for this session, and a token that already authorizes their ``GET``.
 :meth:`Prefetcher.want` records them (it never blocks); :meth:`Prefetcher.run`, one task of
 the worker's nursery, fetches them one prefetch at a time into the blob cache, skipping
 what the cache holds, each blob bounded by the cache's size and checked by its content
-hash as it streams (:meth:`~worker.data_client.DataClient.prefetch_blob`), then adopted by
+hash as it streams (:meth:`~worker.data_client.DataClient.prefetch_blob`; one that would
+not fit beside the unit being mined is refused before its bytes travel), then adopted by
 the cache without row metadata: the next job that names it verifies its rows against its
 ``a_root``/``b_root`` on load, and mines it with no download.
 
@@ -107,7 +108,10 @@ class Prefetcher:
             if bid in cache:
                 continue
             part = cache.dir / f".part-next-{bid.hex()}"
-            size = await self._data.prefetch_blob(plane, bid, part, cache.max_bytes)
+            # Only what the cache can keep beside the unit being mined: a blob that would
+            # not fit is refused by its Content-Range, before its bytes travel.
+            room = await trio.to_thread.run_sync(cache.room, limiter=self._limiter)
+            size = await self._data.prefetch_blob(plane, bid, part, room)
             kept = await trio.to_thread.run_sync(
                 cache.adopt, bid, part, size, limiter=self._limiter
             )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from pool.metrics import WorkOfMiners
+from protocol.target import MACS_PER_DIFF1
 from protocol.useful import DEFAULT_UNIT_M, DEFAULT_UNIT_N
 from protocol.work_messages import CHUNK_SIZE, MAX_CHUNK
 from protocol.workload import ALLOWED_R, MAX_K, TILE
@@ -51,6 +52,13 @@ class UsefulConfig:
     max_active_items: int = 8  # queued or running items per customer
     max_queued_bytes: int = 1 << 30  # operand bytes of a customer's unfinished items
     max_inflight_upload_bytes: int = 1 << 30  # uploads being received at once (503 beyond)
+    unit_b_max_bytes: int = 16 << 20  # units keep the whole B while its padded Bᵀ fits
+    unit_seconds: float = 10.0  # a unit is cut to take about this long on its session
+    unit_min_rows: int = 16  # fewest rows of A a unit is cut to (multiple of 16)
+    unit_start_rows: int = 256  # rows of a unit for a session whose rate is not measured
+    affinity_seconds: float = 5.0  # a unit waits this long for a session holding its blobs
+    max_operands: int = 16  # registered operands per customer
+    prefetch: bool = True  # reserve a data-plane session's next unit, named in its jobs
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting that cannot work."""
@@ -58,6 +66,14 @@ class UsefulConfig:
             value = getattr(self, name)
             if value < TILE or value % TILE:
                 raise ValueError(f"useful.{name} must be a positive multiple of 16, got {value}")
+        for name in ("unit_min_rows", "unit_start_rows"):
+            value = getattr(self, name)
+            if value < TILE or value % TILE:
+                raise ValueError(f"useful.{name} must be a positive multiple of 16, got {value}")
+        if not self.unit_seconds > 0:
+            raise ValueError("useful.unit_seconds must be positive")
+        if self.affinity_seconds < 0 or self.unit_b_max_bytes < 0:
+            raise ValueError("useful.affinity_seconds and useful.unit_b_max_bytes must be >= 0")
         if self.r not in ALLOWED_R:
             raise ValueError(f"useful.r must be 32, 64, 128, 256 or 512, got {self.r}")
         if not 256 <= self.chunk_max <= MAX_CHUNK:
@@ -73,9 +89,17 @@ class UsefulConfig:
             "max_active_items",
             "max_queued_bytes",
             "max_inflight_upload_bytes",
+            "max_operands",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"useful.{name} must be at least 1")
+
+    @property
+    def row_bounds(self) -> tuple[int, int, int]:
+        """Rows a unit is cut to: (fewest, for an unmeasured session, most = ``unit_m``)."""
+        hi = self.unit_m
+        lo = min(self.unit_min_rows, hi)
+        return lo, max(lo, min(self.unit_start_rows, hi)), hi
 
     @property
     def false_accept_log2(self) -> int:
@@ -138,8 +162,9 @@ class UsefulMetrics:
         if nbytes:
             self.data_bytes_total.labels(direction, path).inc(nbytes)
 
-    def share_held(self, address: str, worker: str, macs: float) -> None:
-        """Count a share held on a leased unit: ``macs`` expected (difficulty × 2³²)."""
+    def share_held(self, address: str, worker: str, difficulty: float) -> None:
+        """Count a share held on a leased unit: difficulty × 2³² expected MACs."""
+        macs = difficulty * MACS_PER_DIFF1
         self.mined_macs += macs
         if self.miners is not None:
             self.miners.add(address, worker, "useful_mined_macs", macs)

@@ -17,6 +17,8 @@ Routes (mounted by the pool's HTTP app; :func:`create_work_routes`):
   with ``capable_sessions`` as above.
 - ``GET /api/work/{id}/result`` — the product as ``.npy`` (int32, m×n) once ``done``;
   ``409`` before.
+- ``/api/work/operands`` — registered operands B, and ``POST /api/work?b_operand=ID`` with
+  A alone (:mod:`pool.useful.operand_api`).
 
 Customers authenticate with ``Authorization: Bearer TOKEN`` (tokens from the pool's
 config). With no tokens configured the API answers loopback clients only. A customer
@@ -37,6 +39,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from pool.useful.blobstore import BlobStore
+from pool.useful.operand_api import OperandApi
 from pool.useful.queue import ItemStatus, WorkError, WorkInputError, WorkLimitError, WorkQueue
 from pool.useful.upload import (
     FLUSH_BYTES,
@@ -111,6 +114,7 @@ class WorkApi:
         self.limiter = limiter
         self.max_body = queue.config.max_upload_bytes + UPLOAD_SLACK
         self.budget = UploadBudget(queue.config.max_inflight_upload_bytes)
+        self.operands = OperandApi(queue, self.budget, limiter, self.max_body)
 
     def customer(self, request: Request) -> str:
         """The customer behind ``request``; raises ``_Denied`` (401/403)."""
@@ -225,7 +229,12 @@ class WorkApi:
     async def submit(self, request: Request) -> Response:
         try:
             customer = self.customer(request)
-            status = await self._receive(request, customer)
+            b_operand = request.query_params.get("b_operand")
+            if b_operand is None:
+                status = await self._receive(request, customer)
+            else:
+                declared = self._declared_size(request)
+                status = await self.operands.submit_on(request, customer, b_operand, declared)
         except _Denied as exc:  # the body may be unread: close the connection after
             return _error(exc.status, str(exc), headers={"Connection": "close"})
         except WorkBusyError as exc:
@@ -240,6 +249,45 @@ class WorkApi:
         return JSONResponse(
             status.to_json(), status_code=201, headers={"Location": f"/api/work/{status.id}"}
         )
+
+    async def operand_add(self, request: Request) -> Response:
+        try:
+            customer = self.customer(request)
+            declared = self._declared_size(request)
+            info = await self.operands.register(request, customer, declared)
+        except _Denied as exc:
+            return _error(exc.status, str(exc), headers={"Connection": "close"})
+        except WorkBusyError as exc:
+            return _error(exc.http_status, str(exc), headers={"Retry-After": str(exc.retry_after)})
+        except WorkError as exc:
+            await self._drain(request)
+            return _error(exc.http_status, str(exc), headers={"Connection": "close"})
+        return JSONResponse(
+            info.to_json(),
+            status_code=201,
+            headers={"Location": f"/api/work/operands/{info.id.hex()}"},
+        )
+
+    async def operand_list(self, request: Request) -> Response:
+        try:
+            found = await self.operands.listed(self.customer(request))
+        except _Denied as exc:
+            return _error(exc.status, str(exc))
+        return JSONResponse({"operands": [info.to_json() for info in found]})
+
+    async def operand_one(self, request: Request) -> Response:
+        try:
+            customer = self.customer(request)
+            operand_id = request.path_params["operand_id"]
+            if request.method == "DELETE":
+                await self.operands.delete(customer, operand_id)
+                return JSONResponse({"deleted": operand_id})
+            info = await self.operands.one(customer, operand_id)
+        except _Denied as exc:
+            return _error(exc.status, str(exc))
+        except WorkError as exc:
+            return _error(exc.http_status, str(exc))
+        return JSONResponse(info.to_json())
 
     async def _item_status(self, request: Request) -> ItemStatus | Response:
         """The status of the work item a request names, or the error response."""
@@ -271,6 +319,7 @@ class WorkApi:
             "max_upload_bytes": cfg.max_upload_bytes,
             "max_active_items": cfg.max_active_items,
             "max_queued_bytes": cfg.max_queued_bytes,
+            "max_operands": cfg.max_operands,
         }
 
     async def info(self, request: Request) -> Response:
@@ -322,6 +371,9 @@ def create_work_routes(
     return [
         Route("/api/work", api.submit, methods=["POST"]),
         Route("/api/work", api.info, methods=["GET"]),
+        Route("/api/work/operands", api.operand_add, methods=["POST"]),
+        Route("/api/work/operands", api.operand_list, methods=["GET"]),
+        Route("/api/work/operands/{operand_id}", api.operand_one, methods=["GET", "DELETE"]),
         Route("/api/work/{work_id}", api.status, methods=["GET"]),
         Route("/api/work/{work_id}/result", api.result, methods=["GET"]),
     ]

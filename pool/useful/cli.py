@@ -1,6 +1,8 @@
 """``matmine-pool work …``: submit a product to a pool's work API, poll it, fetch C.
 
     matmine-pool work submit --api http://HOST:PORT A.npy B.npy [--wait] [-o C.npy] [--token T]
+    matmine-pool work submit --b-operand ID A.npy [--wait] [-o C.npy]   (B registered before)
+    matmine-pool work operand add B.npy | operand list | operand rm ID
     matmine-pool work status --api http://HOST:PORT ID [--token T]
     matmine-pool work result --api http://HOST:PORT ID -o C.npy [--token T]
 
@@ -27,7 +29,13 @@ from typing import Any
 
 import httpx
 
-from pool.useful.cli_check import NO_WORKER, OperandError, Progress, check_operand_files
+from pool.useful.cli_check import (
+    NO_WORKER,
+    OperandError,
+    Progress,
+    check_operand_file,
+    check_operand_files,
+)
 
 DEFAULT_API = "http://127.0.0.1:8080"
 
@@ -99,20 +107,32 @@ def _work_info(client: httpx.Client) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-def submit(args: argparse.Namespace) -> int:
-    paths = [Path(args.a), Path(args.b)]
-    for name, path in zip("AB", paths, strict=True):
+def _operand_paths(args: argparse.Namespace) -> list[Path]:
+    """A and B (or A alone with ``--b-operand``), checked here first unless ``--no-check``."""
+    if (args.b is None) == (args.b_operand is None):
+        raise CliError("give B.npy or --b-operand ID (one of them)", code=2)
+    paths = [Path(args.a)] if args.b is None else [Path(args.a), Path(args.b)]
+    for name, path in zip("AB", paths, strict=False):
         if not path.is_file():
             raise CliError(f"{path}: {name} is not a readable file (nothing uploaded)", code=2)
     if args.check:
         try:
-            check_operand_files(paths[0], paths[1])
+            if len(paths) == 2:
+                check_operand_files(paths[0], paths[1])
+            else:
+                check_operand_file(paths[0], "A")
         except OperandError as exc:
             raise CliError(f"{exc} (nothing uploaded)", code=2) from None
+    return paths
+
+
+def submit(args: argparse.Namespace) -> int:
+    paths = _operand_paths(args)
     size = sum(p.stat().st_size for p in paths)
+    params = {} if args.b_operand is None else {"b_operand": args.b_operand}
     with _client(args) as client:
         info = _work_info(client)
-        if args.check and info.get("limits"):
+        if args.check and info.get("limits") and len(paths) == 2:
             try:
                 check_operand_files(paths[0], paths[1], info["limits"])
             except OperandError as exc:
@@ -122,6 +142,7 @@ def submit(args: argparse.Namespace) -> int:
         status = _check(
             client.post(
                 "/api/work",
+                params=params,
                 content=_npy_stream(paths),
                 headers={"Content-Type": "application/x-npy", "Content-Length": str(size)},
             )
@@ -164,6 +185,36 @@ def result(args: argparse.Namespace) -> int:
     with _client(args) as client:
         _fetch_result(client, args.id, Path(args.output))
     print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def operand(args: argparse.Namespace) -> int:
+    """``work operand add|list|rm``: registered operands B of this customer."""
+    with _client(args) as client:
+        if args.operand_command == "add":
+            path = Path(args.b)
+            if not path.is_file():
+                raise CliError(f"{path}: B is not a readable file (nothing uploaded)", code=2)
+            try:
+                check_operand_file(path, "B")
+            except OperandError as exc:
+                raise CliError(f"{exc} (nothing uploaded)", code=2) from None
+            answer = _check(
+                client.post(
+                    "/api/work/operands",
+                    content=_npy_stream([path]),
+                    headers={
+                        "Content-Type": "application/x-npy",
+                        "Content-Length": str(path.stat().st_size),
+                    },
+                )
+            )
+            print(answer["id"], flush=True)
+        elif args.operand_command == "list":
+            print(json.dumps(_check(client.get("/api/work/operands")), indent=2))
+        else:
+            _check(client.delete(f"/api/work/operands/{args.id}"))
+            print(f"deleted {args.id}", file=sys.stderr)
     return 0
 
 
@@ -212,7 +263,10 @@ def add_work_subcommands(subparsers: Any) -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit C = A·B (A m×k, B k×n int8 .npy, in [-64, 64])")
     p.add_argument("a", help="A as .npy (int8, m×k)")
-    p.add_argument("b", help="B as .npy (int8, k×n)")
+    p.add_argument("b", nargs="?", help="B as .npy (int8, k×n); or --b-operand")
+    p.add_argument(
+        "--b-operand", default=None, help="id of a registered B (work operand add) instead of B"
+    )
     p.add_argument("--wait", action="store_true", help="poll until the product is done")
     p.add_argument("-o", "--output", help="with --wait: write C (int32 .npy, m×n) here")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between polls (default 1)")
@@ -247,6 +301,20 @@ def add_work_subcommands(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="where to write C (int32 .npy)")
     _common(p)
     p.set_defaults(func=_run(result))
+
+    p = sub.add_parser("operand", help="register, list or delete operands B kept by the pool")
+    ops = p.add_subparsers(dest="operand_command", required=True)
+    q = ops.add_parser("add", help="register B (int8 k×n .npy); prints its id")
+    q.add_argument("b", help="B as .npy (int8, k×n)")
+    _common(q)
+    q.set_defaults(func=_run(operand))
+    q = ops.add_parser("list", help="list this customer's registered operands")
+    _common(q)
+    q.set_defaults(func=_run(operand))
+    q = ops.add_parser("rm", help="delete a registered operand (queued products go on)")
+    q.add_argument("id", help="operand id printed by add")
+    _common(q)
+    q.set_defaults(func=_run(operand))
     return work
 
 

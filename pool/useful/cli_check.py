@@ -62,6 +62,15 @@ def _check_range(path: Path, name: str, array: np.ndarray) -> None:
             )
 
 
+def check_operand_file(path: Path, name: str) -> tuple[int, int]:
+    """The shape of one operand file (``name`` "A" or "B"); :class:`OperandError` if it is
+    not a 2-D int8 ``.npy`` with entries in [-64, 64]."""
+    array = _open(path, name)
+    _check_range(path, name, array)
+    rows, cols = array.shape
+    return int(rows), int(cols)
+
+
 def check_operand_files(
     a_path: Path, b_path: Path, limits: Mapping[str, Any] | None = None
 ) -> tuple[int, int, int]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import trio
@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from pool.useful.judge import ResultStream, sweep_spools
-from pool.useful.queue import Lease
+from pool.useful.queue import Lease, LeaseError
 from pool.useful.service import Credit, UsefulWork
 from protocol.errors import ProtocolError
 
@@ -104,8 +104,9 @@ class DataApi:
         self.streaming = 0
         sweep_spools(useful.blobs)  # a restart released every lease: their spools are void
 
-    async def _lease(self, request: Request) -> Lease:
-        """The active lease of the request's bearer token; ``_Refused`` 401/403."""
+    async def _lease(self, request: Request, blob: bool = False) -> Lease:
+        """The open lease of the request's bearer token (for a ``blob`` GET, also a live
+        reservation's stand-in: SPEC §12.7 prefetch); ``_Refused`` 401/403."""
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -114,10 +115,9 @@ class DataApi:
                 "this needs Authorization: Bearer <the job's token>",
                 {"WWW-Authenticate": "Bearer"},
             )
-        lease_id = self.useful.tokens.lease_id(token.strip())
-        lease = None if lease_id is None else await self.useful.active_lease(lease_id)
+        lease = await self.useful.token_lease(token.strip(), blob=blob)
         if lease is None:
-            self._drop(lease_id)
+            self._drop(self.useful.tokens.lease_id(token.strip()))
             raise _Refused(403, "the token is not one of an active lease of this pool")
         return lease
 
@@ -133,7 +133,7 @@ class DataApi:
     async def blob(self, request: Request) -> Response:
         try:
             bid = self._hash(request, "hash")
-            lease = await self._lease(request)
+            lease = await self._lease(request, blob=True)
             if bid not in (lease.unit.a_blob, lease.unit.b_blob):
                 raise _Refused(403, "this blob is not an operand of the token's lease")
             path = self.useful.blobs.path(bid)
@@ -159,23 +159,34 @@ class DataApi:
         if request.method == "HEAD":  # the headers only; nothing is read
             return Response(status_code=status, headers=headers)
         return StreamingResponse(
-            self._stream(path, start, end),
+            self._stream(path, start, end, lambda sent: self._served(lease, bid, sent, total)),
             status_code=status,
             headers=headers,
             media_type="application/octet-stream",
         )
 
-    async def _stream(self, path: os.PathLike[str], start: int, end: int) -> AsyncIterator[bytes]:
-        async with await trio.open_file(path, "rb") as f:
-            await f.seek(start)
-            left = end - start
-            while left > 0:
-                data = await f.read(min(READ_CHUNK, left))
-                if not data:
-                    return
-                left -= len(data)
-                self.useful.metrics.data_bytes("out", "http", len(data))
-                yield data
+    def _served(self, lease: Lease, bid: bytes, sent: int, total: int) -> None:
+        """Bytes of a blob that reached the lease's worker (affinity: who holds what)."""
+        self.useful.note_served(lease, bid, sent, total)
+
+    async def _stream(
+        self, path: os.PathLike[str], start: int, end: int, done: Callable[[int], None]
+    ) -> AsyncIterator[bytes]:
+        sent = 0
+        try:
+            async with await trio.open_file(path, "rb") as f:
+                await f.seek(start)
+                left = end - start
+                while left > 0:
+                    data = await f.read(min(READ_CHUNK, left))
+                    if not data:
+                        return
+                    left -= len(data)
+                    self.useful.metrics.data_bytes("out", "http", len(data))
+                    yield data
+                    sent += len(data)
+        finally:
+            done(sent)
 
     # -- results --------------------------------------------------------------------------
 
@@ -233,6 +244,8 @@ class DataApi:
                     f"{MAX_UPLOADS} result uploads are streaming: retry later",
                     {"Retry-After": RETRY_AFTER},
                 )
+            if int(raw_offset) == 0:
+                await self._upload_starts(lease)
             upload = self._open(lease, int(raw_offset), digest)
             self.streaming += 1
             upload.busy = True
@@ -250,6 +263,14 @@ class DataApi:
             return await self._finish(lease, upload)
         except _Refused as exc:
             return _error(exc)
+
+    async def _upload_starts(self, lease: Lease) -> None:
+        """SPEC §12.7 overlap: a PUT at 0 ends the lease's mining (the session's next job
+        goes out now); ``_Refused`` 409 while another result of the session uploads."""
+        try:
+            await self.useful.upload_started(lease)
+        except LeaseError as exc:
+            raise _Refused(409, str(exc)) from None
 
     async def _receive(self, request: Request, lease: Lease, upload: _Upload) -> None:
         """Spool the body; ``_Refused`` 413 (the upload dropped) past the result's end."""

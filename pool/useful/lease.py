@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import logging
 
+import trio
+
+from pool.hashrate import HashrateMeter
 from pool.jobs import SessionJobs
 from pool.miner_state import MinerState
-from pool.useful.queue import Lease
+from pool.useful.affinity import BlobHolders
+from pool.useful.queue import Lease, LeaseError
 from pool.useful.results import Verdict
 from pool.useful.service import Credit, Delivery, UsefulWork
 from pool.useful.unitwork import UnitWork
@@ -33,9 +37,22 @@ log = logging.getLogger("pool.session")
 class UsefulLease:
     """Useful work for the session whose state is ``miner`` (``useful`` None: none)."""
 
-    def __init__(self, useful: UsefulWork | None, miner: MinerState) -> None:
+    def __init__(
+        self,
+        useful: UsefulWork | None,
+        miner: MinerState,
+        hashrate: HashrateMeter | None = None,
+    ) -> None:
         self._useful = useful
         self.miner = miner
+        self.hashrate = hashrate  # the session's accepted shares: units are cut to its rate
+
+    def rate(self) -> float | None:
+        """The session's MAC/s over the last minute of accepted shares (None: none yet)."""
+        meter = self.hashrate
+        if meter is None or meter.last_share is None:
+            return None
+        return meter.rates(trio.current_time())["1m"]
 
     @property
     def work(self) -> UsefulWork | None:
@@ -57,15 +74,21 @@ class UsefulLease:
         if useful is None:
             return None
         try:
-            return await useful.lease(self.miner.work_key)
+            miner = BlobHolders.miner_key(self.miner.address, self.miner.worker)
+            return await useful.lease(self.miner.work_key, miner, self.rate())
         except Exception as exc:  # a broken unit must not stop mining: synthetic work
             log.error("could not lease useful work to %s: %s", self.miner.login, exc)
             return None
 
     async def attach(self, lease: Lease, job_id: str) -> None:
-        """Note that job ``job_id`` mines ``lease``'s unit."""
+        """Note that job ``job_id`` mines ``lease``'s unit. A lease that ended meanwhile
+        (its result came in while the job was made) is not attached: the job's shares are
+        stale, and the end of the lease sends the session a fresh job anyway."""
         assert self.work is not None
-        await self.work.attach(lease, self.miner.work_key, job_id)
+        try:
+            await self.work.attach(lease, self.miner.work_key, job_id)
+        except LeaseError as exc:
+            log.info("job %s of %s not attached: %s", job_id, self.miner.login, exc)
 
     async def release(self) -> None:
         """The connection ended: its unit goes back to the queue (errors are logged)."""

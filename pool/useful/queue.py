@@ -6,9 +6,11 @@ in the :class:`~pool.useful.blobstore.BlobStore`. Unit states: ``queued`` → ``
 (leased) → ``done`` (result verified) or back to ``queued`` (worker gone, deadline
 missed, wrong result); ``failed`` after ``max_attempts`` wrong results, which fails the
 item. Item states: ``queued``, ``running``, ``done`` (product assembled), ``failed``.
-Lease states: ``active`` → ``delivered`` (the whole result is in and being judged: no
-more shares are held, the session may take another unit) → ``verified`` or ``rejected``;
-or ``released`` (disconnect, restart) / ``expired`` (deadline; active leases only).
+Lease states: ``active`` → (``uploading``: its HTTP result upload started, it mines no
+more, the session may take another unit) → ``delivered`` (the whole result is in and being
+judged: no more shares are held, the session may take another unit) → ``verified`` or
+``rejected``; or ``released`` (disconnect, restart) / ``expired`` (deadline; active or
+uploading leases).
 
 A **lease** gives one unit to one session until a deadline. A session holds at most one
 active lease: :meth:`WorkQueue.lease` returns it again while it lasts, so each new job of
@@ -20,9 +22,11 @@ pool credits a verified lease's held shares (:meth:`held_shares`) *before* it ca
 :meth:`complete`, so a crash in between never loses an acknowledged share: the restart
 releases the lease (the unit is computed again) and the ledger ignores a share twice.
 
-The queue is three files: the model and its SQLite file (:mod:`pool.useful.queue_model`),
-the customer side (:mod:`pool.useful.queue_items`) and the lease side
-(:mod:`pool.useful.queue_leases`); :class:`WorkQueue` is the two sides together.
+The queue is five files: the model and its SQLite file (:mod:`pool.useful.queue_model`),
+the customer side (:mod:`pool.useful.queue_items`), registered operands
+(:mod:`pool.useful.queue_operands`), the lease side (:mod:`pool.useful.queue_leases`:
+which unit suits a session, by the blobs it holds) and cutting a unit at lease time
+(:mod:`pool.useful.queue_split`); :class:`WorkQueue` is them together.
 
 Everything is in one SQLite file (WAL) in the pool's data dir, so a restart loses no
 queued unit, verified result or held share. At start, leases of the previous process
@@ -36,6 +40,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from pool.useful import UsefulConfig
 from pool.useful.blobstore import BlobStore
 from pool.useful.queue_items import ItemSide
@@ -45,6 +51,7 @@ from pool.useful.queue_model import (
     OPEN_STATES,
     ItemStatus,
     Lease,
+    LeaseChoice,
     LeaseEnd,
     LeaseError,
     Unit,
@@ -53,14 +60,17 @@ from pool.useful.queue_model import (
     WorkLimitError,
     WorkNotFound,
 )
+from pool.useful.queue_operands import OperandInfo, OperandSide
 
 __all__ = [
     "LEASE_STATES",
     "OPEN_STATES",
     "ItemStatus",
     "Lease",
+    "LeaseChoice",
     "LeaseEnd",
     "LeaseError",
+    "OperandInfo",
     "Unit",
     "WorkError",
     "WorkInputError",
@@ -70,7 +80,7 @@ __all__ = [
 ]
 
 
-class WorkQueue(ItemSide, LeaseSide):
+class WorkQueue(ItemSide, LeaseSide, OperandSide):
     """Items, units, leases and held shares in SQLite at ``path``.
 
     Opening releases the leases of the previous process (``recovered``: their ends).
@@ -87,6 +97,15 @@ class WorkQueue(ItemSide, LeaseSide):
     ) -> None:
         super().__init__(path, blobs, config, clock=clock, on_units_changed=on_units_changed)
         self.recovered = self._release_where(
-            "state IN ('active', 'delivered')", (), "released", "restart"
+            "state IN ('active', 'uploading', 'delivered')", (), "released", "restart"
         )
         self._units_changed()
+
+    def submit_on_operand(self, customer: str, a: np.ndarray, operand_id: bytes) -> ItemStatus:
+        """Queue ``a · B`` where B is ``customer``'s registered operand ``operand_id``."""
+        b = self.operand_matrix(customer, operand_id)
+        return self.submit(customer, a, b, b_operand=operand_id)
+
+    def referenced_blobs(self) -> set[bytes]:
+        """Every blob still needed: the items' (units, results) and registered operands."""
+        return super().referenced_blobs() | self.operand_blobs()

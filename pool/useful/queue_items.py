@@ -34,8 +34,12 @@ from protocol.useful import ProductPlan, check_operands, plan_product, unit_id, 
 class ItemSide(QueueDb):
     """Customers' items and their units."""
 
-    def submit(self, customer: str, a: np.ndarray, b: np.ndarray) -> ItemStatus:
+    def submit(
+        self, customer: str, a: np.ndarray, b: np.ndarray, *, b_operand: bytes | None = None
+    ) -> ItemStatus:
         """Queue the product ``a (m×k) · b (k×n)`` for ``customer``; returns its status.
+
+        ``b_operand``: the id of the registered operand ``b`` is (kept with the item).
 
         Raises :class:`WorkInputError` for operands that are not a valid product and
         :class:`WorkLimitError` when it breaks a size or count limit. CPU work (row
@@ -88,14 +92,14 @@ class ItemSide(QueueDb):
             self._check_customer(customer, operand_bytes, db)  # again, inside the transaction
             db.execute(
                 "INSERT INTO items (id, customer, m, n, k, r, state, units, operand_bytes, "
-                "created) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
-                (item_id, customer, m, n, k, plan.r, len(rows), operand_bytes, now),
+                "created, b_operand) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                (item_id, customer, m, n, k, plan.r, len(rows), operand_bytes, now, b_operand),
             )
             db.executemany(
                 "INSERT INTO units (item, idx, unit_id, row0, rows, col0, cols, k_real, m, n, "
-                "k, r, a_blob, b_blob, a_root, b_root, state) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued')",
-                [(item_id, *row) for row in rows],
+                "k, r, a_blob, b_blob, a_root, b_root, state, queued_since) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+                [(item_id, *row, now) for row in rows],
             )
         self._units_changed()
         return self.status(item_id)
@@ -116,7 +120,15 @@ class ItemSide(QueueDb):
                 f"A and B are {operand_bytes} bytes, over the limit of {cfg.max_upload_bytes}"
             )
         try:
-            plan = plan_product(m, n, k, r=cfg.r, unit_m=cfg.unit_m, unit_n=cfg.unit_n)
+            plan = plan_product(
+                m,
+                n,
+                k,
+                r=cfg.r,
+                unit_m=cfg.unit_m,
+                unit_n=cfg.unit_n,
+                b_max_bytes=cfg.unit_b_max_bytes,
+            )
         except ProtocolError as exc:
             raise WorkLimitError(str(exc)) from None
         if plan.k_padded > cfg.max_k:

@@ -11,35 +11,155 @@ import json
 import sqlite3
 from typing import Any
 
-from pool.useful.queue_model import OPEN_STATES, Lease, LeaseEnd, LeaseError, QueueDb
+from pool.useful.queue_model import (
+    OPEN_STATES,
+    UNIT_COLUMNS,
+    Lease,
+    LeaseChoice,
+    LeaseEnd,
+    LeaseError,
+    Unit,
+    unit_from_row,
+)
+from pool.useful.queue_split import SplitSide
+
+PICK_CANDIDATES = 512
+"""Queued units (oldest first) a lease chooses among."""
 
 
-class LeaseSide(QueueDb):
+class LeaseSide(SplitSide):
     """Leases of units to sessions and the shares held on them."""
 
-    def lease(self, session: str) -> Lease | None:
-        """The session's active lease, or a new one on the oldest queued unit; None if idle.
+    def lease(self, session: str, choice: LeaseChoice | None = None) -> Lease | None:
+        """The session's active lease, or a new one on a queued unit; None if idle.
 
         A unit is not leased again to a session whose result for it was rejected. A
-        delivered lease is not active: its session gets another unit.
+        delivered lease is not active: its session gets another unit. ``choice`` says
+        which unit suits the session (:meth:`lease_or_wait`).
         """
+        got = self.lease_or_wait(session, choice or LeaseChoice())
+        return got if isinstance(got, Lease) else None
+
+    def lease_or_wait(self, session: str, choice: LeaseChoice) -> Lease | float | None:
+        """As :meth:`lease`, choosing by ``choice``: a unit whose blobs the session holds
+        first, then one no other connected session holds, then (once it has waited
+        ``affinity_seconds`` since it was queued) any. Returns the lease, or the time at
+        which a unit held back for another session becomes free, or None (nothing queued).
+        A unit longer than ``choice.rows`` is cut first (its head is leased)."""
         self.expire()
+        for _ in range(3):  # a unit taken by another session meanwhile: choose again
+            with self._tx() as db:
+                row = db.execute(
+                    "SELECT id FROM leases WHERE session = ? AND state = 'active'", (session,)
+                ).fetchone()
+                if row is not None:
+                    return self._lease(db, row[0])  # continued: the unit counts did not change
+                picked = self._pick(db, session, choice)
+            if not isinstance(picked, Unit):
+                return picked
+            if choice.rows is not None and picked.key != choice.reserved:
+                self.split_unit(picked, choice.rows(picked.plan))
+            lease = self._lease_unit(session, picked.key)
+            if lease is not None:
+                self._units_changed()
+                return lease
+        return None
+
+    def _pick(
+        self, db: sqlite3.Connection, session: str, choice: LeaseChoice
+    ) -> Unit | float | None:
+        rows = db.execute(
+            f"SELECT {UNIT_COLUMNS}, queued_since FROM units u WHERE u.state = 'queued' AND "
+            "NOT EXISTS (SELECT 1 FROM leases l WHERE l.unit = u.key AND l.session = ? "
+            "AND l.state = 'rejected') ORDER BY u.key LIMIT ?",
+            (session, PICK_CANDIDATES),
+        ).fetchall()
+        units = [(unit_from_row(r[:-1]), float(r[-1])) for r in rows]
+        for unit, _ in units:
+            if unit.key == choice.reserved:
+                return unit
+        for unit, _ in units:
+            allowed = choice.take_excluded or unit.key not in choice.exclude
+            if allowed and (unit.a_blob in choice.held or unit.b_blob in choice.held):
+                return unit
+        # units reserved for other sessions last: an idle session takes one rather than wait
+        units.sort(key=lambda pair: pair[0].key in choice.exclude)
+        if not choice.take_excluded:
+            units = [(u, since) for u, since in units if u.key not in choice.exclude]
+        if not units:
+            return None
+        now = self.clock()
+        free_at: float | None = None
+        for unit, since in units:
+            waits = self._affinity_wait(db, unit, since, choice)
+            if waits <= now:
+                return unit
+            free_at = waits if free_at is None else min(free_at, waits)
+        return free_at
+
+    @staticmethod
+    def _affinity_wait(
+        db: sqlite3.Connection, unit: Unit, queued_since: float, choice: LeaseChoice
+    ) -> float:
+        """Until when ``unit`` waits for the idle sessions that hold its blobs (0: none)."""
+        holders = {**choice.others.get(unit.a_blob, {}), **choice.others.get(unit.b_blob, {})}
+        if not holders:
+            return 0.0
+        barred = {
+            r[0]
+            for r in db.execute(
+                "SELECT session FROM leases WHERE unit = ? AND state = 'rejected'", (unit.key,)
+            )
+        }
+        waits = [
+            max(queued_since, since) + choice.affinity_seconds
+            for session, since in holders.items()
+            if session not in barred
+        ]
+        return max(waits, default=0.0)
+
+    def reservable(self, session: str, choice: LeaseChoice) -> Unit | None:
+        """A queued unit to reserve for ``session`` next (chosen and cut as a lease is),
+        left queued; None when none suits it now."""
+        with self._tx() as db:
+            picked = self._pick(db, session, choice)
+        if not isinstance(picked, Unit):
+            return None
+        if choice.rows is not None and self.split_unit(picked, choice.rows(picked.plan)):
+            with self._lock:
+                row = self._db.execute(
+                    f"SELECT {UNIT_COLUMNS} FROM units WHERE key = ?", (picked.key,)
+                ).fetchone()
+            picked = unit_from_row(row)
+        return picked
+
+    def start_upload(self, lease_id: int) -> Lease:
+        """The result upload of active lease ``lease_id`` started: it mines no more (its
+        shares are stale, its session leases its next unit) and stays open for the upload
+        until delivered or its deadline. Raises :class:`LeaseError` if it is not active or
+        its session has another lease still uploading."""
+        with self._tx() as db:
+            lease = self._active(db, lease_id)
+            other = db.execute(
+                "SELECT id FROM leases WHERE session = ? AND state = 'uploading'",
+                (lease.session,),
+            ).fetchone()
+            if other is not None:
+                raise LeaseError(
+                    f"the result of lease {other[0]} of this session is still uploading"
+                )
+            db.execute("UPDATE leases SET state = 'uploading' WHERE id = ?", (lease_id,))
+            return Lease(lease.id, lease.session, lease.deadline, "uploading", lease.unit)
+
+    def _lease_unit(self, session: str, key: int) -> Lease | None:
+        """A new lease of unit ``key`` to ``session`` if the unit is still queued."""
         now = self.clock()
         with self._tx() as db:
             row = db.execute(
-                "SELECT id FROM leases WHERE session = ? AND state = 'active'", (session,)
+                "SELECT item FROM units WHERE key = ? AND state = 'queued'", (key,)
             ).fetchone()
-            if row is not None:
-                return self._lease(db, row[0])  # continued: the unit counts did not change
-            unit = db.execute(
-                "SELECT u.key, u.item FROM units u WHERE u.state = 'queued' AND NOT EXISTS "
-                "(SELECT 1 FROM leases l WHERE l.unit = u.key AND l.session = ? "
-                "AND l.state = 'rejected') ORDER BY u.key LIMIT 1",
-                (session,),
-            ).fetchone()
-            if unit is None:
+            if row is None:
                 return None
-            key, item = unit
             lease_id = db.execute(
                 "INSERT INTO leases (unit, session, created, deadline, state) "
                 "VALUES (?, ?, ?, ?, 'active')",
@@ -49,11 +169,9 @@ class LeaseSide(QueueDb):
             db.execute("UPDATE units SET state = 'running' WHERE key = ?", (key,))
             db.execute(
                 "UPDATE items SET state = 'running' WHERE id = ? AND state = 'queued'",
-                (item,),
+                (row[0],),
             )
-            lease = self._lease(db, lease_id)
-        self._units_changed()
-        return lease
+            return self._lease(db, lease_id)
 
     def get_lease(self, lease_id: int) -> Lease:
         with self._lock:
@@ -97,10 +215,12 @@ class LeaseSide(QueueDb):
         """The lease's whole result is in: hold no more shares for it (they are stale) and
         let its session lease another unit, while the result is judged.
 
-        Raises :class:`LeaseError` if the lease is not active.
+        Raises :class:`LeaseError` if the lease is neither active nor uploading.
         """
         with self._tx() as db:
-            lease = self._active(db, lease_id)
+            lease = self._lease(db, lease_id)
+            if lease.state not in ("active", "uploading"):
+                raise LeaseError(f"lease {lease_id} is {lease.state}, not active")
             db.execute("UPDATE leases SET state = 'delivered' WHERE id = ?", (lease_id,))
             return Lease(lease.id, lease.session, lease.deadline, "delivered", lease.unit)
 
@@ -143,8 +263,8 @@ class LeaseSide(QueueDb):
             attempts = lease.unit.attempts + 1
             unit_state = "failed" if attempts >= self.config.max_attempts else "queued"
             db.execute(
-                "UPDATE units SET state = ?, attempts = ? WHERE key = ?",
-                (unit_state, attempts, lease.unit.key),
+                "UPDATE units SET state = ?, attempts = ?, queued_since = ? WHERE key = ?",
+                (unit_state, attempts, now, lease.unit.key),
             )
             if unit_state == "failed":
                 db.execute(
@@ -166,7 +286,7 @@ class LeaseSide(QueueDb):
     def release_session(self, session: str) -> list[LeaseEnd]:
         """The session disconnected: its active lease ends, the unit goes back to the queue."""
         ends = self._release_where(
-            "state IN ('active', 'delivered') AND session = ?",
+            "state IN ('active', 'uploading', 'delivered') AND session = ?",
             (session,),
             "released",
             "disconnected",
@@ -177,7 +297,10 @@ class LeaseSide(QueueDb):
     def expire(self) -> list[LeaseEnd]:
         """End every active lease past its deadline; their units go back to the queue."""
         ends = self._release_where(
-            "state = 'active' AND deadline < ?", (self.clock(),), "expired", "deadline passed"
+            "state IN ('active', 'uploading') AND deadline < ?",
+            (self.clock(),),
+            "expired",
+            "deadline passed",
         )
         if ends:
             self._units_changed()
@@ -187,7 +310,7 @@ class LeaseSide(QueueDb):
         """The earliest deadline of an active lease (when to call :meth:`expire` next)."""
         with self._lock:
             return self._db.execute(
-                "SELECT MIN(deadline) FROM leases WHERE state = 'active'"
+                "SELECT MIN(deadline) FROM leases WHERE state IN ('active', 'uploading')"
             ).fetchone()[0]
 
     # --- internals ------------------------------------------------------------------
@@ -200,8 +323,9 @@ class LeaseSide(QueueDb):
             for lease_id in ids:
                 lease = self._lease(db, lease_id)
                 db.execute(
-                    "UPDATE units SET state = 'queued' WHERE key = ? AND state = 'running'",
-                    (lease.unit.key,),
+                    "UPDATE units SET state = 'queued', queued_since = ? "
+                    "WHERE key = ? AND state = 'running'",
+                    (now, lease.unit.key),
                 )
                 ends.append(LeaseEnd(lease, state, self._end(db, lease, state, now, reason)))
         return ends

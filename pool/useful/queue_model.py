@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,13 +77,35 @@ CREATE TABLE IF NOT EXISTS held_shares (
 );
 CREATE INDEX IF NOT EXISTS held_shares_lease ON held_shares(lease);
 """
-MIGRATIONS = [SCHEMA_V1]
+SCHEMA_V2 = """
+CREATE TABLE operands (
+    customer TEXT NOT NULL,
+    id BLOB NOT NULL,
+    k INTEGER NOT NULL, n INTEGER NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (customer, id)
+);
+ALTER TABLE items ADD COLUMN b_operand BLOB;
+ALTER TABLE units ADD COLUMN queued_since REAL NOT NULL DEFAULT 0;
+"""
+MIGRATIONS = [SCHEMA_V1, SCHEMA_V2]
 """Schema versions (:func:`toolkit.sqlite.migrate`); version 1 is the schema from before
-versioning (``IF NOT EXISTS`` throughout), so a file made by older code opens as it is."""
+versioning (``IF NOT EXISTS`` throughout), so a file made by older code opens as it is;
+version 2 adds registered operands (``operands``, ``items.b_operand``) and when each unit
+was last queued (``units.queued_since``, for affinity)."""
 
-LEASE_STATES = ("active", "delivered", "released", "expired", "verified", "rejected")
-OPEN_STATES = ("active", "delivered")
-"""Leases whose unit is still with its session: released on disconnect and restart."""
+LEASE_STATES = (
+    "active",
+    "uploading",
+    "delivered",
+    "released",
+    "expired",
+    "verified",
+    "rejected",
+)
+OPEN_STATES = ("active", "uploading", "delivered")
+"""Leases whose unit is still with its session: released on disconnect and restart.
+``uploading``: its result upload started, so it mines no more (SPEC §12.7, overlap)."""
 
 
 class WorkError(Exception):
@@ -151,6 +173,28 @@ class Lease:
     deadline: float
     state: str
     unit: Unit
+
+
+@dataclass(frozen=True)
+class LeaseChoice:
+    """Which queued unit suits a session (:meth:`~pool.useful.queue.WorkQueue.lease`).
+
+    ``held``: operand blobs the session (or its miner) already fetched; ``others``: blobs
+    other idle connected sessions hold (blob → {session: idle since}) — a unit on those
+    waits for them ``affinity_seconds`` from when it was queued or they became idle,
+    whichever is later, unless they may not lease it (their result for it was rejected);
+    ``rows``: how many rows of A a unit should have for this session (a longer one is
+    cut), None: as queued. ``reserved`` (SPEC §12.7, prefetch) goes first, as it is;
+    ``exclude``d units go last, before the session idles (first if it holds their blobs).
+    """
+
+    reserved: int | None = None  # the unit reserved for the session: leased first
+    exclude: frozenset[int] = frozenset()  # units reserved for others: taken last
+    take_excluded: bool = True  # False: never (choosing a reservation)
+    held: frozenset[bytes] = frozenset()
+    others: Mapping[bytes, Mapping[str, float]] = field(default_factory=dict)
+    affinity_seconds: float = 0.0
+    rows: Callable[[UnitPlan], int] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,37 +1,32 @@
 """The pool's useful-work side, as its sessions and its HTTP app use it.
 
-:class:`UsefulWork` owns the :class:`~pool.useful.blobstore.BlobStore`, the
-:class:`~pool.useful.queue.WorkQueue` and the :class:`~pool.useful.results.ResultDesk`
-under the pool's data dir, and offers the event loop async calls that run the synchronous
-parts in worker threads behind one ``CapacityLimiter``:
+:class:`UsefulWork` owns the blob store, the work queue and the result desk under the
+pool's data dir, and offers the event loop async calls that run the synchronous parts in
+worker threads behind one ``CapacityLimiter``:
 
-- :meth:`lease` — the session's lease (continued, or a new one) with its
-  :class:`~pool.useful.unitwork.UnitWork` (cached per unit), or None: synthetic work;
+- :meth:`lease` — the session's lease (continued, or a new one on the unit that suits it:
+  :class:`~pool.useful.affinity.Placement`) with its ``UnitWork``, or None: synthetic;
 - :meth:`attach`, :meth:`lease_of_job`, :meth:`hold` — jobs of a lease and their held
   shares (a :class:`~pool.ledger.base.ShareRecord` kept as JSON until the result is judged);
-- :meth:`get_blob` — ``work.get_blob``, only for the blobs of the session's current lease,
-  bounded in bytes per lease;
+- :meth:`get_blob` — ``work.get_blob``, only the current lease's blobs, bounded per lease;
 - :meth:`take_result` — ``work.result`` chunks; the final one makes the lease
   ``delivered`` (a :class:`Delivery`: the session takes its next job at once) and
-  :meth:`judge` then checks it (Freivalds), credits the held shares to the ledger and
-  only then marks the unit done (a crash in between never loses an acknowledged share);
+  :meth:`judge` then checks it (Freivalds), credits the held shares, then marks the unit
+  done (a crash in between never loses an acknowledged share);
 - :meth:`release_session` and :meth:`run_expiry` — leases that end without a result;
-- :meth:`watch_queue` — tells the pool whenever units are queued (submitted, or back
-  from an ended lease or a rejected result), so idle capable sessions lease one at once.
+- :meth:`watch_queue` — tells the pool whenever units are queued, so idle capable
+  sessions lease one at once.
 
-Sessions hear of ended leases through the ``on_lease_end`` callback of :meth:`run_expiry`
-(the pool pushes them a new job). Every synchronous call is made through
-``trio.to_thread.run_sync``.
+Sessions hear of ended leases through ``on_lease_end`` (the pool pushes them a new job).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,14 +34,17 @@ import trio
 
 from pool.ledger.base import ShareRecord
 from pool.useful import UsefulConfig, UsefulMetrics
+from pool.useful.affinity import Placement
 from pool.useful.blobstore import BlobStore
 from pool.useful.judge import ResultStream
-from pool.useful.queue import Lease, LeaseEnd, LeaseError, WorkQueue
+from pool.useful.queue import Lease, LeaseChoice, LeaseEnd, LeaseError, WorkQueue
+from pool.useful.queue_watch import QueueWatch
+from pool.useful.reservations import Reservation, Reservations
 from pool.useful.results import Passed, ResultDesk, Verdict
+from pool.useful.serving import BlobServing
 from pool.useful.tokens import LeaseTokens
 from pool.useful.unitwork import UnitWork
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.target import MACS_PER_DIFF1
 from protocol.work_messages import GetBlob, GetBlobResult, WorkResult, WorkResultAck
 
 log = logging.getLogger("pool.useful")
@@ -54,8 +52,6 @@ log = logging.getLogger("pool.useful")
 T = TypeVar("T")
 UNITWORK_CACHE = 8
 """Units kept in memory with their row trees (a unit is shared by its re-leases)."""
-BLOB_BUDGET_FACTOR = 4
-"""A lease may fetch its operand blobs this many times over before ``work.get_blob`` is 27."""
 MAX_EXPIRY_SLEEP = 1.0
 
 
@@ -65,8 +61,7 @@ class Delivery:
 
     lease: Lease
     session: str
-    result: ResultStream
-    """The spooled result, its verdict already reached as its bytes came in."""
+    result: ResultStream  # spooled, its verdict reached as its bytes came in
     received: int
 
 
@@ -90,23 +85,25 @@ class UsefulWork:
         self.config = config
         self.metrics = metrics
         self.limiter = limiter or trio.CapacityLimiter(2)
-        self._token: trio.lowlevel.TrioToken | None = None  # set by watch_queue
-        self._queued = trio.Event()
+        self.watch = QueueWatch(metrics)
         self.blobs = BlobStore(root / "useful" / "blobs")
         self.queue = WorkQueue(
             root / "useful.sqlite",
             self.blobs,
             config,
             clock=clock,
-            on_units_changed=self._units_changed,
+            on_units_changed=self.watch.units_changed,
         )
         self.desk = ResultDesk(self.queue, self.blobs, config, metrics)
-        self._works: OrderedDict[int, UnitWork] = OrderedDict()
+        self._works: OrderedDict[bytes, UnitWork] = OrderedDict()
         self._current: dict[str, Lease] = {}  # session → the lease of its newest job
-        self._served: dict[int, int] = {}  # lease id → blob bytes served
         self._expiry_poke = trio.Event()
         self.on_lease_end: Callable[[LeaseEnd], None] | None = None
         self.tokens = LeaseTokens()
+        self.placement = Placement(config)  # affinity and unit sizes
+        self.serving = BlobServing(config, self.blobs, metrics, self.placement.holders, self._call)
+        self.reservations = Reservations(self.tokens)  # the next unit of each session
+        self._uploading: set[int] = set()  # leases whose upload started (mining over)
         self.data_url: str | None = None  # named in blob jobs (SPEC §12.7); None: stratum only
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -137,70 +134,70 @@ class UsefulWork:
 
     # -- units queued -----------------------------------------------------------------------
 
-    def _units_changed(self, counts: dict[str, int]) -> None:
-        """The queue's unit counts changed (any thread): metrics, and wake watch_queue."""
-        self.metrics.set_unit_counts(counts)
-        token = self._token
-        if token is not None and counts.get("queued", 0) > 0:
-            with contextlib.suppress(trio.RunFinishedError):  # the pool is stopping
-                token.run_sync_soon(self._poke_queued)
-
-    def _poke_queued(self) -> None:
-        self._queued.set()
-
     async def watch_queue(
         self,
         on_units_queued: Callable[[], None],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Call ``on_units_queued`` (it must not block) whenever the queue's unit counts
-        change while units are queued, and once at start if some are; several changes
-        close together make one call. Runs until cancelled."""
-        self._token = trio.lowlevel.current_trio_token()
-        task_status.started()
-        try:
-            if (await self._call(self.queue.unit_counts)).get("queued", 0) > 0:
-                on_units_queued()
-            while True:
-                await self._queued.wait()
-                self._queued = trio.Event()
-                on_units_queued()
-        finally:
-            self._token = None
+        """Call ``on_units_queued`` (it must not block) whenever units are queued (and
+        once at start if some are). Runs until cancelled."""
+
+        async def queued_now() -> int:
+            return (await self._call(self.queue.unit_counts)).get("queued", 0)
+
+        await self.watch.run(on_units_queued, queued_now, task_status)
 
     # -- leases and jobs ------------------------------------------------------------------
 
-    async def lease(self, session: str) -> tuple[Lease, UnitWork] | None:
-        """The session's lease and its unit's workload, or None when no unit is queued."""
+    async def lease(
+        self, session: str, miner: str | None = None, rate: float | None = None
+    ) -> tuple[Lease, UnitWork] | None:
+        """The session's lease and its unit's workload, or None when no unit is queued for
+        it; ``miner`` (its holder key) and ``rate`` (MAC/s measured, None: not yet) choose
+        the unit and its size (:class:`~pool.useful.affinity.Placement`)."""
         if not self.config.enabled:
             return None
         await self._expire()  # so that no ended lease goes unannounced
-        lease = await self._call(self.queue.lease, session)
+        choice = replace(
+            self.placement.choice(session, miner, rate, self.queue.clock(), self.watch.queued),
+            reserved=self.reservations.reserved_key(session),
+            exclude=self.reservations.others(session),
+        )
+        got = await self._call(self.queue.lease_or_wait, session, choice)
+        lease = self.placement.leased(session, got, self.queue.clock())
         if lease is None:
+            self._expiry_poke.set()  # so that a unit held back is offered again in time
             self._current.pop(session, None)
             return None
-        work = self._works.get(lease.unit.key)
+        work = self._works.get(lease.unit.unit_id)
         if work is None:
             work = await self._call(UnitWork.load, self.blobs, lease.unit)
-            self._works[lease.unit.key] = work
+            self._works[lease.unit.unit_id] = work
             while len(self._works) > UNITWORK_CACHE:
                 self._works.popitem(last=False)
         else:
-            self._works.move_to_end(lease.unit.key)
+            self._works.move_to_end(lease.unit.unit_id)
         if self._current.get(session) is None or self._current[session].id != lease.id:
+            consumed = self.reservations.leased(lease)  # the reserved unit, or another
+            if consumed is not None:
+                self.serving.move(-consumed.id, lease.id)
             log.info(
-                "unit %s… (item %s, unit %d) leased to session %s until %.0f",
+                "unit %s… (item %s, unit %d, %d rows) leased to session %s until %.0f",
                 lease.unit.unit_id.hex()[:16],
                 lease.unit.item,
                 lease.unit.plan.index,
+                lease.unit.plan.rows,
                 session,
                 lease.deadline,
             )
         self._current[session] = lease
         self._expiry_poke.set()
         if self.data_url is not None:
-            work = work.for_lease(self.data_url, self.tokens.issue(lease.id))
+            await self._reserve(session, lease, choice)
+            nxt = self.reservations.of(session)
+            token = self.reservations.token(lease.id)
+            work = work.for_lease(self.data_url, token, nxt.next_unit() if nxt else None)
         return lease, work
 
     async def attach(self, lease: Lease, session: str, job_id: str) -> None:
@@ -213,22 +210,18 @@ class UsefulWork:
         """Hold a share of a useful job; False: the lease ended (the share is stale)."""
         held = await self._call(self.queue.hold_share, lease_id, record.to_json())
         if held:
-            self.metrics.share_held(
-                record.address, record.worker, record.difficulty * MACS_PER_DIFF1
-            )
+            self.metrics.share_held(record.address, record.worker, record.difficulty)
         return held
 
     def current(self, session: str) -> Lease | None:
-        """The lease of the session's newest useful job (None: synthetic work)."""
-        return self._current.get(session)
+        return self._current.get(session)  # the lease of its newest job (None: synthetic)
 
     def _ended(self, ends: list[LeaseEnd]) -> None:
         for end in ends:
             self.desk.forget(end.lease.id)
-            self._served.pop(end.lease.id, None)
-            current = self._current.get(end.lease.session)
-            if current is not None and current.id == end.lease.id:
-                del self._current[end.lease.session]
+            self._end_current(end.lease)
+            self.reservations.lease_ended(end.lease.id)
+            self._uploading.discard(end.lease.id)
             log.info(
                 "lease %d of unit %s… ended (%s): %d held share(s) voided",
                 end.lease.id,
@@ -237,60 +230,62 @@ class UsefulWork:
                 len(end.shares),
             )
 
-    # -- work.get_blob --------------------------------------------------------------------
+    # -- operand blobs (either plane) and reservations ---------------------------------
 
     async def get_blob(self, session: str, msg: GetBlob) -> GetBlobResult:
         """Answer ``work.get_blob``; ``ProtocolError`` with the wire code when refused."""
-        lease = self._current.get(session)
-        unit = lease.unit if lease is not None else None
-        if (
-            lease is None
-            or unit is None
-            or msg.hash not in (unit.a_blob, unit.b_blob)
-            or lease.deadline < self.queue.clock()
-        ):
-            raise ProtocolError(
-                f"work.get_blob: blob {msg.hash.hex()[:16]}… is not an operand "
-                "of this session's current work unit",
-                code=ErrorCode.STALE,
-            )
-        asked = min(msg.length, self.config.chunk_max)
-        self.charge_served(lease, asked)
-        try:
-            data, total = await self._call(
-                self.blobs.read_chunk, msg.hash, msg.offset, msg.length, self.config.chunk_max
-            )
-        except BaseException:
-            self._refund(lease.id, asked)
-            raise
-        self._refund(lease.id, asked - len(data))
-        self.metrics.data_bytes("out", "stratum", len(data))
-        return GetBlobResult(data=data, total=total)
+        return await self.serving.get_blob(self._current.get(session), msg, self.queue.clock())
+
+    @property
+    def _served(self) -> dict[int, int]:  # the per-lease byte counts (benches clear them)
+        return self.serving._served
+
+    def note_served(self, lease: Lease, blob: bytes, nbytes: int, size: int) -> None:
+        self.serving.served(lease, blob, nbytes, size)  # HTTP GET bytes that went out
 
     def charge_served(self, lease: Lease, nbytes: int) -> None:
-        """Count operand bytes served to ``lease`` (either path); 27 past 4 × its operands."""
-        unit = lease.unit
-        budget = BLOB_BUDGET_FACTOR * (unit.shape.m + unit.shape.n) * unit.shape.k
-        served = self._served.get(lease.id, 0)
-        if served + nbytes > budget:
-            raise ProtocolError(
-                f"work.get_blob: this work unit's blobs were already served "
-                f"{served} bytes; the limit is {budget}",
-                code=ErrorCode.RATE_LIMITED,
-            )
-        self._served[lease.id] = served + nbytes
+        self.serving.charge(lease, nbytes)  # 27 (429 over HTTP) past the lease's budget
 
-    def _refund(self, lease_id: int, nbytes: int) -> None:
-        if lease_id in self._served:  # bytes charged but not served (unless it ended since)
-            self._served[lease_id] -= nbytes
+    async def token_lease(self, token: str, blob: bool = False) -> Lease | None:
+        """The open lease a data-plane token names (or, for a blob ``GET``, the stand-in
+        lease of a live reservation), else None (403)."""
+        found = self.reservations.resolve(token)
+        if isinstance(found, Reservation):
+            return found.as_lease() if blob else None
+        return None if found is None else await self.active_lease(found)
+
+    async def upload_started(self, lease: Lease) -> None:
+        """The first result ``PUT`` at 0 of an active lease: it mines no more and its
+        session gets its next job at once (SPEC §12.7, overlap); ``LeaseError`` (409)
+        while another result of the session is still uploading."""
+        if lease.state != "active":
+            return
+        uploading = await self._call(self.queue.start_upload, lease.id)
+        self._uploading.add(lease.id)
+        self._end_current(uploading)
+        if self.on_lease_end is not None:
+            self.on_lease_end(LeaseEnd(uploading, "uploading", []))
+
+    async def _reserve(self, session: str, lease: Lease, choice: LeaseChoice) -> None:
+        """Reserve the session's next unit if it has none and one suits it now."""
+        if not self.config.prefetch or self.data_url is None or self.reservations.of(session):
+            return
+        others = self.reservations.others(session) | {lease.unit.key}
+        unit = await self._call(
+            self.queue.reservable,
+            session,
+            replace(choice, reserved=None, exclude=others, take_excluded=False),
+        )
+        if unit is not None:
+            self.reservations.reserve(session, unit)
 
     async def active_lease(self, lease_id: int) -> Lease | None:
-        """Lease ``lease_id`` if it is active and before its deadline, else None."""
+        """Lease ``lease_id`` if it is active (or uploading) before its deadline, else None."""
         try:
             lease = await self._call(self.queue.get_lease, lease_id)
         except LeaseError:
             return None
-        if lease.state != "active" or lease.deadline < self.queue.clock():
+        if lease.state not in ("active", "uploading") or lease.deadline < self.queue.clock():
             return None
         return lease
 
@@ -299,10 +294,8 @@ class UsefulWork:
     async def take_result(self, session: str, msg: WorkResult) -> WorkResultAck | Delivery:
         """Take one ``work.result`` chunk: the ack of a non-final one, or on the final one
         the :class:`Delivery` (the lease is now ``delivered``: its session no longer holds
-        it, new shares of its jobs are stale); pass that to :meth:`judge`.
-
-        Raises ``ProtocolError`` (wire code) for a chunk that is refused.
-        """
+        it, new shares of its jobs are stale); pass that to :meth:`judge`. Raises
+        ``ProtocolError`` (wire code) for a chunk that is refused."""
         lease = await self.lease_of_job(session, msg.job_id)
         if lease is None:
             raise ProtocolError(
@@ -318,9 +311,8 @@ class UsefulWork:
         return await self.deliver(lease, self.desk.take_upload(lease.id))
 
     async def deliver(self, lease: Lease, result: ResultStream) -> Delivery:
-        """Mark ``lease`` delivered with its whole result (spooled and judged, either
-        path); pass the :class:`Delivery` to :meth:`judge`. ``ProtocolError`` (21) if the
-        lease ended (the result is then dropped)."""
+        """Mark ``lease`` delivered with its whole result (spooled, judged); pass the
+        :class:`Delivery` to :meth:`judge`. ``ProtocolError`` (21; result dropped) if it ended."""
         try:
             with trio.CancelScope(shield=True):  # delivered, the result is judged regardless
                 lease = await self._call(self.queue.deliver, lease.id)
@@ -328,6 +320,7 @@ class UsefulWork:
             result.close()
             raise ProtocolError(f"work.result: {exc}", code=ErrorCode.STALE) from None
         self._end_current(lease)
+        self.reservations.lease_ended(lease.id)
         self.desk.forget(lease.id)  # a work.result upload of it on the other path, if any
         return Delivery(lease, lease.session, result, result.received)
 
@@ -337,8 +330,11 @@ class UsefulWork:
             self.on_lease_end(verdict.end)  # a failed check ends the lease "rejected"
 
     def announce(self, lease: Lease) -> None:
-        """Tell ``lease``'s session its unit is delivered (over HTTP): it gets new work."""
-        if self.on_lease_end is not None:
+        """Tell ``lease``'s session its unit is delivered (over HTTP): it gets new work
+        (unless it got it when the upload started)."""
+        if lease.id in self._uploading:
+            self._uploading.discard(lease.id)
+        elif self.on_lease_end is not None:
             self.on_lease_end(LeaseEnd(lease, "delivered", []))
 
     async def judge(self, delivery: Delivery, credit: Credit) -> tuple[WorkResultAck, Verdict]:
@@ -398,7 +394,9 @@ class UsefulWork:
             )
 
     def _end_current(self, lease: Lease) -> None:
-        self._served.pop(lease.id, None)
+        self.serving.forget(lease.id)
+        self.placement.holders.lease_ended(lease.id)
+        self.placement.holders.busy(lease.session, False, self.queue.clock())
         current = self._current.get(lease.session)
         if current is not None and current.id == lease.id:
             del self._current[lease.session]
@@ -410,6 +408,8 @@ class UsefulWork:
         ends = await self._call(self.queue.release_session, session)
         self._ended(ends)
         self._current.pop(session, None)
+        self.placement.holders.disconnect(session)
+        self.reservations.drop_session(session)
         return ends
 
     async def _expire(self) -> None:
@@ -417,7 +417,8 @@ class UsefulWork:
         self._ended(ends)
         if self.on_lease_end is not None:
             for end in ends:
-                self.on_lease_end(end)
+                if end.lease.state != "uploading":  # its session got new work at the start
+                    self.on_lease_end(end)
 
     async def run_expiry(
         self,
@@ -433,6 +434,9 @@ class UsefulWork:
         task_status.started()
         while True:
             deadline = await self._call(self.queue.next_deadline)
+            retry = self.placement.retry_at
+            if retry is not None:
+                deadline = retry if deadline is None else min(deadline, retry)
             wait = (
                 MAX_EXPIRY_SLEEP
                 if deadline is None
@@ -442,3 +446,5 @@ class UsefulWork:
                 await self._expiry_poke.wait()
             self._expiry_poke = trio.Event()
             await self._expire()
+            if self.placement.due(self.queue.clock()):
+                self.watch.poke()  # units held back for affinity: offer them to anyone

@@ -17,7 +17,7 @@ import numpy as np
 from pool.useful.blobstore import BlobStore
 from pool.useful.queue import Unit
 from protocol.merkle import RowTree
-from protocol.messages import BlobSource, WorkSpec
+from protocol.messages import BlobSource, NextUnit, WorkSpec
 from protocol.workload import TILE, Shape
 
 
@@ -32,6 +32,7 @@ class UnitWork:
     b_tree: RowTree
     data: str | None = None  # the lease's data-plane URL base (SPEC §12.7), with its token
     token: str | None = None
+    next: NextUnit | None = None  # the unit reserved for the session next (prefetch)
 
     @classmethod
     def load(cls, blobs: BlobStore, unit: Unit) -> UnitWork:
@@ -63,12 +64,15 @@ class UnitWork:
         spec = self.unit.work_spec()
         if self.data is None:
             return spec
-        source = BlobSource(self.unit.a_blob, self.unit.b_blob, self.data, self.token)
+        source = BlobSource(self.unit.a_blob, self.unit.b_blob, self.data, self.token, self.next)
         return replace(spec, source=source)
 
-    def for_lease(self, data: str | None, token: str | None) -> UnitWork:
-        """The same unit whose jobs name a lease's data plane (shares the arrays)."""
-        return replace(self, data=data, token=token)
+    def for_lease(
+        self, data: str | None, token: str | None, next_unit: NextUnit | None = None
+    ) -> UnitWork:
+        """The same unit whose jobs name a lease's data plane and the unit reserved next
+        (shares the arrays)."""
+        return replace(self, data=data, token=token, next=next_unit)
 
     def tile_rows(self, tile: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """The 16 rows of A and 16 rows of Bᵀ that the ticket of ``tile`` reads."""

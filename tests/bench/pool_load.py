@@ -1,7 +1,7 @@
 """Pool load benchmark: N miners on loopback against a real pool in a subprocess.
 
     .venv/bin/python tests/bench/pool_load.py --connections 500 --phase-seconds 10 \
-        --check-threads 1 2
+        --check-threads 1 2 --check-processes 1 2
 
 The pool runs as ``matmine-pool`` (``python -m pool.cli serve``) with a fresh data dir, the
 embedded devnet node (network difficulty far above the share difficulty, so no blocks) and
@@ -14,13 +14,18 @@ Phases, all over the same N sockets in the same run:
 2. echo baseline: every connection sends ``mining.ping`` in a closed loop (one in flight)
 3. shares: every connection sends ``mining.submit`` in a closed loop (one in flight)
 
+(phases 2 and 3 ``--rounds`` times, alternating; the ratio printed is the rounds' median)
+
 The whole run is repeated for each ``--check-threads`` value (the pool's ``check_threads``,
-a fresh pool each time), so accepted shares/s with 1 and 2 check threads come from the same
-run. Prints requests/s and p50/p99 request→answer latency of both phases, their ratio (the
-cost of judging and durably storing a share over a bare msgpack round trip), the pool's CPU
-time per answer in each phase (its event-loop thread, where every request's Python runs, and
-the whole process; from ``/proc``), and the pool's own ``matmine_pool_share_check_seconds``
-and ``matmine_pool_db_write_seconds`` means from /metrics. The client shares the machine's
+a fresh pool each time) and then for each ``--check-processes`` value (``check_processes``:
+checks in that many worker processes), so accepted shares/s with check threads and with
+check processes come from the same run, each as a ratio to that pool's pings/s. Prints
+requests/s and p50/p99 request→answer latency of both phases, their ratio (the cost of
+judging and durably storing a share over a bare msgpack round trip), the pool's CPU time
+per answer in each phase (its event-loop thread, where every request's Python runs, the
+whole process, and its check processes; from ``/proc``, :mod:`proc_stats`), and the pool's
+own ``matmine_pool_share_check_seconds`` and ``matmine_pool_db_write_seconds`` means from
+/metrics. The client shares the machine's
 cores with the pool: on a small box the absolute rates are bounded by both; the ratio is the
 figure to compare.
 """
@@ -33,7 +38,7 @@ import itertools
 import os
 import re
 import signal
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +48,14 @@ from pathlib import Path
 
 import httpx
 import trio
+from proc_stats import (
+    children_cpu_seconds,
+    cpu_seconds,
+    free_port,
+    histogram_mean,
+    rss_kib,
+    wait_listening,
+)
 
 from pool.workloads import SyntheticSource
 from protocol.address import new_address
@@ -53,26 +66,6 @@ from protocol.workload import Shape, synthetic_rows
 
 REPO = Path(__file__).resolve().parents[2]
 SHARE_DIFFICULTY = 1e-7  # every ticket of k >= 4·32 meets it: D <= 256·k / 2³²
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """CPU time (user + system) of process ``pid``, or of its thread ``tid``, so far."""
-    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
-    fields = Path(path).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bare_check_seconds(shape: Shape, fast: bool, count: int = 200) -> float:
@@ -96,8 +89,17 @@ def bare_check_seconds(shape: Shape, fast: bool, count: int = 200) -> float:
 
 
 def pool_config(
-    data: Path, stratum: int, http: int, shape: Shape, connections: int, check_threads: int
+    data: Path,
+    stratum: int,
+    http: int,
+    shape: Shape,
+    connections: int,
+    check_threads: int,
+    check_processes: int = 0,
+    instance_id: int = 0,
+    extra: str = "",
 ) -> str:
+    """A pool's TOML for the bench (``extra``: more sections, e.g. ``[ledger]``)."""
     return f"""
 [stratum]
 host = "127.0.0.1"
@@ -115,6 +117,8 @@ port = {http}
 data_dir = "{data}"
 start_difficulty = {SHARE_DIFFICULTY}
 check_threads = {check_threads}
+check_processes = {check_processes}
+instance_id = {instance_id}
 log_level = "warning"
 
 [vardiff]
@@ -137,7 +141,7 @@ max_shares_per_job = 1000000
 [chain.node]
 start_difficulty = 1e9
 min_difficulty = 1e9
-"""
+{extra}"""
 
 
 @dataclass
@@ -209,6 +213,7 @@ class Phase:
     seconds: float = 0.0
     main_cpu: float = 0.0  # CPU seconds of the pool's event-loop thread in this phase
     pool_cpu: float = 0.0  # CPU seconds of the whole pool process (its threads too)
+    procs_cpu: float = 0.0  # CPU seconds of the pool's check processes
     latencies: list[float] = field(default_factory=list)
     errors: dict[int, int] = field(default_factory=dict)
 
@@ -232,7 +237,8 @@ class Phase:
             f" {self.rate:8.1f}/s   p50 {self.pct(0.5) * 1e3:7.2f} ms"
             f"   p99 {self.pct(0.99) * 1e3:7.2f} ms   pool CPU/answer: event loop"
             f" {self.per_answer_us(self.main_cpu):5.0f} µs, all threads"
-            f" {self.per_answer_us(self.pool_cpu):5.0f} µs{errors}"
+            f" {self.per_answer_us(self.pool_cpu):5.0f} µs, check processes"
+            f" {self.per_answer_us(self.procs_cpu):5.0f} µs{errors}"
         )
 
 
@@ -277,6 +283,7 @@ async def run_phase(miners: list[Miner], name: str, seconds: float, pid: int) ->
 
     start = time.perf_counter()
     main_cpu, pool_cpu = cpu_seconds(pid, pid), cpu_seconds(pid)
+    procs_cpu = children_cpu_seconds(pid)
     with trio.move_on_after(seconds):
         async with trio.open_nursery() as nursery:
             for miner in miners:
@@ -284,16 +291,8 @@ async def run_phase(miners: list[Miner], name: str, seconds: float, pid: int) ->
     phase.seconds = time.perf_counter() - start
     phase.main_cpu = cpu_seconds(pid, pid) - main_cpu
     phase.pool_cpu = cpu_seconds(pid) - pool_cpu
+    phase.procs_cpu = children_cpu_seconds(pid) - procs_cpu
     return phase
-
-
-def histogram_mean(metrics: str, name: str) -> tuple[float, float]:
-    def value(suffix: str) -> float:
-        m = re.search(rf"^{name}_{suffix} (\S+)$", metrics, re.M)
-        return float(m.group(1)) if m else float("nan")
-
-    total, count = value("sum"), value("count")
-    return (total / count if count else float("nan")), count
 
 
 async def bench(
@@ -312,22 +311,28 @@ async def bench(
         f"pool RSS: {rss_before / 1024:.1f} MiB idle -> {rss_after / 1024:.1f} MiB connected ="
         f" {(rss_after - rss_before) / len(miners):.1f} KiB per connection"
     )
-    ping = await run_phase(miners, "ping", args.phase_seconds, pid)
-    print(ping.line())
-    shares = await run_phase(miners, "submit", args.phase_seconds, pid)
-    print(shares.line())
-    if ping.rate and shares.rate:
+    ratios: list[float] = []
+    for _ in range(args.rounds):  # ping, submit, ping, submit, …: load drifts hit both
+        ping = await run_phase(miners, "ping", args.phase_seconds, pid)
+        print(ping.line())
+        shares = await run_phase(miners, "submit", args.phase_seconds, pid)
+        print(shares.line())
+        if ping.rate and shares.rate:
+            ratios.append(shares.rate / ping.rate)
+            print(
+                f"submit vs ping: throughput {shares.rate / ping.rate:.3f}x,"
+                f" p50 latency {shares.pct(0.5) / ping.pct(0.5):.1f}x,"
+                f" p99 latency {shares.pct(0.99) / ping.pct(0.99):.1f}x"
+            )
+    if ratios:
+        rounds = ", ".join(f"{r:.3f}" for r in ratios)
         results.append(
-            f"check_threads {args.threads}: {shares.rate:8.1f} accepted shares/s vs"
-            f" {ping.rate:8.1f} pings/s = {shares.rate / ping.rate:.3f}x,"
-            f" p99 submit {shares.pct(0.99) * 1e3:.1f} ms; event-loop CPU per submit"
-            f" {shares.per_answer_us(shares.main_cpu):.0f} µs vs per ping"
-            f" {ping.per_answer_us(ping.main_cpu):.0f} µs"
-        )
-        print(
-            f"submit vs ping: throughput {shares.rate / ping.rate:.3f}x,"
-            f" p50 latency {shares.pct(0.5) / ping.pct(0.5):.1f}x,"
-            f" p99 latency {shares.pct(0.99) / ping.pct(0.99):.1f}x"
+            f"{args.mode:>19}: {shares.rate:8.1f} accepted shares/s vs"
+            f" {ping.rate:8.1f} pings/s (last round); ratio median"
+            f" {statistics.median(ratios):.3f}x of rounds [{rounds}]; event-loop CPU per"
+            f" submit {shares.per_answer_us(shares.main_cpu):.0f} µs vs per ping"
+            f" {ping.per_answer_us(ping.main_cpu):.0f} µs, check processes per submit"
+            f" {shares.per_answer_us(shares.procs_cpu):.0f} µs"
         )
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"http://127.0.0.1:{http}/metrics")).text
@@ -336,7 +341,7 @@ async def bench(
     accepted = re.search(r'^matmine_pool_shares_total\{result="accepted"\} (\S+)$', text, re.M)
     print(
         f"pool-side (from /metrics): share_check_seconds mean {check * 1e3:.3f} ms over"
-        f" {checks:.0f} checks (timed inside the check thread);"
+        f" {checks:.0f} checks (timed in the check thread or process);"
         f" db write mean {db * 1e3:.3f} ms over {writes:.0f} writes;"
         f" accepted counter {accepted.group(1) if accepted else '?'}"
     )
@@ -366,7 +371,17 @@ def main() -> None:
     )
     parser.add_argument("--startup-timeout", type=float, default=60.0)
     parser.add_argument(
-        "--check-threads", type=int, nargs="+", default=[1, 2], help="one pool run for each"
+        "--rounds", type=int, default=1, help="ping + submit phases per pool (median ratio)"
+    )
+    parser.add_argument(
+        "--check-threads", type=int, nargs="*", default=[1, 2], help="one pool run for each"
+    )
+    parser.add_argument(
+        "--check-processes",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        help="then one pool run for each (checks in that many processes)",
     )
     args = parser.parse_args()
     shape = Shape(*args.shape)  # validate early
@@ -378,9 +393,11 @@ def main() -> None:
         f" per core ({before / after:.1f}x)"
     )
     results: list[str] = []
-    for threads in args.check_threads:
-        args.threads = threads
-        print(f"\n-- pool with check_threads = {threads}")
+    runs = [(t, 0) for t in args.check_threads] + [(1, p) for p in args.check_processes]
+    for threads, processes in runs:
+        args.threads, args.processes = threads, processes
+        args.mode = f"check_processes {processes}" if processes else f"check_threads {threads}"
+        print(f"\n-- pool with {args.mode}")
         run_pool(args, results)
     print("\nsummary (same run, same connections):")
     for line in results:
@@ -388,7 +405,8 @@ def main() -> None:
 
 
 def run_pool(args: argparse.Namespace, results: list[str]) -> None:
-    """One fresh pool with ``args.threads`` check threads, benched through all phases."""
+    """One fresh pool with ``args.threads`` check threads (or ``args.processes`` check
+    processes), benched through all phases."""
     stratum, http = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="matmine-bench-") as tmp:
         config = Path(tmp) / "pool.toml"
@@ -400,6 +418,7 @@ def run_pool(args: argparse.Namespace, results: list[str]) -> None:
                 Shape(*args.shape),
                 args.connections,
                 args.threads,
+                args.processes,
             )
         )
         log_path = Path(tmp) / "pool.log"
@@ -423,18 +442,6 @@ def run_pool(args: argparse.Namespace, results: list[str]) -> None:
             if pool.returncode not in (0, -signal.SIGTERM):
                 tail = log_path.read_text(errors="replace")[-3000:]
                 print(f"pool exited {pool.returncode}:\n{tail}", file=sys.stderr)
-
-
-def wait_listening(pool: subprocess.Popen, port: int, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pool.poll() is not None:
-            err = log.read_text(errors="replace")[-3000:]
-            raise SystemExit(f"pool exited with {pool.returncode} during startup:\n{err}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.2)
-    raise SystemExit(f"pool did not listen on {port} within {timeout} s")
 
 
 if __name__ == "__main__":

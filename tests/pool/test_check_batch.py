@@ -1,9 +1,13 @@
 """Share checks in batches: every submit gets its own answer, in any mix of jobs, errors
 and cancellations, and the queue never stalls."""
 
+from collections.abc import AsyncIterator
+
+import pytest
 import trio
 
 from pool.check_batch import CheckBatcher
+from pool.check_procs import open_check_processes
 from pool.jobs import Job, Template, job_coinbase2
 from pool.share_rules import CheckedTicket
 from pool.workloads import PreparedWork, SyntheticSource
@@ -32,15 +36,24 @@ def reference(job: Job, header: bytes, tile: tuple[int, int]) -> bytes:
     return verify_ticket(header, shape, tile, a, bt)
 
 
-async def test_batched_checks_answer_each_submit_its_own() -> None:
+@pytest.fixture(params=["threads", "processes"])
+async def batcher(request: pytest.FixtureRequest) -> AsyncIterator[CheckBatcher]:
+    """A batcher of 5-share batches on 2 check threads, or on 2 check processes."""
+    count = 2 if request.param == "processes" else 0
+    async with open_check_processes(count, trio.CapacityLimiter(2)) as processes:
+        limiter = trio.CapacityLimiter(2) if processes is None else processes.limiter
+        yield CheckBatcher(limiter, max_batch=5, processes=processes)
+
+
+async def test_batched_checks_answer_each_submit_its_own(batcher: CheckBatcher) -> None:
     """60 concurrent submits on jobs of two shapes, a few with a tile off the grid and a few
     cancelled while queued: each of the rest gets its own reference digest, the bad ones
-    their own error, and a submit after all that is still answered."""
+    their own error, and a submit after all that is still answered (in threads and in
+    check processes alike)."""
     jobs = [
         job_on(SyntheticSource(Shape(64, 48, 256, 64)).prepare(BLOCK), "1.1.x"),
         job_on(SyntheticSource(Shape(32, 32, 512, 128)).prepare(BLOCK), "1.2.x"),
     ]
-    batcher = CheckBatcher(trio.CapacityLimiter(2), max_batch=5)
     answers: dict[int, CheckedTicket | Exception] = {}
     wanted: dict[int, bytes] = {}
 

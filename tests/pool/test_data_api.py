@@ -335,7 +335,12 @@ async def _slow_body(raw_piece: bytes, total: int) -> Any:
 @pytest.mark.slow
 async def test_memory_stays_bounded_while_large_results_stream_in(start_pool):
     unit = 2048  # a 16 MiB result per unit; four stream in at once
-    settings = {**USEFUL, "useful.unit_m": unit, "useful.unit_n": unit}
+    settings = {
+        **USEFUL,
+        "useful.unit_m": unit,
+        "useful.unit_n": unit,
+        "useful.unit_start_rows": unit,  # whole units for the unmeasured sessions
+    }
     handle = await start_pool(settings)
     a, b = operands(2 * unit, 32, 2 * unit)
     await submit(handle, a, b)
@@ -511,7 +516,12 @@ async def test_memory_stays_bounded_while_large_results_stream_in_and_are_judged
     come: the pool's peak RSS grows by what its chunk and block sizes allow, not by the
     results (the old judge read each back whole, then converted it to float64)."""
     unit = 2048
-    settings = {**USEFUL, "useful.unit_m": unit, "useful.unit_n": unit}
+    settings = {
+        **USEFUL,
+        "useful.unit_m": unit,
+        "useful.unit_n": unit,
+        "useful.unit_start_rows": unit,  # whole 2048-row units, not cut for new sessions
+    }
     handle = await start_pool(settings)
     a, b = operands(3 * unit, 32, 2 * unit)  # six units: the item is not assembled here
     await submit(handle, a, b)

@@ -21,6 +21,7 @@ import sqlite3
 from collections import defaultdict
 from fractions import Fraction
 
+import pytest
 import trio
 
 from pool.jobs import JobManager, Template
@@ -89,8 +90,11 @@ def ledger_rows(path: str) -> list[tuple[bytes, float, str]]:
         ]
 
 
-async def test_difficulty_ladder_is_credited_no_more_than_the_work(start_pool):
-    pool = await start_pool(settings=SETTINGS, node=NODE)
+@pytest.mark.parametrize("check_processes", [0, 1])
+async def test_difficulty_ladder_is_credited_no_more_than_the_work(start_pool, check_processes):
+    pool = await start_pool(
+        settings={**SETTINGS, "pool.check_processes": check_processes}, node=NODE
+    )
     k = 256
     async with await TestMiner.connect(pool.stratum_port, timeout=30.0) as miner:
         jobs = await build_ladder(miner)

@@ -5,6 +5,7 @@ The connection stays usable after each reject: the test goes on with the same mi
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from pool.ledger.sqlite import SqliteLedger
@@ -13,6 +14,13 @@ from protocol.address import new_address
 from protocol.errors import ErrorCode
 from protocol.framing import encode_frame
 from tests.support.miner import Candidate, TestMiner, losing_tiles
+
+
+@pytest.fixture(params=[0, 1], ids=["check-threads", "check-processes"])
+async def pool(request, start_pool):
+    """A pool with the test defaults, checking shares in threads, then in a check process:
+    every reject code is the same either way."""
+    return await start_pool(settings={"pool.check_processes": request.param})
 
 
 def code(r) -> int | None:

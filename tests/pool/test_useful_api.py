@@ -76,6 +76,7 @@ async def start_pool(nursery, tmp_path, tokens=None, **config):
         "r": 32,
         "max_upload_bytes": 64 * 1024,
         "max_active_items": 4,
+        "unit_b_max_bytes": 0,  # units cut along m and n
         **config,
     }
     pool = Pool(tmp_path, tokens, UsefulConfig(**settings))

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import trio
 
 from pool.app import PoolHandle, run_pool
@@ -106,8 +107,9 @@ async def mine_unit(
     return c, found
 
 
-async def test_product_larger_than_a_unit_round_trip_with_held_shares(start_pool):
-    handle = await start_pool(USEFUL)
+@pytest.mark.parametrize("check_processes", [0, 1])  # blob rows from the blob files
+async def test_product_larger_than_a_unit_round_trip_with_held_shares(start_pool, check_processes):
+    handle = await start_pool({**USEFUL, "pool.check_processes": check_processes})
     a, b = operands(48, 128, 48)  # four units: rows 32 + 16, columns 32 + 16
     work_id = await submit(handle, a, b)
     assert metric(handle, "matmine_pool_work_units", state="queued") == 4
@@ -149,6 +151,9 @@ async def test_product_larger_than_a_unit_round_trip_with_held_shares(start_pool
     assert metric(handle, "matmine_pool_useful_macs_total") == 48 * 48 * 128
     assert metric(handle, "matmine_pool_result_checks_total", outcome="pass") == 4
     assert metric(handle, "matmine_pool_work_units", state="done") == 4
+    processes = handle.context.checker.batcher.processes
+    if check_processes:  # every blob share was checked in the check process
+        assert processes is not None and processes.in_threads == 0 and processes.broken == 0
 
 
 async def test_wrong_product_is_caught_shares_voided_unit_redone_by_another(start_pool):
@@ -454,8 +459,10 @@ async def test_work_api_on_the_pool_tokens_limits_and_malformed_uploads(start_po
         assert 'matmine_pool_work_units{state="queued"} 1.0' in metrics
 
 
-async def test_node_accepts_a_block_found_on_a_useful_unit(start_pool):
-    handle = await start_pool(USEFUL, node={"start_difficulty": 1e-4})
+@pytest.mark.parametrize("check_processes", [0, 1])  # meets_network from the process too
+async def test_node_accepts_a_block_found_on_a_useful_unit(start_pool, check_processes):
+    settings = {**USEFUL, "pool.check_processes": check_processes}
+    handle = await start_pool(settings, node={"start_difficulty": 1e-4})
     a, b = operands(32, 128, 32, seed=7)
     await submit(handle, a, b)
     async with await TestMiner.connect(handle.stratum_port) as miner:

@@ -44,8 +44,14 @@ def parts(tmp_path):
     clock = Clock()
     registry = CollectorRegistry()
     metrics = UsefulMetrics(registry)
-    config = UsefulConfig(
-        unit_m=32, unit_n=32, r=32, chunk_max=4096, lease_seconds=60, max_attempts=3
+    config = UsefulConfig(  # units cut along m and n (unit_b_max_bytes = 0)
+        unit_m=32,
+        unit_n=32,
+        r=32,
+        chunk_max=4096,
+        lease_seconds=60,
+        max_attempts=3,
+        unit_b_max_bytes=0,
     )
     blobs = BlobStore(tmp_path / "blobs")
     queue = WorkQueue(

@@ -59,6 +59,8 @@ USEFUL_SETTINGS: dict[str, Any] = {
     "useful.unit_m": 32,
     "useful.unit_n": 32,
     "useful.r": 32,
+    "useful.unit_b_max_bytes": 0,
     "limits.invalid_min_shares": 1000,
 }
-"""A pool with useful work in small units (32 × 32, r 32) and a lenient invalid-share judge."""
+"""A pool with useful work in small units (32 × 32, r 32, cut along m and n) and a lenient
+invalid-share judge."""

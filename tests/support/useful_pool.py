@@ -42,7 +42,8 @@ async def running_useful_pool(
     config.http.port = 0
     # an idle session picks a newly queued unit up with its next job at the latest
     config.work.job_refresh_seconds = 1.0
-    settings = {"unit_m": UNIT, "unit_n": UNIT, "r": 32, **useful}
+    # units cut along m and n unless a test asks for whole-B units (unit_b_max_bytes)
+    settings = {"unit_m": UNIT, "unit_n": UNIT, "r": 32, "unit_b_max_bytes": 0, **useful}
     for key, value in settings.items():
         setattr(config.useful, key, value)
     validate(config)
