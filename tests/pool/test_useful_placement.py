@@ -316,7 +316,7 @@ async def test_a_job_made_while_its_lease_was_delivered_is_not_attached_and_noth
         leased = await session.lease()
         assert leased is not None
         lease, _ = leased
-        await useful.deliver(lease, b"")  # the result came in while the job was being made
+        await useful.deliver(lease, useful.desk.open_stream(lease))  # came in meanwhile
         await session.attach(lease, "job-1")  # logged, not raised: the session goes on
         assert await useful.lease_of_job(miner.work_key, "job-1") is None
     finally:
