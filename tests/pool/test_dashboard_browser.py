@@ -240,6 +240,7 @@ async def test_dashboard_shows_useful_work_of_a_running_pool(
             "useful.unit_m": 32,
             "useful.unit_n": 32,
             "useful.r": 32,
+            "useful.unit_b_max_bytes": 0,  # the 2-D split: B's two column blocks, two units
             "limits.invalid_min_shares": 1000,
         }
     )
