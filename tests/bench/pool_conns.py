@@ -182,6 +182,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="job shape (the pool's default cpu profile)",
     )
     parser.add_argument("--startup-timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--pool-repo",
+        type=Path,
+        default=REPO,
+        help="checkout whose pool is benched (e.g. an older commit's worktree: before/after)",
+    )
     return parser.parse_args(argv)
 
 
@@ -199,10 +205,16 @@ def main(argv: list[str] | None = None) -> list[str]:
         log_path = Path(tmp) / "pool.log"
         cmd = [sys.executable, "-m", "pool.cli", "serve", "--config", str(config)]
         with log_path.open("wb") as log:
-            pool = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            env = {**os.environ, "PYTHONPATH": str(args.pool_repo)}
+            pool = subprocess.Popen(
+                cmd, cwd=args.pool_repo, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         try:
             wait_listening(pool, port, args.startup_timeout, log_path)
-            print(f"pool pid {pool.pid}, shape {tuple(args.shape)}, cpus {os.cpu_count()}")
+            print(
+                f"pool pid {pool.pid} from {args.pool_repo}, shape {tuple(args.shape)},"
+                f" cpus {os.cpu_count()}"
+            )
             summary = trio.run(bench, args, pool.pid, port)
         except BaseException:
             print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
