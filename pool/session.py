@@ -6,9 +6,8 @@ tasks, in its own nursery: the reader (frames → events → answers; the sessio
 task), the job feed (``pool.job_feed``: a job on every template and vardiff change) and
 the inbox reader (``pool.inbox``: what other parts ask — kick, notices, useful work lost
 or offered), which between events keeps the watchdog's deadlines (``pool.watchdog``:
-handshake and idle timeouts; the vardiff idle sweep). Submits are checked concurrently,
-at most ``max_inflight_submits`` at once; beyond that the reader stops reading, which is
-the backpressure a flooding miner feels.
+handshake and idle timeouts; the vardiff idle sweep). At most ``max_inflight_submits``
+submits are checked at once; beyond that the reader stops reading (a flood's backpressure).
 
 Closing rules: framing garbage or an oversized frame → ``client.show_message`` with the
 reason, then close; a message rate above the limit → error 27 for each refused request
@@ -59,6 +58,10 @@ class CloseSession(Exception):
 
 class Session(MinerState):
     """A connected miner; :meth:`run` serves it until it leaves or is dropped."""
+
+    __slots__ = ("_close_reason", "_scope", "_send_lock", "book", "conn", "ctx", "feed",
+                 "handlers", "hashrate", "inbox", "inflight", "judge", "lease", "rate", "ready",
+                 "stream", "vardiff", "watchdog")  # fmt: skip
 
     def __init__(self, stream: trio.abc.Stream, peer: str, ctx: PoolContext) -> None:
         now = trio.current_time()

@@ -84,6 +84,11 @@ class Vardiff:
     (and adopt it), or ``None``. ``suggest`` applies ``mining.suggest_difficulty``.
     """
 
+    __slots__ = (
+        "_floor", "_last_check", "_last_share", "_shares", "_since_check", "_weight",
+        "_window_start", "config", "difficulty",
+    )  # fmt: skip
+
     def __init__(
         self, config: VardiffConfig, start_difficulty: float, now: float | None = None
     ) -> None:
