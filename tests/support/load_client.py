@@ -50,6 +50,7 @@ class Results:
 
     latencies: list[float] = field(default_factory=list)
     errors: dict[int, int] = field(default_factory=dict)
+    send_lags: list[float] = field(default_factory=list)  # open loop: sent after its time
     sent: int = 0
     seconds: float = 0.0
 
@@ -62,11 +63,12 @@ class Results:
         """Accepted shares per second of the phase."""
         return len(self.latencies) / self.seconds if self.seconds else 0.0
 
-    def pct(self, q: float) -> float:
-        """The ``q`` quantile of the latencies, seconds (nan when there are none)."""
-        if not self.latencies:
+    def pct(self, q: float, of: list[float] | None = None) -> float:
+        """The ``q`` quantile of the latencies (or of ``of``), seconds; nan when empty."""
+        values = self.latencies if of is None else of
+        if not values:
             return math.nan
-        ordered = sorted(self.latencies)
+        ordered = sorted(values)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
@@ -228,8 +230,10 @@ class Fleet:
             while sent < due:  # everything whose time has come, each at its own time
                 miner = next(miners)
                 rid, frame = miner.share_frame(self.tiles)
-                miner.pending[rid] = (start + sent / rate, results, None)
+                scheduled = start + sent / rate
+                miner.pending[rid] = (scheduled, results, None)
                 await miner.stream.send_all(frame)
+                results.send_lags.append(trio.current_time() - scheduled)
                 sent += 1
         results.sent = sent
         results.seconds = trio.current_time() - start
