@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,6 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import trio
 
 from protocol.address import new_address
@@ -60,7 +63,9 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def pool_config(data: Path, stratum: int, shape: tuple[int, ...], connections: int) -> str:
+def pool_config(
+    data: Path, stratum: int, http: int, shape: tuple[int, ...], connections: int
+) -> str:
     """The pool's TOML: embedded defaults, limits raised for ``connections`` from one IP."""
     m, n, k, r = shape
     slots = connections + 100
@@ -74,7 +79,8 @@ idle_timeout = 900.0
 handshake_timeout = 300.0
 
 [http]
-enabled = false
+host = "127.0.0.1"
+port = {http}
 
 [pool]
 data_dir = "{data}"
@@ -106,6 +112,23 @@ min_difficulty = 1e9
 """
 
 
+def histogram(metrics: str, name: str) -> str:
+    """``name``'s mean and the bucket holding its p99, from the pool's /metrics text."""
+    buckets = [
+        (float(le), float(count))
+        for le, count in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', metrics, re.M)
+    ]
+    total = re.search(rf"^{name}_sum (\S+)$", metrics, re.M)
+    if not buckets or not buckets[-1][1] or total is None:
+        return f"{name}: none"
+    count = buckets[-1][1]
+    p99 = next(le for le, seen in buckets if seen >= 0.99 * count)
+    return (
+        f"{name.removeprefix('matmine_pool_')}: mean {float(total.group(1)) / count * 1e3:.2f}"
+        f" ms, p99 <= {p99 * 1e3:g} ms over {count:.0f}"
+    )
+
+
 def latency_line(name: str, r: Results) -> str:
     errors = f", errors {r.errors}" if r.errors else ""
     lost = r.sent - r.answered
@@ -117,7 +140,7 @@ def latency_line(name: str, r: Results) -> str:
     )
 
 
-async def bench(args: argparse.Namespace, pid: int, port: int) -> list[str]:
+async def bench(args: argparse.Namespace, pid: int, port: int, http: int) -> list[str]:
     """The three phases against the pool ``pid`` listening on ``port``; the summary."""
     fleet = Fleet(port, tuple(args.shape), new_address())
     warmup = min(args.warmup, args.connections)
@@ -128,6 +151,8 @@ async def bench(args: argparse.Namespace, pid: int, port: int) -> list[str]:
     rss_warm = rss_kib(pid)
     await fleet.connect(args.connections - warmup)
     connect_s = time.perf_counter() - t0
+    gc.collect()
+    gc.freeze()  # the client's 10,000 connections are long-lived: no full collections of them
     await trio.sleep(1.0)  # let the pool settle before reading RSS
     rss_all = rss_kib(pid)
     added = len(fleet.miners) - warmup
@@ -157,7 +182,16 @@ async def bench(args: argparse.Namespace, pid: int, port: int) -> list[str]:
             f" {line.pct(0.5, line.send_lags) * 1e3:.2f} ms, p99"
             f" {line.pct(0.99, line.send_lags) * 1e3:.2f} ms"
         )
-        print(*summary[-2:], sep="\n", flush=True)
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(f"http://127.0.0.1:{http}/metrics")).text
+        summary.append(
+            "pool-side, both loops (/metrics): "
+            + "; ".join(
+                histogram(text, f"matmine_pool_{name}")
+                for name in ("share_check_seconds", "db_write_seconds")
+            )
+        )
+        print(*summary[-3:], sep="\n", flush=True)
         nursery.cancel_scope.cancel()
     await fleet.aclose()
     return summary
@@ -202,10 +236,10 @@ def main(argv: list[str] | None = None) -> list[str]:
     nofile = raise_open_files(args.connections + 256)
     if nofile < args.connections + 64:
         raise SystemExit(f"open-file limit {nofile} is too low for {args.connections} sockets")
-    port = free_port()
+    port, http = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="matmine-conns-") as tmp:
         config = Path(tmp) / "pool.toml"
-        config.write_text(pool_config(Path(tmp) / "data", port, args.shape, args.connections))
+        config.write_text(pool_config(Path(tmp) / "data", port, http, args.shape, args.connections))
         log_path = Path(tmp) / "pool.log"
         cmd = [sys.executable, "-m", "pool.cli", "serve", "--config", str(config)]
         with log_path.open("wb") as log:
@@ -219,7 +253,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                 f"pool pid {pool.pid} from {args.pool_repo}, shape {tuple(args.shape)},"
                 f" cpus {os.cpu_count()}"
             )
-            summary = trio.run(bench, args, pool.pid, port)
+            summary = trio.run(bench, args, pool.pid, port, http)
         except BaseException:
             print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
             raise
