@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +143,14 @@ def test_the_bench_runs_at_200_connections() -> None:
     assert "200 subscribed + authorized" in out.stdout
     assert "KiB per connection" in out.stdout and "p999" in out.stdout
     assert "unanswered" not in out.stdout and "errors" not in out.stdout, out.stdout
+
+
+async def test_a_pool_whose_slots_exceed_the_open_file_limit_says_so(start_pool, caplog) -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("no hard open-file limit here")
+    with caplog.at_level(logging.WARNING, logger="pool"):
+        await start_pool(settings={"stratum.max_connections": hard + 1})
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard  # raised as far as it goes
+    lines = [r.getMessage() for r in caplog.records if "open-file limit" in r.getMessage()]
+    assert len(lines) == 1 and f"max_connections = {hard + 1}" in lines[0], lines
