@@ -40,9 +40,10 @@ from pool.metrics import PoolMetrics
 from pool.payouts import run_payouts
 from pool.pplns import PplnsPolicy
 from pool.retention import run_retention
-from pool.server import StratumServer
+from pool.server import StratumServer, collect_less_often
 from pool.share_check import ShareChecker
 from pool.sharelog import ShareLog
+from pool.sockets import raise_open_files
 from pool.unlocker import run_unlocker
 from pool.useful import UsefulMetrics
 from pool.useful.api import create_work_routes
@@ -172,6 +173,10 @@ async def run_pool(
     config: PoolConfig, *, task_status: trio.TaskStatus[PoolHandle] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run the whole pool until cancelled (see the module doc)."""
+    files_short = raise_open_files(config.stratum.max_connections)
+    if files_short is not None:
+        log.warning("%s", files_short)
+    collect_less_often()
     config.data_path.mkdir(parents=True, exist_ok=True)
     wallet = ensure_payout_address(config)
     registry = CollectorRegistry()

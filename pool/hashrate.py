@@ -11,18 +11,24 @@ Sans-IO: the caller passes the (monotonic) clock in.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from protocol.target import MACS_PER_DIFF1
 
 WINDOWS: dict[str, float] = {"1m": 60.0, "5m": 300.0, "1h": 3600.0, "1d": 86400.0}
 """The averaging windows, name → time constant in seconds."""
 
+_DEFAULT_WINDOWS: Mapping[str, float] = MappingProxyType(dict(WINDOWS))  # shared, read-only
+
 
 class HashrateMeter:
     """EWMA hashrate in MAC/s over :data:`WINDOWS` from accepted share difficulties."""
 
-    def __init__(self, now: float, windows: dict[str, float] | None = None) -> None:
-        self.windows = dict(WINDOWS if windows is None else windows)
+    __slots__ = ("_decayed", "_updated", "last_share", "start", "total_difficulty", "windows")
+
+    def __init__(self, now: float, windows: Mapping[str, float] | None = None) -> None:
+        self.windows = _DEFAULT_WINDOWS if windows is None else MappingProxyType(dict(windows))
         if not self.windows or any(not tau > 0 for tau in self.windows.values()):
             raise ValueError("hashrate windows must be positive time constants")
         self.start = now

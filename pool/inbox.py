@@ -1,13 +1,16 @@
 """A session's inbox: what other parts of the pool ask of one miner connection.
 
 Other parts never start tasks in a session's nursery; they :meth:`Inbox.post` an event
-(never blocking) and the session's own task acts on it in order. The inbox is bounded:
+(never blocking) and the session's own task acts on it in order (waiting on it with a
+deadline: the same task keeps the session's timeouts). The inbox is bounded:
 a post to a full or closed inbox is refused (``False``), and an :class:`OfferWork` that
 is already waiting is not queued twice.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass
 
 import trio
@@ -51,31 +54,75 @@ SessionEvent = Kick | Notice | WorkLost | ResultRejected | OfferWork
 
 
 class Inbox:
-    """A bounded memory channel of :data:`SessionEvent`; one session reads it."""
+    """A bounded queue of :data:`SessionEvent`; one session task reads it.
+
+    Plain data until someone waits: no channel, the waiting task itself is parked (a pool
+    holds one inbox per connection, ten thousand of them).
+    """
+
+    __slots__ = ("_closed", "_events", "_offer_waiting", "_waiter", "size")
 
     def __init__(self, size: int = INBOX_SIZE) -> None:
-        self._send, self._receive = trio.open_memory_channel[SessionEvent](size)
+        self.size = size
+        self._events: deque[SessionEvent] | None = None  # made at the first post
+        self._waiter: trio.lowlevel.Task | None = None
+        self._closed = False
         self._offer_waiting = False
 
     def post(self, event: SessionEvent) -> bool:
         """Queue ``event`` (never blocks); False when the inbox is full or closed."""
         if isinstance(event, OfferWork) and self._offer_waiting:
-            return True
-        try:
-            self._send.send_nowait(event)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return not self._closed
+        if self._closed or (self._events is not None and len(self._events) >= self.size):
             return False
+        if self._events is None:
+            self._events = deque()
+        self._events.append(event)
         if isinstance(event, OfferWork):
             self._offer_waiting = True
+        self._wake()
         return True
 
-    async def receive(self) -> SessionEvent:
-        """The next event, in the order posted."""
-        event = await self._receive.receive()
+    async def receive(self, deadline: float = math.inf) -> SessionEvent | None:
+        """The next event, in the order posted; None once the trio clock reaches
+        ``deadline`` with none (``trio.ClosedResourceError`` once closed)."""
+        if not self._events:
+            if self._closed:
+                raise trio.ClosedResourceError("the inbox is closed")
+            with trio.move_on_at(deadline):
+                await self._park()
+            if not self._events:
+                if self._closed:
+                    raise trio.ClosedResourceError("the inbox is closed")
+                return None
+        else:
+            await trio.lowlevel.checkpoint()
+        assert self._events
+        event = self._events.popleft()
+        if not self._events:
+            self._events = None
         if isinstance(event, OfferWork):
             self._offer_waiting = False
         return event
 
     def close(self) -> None:
         """No more events: later posts are refused."""
-        self._receive.close()
+        self._closed = True
+        self._events = None
+        self._wake()
+
+    async def _park(self) -> None:
+        if self._waiter is not None:
+            raise trio.BusyResourceError("another task already waits on this inbox")
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            task, self._waiter = self._waiter, None
+            trio.lowlevel.reschedule(task)

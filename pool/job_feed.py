@@ -26,6 +26,11 @@ log = logging.getLogger("pool.session")
 class JobFeed:
     """The job side of one session; ``notify`` sends a notification to its miner."""
 
+    __slots__ = (
+        "_lock", "_metrics", "_notify", "_template_id", "book", "jobs", "lease", "miner",
+        "vardiff",
+    )  # fmt: skip
+
     def __init__(
         self,
         jobs: JobManager,

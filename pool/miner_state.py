@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pool.share_check import short_address
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class MinerState:
-    """One connection's identity and counters (compared by identity, hashable)."""
+    """One connection's identity and counters (compared by identity, hashable; slots: a
+    pool holds ten thousand)."""
 
     peer: str
     connected_at: float

@@ -2,12 +2,12 @@
 
 A :class:`Session` owns its stream and a sans-IO ``protocol.connection.Connection``
 (which also keeps the subscribe → authorize phase and refuses what a phase forbids). Its
-tasks, in its own nursery: the reader (frames → events → answers), the job feed
-(``pool.job_feed``: a job on every template and vardiff change), the watchdog
-(``pool.watchdog``: handshake and idle timeouts; the vardiff idle sweep) and the inbox
-reader (``pool.inbox``: what other parts ask — kick, notices, useful work lost or
-offered). Submits are checked concurrently, at most ``max_inflight_submits`` at once;
-beyond that the reader stops reading, which is the backpressure a flooding miner feels.
+tasks, in its own nursery: the reader (frames → events → answers; the session's own
+task), the job feed (``pool.job_feed``: a job on every template and vardiff change) and
+the inbox reader (``pool.inbox``: what other parts ask — kick, notices, useful work lost
+or offered), which between events keeps the watchdog's deadlines (``pool.watchdog``:
+handshake and idle timeouts; the vardiff idle sweep). At most ``max_inflight_submits``
+submits are checked at once; beyond that the reader stops reading (a flood's backpressure).
 
 Closing rules: framing garbage or an oversized frame → ``client.show_message`` with the
 reason, then close; a message rate above the limit → error 27 for each refused request
@@ -59,6 +59,10 @@ class CloseSession(Exception):
 class Session(MinerState):
     """A connected miner; :meth:`run` serves it until it leaves or is dropped."""
 
+    __slots__ = ("_close_reason", "_scope", "_send_lock", "book", "conn", "ctx", "feed",
+                 "handlers", "hashrate", "inbox", "inflight", "judge", "lease", "rate", "ready",
+                 "stream", "vardiff", "watchdog")  # fmt: skip
+
     def __init__(self, stream: trio.abc.Stream, peer: str, ctx: PoolContext) -> None:
         now = trio.current_time()
         super().__init__(peer=peer, connected_at=now, last_message=now)
@@ -107,9 +111,8 @@ class Session(MinerState):
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
                 nursery.start_soon(self.guard, self.feed.run, self.ready)
-                nursery.start_soon(self.guard, self._watch)
                 nursery.start_soon(self.guard, self._serve_inbox)
-                nursery.start_soon(self.guard, self._reader, nursery)
+                await self.guard(self._reader, nursery)  # the reader is this very task
         finally:
             self.ctx.sessions.discard(self)
             self.inbox.close()
@@ -156,9 +159,12 @@ class Session(MinerState):
             self.close("connection lost")
 
     async def _serve_inbox(self) -> None:
+        """The inbox's events in order; between them, the watchdog's deadlines."""
         while True:
-            event = await self.inbox.receive()
-            if isinstance(event, Kick):
+            event = await self.inbox.receive(self._next_check())
+            if event is None:
+                await self._watch()
+            elif isinstance(event, Kick):
                 await self.notify_and_close(event.reason)
             elif isinstance(event, Notice):
                 await self.notify(messages.ShowMessage(text=event.text))
@@ -171,52 +177,51 @@ class Session(MinerState):
             elif self.lease.wants_offer(self.book):  # OfferWork
                 await self.feed.push_fresh(new_unit_only=True)
 
+    def _next_check(self) -> float:
+        vardiff = self.vardiff if self.ctx.config.vardiff.enabled else None
+        return self.watchdog.next_check(trio.current_time(), self, self.ready.is_set(), vardiff)
+
     async def _watch(self) -> None:
-        while True:
-            await trio.sleep(self.watchdog.tick)
-            now = trio.current_time()
-            reason = self.watchdog.overdue(
-                now,
-                authorized=self.ready.is_set(),
-                connected_at=self.connected_at,
-                last_message=self.last_message,
-            )
-            if reason is not None:
-                with trio.move_on_after(1):
-                    await self.notify(messages.ShowMessage(text=reason))
-                raise CloseSession(reason)
-            if self.ready.is_set() and self.ctx.config.vardiff.enabled:
-                changed = self.vardiff.check_idle(now)
-                if changed is not None:
-                    await self.feed.new_difficulty(changed)
+        now = trio.current_time()
+        reason = self.watchdog.overdue(now, self, self.ready.is_set())
+        if reason is not None:
+            with trio.move_on_after(1):
+                await self.notify(messages.ShowMessage(text=reason))
+            raise CloseSession(reason)
+        if self.ready.is_set() and self.ctx.config.vardiff.enabled:
+            changed = self.vardiff.check_idle(now)
+            if changed is not None:
+                await self.feed.new_difficulty(changed)
 
     # -- the wire -----------------------------------------------------------------------
 
     async def _reader(self, nursery: trio.Nursery) -> None:
-        while True:
-            data = await self.stream.receive_some(READ_SIZE)
-            if not data:
-                raise CloseSession("the miner closed the connection")
-            try:
-                events = self.conn.receive_data(data)
-            except ProtocolError as exc:
-                await self.notify_and_close(f"protocol error: {exc}")
-            for event in events:
-                self.last_message = trio.current_time()
-                chunked = isinstance(event, RequestReceived) and isinstance(
-                    event.message, GetBlob | WorkResult
-                )
-                if not chunked and not self.rate.allow(self.last_message):
-                    await self._rate_limited(event)
-                    continue
-                if isinstance(event, RequestReceived):
-                    await self._request(event, nursery)
-                elif isinstance(event, BadRequest):
-                    if event.id is not None:
-                        await self.error(event.id, event.error)
-                    await self.handlers.judge(False)
-                elif isinstance(event, NotificationReceived):
-                    pass  # a miner's notifications (pings without id) need no answer
+        while True:  # (no local keeps the last read's bytes or frames while waiting)
+            await self._received(await self.stream.receive_some(READ_SIZE), nursery)
+
+    async def _received(self, data: bytes | bytearray, nursery: trio.Nursery) -> None:
+        if not data:
+            raise CloseSession("the miner closed the connection")
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError as exc:
+            await self.notify_and_close(f"protocol error: {exc}")
+        for event in events:
+            self.last_message = trio.current_time()
+            chunked = isinstance(event, RequestReceived) and isinstance(
+                event.message, GetBlob | WorkResult
+            )
+            if not chunked and not self.rate.allow(self.last_message):
+                await self._rate_limited(event)
+                continue
+            if isinstance(event, RequestReceived):
+                await self._request(event, nursery)
+            elif isinstance(event, BadRequest):
+                if event.id is not None:
+                    await self.error(event.id, event.error)
+                await self.handlers.judge(False)
+            elif isinstance(event, NotificationReceived):
+                pass  # a miner's notifications (pings without id) need no answer
 
     async def _rate_limited(self, event: object) -> None:
         if self.rate.refused > self.ctx.config.limits.message_burst:

@@ -1,9 +1,15 @@
-"""The socket under a miner's stream: the TCP socket itself, its peer's IP, and a lingering
-close (our last words reach the miner instead of being lost to a reset)."""
+"""The socket under a miner's stream: the TCP socket itself, its peer's IP, a lingering
+close (our last words reach the miner instead of being lost to a reset), and the process's
+open-file limit, raised at start so that every connection slot can hold a socket."""
 
 from __future__ import annotations
 
+import resource
+
 import trio
+
+FILES_BESIDES_MINERS = 256
+"""Open files a pool needs besides its miners' sockets (listeners, ledger, node, HTTP)."""
 
 
 def tcp_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
@@ -41,3 +47,25 @@ async def linger(stream: trio.abc.Stream, seconds: float) -> None:
                 drained += len(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
+
+
+def raise_open_files(connections: int) -> str | None:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; why it is still too low for
+    ``connections`` miner sockets (one line for the log), or None when it is enough."""
+    needed = connections + FILES_BESIDES_MINERS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinite = resource.RLIM_INFINITY
+    if soft != infinite and soft != hard:
+        wanted = max(soft, needed) if hard == infinite else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    if soft == infinite or soft >= needed:
+        return None
+    return (
+        f"the open-file limit is {soft} (hard limit {'unlimited' if hard == infinite else hard}),"
+        f" below the {needed} that stratum.max_connections = {connections} needs: connections"
+        " past it will fail; raise it (ulimit -n, systemd LimitNOFILE=)"
+    )

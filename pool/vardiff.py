@@ -84,6 +84,11 @@ class Vardiff:
     (and adopt it), or ``None``. ``suggest`` applies ``mining.suggest_difficulty``.
     """
 
+    __slots__ = (
+        "_floor", "_last_check", "_last_share", "_shares", "_since_check", "_weight",
+        "_window_start", "config", "difficulty",
+    )  # fmt: skip
+
     def __init__(
         self, config: VardiffConfig, start_difficulty: float, now: float | None = None
     ) -> None:
@@ -94,7 +99,7 @@ class Vardiff:
         self._window_start: float | None = None
         self._last_check = self._last_share = self._weight = 0.0
         self._since_check = 0
-        self._shares: deque[tuple[float, float]] = deque()
+        self._shares: deque[tuple[float, float]] | None = None  # made at the first share
         self._open_window(now)
 
     # -- public -------------------------------------------------------------------------
@@ -124,6 +129,8 @@ class Vardiff:
             self._open_window(now)  # the first share only starts the clock
             return None
         self._last_share = max(self._last_share, now)
+        if self._shares is None:
+            self._shares = deque()
         self._shares.append((now, weight))
         self._weight += weight
         while len(self._shares) > self.config.window_shares:
@@ -155,6 +162,12 @@ class Vardiff:
         if ratio > 0 and -math.log(ratio) <= self._band():
             return None
         return self._change(self.difficulty * max(ratio, 1 / cfg.max_step), now)
+
+    def idle_at(self) -> float | None:
+        """The earliest time :meth:`check_idle` can change anything (None: no window yet)."""
+        if self._window_start is None:
+            return None
+        return max(self._last_share, self._window_start) + self.config.idle_seconds
 
     def estimated_interval(self, now: float) -> float | None:
         """Current estimate of the mean share interval at the current difficulty."""
@@ -206,5 +219,5 @@ class Vardiff:
         self._last_check = now if now is not None else 0.0
         self._last_share = now if now is not None else 0.0
         self._since_check = 0
-        self._shares = deque()
+        self._shares = None
         self._weight = 0.0

@@ -53,39 +53,49 @@ class FrameDecoder:
         if max_frame_size < 1:
             raise ValueError("max_frame_size must be positive")
         self.max_frame_size = max_frame_size
-        self._buffer = bytearray()
+        # Only a frame's unfinished part is kept, from the read that left it (whole frames
+        # are decoded straight from the bytes received): an idle connection holds nothing.
+        self._buffer: bytearray | None = None
         self._error: ProtocolError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a whole frame."""
-        return len(self._buffer)
+        return 0 if self._buffer is None else len(self._buffer)
 
     def feed(self, data: bytes | bytearray) -> list[dict]:
         """Add ``data``; return every frame it completes, in order."""
         if self._error is not None:
             raise ProtocolError(f"decoder already failed: {self._error}")
-        self._buffer += data
+        if self._buffer is not None:
+            self._buffer += data
+            data = self._buffer
         frames: list[dict] = []
+        start = 0
         try:
-            while len(self._buffer) >= _LENGTH.size:
-                (length,) = _LENGTH.unpack_from(self._buffer)
+            while len(data) - start >= _LENGTH.size:
+                (length,) = _LENGTH.unpack_from(data, start)
                 if length == 0:
                     raise ProtocolError("empty frame (length 0)")
                 if length > self.max_frame_size:
                     raise ProtocolError(
                         f"frame of {length} bytes exceeds the maximum of {self.max_frame_size}"
                     )
-                end = _LENGTH.size + length
-                if len(self._buffer) < end:
+                end = start + _LENGTH.size + length
+                if len(data) < end:
                     break
-                body = bytes(self._buffer[_LENGTH.size : end])
-                del self._buffer[:end]
-                frames.append(self._decode_body(body))
+                frames.append(self._decode_body(bytes(data[start + _LENGTH.size : end])))
+                start = end
         except ProtocolError as exc:
             self._error = exc
-            self._buffer.clear()
+            self._buffer = None
             raise
+        if start == len(data):
+            self._buffer = None
+        elif data is self._buffer:
+            del self._buffer[:start]
+        else:
+            self._buffer = bytearray(data[start:])
         return frames
 
     def _decode_body(self, body: bytes) -> dict:
