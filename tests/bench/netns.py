@@ -9,7 +9,8 @@ upload, metric scrapes) off the measured link. :func:`shaped_bytes` reads what c
 the link (``tc -s class show``), from inside the namespace.
 
 The namespace is deleted on every exit of the ``with`` block, on SIGTERM/SIGHUP (turned
-into ``SystemExit``) and at interpreter exit. Needs root and ``ip``/``tc`` (iproute2):
+into ``SystemExit``) and at interpreter exit; :func:`remove_stale` deletes the empty ones
+of benches that were SIGKILLed. Needs root and ``ip``/``tc`` (iproute2):
 :func:`require_root_and_tc` exits with one line otherwise.
 """
 
@@ -75,6 +76,22 @@ def in_shaped_namespace() -> bool:
     except (RuntimeError, OSError, subprocess.SubprocessError):
         return False
     return True
+
+
+def remove_stale(prefix: str = "mmbench-") -> list[str]:
+    """Delete namespaces ``PREFIX<pid>`` left by a bench that was SIGKILLed: its pid is gone
+    and no process runs in it any more. Returns the names deleted."""
+    removed = []
+    for line in _run(["ip", "netns", "list"]).splitlines():
+        name = line.split(" ")[0]
+        pid = name.removeprefix(prefix)
+        if name == pid or not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
+            continue
+        if _run(["ip", "netns", "pids", name]).strip():
+            continue
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+        removed.append(name)
+    return removed
 
 
 class ShapedNamespace:

@@ -16,9 +16,11 @@ every dimension divided by ``--scale``. Per (rate, case) it prints the useful fr
 mined MACs (pool metrics, from the first product's acceptance until the last is done):
 ``useful/(useful+synthetic)`` of ``matmine_pool_mined_macs_total`` and verified useful MACs
 (``matmine_pool_useful_macs_total``) ÷ all mined MACs; the bound ``min(1, link B/s ÷ (link
-bytes per useful MAC × worker MAC/s))`` with the bytes counted by the shaped class; the
-ratio achieved/bound; the pool's CPU seconds per useful GMAC (/proc); and the same bound
-for a GPU worker at 50 and 300 TMAC/s. Needs root and iproute2 (``--no-netns``: plain
+bytes per useful MAC × worker MAC/s))`` with the bytes counted by the shaped class (worker
+MAC/s: ``matmine-worker bench`` at the unit's shape, or the rate of the case if higher);
+the least bytes per MAC (each A, B and C across once); the ratio achieved/bound; the pool's
+CPU seconds per useful GMAC (/proc); and the same bound for a GPU worker at 50 and 300
+TMAC/s. Needs root and iproute2 (``--no-netns``: plain
 loopback, no bound; for smoke tests).
 
     sudo .venv/bin/python tests/bench/useful_link.py [--rates 100mbit,1gbit] [--scale 2]
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,7 +45,13 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from protocol.useful import choose_r
-from tests.bench.netns import ShapedNamespace, in_shaped_namespace, require_root_and_tc
+from tests.bench.netns import (
+    ShapedNamespace,
+    in_shaped_namespace,
+    parse_rate,
+    remove_stale,
+    require_root_and_tc,
+)
 from tests.support.link_bench import (
     MAC_PER_SHARE_DIFFICULTY,
     Case,
@@ -102,20 +111,21 @@ def table(rows: list[tuple[str, CaseResult]]) -> str:
     """The results as a fixed-width table (one line per rate and case) and a legend."""
     head = (
         f"{'link':>8} {'meas':>7} {'case':<24} {'u/mined':>7} {'verif':>6} {'bound':>6} "
-        f"{'v/comp':>6} {'ach/bnd':>7} {'B/uMAC':>8} {'wGMAC/s':>7} {'runGMAC':>7} "
+        f"{'v/comp':>6} {'ach/bnd':>7} {'B/uMAC':>8} {'least':>8} {'wGMAC/s':>7} {'runGMAC':>7} "
         f"{'cpu s/uGMAC':>11} "
         f"{'@50T':>7} {'@300T':>7} {'secs':>6}  submission"
     )
     lines = [head, "-" * len(head)]
     for rate, r in rows:
-        gpu = [r.bound(rate) for rate in GPU_RATES]
+        gpu = [r.bound(gpu_rate) for gpu_rate in GPU_RATES]
         lines.append(
             f"{rate:>8} {_fmt(r.link_bits and r.link_bits / 1e6, '7.1f')} "
             f"{r.case.name + ' ' + r.case.label():<24} "
             f"{_fmt(r.mined_useful_fraction, '7.3f')} {_fmt(r.verified_fraction, '6.3f')} "
             f"{_fmt(r.bound(), '6.3f')} {_fmt(r.computed_fraction, '6.3f')} "
             f"{_fmt(r.achieved_over_bound, '7.2f')} "
-            f"{_fmt(r.bytes_per_useful_mac, '8.5f')} {r.worker_capacity / 1e9:7.1f} "
+            f"{_fmt(r.bytes_per_useful_mac, '8.5f')} {r.case.least_bytes_per_mac:8.5f} "
+            f"{r.worker_capacity / 1e9:7.1f} "
             f"{r.worker_rate / 1e9:7.1f} {_fmt(r.pool_cpu_per_useful_gmac, '11.4f')} "
             f"{_fmt(gpu[0], '7.5f')} {_fmt(gpu[1], '7.5f')} {r.seconds:6.1f}  {r.submission}"
         )
@@ -124,8 +134,9 @@ def table(rows: list[tuple[str, CaseResult]]) -> str:
         "meas: bulk TCP Mbit/s on the link; u/mined: useful/(useful+synthetic) of mined MACs;"
         " verif: verified useful MACs / all mined MACs;",
         "v/comp: verified useful MACs / MACs the worker computed (exact, no share noise);",
-        "bound: min(1, link B/s / (B/uMAC x wGMAC/s)); B/uMAC: link bytes per verified useful"
-        " MAC; wGMAC/s: worker capacity (matmine-worker bench);",
+        "bound: min(1, link B/s / (B/uMAC x max(wGMAC/s, runGMAC))); B/uMAC: link bytes per"
+        " verified useful MAC; least: bytes per MAC if every A, B and C crossed once;",
+        "wGMAC/s: worker capacity (matmine-worker bench); "
         "runGMAC: worker MAC/s during the case; cpu s/uGMAC: pool process CPU s per verified"
         " GMAC; @50T/@300T: the bound for a 50/300 TMAC/s GPU.",
     ]
@@ -140,22 +151,38 @@ def _inner_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _run_inside(ns: ShapedNamespace, command: list[str]) -> str:
+    """Run ``command`` in the namespace; its stdout. On any exit of ours (Ctrl-C, SIGTERM)
+    it gets SIGINT first, so that it stops its pool and worker before the namespace goes."""
+    with subprocess.Popen(ns.exec(command), stdout=subprocess.PIPE, text=True) as child:
+        try:
+            out, _ = child.communicate()
+        except BaseException:
+            child.send_signal(signal.SIGINT)
+            try:
+                child.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                child.kill()
+            raise
+    if child.returncode != 0:
+        sys.exit(f"error: the bench inside {ns.name} failed (exit {child.returncode})")
+    return out
+
+
 def outer(args: argparse.Namespace) -> list[tuple[str, CaseResult]]:
     """One namespace per rate, the bench re-run inside each; their results."""
     require_root_and_tc()
+    for name in remove_stale():
+        print(f"removed the namespace {name} of a bench that was killed", file=sys.stderr)
     rows = []
     for rate in args.rates.split(","):
-        bits = ShapedNamespace(rate).bits
-        megabytes = args.link_megabytes or max(8.0, min(500.0, bits / 8 / 1e6 * 3))
+        megabytes = args.link_megabytes or max(8.0, min(500.0, parse_rate(rate) / 8e6 * 3))
+        command = [sys.executable, __file__, "--inside", *_inner_args(args), str(megabytes)]
+        if args.no_register:
+            command.append("--no-register")
         with ShapedNamespace(rate) as ns:
-            command = [sys.executable, __file__, "--inside", *_inner_args(args), str(megabytes)]
-            if args.no_register:
-                command.append("--no-register")
             print(f"{rate}: running in namespace {ns.name} ...", file=sys.stderr, flush=True)
-            done = subprocess.run(ns.exec(command), stdout=subprocess.PIPE, text=True)
-            if done.returncode != 0:
-                sys.exit(f"error: the bench inside {ns.name} failed (exit {done.returncode})")
-        rows += [(rate, r) for r in _load(done.stdout)]
+            rows += [(rate, r) for r in _load(_run_inside(ns, command))]
     return rows
 
 
@@ -176,6 +203,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.scale < 1 or 8192 % args.scale or args.stream < 1:
         parser.error("--scale must divide 8192 and --stream be at least 1")
+    try:
+        for rate in args.rates.split(","):
+            parse_rate(rate)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 

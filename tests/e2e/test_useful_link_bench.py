@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.bench.netns import ShapedNamespace, parse_rate
+from tests.bench.netns import ShapedNamespace, parse_rate, remove_stale
 from tests.support import REPO
 from tests.support.link_bench import Case, Setup, run_case, worker_capacity
 
@@ -124,3 +126,64 @@ def test_the_bench_runs_in_a_shaped_namespace_and_prints_its_bound() -> None:
         assert 0.5 * 50 < measured < 1.5 * 50
         assert 0.0 < bound <= 1.0
     assert "mmbench-" not in namespaces()
+
+
+def bench_children() -> list[str]:
+    """Command lines of live processes that belong to a bench run (its temp dir)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "useful_link-" in cmdline and "pytest" not in cmdline:
+            found.append(cmdline)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not NETNS_OK, reason="needs root and iproute2 (ip, tc)")
+@pytest.mark.parametrize("running", [1, 2], ids=["pool-starting", "pool-and-worker"])
+def test_a_stopped_bench_leaves_no_namespace_and_no_processes(running: int) -> None:
+    bench = subprocess.Popen(
+        [sys.executable, str(BENCH), "--rates", "50mbit", "--scale", "64", "--bench-seconds",
+         "0.5"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        assert bench.stderr is not None
+        line = bench.stderr.readline()
+        assert "running in namespace mmbench-" in line, line
+        deadline = time.monotonic() + 60
+        while len(bench_children()) < running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(bench_children()) >= running
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=90) != 0
+    finally:
+        bench.kill()
+    assert "mmbench-" not in namespaces()
+    assert bench_children() == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not NETNS_OK, reason="needs root and iproute2 (ip, tc)")
+def test_only_empty_namespaces_of_dead_benches_are_swept() -> None:
+    dead, busy, alive = "mmbench-999999991", "mmbench-999999992", f"mmbench-{os.getpid()}"
+    for name in (dead, busy, alive):
+        subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
+    sleeper = subprocess.Popen(["ip", "netns", "exec", busy, "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 10
+        while not subprocess.run(["ip", "netns", "pids", busy], capture_output=True).stdout:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert remove_stale() == [dead]
+        listed = namespaces()
+        assert dead not in listed and busy in listed and alive in listed
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for name in (dead, busy, alive):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)

@@ -58,6 +58,12 @@ class Case:
     def macs(self) -> int:
         return self.m * self.k * self.n * self.count
 
+    @property
+    def least_bytes_per_mac(self) -> float:
+        """Bytes per MAC if each A, the one B and each C (int32) crossed the link once."""
+        moved = self.count * self.m * self.k + self.k * self.n + 4 * self.count * self.m * self.n
+        return moved / self.macs
+
     def label(self) -> str:
         product = f"{self.m}×{self.k}·{self.k}×{self.n}"
         return f"{self.count}×[{product}]" if self.count > 1 else product
@@ -143,10 +149,11 @@ class CaseResult:
         return self.moved_bytes / verified if verified else None
 
     def bound(self, mac_rate: float | None = None) -> float | None:
-        """``min(1, link bytes/s ÷ (bytes per useful MAC × MAC/s))`` (the worker's
-        capacity unless ``mac_rate`` is given); None without a measured link."""
+        """``min(1, link bytes/s ÷ (bytes per useful MAC × MAC/s))``; None without a
+        measured link. MAC/s: ``mac_rate``, else the worker's capacity or, if higher (the
+        capacity probe ran on a busy machine), the rate it reached during the case."""
         per_mac = self.bytes_per_useful_mac
-        rate = self.worker_capacity if mac_rate is None else mac_rate
+        rate = max(self.worker_capacity, self.worker_rate) if mac_rate is None else mac_rate
         if self.link_bits is None or not per_mac or rate <= 0:
             return None
         return min(1.0, self.link_bits / 8 / (per_mac * rate))

@@ -96,9 +96,14 @@ class _Process:
                         raise RuntimeError(f"{self.args[2]} exited:\n{self.log_tail()}")
                     await trio.sleep(0.05)
         except trio.TooSlowError:
+            await self.stop()
             raise RuntimeError(
                 f"{self.args[2]} not ready after {timeout:g} s:\n{self.log_tail()}"
             ) from None
+        except BaseException:  # interrupted while it starts: no __aexit__ will stop it
+            with trio.CancelScope(shield=True):
+                await self.stop()
+            raise
 
     async def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
