@@ -111,8 +111,8 @@ def table(rows: list[tuple[str, CaseResult]]) -> str:
     """The results as a fixed-width table (one line per rate and case) and a legend."""
     head = (
         f"{'link':>8} {'meas':>7} {'case':<24} {'u/mined':>7} {'verif':>6} {'bound':>6} "
-        f"{'v/comp':>6} {'ach/bnd':>7} {'B/uMAC':>8} {'least':>8} {'wGMAC/s':>7} {'runGMAC':>7} "
-        f"{'cpu s/uGMAC':>11} "
+        f"{'v/comp':>6} {'w u/sc':>6} {'ach/bnd':>7} {'B/uMAC':>8} {'least':>8} "
+        f"{'wGMAC/s':>7} {'runGMAC':>7} {'cpu s/uGMAC':>11} "
         f"{'@50T':>7} {'@300T':>7} {'secs':>6}  submission"
     )
     lines = [head, "-" * len(head)]
@@ -123,6 +123,7 @@ def table(rows: list[tuple[str, CaseResult]]) -> str:
             f"{r.case.name + ' ' + r.case.label():<24} "
             f"{_fmt(r.mined_useful_fraction, '7.3f')} {_fmt(r.verified_fraction, '6.3f')} "
             f"{_fmt(r.bound(), '6.3f')} {_fmt(r.computed_fraction, '6.3f')} "
+            f"{_fmt(r.worker_useful_fraction, '6.3f')} "
             f"{_fmt(r.achieved_over_bound, '7.2f')} "
             f"{_fmt(r.bytes_per_useful_mac, '8.5f')} {r.case.least_bytes_per_mac:8.5f} "
             f"{r.worker_capacity / 1e9:7.1f} "
@@ -133,7 +134,8 @@ def table(rows: list[tuple[str, CaseResult]]) -> str:
         "",
         "meas: bulk TCP Mbit/s on the link; u/mined: useful/(useful+synthetic) of mined MACs;"
         " verif: verified useful MACs / all mined MACs;",
-        "v/comp: verified useful MACs / MACs the worker computed (exact, no share noise);",
+        "v/comp: verified useful MACs / MACs the worker computed (exact, no share noise);"
+        " w u/sc: the worker's useful scanned MACs (unit headers whose product it took) / all;",
         "bound: min(1, link B/s / (B/uMAC x max(wGMAC/s, runGMAC))); B/uMAC: link bytes per"
         " verified useful MAC; least: bytes per MAC if every A, B and C crossed once;",
         "wGMAC/s: worker capacity (matmine-worker bench); "

@@ -44,6 +44,8 @@ async def test_a_stream_of_tiny_products_is_accounted_for_exactly(tmp_path: Path
     # a worker cannot have verified work it never computed
     computed = result.computed_fraction
     assert computed is not None and 0.0 < computed <= 1.0
+    # each verified unit is one header whose product the worker took: at least its MACs
+    assert result.delta("verified") <= result.delta("worker_useful") <= result.delta("worker_macs")
     # every product's C (int32, 32×64) came back and its operands went out at least once
     assert result.moved_bytes >= 2 * 32 * 64 * 4 + 32 * 128 + 64 * 128
     assert result.bytes_per_useful_mac == result.moved_bytes / case.macs

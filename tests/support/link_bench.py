@@ -89,6 +89,7 @@ class Snapshot:
     verified: float
     pool_cpu: float
     worker_macs: float
+    worker_useful: float  # the worker's scanned MACs of unit headers before their product
     data_bytes: float  # the pool's useful-work payload bytes (operands out, results in)
     link_bytes: int | None  # bytes through the shaped class; None off a shaped link
 
@@ -130,6 +131,12 @@ class CaseResult:
         """Verified useful MACs ÷ MACs the worker computed (exact: no share sampling)."""
         computed = self.delta("worker_macs")
         return self.delta("verified") / computed if computed else None
+
+    @property
+    def worker_useful_fraction(self) -> float | None:
+        """The worker's own count: MACs of unit headers whose product it took ÷ all it did."""
+        computed = self.delta("worker_macs")
+        return self.delta("worker_useful") / computed if computed else None
 
     @property
     def worker_rate(self) -> float:
@@ -318,6 +325,7 @@ async def _snapshot(
         verified=metric(p, "matmine_pool_useful_macs_total"),
         pool_cpu=cpu_seconds(pool.pid),
         worker_macs=worker_macs,
+        worker_useful=metric(w, "matmine_worker_scanned_macs_total", kind="useful"),
         data_bytes=sum(v for (name, _), v in p.items() if name == "matmine_pool_data_bytes_total"),
         link_bytes=shaped_bytes() if shaped else None,
     )
