@@ -2,7 +2,8 @@
 
 Without a namespace: a real pool process and a real ``matmine-worker`` process compute a
 stream of two products sharing B; the window's counters must account for exactly those
-products, at least their bytes, and nothing impossible (more verified than computed). As
+products, at least their bytes, and nothing impossible (more verified than computed); the
+submitter registers a shared B once (or, told not to, uploads it with each product). As
 root with iproute2 (slow): the shaped namespace really limits the link, is gone after the
 block (also after an error), and the whole bench runs inside it and prints its bound.
 """
@@ -17,11 +18,21 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 
-from tests.bench.netns import ShapedNamespace, parse_rate, remove_stale
+from tests.bench.netns import LOOP_HOST, ShapedNamespace, parse_rate, remove_stale
 from tests.support import REPO
-from tests.support.link_bench import Case, Setup, run_case, worker_capacity
+from tests.support.link_bench import (
+    Case,
+    ProductSubmitter,
+    Setup,
+    npy,
+    run_case,
+    worker_capacity,
+)
+from tests.support.pools import StartPool
 
 BENCH = REPO / "tests" / "bench" / "useful_link.py"
 NETNS_OK = os.geteuid() == 0 and shutil.which("ip") is not None and shutil.which("tc") is not None
@@ -50,7 +61,27 @@ async def test_a_stream_of_tiny_products_is_accounted_for_exactly(tmp_path: Path
     assert result.moved_bytes >= 2 * 32 * 64 * 4 + 32 * 128 + 64 * 128
     assert result.bytes_per_useful_mac == result.moved_bytes / case.macs
     assert result.bound() is None  # no measured link off a namespace
-    assert result.submission in ("B uploaded with every product", "B registered once")
+    assert result.submission == "B registered once"  # the pool offers registered operands
+
+
+@pytest.mark.parametrize("share_b", [True, False])
+async def test_products_sharing_b_name_it_once_or_carry_it(start_pool: StartPool, share_b) -> None:
+    handle = await start_pool(settings={"http.enabled": True})
+    rng = np.random.default_rng(5)
+    b = rng.integers(-64, 65, (96, 48), dtype=np.int8)
+    a_blobs = [npy(rng.integers(-64, 65, (m, 96), dtype=np.int8)) for m in (16, 32)]
+    base = f"http://{LOOP_HOST}:{handle.http_port}"
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        submitter = ProductSubmitter(client, npy(b), share_b=share_b)
+        ids = [await submitter.submit(a) for a in a_blobs]
+        shapes = [(await client.get(f"/api/work/{i}")).json()["shape"] for i in ids]
+        operands = (await client.get("/api/work/operands")).json()["operands"]
+    assert shapes == [{"m": 16, "k": 96, "n": 48}, {"m": 32, "k": 96, "n": 48}]
+    assert len(set(ids)) == 2
+    if share_b:
+        assert submitter.how == "B registered once" and len(operands) == 1
+    else:
+        assert submitter.how == "B uploaded with every product" and operands == []
 
 
 def test_rates_parse_and_bad_ones_are_refused() -> None:

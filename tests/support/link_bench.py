@@ -189,8 +189,8 @@ async def _post(client: httpx.AsyncClient, path: str, body: bytes, **params: str
 
 
 async def offers_registered_operands(client: httpx.AsyncClient) -> bool:
-    """Does the pool have ``POST /api/work/operands``? (An empty body: 404/405 = no.)"""
-    r = await _post(client, "/api/work/operands", b"")
+    """Does the pool have registered operands (``GET /api/work/operands``: 404/405 = no)?"""
+    r = await client.get("/api/work/operands")
     return r.status_code not in (404, 405)
 
 
