@@ -16,9 +16,10 @@ every dimension divided by ``--scale``. Per (rate, case) it prints the useful fr
 mined MACs (pool metrics, from the first product's acceptance until the last is done):
 ``useful/(useful+synthetic)`` of ``matmine_pool_mined_macs_total`` and verified useful MACs
 (``matmine_pool_useful_macs_total``) ÷ all mined MACs; the bound ``min(1, link B/s ÷ (link
-bytes per useful MAC × worker MAC/s))`` with the bytes counted by the shaped class (worker
-MAC/s: ``matmine-worker bench`` at the unit's shape, or the rate of the case if higher);
-the least bytes per MAC (each A, B and C across once); the ratio achieved/bound; the pool's
+bytes per useful MAC × worker MAC/s))`` with the bytes counted by the shaped class, at
+the worker's MAC/s during the case (what verified ÷ computed MACs obeys) and at its capacity
+(``matmine-worker bench`` at the unit's shape); the least bytes per MAC (each A, B and C
+across once); the ratio achieved (verified ÷ computed MACs) / bound; the pool's
 CPU seconds per useful GMAC (/proc); and the same bound for a GPU worker at 50 and 300
 TMAC/s. Needs root and iproute2 (``--no-netns``: plain
 loopback, no bound; for smoke tests).
@@ -111,7 +112,7 @@ def table(rows: list[tuple[str, CaseResult]]) -> str:
     """The results as a fixed-width table (one line per rate and case) and a legend."""
     head = (
         f"{'link':>8} {'meas':>7} {'case':<24} {'u/mined':>7} {'verif':>6} {'bound':>6} "
-        f"{'v/comp':>6} {'w u/sc':>6} {'ach/bnd':>7} {'B/uMAC':>8} {'least':>8} "
+        f"{'v/comp':>6} {'w u/sc':>6} {'bnd@cap':>7} {'ach/bnd':>7} {'B/uMAC':>8} {'least':>8} "
         f"{'wGMAC/s':>7} {'runGMAC':>7} {'cpu s/uGMAC':>11} "
         f"{'@50T':>7} {'@300T':>7} {'secs':>6}  submission"
     )
@@ -124,6 +125,7 @@ def table(rows: list[tuple[str, CaseResult]]) -> str:
             f"{_fmt(r.mined_useful_fraction, '7.3f')} {_fmt(r.verified_fraction, '6.3f')} "
             f"{_fmt(r.bound(), '6.3f')} {_fmt(r.computed_fraction, '6.3f')} "
             f"{_fmt(r.worker_useful_fraction, '6.3f')} "
+            f"{_fmt(r.bound(r.worker_capacity), '7.3f')} "
             f"{_fmt(r.achieved_over_bound, '7.2f')} "
             f"{_fmt(r.bytes_per_useful_mac, '8.5f')} {r.case.least_bytes_per_mac:8.5f} "
             f"{r.worker_capacity / 1e9:7.1f} "
@@ -136,8 +138,10 @@ def table(rows: list[tuple[str, CaseResult]]) -> str:
         " verif: verified useful MACs / all mined MACs;",
         "v/comp: verified useful MACs / MACs the worker computed (exact, no share noise);"
         " w u/sc: the worker's useful scanned MACs (unit headers whose product it took) / all;",
-        "bound: min(1, link B/s / (B/uMAC x max(wGMAC/s, runGMAC))); B/uMAC: link bytes per"
-        " verified useful MAC; least: bytes per MAC if every A, B and C crossed once;",
+        "bound: min(1, link B/s / (B/uMAC x runGMAC)), what v/comp obeys; bnd@cap: the same"
+        " at wGMAC/s; ach/bnd: v/comp / bound;",
+        "B/uMAC: link bytes per verified useful MAC; least: bytes per MAC if every A, B and C"
+        " crossed once;",
         "wGMAC/s: worker capacity (matmine-worker bench); "
         "runGMAC: worker MAC/s during the case; cpu s/uGMAC: pool process CPU s per verified"
         " GMAC; @50T/@300T: the bound for a 50/300 TMAC/s GPU.",

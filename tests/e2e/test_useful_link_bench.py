@@ -155,9 +155,11 @@ def test_the_bench_runs_in_a_shaped_namespace_and_prints_its_bound() -> None:
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith("  50mbit")]
     assert [row[2] for row in rows] == ["a", "b"], done.stdout
     for row in rows:
-        measured, bound = float(row[1]), float(row[6])
+        measured, bound, exact = float(row[1]), float(row[6]), float(row[7])
         assert 0.5 * 50 < measured < 1.5 * 50
         assert 0.0 < bound <= 1.0
+        # physics: verified MACs ≤ link bytes ÷ bytes per useful MAC (10%: the probe's ramp)
+        assert 0.0 < exact <= 1.1 * bound
     assert "mmbench-" not in namespaces()
 
 

@@ -157,17 +157,18 @@ class CaseResult:
 
     def bound(self, mac_rate: float | None = None) -> float | None:
         """``min(1, link bytes/s ÷ (bytes per useful MAC × MAC/s))``; None without a
-        measured link. MAC/s: ``mac_rate``, else the worker's capacity or, if higher (the
-        capacity probe ran on a busy machine), the rate it reached during the case."""
+        measured link. MAC/s: ``mac_rate``, else the worker's rate during the case — the
+        bound that the case's exact useful fraction (:attr:`computed_fraction`) obeys."""
         per_mac = self.bytes_per_useful_mac
-        rate = max(self.worker_capacity, self.worker_rate) if mac_rate is None else mac_rate
+        rate = self.worker_rate if mac_rate is None else mac_rate
         if self.link_bits is None or not per_mac or rate <= 0:
             return None
         return min(1.0, self.link_bits / 8 / (per_mac * rate))
 
     @property
     def achieved_over_bound(self) -> float | None:
-        bound, achieved = self.bound(), self.verified_fraction
+        """The exact useful fraction (verified ÷ computed MACs) over :meth:`bound`."""
+        bound, achieved = self.bound(), self.computed_fraction
         return achieved / bound if bound and achieved is not None else None
 
     @property
