@@ -1,0 +1,224 @@
+"""The machinery of ``tests/bench/useful_link.py`` at a tiny scale, so the bench does not rot.
+
+Without a namespace: a real pool process and a real ``matmine-worker`` process compute a
+stream of two products sharing B; the window's counters must account for exactly those
+products, at least their bytes, and nothing impossible (more verified than computed); the
+submitter registers a shared B once (or, told not to, uploads it with each product). As
+root with iproute2 (slow): the shaped namespace really limits the link, is gone after the
+block (also after an error), and the whole bench runs inside it and prints its bound.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.bench.netns import LOOP_HOST, ShapedNamespace, parse_rate, remove_stale
+from tests.support import REPO
+from tests.support.link_bench import (
+    Case,
+    ProductSubmitter,
+    Setup,
+    npy,
+    run_case,
+    worker_capacity,
+)
+from tests.support.pools import StartPool
+
+BENCH = REPO / "tests" / "bench" / "useful_link.py"
+NETNS_OK = os.geteuid() == 0 and shutil.which("ip") is not None and shutil.which("tc") is not None
+
+
+def namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+async def test_a_stream_of_tiny_products_is_accounted_for_exactly(tmp_path: Path) -> None:
+    case = Case("b", 32, 128, 64, count=2)
+    capacity = worker_capacity(64, 64, 128, 32, seconds=0.3)
+    setup = Setup(64, capacity / 20 / 2**32, capacity, None, timeout=120.0)
+    result = await run_case(case, setup, tmp_path)
+    # the window holds exactly the two products: counted unpadded, each once
+    assert result.delta("verified") == case.macs == 2 * 32 * 128 * 64
+    assert result.mined > 0 and result.delta("pool_cpu") > 0
+    fractions = (result.mined_useful_fraction, result.verified_fraction)
+    assert all(f is not None and f >= 0.0 for f in fractions)
+    # a worker cannot have verified work it never computed
+    computed = result.computed_fraction
+    assert computed is not None and 0.0 < computed <= 1.0
+    # each verified unit is one header whose product the worker took: at least its MACs
+    assert result.delta("verified") <= result.delta("worker_useful") <= result.delta("worker_macs")
+    # every product's C (int32, 32×64) came back and its operands went out at least once
+    assert result.moved_bytes >= 2 * 32 * 64 * 4 + 32 * 128 + 64 * 128
+    assert result.bytes_per_useful_mac == result.moved_bytes / case.macs
+    assert result.bound() is None  # no measured link off a namespace
+    assert result.submission == "B registered once"  # the pool offers registered operands
+
+
+@pytest.mark.parametrize("share_b", [True, False])
+async def test_products_sharing_b_name_it_once_or_carry_it(start_pool: StartPool, share_b) -> None:
+    handle = await start_pool(settings={"http.enabled": True})
+    rng = np.random.default_rng(5)
+    b = rng.integers(-64, 65, (96, 48), dtype=np.int8)
+    a_blobs = [npy(rng.integers(-64, 65, (m, 96), dtype=np.int8)) for m in (16, 32)]
+    base = f"http://{LOOP_HOST}:{handle.http_port}"
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        submitter = ProductSubmitter(client, npy(b), share_b=share_b)
+        ids = [await submitter.submit(a) for a in a_blobs]
+        shapes = [(await client.get(f"/api/work/{i}")).json()["shape"] for i in ids]
+        operands = (await client.get("/api/work/operands")).json()["operands"]
+    assert shapes == [{"m": 16, "k": 96, "n": 48}, {"m": 32, "k": 96, "n": 48}]
+    assert len(set(ids)) == 2
+    if share_b:
+        assert submitter.how == "B registered once" and len(operands) == 1
+    else:
+        assert submitter.how == "B uploaded with every product" and operands == []
+
+
+def test_rates_parse_and_bad_ones_are_refused() -> None:
+    assert parse_rate("100mbit") == 100e6 and parse_rate("1gbit") == 1e9
+    with pytest.raises(ValueError, match="bad rate"):
+        parse_rate("100mb")
+
+
+def run_bench_as(argv: list[str], *, uid: int | None = None, path: str | None = None):
+    """``useful_link.main()`` in a child that imported everything, then (optionally) became
+    ``uid`` and lost ``PATH``: how a user without root or iproute2 meets the bench."""
+    code = (
+        "import os, sys; import tests.bench.useful_link as bench\n"
+        + (f"os.setuid({uid})\n" if uid is not None else "")
+        + (f"os.environ['PATH'] = {path!r}\n" if path is not None else "")
+        + f"sys.argv = ['useful_link.py', *{argv!r}]; bench.main()"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop it")
+def test_the_bench_refuses_with_one_line_when_not_root() -> None:
+    done = run_bench_as(["--rates", "100mbit"], uid=65534)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "error: the shaped-link bench needs root (ip netns, tc); run it as root"
+    ]
+
+
+def test_the_bench_refuses_with_one_line_without_iproute2() -> None:
+    done = run_bench_as(["--rates", "100mbit"], path="/nonexistent")
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["error: ip and tc not found (apt-get install -y iproute2)"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not NETNS_OK, reason="needs root and iproute2 (ip, tc)")
+def test_the_namespace_limits_the_link_and_is_always_removed() -> None:
+    probe = [
+        sys.executable,
+        "-c",
+        "import trio; from tests.support.link_bench import measure_link;"
+        "from tests.bench.netns import shaped_bytes;"
+        "print(trio.run(measure_link, 5.0), shaped_bytes())",
+    ]
+    with ShapedNamespace("20mbit", name="mmbench-test") as ns:
+        assert "mmbench-test" in namespaces()
+        done = subprocess.run(ns.exec(probe), capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+        bits, sent = (float(x) for x in done.stdout.split())
+    assert "mmbench-test" not in namespaces()
+    # unshaped loopback moves GB/s: 5 MB at 20 Mbit/s cannot go much faster than 20 Mbit/s
+    assert 0.5 * 20e6 < bits < 1.5 * 20e6
+    assert sent >= 5e6  # the probe crossed the shaped class
+    with pytest.raises(RuntimeError, match="boom"), ShapedNamespace("1gbit", name="mmbench-err"):
+        raise RuntimeError("boom")
+    assert "mmbench-err" not in namespaces()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not NETNS_OK, reason="needs root and iproute2 (ip, tc)")
+def test_the_bench_runs_in_a_shaped_namespace_and_prints_its_bound() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--rates", "50mbit", "--scale", "64", "--stream", "2",
+         "--bench-seconds", "0.5", "--timeout", "120"],
+        capture_output=True, text=True, timeout=280, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("  50mbit")]
+    assert [row[2] for row in rows] == ["a", "b"], done.stdout
+    for row in rows:
+        measured, bound, exact = float(row[1]), float(row[6]), float(row[7])
+        assert 0.5 * 50 < measured < 1.5 * 50
+        assert 0.0 < bound <= 1.0
+        # physics: verified MACs ≤ link bytes ÷ bytes per useful MAC (10%: the probe's ramp)
+        assert 0.0 < exact <= 1.1 * bound
+    assert "mmbench-" not in namespaces()
+
+
+def bench_children() -> list[str]:
+    """Command lines of live processes that belong to a bench run (its temp dir)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "useful_link-" in cmdline and "pytest" not in cmdline:
+            found.append(cmdline)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not NETNS_OK, reason="needs root and iproute2 (ip, tc)")
+@pytest.mark.parametrize("running", [1, 2], ids=["pool-starting", "pool-and-worker"])
+def test_a_stopped_bench_leaves_no_namespace_and_no_processes(running: int) -> None:
+    bench = subprocess.Popen(
+        [sys.executable, str(BENCH), "--rates", "50mbit", "--scale", "64", "--bench-seconds",
+         "0.5"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        assert bench.stderr is not None
+        line = bench.stderr.readline()
+        assert "running in namespace mmbench-" in line, line
+        deadline = time.monotonic() + 60
+        while len(bench_children()) < running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(bench_children()) >= running
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=90) != 0
+    finally:
+        bench.kill()
+    assert "mmbench-" not in namespaces()
+    assert bench_children() == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not NETNS_OK, reason="needs root and iproute2 (ip, tc)")
+def test_only_empty_namespaces_of_dead_benches_are_swept() -> None:
+    dead, busy, alive = "mmbench-999999991", "mmbench-999999992", f"mmbench-{os.getpid()}"
+    for name in (dead, busy, alive):
+        subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
+    sleeper = subprocess.Popen(["ip", "netns", "exec", busy, "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 10
+        while not subprocess.run(["ip", "netns", "pids", busy], capture_output=True).stdout:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert remove_stale() == [dead]
+        listed = namespaces()
+        assert dead not in listed and busy in listed and alive in listed
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for name in (dead, busy, alive):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
