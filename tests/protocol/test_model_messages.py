@@ -8,6 +8,8 @@ import dataclasses
 import numpy as np
 import pytest
 
+from protocol.connection import BadRequest, Connection, NotificationReceived, RequestReceived
+from protocol.envelope import Notification, Request
 from protocol.errors import ProtocolError
 from protocol.framing import FrameDecoder, encode_frame
 from protocol.hashing import H
@@ -37,6 +39,19 @@ def through_a_frame(params: dict) -> dict:
     return body["params"]
 
 
+def received(message: Notify | Submit):
+    """``message`` as a real connection receives it: a job by a miner, a share by the pool."""
+    if isinstance(message, Notify):
+        role, frame = "client", Notification(message.method, message.to_params()).to_wire()
+    else:
+        role, frame = "server", Request(7, message.method, message.to_params()).to_wire()
+    (event,) = Connection(role).receive_data(encode_frame(frame))
+    if isinstance(event, BadRequest):
+        raise event.error
+    assert isinstance(event, RequestReceived | NotificationReceived)
+    return event.message
+
+
 @pytest.fixture(scope="module")
 def unit() -> Unit:
     return Unit(make_model(), batch(20, 40))
@@ -49,6 +64,7 @@ def test_a_model_job_round_trips_through_a_frame(unit) -> None:
     assert source["kind"] == "model" and len(source["layers"]) == 3
     assert set(source["layers"][0]) == {"blob", "k", "n", "b_root"}
     assert Notify.from_params(params) == job
+    assert received(job) == job
     assert job.work.work_root == unit.workloads[0].work_root  # the job's work is layer 0's
 
 
@@ -118,6 +134,7 @@ def test_a_layer_share_round_trips_and_an_old_share_is_unchanged() -> None:
     params = through_a_frame(share.to_params())
     assert {"layer": 2, "a_root": ROOT, "a_rows": bytes(MIN_TILE_ROWS)}.items() <= params.items()
     assert Submit.from_params(params) == share
+    assert received(share) == share
     old = Submit("j", bytes(8), 9, (1, 0))
     assert old.to_params() == {"job_id": "j", "extranonce2": bytes(8), "time": 9, "tile": [1, 0]}
     assert not old.is_layer_share and share.is_layer_share
