@@ -30,16 +30,14 @@ from .codec import (
     method_table,
     wire_field,
 )
+from .data_plane import MAX_DATA_URL, MAX_TOKEN, check_data_url
 from .errors import ProtocolError
 from .header import EXTRANONCE2_SIZE
+from .model_messages import MAX_A_PROOF, MAX_LAYER, MAX_TILE_ROWS, MIN_TILE_ROWS, ModelSource
 from .workload import Shape, work_root
 
 MAX_JOB_ID = 64
 """Longest job id on the wire (SPEC §12.4)."""
-MAX_DATA_URL = 512
-"""Longest data-plane URL base of a blob source (SPEC §12.7)."""
-MAX_TOKEN = 128
-"""Longest per-lease bearer token of a blob source."""
 
 
 # --- results -------------------------------------------------------------------------
@@ -140,6 +138,31 @@ class Submit(Message):
     extranonce2: bytes = wire_field(Bin(EXTRANONCE2_SIZE))
     time: int = wire_field(UInt(64))
     tile: tuple[int, int] = wire_field(Tile())
+    # A share on a model job (SPEC §12.12.8) names its layer and that layer's a_root, and
+    # opens the tile's 16 rows of the padded A_l; absent on every other job.
+    layer: int | None = wire_field(Optional(UInt(16, hi=MAX_LAYER)), None)
+    a_root: bytes | None = wire_field(Optional(Bin(32)), None)
+    a_rows: bytes | None = wire_field(
+        Optional(Bin(min_len=MIN_TILE_ROWS, max_len=MAX_TILE_ROWS)), None
+    )
+    a_proof: bytes | None = wire_field(Optional(Bin(min_len=0, max_len=MAX_A_PROOF)), None)
+
+    def _check(self, where: str) -> None:
+        # Each refusal names the field that is there without its partner, first.
+        if self.a_proof is not None and len(self.a_proof) % 32:
+            raise ProtocolError(f"{where}.a_proof must be whole 32-byte hashes")
+        for name, partner in (("a_proof", "a_rows"), ("a_rows", "a_proof"), ("layer", "a_root")):
+            if getattr(self, name) is not None and getattr(self, partner) is None:
+                raise ProtocolError(f"{where}.{name} needs {where}.{partner}")
+        if self.a_root is not None and self.layer is None:
+            raise ProtocolError(f"{where}.a_root needs {where}.layer")
+        if self.a_rows is not None and self.layer is None:
+            raise ProtocolError(f"{where}.a_rows needs {where}.layer and {where}.a_root")
+
+    @property
+    def is_layer_share(self) -> bool:
+        """Whether the submit carries a model job's layer fields."""
+        return self.layer is not None
 
 
 @dataclass(frozen=True)
@@ -203,8 +226,8 @@ class BlobSource(Struct):
             raise ProtocolError(f"{where}.data and {where}.token go together (both or neither)")
         if self.next is not None and self.data is None:
             raise ProtocolError(f"{where}.next needs {where}.data (it is fetched over HTTP)")
-        if self.data is not None and not self.data.startswith(("http://", "https://")):
-            raise ProtocolError(f"{where}.data must be an http:// or https:// URL")
+        if self.data is not None:
+            check_data_url(self.data, where)
 
 
 @dataclass(frozen=True)
@@ -218,16 +241,18 @@ class WorkSpec(Struct):
     r: int = wire_field(UInt(32))
     a_root: bytes = wire_field(Bin(32))
     b_root: bytes = wire_field(Bin(32))
-    source: SyntheticSource | BlobSource = wire_field(  # noqa: RUF009 (a field spec)
-        OneOf(SyntheticSource, BlobSource)
+    source: SyntheticSource | BlobSource | ModelSource = wire_field(  # noqa: RUF009
+        OneOf(SyntheticSource, BlobSource, ModelSource)
     )
 
     def _check(self, where: str) -> None:
         try:
-            Shape(self.m, self.n, self.k, self.r)
+            shape = Shape(self.m, self.n, self.k, self.r)
         except ProtocolError as exc:
             text = str(exc).removeprefix("work.")
             raise ProtocolError(f"{where}.{text}") from None
+        if isinstance(self.source, ModelSource):  # its work is layer 0's (SPEC §12.12.8)
+            self.source.check_work(shape, self.a_root, self.b_root, where)
 
     @property
     def shape(self) -> Shape:
