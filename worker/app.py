@@ -55,7 +55,10 @@ class WorkerApp:
         self.useful: UsefulWork | None = None
         if config.useful.enabled:
             self.useful = UsefulWork(
-                self.stats, config.useful.cache_path(), config.useful.cache_max_bytes
+                self.stats,
+                config.useful.cache_path(),
+                config.useful.cache_max_bytes,
+                wait_after_product=config.useful.wait_after_product,
             )
         self.failover = Failover(
             list(config.pools),

@@ -125,6 +125,13 @@ class UsefulConfig:
     enabled: bool = setting(True, 'announce "useful-1" and take blob jobs (--no-useful)')
     cache_dir: str = setting("", 'verified operand blobs (--blob-cache); "" = the user\'s cache')
     cache_max_bytes: int = setting(1 << 30, "size bound of that cache, LRU (--blob-cache-max)")
+    wait_after_product: float = setting(
+        5.0,
+        "seconds a device waits for the pool's next job once a unit's product is taken, "
+        "instead of mining more headers of that unit (work nobody asked for); 0 = never wait",
+        min=0.0,
+        max=600.0,
+    )
 
     def cache_path(self) -> Path:
         """``cache_dir``, or ``$XDG_CACHE_HOME/matmine-worker/blobs`` (~/.cache if unset)."""

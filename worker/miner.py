@@ -289,6 +289,19 @@ class Miner:
             return
         self._useful.hand_over(job, minable.workload, header, noisy)
 
+    async def _waited_after_product(self, job: Job, generation: int) -> bool:
+        """Once a unit's product is taken, the pool ends its mining as the result upload
+        starts (SPEC §12.7) and sends the next job: wait for it (at most
+        ``wait_after_product`` seconds) rather than scan the unit again. True if a new job
+        came (look again); False to mine the unit on (an old pool, a slow upload start)."""
+        useful = self._useful
+        if useful is None or useful.wait_after_product <= 0 or not useful.product_taken(job):
+            return False
+        version = self.feed.version
+        with trio.move_on_after(useful.wait_after_product):
+            await self.feed.wait_change(version)
+        return self.feed.version != version or self.feed.generation != generation
+
     async def _device_loop(self, slot: DeviceSlot) -> None:
         while True:
             minable = await self._minable_job()
@@ -306,6 +319,8 @@ class Miner:
                 self._stats.device(slot.name).kernel = str(getattr(slot.backend, "kernel", ""))
                 if self.feed.generation != generation:
                     continue
+            if await self._waited_after_product(job, generation):
+                continue
             extranonce2 = slot.next_extranonce2()
             header_time = minable.header_time(trio.current_time(), self._roll)
             header = minable.header(extranonce2, header_time)

@@ -74,6 +74,7 @@ class UsefulWork:
     cache_dir: Path
     cache_max_bytes: int
     chunk_max: int = CHUNK_SIZE
+    wait_after_product: float = 5.0  # [useful] wait_after_product
     limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
     _cache: BlobCache | None = field(default=None, init=False, repr=False)
     _client: PoolClient | None = field(default=None, init=False, repr=False)
@@ -202,6 +203,11 @@ class UsefulWork:
             return False
         unit = self._units.get(job.notify.work.work_root)
         return job.client is not self._client or unit is None or not unit.claimed
+
+    def product_taken(self, job: Job) -> bool:
+        """Whether this session already took the product of ``job``'s unit (its further
+        headers would be mined on a unit whose useful work is done)."""
+        return is_blob_job(job) and not self.wants_product(job)
 
     def claim(self, job: Job) -> bool:
         """True once per unit and session: the miner should hand this header's product over."""

@@ -12,10 +12,12 @@ timing.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import trio
 
 from protocol.useful import blob_id, plan_product
@@ -61,7 +63,10 @@ class ScanLog(WrappedBackend):
         return sum(1 for r, _ in self.log if r == root)
 
 
-async def test_the_next_unit_is_mined_while_the_last_result_uploads(tmp_path):
+@pytest.mark.parametrize("wait", [0.0, 5.0], ids=["mine-on", "wait-for-next-job"])
+async def test_the_next_unit_is_mined_while_the_last_result_uploads(tmp_path, wait):
+    """With ``wait_after_product`` 0 a device mines on a unit whose product it took (as
+    synthetic work); by default it waits for the pool's next job instead."""
     a, b = operands(128, 96, 64, seed=5)  # two units: two A blocks, one shared Bᵀ
     blobs = genuine_blobs(a, b)
     plan = plan_product(128, 64, 96, r=32, unit_m=64, unit_n=64)
@@ -77,7 +82,10 @@ async def test_the_next_unit_is_mined_while_the_last_result_uploads(tmp_path):
         pool.handle.useful.data_url = f"{proxy.url}/data"
         async with (
             running_worker(
-                [pool.endpoint], [device], metrics_port=0, useful=useful_settings(tmp_path)
+                [pool.endpoint],
+                [device],
+                metrics_port=0,
+                useful=replace(useful_settings(tmp_path), wait_after_product=wait),
             ) as worker,
             httpx.AsyncClient(base_url=api_url(pool)) as customer,
         ):
@@ -91,14 +99,18 @@ async def test_the_next_unit_is_mined_while_the_last_result_uploads(tmp_path):
             first, second = device.units
             await wait_until(lambda: useful.delivery.waiting == 1, 30)
             assert useful.delivery.ahead == 1  # taken for denoising ahead; no upload yet
-            # ... which waits behind the upload in flight, while the device mines on
+            # ... which waits behind the upload in flight
             scans = device.scans_of(second)
-            await wait_until(lambda: device.scans_of(second) >= scans + 3, 30)
+            if wait:  # the device waits for the next job: no header of a done unit
+                await trio.sleep(1.0)  # a scan of this unit takes milliseconds
+                assert device.scans_of(second) == scans
+            else:  # the device mines on
+                await wait_until(lambda: device.scans_of(second) >= scans + 3, 30)
+                # the second unit's headers after its product was taken are not useful work
+                assert [want for root, want in device.log if root == second][-3:] == [False] * 3
             assert proxy.held == 1, proxy.request_lines  # one upload at a time
             assert useful.delivery.uploading == first
             assert stats.useful_results == {"verified": 0, "rejected": 0, "failed": 0}
-            # the second unit's headers after its product was taken are not useful work
-            assert [want for root, want in device.log if root == second][-3:] == [False] * 3
             proxy.release.set()
             await wait_done(customer, work_id, 60)
             c = await fetch_result(customer, work_id)
@@ -145,8 +157,11 @@ async def test_a_background_upload_cut_midway_resumes_and_is_verified(tmp_path):
         running_useful_pool(tmp_path / "pool") as pool,
         trio.open_nursery() as proxies,
     ):
-        # connections 1 and 2 fetch the blobs (no body to cut), 3 is the PUT: cut midway
-        proxy = FaultyProxy(pool.handle.http_port, direction="up", cut_after=5000, faulty=3)
+        # the first body going up is the result PUT's (blob GETs send none): cut it midway,
+        # on whichever connection it travels
+        proxy = FaultyProxy(
+            pool.handle.http_port, direction="up", cut_after=5000, faulty=10**6, cut_limit=1
+        )
         await proxies.start(proxy.serve)
         assert pool.handle.useful is not None
         pool.handle.useful.data_url = f"{proxy.url}/data"
@@ -162,8 +177,10 @@ async def test_a_background_upload_cut_midway_resumes_and_is_verified(tmp_path):
             await wait_until(lambda: stats.useful_results["verified"] == 1, 30)
             assert proxy.cuts == 1 and proxy.connections >= 4
             assert stats.useful_results == {"verified": 1, "rejected": 0, "failed": 0}
-            # the cut piece went twice: what the pool held was kept, the rest sent again
-            assert result_bytes < stats.useful_bytes["out"] < 2 * result_bytes
+            # the cut upload went again. How much of it the pool kept depends on what its app
+            # had read when the cut came (the server may end the request before the app reads
+            # what arrived): the deterministic facts are a resume and no byte taken twice
+            assert result_bytes < stats.useful_bytes["out"]
             served = metric(
                 pool.handle.registry, "matmine_pool_data_bytes_total", 'direction="in",path="http"'
             )

@@ -3,8 +3,9 @@
 :class:`FaultyProxy` forwards bytes both ways. For the first ``faulty`` connections it
 can cut the connection once ``cut_after`` body bytes went one way (``"down"``: pool →
 client, ``"up"``: client → pool), or flip one byte ``flip_at`` bytes into that body;
-connections after those pass untouched. Body bytes are counted from the end of the first
-``\\r\\n\\r\\n`` (the HTTP head) of that direction.
+connections after those pass untouched; with ``cut_limit`` no more than that many cuts in
+all. Body bytes are counted from the end of the first ``\\r\\n\\r\\n`` (the HTTP head) of
+that direction.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class FaultyProxy:
     cut_after: int | None = None
     flip_at: int | None = None
     faulty: int = 1
+    cut_limit: int | None = None
     port: int = 0
     connections: int = 0
     cuts: int = 0
@@ -66,7 +68,11 @@ class FaultyProxy:
                     data, body = rest, 0
                 if fault and body >= 0:
                     data = self._spoil(bytearray(data), body)
-                    if self.cut_after is not None and body + len(data) >= self.cut_after:
+                    if (
+                        self.cut_after is not None
+                        and (self.cut_limit is None or self.cuts < self.cut_limit)
+                        and body + len(data) >= self.cut_after
+                    ):
                         await dst.send_all(bytes(data[: self.cut_after - body]))
                         self.cuts += 1
                         break
