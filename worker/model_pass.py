@@ -4,7 +4,8 @@ For each layer ``l`` in order (:func:`run_unit`): ``A_l`` zero-padded to the lay
 and its row tree (``a_root_l``); the layer's workload with the resident model's padded
 ``W_lᵀ`` and ``b_root_l``; ``backend.prepare``; **one** header for ``work_root_l`` from the
 caller (``header_for_layer(l, work_root_l)``, built only once ``A_l`` is fixed); one scan of
-it that returns the shares and the noisy product; the product denoised exactly (§11),
+it that returns the shares and the noisy product; the product denoised exactly (§11,
+``model_denoise``),
 checked by Freivalds' test against the layer's operands (a faulty device never commits a
 wrong activation) and requantised into ``A_{l+1}`` (``protocol.model_work.next_activation``).
 Every share is re-checked on the CPU (``worker.checker``) and carries its opening: the
@@ -28,7 +29,7 @@ import numpy as np
 import trio
 
 from protocol.audit import Challenge, ChallengeAnswer
-from protocol.denoise import denoise, freivalds
+from protocol.denoise import freivalds
 from protocol.hashing import H
 from protocol.merkle import RowTree
 from protocol.model import Model, check_input, output_bytes
@@ -45,6 +46,7 @@ from protocol.workload import TILE, Shape, Workload
 from .backends.base import Backend, never_stop
 from .checker import check_candidate
 from .model_cache import LayerOperands, ResidentModel
+from .model_denoise import exact_product
 from .model_openings import DEFAULT_OPENINGS_MEMORY, OpeningStore
 
 HeaderForLayer = Callable[[int, bytes], bytes]
@@ -187,7 +189,7 @@ def _exact_product(
         raise PassStopped(index, done_macs + result.macs)
     noisy = result.product if result.product is not None else backend.product(header)
     shape = workload.shape
-    exact = denoise(noisy, workload.a, workload.bt, pow_seed(header), shape.r)
+    exact = exact_product(noisy, workload.a, workload.bt, pow_seed(header), shape.r)
     if not freivalds(workload.a, workload.bt, exact, FREIVALDS_ROUNDS, np.random.default_rng()):
         raise LayerProductWrong(
             f"layer {index}: {backend.name}'s product fails Freivalds' test; unit dropped"
