@@ -20,6 +20,7 @@ through ``trio.to_thread.run_sync`` with a limiter, stopping it between slabs on
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -43,7 +44,7 @@ from protocol.model_work import (
 from protocol.noise import pow_seed
 from protocol.workload import TILE, Shape, Workload
 
-from .backends.base import Backend, never_stop
+from .backends.base import Backend, ScanResult, never_stop
 from .checker import check_candidate
 from .model_cache import LayerOperands, ResidentModel
 from .model_denoise import exact_product
@@ -94,6 +95,7 @@ class LayerRecord:
     macs: int  # mined: m'·n'·k' (one full header)
     useful_macs: int  # m·k_l·n_l of the pass
     rejected: int  # candidates the CPU re-check refused (hardware errors)
+    seconds: dict[str, float]  # wall time by step: commit, prepare, scan, denoise, check, …
 
 
 @dataclass(eq=False)
@@ -173,6 +175,19 @@ def _shares(
     return shares, rejected
 
 
+class _Clock:
+    """Seconds spent per step of one layer (``LayerRecord.seconds``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.seconds[step] = self.seconds.get(step, 0.0) + now - self._last
+        self._last = now
+
+
 def _exact_product(
     backend: Backend,
     workload: Workload,
@@ -180,21 +195,27 @@ def _exact_product(
     share_target: int,
     should_stop: Callable[[], bool],
     index: int,
-    done_macs: int,
-) -> tuple[list[tuple[int, int, bytes]], np.ndarray, int]:
-    """One scan of ``header``: winners, the exact product ``A·B`` (checked), MACs."""
+    clock: _Clock,
+    check: bool,
+) -> tuple[ScanResult, np.ndarray]:
+    """One scan of ``header`` (winners, MACs) and the exact product ``A·B``, checked."""
     backend.prepare(workload)
+    clock.lap("prepare")
     result = backend.scan(header, share_target, should_stop, want_product=True)
     if not result.complete:
-        raise PassStopped(index, done_macs + result.macs)
+        raise PassStopped(index, result.macs)
     noisy = result.product if result.product is not None else backend.product(header)
-    shape = workload.shape
-    exact = exact_product(noisy, workload.a, workload.bt, pow_seed(header), shape.r)
-    if not freivalds(workload.a, workload.bt, exact, FREIVALDS_ROUNDS, np.random.default_rng()):
+    clock.lap("scan")
+    exact = exact_product(noisy, workload.a, workload.bt, pow_seed(header), workload.shape.r)
+    clock.lap("denoise")
+    if check and not freivalds(
+        workload.a, workload.bt, exact, FREIVALDS_ROUNDS, np.random.default_rng()
+    ):
         raise LayerProductWrong(
             f"layer {index}: {backend.name}'s product fails Freivalds' test; unit dropped"
         )
-    return result.winners, exact, result.macs
+    clock.lap("check")
+    return result, exact
 
 
 def run_unit(
@@ -208,10 +229,13 @@ def run_unit(
     *,
     openings_memory: int = DEFAULT_OPENINGS_MEMORY,
     spill_dir: Path | None = None,
+    check_products: bool = True,
 ) -> UnitOutcome:
     """The whole pass of one unit (inputs ``x``, preferred slab width ``r``), every layer
     mined on exactly one header; raises :class:`PassStopped` when ``should_stop`` turns true
-    and :class:`LayerProductWrong` on a device fault (nothing is kept in either case)."""
+    and :class:`LayerProductWrong` on a device fault (nothing is kept in either case).
+    ``check_products``: Freivalds' test of every denoised product (off only for a backend
+    whose arithmetic is the CPU's own)."""
     resident = model if isinstance(model, ResidentModel) else ResidentModel(model)
     net = resident.model
     check_input(net, x)
@@ -219,26 +243,38 @@ def run_unit(
     m = int(x.shape[0])
     store = OpeningStore(net.depth, m, openings_memory, spill_dir)
     records: list[LayerRecord] = []
-    a_roots: list[bytes] = []
     activation = x
-    macs = 0
     try:
         for index, layer in enumerate(net.layers):
+            done = sum(record.macs for record in records)
             if should_stop():
-                raise PassStopped(index, macs)
+                raise PassStopped(index, done)
+            clock = _Clock()
             shape = layer_shape(net, index, m, r)
             padded = padded_activation(activation, shape)
             tree = RowTree(padded)
             workload = layer_workload_of(shape, padded, operands[index], tree.root)
             if index:
                 store.keep(index, padded, tree)
-                a_roots.append(tree.root)
+            clock.lap("commit")
             header = header_for_layer(index, workload.work_root)
-            winners, exact, mined = _exact_product(
-                backend, workload, header, share_target, should_stop, index, macs
-            )
-            macs += mined
-            shares, rejected = _shares(workload, tree, header, winners, share_target)
+            try:
+                scan, exact = _exact_product(
+                    backend,
+                    workload,
+                    header,
+                    share_target,
+                    should_stop,
+                    index,
+                    clock,
+                    check_products,
+                )
+            except PassStopped as stopped:
+                raise PassStopped(index, done + stopped.macs) from None
+            shares, rejected = _shares(workload, tree, header, scan.winners, share_target)
+            clock.lap("shares")
+            activation = next_activation(net, index, exact, m)
+            clock.lap("requantise")
             records.append(
                 LayerRecord(
                     index=index,
@@ -248,23 +284,24 @@ def run_unit(
                     work_root=workload.work_root,
                     header=header,
                     shares=tuple(shares),
-                    macs=mined,
+                    macs=scan.macs,
                     useful_macs=m * layer.k * layer.n,
                     rejected=rejected,
+                    seconds=clock.seconds,
                 )
             )
-            activation = next_activation(net, index, exact, m)
     except BaseException:
         store.close()
         raise
     output_hash = H(output_bytes(net, activation))
     unit = unit_id(net, x, r)
+    a_roots = tuple(record.a_root for record in records[1:])
     return UnitOutcome(
         unit_id=unit,
         output=activation,
         output_hash=output_hash,
-        a_roots=tuple(a_roots),
-        commitments=commitments_digest(unit, tuple(a_roots), output_hash),
+        a_roots=a_roots,
+        commitments=commitments_digest(unit, a_roots, output_hash),
         layers=tuple(records),
         openings=store,
     )
@@ -293,6 +330,7 @@ async def run_unit_in_thread(
     *,
     openings_memory: int = DEFAULT_OPENINGS_MEMORY,
     spill_dir: Path | None = None,
+    check_products: bool = True,
 ) -> UnitOutcome:
     """:func:`run_unit` in a worker thread under ``limiter`` (the device's). On cancel the
     pass is told to stop (it drops its scan at the next slab) and the cancel goes on; the
@@ -309,6 +347,7 @@ async def run_unit_in_thread(
         stop,
         openings_memory=openings_memory,
         spill_dir=spill_dir,
+        check_products=check_products,
     )
     try:
         return await trio.to_thread.run_sync(job, limiter=limiter, abandon_on_cancel=True)
