@@ -9,9 +9,11 @@ import trio
 
 from protocol.model import save_model
 from tests.support.model_data import layer_header, random_inputs, random_model
+from toolkit.settings import ConfigError, check_bounds, from_dict
 from worker.backends.blas import BlasBackend
 from worker.model_cache import ModelCache, ModelRejected
 from worker.model_pass import run_unit_in_thread
+from worker.model_settings import ModelConfig
 
 
 class Pool:
@@ -118,3 +120,16 @@ async def test_concurrent_units_of_one_model_fetch_it_once(tmp_path):
             nursery.start_soon(unit)
     assert pool.fetched == [model.model_id] and len({id(r) for r in got}) == 1
     assert cache.pinned == frozenset()
+
+
+def test_model_settings_bound_the_cache_and_the_openings(tmp_path):
+    config = from_dict(
+        ModelConfig,
+        {"cache_dir": str(tmp_path / "m"), "disk_max_bytes": 1000, "openings_memory_bytes": 0},
+    )
+    check_bounds(config)
+    cache = config.open_cache()
+    assert (cache.dir, cache.disk_bytes) == (tmp_path / "m", 1000)
+    assert config.openings_path() == tmp_path / "model-openings"
+    with pytest.raises(ConfigError, match="disk_max_bytes"):
+        check_bounds(from_dict(ModelConfig, {"disk_max_bytes": -1}))
