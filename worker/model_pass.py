@@ -30,7 +30,6 @@ import numpy as np
 import trio
 
 from protocol.audit import Challenge, ChallengeAnswer
-from protocol.denoise import freivalds
 from protocol.hashing import H
 from protocol.merkle import RowTree
 from protocol.model import Model, check_input, output_bytes
@@ -47,12 +46,11 @@ from protocol.workload import TILE, Shape, Workload
 from .backends.base import Backend, ScanResult, never_stop
 from .checker import check_candidate
 from .model_cache import LayerOperands, ResidentModel
-from .model_denoise import exact_product
+from .model_denoise import check_product, exact_product
 from .model_openings import DEFAULT_OPENINGS_MEMORY, OpeningStore
 
 HeaderForLayer = Callable[[int, bytes], bytes]
 """``header_for_layer(l, work_root_l) -> 128-byte header`` (the job feed builds it)."""
-FREIVALDS_ROUNDS = 2  # a wrong denoised product passes with probability ≤ 2⁻³²
 
 
 class PassStopped(Exception):
@@ -206,11 +204,11 @@ def _exact_product(
         raise PassStopped(index, result.macs)
     noisy = result.product if result.product is not None else backend.product(header)
     clock.lap("scan")
-    exact = exact_product(noisy, workload.a, workload.bt, pow_seed(header), workload.shape.r)
+    bt32 = workload.bt.astype(np.float32)
+    seed = pow_seed(header)
+    exact = exact_product(noisy, workload.a, workload.bt, seed, workload.shape.r, bt32)
     clock.lap("denoise")
-    if check and not freivalds(
-        workload.a, workload.bt, exact, FREIVALDS_ROUNDS, np.random.default_rng()
-    ):
+    if check and not check_product(workload.a, bt32, exact, np.random.default_rng()):
         raise LayerProductWrong(
             f"layer {index}: {backend.name}'s product fails Freivalds' test; unit dropped"
         )
@@ -258,6 +256,8 @@ def run_unit(
                 store.keep(index, padded, tree)
             clock.lap("commit")
             header = header_for_layer(index, workload.work_root)
+            if len(header) != 128 or header[72:104] != workload.work_root:
+                raise ValueError(f"layer {index}: the header is not one of its work root")
             try:
                 scan, exact = _exact_product(
                     backend,

@@ -11,7 +11,7 @@ from protocol.denoise import denoise
 from protocol.noise import pow_seed
 from protocol.ticket import mine_header
 from protocol.workload import Shape, Workload
-from worker.model_denoise import exact_product
+from worker.model_denoise import check_product, exact_product
 
 
 @pytest.mark.parametrize(
@@ -47,3 +47,19 @@ def test_extreme_entries_stay_exact():
     noisy = mine_header(header, workload).noisy_product
     fast = exact_product(noisy, a, bt, pow_seed(header), shape.r)
     assert np.array_equal(fast, a.astype(np.int64) @ bt.astype(np.int64).T)
+
+
+@pytest.mark.parametrize("m, n, k", [(16, 16, 128), (256, 2048, 256), (16, 65536, 128)])
+def test_check_product_accepts_the_product_and_refuses_any_wrong_entry(m, n, k):
+    rng = np.random.default_rng(n)
+    a = rng.integers(-64, 65, size=(m, k), dtype=np.int8)
+    bt = rng.integers(-64, 65, size=(n, k), dtype=np.int8)
+    a[0], bt[0] = 64, -64  # the largest magnitudes the bounds allow for
+    bt32 = bt.astype(np.float32)
+    c = (a.astype(np.int64) @ bt.astype(np.int64).T).astype(np.int32)
+    assert check_product(a, bt32, c, rng)
+    for delta in (1, -1, 1 << 10, -(1 << 20)):
+        wrong = c.copy()
+        wrong[rng.integers(m), rng.integers(n)] += delta
+        assert not check_product(a, bt32, wrong, rng)
+    assert not check_product(a, bt32, c[:, :-16], rng)  # wrong shape

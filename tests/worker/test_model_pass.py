@@ -8,6 +8,8 @@ weights and catches a faked row.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import trio
@@ -20,6 +22,7 @@ from protocol.audit import (
     check_audit,
     draw_challenges,
 )
+from protocol.errors import ProtocolError
 from protocol.merkle import RowTree, rows_root, verify_proof
 from protocol.model import Model, load_model, reference_pass, save_model
 from protocol.model_work import (
@@ -241,3 +244,45 @@ async def test_run_unit_in_a_thread_under_a_limiter(model, pool_model, x):
     with outcome:
         check_unit(outcome, pool_model, x, backend.scanned)
     assert limiter.borrowed_tokens == 0
+
+
+def test_bad_inputs_are_one_line_errors(model, x):
+    backend = CountingBlas()
+    with pytest.raises(ProtocolError, match="the model takes 40"):
+        run_unit(model, x[:, :30], R, backend, layer_header, EVERY_TILE)
+    with pytest.raises(ProtocolError, match="r must be one of"):
+        run_unit(model, x, 48, backend, layer_header, EVERY_TILE)
+
+    def other_root(layer: int, root: bytes) -> bytes:
+        return layer_header(layer, bytes(32))
+
+    with pytest.raises(ValueError, match="layer 0: the header is not one of its work root"):
+        run_unit(model, x, R, backend, other_root, EVERY_TILE)
+    assert backend.scanned == []
+
+
+class LongScanBlas(BlasBackend):
+    """A scan that lasts until ``should_stop`` says so (at most 10 s)."""
+
+    stopped_by_flag = False
+
+    def scan(self, header, share_target, should_stop=lambda: False, want_product=False):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if should_stop():
+                self.stopped_by_flag = True
+                return ScanResult([], 0, False)
+            time.sleep(0.005)
+        return ScanResult([], 0, False)
+
+
+async def test_cancelling_the_thread_stops_the_scan(model, x):
+    backend = LongScanBlas(threads=1)
+    limiter = trio.CapacityLimiter(1)
+    with trio.move_on_after(0.2) as scope:
+        await run_unit_in_thread(model, x, R, backend, layer_header, EVERY_TILE, limiter)
+    assert scope.cancelled_caught
+    with trio.fail_after(5):  # the abandoned thread stops at its next poll, freeing the device
+        while limiter.borrowed_tokens:
+            await trio.sleep(0.01)
+    assert backend.stopped_by_flag
