@@ -5,15 +5,17 @@ and its row tree (``a_root_l``); the layer's workload with the resident model's 
 ``W_lᵀ`` and ``b_root_l``; ``backend.prepare``; **one** header for ``work_root_l`` from the
 caller (``header_for_layer(l, work_root_l)``, built only once ``A_l`` is fixed); one scan of
 it that returns the shares and the noisy product; the product denoised exactly (§11,
-``model_denoise``),
-checked by Freivalds' test against the layer's operands (a faulty device never commits a
-wrong activation) and requantised into ``A_{l+1}`` (``protocol.model_work.next_activation``).
+``model_denoise.exact_product``), checked by Freivalds' test (``check_product``: a faulty
+device never commits a wrong activation) and requantised into ``A_{l+1}``
+(``protocol.model_work.next_activation``).
 Every share is re-checked on the CPU (``worker.checker``) and carries its opening: the
 tile's 16 rows of the padded ``A_l`` and their proofs against ``a_root_l``. ``A_1..A_{L−1}``
 are kept in an :class:`~worker.model_openings.OpeningStore` for the audit.
 
 The result, :class:`UnitOutcome`, holds ``Y``, its hash, the roots ``a_root_1..a_root_{L−1}``,
-the commitments digest and one :class:`LayerRecord` per layer (roots, header, shares, MACs).
+the commitments digest and one :class:`LayerRecord` per layer (roots, header, shares, MACs);
+``on_layer`` sees each record as soon as its layer is done, so shares can go to the pool
+while the later layers run (the pool holds them until the unit's delivery and audit).
 :func:`run_unit` is plain numpy, for a worker thread: :func:`run_unit_in_thread` runs it
 through ``trio.to_thread.run_sync`` with a limiter, stopping it between slabs on cancel.
 """
@@ -228,6 +230,7 @@ def run_unit(
     openings_memory: int = DEFAULT_OPENINGS_MEMORY,
     spill_dir: Path | None = None,
     check_products: bool = True,
+    on_layer: Callable[[LayerRecord], None] | None = None,
 ) -> UnitOutcome:
     """The whole pass of one unit (inputs ``x``, preferred slab width ``r``), every layer
     mined on exactly one header; raises :class:`PassStopped` when ``should_stop`` turns true
@@ -290,6 +293,8 @@ def run_unit(
                     seconds=clock.seconds,
                 )
             )
+            if on_layer is not None:
+                on_layer(records[-1])
     except BaseException:
         store.close()
         raise
@@ -331,10 +336,12 @@ async def run_unit_in_thread(
     openings_memory: int = DEFAULT_OPENINGS_MEMORY,
     spill_dir: Path | None = None,
     check_products: bool = True,
+    on_layer: Callable[[LayerRecord], None] | None = None,
 ) -> UnitOutcome:
     """:func:`run_unit` in a worker thread under ``limiter`` (the device's). On cancel the
     pass is told to stop (it drops its scan at the next slab) and the cancel goes on; the
-    thread keeps the limiter until it has stopped."""
+    thread keeps the limiter until it has stopped. ``on_layer`` runs in the thread (hand
+    records to trio with ``trio.from_thread``, e.g. into a memory channel)."""
     stop = _StopOnCancel(should_stop)
     job = partial(
         run_unit,
@@ -348,6 +355,7 @@ async def run_unit_in_thread(
         openings_memory=openings_memory,
         spill_dir=spill_dir,
         check_products=check_products,
+        on_layer=on_layer,
     )
     try:
         return await trio.to_thread.run_sync(job, limiter=limiter, abandon_on_cancel=True)

@@ -40,6 +40,7 @@ from worker.backends.blas import BlasBackend
 from worker.model_openings import OpeningsTooLarge, OpeningStore
 from worker.model_pass import (
     LayerProductWrong,
+    LayerRecord,
     PassStopped,
     UnitOutcome,
     run_unit,
@@ -237,12 +238,30 @@ def test_should_stop_drops_the_pass_in_the_scan(model, x):
     assert stopped.value.macs >= layer_shape(model, 0, ROWS, R).macs_per_header
 
 
-async def test_run_unit_in_a_thread_under_a_limiter(model, pool_model, x):
+async def test_run_unit_in_a_thread_streams_each_layer_as_it_is_done(model, pool_model, x):
     backend = CountingBlas()
     limiter = trio.CapacityLimiter(1)
-    outcome = await run_unit_in_thread(model, x, R, backend, layer_header, EVERY_TILE, limiter)
+    send, receive = trio.open_memory_channel[tuple[LayerRecord, int]](model.depth)
+    seen: list[tuple[int, int]] = []  # (layer, headers scanned when its record was handed over)
+
+    def on_layer(record: LayerRecord) -> None:
+        trio.from_thread.run_sync(send.send_nowait, (record, len(backend.scanned)))
+
+    async def collect() -> None:
+        async for record, scanned in receive:
+            seen.append((record.index, scanned))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collect)
+        outcome = await run_unit_in_thread(
+            model, x, R, backend, layer_header, EVERY_TILE, limiter, on_layer=on_layer
+        )
+        send.close()
     with outcome:
         check_unit(outcome, pool_model, x, backend.scanned)
+        assert [index for index, _ in seen] == list(range(model.depth))
+        # each record is handed over before the next layer is scanned, not all at the end
+        assert all(scanned == index + 1 for index, scanned in seen)
     assert limiter.borrowed_tokens == 0
 
 
