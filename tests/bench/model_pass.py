@@ -11,6 +11,7 @@ resident) beside one product of the same size (A and B in, int32 C out) — with
 a 100 Mbit/s link allows each against a GPU of 50 and 300 TMAC/s.
 
     .venv/bin/python tests/bench/model_pass.py [--layers 16] [--width 2048] [--rows 256]
+        [--repeat 3] [--backend blas|opencl] [--device P:D]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from protocol.model import Model, model_from_arrays
 from tests.bench.timing import best_of
 from tests.support.model_data import layer_header
-from worker.backends.blas import BlasBackend
+from worker.backends import Backend, BlasBackend, open_backends
 from worker.model_cache import ResidentModel
 from worker.model_pass import run_unit
 
@@ -76,6 +77,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3, choices=range(1, 6), metavar="1..5")
     parser.add_argument("--threads", type=int, default=None, help="BLAS backend threads")
+    parser.add_argument("--backend", choices=("blas", "opencl"), default="blas")
+    parser.add_argument("--device", default=None, help="opencl: PLATFORM:DEVICE (default: first)")
     args = parser.parse_args()
     if not 16 <= args.width <= 8192 or not 1 <= args.rows <= 4096:
         parser.error("--width must be in 16..8192 and --rows in 1..4096")
@@ -86,7 +89,13 @@ def main() -> None:
     x = np.random.default_rng(6).integers(-64, 65, size=(rows, width), dtype=np.int8)
     weights = [layer.w.astype(np.float32) for layer in resident.model.layers]
     useful = rows * resident.model.macs_per_row
-    backend = BlasBackend(threads=args.threads)
+    backend: Backend
+    if args.backend == "blas":
+        backend = BlasBackend(threads=args.threads)
+        label = f"BLAS backend ({backend.threads} threads)"
+    else:
+        backend = open_backends("opencl", [args.device] if args.device else None)[0]
+        label = backend.name
 
     scale = 40 / (1024 * width**0.5)
     chain = mined = float("inf")
@@ -103,7 +112,7 @@ def main() -> None:
 
     print(
         f"model pass: {layers} layers of {width}x{width}, {rows} rows, r={R}, "
-        f"BLAS backend ({backend.threads} threads), best of {args.repeat}"
+        f"{label}, best of {args.repeat}"
     )
     print(f"  useful MACs {useful:.4g}, mined MACs {outcome.macs:.4g} (padding included)")
     print(f"  numpy float32 chain   {chain:8.3f} s  {useful / chain / 1e9:8.2f} GMAC/s")
@@ -121,7 +130,7 @@ def main() -> None:
     )
     host = sum(sec for step, sec in steps.items() if step != "scan")
     print(
-        f"    host work besides the scans alone caps a pass at {useful / host / 1e9:.1f} GMAC/s "
+        f"    host work besides the scans alone caps a pass at {useful / host / 1e9:.3g} GMAC/s "
         "on this CPU, whatever device scans"
     )
     out_bytes = rows * width * (4 if resident.model.int32_output else 1)

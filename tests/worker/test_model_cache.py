@@ -11,7 +11,7 @@ from protocol.model import save_model
 from tests.support.model_data import layer_header, random_inputs, random_model
 from toolkit.settings import ConfigError, check_bounds, from_dict
 from worker.backends.blas import BlasBackend
-from worker.model_cache import ModelCache, ModelRejected
+from worker.model_cache import ModelCache, ModelRejected, ResidentModel
 from worker.model_pass import run_unit_in_thread
 from worker.model_settings import ModelConfig
 
@@ -133,3 +133,21 @@ def test_model_settings_bound_the_cache_and_the_openings(tmp_path):
     assert config.openings_path() == tmp_path / "model-openings"
     with pytest.raises(ConfigError, match="disk_max_bytes"):
         check_bounds(from_dict(ModelConfig, {"disk_max_bytes": -1}))
+
+
+async def test_memory_keeps_the_recent_model_and_its_operands_are_made_once(tmp_path):
+    first, second = models(2)
+    pool = Pool(first, second)
+    probe = ResidentModel(first)
+    probe.operands(64)
+    cache = ModelCache(tmp_path, disk_bytes=1 << 20, memory_bytes=probe.nbytes + 100)
+    async with cache.use(first.model_id, pool.fetch) as resident:
+        operands = resident.operands(64)
+    async with cache.use(first.model_id, pool.fetch) as again:  # from memory
+        assert again is resident and again.operands(64) is operands
+    async with cache.use(second.model_id, pool.fetch) as other:
+        other.operands(64)
+    async with cache.use(first.model_id, pool.fetch) as back:  # memory held only one
+        assert back is not resident
+    assert (cache.stats.fetches, cache.stats.memory_hits, cache.stats.disk_loads) == (2, 1, 1)
+    assert cache.stats.evicted["memory"] >= 1 and pool.fetched == [first.model_id, second.model_id]
