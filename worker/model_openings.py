@@ -4,7 +4,8 @@
 The activations stay in memory up to ``memory_bytes`` in all; a layer that would go over is
 written to a private directory under ``spill_dir`` (one ``.npy`` per layer, read back
 memory-mapped when a challenge names it) — or, without a ``spill_dir``, refused with
-:class:`OpeningsTooLarge`. The row trees (two hashes per row) always stay in memory. Answers
+:class:`OpeningsTooLarge`; :meth:`OpeningStore.remove_leftovers` clears what a worker that
+crashed left there. The row trees (two hashes per row) always stay in memory. Answers
 are :class:`protocol.audit.ChallengeAnswer`, so the pool checks them with
 ``protocol.audit.check_audit``.
 """
@@ -131,6 +132,17 @@ class OpeningStore:
         if self._spill is not None:
             shutil.rmtree(self._spill, ignore_errors=True)
             self._spill = None
+
+    @staticmethod
+    def remove_leftovers(spill_dir: Path) -> int:
+        """Delete what stores of an earlier run (a worker that crashed) left in
+        ``spill_dir``; the number of units' directories removed."""
+        removed = 0
+        for leftover in spill_dir.glob("unit-*"):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+                removed += 1
+        return removed
 
     def __enter__(self) -> OpeningStore:
         return self

@@ -215,6 +215,12 @@ def test_openings_spill_to_disk_beyond_the_memory_bound(model, pool_model, x, tm
         every = [Challenge(layer, row) for layer in range(model.depth) for row in range(ROWS)]
         check_audit(record, every, outcome.answer(every))
     assert not any(spill.rglob("*.npy"))  # closed: the files are gone
+    crashed = run_unit(
+        model, x, R, CountingBlas(), layer_header, EVERY_TILE, openings_memory=0, spill_dir=spill
+    )
+    assert any(spill.rglob("*.npy"))  # never closed: a worker that crashed
+    assert OpeningStore.remove_leftovers(spill) == 1 and not any(spill.iterdir())
+    assert crashed.openings.layers == (1, 2)
     with pytest.raises(OpeningsTooLarge, match="no spill directory"):
         run_unit(model, x, R, CountingBlas(), layer_header, EVERY_TILE, openings_memory=0)
 
