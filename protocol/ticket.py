@@ -274,26 +274,25 @@ def tile_digest(
 
 
 def tile_digests(checks: Sequence[TileCheck], arrays: PassArrays | None = None) -> list[bytes]:
-    """:func:`tile_digest` of several tickets of one ``(k, r)``, in order, in
-    :func:`digests_pass` passes of at most ``CHUNK_BYTES`` of working arrays each (the
-    tickets of one ``HeaderNoise`` side by side; ``arrays`` reused by every pass): less per
-    share than a call a ticket."""
+    """:func:`tile_digest` of several tickets, in order, in :func:`digests_pass` passes of at
+    most ``CHUNK_BYTES`` of working arrays each (one ``(k, r)`` a pass, the tickets of one
+    ``HeaderNoise`` side by side; ``arrays`` reused by every pass): less per share than a
+    call a ticket."""
     arrays = arrays or PassArrays()
-    if not checks:
-        return []
-    k, r = checks[0].noise.k, checks[0].noise.r
-    if any((c.noise.k, c.noise.r) != (k, r) for c in checks):
-        raise ValueError("tile_digests: every check must have the same k and r")
-    by_header: dict[int, list[int]] = {}
+    groups: dict[tuple[int, int, int], list[int]] = {}
     for i, c in enumerate(checks):
-        by_header.setdefault(id(c.noise), []).append(i)
-    order = [i for members in by_header.values() for i in members]
-    per_pass = max(1, CHUNK_BYTES // (224 * k))
+        groups.setdefault((c.noise.k, c.noise.r, id(c.noise)), []).append(i)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for (k, r, _), members in groups.items():
+        by_shape.setdefault((k, r), []).extend(members)
     digests = [b""] * len(checks)
-    for first in range(0, len(order), per_pass):
-        part = order[first : first + per_pass]
-        for i, digest in zip(part, digests_pass([checks[i] for i in part], arrays), strict=True):
-            digests[i] = digest
+    for (k, _), order in by_shape.items():
+        per_pass = max(1, CHUNK_BYTES // (224 * k))
+        for first in range(0, len(order), per_pass):
+            part = order[first : first + per_pass]
+            found = digests_pass([checks[i] for i in part], arrays)
+            for i, digest in zip(part, found, strict=True):
+                digests[i] = digest
     return digests
 
 

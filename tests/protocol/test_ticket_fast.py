@@ -172,3 +172,16 @@ def test_a_mixed_batch_equals_the_reference_one_by_one(
     assert want[wrong] != right
     one = checks[wrong]
     assert tile_digest(one.noise, one.tile, one.a_rows, one.bt_rows, arrays) == want[wrong]
+
+
+def test_a_batch_of_several_shapes_equals_the_reference() -> None:
+    """One call with tickets of two ``(k, r)`` (a check process's batch of two jobs)."""
+    rng = np.random.default_rng(7)
+    checks, want = [], []
+    for i, shape in enumerate([Shape(32, 32, 256, 32), Shape(32, 48, 512, 64)] * 3):
+        header = bytes([i % 2]) * 128
+        tile = (i % shape.tiles_m, i % shape.tiles_n)
+        a, bt = blob_rows(rng, shape.k, False), blob_rows(rng, shape.k, False)
+        want.append(verify_ticket(header, shape, tile, a, bt))
+        checks.append(TileCheck(HeaderNoise.of(header, shape.k, shape.r), tile, a, bt))
+    assert tile_digests(checks) == want
