@@ -209,14 +209,26 @@ def child_costs(dims: list[int]) -> dict[str, float]:
         request = decoder.feed(ping)[0]
         return encode_frame({"id": request["id"], "result": "pong"})
 
-    def first_share(i: int) -> bytes:
-        noise = ticket.HeaderNoise.of(headers[i % 256], k, shape.r)
-        a, b = bands[i % 64]
-        return ticket.tile_digest(noise, tiles[i % 64], a.T, b.T)
+    kept = getattr(ticket, "PassArrays", None)
 
-    def seen_header(i: int) -> bytes:
-        c = checks[i % 64]
-        return ticket.tile_digest(c.noise, c.tile, c.a_rows, c.bt_rows)
+    def first_share(keep: object) -> object:
+        def run(i: int) -> bytes:
+            noise = ticket.HeaderNoise.of(headers[i % 256], k, shape.r)
+            a, b = bands[i % 64]
+            if keep is None:
+                return ticket.tile_digest(noise, tiles[i % 64], a.T, b.T)
+            return ticket.tile_digest(noise, tiles[i % 64], a.T, b.T, keep)
+
+        return run
+
+    def seen_header(keep: object) -> object:
+        def run(i: int) -> bytes:
+            c = checks[i % 64]
+            if keep is None:
+                return ticket.tile_digest(c.noise, c.tile, c.a_rows, c.bt_rows)
+            return ticket.tile_digest(c.noise, c.tile, c.a_rows, c.bt_rows, keep)
+
+        return run
 
     def batch(size: int, keep: object) -> object:
         def run(i: int) -> list[bytes]:
@@ -228,9 +240,11 @@ def child_costs(dims: list[int]) -> dict[str, float]:
         return run
 
     costs = {"ping framing": bursts(ping_framing, 200)}
-    costs["one a call, new header"] = bursts(first_share, 10)
-    costs["one a call, header seen"] = bursts(seen_header, 10)
-    kept = getattr(ticket, "PassArrays", None)
+    costs["one a call, new header"] = bursts(first_share(None), 10)
+    costs["one a call, header seen"] = bursts(seen_header(None), 10)
+    if kept is not None:
+        costs["one a call, new header, arrays kept"] = bursts(first_share(kept()), 10)
+        costs["one a call, header seen, arrays kept"] = bursts(seen_header(kept()), 10)
     for size in (8, 32):
         costs[f"batch of {size}, one header"] = bursts(batch(size, None), 1, 20) / size
         if kept is not None:
