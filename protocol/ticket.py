@@ -149,6 +149,10 @@ LOWER_ONES_MAX = 16
 """Up to this many slabs the running sums are one float64 product with a triangle of ones;
 beyond, log₂(slabs) in-place int32 passes cost less (the product grows with slabs²)."""
 
+SMALL_BYTES = 32 << 10
+"""Arrays up to this size are allocated afresh (cheaper than reusing them; they come from
+the heap, never from pages mapped for them alone)."""
+
 CHUNK_BYTES = 4 << 20
 """One pass of :func:`tile_digests` takes at most this many bytes of working arrays (about
 224·k a ticket: the gathered factors, the noisy rows, their float32 copy), so a large batch
@@ -189,8 +193,10 @@ def running_sums(parts: np.ndarray, arrays: PassArrays | None = None) -> np.ndar
     """``acc`` after every slab as int32 ``(..., slabs, 256)``, from the exact float32 slab
     products ``(..., slabs, 256)``. Exact: every part is an integer (|part| ≤ 128²·r ≤ 2²³),
     every sum an integer below 2³¹ (|acc| ≤ 128²·k ≤ 2³⁰), which float64 and int32 hold."""
-    arrays = arrays or PassArrays()
     slabs = parts.shape[-2]
+    if slabs <= LOWER_ONES_MAX and (arrays is None or parts.nbytes <= SMALL_BYTES):
+        return (lower_ones(slabs) @ parts.astype(np.float64)).astype(np.int32)
+    arrays = arrays or PassArrays()
     sums = arrays.get("sums", parts.shape, np.int32)
     if slabs <= LOWER_ONES_MAX:
         wide = arrays.get("wide", parts.shape, np.float64)
