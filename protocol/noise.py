@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
 
@@ -49,15 +48,6 @@ def noisy_rows(seed: bytes, side: str, rows: np.ndarray, start: int, r: int) -> 
 # -- the same noise, laid out for checking one ticket fast (SPEC §7 unchanged) ------------
 
 
-@lru_cache(maxsize=8)
-def pair_steps(r: int) -> np.ndarray:
-    """``1 + (h mod (r − 1))`` for every ``h`` in [0, 2¹⁶) (uint32, read-only): the step from
-    ``f_l`` to ``g_l`` (§7) as a function of ``u >> 16``; a look-up costs less than a division."""
-    steps = np.arange(1 << 16, dtype=np.uint32) % np.uint32(r - 1) + np.uint32(1)
-    steps.setflags(write=False)
-    return steps
-
-
 def header_gather(seed: bytes, k: int, r: int) -> np.ndarray:
     """Both sides' index pairs as one ``(2, 2, k)`` int16 gather: ``[side][f, g][l]``,
     side B's indices offset by ``r`` (they address the lower half of :func:`tile_tables`)."""
@@ -66,9 +56,7 @@ def header_gather(seed: bytes, k: int, r: int) -> np.ndarray:
     mask = np.uint32(r - 1)
     f = u & mask
     # (f + 1 + (u >> 16) mod (r − 1)) mod r, with mod r = & (r − 1): r is a power of two
-    g = pair_steps(r)[np.right_shift(u, 16, dtype=np.intp)]
-    g += f
-    g &= mask
+    g = (f + np.uint32(1) + (u >> np.uint32(16)) % np.uint32(r - 1)) & mask
     gather = np.empty((2, 2, k), dtype=np.int16)
     gather[:, 0] = f
     gather[:, 1] = g
