@@ -17,13 +17,13 @@ Then one pool share check at ``--check-shape`` (default 2048³ r128), all in the
 - checks/s with 1 and 2 threads, one check a call and 8 a call (``tile_digests``, as the
   pool's ``CheckBatcher`` does): only numpy's kernels run in parallel, outside the GIL.
 
-Last, the cost of a share check as a check process pays it: in a fresh Python process (its
-heap as small as a check process's: big working arrays freed there go back to the OS and
-are faulted in again), BLAS on one thread, best of many short bursts, each figure also as
-a ratio to a ``mining.ping``'s framing measured in that process: one ticket a call on a new
-header (its index pairs derived) and on a seen one, and batches of 8 and 32 tickets on one
-header (``tile_digests``; with the working arrays kept between calls where the checked code
-has ``PassArrays``, as a check process keeps them). ``--protocol-root DIR`` checks the
+Last, the cost of a share check as a check process pays it: each row in a fresh Python
+process (its heap as small as a check process's: big working arrays freed there go back to
+the OS and are faulted in again), BLAS on one thread, best of many short bursts, each
+figure also as a ratio to a ``mining.ping``'s framing measured in that process: one ticket
+a call on a new header (its index pairs derived) and on a seen one, and batches of 8 and 32
+tickets on one header (``tile_digests``), each also with the working arrays kept between
+calls where the checked code has ``PassArrays`` (as a check process keeps them). ``--protocol-root DIR`` checks the
 ``protocol`` package of another checkout (e.g. a ``git worktree`` of main: before/after).
 
     python tests/bench/pow_cpu.py [--shapes 512,1024,2048] [--r 64] [--repeat 3]
@@ -181,8 +181,9 @@ def bursts(fn: object, calls: int, rounds: int = 40) -> float:
     return best
 
 
-def child_costs(dims: list[int]) -> dict[str, float]:
-    """In this (fresh) process: µs per share of each way of checking (module doc)."""
+def child_costs(dims: list[int], row: str) -> dict[str, float]:
+    """In this (fresh) process: seconds per share of one way of checking, ``row`` of
+    :data:`COST_ROWS`, and of a ping's framing ({} when the checked code lacks ``row``)."""
     from threadpoolctl import threadpool_limits
 
     from protocol import ticket
@@ -239,18 +240,35 @@ def child_costs(dims: list[int]) -> dict[str, float]:
 
         return run
 
-    costs = {"ping framing": bursts(ping_framing, 200)}
-    costs["one a call, new header"] = bursts(first_share(None), 10)
-    costs["one a call, header seen"] = bursts(seen_header(None), 10)
+    rows: dict[str, tuple[object, int, int]] = {
+        "one a call, new header": (first_share(None), 10, 1),
+        "one a call, header seen": (seen_header(None), 10, 1),
+        "batch of 8, one header": (batch(8, None), 1, 8),
+        "batch of 32, one header": (batch(32, None), 1, 32),
+    }
     if kept is not None:
-        costs["one a call, new header, arrays kept"] = bursts(first_share(kept()), 10)
-        costs["one a call, header seen, arrays kept"] = bursts(seen_header(kept()), 10)
-    for size in (8, 32):
-        costs[f"batch of {size}, one header"] = bursts(batch(size, None), 1, 20) / size
-        if kept is not None:
-            run = batch(size, kept())
-            costs[f"batch of {size}, arrays kept"] = bursts(run, 1, 20) / size
-    return costs
+        rows["one a call, new header, arrays kept"] = (first_share(kept()), 10, 1)
+        rows["one a call, header seen, arrays kept"] = (seen_header(kept()), 10, 1)
+        rows["batch of 8, arrays kept"] = (batch(8, kept()), 1, 8)
+        rows["batch of 32, arrays kept"] = (batch(32, kept()), 1, 32)
+    if row not in rows:
+        return {}
+    fn, calls, size = rows[row]
+    return {"ping framing": bursts(ping_framing, 200), row: bursts(fn, calls, 40) / size}
+
+
+COST_ROWS = (
+    "one a call, new header",
+    "one a call, header seen",
+    "one a call, new header, arrays kept",
+    "one a call, header seen, arrays kept",
+    "batch of 8, one header",
+    "batch of 8, arrays kept",
+    "batch of 32, one header",
+    "batch of 32, arrays kept",
+)
+"""The rows of :func:`cost_table`, each measured in a process of its own (a row measured
+after another inherits its heap: what a check costs there depends on it)."""
 
 
 def cost_table(shape: Shape, protocol_root: str | None) -> None:
@@ -258,22 +276,24 @@ def cost_table(shape: Shape, protocol_root: str | None) -> None:
     root = os.path.abspath(protocol_root or os.path.join(os.path.dirname(__file__), "..", ".."))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     dims = [str(d) for d in (shape.m, shape.n, shape.k, shape.r)]
-    done = subprocess.run(
-        [sys.executable, __file__, "--child-costs", *dims],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    costs = json.loads(done.stdout.strip().splitlines()[-1])
-    ping = costs["ping framing"]
     print(
-        f"\nshare check at {shape.m}x{shape.n}x{shape.k} r{shape.r}, one core, fresh process"
-        f" (protocol from {root}):"
+        f"\nshare check at {shape.m}x{shape.n}x{shape.k} r{shape.r}, one core, a fresh process"
+        f" a row (protocol from {root}):"
     )
-    for name, t in costs.items():
-        print(f"{name:>40} {t * 1e6:9.1f} µs  {t / ping:7.2f}x a ping's framing")
+    for row in COST_ROWS:
+        done = subprocess.run(
+            [sys.executable, __file__, "--child-costs", *dims, "--row", row],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
+        costs = json.loads(done.stdout.strip().splitlines()[-1])
+        if costs:
+            t, ping = costs[row], costs["ping framing"]
+            ratio = f"{t / ping:7.2f}x a ping's framing ({ping * 1e6:.1f} µs)"
+            print(f"{row:>40} {t * 1e6:9.1f} µs  {ratio}")
 
 
 def main() -> None:
@@ -295,9 +315,10 @@ def main() -> None:
     parser.add_argument("--protocol-root", help="checkout whose protocol package the costs check")
     parser.add_argument("--only-costs", action="store_true", help="only the fresh-process costs")
     parser.add_argument("--child-costs", type=int, nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--row", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_costs:
-        print(json.dumps(child_costs(args.child_costs)))
+        print(json.dumps(child_costs(args.child_costs, args.row)))
         return
     if args.only_costs:
         cost_table(Shape(*args.check_shape), args.protocol_root)
