@@ -23,8 +23,9 @@ the OS and are faulted in again), BLAS on one thread, best of many short bursts,
 figure also as a ratio to a ``mining.ping``'s framing measured in that process: one ticket
 a call on a new header (its index pairs derived) and on a seen one, and batches of 8 and 32
 tickets on one header (``tile_digests``), each also with the working arrays kept between
-calls where the checked code has ``PassArrays`` (as a check process keeps them). ``--protocol-root DIR`` checks the
-``protocol`` package of another checkout (e.g. a ``git worktree`` of main: before/after).
+calls where the checked code has ``PassArrays`` (as a check process keeps them).
+``--protocol-root DIR`` checks the ``protocol`` package of another checkout (e.g. a
+``git worktree`` of main, or ``git archive main protocol`` unpacked: before/after).
 
     python tests/bench/pow_cpu.py [--shapes 512,1024,2048] [--r 64] [--repeat 3]
                                   [--check-shape 2048 2048 2048 128] [--checks 2000]
