@@ -275,8 +275,31 @@ def tile_digest(
     bt_rows: np.ndarray,
     arrays: PassArrays | None = None,
 ) -> bytes:
-    """The digest of ``tile`` from its rows: :func:`digests_pass` of one ticket."""
-    return digests_pass([TileCheck(noise, tile, a_rows, bt_rows)], arrays)[0]
+    """The digest of ``tile`` from its rows: :func:`digests_pass` of one ticket, with the
+    fewer and flatter calls that one ticket needs (exact for the same reasons)."""
+    arrays = arrays or PassArrays()
+    ti, tj = tile
+    k, r = noise.k, noise.r
+    slabs = k // r
+    table = noise_tables([(noise.seed, ti, tj)], r)[0]  # (2r, 16)
+    picked = arrays.get("picked", (2, 2, k, TILE), np.int8)
+    np.take(table, noise.gather, axis=0, out=picked, mode="clip")
+    noisy = picked[:, 0]  # (2, k, 16): E[f] − E[g] in [-63, 63], then + the rows
+    np.subtract(noisy, picked[:, 1], out=noisy)
+    np.add(noisy[0], a_rows.T, out=noisy[0], casting="unsafe")
+    np.add(noisy[1], bt_rows.T, out=noisy[1], casting="unsafe")
+    cols = arrays.get("cols", (2, k, TILE), np.float32)
+    np.copyto(cols, noisy, casting="unsafe")
+    sides = cols.reshape(2, slabs, r, TILE)
+    parts = np.matmul(sides[0].transpose(0, 2, 1), sides[1]).reshape(slabs, TILE * TILE)
+    folds = np.bitwise_xor.reduce(running_sums(parts, arrays).view(np.uint32), axis=1)
+    j = np.zeros(16, dtype=np.uint32)
+    j[0], j[1] = ti, tj
+    for first in range(0, slabs, 16):  # one round = the next ≤ 16 slabs, one word each
+        x = folds[first : first + 16]
+        word = j[: len(x)]
+        j[: len(x)] = ((word << np.uint32(13)) | (word >> np.uint32(19))) ^ x
+    return ticket_digest(noise.seed, j)
 
 
 def tile_digests(checks: Sequence[TileCheck], arrays: PassArrays | None = None) -> list[bytes]:
