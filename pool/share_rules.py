@@ -15,7 +15,13 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import H
 from protocol.header import MAX_TIME_ROLL
 from protocol.target import meets_target
-from protocol.ticket import TileCheck, check_tile_rows, tile_digests, verify_ticket_fast
+from protocol.ticket import (
+    PassArrays,
+    TileCheck,
+    check_tile_rows,
+    tile_digests,
+    verify_ticket_fast,
+)
 
 
 class ShareRejected(ProtocolError):
@@ -65,8 +71,9 @@ TicketRequest = tuple[Job, bytes, bytes, tuple[int, int]]
 
 
 def check_tickets(requests: Sequence[TicketRequest]) -> list[CheckedTicket | Exception]:
-    """:func:`check_ticket` of several submits in one vectorised pass per job shape; each
-    answer is its ``CheckedTicket`` or the exception that rejects it (CPU work: a thread)."""
+    """:func:`check_ticket` of several submits in vectorised passes per job shape (their
+    working arrays reused from shape to shape); each answer is its ``CheckedTicket`` or the
+    exception that rejects it (CPU work: a thread)."""
     answers: list[CheckedTicket | Exception] = [ValueError("not checked")] * len(requests)
     by_shape: dict[tuple[int, int], list[tuple[int, TileCheck]]] = {}
     for i, (job, _, header, tile) in enumerate(requests):
@@ -81,9 +88,10 @@ def check_tickets(requests: Sequence[TicketRequest]) -> list[CheckedTicket | Exc
         by_shape.setdefault((noise.k, noise.r), []).append(
             (i, TileCheck(noise, tile, a_rows, bt_rows))
         )
+    arrays = PassArrays()
     for group in by_shape.values():
         try:
-            digests = tile_digests([check for _, check in group])
+            digests = tile_digests([check for _, check in group], arrays)
         except Exception as exc:
             for i, _ in group:
                 answers[i] = exc

@@ -67,20 +67,19 @@ def header_gather(seed: bytes, k: int, r: int) -> np.ndarray:
 def tile_tables(seed: bytes, ti: int, tj: int, r: int) -> np.ndarray:
     """EAL rows ``16ti..`` and EBR rows ``16tj..`` transposed and stacked: ``(2r, 16)`` int8,
     row ``c`` = column ``c`` of the A side's factors, row ``r + c`` the B side's."""
-    raw = X(seed, _LABELS["A"][0], 16 * r, 16 * ti * r) + X(
-        seed, _LABELS["B"][0], 16 * r, 16 * tj * r
-    )
-    factors = (np.frombuffer(raw, dtype=np.uint8) & np.uint8(63)).view(np.int8) - np.int8(32)
-    return np.ascontiguousarray(factors.reshape(2, 16, r).transpose(0, 2, 1)).reshape(2 * r, 16)
+    return noise_tables([(seed, ti, tj)], r)[0] - np.int8(32)
 
 
-def tiles_tables(seed_tiles: Sequence[tuple[bytes, int, int]], r: int) -> np.ndarray:
-    """:func:`tile_tables` of each ``(seed, ti, tj)``, stacked: ``(count, 2r, 16)`` int8."""
+def noise_tables(seed_tiles: Sequence[tuple[bytes, int, int]], r: int) -> np.ndarray:
+    """:func:`tile_tables` of each ``(seed, ti, tj)`` **plus 32** (``b & 63``, in [0, 63]),
+    stacked: ``(count, 2r, 16)`` int8. The offset cancels in ``E[f] − E[g]``, the only way
+    the noise reads a factor (§7), so the tickets' digests do not see it."""
+    a_label, b_label = _LABELS["A"][0], _LABELS["B"][0]
     raw = b"".join(
-        X(seed, _LABELS["A"][0], 16 * r, 16 * ti * r)
-        + X(seed, _LABELS["B"][0], 16 * r, 16 * tj * r)
+        X(seed, a_label, 16 * r, 16 * ti * r) + X(seed, b_label, 16 * r, 16 * tj * r)
         for seed, ti, tj in seed_tiles
     )
-    factors = (np.frombuffer(raw, dtype=np.uint8) & np.uint8(63)).view(np.int8) - np.int8(32)
-    by_side = factors.reshape(len(seed_tiles), 2, 16, r).transpose(0, 1, 3, 2)
-    return np.ascontiguousarray(by_side).reshape(len(seed_tiles), 2 * r, 16)
+    count = len(seed_tiles)
+    masked = np.frombuffer(raw, dtype=np.uint8).reshape(count, 2, 16, r) & np.uint8(63)
+    by_side = np.ascontiguousarray(masked.transpose(0, 1, 3, 2)).view(np.int8)
+    return by_side.reshape(count, 2 * r, 16)

@@ -17,14 +17,28 @@ Then one pool share check at ``--check-shape`` (default 2048³ r128), all in the
 - checks/s with 1 and 2 threads, one check a call and 8 a call (``tile_digests``, as the
   pool's ``CheckBatcher`` does): only numpy's kernels run in parallel, outside the GIL.
 
+Last, the cost of a share check as a check process pays it: each row in a fresh Python
+process (its heap as small as a check process's: big working arrays freed there go back to
+the OS and are faulted in again), BLAS on one thread, best of many short bursts, each
+figure also as a ratio to a ``mining.ping``'s framing measured in that process: one ticket
+a call on a new header (its index pairs derived) and on a seen one, and batches of 8 and 32
+tickets on one header (``tile_digests``), each also with the working arrays kept between
+calls where the checked code has ``PassArrays`` (as a check process keeps them).
+``--protocol-root DIR`` checks the ``protocol`` package of another checkout (e.g. a
+``git worktree`` of main, or ``git archive main protocol`` unpacked: before/after).
+
     python tests/bench/pow_cpu.py [--shapes 512,1024,2048] [--r 64] [--repeat 3]
                                   [--check-shape 2048 2048 2048 128] [--checks 2000]
+                                  [--protocol-root DIR] [--only-costs]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -153,6 +167,136 @@ def check_table(shape: Shape, count: int) -> None:
             print(f"{f'checks/s, {threads} thread(s), {name}':>40} {rate:9.0f}")
 
 
+def bursts(fn: object, calls: int, rounds: int = 40) -> float:
+    """Seconds of one ``fn(i)``: the fastest of ``rounds`` bursts of ``calls`` calls (the
+    least disturbed by other processes on a shared machine)."""
+    assert callable(fn)
+    best = float("inf")
+    at = 0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn(at)
+            at += 1
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def child_costs(dims: list[int], row: str) -> dict[str, float]:
+    """In this (fresh) process: seconds per share of one way of checking, ``row`` of
+    :data:`COST_ROWS`, and of a ping's framing ({} when the checked code lacks ``row``)."""
+    from threadpoolctl import threadpool_limits
+
+    from protocol import ticket
+
+    threadpool_limits(1)
+    shape = Shape(*dims)
+    rng = np.random.default_rng(1)
+    k = shape.k
+    bands = [
+        (
+            rng.integers(-64, 65, (k, 16), dtype=np.int8),
+            rng.integers(-64, 65, (k, 16), dtype=np.int8),
+        )
+        for _ in range(64)
+    ]
+    tiles = [(i % shape.tiles_m, (7 * i + 3) % shape.tiles_n) for i in range(64)]
+    headers = [os.urandom(128) for _ in range(256)]
+    seen = ticket.HeaderNoise.of(headers[0], k, shape.r)
+    checks = [ticket.TileCheck(seen, t, a.T, b.T) for t, (a, b) in zip(tiles, bands, strict=True)]
+    ping = encode_frame({"id": 1, "method": "mining.ping", "params": {}})
+    decoder = FrameDecoder()
+
+    def ping_framing(i: int) -> bytes:
+        request = decoder.feed(ping)[0]
+        return encode_frame({"id": request["id"], "result": "pong"})
+
+    kept = getattr(ticket, "PassArrays", None)
+
+    def first_share(keep: object) -> object:
+        def run(i: int) -> bytes:
+            noise = ticket.HeaderNoise.of(headers[i % 256], k, shape.r)
+            a, b = bands[i % 64]
+            if keep is None:
+                return ticket.tile_digest(noise, tiles[i % 64], a.T, b.T)
+            return ticket.tile_digest(noise, tiles[i % 64], a.T, b.T, keep)
+
+        return run
+
+    def seen_header(keep: object) -> object:
+        def run(i: int) -> bytes:
+            c = checks[i % 64]
+            if keep is None:
+                return ticket.tile_digest(c.noise, c.tile, c.a_rows, c.bt_rows)
+            return ticket.tile_digest(c.noise, c.tile, c.a_rows, c.bt_rows, keep)
+
+        return run
+
+    def batch(size: int, keep: object) -> object:
+        def run(i: int) -> list[bytes]:
+            part = [checks[(i * size + j) % 64] for j in range(size)]
+            return (
+                ticket.tile_digests(part, keep) if keep is not None else ticket.tile_digests(part)
+            )
+
+        return run
+
+    rows: dict[str, tuple[object, int, int]] = {
+        "one a call, new header": (first_share(None), 10, 1),
+        "one a call, header seen": (seen_header(None), 10, 1),
+        "batch of 8, one header": (batch(8, None), 1, 8),
+        "batch of 32, one header": (batch(32, None), 1, 32),
+    }
+    if kept is not None:
+        rows["one a call, new header, arrays kept"] = (first_share(kept()), 10, 1)
+        rows["one a call, header seen, arrays kept"] = (seen_header(kept()), 10, 1)
+        rows["batch of 8, arrays kept"] = (batch(8, kept()), 1, 8)
+        rows["batch of 32, arrays kept"] = (batch(32, kept()), 1, 32)
+    if row not in rows:
+        return {}
+    fn, calls, size = rows[row]
+    return {"ping framing": bursts(ping_framing, 200), row: bursts(fn, calls, 40) / size}
+
+
+COST_ROWS = (
+    "one a call, new header",
+    "one a call, header seen",
+    "one a call, new header, arrays kept",
+    "one a call, header seen, arrays kept",
+    "batch of 8, one header",
+    "batch of 8, arrays kept",
+    "batch of 32, one header",
+    "batch of 32, arrays kept",
+)
+"""The rows of :func:`cost_table`, each measured in a process of its own (a row measured
+after another inherits its heap: what a check costs there depends on it)."""
+
+
+def cost_table(shape: Shape, protocol_root: str | None) -> None:
+    """:func:`child_costs` in a fresh process, printed as µs and as ratios to the ping."""
+    root = os.path.abspath(protocol_root or os.path.join(os.path.dirname(__file__), "..", ".."))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    dims = [str(d) for d in (shape.m, shape.n, shape.k, shape.r)]
+    print(
+        f"\nshare check at {shape.m}x{shape.n}x{shape.k} r{shape.r}, one core, a fresh process"
+        f" a row (protocol from {root}):"
+    )
+    for row in COST_ROWS:
+        done = subprocess.run(
+            [sys.executable, __file__, "--child-costs", *dims, "--row", row],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
+        costs = json.loads(done.stdout.strip().splitlines()[-1])
+        if costs:
+            t, ping = costs[row], costs["ping framing"]
+            ratio = f"{t / ping:7.2f}x a ping's framing ({ping * 1e6:.1f} µs)"
+            print(f"{row:>40} {t * 1e6:9.1f} µs  {ratio}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -169,7 +313,17 @@ def main() -> None:
         help="shape of the share-check table",
     )
     parser.add_argument("--checks", type=int, default=2000, help="share checks timed per row")
+    parser.add_argument("--protocol-root", help="checkout whose protocol package the costs check")
+    parser.add_argument("--only-costs", action="store_true", help="only the fresh-process costs")
+    parser.add_argument("--child-costs", type=int, nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--row", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_costs:
+        print(json.dumps(child_costs(args.child_costs, args.row)))
+        return
+    if args.only_costs:
+        cost_table(Shape(*args.check_shape), args.protocol_root)
+        return
     print(
         f"{'shape':>12} {'miner MAC/s':>12} {'numpy MAC/s':>12} {'ratio':>6} "
         f"{'verify µs':>10} {'diff-1 µs':>14} {'verify/mine':>12}"
@@ -177,6 +331,7 @@ def main() -> None:
     for size in (int(s) for s in args.shapes.split(",")):
         print(measure(size, args.r, args.repeat), flush=True)
     check_table(Shape(*args.check_shape), args.checks)
+    cost_table(Shape(*args.check_shape), args.protocol_root)
 
 
 if __name__ == "__main__":

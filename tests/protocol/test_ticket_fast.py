@@ -5,9 +5,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol import ticket
 from protocol.errors import ProtocolError
 from protocol.noise import index_pairs, noise_factors, pow_seed, tile_tables
-from protocol.ticket import HeaderNoise, TileCheck, tile_digests, verify_ticket, verify_ticket_fast
+from protocol.ticket import (
+    HeaderNoise,
+    PassArrays,
+    TileCheck,
+    tile_digest,
+    tile_digests,
+    verify_ticket,
+    verify_ticket_fast,
+)
 from protocol.workload import ALLOWED_R, Shape, synthetic_rows
 
 
@@ -115,6 +124,64 @@ def test_a_batch_of_checks_equals_the_reference(
         else:
             a = synthetic_rows(seed, "A", 16 * tile[0], 16, shape.k)
             bt = np.ascontiguousarray(synthetic_rows(seed, "B", 16 * tile[1], 16, shape.k).T).T
+        want.append(verify_ticket(header, shape, tile, a, bt))
+        checks.append(TileCheck(HeaderNoise.of(header, shape.k, shape.r), tile, a, bt))
+    assert tile_digests(checks) == want
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=shapes(),
+    headers=st.lists(st.binary(min_size=128, max_size=128), min_size=2, max_size=4, unique=True),
+    picks=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 15)), min_size=2, max_size=12),
+    wrong=st.integers(0, 11),
+    seed=st.binary(min_size=32, max_size=32),
+    chunk=st.sampled_from([1, 3 * 224, 1 << 22]),
+)
+def test_a_mixed_batch_equals_the_reference_one_by_one(
+    shape: Shape,
+    headers: list[bytes],
+    picks: list[tuple[int, int]],
+    wrong: int,
+    seed: bytes,
+    chunk: int,
+) -> None:
+    """Tickets of several headers and tiles, interleaved, one of them with a row changed (a
+    miner's wrong rows), in passes of 1, 3 or all tickets (``CHUNK_BYTES``), its working
+    arrays reused by a second batch: each digest is the reference's for its own rows, and
+    the changed ticket's is not the digest of the right rows."""
+    rng = np.random.default_rng(int.from_bytes(seed[:8], "little"))
+    noises = [HeaderNoise.of(h, shape.k, shape.r) for h in headers]
+    wrong %= len(picks)
+    checks, want, right = [], [], b""
+    for i, (h, t) in enumerate(picks):
+        header = headers[h % len(headers)]
+        tile = (t % shape.tiles_m, (t // 4) % shape.tiles_n)
+        a, bt = blob_rows(rng, shape.k, True), blob_rows(rng, shape.k, True)
+        if i == wrong:
+            right = verify_ticket(header, shape, tile, a, bt)
+            a = a.copy()
+            a[3, 5] ^= 1
+        want.append(verify_ticket(header, shape, tile, a, bt))
+        checks.append(TileCheck(noises[h % len(headers)], tile, a, bt))
+    arrays = PassArrays()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ticket, "CHUNK_BYTES", chunk * shape.k)
+        assert tile_digests(checks, arrays) == want
+        assert tile_digests(checks[::-1], arrays) == want[::-1]
+    assert want[wrong] != right
+    one = checks[wrong]
+    assert tile_digest(one.noise, one.tile, one.a_rows, one.bt_rows, arrays) == want[wrong]
+
+
+def test_a_batch_of_several_shapes_equals_the_reference() -> None:
+    """One call with tickets of two ``(k, r)`` (a check process's batch of two jobs)."""
+    rng = np.random.default_rng(7)
+    checks, want = [], []
+    for i, shape in enumerate([Shape(32, 32, 256, 32), Shape(32, 48, 512, 64)] * 3):
+        header = bytes([i % 2]) * 128
+        tile = (i % shape.tiles_m, i % shape.tiles_n)
+        a, bt = blob_rows(rng, shape.k, False), blob_rows(rng, shape.k, False)
         want.append(verify_ticket(header, shape, tile, a, bt))
         checks.append(TileCheck(HeaderNoise.of(header, shape.k, shape.r), tile, a, bt))
     assert tile_digests(checks) == want
