@@ -31,6 +31,7 @@ import trio
 from pool.check_procs import CheckProcesses
 from pool.jobs import Job
 from pool.share_rules import CheckedTicket, TicketRequest, check_tickets
+from protocol.ticket import PassArrays
 
 BATCH_K = 8 * 4096
 """A batch holds at most this many columns of k in all (about 224 bytes of arrays each)."""
@@ -65,6 +66,7 @@ class CheckBatcher:
         self.batches_per_call = batches_per_call  # one thread round trip for this many
         self.observe = observe  # seconds per share of each batch (timed in the thread)
         self._queue: deque[_Pending] = deque()
+        self._arrays: deque[PassArrays] = deque()  # working arrays, one per check thread
         self._leaders = 0
 
     async def check(
@@ -147,10 +149,20 @@ class CheckBatcher:
     def _run(self, taken: list[_Pending]) -> None:
         """In a worker thread: check what was taken, a batch at a time (its arrays stay
         small), and give each submit its answer."""
+        try:  # working arrays of a thread that is done (deque pop/append are atomic)
+            arrays = self._arrays.pop()
+        except IndexError:
+            arrays = PassArrays()
+        try:
+            self._check(taken, arrays)
+        finally:
+            self._arrays.append(arrays)
+
+    def _check(self, taken: list[_Pending], arrays: PassArrays) -> None:
         for batch in self._split(taken):
             started = time.perf_counter()
             try:
-                answers = check_tickets([p.request for p in batch])
+                answers = check_tickets([p.request for p in batch], arrays)
             except Exception as exc:  # a bug: every submit of the batch is rejected with it
                 answers = [exc] * len(batch)
             for pending, answer in zip(batch, answers, strict=True):

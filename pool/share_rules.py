@@ -70,10 +70,13 @@ TicketRequest = tuple[Job, bytes, bytes, tuple[int, int]]
 """One ticket to check: ``(job, coinbase, header, tile)``, as :func:`check_ticket` takes them."""
 
 
-def check_tickets(requests: Sequence[TicketRequest]) -> list[CheckedTicket | Exception]:
+def check_tickets(
+    requests: Sequence[TicketRequest], arrays: PassArrays | None = None
+) -> list[CheckedTicket | Exception]:
     """:func:`check_ticket` of several submits in vectorised passes per job shape (their
-    working arrays reused from shape to shape); each answer is its ``CheckedTicket`` or the
-    exception that rejects it (CPU work: a thread)."""
+    working arrays, ``arrays`` if given — one per thread — reused from shape to shape);
+    each answer is its ``CheckedTicket`` or the exception that rejects it (CPU work: a
+    thread)."""
     answers: list[CheckedTicket | Exception] = [ValueError("not checked")] * len(requests)
     by_shape: dict[tuple[int, int], list[tuple[int, TileCheck]]] = {}
     for i, (job, _, header, tile) in enumerate(requests):
@@ -88,7 +91,7 @@ def check_tickets(requests: Sequence[TicketRequest]) -> list[CheckedTicket | Exc
         by_shape.setdefault((noise.k, noise.r), []).append(
             (i, TileCheck(noise, tile, a_rows, bt_rows))
         )
-    arrays = PassArrays()
+    arrays = PassArrays() if arrays is None else arrays
     for group in by_shape.values():
         try:
             digests = tile_digests([check for _, check in group], arrays)
