@@ -20,6 +20,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import trio
@@ -59,7 +60,7 @@ from protocol.model_work import DEFAULT_R, UnitRecord, layer_shape
 
 log = logging.getLogger("pool.models")
 
-Credit = Callable[[list[object]], Awaitable[object]]
+Credit = Callable[[list[Any]], Awaitable[object]]
 """Credits the records of a unit's held shares once its audit passed."""
 
 

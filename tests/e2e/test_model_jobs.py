@@ -24,6 +24,7 @@ from pool.models.api import create_model_routes
 from pool.models.desk import ModelDesk, ModelJobsConfig
 from pool.models.registry import ModelRegistry
 from pool.models.routes import DATA_PREFIX, create_infer_routes
+from pool.useful.cli import main as work_main
 from protocol.header import coinbase_parts
 from protocol.messages import Notify, Submit
 from protocol.model import reference_pass, save_model
@@ -185,5 +186,46 @@ async def test_a_faked_row_is_caught_and_its_shares_voided(tmp_path: Path, layer
         lease, result, acks = await pool.mine_one("honest", honest, "job.h")
         assert result.verified and item.done
         assert np.array_equal(item.output(), reference_pass(model, x).output)
+        nursery.cancel_scope.cancel()
+    pool.registry.close()
+
+
+@pytest.mark.slow
+async def test_the_cli_infers_a_batch_and_writes_y(tmp_path: Path) -> None:
+    model = make_model()
+    x = batch(30, model.input_width, seed=3)
+    (tmp_path / "x.npy").write_bytes(npy(x))
+    pool = Pool(tmp_path, ModelJobsConfig(r=32, unit_rows=16, budget_ppm=10**6))
+    pool.registry.add("mlp3", save_model(model))
+    worker = runner(tmp_path, BlasBackend(threads=1), "w")
+    out = tmp_path / "y.npy"
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, pool.app(), "127.0.0.1", 0)
+        pool.base = f"http://127.0.0.1:{port}"
+        argv = ["work", "infer", "--model", "mlp3", str(tmp_path / "x.npy"), "--wait"]
+        argv += ["-o", str(out), "--poll", "0.05", "--api", pool.base, "--timeout", "60"]
+        codes: list[int] = []
+
+        async def cli() -> None:
+            codes.append(await trio.to_thread.run_sync(work_main, argv))
+
+        nursery.start_soon(cli)
+        with trio.fail_after(30):
+            while not pool.desk.items:
+                await trio.sleep(0.01)
+        for n in range(2):
+            _, result, _ = await pool.mine_one("s1", worker, f"job.{n}")
+            assert result.verified, result.reason
+        with trio.fail_after(30):
+            while not codes:
+                await trio.sleep(0.01)
+        assert codes == [0]
+        y = np.load(out, allow_pickle=False)
+        assert np.array_equal(y, reference_pass(model, x).output)
+        bad = await trio.to_thread.run_sync(
+            work_main,
+            ["work", "infer", "--model", "nope", str(tmp_path / "x.npy"), "--api", pool.base],
+        )
+        assert bad == 1
         nursery.cancel_scope.cancel()
     pool.registry.close()
