@@ -54,11 +54,14 @@ from protocol.model_delivery import (
     decode_delivery,
     delivery_size,
 )
-from protocol.model_messages import ModelSource
+from protocol.model_messages import ModelSource, layer_submit_bytes
 from protocol.model_share import LayerShare, check_layer_share
 from protocol.model_work import DEFAULT_R, UnitRecord, layer_shape
 
 log = logging.getLogger("pool.models")
+
+LEASE_IDS = 1 << 40
+"""The first model lease id: a job's ``lease_id`` never names a useful-work lease too."""
 
 Credit = Callable[[list[Any]], Awaitable[object]]
 """Credits the records of a unit's held shares once its audit passed."""
@@ -82,6 +85,7 @@ class ModelJobsConfig:
     challenges: int = 0  # draws of every audit; 0: §12.12.7's count (tests force more)
     lease_seconds: float = 600.0  # a unit's lease deadline
     audit_seconds: float = 120.0  # answers due this long after the delivery (≥ 60)
+    max_frame_size: int = 1 << 20  # a session's stratum frame bound: every layer share fits
 
 
 class ModelDesk:
@@ -95,18 +99,24 @@ class ModelDesk:
         pool_secret: bytes | None = None,
         clock: Callable[[], float] = time.time,
         on_failed: Callable[[str, str], None] | None = None,
+        on_verdict: Callable[[str, bool, int], None] | None = None,
+        on_queued: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.limiter = limiter
         self.clock = clock
         self.on_failed = on_failed  # (session, reason): escalate like a wrong product
+        self.on_verdict = on_verdict  # (session, passed, shares voided): its next job
+        self.on_queued = on_queued  # units were queued: idle capable sessions lease one
+        self.data_url: str | None = None  # the model data plane named in jobs (None: off)
+        self._current: dict[str, ModelLease] = {}  # session → its lease not yet judged
         self._secret = pool_secret if pool_secret is not None else secrets.token_bytes(32)
         self.tokens = LeaseTokens()
         self.items: dict[int, ModelItem] = {}
         self.leases: dict[int, ModelLease] = {}
         self._weights: dict[bytes, ModelWeights] = {}
         self._next_item = 1
-        self._next_lease = 1
+        self._next_lease = LEASE_IDS  # apart from the useful queue's lease ids
         self.served_bytes = 0  # blob bytes sent over the data plane
         self.changed = trio.Event()  # set when a unit is queued or an item is done
 
@@ -122,6 +132,8 @@ class ModelDesk:
         self.items[item.id] = item
         self._weights.setdefault(model.model_id, ModelWeights(model))
         self._poke()
+        if self.on_queued is not None:
+            self.on_queued()
         log.info(
             "model batch %d (%s, %d rows) queued as %d unit(s)",
             item.id,
@@ -138,14 +150,38 @@ class ModelDesk:
     # -- leases and jobs -----------------------------------------------------------------
 
     def lease(self, session: str, data_url: str) -> ModelLease | None:
-        """A queued unit for ``session`` (one it did not fail), leased with its job's work."""
+        """The session's lease not yet judged, else a queued unit it did not fail (and whose
+        layer shares fit a frame), leased with its job's work; None: no model work for it."""
         now = self.clock()
         self._expire(now)
+        current = self._current.get(session)
+        if current is not None:
+            return current
         for item in self.items.values():
             for unit in item.units:
-                if unit.state == "queued" and session not in unit.refused:
+                if unit.state == "queued" and session not in unit.refused and self._fits(unit):
                     return self._leased(session, unit, data_url, now)
         return None
+
+    def holds(self, session: str) -> bool:
+        """Whether ``session`` holds a model lease not yet judged."""
+        return session in self._current
+
+    def _fits(self, unit: ModelUnit) -> bool:
+        shapes = [layer_shape(unit.model, i, unit.rows, unit.r) for i in range(unit.model.depth)]
+        return max(layer_submit_bytes(s) for s in shapes) <= self.config.max_frame_size
+
+    def release_session(self, session: str) -> None:
+        """The session left: its unit goes back to the queue, its held shares are void
+        (stale, not counted against it)."""
+        lease = self._current.pop(session, None)
+        if lease is not None and lease.verdict is None:
+            lease.verdict = (False, "the session left")
+            lease.void, lease.held = lease.held, []
+            lease.unit.state = "queued"
+            self._poke()
+            if self.on_queued is not None:
+                self.on_queued()
 
     def _leased(self, session: str, unit: ModelUnit, data_url: str, now: float) -> ModelLease:
         weights = self._weights[unit.model.model_id]
@@ -167,6 +203,7 @@ class ModelDesk:
         lease = ModelLease(lease_id, session, unit, token, work, now + self.config.lease_seconds)
         unit.state = "leased"
         self.leases[lease_id] = lease
+        self._current[session] = lease
         log.info(
             "model unit %s… leased to %s (lease %d)", unit.unit_id.hex()[:16], session, lease_id
         )
@@ -206,11 +243,16 @@ class ModelDesk:
         return data
 
     async def check_share(
-        self, lease_id: int, job: Notify, extranonce1: bytes, submit: Submit, record: object
+        self,
+        lease_id: int,
+        job: Notify,
+        extranonce1: bytes,
+        submit: Submit,
+        record: Callable[[LayerShare], object],
     ) -> LayerShare:
         """Check a share on a model job (``check_layer_share``, in a worker thread) and hold
-        it under the lease; ``ProtocolError`` (its wire code) when refused, 21 when the
-        lease is over."""
+        it under the lease with ``record(share)`` (what a pass credits); ``ProtocolError``
+        (its wire code) when refused, 21 when the lease is over."""
         lease = self.leases.get(lease_id)
         if lease is None or lease.record is not None or lease.verdict is not None:
             raise ProtocolError("the model unit of this job is no longer mining", ErrorCode.STALE)
@@ -233,7 +275,7 @@ class ModelDesk:
         if lease.record is not None or lease.verdict is not None:
             raise ProtocolError("the model unit of this job is no longer mining", ErrorCode.STALE)
         lease.roots.setdefault(share.head.layer, share.head.a_root)
-        lease.held.append(HeldShare(share, record))
+        lease.held.append(HeldShare(share, record(share)))
         return share
 
     def received(self, token: str, unit: bytes) -> int:
@@ -315,6 +357,7 @@ class ModelDesk:
             return lease.verdict
         await credit([held.record for held in lease.held])
         lease.verdict = (True, "")
+        self._current.pop(lease.session, None)
         unit_.state, unit_.output = "done", record.output
         log.info(
             "model unit %s… passed its audit: %d share(s) credited",
@@ -322,14 +365,15 @@ class ModelDesk:
             len(lease.held),
         )
         self._poke()
+        if self.on_verdict is not None:
+            self.on_verdict(lease.session, True, 0)
         return lease.verdict
 
     def _fail(self, lease: ModelLease, reason: str) -> None:
         """Void the lease's held shares, escalate its session, queue the unit again."""
         voided = len(lease.held)
         lease.verdict = (False, reason)
-        lease.voided = voided
-        lease.held.clear()
+        lease.void, lease.held = lease.held, []
         lease.unit.state = "queued"
         lease.unit.refused.add(lease.session)
         log.warning(
@@ -338,6 +382,12 @@ class ModelDesk:
             reason,
             voided,
         )
+        if self._current.get(lease.session) is lease:
+            del self._current[lease.session]
         if self.on_failed is not None:
             self.on_failed(lease.session, reason)
+        if self.on_verdict is not None:
+            self.on_verdict(lease.session, False, voided)
         self._poke()
+        if self.on_queued is not None:
+            self.on_queued()

@@ -5,17 +5,22 @@ least ``protocol.audit.min_unit_rows`` rows (unless the batch is smaller, SPEC Â
 A :class:`ModelLease` is one unit leased to one session: the job's ``work`` (layer 0's),
 its ``ModelSource``, the shares it holds by layer and, once delivered, the unit's
 commitments (``UnitRecord``), the audit's challenges and its verdict. Plain data; the
-:class:`~pool.models.desk.ModelDesk` changes it.
+:class:`~pool.models.desk.ModelDesk` changes it. :class:`ModelJobWork` is a model lease
+as a job's workload (``pool.workloads.JobWork``'s face: layer 0's work, the lease's
+``ModelSource``); :func:`lease_model` a ``"model-1"`` session's model lease for its next job.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from protocol import messages
 from protocol.audit import Challenge, min_unit_rows
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import H
 from protocol.merkle import RowTree
 from protocol.messages import WorkSpec
@@ -30,6 +35,10 @@ from protocol.model_work import (
     unit_id,
     weight_roots,
 )
+from protocol.workload import Shape
+
+if TYPE_CHECKING:
+    from pool.models.desk import ModelDesk
 
 UNIT_STATES = ("queued", "leased", "delivered", "done")
 
@@ -157,7 +166,11 @@ class ModelLease:
     challenges: tuple[Challenge, ...] = ()
     audit_deadline: float = 0.0
     verdict: tuple[bool, str] | None = None
-    voided: int = 0  # held shares voided by a failure
+    void: list[HeldShare] = field(default_factory=list)  # held shares a failure voided
+
+    @property
+    def voided(self) -> int:
+        return len(self.void)
 
     @property
     def source(self) -> ModelSource:
@@ -167,3 +180,36 @@ class ModelLease:
     def pool_opening(self, tile_index: int) -> TileOpening:
         """The pool's own opening of the padded ``X`` at tile row ``tile_index``."""
         return TileOpening.of(self.unit.padded_x, tile_index, self.unit.x_tree)
+
+
+@dataclass(frozen=True, eq=False)
+class ModelJobWork:
+    """The workload of a job on a model lease: layer 0's work and the lease's source."""
+
+    lease: ModelLease
+
+    @property
+    def shape(self) -> Shape:
+        w = self.lease.work
+        return Shape(w.m, w.n, w.k, w.r)
+
+    @property
+    def work_root(self) -> bytes:
+        return self.lease.work.work_root
+
+    def tile_rows(self, tile: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        raise ProtocolError("a model job's shares are checked by layer", ErrorCode.OTHER)
+
+    def block_fields(self, tile: tuple[int, int]) -> dict[str, Any]:
+        raise ProtocolError("a model job's blocks are made by layer", ErrorCode.OTHER)
+
+    def work_spec(self) -> messages.WorkSpec:
+        return self.lease.work
+
+
+def lease_model(desk: ModelDesk | None, session: str) -> tuple[ModelLease, ModelJobWork] | None:
+    """The session's model lease and its job's workload (None: no model work for it)."""
+    if desk is None or desk.data_url is None:
+        return None
+    lease = desk.lease(session, desk.data_url)
+    return None if lease is None else (lease, ModelJobWork(lease))
