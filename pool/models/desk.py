@@ -55,7 +55,7 @@ from protocol.model_delivery import (
     delivery_size,
 )
 from protocol.model_messages import ModelSource, layer_submit_bytes
-from protocol.model_share import LayerShare, check_layer_share
+from protocol.model_share import LayerShare, TileOpening, check_layer_share
 from protocol.model_work import DEFAULT_R, UnitRecord, layer_shape
 
 log = logging.getLogger("pool.models")
@@ -277,6 +277,10 @@ class ModelDesk:
         lease.roots.setdefault(share.head.layer, share.head.a_root)
         lease.held.append(HeldShare(share, record(share)))
         return share
+
+    def weights_opening(self, lease: ModelLease, layer: int, tile_index: int) -> TileOpening:
+        """The pool's opening of layer ``layer``'s padded ``W_lᵀ`` at tile ``tile_index``."""
+        return self._weights[lease.unit.model.model_id].opening(layer, lease.unit.r, tile_index)
 
     def received(self, token: str, unit: bytes) -> int:
         """``GET {data}/results/{unit}``: the delivery bytes the pool holds."""

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from pool.inbox import OfferWork, ResultRejected, WorkLost
 from pool.ledger.base import ShareRecord
 from pool.models.api import create_model_routes
+from pool.models.blocks import submit_layer_block
 from pool.models.desk import ModelDesk, ModelJobsConfig
 from pool.models.registry import ModelRegistry
 from pool.models.routes import DATA_PREFIX, create_infer_routes
@@ -95,12 +96,12 @@ async def check_model_share(
         share = await desk.check_share(lease.id, notify, job.extranonce1, submit, record)
     except ProtocolError as exc:
         raise ShareRejected(f"share cannot be checked: {exc}", exc.code) from None
-    if share.meets_network:  # not yet: a model block needs layer_block and the node's path
-        log.warning(
-            "a share on model lease %d met the network target; no block submitted", lease.id
-        )
+    block_hash = None
+    if share.meets_network:  # the share stays held; its block goes to the node at once
+        weights = desk.weights_opening(lease, share.head.layer, share.tile[1])
+        block_hash = await submit_layer_block(checker, miner, job, share, weights, record(share))
     checker.metrics.share_accepted_work(job.difficulty, miner.address, miner.worker)
-    return AcceptedShare(job, job.difficulty, share.digest, None)
+    return AcceptedShare(job, job.difficulty, share.digest, block_hash)
 
 
 def _sessions_of(ctx: PoolContext, work_key: str) -> list[Any]:

@@ -119,6 +119,7 @@ class ModelWeights:
         self.order = tuple(H(blob) for blob in layer_blobs(model))
         self._roots: dict[int, tuple[bytes, ...]] = {}
         self._bt: dict[tuple[int, int], np.ndarray] = {}
+        self._trees: dict[tuple[int, int], RowTree] = {}
 
     def roots(self, r: int) -> tuple[bytes, ...]:
         if r not in self._roots:
@@ -132,6 +133,14 @@ class ModelWeights:
             shape = layer_shape(self.model, index, 1, r)
             self._bt[key] = padded_weights_t(self.model, index, shape)
         return self._bt[key]
+
+    def opening(self, index: int, r: int, tile_index: int) -> TileOpening:
+        """Rows ``16·tile_index..+15`` of layer ``index``'s padded ``W_lᵀ`` with their proof
+        (for the block of a layer share)."""
+        key = (index, r)
+        if key not in self._trees:
+            self._trees[key] = RowTree(self.bt(index, r))
+        return TileOpening.of(self.bt(index, r), tile_index, self._trees[key])
 
     def layer_specs(self, r: int) -> tuple[LayerSpec, ...]:
         return tuple(

@@ -20,6 +20,7 @@ import trio
 
 from pool.app import run_pool
 from pool.config_rules import validate
+from protocol.header import Header
 from protocol.model import Model, reference_pass, save_model
 from protocol.model_work import weight_roots
 from tests.support.model_jobs import batch, make_model
@@ -31,10 +32,10 @@ pytestmark = pytest.mark.slow
 
 
 @asynccontextmanager
-async def model_pool(data_dir: Path) -> AsyncIterator[RunningPool]:
+async def model_pool(data_dir: Path, network: float = 1e9) -> AsyncIterator[RunningPool]:
     """The real pool with its HTTP API; every ticket of a k' = 128 layer is a share."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    config = pool_config(data_dir, share_difficulty=1e-7)
+    config = pool_config(data_dir, share_difficulty=1e-7, network_difficulty=network)
     config.http.enabled, config.http.host, config.http.port = True, "127.0.0.1", 0
     config.work.job_refresh_seconds = 1.0
     config.useful.r = 32
@@ -168,3 +169,34 @@ async def test_a_faked_row_is_caught_by_the_audit_and_its_shares_voided(tmp_path
         ):
             y = await wait_done(client, item, 60)
         assert np.array_equal(y, reference_pass(model, x).output)
+
+
+async def test_a_layer_share_that_meets_the_network_is_a_block_the_node_accepts(
+    tmp_path: Path,
+) -> None:
+    model = make_model()
+    x = batch(64, model.input_width, seed=7)
+    async with (
+        model_pool(tmp_path / "pool", network=4e-7) as pool,  # about one ticket in four
+        running_worker(
+            [pool.endpoint],
+            [blas()],
+            useful=useful_settings(tmp_path),
+            model=model_settings(tmp_path),
+        ),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{pool.handle.http_port}") as client,
+    ):
+        desk = pool.handle.context.models
+        item = await infer(client, model, x)
+        y = await wait_done(client, item, 60)
+        assert np.array_equal(y, reference_pass(model, x).output)
+        h = pool.handle
+        blocks = await trio.to_thread.run_sync(h.ledger.blocks, 500, limiter=h.ledger_limiter)
+        layer_headers = {
+            Header.decode(held.share.head.header).hash()
+            for lease in desk.leases.values()
+            for held in lease.held
+        }
+        found = [b for b in blocks if b.hash in layer_headers]
+        assert found, "no block from a model layer share"
+        assert all(b.status != "rejected" for b in found)
