@@ -39,6 +39,8 @@ async def model_pool(data_dir: Path, network: float = 1e9) -> AsyncIterator[Runn
     config.http.enabled, config.http.host, config.http.port = True, "127.0.0.1", 0
     config.work.job_refresh_seconds = 1.0
     config.useful.r = 32
+    config.limits.invalid_window = 10**6  # a voided unit's strike stays in view
+    config.limits.invalid_min_shares = 10**6  # (and never escalates: not judged here)
     validate(config)
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(run_pool, config)
