@@ -219,7 +219,10 @@ class ModelJobRunner:
         answer = await http.get(f"{source.data}/audits/{unit}", headers=auth)
         if answer.status_code != 200:
             raise ModelJobError(f"GET audit: {answer.status_code} {answer.text}")
-        challenges, _deadline = challenges_from_json(answer.json(), model, source.m, source.unit)
+        audit = answer.json()
+        if audit.get("verified") is False:  # judged at the delivery already (void roots)
+            return ModelJobResult(source.unit, False, str(audit.get("reason", "")), sent, ())
+        challenges, _deadline = challenges_from_json(audit, model, source.m, source.unit)
         answers = await trio.to_thread.run_sync(outcome.answer, challenges)
         raw = encode_answers(model, challenges, answers)
         answer = await http.put(

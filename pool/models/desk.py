@@ -86,6 +86,7 @@ class ModelJobsConfig:
     lease_seconds: float = 600.0  # a unit's lease deadline
     audit_seconds: float = 120.0  # answers due this long after the delivery (≥ 60)
     max_frame_size: int = 1 << 20  # a session's stratum frame bound: every layer share fits
+    keep_seconds: float = 3600.0  # a finished batch (its Y) is kept this long, then forgotten
 
 
 class ModelDesk:
@@ -210,8 +211,13 @@ class ModelDesk:
         return lease
 
     def _expire(self, now: float) -> None:
+        for item in [i for i in self.items.values() if i.done_at is not None]:
+            if now - item.done_at > self.config.keep_seconds:  # type: ignore[operator]
+                del self.items[item.id]  # its result was there to fetch long enough
         for lease in list(self.leases.values()):
             if lease.verdict is not None:
+                if lease.unit.item not in self.items:
+                    del self.leases[lease.id]
                 continue
             if lease.record is None and now > lease.deadline:
                 self._fail(lease, "the lease ran out before the delivery")
@@ -363,6 +369,9 @@ class ModelDesk:
         lease.verdict = (True, "")
         self._current.pop(lease.session, None)
         unit_.state, unit_.output = "done", record.output
+        item = self.items.get(unit_.item)
+        if item is not None and item.done:
+            item.done_at = self.clock()
         log.info(
             "model unit %s… passed its audit: %d share(s) credited",
             unit_.unit_id.hex()[:16],

@@ -89,6 +89,7 @@ class ModelItem:
     model: Model
     x: np.ndarray
     units: list[ModelUnit]
+    done_at: float | None = None  # when its last unit passed its audit
 
     @property
     def done(self) -> bool:

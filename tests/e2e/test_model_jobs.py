@@ -11,6 +11,7 @@ worker's submits to ``ModelDesk.check_share`` (the stratum hook is not part of t
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import httpx
@@ -25,6 +26,7 @@ from pool.models.desk import ModelDesk, ModelJobsConfig
 from pool.models.registry import ModelRegistry
 from pool.models.routes import DATA_PREFIX, create_infer_routes
 from pool.useful.cli import main as work_main
+from protocol.hashing import H
 from protocol.header import coinbase_parts
 from protocol.messages import Notify, Submit
 from protocol.model import reference_pass, save_model
@@ -42,10 +44,10 @@ def npy(array: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def job_of(work, job_id: str) -> Notify:
+def job_of(work, job_id: str, difficulty: float = DIFFICULTY) -> Notify:
     c1, c2 = coinbase_parts(1, 50 * 10**8, POOL_ADDRESS, "test", len(EN1))
     return Notify(
-        job_id, True, 1, 1, b"\x11" * 32, c1, c2, 1_700_000_000, 0x1F010000, DIFFICULTY, work
+        job_id, True, 1, 1, b"\x11" * 32, c1, c2, 1_700_000_000, 0x1F010000, difficulty, work
     )
 
 
@@ -71,7 +73,7 @@ class FakingBlas(BlasBackend):
 class Pool:
     """The pool's model side on a real socket, and its credited / escalated records."""
 
-    def __init__(self, tmp: Path, config: ModelJobsConfig) -> None:
+    def __init__(self, tmp: Path, config: ModelJobsConfig, clock=time.time) -> None:
         self.registry = ModelRegistry(tmp / "pool")
         self.limiter = trio.CapacityLimiter(2)
         self.failed: list[tuple[str, str]] = []
@@ -80,6 +82,7 @@ class Pool:
             self.limiter,
             pool_secret=b"\x07" * 32,
             on_failed=lambda s, why: self.failed.append((s, why)),
+            clock=clock,
         )
         self.credited: list[object] = []
         self.base = ""
@@ -93,11 +96,13 @@ class Pool:
             + create_model_routes(self.registry, self.limiter)
         )
 
-    async def mine_one(self, session: str, runner: ModelJobRunner, job_id: str):
+    async def mine_one(
+        self, session: str, runner: ModelJobRunner, job_id: str, difficulty: float = DIFFICULTY
+    ):
         """Lease a unit to ``session`` and have the worker do it; (lease, result, acks)."""
         lease = self.desk.lease(session, self.base + DATA_PREFIX)
         assert lease is not None
-        job = job_of(lease.work, job_id)
+        job = job_of(lease.work, job_id, difficulty)
         acks: list[tuple[int, bool]] = []
 
         async def submit(message: Submit) -> None:
@@ -227,5 +232,61 @@ async def test_the_cli_infers_a_batch_and_writes_y(tmp_path: Path) -> None:
             ["work", "infer", "--model", "nope", str(tmp_path / "x.npy"), "--api", pool.base],
         )
         assert bad == 1
+        nursery.cancel_scope.cancel()
+    pool.registry.close()
+
+
+class SwitchingRunner(ModelJobRunner):
+    """A cheat that mines honestly, then delivers another ``a_root_1`` than its shares'."""
+
+    async def _deliver(self, http, job, source, model, outcome, sent):
+        outcome.a_roots = (H(b"another activation"), *outcome.a_roots[1:])
+        return await super()._deliver(http, job, source, model, outcome, sent)
+
+
+async def test_shares_on_another_a_root_than_the_delivered_one_are_void(tmp_path: Path) -> None:
+    model = make_model()
+    x = batch(20, model.input_width)
+    pool = Pool(tmp_path, ModelJobsConfig(r=32, unit_rows=20, budget_ppm=10**6))
+    cache = ModelCache(tmp_path / "cheat", 1 << 26, 1 << 26)
+    cheat = SwitchingRunner(
+        BlasBackend(threads=1), cache, trio.CapacityLimiter(1), EN1, check_products=False
+    )
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, pool.app(), "127.0.0.1", 0)
+        pool.base = f"http://127.0.0.1:{port}"
+        item = pool.desk.queue_batch("mlp3", model, x)
+        lease, result, acks = await pool.mine_one("cheat", cheat, "job.s", difficulty=1e-7)
+        assert 1 in {layer for layer, _ in acks}  # every ticket is a share: layer 1 has some
+        assert not result.verified and "layer 1's shares were mined on another a_root" in (
+            result.reason
+        )
+        assert lease.voided == len(acks) and not pool.credited
+        assert pool.failed == [("cheat", result.reason)] and item.units[0].state == "queued"
+        nursery.cancel_scope.cancel()
+    pool.registry.close()
+
+
+async def test_a_finished_batch_is_forgotten_after_keep_seconds(tmp_path: Path) -> None:
+    now = [1000.0]
+    model = make_model()
+    x = batch(20, model.input_width)
+    config = ModelJobsConfig(r=32, unit_rows=20, budget_ppm=10**6, keep_seconds=60)
+    pool = Pool(tmp_path, config, clock=lambda: now[0])
+    worker = runner(tmp_path, BlasBackend(threads=1), "w")
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, pool.app(), "127.0.0.1", 0)
+        pool.base = f"http://127.0.0.1:{port}"
+        item = pool.desk.queue_batch("mlp3", model, x)
+        lease, result, _ = await pool.mine_one("s", worker, "job.k")
+        assert result.verified and item.done
+        now[0] += 59
+        assert pool.desk.lease("s", pool.base) is None and item.id in pool.desk.items
+        now[0] += 2
+        assert pool.desk.lease("s", pool.base) is None
+        assert item.id not in pool.desk.items and lease.id not in pool.desk.leases
+        async with httpx.AsyncClient(base_url=pool.base) as client:
+            r = await client.get(f"/api/work/infer/{item.id}/result")
+            assert r.status_code == 404
         nursery.cancel_scope.cancel()
     pool.registry.close()
