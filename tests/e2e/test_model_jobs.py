@@ -11,7 +11,9 @@ worker's submits to ``ModelDesk.check_share`` (the stratum hook is not part of t
 from __future__ import annotations
 
 import io
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -85,6 +87,7 @@ class Pool:
             clock=clock,
         )
         self.credited: list[object] = []
+        self.on_ack: Callable[[int], object] = lambda layer: None  # a share was accepted
         self.base = ""
 
     async def credit(self, records: list[object]) -> None:
@@ -109,6 +112,7 @@ class Pool:
             record = (session, message)
             share = await self.desk.check_share(lease.id, job, EN1, message, lambda _: record)
             acks.append((share.head.layer, any(r is record for r in self.credited)))
+            self.on_ack(share.head.layer)
 
         result = await runner.run(job, submit)
         return lease, result, acks
@@ -288,5 +292,41 @@ async def test_a_finished_batch_is_forgotten_after_keep_seconds(tmp_path: Path) 
         async with httpx.AsyncClient(base_url=pool.base) as client:
             r = await client.get(f"/api/work/infer/{item.id}/result")
             assert r.status_code == 404
+        nursery.cancel_scope.cancel()
+    pool.registry.close()
+
+
+class WaitingBlas(BlasBackend):
+    """Its scan of the last layer (the ``prepared``-th workload) waits until a share of
+    layer 0 has been acknowledged by the pool, and notes whether it was."""
+
+    def __init__(self, acked: threading.Event) -> None:
+        super().__init__(threads=1)
+        self.acked, self.prepared, self.seen_during_last_layer = acked, 0, None
+
+    def prepare(self, workload):
+        self.prepared += 1
+        super().prepare(workload)
+
+    def scan(self, header, share_target, should_stop=lambda: False, want_product=False):
+        if self.prepared == 3:
+            self.seen_during_last_layer = self.acked.wait(10)
+        return super().scan(header, share_target, should_stop, want_product)
+
+
+async def test_layer_shares_go_out_while_later_layers_run(tmp_path: Path) -> None:
+    model = make_model()
+    x = batch(20, model.input_width)
+    pool = Pool(tmp_path, ModelJobsConfig(r=32, unit_rows=20, budget_ppm=10**6))
+    acked = threading.Event()
+    backend = WaitingBlas(acked)
+    worker = runner(tmp_path, backend, "w")
+    pool.on_ack = lambda layer: acked.set() if layer == 0 else None
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, pool.app(), "127.0.0.1", 0)
+        pool.base = f"http://127.0.0.1:{port}"
+        pool.desk.queue_batch("mlp3", model, x)
+        _, result, _ = await pool.mine_one("s", worker, "job.w", difficulty=1e-7)
+        assert result.verified and backend.seen_during_last_layer is True
         nursery.cancel_scope.cancel()
     pool.registry.close()
