@@ -289,7 +289,7 @@ async def run_pool(
 
             health.subscribe(tell_miners)
             model_routes: list[Any] = []
-            if useful is not None:
+            if useful is not None and config.models.enabled:
                 ctx.models, model_routes = open_model_jobs(ctx, config.data_path, useful.limiter)
                 await useful.start()
                 await nursery.start(useful.run_expiry, ctx.lease_ended)

@@ -19,12 +19,12 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import trio
 
+from pool.models.settings import ModelJobsConfig
 from pool.models.units import (
     HeldShare,
     ModelItem,
@@ -36,7 +36,6 @@ from pool.models.units import (
 )
 from pool.useful.tokens import LeaseTokens
 from protocol.audit import (
-    DEFAULT_BUDGET_PPM,
     AuditFailure,
     audit_seed,
     challenge_count,
@@ -56,7 +55,7 @@ from protocol.model_delivery import (
 )
 from protocol.model_messages import ModelSource, layer_submit_bytes
 from protocol.model_share import LayerShare, TileOpening, check_layer_share
-from protocol.model_work import DEFAULT_R, UnitRecord, layer_shape
+from protocol.model_work import UnitRecord, layer_shape
 
 log = logging.getLogger("pool.models")
 
@@ -75,20 +74,6 @@ class DeskError(Exception):
         self.status = status
 
 
-@dataclass
-class ModelJobsConfig:
-    """Settings of model jobs (not yet a section of the pool's config file)."""
-
-    r: int = DEFAULT_R  # preferred slab width of a unit
-    unit_rows: int = 1  # rows of a unit wanted (raised to min_unit_rows of the model)
-    budget_ppm: int = DEFAULT_BUDGET_PPM  # the audit's cost budget (SPEC §12.12.7)
-    challenges: int = 0  # draws of every audit; 0: §12.12.7's count (tests force more)
-    lease_seconds: float = 600.0  # a unit's lease deadline
-    audit_seconds: float = 120.0  # answers due this long after the delivery (≥ 60)
-    max_frame_size: int = 1 << 20  # a session's stratum frame bound: every layer share fits
-    keep_seconds: float = 3600.0  # a finished batch (its Y) is kept this long, then forgotten
-
-
 class ModelDesk:
     """Model batches, units and leases of one pool; see the module doc."""
 
@@ -102,8 +87,10 @@ class ModelDesk:
         on_failed: Callable[[str, str], None] | None = None,
         on_verdict: Callable[[str, bool, int], None] | None = None,
         on_queued: Callable[[], None] | None = None,
+        max_frame_size: int = 1 << 20,
     ) -> None:
         self.config = config
+        self.max_frame_size = max_frame_size  # the sessions' frames: every layer share fits
         self.limiter = limiter
         self.clock = clock
         self.on_failed = on_failed  # (session, reason): escalate like a wrong product
@@ -170,7 +157,7 @@ class ModelDesk:
 
     def _fits(self, unit: ModelUnit) -> bool:
         shapes = [layer_shape(unit.model, i, unit.rows, unit.r) for i in range(unit.model.depth)]
-        return max(layer_submit_bytes(s) for s in shapes) <= self.config.max_frame_size
+        return max(layer_submit_bytes(s) for s in shapes) <= self.max_frame_size
 
     def release_session(self, session: str) -> None:
         """The session left: its unit goes back to the queue, its held shares are void

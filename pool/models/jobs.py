@@ -22,7 +22,7 @@ from pool.inbox import OfferWork, ResultRejected, WorkLost
 from pool.ledger.base import ShareRecord
 from pool.models.api import create_model_routes
 from pool.models.blocks import submit_layer_block
-from pool.models.desk import ModelDesk, ModelJobsConfig
+from pool.models.desk import ModelDesk
 from pool.models.registry import ModelRegistry
 from pool.models.routes import DATA_PREFIX, create_infer_routes
 from pool.models.units import ModelJobWork
@@ -118,9 +118,6 @@ def open_model_jobs(
 ) -> tuple[ModelDesk, list[Route]]:
     """The pool's model desk (no jobs until its ``data_url`` is set), the model and
     inference routes, and the callbacks into its sessions' inboxes."""
-    config = ModelJobsConfig(
-        r=ctx.config.useful.r, max_frame_size=ctx.config.stratum.max_frame_size
-    )
 
     def verdict(session: str, passed: bool, voided: int) -> None:
         for s in _sessions_of(ctx, session):
@@ -133,7 +130,13 @@ def open_model_jobs(
             if s.model_capable and s.authorized:
                 s.inbox.post(OfferWork())
 
-    desk = ModelDesk(config, limiter, on_verdict=verdict, on_queued=queued)
+    desk = ModelDesk(
+        ctx.config.models,
+        limiter,
+        on_verdict=verdict,
+        on_queued=queued,
+        max_frame_size=ctx.config.stratum.max_frame_size,
+    )
     registry = ModelRegistry(data_dir)
 
     async def credit(records: list[Any]) -> object:

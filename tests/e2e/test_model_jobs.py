@@ -24,9 +24,10 @@ from starlette.applications import Starlette
 
 from pool.http_api import serve_http
 from pool.models.api import create_model_routes
-from pool.models.desk import ModelDesk, ModelJobsConfig
+from pool.models.desk import ModelDesk
 from pool.models.registry import ModelRegistry
 from pool.models.routes import DATA_PREFIX, create_infer_routes
+from pool.models.settings import ModelJobsConfig
 from pool.useful.cli import main as work_main
 from protocol.hashing import H
 from protocol.header import coinbase_parts

@@ -38,14 +38,13 @@ async def model_pool(data_dir: Path, network: float = 1e9) -> AsyncIterator[Runn
     config = pool_config(data_dir, share_difficulty=1e-7, network_difficulty=network)
     config.http.enabled, config.http.host, config.http.port = True, "127.0.0.1", 0
     config.work.job_refresh_seconds = 1.0
-    config.useful.r = 32
+    config.useful.r = config.models.r = 32
+    config.models.unit_rows, config.models.budget_ppm = 32, 10**6  # 2 units of 64 rows
     config.limits.invalid_window = 10**6  # a voided unit's strike stays in view
     config.limits.invalid_min_shares = 10**6  # (and never escalates: not judged here)
     validate(config)
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(run_pool, config)
-        desk = handle.context.models
-        desk.config.unit_rows, desk.config.budget_ppm = 32, 10**6  # 2 units of a 64-row batch
         yield RunningPool(handle, nursery.cancel_scope)
         nursery.cancel_scope.cancel()
 
