@@ -110,26 +110,52 @@ class ModelDesk:
 
     # -- customers -----------------------------------------------------------------------
 
-    def queue_batch(self, name: str, model: Model, x: np.ndarray) -> ModelItem:
-        """Queue ``x`` (int8 rows) through ``model``; ``ProtocolError`` for bad rows."""
+    def prepare_batch(
+        self, model: Model, x: np.ndarray, weights: ModelWeights | None = None
+    ) -> tuple[list[ModelUnit], ModelWeights]:
+        """The CPU work of queueing (call it in a worker thread): ``x`` checked and cut into
+        units, each unit's padded ``X`` and row tree, the model's layer blobs, ``b_root`` s
+        and padded ``W_lᵀ`` for ``r``. ``ProtocolError`` for bad rows."""
         check_input(model, x)
+        r = self.config.r
         rows = unit_rows(model, int(x.shape[0]), self.config.budget_ppm, self.config.unit_rows)
-        item = ModelItem(self._next_item, name, model, x, [])
-        item.units = split_batch(item.id, model, x, self.config.r, rows)
+        units = split_batch(0, model, x, r, rows)
+        for unit in units:
+            unit.x_tree, unit.unit_id  # noqa: B018 (made now, not in the event loop)
+        weights = weights or ModelWeights(model)
+        weights.roots(r)
+        for index in range(model.depth):
+            weights.bt(index, r)
+        return units, weights
+
+    def queue_batch(
+        self, name: str, model: Model, x: np.ndarray, prepared: tuple | None = None
+    ) -> ModelItem:
+        """Queue ``x`` (int8 rows) through ``model`` (``prepared``: what
+        :meth:`prepare_batch` made, else made here); ``ProtocolError`` for bad rows."""
+        units, weights = prepared or self.prepare_batch(model, x, self._weights.get(model.model_id))
+        item = ModelItem(self._next_item, name, model, x, units)
+        for unit in units:
+            unit.item = item.id
         self._next_item += 1
         self.items[item.id] = item
-        self._weights.setdefault(model.model_id, ModelWeights(model))
+        self._weights.setdefault(model.model_id, weights)
         self._poke()
         if self.on_queued is not None:
             self.on_queued()
         log.info(
-            "model batch %d (%s, %d rows) queued as %d unit(s)",
-            item.id,
-            name,
-            x.shape[0],
-            len(item.units),
-        )
+            "model batch %d (%s, %d rows) queued as %d unit(s)", item.id, name, x.shape[0],
+            len(units),
+        )  # fmt: skip
         return item
+
+    async def queue(self, name: str, model: Model, x: np.ndarray) -> ModelItem:
+        """:meth:`queue_batch` with its CPU work in a worker thread."""
+        known = self._weights.get(model.model_id)
+        prepared = await trio.to_thread.run_sync(
+            self.prepare_batch, model, x, known, limiter=self.limiter
+        )
+        return self.queue_batch(name, model, x, prepared)
 
     def _poke(self) -> None:
         self.changed.set()

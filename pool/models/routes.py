@@ -83,7 +83,7 @@ def create_infer_routes(
             x = np.load(io.BytesIO(body), allow_pickle=False)
             if x.dtype != np.int8 or x.ndim != 2:
                 raise ProtocolError(f"X must be a 2-d int8 array, got {x.dtype} {x.shape}")
-            item = desk.queue_batch(name, model, np.ascontiguousarray(x))
+            item = await desk.queue(name, model, np.ascontiguousarray(x))
         except DeskError as exc:
             return _error(exc.status, str(exc))
         except (RegistryError, ProtocolError, ValueError, OSError) as exc:
