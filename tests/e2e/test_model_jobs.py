@@ -124,7 +124,6 @@ def runner(tmp: Path, backend: BlasBackend, name: str) -> ModelJobRunner:
     return ModelJobRunner(backend, cache, trio.CapacityLimiter(1), EN1, check_products=False)
 
 
-@pytest.mark.slow
 async def test_a_batch_is_inferred_audited_and_credited(tmp_path: Path) -> None:
     model = make_model()
     x = batch(40, model.input_width)
@@ -170,7 +169,6 @@ async def test_a_batch_is_inferred_audited_and_credited(tmp_path: Path) -> None:
     pool.registry.close()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("layer", [0, 1, 2])
 async def test_a_faked_row_is_caught_and_its_shares_voided(tmp_path: Path, layer: int) -> None:
     model = make_model()
@@ -200,7 +198,6 @@ async def test_a_faked_row_is_caught_and_its_shares_voided(tmp_path: Path, layer
     pool.registry.close()
 
 
-@pytest.mark.slow
 async def test_the_cli_infers_a_batch_and_writes_y(tmp_path: Path) -> None:
     model = make_model()
     x = batch(30, model.input_width, seed=3)

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 import trio
 
 from pool.app import run_pool
@@ -27,8 +26,6 @@ from tests.support.model_jobs import batch, make_model
 from tests.support.running import RunningPool, WrappedBackend, pool_config, running_worker
 from tests.support.useful_pool import blas, npy, useful_settings
 from worker.model_settings import ModelConfig
-
-pytestmark = pytest.mark.slow
 
 
 @asynccontextmanager
