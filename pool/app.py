@@ -37,6 +37,7 @@ from pool.http_api import create_app, serve_http
 from pool.jobs import JobManager
 from pool.ledger import Ledger, open_ledger
 from pool.metrics import PoolMetrics
+from pool.models.jobs import model_data_url, open_model_jobs
 from pool.payouts import run_payouts
 from pool.pplns import PplnsPolicy
 from pool.retention import run_retention
@@ -287,7 +288,9 @@ async def run_pool(
                     session.show_message(miner_message(change))
 
             health.subscribe(tell_miners)
-            if useful is not None:
+            model_routes: list[Any] = []
+            if useful is not None and config.models.enabled:
+                ctx.models, model_routes = open_model_jobs(ctx, config.data_path, useful.limiter)
                 await useful.start()
                 await nursery.start(useful.run_expiry, ctx.lease_ended)
                 await nursery.start(useful.watch_queue, ctx.units_queued)
@@ -317,6 +320,7 @@ async def run_pool(
                     )
                     + create_data_routes(useful, checker.credit)
                 )
+                work_routes = model_routes + work_routes  # model jobs' API and data plane
                 history = HashrateHistory()
                 await nursery.start(
                     run_sampler,
@@ -336,6 +340,8 @@ async def run_pool(
                     useful.data_url = config.useful.data_url or data_url(
                         config.http.host, http_port, config.stratum.public_host
                     )
+                    if ctx.models is not None:
+                        ctx.models.data_url = model_data_url(useful.data_url)
             policy = PplnsPolicy(p.pplns_factor, p.fee_bps, fee_address)
             await nursery.start(
                 partial(

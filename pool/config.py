@@ -29,6 +29,7 @@ from pool.config_sections import (
     VardiffSection,
     WorkSection,
 )
+from pool.models.settings import ModelJobsConfig
 from pool.vardiff import VardiffConfig
 from protocol.workload import Shape
 from toolkit.settings import (
@@ -83,6 +84,7 @@ class PoolConfig:
     limits: LimitsSection = section(LimitsSection)
     useful: UsefulSection = section(UsefulSection)
     retention: RetentionSection = section(RetentionSection)
+    models: ModelJobsConfig = section(ModelJobsConfig)
 
     @property
     def data_path(self) -> Path:

@@ -22,6 +22,7 @@ from pool.useful.service import UsefulWork
 from pool.vardiff import VardiffConfig
 
 if TYPE_CHECKING:
+    from pool.models.desk import ModelDesk
     from pool.session import Session
 
 
@@ -39,6 +40,7 @@ class PoolContext:
     resumable: OrderedDict[bytes, bytes] = field(default_factory=OrderedDict)
     pool_hashrate: HashrateMeter | None = None
     useful: UsefulWork | None = None
+    models: ModelDesk | None = None  # model jobs (SPEC §12.12), when useful work is on
     abuse: AbusePolicy = field(init=False)
 
     def __post_init__(self) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from pool.abuse import Escalation
+from pool.models.jobs import check_submit
 from pool.share_check import Miner, ShareRejected
 from pool.sockets import tcp_socket
 from pool.useful.service import Delivery
@@ -25,6 +26,7 @@ from protocol import messages
 from protocol.address import validate_address
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.header import EXTRANONCE2_SIZE
+from protocol.model_messages import MODEL_CAPABILITY
 from protocol.work_messages import USEFUL_CAPABILITY, WorkResult, WorkResultAck
 
 if TYPE_CHECKING:
@@ -57,6 +59,7 @@ class RequestHandlers:
             s.extranonce1 = self.ctx.jobs.new_extranonce1()
         s.agent = msg.agent
         s.useful_capable = USEFUL_CAPABILITY in (msg.capabilities or ())
+        s.model_capable = MODEL_CAPABILITY in (msg.capabilities or ())
         result = messages.SubscribeResult(
             session_id=s.session_id, extranonce1=s.extranonce1, extranonce2_size=EXTRANONCE2_SIZE
         )
@@ -104,7 +107,7 @@ class RequestHandlers:
             refused = s.conn.refusal(msg)
             if refused is not None:
                 raise ShareRejected(str(refused), refused.code)
-            share = await self.ctx.checker.check(self._submitter(), s.book, msg)
+            share = await check_submit(self.ctx, self._submitter(), s.book, msg)
         except ShareRejected as exc:
             s.rejected += 1
             self.ctx.checker.count(exc.code)

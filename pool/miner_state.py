@@ -28,6 +28,7 @@ class MinerState:
     worker: str | None = None
     agent: str = ""
     useful_capable: bool = False  # subscribed with the ``useful-1`` capability
+    model_capable: bool = False  # subscribed with the ``model-1`` capability
     accepted: int = 0
     rejected: int = 0
 

@@ -80,7 +80,7 @@ class Session(MinerState):
         )
         self.hashrate = HashrateMeter(now)
         self.inbox = Inbox()
-        self.lease = UsefulLease(ctx.useful, self, self.hashrate)
+        self.lease = UsefulLease(ctx.useful, self, self.hashrate, ctx.models)
         self.feed = JobFeed(
             ctx.jobs, self, self.book, self.vardiff, self.lease, self.notify, ctx.metrics
         )

@@ -13,6 +13,7 @@ import trio
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 
+from protocol.model_messages import MODEL_CAPABILITY
 from protocol.version import package_version
 from protocol.work_messages import USEFUL_CAPABILITY
 from toolkit.metrics import add_program_metrics
@@ -27,6 +28,7 @@ from .failover import Failover, WorkerStopped
 from .jobfeed import JobFeed
 from .metrics import register_metrics, serve_metrics
 from .miner import Miner
+from .model_work import ModelWork
 from .stats import WorkerStats
 from .useful import UsefulWork
 from .watchdog import Watchdog
@@ -60,6 +62,7 @@ class WorkerApp:
                 config.useful.cache_max_bytes,
                 wait_after_product=config.useful.wait_after_product,
             )
+        self.models = ModelWork(config.model) if self.useful and config.model.enabled else None
         self.failover = Failover(
             list(config.pools),
             self._make_client,
@@ -79,6 +82,7 @@ class WorkerApp:
             self.stats,
             roll_time=config.mining.roll_time,
             useful=self.useful,
+            models=self.models,
         )
         stall = config.watchdog.stall_timeout
         self.watchdog = Watchdog(self.miner, self.stats, stall) if stall > 0 else None
@@ -111,7 +115,8 @@ class WorkerApp:
             on_job=self._on_job,
             resume=resume,
             suggest_difficulty=c.mining.suggest_difficulty,
-            capabilities=(USEFUL_CAPABILITY,) if self.useful else (),
+            capabilities=((USEFUL_CAPABILITY,) if self.useful else ())
+            + ((MODEL_CAPABILITY,) if self.models else ()),
         )
 
     def _on_job(self, job: Job) -> None:

@@ -311,6 +311,10 @@ class PoolClient:
             message = Submit(job_id=job_id, extranonce2=extranonce2, time=time, tile=tile)
         except ProtocolError as exc:
             return SubmitOutcome("lost", message=f"not sendable: {exc}")
+        return await self.submit_message(message)
+
+    async def submit_message(self, message: Submit) -> SubmitOutcome:
+        """Send one ``mining.submit`` (a layer share's too) and wait for the pool's verdict."""
         try:
             answer = await self._call(message)
         except Dropped as exc:

@@ -38,6 +38,7 @@ from toolkit.settings import (
 )
 
 from .autotune import DOT_CHOICES
+from .model_settings import ModelConfig
 
 DEFAULT_METRICS_PORT = 9110
 BACKENDS = ("blas", "opencl")
@@ -191,6 +192,7 @@ class WorkerConfig:
     watchdog: WatchdogConfig = section(WatchdogConfig)
     metrics: MetricsConfig = section(MetricsConfig)
     console: ConsoleConfig = section(ConsoleConfig)
+    model: ModelConfig = section(ModelConfig)
 
     def validate(self) -> WorkerConfig:
         """Raise ``ConfigError`` for anything ``mine`` cannot run with; return self."""

@@ -34,6 +34,7 @@ import trio
 
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import SyntheticSource
+from protocol.model_messages import ModelSource
 from protocol.target import meets_target, target_from_bits, target_from_difficulty
 from protocol.workload import Workload, work_root
 
@@ -43,6 +44,7 @@ from .checker import Checker
 from .client import Job
 from .device_slot import DeviceSlot, StopFlag
 from .jobfeed import JobFeed, MinableJob, WorkloadCache
+from .model_work import ModelWork
 from .outcomes import RequestFailed, SubmitOutcome
 from .stats import WorkerStats
 from .useful import UsefulWork
@@ -70,6 +72,7 @@ class Miner:
         *,
         roll_time: bool = True,
         useful: UsefulWork | None = None,
+        models: ModelWork | None = None,
     ) -> None:
         if not slots:
             raise ValueError("no devices to mine with")
@@ -82,6 +85,7 @@ class Miner:
         self._stats = stats
         self._roll = roll_time
         self._useful = useful
+        self._models = models  # model jobs (worker.model_work), None: not taken
         self._workloads = WorkloadCache()
         self._minable: tuple[int, MinableJob | None] = (-1, None)
         self._prepare_lock = trio.Lock()
@@ -198,6 +202,10 @@ class Miner:
     async def _check_job(self, job: Job) -> MinableJob | None:
         n = job.notify
         work = n.work
+        if self._models is not None and isinstance(work.source, ModelSource):
+            assert self._nursery is not None
+            self._models.take(job, self.slots[0], self._nursery)  # in the background
+            return None
         try:
             shape = work.shape
             workload: Workload | None

@@ -1,9 +1,8 @@
 """The ``[model]`` settings of model jobs (SPEC §12.12) on the worker: where the weights stay,
 how much of them, and what a unit keeps for its audit.
 
-A section for ``WorkerConfig`` (``model: ModelConfig = section(ModelConfig, ...)``); the
-wire that feeds model units to :func:`worker.model_pass.run_unit` is not here yet, so no
-program reads it so far.
+The ``[model]`` section of ``WorkerConfig``; ``worker.model_job`` runs the model jobs the
+pool sends with these bounds.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from .model_openings import DEFAULT_OPENINGS_MEMORY
 class ModelConfig:
     """Model jobs: weights cached on disk and in memory, activations kept for the audit."""
 
+    enabled: bool = setting(True, 'take model jobs (announce "model-1") when useful work is on')
     cache_dir: str = setting("", 'model files by id; "" = the user\'s cache (…/models)')
     disk_max_bytes: int = setting(4 << 30, "size bound of the model files on disk, LRU", min=0)
     memory_max_bytes: int = setting(

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from pool.models.cli_infer import add_infer_parser
 from pool.useful.cli_check import (
     NO_WORKER,
     OperandError,
@@ -315,6 +316,7 @@ def add_work_subcommands(subparsers: Any) -> argparse.ArgumentParser:
     q.add_argument("id", help="operand id printed by add")
     _common(q)
     q.set_defaults(func=_run(operand))
+    add_infer_parser(sub, _common, _run)
     return work
 
 

@@ -17,6 +17,8 @@ import trio
 from pool.hashrate import HashrateMeter
 from pool.jobs import SessionJobs
 from pool.miner_state import MinerState
+from pool.models.desk import ModelDesk
+from pool.models.units import ModelJobWork, ModelLease, lease_model
 from pool.useful.affinity import BlobHolders
 from pool.useful.queue import Lease, LeaseError
 from pool.useful.results import Verdict
@@ -42,10 +44,17 @@ class UsefulLease:
         useful: UsefulWork | None,
         miner: MinerState,
         hashrate: HashrateMeter | None = None,
+        models: ModelDesk | None = None,
     ) -> None:
         self._useful = useful
         self.miner = miner
         self.hashrate = hashrate  # the session's accepted shares: units are cut to its rate
+        self._models = models  # model jobs (SPEC §12.12) for a ``model-1`` session
+
+    @property
+    def models(self) -> ModelDesk | None:
+        """The pool's model jobs, if this session takes them."""
+        return self._models if self.miner.model_capable else None
 
     def rate(self) -> float | None:
         """The session's MAC/s over the last minute of accepted shares (None: none yet)."""
@@ -66,10 +75,18 @@ class UsefulLease:
     def wants_offer(self, book: SessionJobs) -> bool:
         """Whether an offered unit is for this session: it takes useful work, holds no
         lease and has had its first job (before that it leases with that job anyway)."""
-        return self.work is not None and book.current is not None and self.current() is None
+        if book.current is None or self.current() is not None:
+            return False
+        if self.models is not None and not self.models.holds(self.miner.work_key):
+            return True
+        return self.work is not None
 
-    async def lease(self) -> tuple[Lease, UnitWork] | None:
-        """The session's lease and workload for its next job, or None for synthetic work."""
+    async def lease(self) -> tuple[Lease | ModelLease, UnitWork | ModelJobWork] | None:
+        """The session's lease and workload for its next job (a model unit first), or None
+        for synthetic work."""
+        model = lease_model(self.models, self.miner.work_key)
+        if model is not None:
+            return model
         useful = self.work
         if useful is None:
             return None
@@ -80,10 +97,12 @@ class UsefulLease:
             log.error("could not lease useful work to %s: %s", self.miner.login, exc)
             return None
 
-    async def attach(self, lease: Lease, job_id: str) -> None:
+    async def attach(self, lease: Lease | ModelLease, job_id: str) -> None:
         """Note that job ``job_id`` mines ``lease``'s unit. A lease that ended meanwhile
         (its result came in while the job was made) is not attached: the job's shares are
         stale, and the end of the lease sends the session a fresh job anyway."""
+        if isinstance(lease, ModelLease):
+            return  # a model lease is the session's until its verdict
         assert self.work is not None
         try:
             await self.work.attach(lease, self.miner.work_key, job_id)
@@ -92,6 +111,8 @@ class UsefulLease:
 
     async def release(self) -> None:
         """The connection ended: its unit goes back to the queue (errors are logged)."""
+        if self.models is not None:
+            self.models.release_session(self.miner.work_key)
         if self.work is None:
             return
         try:

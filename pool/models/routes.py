@@ -1,0 +1,206 @@
+"""HTTP routes of model jobs: the customer's batches and the leases' data plane.
+
+Customer (loopback only, like the model API):
+
+- ``POST /api/work/infer?model=NAME`` — body: ``X.npy`` (int8, ``rows × k_0``) →
+  ``201 {"id", "model", "rows", "units"}``; ``400`` one line for a bad model name or rows.
+- ``GET /api/work/infer/{id}`` → ``{"id", "state": "running"|"done", "units", "done_units"}``.
+- ``GET /api/work/infer/{id}/result`` → ``Y`` as ``.npy`` (``409`` while running).
+
+Data plane of model leases (SPEC §12.12.8; ``{data}`` = ``…/model-data``), bearer token:
+``GET {data}/blobs/{hash}``, ``GET``/``PUT {data}/results/{unit}?offset=`` (``X-Result-Hash``),
+``GET``/``PUT {data}/audits/{unit}``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import trio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from pool.models.desk import Credit, DeskError, ModelDesk
+from pool.models.registry import ModelRegistry, RegistryError
+from pool.useful.api import is_loopback
+from protocol.errors import ProtocolError
+from protocol.model_delivery import answers_size
+
+DATA_PREFIX = "/model-data"
+MAX_BATCH_BYTES = 256 << 20
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
+    return out.getvalue()
+
+
+def _hex32(text: str) -> bytes | None:
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return raw if len(raw) == 32 else None
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise DeskError(413, f"the body is at most {limit} bytes")
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise DeskError(413, f"the body is at most {limit} bytes")
+    return bytes(body)
+
+
+def create_infer_routes(
+    desk: ModelDesk, registry: ModelRegistry, limiter: trio.CapacityLimiter, credit: Credit
+) -> list[Route]:
+    """The customer's ``/api/work/infer`` routes and the model data plane over ``desk``."""
+
+    def refused(request: Request) -> Response | None:
+        host = request.client.host if request.client else None
+        if not is_loopback(host):
+            return _error(403, "the inference API answers loopback clients only")
+        return None
+
+    async def infer(request: Request) -> Response:
+        if (denied := refused(request)) is not None:
+            return denied
+        name = request.query_params.get("model", "")
+        try:
+            body = await _body(request, MAX_BATCH_BYTES)
+            model = await trio.to_thread.run_sync(registry.load, name, limiter=limiter)
+            x = np.load(io.BytesIO(body), allow_pickle=False)
+            if x.dtype != np.int8 or x.ndim != 2:
+                raise ProtocolError(f"X must be a 2-d int8 array, got {x.dtype} {x.shape}")
+            item = await desk.queue(name, model, np.ascontiguousarray(x))
+        except DeskError as exc:
+            return _error(exc.status, str(exc))
+        except (RegistryError, ProtocolError, ValueError, OSError) as exc:
+            return _error(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return JSONResponse(
+            {"id": item.id, "model": name, "rows": int(x.shape[0]), "units": len(item.units)},
+            status_code=201,
+        )
+
+    def item_of(request: Request) -> object:
+        text = request.path_params["item"]
+        item = desk.items.get(int(text)) if text.isdigit() else None
+        return item if item is not None else _error(404, f"no inference batch {text!r}")
+
+    async def status(request: Request) -> Response:
+        if (denied := refused(request)) is not None:
+            return denied
+        item = item_of(request)
+        if isinstance(item, Response):
+            return item
+        units = item.units  # type: ignore[attr-defined]
+        return JSONResponse(
+            {
+                "id": item.id,  # type: ignore[attr-defined]
+                "state": "done" if item.done else "running",  # type: ignore[attr-defined]
+                "units": len(units),
+                "done_units": sum(unit.state == "done" for unit in units),
+            }
+        )
+
+    async def result(request: Request) -> Response:
+        if (denied := refused(request)) is not None:
+            return denied
+        item = item_of(request)
+        if isinstance(item, Response):
+            return item
+        if not item.done:  # type: ignore[attr-defined]
+            return _error(409, "the batch is still running")
+        y = item.output()  # type: ignore[attr-defined]
+        return Response(_npy(y), media_type="application/octet-stream")
+
+    def token(request: Request) -> str:
+        auth = request.headers.get("authorization", "")
+        if not auth.startswith("Bearer "):
+            raise DeskError(401, "the data plane needs Authorization: Bearer <lease token>")
+        return auth[len("Bearer ") :]
+
+    def unit_of(request: Request) -> bytes:
+        unit = _hex32(request.path_params["unit"])
+        if unit is None:
+            raise DeskError(400, "the unit must be 64 hex digits")
+        return unit
+
+    async def blob(request: Request) -> Response:
+        try:
+            wanted = _hex32(request.path_params["hash"])
+            if wanted is None:
+                raise DeskError(400, "the blob must be 64 hex digits")
+            data = desk.blob(token(request), wanted)
+        except DeskError as exc:
+            return _error(exc.status, str(exc))
+        return Response(data, media_type="application/octet-stream")
+
+    async def result_status(request: Request) -> Response:
+        try:
+            held = desk.received(token(request), unit_of(request))
+        except DeskError as exc:
+            return _error(exc.status, str(exc))
+        return JSONResponse({"received": held})
+
+    async def put_result(request: Request) -> Response:
+        try:
+            lease_token, unit = token(request), unit_of(request)
+            offset_text = request.query_params.get("offset", "0")
+            digest = _hex32(request.headers.get("x-result-hash", ""))
+            if not offset_text.isdigit() or digest is None:
+                raise DeskError(400, "need ?offset=<bytes> and X-Result-Hash: <64 hex digits>")
+            body = await _body(request, MAX_BATCH_BYTES)
+            held = desk.deliver(lease_token, unit, int(offset_text), body, digest)
+            lease = desk.lease_of_token(lease_token)
+        except DeskError as exc:
+            return _error(exc.status, str(exc))
+        except ProtocolError as exc:
+            return _error(422, str(exc))
+        done = lease.record is not None
+        return JSONResponse({"received": held, "total": held, "delivered": done})
+
+    async def get_audit(request: Request) -> Response:
+        try:
+            return JSONResponse(desk.audit(token(request), unit_of(request)))
+        except DeskError as exc:
+            return _error(exc.status, str(exc))
+
+    async def put_audit(request: Request) -> Response:
+        try:
+            lease_token, unit = token(request), unit_of(request)
+            lease = desk.lease_of_token(lease_token)
+            if lease.record is None:
+                raise DeskError(409, "the unit's delivery is not complete")
+            u = lease.unit
+            limit = answers_size(u.model, u.rows, u.r, lease.challenges)
+            body = await _body(request, limit)
+            verified, reason = await desk.answer(lease_token, unit, body, credit)
+        except DeskError as exc:
+            return _error(exc.status, str(exc))
+        answer: dict[str, object] = {"verified": verified}
+        if not verified:
+            answer["reason"] = reason
+        return JSONResponse(answer)
+
+    return [
+        Route("/api/work/infer", infer, methods=["POST"]),
+        Route("/api/work/infer/{item}", status, methods=["GET"]),
+        Route("/api/work/infer/{item}/result", result, methods=["GET"]),
+        Route(f"{DATA_PREFIX}/blobs/{{hash}}", blob, methods=["GET"]),
+        Route(f"{DATA_PREFIX}/results/{{unit}}", result_status, methods=["GET"]),
+        Route(f"{DATA_PREFIX}/results/{{unit}}", put_result, methods=["PUT"]),
+        Route(f"{DATA_PREFIX}/audits/{{unit}}", get_audit, methods=["GET"]),
+        Route(f"{DATA_PREFIX}/audits/{{unit}}", put_audit, methods=["PUT"]),
+    ]

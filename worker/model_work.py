@@ -1,0 +1,112 @@
+"""The miner's side of model jobs: each unit run once, on one device, in the background.
+
+:class:`ModelWork` is what ``worker.miner`` hands a job whose source is a
+``ModelSource``: a unit not seen before starts a :class:`~worker.model_job.ModelJobRunner`
+on the first device (its thread holds the device's limiter for the pass, so the device's
+own loop waits), its shares go to the pool with ``PoolClient.submit_message`` as each
+layer finishes; later jobs of the same unit (new templates while the audit runs) are
+ignored. Verdicts are counted in ``results`` (``verified`` / ``failed`` / ``error``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import httpx
+import trio
+
+from protocol.errors import ProtocolError
+from protocol.messages import Submit
+from protocol.model_messages import ModelSource
+
+from .client import Job
+from .device_slot import DeviceSlot
+from .model_cache import ModelCache, ModelRejected
+from .model_job import ModelJobError, ModelJobRunner
+from .model_pass import LayerProductWrong, PassStopped
+from .model_settings import ModelConfig
+
+log = logging.getLogger(__name__)
+
+SEEN_UNITS = 256  # unit ids remembered (a unit's later jobs are not run again)
+
+
+class ModelWork:
+    """Model jobs of one worker; see the module doc."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self._cache: ModelCache | None = None  # opened with the first model job
+        self.results = {"verified": 0, "failed": 0, "error": 0}
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+
+    @property
+    def cache(self) -> ModelCache:
+        """The models kept on disk and in memory (``[model]`` bounds)."""
+        if self._cache is None:
+            self._cache = self.config.open_cache()
+        return self._cache
+
+    def take(self, job: Job, slot: DeviceSlot, nursery: trio.Nursery) -> None:
+        """Run ``job``'s unit on ``slot`` in ``nursery`` unless it ran already."""
+        source = job.notify.work.source
+        assert isinstance(source, ModelSource)
+        if source.unit in self._seen:
+            return
+        self._seen[source.unit] = None
+        while len(self._seen) > SEEN_UNITS:
+            self._seen.popitem(last=False)
+        nursery.start_soon(self._run, job, slot)
+
+    async def _run(self, job: Job, slot: DeviceSlot) -> None:
+        source = job.notify.work.source
+        assert isinstance(source, ModelSource)
+        unit = source.unit.hex()[:16]
+        runner = ModelJobRunner(
+            slot.backend,
+            self.cache,
+            slot.limiter,
+            job.extranonce1,
+            spill_dir=self.config.openings_path(),
+            check_products=self.config.check_products,
+        )
+
+        async def submit(message: Submit) -> object:
+            outcome = await job.client.submit_message(message)
+            if outcome.result != "accepted":
+                log.warning(
+                    "layer %s share of unit %s…: %s %s %s",
+                    message.layer,
+                    unit,
+                    outcome.result,
+                    outcome.code,
+                    outcome.message,
+                )
+            return outcome
+
+        try:
+            result = await runner.run(job.notify, submit)
+        except (
+            ModelJobError,
+            ModelRejected,
+            LayerProductWrong,
+            PassStopped,
+            ProtocolError,
+            httpx.HTTPError,
+        ) as exc:
+            self.results["error"] += 1
+            log.error("model unit %s… from job %s dropped: %s", unit, job.job_id, exc)
+            return
+        finally:
+            slot.prepared_root = None  # the pass prepared its own layers on the device
+        self.results["verified" if result.verified else "failed"] += 1
+        if result.verified:
+            log.info(
+                "model unit %s… verified: %d share(s), %d challenge(s) answered",
+                unit,
+                result.shares,
+                len(result.challenges),
+            )
+        else:
+            log.error("model unit %s… failed its audit: %s", unit, result.reason)
