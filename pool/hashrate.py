@@ -25,7 +25,7 @@ _DEFAULT_WINDOWS: Mapping[str, float] = MappingProxyType(dict(WINDOWS))  # share
 class HashrateMeter:
     """EWMA hashrate in MAC/s over :data:`WINDOWS` from accepted share difficulties."""
 
-    __slots__ = ("_decayed", "_names", "_taus", "_updated", "last_share", "start",
+    __slots__ = ("_decayed", "_indices", "_names", "_taus", "_updated", "last_share", "start",
                  "total_difficulty", "windows")  # fmt: skip
 
     def __init__(self, now: float, windows: Mapping[str, float] | None = None) -> None:
@@ -41,6 +41,7 @@ class HashrateMeter:
         self._names = tuple(self.windows)
         self._taus = tuple(self.windows.values())
         self._decayed = [0.0] * len(self._taus)
+        self._indices = range(len(self._taus))
 
     def add(self, difficulty: float, now: float) -> None:
         """Count an accepted share of ``difficulty`` at ``now``."""
@@ -48,13 +49,14 @@ class HashrateMeter:
             raise ValueError(f"share difficulty must be positive, got {difficulty!r}")
         macs = difficulty * MACS_PER_DIFF1
         dt = now - self._updated
+        decayed, taus, exp = self._decayed, self._taus, math.exp
         if dt > 0:  # (same tick, or a clock that went backwards: no decay, no time travel)
-            exp = math.exp
-            pairs = zip(self._decayed, self._taus, strict=True)
-            self._decayed = [s * exp(-dt / tau) + macs for s, tau in pairs]
+            for i in self._indices:
+                decayed[i] = decayed[i] * exp(-dt / taus[i]) + macs
             self._updated = now
         else:
-            self._decayed = [s + macs for s in self._decayed]
+            for i in self._indices:
+                decayed[i] += macs
         self.total_difficulty += difficulty
         last = self.last_share
         self.last_share = now if last is None or now > last else last
