@@ -170,10 +170,13 @@ class CheckBudget:
 
     def allow(self, ip: str, session: bytes, now: float) -> bool:
         """Spend one check of ``ip``'s budget (or one ``session`` earned); False if none."""
-        bucket = self._buckets.pop(ip, None) or RateLimiter(self.rate, self.burst, now)
-        self._buckets[ip] = bucket
-        while len(self._buckets) > self.max_entries:
-            self._buckets.popitem(last=False)
+        bucket = self._buckets.get(ip)
+        if bucket is not None:
+            self._buckets.move_to_end(ip)  # (the same order as popping and adding it again)
+        else:
+            bucket = self._buckets[ip] = RateLimiter(self.rate, self.burst, now)
+            while len(self._buckets) > self.max_entries:
+                self._buckets.popitem(last=False)
         if bucket.allow(now):
             return True
         earned = self._earned.pop(session, 0)
@@ -183,7 +186,13 @@ class CheckBudget:
 
     def earn(self, session: bytes) -> None:
         """``session`` had a share acknowledged."""
-        self._keep(session, min(self._earned.pop(session, 0) + 1, self.EARNED_MAX))
+        earned = self._earned.get(session)
+        if earned is None:
+            self._keep(session, 1)
+        else:  # (no new entry: nothing to forget)
+            if earned < self.EARNED_MAX:
+                self._earned[session] = earned + 1
+            self._earned.move_to_end(session)
 
     def _keep(self, session: bytes, earned: int) -> None:
         self._earned[session] = earned

@@ -49,6 +49,8 @@ class RequestHandlers:
         self.session = session
         self.ctx = session.ctx
         self._miner: Miner | None = None  # who submits, made again when the login changes
+        self._ack_difficulty: float | None = None  # the difficulty of ``_ack_wire``
+        self._ack_wire: object = None
 
     async def subscribe(self, request_id: int, msg: messages.Subscribe) -> None:
         s = self.session
@@ -118,22 +120,30 @@ class RequestHandlers:
         finally:
             s.inflight.release()
         s.accepted += 1
-        self.ctx.checker.count(None)
+        ctx = self.ctx
+        ctx.checker.count(None)
         now = trio.current_time()
         s.hashrate.add(share.difficulty, now)
-        if self.ctx.pool_hashrate is not None:
-            self.ctx.pool_hashrate.add(share.difficulty, now)
-        await s.send(
-            s.conn.send_result(
-                request_id,
-                messages.SubmitResult(difficulty=share.difficulty, block=share.block_hash),
-            )
-        )
-        await self.judge(True)
-        if self.ctx.config.vardiff.enabled:
+        if ctx.pool_hashrate is not None:
+            ctx.pool_hashrate.add(share.difficulty, now)
+        await s.send(s.conn.send_result(request_id, self._ack(share.difficulty, share.block_hash)))
+        # = ``await self.judge(True)``: a valid share never escalates (ShareJudge.record
+        # answers NONE to it), so no step is due and the policy's per-IP strikes are not read.
+        s.judge.record(True)
+        if ctx.config.vardiff.enabled:
             changed = s.vardiff.record_share(now, share.difficulty)
             if changed is not None:
                 await s.feed.new_difficulty(changed)
+
+    def _ack(self, difficulty: float, block: bytes | None) -> object:
+        """The wire result of an accepted share: kept per difficulty while it does not
+        change (a block's ack is made afresh)."""
+        if block is not None:
+            return messages.SubmitResult(difficulty=difficulty, block=block)
+        if self._ack_difficulty != difficulty:
+            self._ack_wire = messages.SubmitResult(difficulty=difficulty).to_result()
+            self._ack_difficulty = difficulty
+        return self._ack_wire
 
     def _submitter(self) -> Miner:
         """The session's :class:`Miner` for its login now."""

@@ -25,7 +25,8 @@ _DEFAULT_WINDOWS: Mapping[str, float] = MappingProxyType(dict(WINDOWS))  # share
 class HashrateMeter:
     """EWMA hashrate in MAC/s over :data:`WINDOWS` from accepted share difficulties."""
 
-    __slots__ = ("_decayed", "_updated", "last_share", "start", "total_difficulty", "windows")
+    __slots__ = ("_decayed", "_indices", "_names", "_taus", "_updated", "last_share", "start",
+                 "total_difficulty", "windows")  # fmt: skip
 
     def __init__(self, now: float, windows: Mapping[str, float] | None = None) -> None:
         self.windows = _DEFAULT_WINDOWS if windows is None else MappingProxyType(dict(windows))
@@ -35,35 +36,40 @@ class HashrateMeter:
         self.last_share: float | None = None
         self.total_difficulty = 0.0
         self._updated = now
-        self._decayed = dict.fromkeys(self.windows, 0.0)
+        # The windows as parallel lists (a share is a few float operations, no dict work):
+        # ``_decayed[i]`` is S of window ``_names[i]`` at ``_updated``.
+        self._names = tuple(self.windows)
+        self._taus = tuple(self.windows.values())
+        self._decayed = [0.0] * len(self._taus)
+        self._indices = range(len(self._taus))
 
     def add(self, difficulty: float, now: float) -> None:
         """Count an accepted share of ``difficulty`` at ``now``."""
         if not (math.isfinite(difficulty) and difficulty > 0):
             raise ValueError(f"share difficulty must be positive, got {difficulty!r}")
-        self._decay_to(now)
-        for name in self._decayed:
-            self._decayed[name] += difficulty * MACS_PER_DIFF1
+        macs = difficulty * MACS_PER_DIFF1
+        dt = now - self._updated
+        decayed, taus, exp = self._decayed, self._taus, math.exp
+        if dt > 0:  # (same tick, or a clock that went backwards: no decay, no time travel)
+            for i in self._indices:
+                decayed[i] = decayed[i] * exp(-dt / taus[i]) + macs
+            self._updated = now
+        else:
+            for i in self._indices:
+                decayed[i] += macs
         self.total_difficulty += difficulty
-        self.last_share = now if self.last_share is None else max(self.last_share, now)
+        last = self.last_share
+        self.last_share = now if last is None or now > last else last
 
     def rates(self, now: float) -> dict[str, float]:
         """MAC/s per window at ``now`` (0.0 for a meter that has seen nothing)."""
         age = max(now - self.start, 0.0)
         dt = max(now - self._updated, 0.0)
         out: dict[str, float] = {}
-        for name, tau in self.windows.items():
+        for name, tau, decayed in zip(self._names, self._taus, self._decayed, strict=True):
             coverage = -math.expm1(-age / tau)  # 1 − e^(−age/τ): share of the window seen
             if coverage <= 0:
                 out[name] = 0.0
                 continue
-            out[name] = self._decayed[name] * math.exp(-dt / tau) / tau / coverage
+            out[name] = decayed * math.exp(-dt / tau) / tau / coverage
         return out
-
-    def _decay_to(self, now: float) -> None:
-        dt = now - self._updated
-        if dt <= 0:  # same tick, or a clock that went backwards: no decay, no time travel
-            return
-        for name, tau in self.windows.items():
-            self._decayed[name] *= math.exp(-dt / tau)
-        self._updated = now

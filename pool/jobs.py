@@ -33,6 +33,7 @@ import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import trio
 
@@ -80,8 +81,8 @@ class Template:
     def network_target(self) -> int:
         return target_from_bits(self.block.bits)
 
-    @property
-    def network_difficulty(self) -> float:
+    @cached_property
+    def network_difficulty(self) -> float:  # (read by every share: worked out once)
         return difficulty_from_bits(self.block.bits)
 
 

@@ -159,6 +159,23 @@ class Connection:
             raise
 
     def _event(self, obj: dict) -> Event:
+        request_id, method, params = obj.get("id"), obj.get("method"), obj.get("params")
+        if (  # the usual frame: a request of one of our methods (a valid name by the table)
+            self.role == "server"
+            and type(method) is str
+            and type(params) is dict
+            and type(request_id) is int
+            and 0 <= request_id <= MAX_ID
+        ):
+            cls = self._incoming.get(method)
+            if cls is not None:
+                try:
+                    return RequestReceived(request_id, cls.from_params(params))
+                except ProtocolError as exc:
+                    return BadRequest(request_id, exc)
+        return self._slow_event(obj)
+
+    def _slow_event(self, obj: dict) -> Event:
         try:
             envelope = decode_envelope(obj)
         except ProtocolError as exc:
@@ -241,7 +258,7 @@ class Connection:
         if method is not None:
             self.phase = next_phase(self.phase, method, result)
         wire = result.to_result() if hasattr(result, "to_result") else result
-        return encode_frame(Response(id, wire).to_wire())
+        return encode_frame({"id": id, "result": wire})  # = Response(id, wire).to_wire()
 
     def send_error(self, id: int, code: int, message: str) -> bytes:
         """Answer request ``id`` with an error (``code`` from ``ErrorCode``)."""

@@ -38,6 +38,9 @@ from .workload import Shape, work_root
 
 MAX_JOB_ID = 64
 """Longest job id on the wire (SPEC §12.4)."""
+_PLAIN_SUBMIT_KEYS = frozenset(("job_id", "extranonce2", "time", "tile"))
+_MAX_U32 = (1 << 32) - 1
+_MAX_U64 = (1 << 64) - 1
 
 
 # --- results -------------------------------------------------------------------------
@@ -146,6 +149,42 @@ class Submit(Message):
         Optional(Bin(min_len=MIN_TILE_ROWS, max_len=MAX_TILE_ROWS)), None
     )
     a_proof: bytes | None = wire_field(Optional(Bin(min_len=0, max_len=MAX_A_PROOF)), None)
+
+    @classmethod
+    def from_params(cls, params: Any) -> Any:
+        """As :meth:`Message.from_params`; a plain share (the four required fields, each
+        valid, no layer fields) skips the generic per-field dispatch. Anything else takes
+        the generic path, so every refusal and its text stay the same."""
+        if type(params) is dict and params.keys() <= _PLAIN_SUBMIT_KEYS:
+            job_id = params.get("job_id")
+            en2 = params.get("extranonce2")
+            when = params.get("time")
+            tile = params.get("tile")
+            if (
+                type(job_id) is str
+                and 0 < len(job_id) <= MAX_JOB_ID
+                and type(en2) is bytes
+                and len(en2) == EXTRANONCE2_SIZE
+                and type(when) is int
+                and 0 <= when <= _MAX_U64
+                and type(tile) is list
+                and len(tile) == 2
+                and job_id.isprintable()
+            ):
+                ti, tj = tile
+                if type(ti) is type(tj) is int and 0 <= ti <= _MAX_U32 and 0 <= tj <= _MAX_U32:
+                    obj = cls.__new__(cls)
+                    setattr_ = object.__setattr__
+                    setattr_(obj, "job_id", job_id)
+                    setattr_(obj, "extranonce2", en2)
+                    setattr_(obj, "time", when)
+                    setattr_(obj, "tile", (ti, tj))
+                    setattr_(obj, "layer", None)
+                    setattr_(obj, "a_root", None)
+                    setattr_(obj, "a_rows", None)
+                    setattr_(obj, "a_proof", None)
+                    return obj
+        return cls._from_map(params, cls._where)
 
     def _check(self, where: str) -> None:
         # Each refusal names the field that is there without its partner, first.

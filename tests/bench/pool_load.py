@@ -312,6 +312,7 @@ async def bench(
         f" {(rss_after - rss_before) / len(miners):.1f} KiB per connection"
     )
     ratios: list[float] = []
+    loop_cpu: list[tuple[float, float]] = []  # (per submit, per ping) of each round, µs
     for _ in range(args.rounds):  # ping, submit, ping, submit, …: load drifts hit both
         ping = await run_phase(miners, "ping", args.phase_seconds, pid)
         print(ping.line())
@@ -319,6 +320,9 @@ async def bench(
         print(shares.line())
         if ping.rate and shares.rate:
             ratios.append(shares.rate / ping.rate)
+            loop_cpu.append(
+                (shares.per_answer_us(shares.main_cpu), ping.per_answer_us(ping.main_cpu))
+            )
             print(
                 f"submit vs ping: throughput {shares.rate / ping.rate:.3f}x,"
                 f" p50 latency {shares.pct(0.5) / ping.pct(0.5):.1f}x,"
@@ -333,6 +337,13 @@ async def bench(
             f" submit {shares.per_answer_us(shares.main_cpu):.0f} µs vs per ping"
             f" {ping.per_answer_us(ping.main_cpu):.0f} µs, check processes per submit"
             f" {shares.per_answer_us(shares.procs_cpu):.0f} µs"
+        )
+        submit_us = statistics.median(s for s, _ in loop_cpu)
+        ping_us = statistics.median(p for _, p in loop_cpu)
+        results.append(
+            f"{'':>19}  event-loop CPU, median of rounds: {submit_us:.0f} µs per submit,"
+            f" {ping_us:.0f} µs per ping, {submit_us - ping_us:.0f} µs a submit costs beyond"
+            " a ping"
         )
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"http://127.0.0.1:{http}/metrics")).text

@@ -113,3 +113,26 @@ def test_clock_going_backwards_does_not_corrupt() -> None:
     assert all(v > 0 for v in rates.values())
     assert meter.total_difficulty == 2.0 and meter.last_share == 100.0
     assert rates["1d"] == pytest.approx(2 * MACS_PER_DIFF1 / 100.0, rel=0.01)
+
+
+def test_rates_are_the_closed_form_sums_of_every_window() -> None:
+    """Each window's rate is Σ D·2³²·e^(−(now−tᵢ)/τ) / τ / (1 − e^(−age/τ)), shares at the
+    same tick included; a share from a clock that went back counts undecayed."""
+    windows = {"a": 7.0, "b": 60.0, "c": 900.0}
+    meter = HashrateMeter(10.0, windows)
+    shares = [(11.0, 2.0), (11.0, 0.5), (12.5, 1.0), (40.0, 3.0), (41.0, 0.25)]
+    for t, d in shares:
+        meter.add(d, t)
+    now = 45.0
+    rates = meter.rates(now)
+    assert list(rates) == ["a", "b", "c"]
+    for name, tau in windows.items():
+        total = sum(d * MACS_PER_DIFF1 * math.exp(-(now - t) / tau) for t, d in shares)
+        expected = total / tau / -math.expm1(-(now - 10.0) / tau)
+        assert rates[name] == pytest.approx(expected, rel=1e-12)
+    meter.add(1.0, 30.0)  # before the last share: counted as at 41.0, not decayed further
+    later = meter.rates(now)
+    for name, tau in windows.items():
+        extra = MACS_PER_DIFF1 * math.exp(-(now - 41.0) / tau) / tau
+        assert later[name] - rates[name] == pytest.approx(extra / -math.expm1(-35.0 / tau))
+    assert meter.last_share == 41.0 and meter.total_difficulty == pytest.approx(7.75)
