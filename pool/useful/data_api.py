@@ -38,6 +38,7 @@ SPOOL_BATCH = 1 << 20
 MAX_UPLOADS = 8
 MAX_KEPT_UPLOADS = 64  # partial uploads remembered (the oldest is dropped first)
 RETRY_AFTER = "2"
+STATUS_WAIT = 5.0  # seconds a result status waits for a PUT of it that still streams
 CACHE_CONTROL = "public, max-age=31536000, immutable"
 HEX32 = re.compile(r"[0-9a-f]{64}")
 RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -101,6 +102,7 @@ class DataApi:
         self.useful = useful
         self.credit = credit
         self.uploads: OrderedDict[int, _Upload] = OrderedDict()
+        self._putting: dict[str, list[trio.Event]] = {}  # unit (path) -> its PUTs in progress
         self.streaming = 0
         sweep_spools(useful.blobs)  # a restart released every lease: their spools are void
 
@@ -207,6 +209,12 @@ class DataApi:
             lease = await self._unit_lease(request)
         except _Refused as exc:
             return _error(exc)
+        # A PUT of this result still in the pool's hands (cut, but its end not handled yet)
+        # may still spool bytes: answer once it is done, so a resume starts at the final
+        # count and no byte comes twice.
+        with trio.move_on_after(STATUS_WAIT):
+            for done in list(self._putting.get(request.path_params["unit"], ())):
+                await done.wait()
         upload = self.uploads.get(lease.id)
         received = 0 if upload is None else upload.received
         return JSONResponse({"received": received, "total": lease.unit.plan.result_bytes})
@@ -230,6 +238,18 @@ class DataApi:
         return upload
 
     async def put_result(self, request: Request) -> Response:
+        unit, done = request.path_params["unit"], trio.Event()
+        self._putting.setdefault(unit, []).append(done)
+        try:
+            return await self._put_result(request)
+        finally:
+            done.set()
+            putting = self._putting[unit]
+            putting.remove(done)
+            if not putting:
+                del self._putting[unit]
+
+    async def _put_result(self, request: Request) -> Response:
         try:
             lease = await self._unit_lease(request)
             digest = request.headers.get("x-result-hash", "").lower()

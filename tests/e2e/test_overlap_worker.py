@@ -177,10 +177,8 @@ async def test_a_background_upload_cut_midway_resumes_and_is_verified(tmp_path):
             await wait_until(lambda: stats.useful_results["verified"] == 1, 30)
             assert proxy.cuts == 1 and proxy.connections >= 4
             assert stats.useful_results == {"verified": 1, "rejected": 0, "failed": 0}
-            # the cut upload went again. How much of it the pool kept depends on what its app
-            # had read when the cut came (the server may end the request before the app reads
-            # what arrived): the deterministic facts are a resume and no byte taken twice
-            assert result_bytes < stats.useful_bytes["out"]
+            # the cut piece went twice: what the pool held was kept, the rest sent again
+            assert result_bytes < stats.useful_bytes["out"] < 2 * result_bytes
             served = metric(
                 pool.handle.registry, "matmine_pool_data_bytes_total", 'direction="in",path="http"'
             )
