@@ -197,4 +197,7 @@ async def test_a_layer_share_that_meets_the_network_is_a_block_the_node_accepts(
         }
         found = [b for b in blocks if b.hash in layer_headers]
         assert found, "no block from a model layer share"
-        assert all(b.status != "rejected" for b in found)
+        # At one ticket in four, two blocks of one template can race: the node takes the
+        # first and refuses the other as "stale". Nothing else may refuse a layer block.
+        assert any(b.status != "rejected" for b in found)
+        assert all(b.reason == "stale" for b in found if b.status == "rejected"), found
