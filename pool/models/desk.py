@@ -87,6 +87,8 @@ class ModelDesk:
         on_failed: Callable[[str, str], None] | None = None,
         on_verdict: Callable[[str, bool, int], None] | None = None,
         on_queued: Callable[[], None] | None = None,
+        on_held: Callable[[object], None] | None = None,
+        on_passed: Callable[[int, list[object]], None] | None = None,
         max_frame_size: int = 1 << 20,
     ) -> None:
         self.config = config
@@ -96,6 +98,8 @@ class ModelDesk:
         self.on_failed = on_failed  # (session, reason): escalate like a wrong product
         self.on_verdict = on_verdict  # (session, passed, shares voided): its next job
         self.on_queued = on_queued  # units were queued: idle capable sessions lease one
+        self.on_held = on_held  # (record): a layer share held under its lease
+        self.on_passed = on_passed  # (the pass's useful MACs, held records): audit passed
         self.data_url: str | None = None  # the model data plane named in jobs (None: off)
         self._current: dict[str, ModelLease] = {}  # session → its lease not yet judged
         self._secret = pool_secret if pool_secret is not None else secrets.token_bytes(32)
@@ -294,7 +298,10 @@ class ModelDesk:
         if lease.record is not None or lease.verdict is not None:
             raise ProtocolError("the model unit of this job is no longer mining", ErrorCode.STALE)
         lease.roots.setdefault(share.head.layer, share.head.a_root)
-        lease.held.append(HeldShare(share, record(share)))
+        held = HeldShare(share, record(share))
+        lease.held.append(held)
+        if self.on_held is not None:
+            self.on_held(held.record)
         return share
 
     def weights_opening(self, lease: ModelLease, layer: int, tile_index: int) -> TileOpening:
@@ -380,6 +387,8 @@ class ModelDesk:
             return lease.verdict
         await credit([held.record for held in lease.held])
         lease.verdict = (True, "")
+        if self.on_passed is not None:  # the pass's MACs, unpadded, as for products
+            self.on_passed(unit_.rows * record.model.macs_per_row, [h.record for h in lease.held])
         self._current.pop(lease.session, None)
         unit_.state, unit_.output = "done", record.output
         item = self.items.get(unit_.item)

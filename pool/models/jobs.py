@@ -130,11 +130,24 @@ def open_model_jobs(
             if s.model_capable and s.authorized:
                 s.inbox.post(OfferWork())
 
+    metrics = None if ctx.useful is None else ctx.useful.metrics
+
+    def held(record: Any) -> None:  # mined useful MACs, as for a share on a product's unit
+        if metrics is not None:
+            metrics.share_held(record.address, record.worker, record.difficulty)
+
+    def passed(macs: int, records: list[Any]) -> None:  # verified useful MACs of the pass
+        if metrics is not None:
+            worker = (records[0].address, records[0].worker) if records else None
+            metrics.result_checked("pass", macs, worker)
+
     desk = ModelDesk(
         ctx.config.models,
         limiter,
         on_verdict=verdict,
         on_queued=queued,
+        on_held=held,
+        on_passed=passed,
         max_frame_size=ctx.config.stratum.max_frame_size,
     )
     registry = ModelRegistry(data_dir)

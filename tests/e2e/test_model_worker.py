@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import trio
 
 from pool.app import run_pool
@@ -96,6 +97,13 @@ async def test_a_batch_goes_through_the_pool_and_the_worker(tmp_path: Path) -> N
         blobs = sum(len(b) for b in desk._weights[model.model_id].blobs.values())
         assert desk.served_bytes == blobs + 64 * model.input_width  # the weights went out once
         assert worker.models.cache.stats.fetches == 1
+        # the passes count as verified useful work, their layer shares as mined useful work
+        stats = (await client.get("/api/pool")).json()["useful"]
+        assert stats["useful_macs"] == 64 * model.macs_per_row
+        metrics = pool.handle.useful.metrics
+        assert metrics.mined_macs == pytest.approx(
+            sum(h.record.difficulty for lease in leases for h in lease.held) * 2**32
+        )
 
 
 class FakingBackend(WrappedBackend):
