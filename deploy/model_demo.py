@@ -209,8 +209,8 @@ def report(digits: Digits, outcome: Outcome) -> bool:
     accepted = outcome.pool.get("accepted_work_macs") or 0.0
     print(
         f"pool (/api/pool, whole run, synthetic jobs too): accepted work {accepted:,.0f} MACs, "
-        f"useful_macs {stats.get('useful_macs')}, useful_fraction "
-        f"{stats.get('useful_fraction')} (model units are not counted there yet)"
+        f"verified useful {stats.get('useful_macs') or 0:,} MACs, useful fraction "
+        f"{100 * (stats.get('useful_fraction') or 0.0):.1f}%"
     )
     return exact
 
