@@ -267,7 +267,6 @@ class ShareChecker:
         """
         t = job.template
         height, reward = t.block.height, t.block.reward
-        block_hash = Header.decode(checked.header).hash()
         # The share goes in first: PPLNS counts the shares at or before the block. A share
         # on a useful-work unit is held instead (credited once the unit's result verifies);
         # if its lease has just ended the share is stale, but the block is still submitted.
@@ -288,6 +287,24 @@ class ShareChecker:
             tile=tile,
             **block_fields,
         )
+        found = await self.submit_found_block(miner, height, reward, record, sub)
+        if stale is not None:
+            raise stale
+        return found
+
+    async def submit_found_block(
+        self,
+        miner: Miner,
+        height: int,
+        reward: int,
+        record: ShareRecord,
+        sub: BlockSubmission,
+        what: str = "",
+    ) -> bytes | None:
+        """Record ``sub`` (durable intent), submit it, and credit it by PPLNS if the node
+        accepts it: its hash; None if it was rejected or is left "submitting" for the
+        resubmitter. ``what`` (e.g. " on model layer 2") goes into the log lines."""
+        block_hash = Header.decode(sub.header).hash()
         block_id = None
         try:
             block_id = await self._ledger(
@@ -311,25 +328,26 @@ class ShareChecker:
                 exc = TimeoutError(f"no answer within {self.submit_timeout:g} s")
             if unanswered(exc):
                 await self._unanswered(miner, height, block_id, exc)
-                if stale is not None:
-                    raise stale from None
                 return None
             accepted, reason = False, f"error: {exc}"
         self.jobs.poke()
         if not accepted:
             self.metrics.block("rejected")
             log.warning(
-                "block %d found by %s was rejected by the chain: %s", height, miner.login, reason
+                "block %d found by %s%s was rejected by the chain: %s",
+                height,
+                miner.login,
+                what,
+                reason,
             )
             if block_id is not None:
                 await self._ledger_quietly(self.ledger.reject_block, block_id, reason)
-            if stale is not None:
-                raise stale
             return None
         log.info(
-            "block %d found by %s, reward %s, submitted: accepted (hash %s)",
+            "block %d found by %s%s, reward %s, submitted: accepted (hash %s)",
             height,
             miner.login,
+            what,
             coins(reward),
             block_hash.hex()[:16],
         )
@@ -338,8 +356,6 @@ class ShareChecker:
             moved, _ = await credit_accepted_block(self._ledger, self.ledger, block_id, self.policy)
         if moved:  # else the resubmitter got there first and counted it
             self.metrics.block("found")
-        if stale is not None:
-            raise stale
         return block_hash
 
     async def _unanswered(

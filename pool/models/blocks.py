@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import logging
 
-import trio
-
-from pool.block_submitter import credit_accepted_block, encode_submission, node_verdict, unanswered
 from pool.jobs import Job
 from pool.ledger.base import ShareRecord
 from pool.share_check import Miner, ShareChecker
-from protocol.header import Header, coins
 from protocol.model_share import LayerShare, TileOpening, layer_block
 
 log = logging.getLogger("pool.shares")
@@ -35,59 +31,6 @@ async def submit_layer_block(
     it, None otherwise (rejected, or left "submitting" for the resubmitter)."""
     t = job.template
     height, reward = t.block.height, t.block.reward
-    block_hash = Header.decode(share.head.header).hash()
     sub = layer_block(share, weights)
-    block_id = None
-    try:
-        block_id = await checker._ledger(
-            checker.ledger.record_block,
-            height,
-            block_hash,
-            reward,
-            record.time,
-            record.address,
-            record.worker,
-            record.network_difficulty,
-            encode_submission(sub),
-        )
-    except Exception as exc:  # submit anyway: a block must never be thrown away
-        log.error("could not record block %d before submitting it: %s", height, exc)
-    try:
-        with trio.fail_after(checker.submit_timeout):
-            accepted, reason = node_verdict(await checker.chain.submit_block(sub))
-    except Exception as exc:
-        if isinstance(exc, trio.TooSlowError):
-            exc = TimeoutError(f"no answer within {checker.submit_timeout:g} s")
-        if unanswered(exc):
-            await checker._unanswered(miner, height, block_id, exc)
-            return None
-        accepted, reason = False, f"error: {exc}"
-    checker.jobs.poke()
-    if not accepted:
-        checker.metrics.block("rejected")
-        log.warning(
-            "block %d (model layer %d) found by %s was rejected by the chain: %s",
-            height,
-            share.head.layer,
-            miner.login,
-            reason,
-        )
-        if block_id is not None:
-            await checker._ledger_quietly(checker.ledger.reject_block, block_id, reason)
-        return None
-    log.info(
-        "block %d found by %s on model layer %d, reward %s, submitted: accepted (hash %s)",
-        height,
-        miner.login,
-        share.head.layer,
-        coins(reward),
-        block_hash.hex()[:16],
-    )
-    moved = True
-    if block_id is not None:
-        moved, _ = await credit_accepted_block(
-            checker._ledger, checker.ledger, block_id, checker.policy
-        )
-    if moved:
-        checker.metrics.block("found")
-    return block_hash
+    what = f" on model layer {share.head.layer}"
+    return await checker.submit_found_block(miner, height, reward, record, sub, what)
