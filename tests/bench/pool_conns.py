@@ -41,6 +41,7 @@ from pathlib import Path
 
 import httpx
 import trio
+from proc_stats import free_port, rss_kib
 
 from protocol.address import new_address
 from tests.support.load_client import SHARE_DIFFICULTY, Fleet, Results, raise_open_files
@@ -48,19 +49,6 @@ from tests.support.load_client import SHARE_DIFFICULTY, Fleet, Results, raise_op
 REPO = Path(__file__).resolve().parents[2]
 RSS_TARGET_KIB = 30.0
 P99_TARGET_MS = 50.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def pool_config(
