@@ -11,9 +11,13 @@ bound to 127.0.0.2 (off the shaped link: a customer's upload is another link):
 - (a) one 8192×8192×8192 product;
 - (b) ``--stream`` products 4096×8192 · 8192×8192 sharing one B (B registered once when the
   pool offers ``POST /api/work/operands``, else uploaded with each product);
+- (m) a synthetic deep model (``--model-layers`` layers of ``--model-width``², a batch of
+  ``--model-rows``) registered once and its batch inferred (:mod:`tests.support.link_model`:
+  verified and worker MACs of the pass from the API, as the metrics leave them out);
 
-every dimension divided by ``--scale``. Per (rate, case) it prints the useful fraction of the
-mined MACs (pool metrics, from the first product's acceptance until the last is done):
+every dimension divided by ``--scale`` (the model's layer count kept). Per (rate, case) it
+prints the useful fraction of the mined MACs (pool metrics, from the first product's
+acceptance until the last is done):
 ``useful/(useful+synthetic)`` of ``matmine_pool_mined_macs_total`` and verified useful MACs
 (``matmine_pool_useful_macs_total``) ÷ all mined MACs; the bound ``min(1, link B/s ÷ (link
 bytes per useful MAC × worker MAC/s))`` with the bytes counted by the shaped class, at
@@ -25,7 +29,8 @@ TMAC/s. Needs root and iproute2 (``--no-netns``: plain
 loopback, no bound; for smoke tests).
 
     sudo .venv/bin/python tests/bench/useful_link.py [--rates 100mbit,1gbit] [--scale 2]
-        [--stream 3] [--cases a,b] [--unit 1024]
+        [--stream 3] [--cases a,b,m] [--unit 1024] [--model-layers 16] [--model-width 2048]
+        [--model-rows 256]
 
 ``tests/bench/useful_plane.py`` compares the HTTP data plane with stratum chunks on loopback.
 """
@@ -64,13 +69,16 @@ from tests.support.link_bench import (
     run_case,
     worker_capacity,
 )
+from tests.support.link_model import ModelCase, model_case, run_model_case
 
 GPU_RATES = (50e12, 300e12)
 
 
 async def run_all(args: argparse.Namespace) -> list[CaseResult]:
     """Every chosen case on this namespace's link (or plain loopback)."""
-    chosen = [c for c in cases(args.scale, args.stream) if c.name in args.cases.split(",")]
+    every = cases(args.scale, args.stream)
+    every.append(model_case(args.model_layers, args.model_width, args.model_rows, args.scale))
+    chosen = [c for c in every if c.name in args.cases.split(",")]
     k = max(c.k for c in chosen)
     unit = min(args.unit, max(c.m for c in chosen))
     capacity = await trio.to_thread.run_sync(
@@ -85,7 +93,8 @@ async def run_all(args: argparse.Namespace) -> list[CaseResult]:
     results = []
     with tempfile.TemporaryDirectory(prefix="useful_link-") as tmp:
         for case in chosen:
-            results.append(await run_case(case, setup, Path(tmp) / case.name))
+            run = run_model_case if isinstance(case, ModelCase) else run_case
+            results.append(await run(case, setup, Path(tmp) / case.name))
     return results
 
 
@@ -96,7 +105,7 @@ def _dump(results: list[CaseResult]) -> str:
 def _load(text: str) -> list[CaseResult]:
     out = []
     for d in json.loads(text):
-        d["case"] = Case(**d["case"])
+        d["case"] = ModelCase(**d["case"]) if "layers" in d["case"] else Case(**d["case"])
         d["start"], d["end"] = Snapshot(**d["start"]), Snapshot(**d["end"])
         out.append(CaseResult(**d))
     return out
@@ -145,13 +154,17 @@ def table(rows: list[tuple[str, CaseResult]]) -> str:
         "wGMAC/s: worker capacity (matmine-worker bench); "
         "runGMAC: worker MAC/s during the case; cpu s/uGMAC: pool process CPU s per verified"
         " GMAC; @50T/@300T: the bound for a 50/300 TMAC/s GPU.",
+        "m (model job): verif, v/comp count the pass's MACs from the API (rows x macs_per_row"
+        " once done; the worker's padded layer shapes), as the pool and worker metrics leave"
+        " them out; u/mined is the pool's kind split, where model shares count as synthetic.",
     ]
     return "\n".join(lines)
 
 
 def _inner_args(args: argparse.Namespace) -> list[str]:
     out = []
-    for name in ("scale", "stream", "cases", "unit", "shares_per_second", "timeout"):
+    names = ("scale", "stream", "cases", "unit", "shares_per_second", "timeout")
+    for name in (*names, "model_layers", "model_width", "model_rows"):
         out += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     out += ["--bench-seconds", str(args.bench_seconds), "--link-megabytes"]
     return out
@@ -197,8 +210,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rates", default="100mbit,1gbit", help="tc rates, comma-separated")
     parser.add_argument("--scale", type=int, default=2, help="divide every dimension by this")
     parser.add_argument("--stream", type=int, default=3, help="products in case (b)")
-    parser.add_argument("--cases", default="a,b", help="which cases: a, b or a,b")
+    parser.add_argument("--cases", default="a,b", help="which cases, of a, b, m: a,b,m")
     parser.add_argument("--unit", type=int, default=1024, help="the pool's unit_m = unit_n")
+    parser.add_argument("--model-layers", type=int, default=16, help="layers of case (m)")
+    parser.add_argument("--model-width", type=int, default=2048, help="case (m)'s layer width")
+    parser.add_argument("--model-rows", type=int, default=256, help="case (m)'s batch rows")
     parser.add_argument("--shares-per-second", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
     parser.add_argument("--bench-seconds", type=float, default=2.0)
@@ -209,6 +225,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.scale < 1 or 8192 % args.scale or args.stream < 1:
         parser.error("--scale must divide 8192 and --stream be at least 1")
+    if min(args.model_layers, args.model_width, args.model_rows) < 1:
+        parser.error("--model-layers, --model-width and --model-rows must be at least 1")
+    if not set(args.cases.split(",")) <= {"a", "b", "m"}:
+        parser.error(f"--cases: unknown case in {args.cases!r} (a, b, m)")
     try:
         for rate in args.rates.split(","):
             parse_rate(rate)

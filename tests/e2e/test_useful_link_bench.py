@@ -3,7 +3,8 @@
 Without a namespace: a real pool process and a real ``matmine-worker`` process compute a
 stream of two products sharing B; the window's counters must account for exactly those
 products, at least their bytes, and nothing impossible (more verified than computed); the
-submitter registers a shared B once (or, told not to, uploads it with each product). As
+submitter registers a shared B once (or, told not to, uploads it with each product); a tiny
+model's batch (case m) is inferred through them, Y right and its pass's MACs counted. As
 root with iproute2 (slow): the shaped namespace really limits the link, is gone after the
 block (also after an error), and the whole bench runs inside it and prints its bound.
 """
@@ -32,6 +33,7 @@ from tests.support.link_bench import (
     run_case,
     worker_capacity,
 )
+from tests.support.link_model import ModelCase, model_case, run_model_case
 from tests.support.pools import StartPool
 
 BENCH = REPO / "tests" / "bench" / "useful_link.py"
@@ -64,6 +66,25 @@ async def test_a_stream_of_tiny_products_is_accounted_for_exactly(tmp_path: Path
     assert result.bytes_per_useful_mac == result.moved_bytes / case.macs
     assert result.bound() is None  # no measured link off a namespace
     assert result.submission == "B registered once"  # the pool offers registered operands
+
+
+async def test_a_tiny_model_batch_is_accounted_for_by_its_pass(tmp_path: Path) -> None:
+    case = model_case(layers=3, width=256, rows=128, scale=2)  # 64 rows, 3 layers of 128²
+    assert isinstance(case, ModelCase) and (case.m, case.k, case.n) == (64, 128, 128)
+    capacity = worker_capacity(64, 64, 128, 32, seconds=0.3)
+    setup = Setup(64, capacity / 20 / 2**32, capacity, None, timeout=120.0)
+    result = await run_model_case(case, setup, tmp_path, check_output=True)  # Y is right
+    # verified: the batch's rows through every layer, unpadded, once
+    assert result.delta("verified") == case.macs == 64 * 3 * 128 * 128
+    units, computed = result.extra["units"], result.extra["pass_macs"]
+    assert units >= 1 and computed >= case.macs  # the worker's padded shapes, each unit once
+    assert result.mined > 0 and result.delta("pool_cpu") > 0
+    # the worker computed the pass and perhaps synthetic work: no more verified than that
+    exact = result.computed_fraction
+    assert exact is not None and 0.0 < exact <= 1.0
+    assert result.delta("verified") <= result.delta("worker_useful") <= result.delta("worker_macs")
+    assert case.least_bytes_per_mac == (3 * 128 * 128 + 64 * 128 + 4 * 64 * 128) / case.macs
+    assert result.bound() is None and result.submission.startswith("model registered once")
 
 
 @pytest.mark.parametrize("share_b", [True, False])

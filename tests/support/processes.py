@@ -135,9 +135,23 @@ class PoolProcess(_Process):
 
 
 class WorkerProcess(_Process):
-    """``python -m worker.cli mine`` on the BLAS backend, metrics on ``metrics_port``."""
+    """``python -m worker.cli mine`` on the BLAS backend, metrics on ``metrics_port``; with
+    ``models``, its model files (``[model] cache_dir``, through a config file) go there."""
 
-    def __init__(self, pool: str, login: str, metrics_port: int, cache: Path, log: Path) -> None:
+    def __init__(
+        self,
+        pool: str,
+        login: str,
+        metrics_port: int,
+        cache: Path,
+        log: Path,
+        models: Path | None = None,
+    ) -> None:
+        extra = []
+        if models is not None:
+            config = log.with_name(log.stem + ".toml")
+            config.write_text(pool_toml({"model": {"cache_dir": str(models)}}))
+            extra = ["--config", str(config)]
         super().__init__(
             [
                 sys.executable,
@@ -156,6 +170,7 @@ class WorkerProcess(_Process):
                 str(cache),
                 "--log-level",
                 "INFO",
+                *extra,
             ],
             log,
         )

@@ -1,0 +1,152 @@
+"""The model-job case (m) of ``tests/bench/useful_link.py``: a synthetic deep model's batch
+through a real pool and a real worker over one (shaped) link.
+
+:func:`run_model_case` starts the pool and the worker as :func:`~tests.support.link_bench.
+run_case` does, registers the model once (``POST /api/models``), infers one batch
+(``POST /api/work/infer?model=NAME``) and waits until it is done. The pool counts neither
+a model's verified MACs (``matmine_pool_useful_macs_total`` is products only) nor its
+shares as useful mined work, and the worker's ``matmine_worker_work_macs_total`` leaves
+the model pass out; so the bench adds them from what the API says: verified = the batch's
+rows × the registered model's ``macs_per_row`` once it is done, and the worker computed
+the units' padded layer shapes (``protocol.model_work.layer_shape``) on top of its
+metrics' synthetic MACs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import trio
+
+from pool.models.settings import ModelJobsConfig
+from pool.models.units import unit_rows
+from protocol.address import new_address
+from protocol.model import Model, reference_pass, save_model
+from protocol.model_work import layer_shape
+from tests.bench.netns import LOOP_HOST, SIDE_HOST, in_shaped_namespace
+from tests.support.link_bench import Case, CaseResult, Setup, _pool_config, _snapshot, npy
+from tests.support.model_jobs import batch, make_model
+from tests.support.processes import PoolProcess, WorkerProcess
+from tests.support.running import free_port
+
+MODEL_NAME = "linkbench"
+
+
+@dataclass(frozen=True)
+class ModelCase(Case):
+    """A batch of ``m`` rows through ``layers`` layers of ``k × n`` (k = n = the width)."""
+
+    layers: int = 16
+
+    @property
+    def macs(self) -> int:
+        return self.layers * self.m * self.k * self.n
+
+    @property
+    def least_bytes_per_mac(self) -> float:
+        """Bytes per MAC if the weights, X and Y (int32: the last layer is raw) crossed once."""
+        moved = self.layers * self.k * self.n + self.m * self.k + 4 * self.m * self.n
+        return moved / self.macs
+
+    def label(self) -> str:
+        return f"{self.m} rows·{self.layers}×[{self.k}×{self.n}]"
+
+
+def model_case(layers: int, width: int, rows: int, scale: int) -> ModelCase:
+    """Case (m): ``rows`` × ``width`` through ``layers`` layers of width², width and rows
+    divided by ``scale`` (at least 16)."""
+    w, m = max(16, width // scale), max(16, rows // scale)
+    return ModelCase("m", m, w, w, 1, layers)
+
+
+def synthetic_model(case: ModelCase) -> Model:
+    """Random int8 weights, ReLU on even layers, requantized but for the raw last layer."""
+    return make_model(tuple((case.k, case.n) for _ in range(case.layers)), seed=11)
+
+
+def pass_macs(model: Model, rows: int, config: ModelJobsConfig) -> int:
+    """MACs the worker computes for a batch of ``rows``: every unit's padded layer shapes
+    (units of ``pool.models.units.unit_rows`` rows, the last one the rest)."""
+    per_unit = unit_rows(model, rows, config.budget_ppm, config.unit_rows)
+    sizes = [per_unit] * (rows // per_unit) + ([rows % per_unit] if rows % per_unit else [])
+    total = 0
+    for size in sizes:
+        for index in range(len(model.layers)):
+            s = layer_shape(model, index, size, config.r)
+            total += s.m * s.n * s.k
+    return total
+
+
+async def _infer(client: httpx.AsyncClient, model: Model, x: np.ndarray) -> tuple[int, int]:
+    """Register ``model`` and queue the batch ``x``: (batch id, its units)."""
+    r = await client.post("/api/models", params={"name": MODEL_NAME}, content=save_model(model))
+    if r.status_code not in (200, 201):
+        raise RuntimeError(f"model registration refused: HTTP {r.status_code}: {r.text[:200]}")
+    r = await client.post("/api/work/infer", params={"model": MODEL_NAME}, content=npy(x))
+    if r.status_code != 201:
+        raise RuntimeError(f"inference refused: HTTP {r.status_code}: {r.text[:200]}")
+    return int(r.json()["id"]), int(r.json()["units"])
+
+
+async def _wait_batch(client: httpx.AsyncClient, item: int, timeout: float) -> np.ndarray:
+    with trio.fail_after(timeout):
+        while (await client.get(f"/api/work/infer/{item}")).json().get("state") != "done":
+            await trio.sleep(0.2)
+    r = await client.get(f"/api/work/infer/{item}/result")
+    r.raise_for_status()
+    return np.load(io.BytesIO(r.content), allow_pickle=False)
+
+
+async def run_model_case(
+    case: ModelCase, setup: Setup, tmp: Path, *, check_output: bool = False
+) -> CaseResult:
+    """Case (m) on a fresh pool and worker (see the module text); with ``check_output``
+    the batch's Y must equal ``reference_pass`` (RuntimeError otherwise)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    shaped = in_shaped_namespace()
+    stratum, http, worker_port = free_port(), free_port(), free_port()
+    config = _pool_config(tmp, setup, case.k, stratum, http)
+    model = synthetic_model(case)
+    x = batch(case.m, case.k, seed=3)
+    pool_url, worker_url = f"http://{LOOP_HOST}:{http}", f"http://{LOOP_HOST}:{worker_port}"
+    side = httpx.AsyncHTTPTransport(local_address=SIDE_HOST)  # off the shaped link
+    login = f"{new_address()}.linkbench"
+    async with (
+        httpx.AsyncClient(base_url=pool_url, transport=side, timeout=600) as client,
+        PoolProcess(config, tmp / "pool.log") as pool,
+        WorkerProcess(
+            f"{LOOP_HOST}:{stratum}",
+            login,
+            worker_port,
+            tmp / "cache",
+            tmp / "worker.log",
+            models=tmp / "models",
+        ),
+    ):
+        with trio.fail_after(60):  # the worker has mined (synthetic work) for a while
+            while (await _snapshot(client, pool, pool_url, worker_url, False)).mined_synthetic == 0:
+                await trio.sleep(0.2)
+        start = await _snapshot(client, pool, pool_url, worker_url, shaped)
+        item, units = await _infer(client, model, x)
+        y = await _wait_batch(client, item, setup.timeout)
+        end = await _snapshot(client, pool, pool_url, worker_url, shaped)
+        info = (await client.get(f"/api/models/{MODEL_NAME}")).json()
+    if check_output and not np.array_equal(y, reference_pass(model, x).output):
+        raise RuntimeError("the batch's Y differs from reference_pass")
+    computed = pass_macs(model, case.m, ModelJobsConfig())
+    verified = case.m * int(info["macs_per_row"])
+    end = dataclasses.replace(
+        end,
+        verified=end.verified + verified,
+        worker_macs=end.worker_macs + computed,
+        worker_useful=end.worker_useful + computed,
+    )
+    how = f"model registered once, {units} unit{'s' * (units != 1)}"
+    result = CaseResult(case, setup.link_bits, setup.worker_capacity, start, end, how)
+    result.extra.update(pass_macs=float(computed), units=float(units))
+    return result
