@@ -296,10 +296,12 @@ class Setup:
     share_b: bool = True
 
 
-def _pool_config(tmp: Path, setup: Setup, k: int, stratum: int, http: int) -> Path:
+def _pool_config(
+    tmp: Path, setup: Setup, k: int, stratum: int, http: int, max_frame_size: int = 16384
+) -> Path:
     r = choose_r(k, 64)
     config: dict[str, dict[str, Any]] = {
-        "stratum": {"host": LOOP_HOST, "port": stratum},
+        "stratum": {"host": LOOP_HOST, "port": stratum, "max_frame_size": max_frame_size},
         "http": {"enabled": True, "host": LOOP_HOST, "port": http},
         "pool": {"data_dir": str(tmp / "pool"), "start_difficulty": setup.difficulty},
         "vardiff": {"enabled": False, "min_difficulty": min(setup.difficulty, 1e-3)},

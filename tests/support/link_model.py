@@ -9,7 +9,8 @@ shares as useful mined work, and the worker's ``matmine_worker_work_macs_total``
 the model pass out; so the bench adds them from what the API says: verified = the batch's
 rows × the registered model's ``macs_per_row`` once it is done, and the worker computed
 the units' padded layer shapes (``protocol.model_work.layer_shape``) on top of its
-metrics' synthetic MACs.
+metrics' synthetic MACs. The pool's ``stratum.max_frame_size`` is raised to hold a share of
+the widest layer: below that the pool leases the unit to no session and the batch waits.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from pool.models.settings import ModelJobsConfig
 from pool.models.units import unit_rows
 from protocol.address import new_address
 from protocol.model import Model, reference_pass, save_model
+from protocol.model_messages import layer_submit_bytes
 from protocol.model_work import layer_shape
+from protocol.workload import Shape
 from tests.bench.netns import LOOP_HOST, SIDE_HOST, in_shaped_namespace
 from tests.support.link_bench import Case, CaseResult, Setup, _pool_config, _snapshot, npy
 from tests.support.model_jobs import batch, make_model
@@ -69,17 +72,18 @@ def synthetic_model(case: ModelCase) -> Model:
     return make_model(tuple((case.k, case.n) for _ in range(case.layers)), seed=11)
 
 
-def pass_macs(model: Model, rows: int, config: ModelJobsConfig) -> int:
-    """MACs the worker computes for a batch of ``rows``: every unit's padded layer shapes
-    (units of ``pool.models.units.unit_rows`` rows, the last one the rest)."""
+def unit_shapes(model: Model, rows: int, config: ModelJobsConfig | None = None) -> list[Shape]:
+    """The padded layer shapes of every unit of a batch of ``rows`` (units of
+    ``pool.models.units.unit_rows`` rows, the last one the rest), at the pool's defaults."""
+    config = config or ModelJobsConfig()
     per_unit = unit_rows(model, rows, config.budget_ppm, config.unit_rows)
     sizes = [per_unit] * (rows // per_unit) + ([rows % per_unit] if rows % per_unit else [])
-    total = 0
-    for size in sizes:
-        for index in range(len(model.layers)):
-            s = layer_shape(model, index, size, config.r)
-            total += s.m * s.n * s.k
-    return total
+    return [layer_shape(model, i, size, config.r) for size in sizes for i in range(model.depth)]
+
+
+def pass_macs(model: Model, rows: int, config: ModelJobsConfig | None = None) -> int:
+    """MACs the worker computes for a batch of ``rows``: every unit's padded layer shapes."""
+    return sum(s.m * s.n * s.k for s in unit_shapes(model, rows, config))
 
 
 async def _infer(client: httpx.AsyncClient, model: Model, x: np.ndarray) -> tuple[int, int]:
@@ -94,9 +98,13 @@ async def _infer(client: httpx.AsyncClient, model: Model, x: np.ndarray) -> tupl
 
 
 async def _wait_batch(client: httpx.AsyncClient, item: int, timeout: float) -> np.ndarray:
-    with trio.fail_after(timeout):
-        while (await client.get(f"/api/work/infer/{item}")).json().get("state") != "done":
+    status: dict[str, object] = {}
+    with trio.move_on_after(timeout):
+        while (status := (await client.get(f"/api/work/infer/{item}")).json())["state"] != "done":
             await trio.sleep(0.2)
+    if status.get("state") != "done":
+        done, units = status.get("done_units"), status.get("units")
+        raise RuntimeError(f"model batch {item} not done after {timeout:g} s: {done}/{units} units")
     r = await client.get(f"/api/work/infer/{item}/result")
     r.raise_for_status()
     return np.load(io.BytesIO(r.content), allow_pickle=False)
@@ -110,8 +118,11 @@ async def run_model_case(
     tmp.mkdir(parents=True, exist_ok=True)
     shaped = in_shaped_namespace()
     stratum, http, worker_port = free_port(), free_port(), free_port()
-    config = _pool_config(tmp, setup, case.k, stratum, http)
     model = synthetic_model(case)
+    # a unit is leased only to a session whose frames hold a layer share (the default
+    # 16 KiB holds k ≤ 900 or so): room for the widest layer's
+    frame = max(16384, *(layer_submit_bytes(s) for s in unit_shapes(model, case.m)))
+    config = _pool_config(tmp, setup, case.k, stratum, http, max_frame_size=frame)
     x = batch(case.m, case.k, seed=3)
     pool_url, worker_url = f"http://{LOOP_HOST}:{http}", f"http://{LOOP_HOST}:{worker_port}"
     side = httpx.AsyncHTTPTransport(local_address=SIDE_HOST)  # off the shaped link
@@ -138,7 +149,7 @@ async def run_model_case(
         info = (await client.get(f"/api/models/{MODEL_NAME}")).json()
     if check_output and not np.array_equal(y, reference_pass(model, x).output):
         raise RuntimeError("the batch's Y differs from reference_pass")
-    computed = pass_macs(model, case.m, ModelJobsConfig())
+    computed = pass_macs(model, case.m)
     verified = case.m * int(info["macs_per_row"])
     end = dataclasses.replace(
         end,
