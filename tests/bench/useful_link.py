@@ -155,8 +155,8 @@ def table(rows: list[tuple[str, CaseResult]]) -> str:
         "runGMAC: worker MAC/s during the case; cpu s/uGMAC: pool process CPU s per verified"
         " GMAC; @50T/@300T: the bound for a 50/300 TMAC/s GPU.",
         "m (model job): verif, v/comp count the pass's MACs from the API (rows x macs_per_row"
-        " once done; the worker's padded layer shapes), as the pool and worker metrics leave"
-        " them out; u/mined is the pool's kind split, where model shares count as synthetic.",
+        " once done, checked against the pool's counter; the worker's padded layer shapes, as"
+        " its metrics leave the pass out); u/mined: the pool's split (held layer shares useful).",
     ]
     return "\n".join(lines)
 

@@ -3,11 +3,10 @@ through a real pool and a real worker over one (shaped) link.
 
 :func:`run_model_case` starts the pool and the worker as :func:`~tests.support.link_bench.
 run_case` does, registers the model once (``POST /api/models``), infers one batch
-(``POST /api/work/infer?model=NAME``) and waits until it is done. The pool counts neither
-a model's verified MACs (``matmine_pool_useful_macs_total`` is products only) nor its
-shares as useful mined work, and the worker's ``matmine_worker_work_macs_total`` leaves
-the model pass out; so the bench adds them from what the API says: verified = the batch's
-rows × the registered model's ``macs_per_row`` once it is done, and the worker computed
+(``POST /api/work/infer?model=NAME``) and waits until it is done. Verified MACs are the
+batch's rows × the registered model's ``macs_per_row`` once it is done (from the API; a
+pool that counts passed audits in ``matmine_pool_useful_macs_total`` must agree). The
+worker's ``matmine_worker_work_macs_total`` leaves the model pass out, so it computed
 the units' padded layer shapes (``protocol.model_work.layer_shape``) on top of its
 metrics' synthetic MACs. The pool's ``stratum.max_frame_size`` is raised to hold a share of
 the widest layer: below that the pool leases the unit to no session and the batch waits.
@@ -151,9 +150,12 @@ async def run_model_case(
         raise RuntimeError("the batch's Y differs from reference_pass")
     computed = pass_macs(model, case.m)
     verified = case.m * int(info["macs_per_row"])
+    counted = end.verified - start.verified  # the pool's, where it counts model passes
+    if counted and counted != verified:
+        raise RuntimeError(f"the pool counted {counted:g} verified MACs, the batch has {verified}")
     end = dataclasses.replace(
         end,
-        verified=end.verified + verified,
+        verified=start.verified + verified,
         worker_macs=end.worker_macs + computed,
         worker_useful=end.worker_useful + computed,
     )
