@@ -138,6 +138,14 @@ class ModelDesk:
         """Queue ``x`` (int8 rows) through ``model`` (``prepared``: what
         :meth:`prepare_batch` made, else made here); ``ProtocolError`` for bad rows."""
         units, weights = prepared or self.prepare_batch(model, x, self._weights.get(model.model_id))
+        if units and (need := self._share_bytes(max(units, key=lambda u: u.rows))) > (
+            self.max_frame_size
+        ):  # no session could send this batch's layer shares: refuse it now
+            raise DeskError(
+                422,
+                f"a layer share of model {name!r} is {need} bytes, over the pool's "
+                f"stratum.max_frame_size ({self.max_frame_size}): raise it to at least {need}",
+            )
         item = ModelItem(self._next_item, name, model, x, units)
         for unit in units:
             unit.item = item.id
@@ -186,8 +194,13 @@ class ModelDesk:
         return session in self._current
 
     def _fits(self, unit: ModelUnit) -> bool:
+        return self._share_bytes(unit) <= self.max_frame_size
+
+    @staticmethod
+    def _share_bytes(unit: ModelUnit) -> int:
+        """The largest frame a layer share of ``unit`` needs."""
         shapes = [layer_shape(unit.model, i, unit.rows, unit.r) for i in range(unit.model.depth)]
-        return max(layer_submit_bytes(s) for s in shapes) <= self.max_frame_size
+        return max(layer_submit_bytes(s) for s in shapes)
 
     def release_session(self, session: str) -> None:
         """The session left: its unit goes back to the queue, its held shares are void

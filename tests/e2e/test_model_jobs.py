@@ -328,3 +328,24 @@ async def test_layer_shares_go_out_while_later_layers_run(tmp_path: Path) -> Non
         assert result.verified and backend.seen_during_last_layer is True
         nursery.cancel_scope.cancel()
     pool.registry.close()
+
+
+async def test_a_batch_whose_layer_shares_no_session_could_send_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A layer share must fit the sessions' frames: a batch that could never be mined is
+    refused when it is submitted, with the size to raise the limit to (not queued forever)."""
+    model = make_model()
+    pool = Pool(tmp_path, ModelJobsConfig(r=32, unit_rows=20, budget_ppm=10**6))
+    pool.desk.max_frame_size = 1000  # below any layer share of this model
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, pool.app(), "127.0.0.1", 0)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            r = await client.post("/api/models", params={"name": "mlp3"}, content=save_model(model))
+            assert r.status_code == 201, r.text
+            x = npy(batch(40, model.input_width))
+            r = await client.post("/api/work/infer", params={"model": "mlp3"}, content=x)
+            assert r.status_code == 422, r.text
+            assert "over the pool's stratum.max_frame_size (1000)" in r.json()["error"]
+            assert pool.desk.items == {}
+        nursery.cancel_scope.cancel()
