@@ -35,7 +35,7 @@ from protocol.target import target_from_difficulty
 from protocol.workload import ENTRY_MAX, ENTRY_MIN
 
 from .backends.base import Backend
-from .model_cache import ModelCache
+from .model_cache import ModelCache, ResidentModel
 from .model_pass import LayerRecord, LayerShare, UnitOutcome, run_unit_in_thread
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class ModelJobRunner:
                 return await self._deliver(http, job, source, resident.model, outcome, sent)
 
     async def _mine(
-        self, job: Notify, resident: object, x: np.ndarray, submit: SubmitShare
+        self, job: Notify, resident: ResidentModel, x: np.ndarray, submit: SubmitShare
     ) -> tuple[UnitOutcome, int]:
         source = job.work.source
         assert isinstance(source, ModelSource)
@@ -183,7 +183,7 @@ class ModelJobRunner:
             nursery.start_soon(submitter)
             async with send:
                 outcome = await run_unit_in_thread(
-                    resident,  # type: ignore[arg-type]
+                    resident,
                     x,
                     source.r,
                     self.backend,

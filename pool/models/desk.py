@@ -241,8 +241,8 @@ class ModelDesk:
         return lease
 
     def _expire(self, now: float) -> None:
-        for item in [i for i in self.items.values() if i.done_at is not None]:
-            if now - item.done_at > self.config.keep_seconds:  # type: ignore[operator]
+        for item in list(self.items.values()):
+            if item.done_at is not None and now - item.done_at > self.config.keep_seconds:
                 del self.items[item.id]  # its result was there to fetch long enough
         for lease in list(self.leases.values()):
             if lease.verdict is not None:

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from pool.models.desk import Credit, DeskError, ModelDesk
 from pool.models.registry import ModelRegistry, RegistryError
+from pool.models.units import ModelItem
 from pool.useful.api import is_loopback
 from protocol.errors import ProtocolError
 from protocol.model_delivery import answers_size
@@ -93,7 +94,7 @@ def create_infer_routes(
             status_code=201,
         )
 
-    def item_of(request: Request) -> object:
+    def item_of(request: Request) -> ModelItem | Response:
         text = request.path_params["item"]
         item = desk.items.get(int(text)) if text.isdigit() else None
         return item if item is not None else _error(404, f"no inference batch {text!r}")
@@ -104,11 +105,11 @@ def create_infer_routes(
         item = item_of(request)
         if isinstance(item, Response):
             return item
-        units = item.units  # type: ignore[attr-defined]
+        units = item.units
         return JSONResponse(
             {
-                "id": item.id,  # type: ignore[attr-defined]
-                "state": "done" if item.done else "running",  # type: ignore[attr-defined]
+                "id": item.id,
+                "state": "done" if item.done else "running",
                 "units": len(units),
                 "done_units": sum(unit.state == "done" for unit in units),
             }
@@ -120,9 +121,9 @@ def create_infer_routes(
         item = item_of(request)
         if isinstance(item, Response):
             return item
-        if not item.done:  # type: ignore[attr-defined]
+        if not item.done:
             return _error(409, "the batch is still running")
-        y = item.output()  # type: ignore[attr-defined]
+        y = item.output()
         return Response(_npy(y), media_type="application/octet-stream")
 
     def token(request: Request) -> str:

@@ -97,9 +97,9 @@ class ModelItem:
 
     def output(self) -> np.ndarray:
         """``Y`` of the whole batch (every unit done)."""
-        parts = [unit.output for unit in self.units]
-        assert all(part is not None for part in parts)
-        return np.concatenate(parts)  # type: ignore[arg-type]
+        parts = [unit.output for unit in self.units if unit.output is not None]
+        assert len(parts) == len(self.units), "a unit of the batch has no output yet"
+        return np.concatenate(parts)
 
 
 def split_batch(item: int, model: Model, x: np.ndarray, r: int, rows: int) -> list[ModelUnit]:
