@@ -64,6 +64,7 @@ class ScanLog(WrappedBackend):
 
 
 @pytest.mark.parametrize("wait", [0.0, 5.0], ids=["mine-on", "wait-for-next-job"])
+@pytest.mark.slow
 async def test_the_next_unit_is_mined_while_the_last_result_uploads(tmp_path, wait):
     """With ``wait_after_product`` 0 a device mines on a unit whose product it took (as
     synthetic work); by default it waits for the pool's next job instead."""

@@ -44,6 +44,7 @@ def namespaces() -> str:
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 
 
+@pytest.mark.slow
 async def test_a_stream_of_tiny_products_is_accounted_for_exactly(tmp_path: Path) -> None:
     case = Case("b", 32, 128, 64, count=2)
     capacity = worker_capacity(64, 64, 128, 32, seconds=0.3)
@@ -68,6 +69,7 @@ async def test_a_stream_of_tiny_products_is_accounted_for_exactly(tmp_path: Path
     assert result.submission == "B registered once"  # the pool offers registered operands
 
 
+@pytest.mark.slow
 async def test_a_tiny_model_batch_is_accounted_for_by_its_pass(tmp_path: Path) -> None:
     case = model_case(layers=3, width=256, rows=128, scale=2)  # 64 rows, 3 layers of 128²
     assert isinstance(case, ModelCase) and (case.m, case.k, case.n) == (64, 128, 128)

@@ -134,6 +134,7 @@ async def test_a_blob_larger_than_the_cache_is_mined_but_not_kept(tmp_path):
         assert metric(worker.registry, "matmine_worker_blob_bytes_total") == worker.stats.blob_bytes
 
 
+@pytest.mark.slow
 async def test_a_worker_without_useful_work_gets_only_synthetic_jobs(tmp_path):
     a, b = operands(40, 96, 24, seed=6)
     async with (
@@ -272,6 +273,7 @@ class StaleBlobProxy(TamperingProxy):
         ).to_wire()
 
 
+@pytest.mark.slow
 async def test_error_21_to_get_blob_waits_for_the_next_job_without_reconnecting(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="worker")
     a, b = operands(40, 96, 24, seed=7)

@@ -306,6 +306,7 @@ async def start_node_process(nursery: trio.Nursery, args: list[str]) -> tuple[tr
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 async def test_serve_as_its_own_process_keeps_its_chain(tmp_path: Path) -> None:
     conf = tmp_path / "node.toml"
     conf.write_text("[node]\nstart_difficulty = 0.001\nmin_difficulty = 1e-6\nmaturity = 3\n")

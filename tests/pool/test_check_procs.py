@@ -88,6 +88,7 @@ def always_die(batches: Sequence[Sequence[ProcRequest]]) -> tuple[list[ProcAnswe
     raise AssertionError("unreachable")
 
 
+@pytest.mark.slow
 async def test_a_killed_check_process_is_replaced(
     processes: CheckProcesses, tmp_path: Path
 ) -> None:

@@ -27,6 +27,7 @@ CONNECTIONS = 200
 SHAPE = (64, 64, 256, 64)
 
 
+@pytest.mark.slow
 async def test_fleet_of_200_gets_every_share_accepted(start_pool: StartPool, nursery) -> None:
     handle = await start_pool(
         settings={

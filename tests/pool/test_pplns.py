@@ -64,6 +64,7 @@ def histories(draw):
     fee_bps=st.integers(min_value=0, max_value=10_000),
     factor=st.floats(min_value=1e-3, max_value=50, allow_nan=False),
 )
+@pytest.mark.slow
 def test_split_is_exact_and_matches_reference(shares, reward, fee_bps, factor):
     split = pplns_split(iter(shares), reward, fee_bps, factor)
     assert sum(split.credits.values()) + split.fee + split.remainder == reward

@@ -179,6 +179,7 @@ def test_exact_product_is_exact_in_blocks_whatever_the_bound(term_bound):
     assert np.array_equal(exact_product(left.astype(np.int32), right, term_bound), want)
 
 
+@pytest.mark.slow
 def test_a_large_k_and_n_uses_blocks_and_stays_exact():
     """k·n ≥ 2²⁵ (float64 alone would not be exact for extreme C): blocks of the inner
     dimension keep every partial sum below 2⁵³; one entry off still fails."""

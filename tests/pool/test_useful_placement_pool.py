@@ -155,6 +155,7 @@ async def test_products_on_a_registered_operand_share_its_blob_and_come_out_exac
         assert again.status_code == 404, again.text
 
 
+@pytest.mark.slow
 async def test_a_unit_on_b_goes_to_the_worker_that_holds_b(start_pool):
     handle = await start_pool(WHOLE_B)
     b = operand(128, 48, 4)
@@ -198,6 +199,7 @@ async def test_a_unit_on_b_goes_to_the_worker_that_holds_b(start_pool):
         assert not any(is_blob(j) for j in other.jobs[seen_o:])
 
 
+@pytest.mark.slow
 async def test_units_are_cut_to_each_workers_measured_rate(start_pool):
     settings = {
         **WHOLE_B,
@@ -283,6 +285,7 @@ async def test_cli_registers_lists_uses_and_deletes_an_operand(start_pool, tmp_p
     assert gone.returncode == 1 and "404" in gone.stderr
 
 
+@pytest.mark.slow
 async def test_a_miner_that_reconnects_keeps_what_it_held(start_pool):
     handle = await start_pool(WHOLE_B)
     b = operand(128, 48, 50)

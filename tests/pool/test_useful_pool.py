@@ -306,6 +306,7 @@ async def test_next_job_goes_out_at_delivery_before_the_verdict(start_pool):
     assert np.array_equal(await fetch_result(handle, work_id), exact(a, b))
 
 
+@pytest.mark.slow
 async def test_lease_deadline_returns_the_unit_and_voids_held_shares(start_pool):
     handle = await start_pool({**USEFUL, "useful.lease_seconds": 1.0})
     a, b = operands(32, 128, 32, seed=3)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import trio
 
 from pool.app import PoolHandle
@@ -58,6 +59,7 @@ async def items(handle: PoolHandle) -> int:
     return sum(counts.values())
 
 
+@pytest.mark.slow
 async def test_submit_refuses_bad_operands_before_uploading(
     start_pool: StartPool, tmp_path: Path
 ) -> None:
@@ -130,6 +132,7 @@ async def test_work_info_reports_limits_and_capable_sessions(start_pool: StartPo
                 await trio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_submit_wait_shows_progress_and_says_when_no_worker_can_help(
     start_pool: StartPool, tmp_path: Path
 ) -> None:
@@ -190,6 +193,7 @@ async def test_submit_wait_shows_progress_and_says_when_no_worker_can_help(
     assert "done, 2/2 units done" in last and "no worker able" not in last
 
 
+@pytest.mark.slow
 async def test_on_a_terminal_the_progress_line_is_redrawn_in_place(
     start_pool: StartPool, tmp_path: Path
 ) -> None:

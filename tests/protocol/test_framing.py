@@ -47,6 +47,7 @@ def test_partial_frames_wait_for_the_rest() -> None:
 
 
 @given(st.lists(frames, min_size=1, max_size=5), st.lists(st.integers(0, 10_000), max_size=12))
+@pytest.mark.slow
 def test_any_split_of_a_stream_decodes_to_the_same_frames(
     objs: list[dict], cuts: list[int]
 ) -> None:

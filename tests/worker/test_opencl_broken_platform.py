@@ -51,6 +51,7 @@ def worker(vendors: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_devices_and_bench_skip_the_broken_platform(broken_vendors: Path) -> None:
     listed = worker(broken_vendors, "devices")
     rows = [line for line in listed.stdout.splitlines()[1:] if line.strip()]

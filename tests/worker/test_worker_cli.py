@@ -75,6 +75,7 @@ def test_bench_blas_passes_and_exits_zero():
     assert "blas" in done.stdout and "GMAC/s" in done.stdout and "OK" in done.stdout
 
 
+@pytest.mark.slow
 def test_bench_exit_codes_for_bad_input():
     bad_shape = run_cli("bench", "--shape", "60x64x256:64")
     assert bad_shape.returncode == 2 and "multiples of 16" in bad_shape.stderr
@@ -85,6 +86,7 @@ def test_bench_exit_codes_for_bad_input():
     assert "cannot run" in no_device.stderr
 
 
+@pytest.mark.slow
 def test_bench_report_fails_on_a_mismatching_device():
     """A real broken device (BLAS with its winners corrupted) measured by the real bench."""
     workload = Workload.synthetic(bytes(32), Shape(64, 64, 256, 64))

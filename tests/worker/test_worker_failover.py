@@ -50,6 +50,7 @@ def test_priorities_order_the_pools():
         Failover([], lambda ep, resume: None, fast_connection())  # type: ignore[arg-type,return-value]
 
 
+@pytest.mark.slow
 async def test_dead_pools_are_retried_with_growing_backoff():
     tries: list[float] = []
     dead = [PoolEndpoint("127.0.0.1", free_port()), PoolEndpoint("127.0.0.1", free_port())]
