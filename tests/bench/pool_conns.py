@@ -27,12 +27,10 @@ both, the latency at a fixed fraction of the maximum is the figure to compare.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,7 +39,7 @@ from pathlib import Path
 
 import httpx
 import trio
-from proc_stats import free_port, rss_kib
+from proc_stats import free_port, rss_kib, wait_listening
 
 from protocol.address import new_address
 from tests.support.load_client import SHARE_DIFFICULTY, Fleet, Results, raise_open_files
@@ -256,18 +254,6 @@ def main(argv: list[str] | None = None) -> list[str]:
         if tail:
             print(f"pool log (last lines):\n{tail[-1500:]}")
     return summary
-
-
-def wait_listening(pool: subprocess.Popen, port: int, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pool.poll() is not None:
-            err = log.read_text(errors="replace")[-3000:]
-            raise SystemExit(f"pool exited with {pool.returncode} during startup:\n{err}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.2)
-    raise SystemExit(f"pool did not listen on {port} within {timeout} s")
 
 
 if __name__ == "__main__":
