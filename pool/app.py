@@ -36,7 +36,7 @@ from pool.history import HashrateHistory, run_sampler
 from pool.http_api import create_app, serve_http
 from pool.jobs import JobManager
 from pool.ledger import Ledger, open_ledger
-from pool.metrics import PoolMetrics
+from pool.metrics import ModelMetrics, PoolMetrics, with_models
 from pool.models.jobs import model_data_url, open_model_jobs
 from pool.payouts import run_payouts
 from pool.pplns import PplnsPolicy
@@ -289,8 +289,11 @@ async def run_pool(
 
             health.subscribe(tell_miners)
             model_routes: list[Any] = []
+            model_metrics: ModelMetrics | None = None
             if useful is not None and config.models.enabled:
                 ctx.models, model_routes = open_model_jobs(ctx, config.data_path, useful.limiter)
+                model_metrics = ModelMetrics(registry)
+                ctx.models.receipts.listeners.append(model_metrics.audited)
                 await useful.start()
                 await nursery.start(useful.run_expiry, ctx.lease_ended)
                 await nursery.start(useful.watch_queue, ctx.units_queued)
@@ -305,7 +308,7 @@ async def run_pool(
                     fee_bps=p.fee_bps,
                     min_payout=p.min_payout,
                     accepted_work=lambda: metrics.accepted_work_macs,
-                    useful=None if useful is None else useful.stats,
+                    useful=None if useful is None else with_models(useful.stats, model_metrics),
                     work_of=metrics.miners.of,
                 )
                 work_routes = (

@@ -9,13 +9,15 @@ first sample.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from pool.health import DEPENDENCIES
+from pool.models.receipt import AUDIT_OUTCOMES, UnitAudit
 from protocol.errors import ErrorCode
 from protocol.target import MACS_PER_DIFF1
 
@@ -47,6 +49,8 @@ _RESULT_BY_CODE: dict[int, str] = {
 SHARE_CHECK_BUCKETS = (
     1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )  # fmt: skip
+# A model unit's audit: a few challenged rows recomputed, microseconds to seconds.
+AUDIT_BUCKETS = (1e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Durable SQLite commits: sub-millisecond (WAL, NORMAL) to tens of ms (FULL fsync).
 DB_WRITE_BUCKETS = (
     1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -319,3 +323,82 @@ class PoolMetrics:
         if status not in BLOCK_STATUSES:
             raise ValueError(f"unknown block status {status!r}")
         self.blocks.labels(status=status).inc()
+
+
+class ModelMetrics:
+    """Model jobs' audits (SPEC §12.12.6), registered in ``registry``: each judged unit by
+    outcome, the challenges drawn, the MACs the pool spent checking them and the time; the
+    same totals since start for ``/api/pool`` (:meth:`stats`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.audits = Counter(
+            "matmine_pool_model_audits",
+            "Judged deliveries of model units by outcome: passed (shares credited), failed (a"
+            " wrong answer, or delivered roots the held shares contradict), unanswered (no"
+            " answer by the audit's deadline).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.challenges = Counter(
+            "matmine_pool_model_audit_challenges",
+            "Challenges (layer, row) drawn by the model units' audits.",
+            registry=registry,
+        )
+        self.cost = Counter(
+            "matmine_pool_model_audit_macs",
+            "MACs the pool spent recomputing challenged rows of model units.",
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "matmine_pool_model_audit_seconds",
+            "Time to check one model unit's audit answers.",
+            buckets=AUDIT_BUCKETS,
+            registry=registry,
+        )
+        self.totals = dict.fromkeys(AUDIT_OUTCOMES, 0)
+        self.challenges_drawn = 0
+        self.cost_macs = 0
+        self.audited_macs = 0  # useful MACs of the units whose answers were checked
+        self.audit_seconds = 0.0
+        for outcome in AUDIT_OUTCOMES:
+            self.audits.labels(outcome=outcome)
+
+    def audited(self, item: int, audit: UnitAudit) -> None:
+        """Count one judgment (a :class:`~pool.models.receipt.ReceiptBook` listener)."""
+        self.audits.labels(outcome=audit.outcome).inc()
+        self.totals[audit.outcome] += 1
+        self.challenges.inc(audit.challenges)
+        self.challenges_drawn += audit.challenges
+        if audit.outcome != "unanswered":
+            self.cost.inc(audit.cost_macs)
+            self.seconds.observe(audit.seconds)
+            self.audit_seconds += audit.seconds
+            self.cost_macs += audit.cost_macs
+            self.audited_macs += audit.unit_macs
+
+    def stats(self) -> dict[str, object]:
+        """The totals since start; ``audit_cost_ppm``: the checks' MACs in parts per
+        million of the checked units' MACs (None before any)."""
+        ppm = self.cost_macs * 10**6 / self.audited_macs if self.audited_macs else None
+        return {
+            "audits": dict(self.totals),
+            "audit_challenges": self.challenges_drawn,
+            "audit_macs": self.cost_macs,
+            "audit_cost_ppm": ppm,
+            "audit_seconds": self.audit_seconds,
+        }
+
+
+def with_models(
+    stats: Callable[[], Awaitable[dict[str, Any]]], models: ModelMetrics | None
+) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """Useful work's stats for ``/api/pool`` and, with model jobs on, their audits
+    (``"models"``)."""
+
+    async def both() -> dict[str, Any]:
+        answer = await stats()
+        if models is not None:
+            answer["models"] = models.stats()
+        return answer
+
+    return both

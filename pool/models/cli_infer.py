@@ -1,10 +1,12 @@
-"""``matmine-pool work infer --model NAME X.npy [--wait -o Y.npy]``: a batch of input rows
-through a registered model over the pool's HTTP API (``POST /api/work/infer``), polled
-until done and its ``Y`` written as ``.npy``."""
+"""``matmine-pool work infer --model NAME X.npy [--wait -o Y.npy] [--receipt FILE]``: a
+batch of input rows through a registered model over the pool's HTTP API (``POST
+/api/work/infer``), polled until done, its ``Y`` written as ``.npy`` and its receipt
+(``GET /api/work/infer/{id}/receipt``) as JSON."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -46,6 +48,7 @@ def infer(args: argparse.Namespace) -> int:
             f"batch {item}: {queued['rows']} rows through {args.model}, {queued['units']} unit(s)"
         )
         if not args.wait:
+            _write_receipt(client, item, args.receipt)
             return 0
         deadline = time.monotonic() + args.timeout
         while _answer(client.get(f"/api/work/infer/{item}"))["state"] != "done":
@@ -58,7 +61,20 @@ def infer(args: argparse.Namespace) -> int:
         if args.output:
             Path(args.output).write_bytes(result.content)
             print(f"batch {item}: Y written to {args.output}")
+        _write_receipt(client, item, args.receipt)
     return 0
+
+
+def _write_receipt(client: httpx.Client, item: int, path: str | None) -> None:
+    """Write the batch's receipt (JSON) to ``path`` when one is named."""
+    if path is None:
+        return
+    receipt = _answer(client.get(f"/api/work/infer/{item}/receipt"))
+    try:
+        Path(path).write_text(json.dumps(receipt, indent=1) + "\n")
+    except OSError as exc:
+        raise InferError(f"cannot write {path}: {exc.strerror or exc}") from None
+    print(f"batch {item}: receipt written to {path} ({receipt['shares']} share(s) credited)")
 
 
 def add_infer_parser(
@@ -71,6 +87,9 @@ def add_infer_parser(
     p.add_argument("--model", required=True, help="name of a registered model (model add)")
     p.add_argument("--wait", action="store_true", help="poll until the batch is done")
     p.add_argument("-o", "--output", help="with --wait: write Y (.npy) here")
+    p.add_argument(
+        "--receipt", help="write the batch's receipt (JSON) here (with --wait: once done)"
+    )
     p.add_argument("--poll", type=float, default=1.0, help="seconds between polls (default 1)")
     p.add_argument("--timeout", type=float, default=24 * 3600.0, help="with --wait: give up after")
     common(p)

@@ -1,16 +1,13 @@
 """The pool's model jobs (SPEC §12.12): batches queued, units leased, layer shares held,
-deliveries taken, audits drawn and judged.
+deliveries taken, audits drawn and judged; each batch's judgments go to ``receipts``.
 
-:class:`ModelDesk` keeps its batches and leases in memory (a restart forgets them; a
-durable queue is not part of this slice). For a session that announced ``"model-1"``,
-:meth:`ModelDesk.lease` hands out the first queued unit it may take, with the job's
-``work`` (layer 0's, its ``ModelSource`` naming the data plane and the lease's token).
-:meth:`check_share` runs ``protocol.model_share.check_layer_share`` (never the blob path)
-and holds the share under ``(lease, layer, a_root)``; :meth:`deliver` takes the delivery
-(``protocol.model_delivery``), fixes the commitments and draws the audit from the pool's
-secret; :meth:`answer` judges it with ``protocol.audit.check_audit``: a pass credits the
-held shares (``credit``) and keeps the unit's ``Y``; a failure voids them, escalates the
-session (``on_failed``) and queues the unit again for other sessions.
+For a ``"model-1"`` session, :meth:`ModelDesk.lease` hands out the first queued unit it may
+take, with the job's ``work`` (layer 0's, its ``ModelSource`` naming the data plane and the
+lease's token). :meth:`check_share` runs ``check_layer_share`` (never the blob path) and
+holds the share under ``(lease, layer, a_root)``; :meth:`deliver` takes the delivery, fixes
+the commitments and draws the audit from the pool's secret; :meth:`answer` judges it
+(``check_audit``): a pass credits the held shares (``credit``) and keeps the unit's ``Y``; a
+failure voids them, escalates the session (``on_failed``) and queues the unit again.
 """
 
 from __future__ import annotations
@@ -24,6 +21,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from pool.models.receipt import ReceiptBook
 from pool.models.settings import ModelJobsConfig
 from pool.models.units import (
     HeldShare,
@@ -111,6 +109,7 @@ class ModelDesk:
         self._next_lease = LEASE_IDS  # apart from the useful queue's lease ids
         self.served_bytes = 0  # blob bytes sent over the data plane
         self.changed = trio.Event()  # set when a unit is queued or an item is done
+        self.receipts = ReceiptBook()  # each batch's judgments, for its receipt
 
     # -- customers -----------------------------------------------------------------------
 
@@ -151,6 +150,7 @@ class ModelDesk:
             unit.item = item.id
         self._next_item += 1
         self.items[item.id] = item
+        self.receipts.queued(item.id, self.clock(), weights.roots(self.config.r))
         self._weights.setdefault(model.model_id, weights)
         self._poke()
         if self.on_queued is not None:
@@ -208,6 +208,7 @@ class ModelDesk:
         lease = self._current.pop(session, None)
         if lease is not None and lease.verdict is None:
             lease.verdict = (False, "the session left")
+            self.receipts.dropped(lease.id)
             lease.void, lease.held = lease.held, []
             lease.unit.state = "queued"
             self._poke()
@@ -244,6 +245,7 @@ class ModelDesk:
         for item in list(self.items.values()):
             if item.done_at is not None and now - item.done_at > self.config.keep_seconds:
                 del self.items[item.id]  # its result was there to fetch long enough
+                self.receipts.forget(item.id)
         for lease in list(self.leases.values()):
             if lease.verdict is not None:
                 if lease.unit.item not in self.items:
@@ -252,7 +254,7 @@ class ModelDesk:
             if lease.record is None and now > lease.deadline:
                 self._fail(lease, "the lease ran out before the delivery")
             elif lease.record is not None and now > lease.audit_deadline:
-                self._fail(lease, "no audit answer by the deadline")
+                self._fail(lease, "no audit answer by the deadline", "unanswered")
 
     def lease_of_token(self, token: str) -> ModelLease:
         """The lease a data-plane token names (403 otherwise)."""
@@ -313,6 +315,7 @@ class ModelDesk:
         lease.roots.setdefault(share.head.layer, share.head.a_root)
         held = HeldShare(share, record(share))
         lease.held.append(held)
+        self.receipts.held(lease.id, share, job.difficulty)
         if self.on_held is not None:
             self.on_held(held.record)
         return share
@@ -390,16 +393,18 @@ class ModelDesk:
             answers = decode_answers(record.model, unit_.rows, unit_.r, lease.challenges, raw)
         except ProtocolError as exc:
             raise DeskError(400, str(exc)) from None
+        started = time.perf_counter()
         try:
             await trio.to_thread.run_sync(
                 check_audit, record, lease.challenges, answers, limiter=self.limiter
             )
         except AuditFailure as exc:
-            self._fail(lease, str(exc))
+            self._fail(lease, str(exc), seconds=time.perf_counter() - started)
             assert lease.verdict is not None
             return lease.verdict
         await credit([held.record for held in lease.held])
         lease.verdict = (True, "")
+        self.receipts.ended(lease, "passed", "", self.clock(), time.perf_counter() - started)
         if self.on_passed is not None:  # the pass's MACs, unpadded, as for products
             self.on_passed(unit_.rows * record.model.macs_per_row, [h.record for h in lease.held])
         self._current.pop(lease.session, None)
@@ -417,10 +422,13 @@ class ModelDesk:
             self.on_verdict(lease.session, True, 0)
         return lease.verdict
 
-    def _fail(self, lease: ModelLease, reason: str) -> None:
+    def _fail(
+        self, lease: ModelLease, reason: str, outcome: str = "failed", seconds: float = 0.0
+    ) -> None:
         """Void the lease's held shares, escalate its session, queue the unit again."""
         voided = len(lease.held)
         lease.verdict = (False, reason)
+        self.receipts.ended(lease, outcome, reason, self.clock(), seconds)
         lease.void, lease.held = lease.held, []
         lease.unit.state = "queued"
         lease.unit.refused.add(lease.session)

@@ -6,6 +6,8 @@ Customer (loopback only, like the model API):
   ``201 {"id", "model", "rows", "units"}``; ``400`` one line for a bad model name or rows.
 - ``GET /api/work/infer/{id}`` → ``{"id", "state": "running"|"done", "units", "done_units"}``.
 - ``GET /api/work/infer/{id}/result`` → ``Y`` as ``.npy`` (``409`` while running).
+- ``GET /api/work/infer/{id}/receipt`` → the batch's receipt (``pool.models.receipt``;
+  fields in the README's inference API), while running too.
 
 Data plane of model leases (SPEC §12.12.8; ``{data}`` = ``…/model-data``), bearer token:
 ``GET {data}/blobs/{hash}``, ``GET``/``PUT {data}/results/{unit}?offset=`` (``X-Result-Hash``),
@@ -23,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pool.models.desk import Credit, DeskError, ModelDesk
+from pool.models.receipt import receipt_json
 from pool.models.registry import ModelRegistry, RegistryError
 from pool.models.units import ModelItem
 from pool.useful.api import is_loopback
@@ -126,6 +129,14 @@ def create_infer_routes(
         y = item.output()
         return Response(_npy(y), media_type="application/octet-stream")
 
+    async def receipt(request: Request) -> Response:
+        if (denied := refused(request)) is not None:
+            return denied
+        item = item_of(request)
+        if isinstance(item, Response):
+            return item
+        return JSONResponse(receipt_json(item, desk.receipts))
+
     def token(request: Request) -> str:
         auth = request.headers.get("authorization", "")
         if not auth.startswith("Bearer "):
@@ -199,6 +210,7 @@ def create_infer_routes(
         Route("/api/work/infer", infer, methods=["POST"]),
         Route("/api/work/infer/{item}", status, methods=["GET"]),
         Route("/api/work/infer/{item}/result", result, methods=["GET"]),
+        Route("/api/work/infer/{item}/receipt", receipt, methods=["GET"]),
         Route(f"{DATA_PREFIX}/blobs/{{hash}}", blob, methods=["GET"]),
         Route(f"{DATA_PREFIX}/results/{{unit}}", result_status, methods=["GET"]),
         Route(f"{DATA_PREFIX}/results/{{unit}}", put_result, methods=["PUT"]),

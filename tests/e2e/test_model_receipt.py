@@ -1,0 +1,157 @@
+"""A model batch's receipt and the audits' metrics through the real pool and the real
+worker on loopback: the CLI queues a batch with ``--wait --receipt``, the receipt's roots
+are the honest pass's and the weights', its shares are those the ledger credited, the
+output hash is ``Y``'s; the audits' outcomes and cost are on ``/metrics`` and in
+``/api/pool``; a faked row's audit shows as failed, with its shares voided."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from pool.useful.cli import main as work_main
+from protocol.audit import audit_cost
+from protocol.hashing import H
+from protocol.model import output_bytes, reference_pass, save_model
+from protocol.model_work import weight_roots
+from tests.support.model_jobs import Unit, batch, make_model
+from tests.support.model_pool import FakingBackend, infer, model_pool, model_settings
+from tests.support.processes import metric, scrape
+from tests.support.running import running_worker
+from tests.support.useful_pool import blas, npy, useful_settings
+
+
+async def test_the_receipt_names_the_roots_the_credited_shares_and_the_output(
+    tmp_path: Path,
+) -> None:
+    model = make_model()
+    x = batch(64, model.input_width, seed=11)
+    (tmp_path / "x.npy").write_bytes(npy(x))
+    receipt_file, y_file = tmp_path / "receipt.json", tmp_path / "y.npy"
+    async with (
+        model_pool(tmp_path / "pool") as pool,
+        running_worker(
+            [pool.endpoint],
+            [blas()],
+            useful=useful_settings(tmp_path),
+            model=model_settings(tmp_path),
+        ),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{pool.handle.http_port}") as client,
+    ):
+        r = await client.post("/api/models", params={"name": "mlp3"}, content=save_model(model))
+        assert r.status_code == 201, r.text
+        started = time.time()
+        argv = ["work", "infer", "--model", "mlp3", str(tmp_path / "x.npy"), "--wait"]
+        argv += ["-o", str(y_file), "--receipt", str(receipt_file), "--poll", "0.05"]
+        argv += ["--api", f"http://127.0.0.1:{pool.handle.http_port}", "--timeout", "60"]
+        with trio.fail_after(90):
+            code = await trio.to_thread.run_sync(work_main, argv)
+        assert code == 0
+        receipt = json.loads(receipt_file.read_text())
+        assert receipt == (await client.get(f"/api/work/infer/{receipt['id']}/receipt")).json()
+        leases = [le for le in pool.handle.context.models.leases.values() if le.held]
+        records = [held.record for lease in leases for held in lease.held]
+        assert len(records) == receipt["shares"] > 0
+        h = pool.handle
+        with trio.fail_after(10):  # every share the receipt names was credited: none is new
+            while await trio.to_thread.run_sync(h.ledger.insert_shares, records):
+                await trio.sleep(0.05)
+        samples = await scrape(client, "/metrics")
+        stats = (await client.get("/api/pool")).json()["useful"]["models"]
+
+    y = reference_pass(model, x).output
+    assert receipt["state"] == "done" and receipt["rows"] == 64 and receipt["model"] == "mlp3"
+    assert receipt["model_id"] == model.model_id.hex()
+    assert receipt["output_hash"] == H(output_bytes(model, y)).hex()
+    assert receipt["x_hash"] == H(x.tobytes()).hex()
+    b_roots = [root.hex() for root in weight_roots(model, 32)]
+    assert [layer["b_root"] for layer in receipt["layers"]] == b_roots
+    assert started <= receipt["created"] <= receipt["finished"] <= time.time()
+    assert len(receipt["units"]) == 2
+    total_cost = 0
+    for unit in receipt["units"]:
+        rows = x[unit["start"] : unit["start"] + unit["rows"]]
+        honest = Unit(model, rows, 32)
+        assert unit["state"] == "done"
+        assert [layer["a_root"] for layer in unit["layers"]] == [
+            w.a_root.hex() for w in honest.workloads
+        ]
+        assert [layer["b_root"] for layer in unit["layers"]] == b_roots
+        assert (
+            unit["output_hash"] == H(output_bytes(model, y[unit["start"] :][: unit["rows"]])).hex()
+        )
+        headers = [h for layer in unit["layers"] for h in layer["headers"]]
+        assert headers and all(h["shares"] >= 1 and h["difficulty"] > 0 for h in headers)
+        assert sum(h["shares"] for h in headers) == unit["shares"]
+        (lease,) = [le for le in leases if le.unit.unit_id.hex() == unit["unit_id"]]
+        credited = [held.record.difficulty for held in lease.held]
+        assert sum(h["shares"] * h["difficulty"] for h in headers) == pytest.approx(sum(credited))
+        (audit,) = unit["audits"]
+        assert audit["outcome"] == "passed" and audit["reason"] == ""
+        assert audit["shares"] == unit["shares"]
+        assert audit["challenges"] == len(lease.challenges) > 0
+        assert audit["cost_macs"] == audit_cost(model, lease.challenges) > 0
+        assert receipt["created"] <= audit["at"] <= receipt["finished"]
+        total_cost += audit["cost_macs"]
+    assert metric(samples, "matmine_pool_model_audits_total", outcome="passed") == 2
+    assert metric(samples, "matmine_pool_model_audits_total", outcome="failed") == 0
+    assert metric(samples, "matmine_pool_model_audit_macs_total") == total_cost
+    assert metric(samples, "matmine_pool_model_audit_seconds_count") == 2
+    assert stats["audits"] == {"passed": 2, "failed": 0, "unanswered": 0}
+    assert stats["audit_macs"] == total_cost
+    assert stats["audit_cost_ppm"] == total_cost * 10**6 / (64 * model.macs_per_row)
+
+
+async def test_a_failed_audit_is_on_the_receipt_and_the_metrics(tmp_path: Path) -> None:
+    model = make_model()
+    x = batch(32, model.input_width, seed=5)
+    cheat = FakingBackend(blas(), weight_roots(model, 32)[1], row=9)
+    async with (
+        model_pool(tmp_path / "pool") as pool,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{pool.handle.http_port}") as client,
+    ):
+        desk = pool.handle.context.models
+        desk.config.challenges = 4000  # every pair of the tiny unit is drawn
+        async with running_worker(
+            [pool.endpoint],
+            [cheat],
+            useful=useful_settings(tmp_path / "c"),
+            model=model_settings(tmp_path / "c", check_products=False),
+        ) as worker:
+            item = await infer(client, model, x)
+            with trio.fail_after(60):
+                while worker.models is None or not worker.models.results["failed"]:
+                    await trio.sleep(0.05)
+        receipt = (await client.get(f"/api/work/infer/{item}/receipt")).json()
+        samples = await scrape(client, "/metrics")
+        stats = (await client.get("/api/pool")).json()["useful"]["models"]
+        (lease,) = desk.leases.values()
+
+    assert receipt["state"] == "running" and receipt["output_hash"] is None
+    assert receipt["shares"] == 0  # nothing credited
+    (unit,) = receipt["units"]
+    assert unit["state"] == "queued" and unit["output_hash"] is None
+    assert all(layer["a_root"] is None and not layer["headers"] for layer in unit["layers"])
+    (audit,) = unit["audits"]
+    assert audit["outcome"] == "failed" and "row 9" in audit["reason"]
+    assert audit["shares"] == lease.voided > 0
+    assert audit["challenges"] == len(lease.challenges)
+    assert audit["cost_macs"] == audit_cost(model, lease.challenges)
+    assert metric(samples, "matmine_pool_model_audits_total", outcome="failed") == 1
+    assert metric(samples, "matmine_pool_model_audits_total", outcome="passed") == 0
+    assert stats["audits"]["failed"] == 1
+
+
+async def test_a_receipt_of_no_such_batch_is_a_404(tmp_path: Path) -> None:
+    async with (
+        model_pool(tmp_path / "pool") as pool,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{pool.handle.http_port}") as client,
+    ):
+        for path in ("/api/work/infer/7/receipt", "/api/work/infer/x/receipt"):
+            r = await client.get(path)
+            assert r.status_code == 404 and "no inference batch" in r.json()["error"]
