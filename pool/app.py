@@ -38,6 +38,7 @@ from pool.jobs import JobManager
 from pool.ledger import Ledger, open_ledger
 from pool.metrics import ModelMetrics, PoolMetrics, with_models
 from pool.models.jobs import model_data_url, open_model_jobs
+from pool.models.store import run_model_store
 from pool.payouts import run_payouts
 from pool.pplns import PplnsPolicy
 from pool.retention import run_retention
@@ -292,6 +293,7 @@ async def run_pool(
             model_metrics: ModelMetrics | None = None
             if useful is not None and config.models.enabled:
                 ctx.models, model_routes = open_model_jobs(ctx, config.data_path, useful.limiter)
+                await nursery.start(run_model_store, ctx.models, config.data_path, useful.limiter)
                 model_metrics = ModelMetrics(registry)
                 ctx.models.receipts.listeners.append(model_metrics.audited)
                 await useful.start()

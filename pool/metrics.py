@@ -363,7 +363,7 @@ class ModelMetrics:
         for outcome in AUDIT_OUTCOMES:
             self.audits.labels(outcome=outcome)
 
-    def audited(self, item: int, audit: UnitAudit) -> None:
+    def audited(self, lease: object, audit: UnitAudit) -> None:
         """Count one judgment (a :class:`~pool.models.receipt.ReceiptBook` listener)."""
         self.audits.labels(outcome=audit.outcome).inc()
         self.totals[audit.outcome] += 1

@@ -150,7 +150,7 @@ class ModelDesk:
             unit.item = item.id
         self._next_item += 1
         self.items[item.id] = item
-        self.receipts.queued(item.id, self.clock(), weights.roots(self.config.r))
+        self.receipts.queued(item, self.clock(), weights.roots(self.config.r))
         self._weights.setdefault(model.model_id, weights)
         self._poke()
         if self.on_queued is not None:

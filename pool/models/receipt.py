@@ -9,8 +9,8 @@ shares each had held (credited on a pass, voided otherwise). :func:`receipt_json
 receipt: the batch, the model's layers with the weight roots the pool knows, each unit's
 roots, headers and audits, and the output's hash (SPEC §12.12.3's ``output_hash``).
 
-Listeners (``ReceiptBook.listeners``) hear of every :class:`UnitAudit` (the pool's
-metrics, the durable store).
+Listeners hear of every batch queued, every :class:`UnitAudit` (with its lease) and every
+batch forgotten (the pool's metrics, the durable store ``pool.models.store``).
 """
 
 from __future__ import annotations
@@ -122,14 +122,18 @@ class ReceiptBook:
     created: dict[int, float] = field(default_factory=dict)  # batch → Unix time queued
     b_roots: dict[int, tuple[bytes, ...]] = field(default_factory=dict)  # batch → b_root_l
     audits: dict[int, list[UnitAudit]] = field(default_factory=dict)  # batch → judgments
-    listeners: list[Callable[[int, UnitAudit], None]] = field(default_factory=list)
+    listeners: list[Callable[[ModelLease, UnitAudit], None]] = field(default_factory=list)
+    queue_listeners: list[Callable[[ModelItem], None]] = field(default_factory=list)
+    forget_listeners: list[Callable[[int], None]] = field(default_factory=list)
     _held: dict[int, Counter[tuple[bytes, int, float]]] = field(default_factory=dict)
 
-    def queued(self, item: int, at: float, b_roots: tuple[bytes, ...]) -> None:
+    def queued(self, item: ModelItem, at: float, b_roots: tuple[bytes, ...]) -> None:
         """Batch ``item`` queued at ``at``; its model's weight roots for its ``r``."""
-        self.created[item] = at
-        self.b_roots[item] = b_roots
-        self.audits.setdefault(item, [])
+        self.created[item.id] = at
+        self.b_roots[item.id] = b_roots
+        self.audits.setdefault(item.id, [])
+        for listener in self.queue_listeners:
+            listener(item)
 
     def held(self, lease: int, share: LayerShare, difficulty: float) -> None:
         """A layer share held under ``lease`` at ``difficulty``."""
@@ -170,7 +174,7 @@ class ReceiptBook:
         )
         self.restore(unit.item, audit)
         for listener in self.listeners:
-            listener(unit.item, audit)
+            listener(lease, audit)
         return audit
 
     def restore(self, item: int, audit: UnitAudit) -> None:
@@ -181,6 +185,8 @@ class ReceiptBook:
         self.created.pop(item, None)
         self.b_roots.pop(item, None)
         self.audits.pop(item, None)
+        for listener in self.forget_listeners:
+            listener(item)
 
 
 def receipt_json(item: ModelItem, book: ReceiptBook) -> dict[str, Any]:
@@ -225,7 +231,7 @@ def receipt_json(item: ModelItem, book: ReceiptBook) -> dict[str, Any]:
         "r": item.units[0].r if item.units else None,
         "state": "done" if done else "running",
         "created": book.created.get(item.id),
-        "finished": item.done_at,
+        "finished": max(a.at for a in audits if a.credited) if done and audits else None,
         "x_hash": H(item.x.tobytes()).hex(),
         "output_hash": H(output_bytes(model, item.output())).hex() if done else None,
         "layers": [
