@@ -13,17 +13,27 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from prometheus_client import CollectorRegistry
 
+from pool.http_api import serve_http
+from pool.metrics import ModelMetrics
+from pool.models.routes import DATA_PREFIX
+from pool.models.settings import ModelJobsConfig
 from pool.useful.cli import main as work_main
 from protocol.audit import audit_cost
 from protocol.hashing import H
 from protocol.model import output_bytes, reference_pass, save_model
+from protocol.model_delivery import encode_delivery
 from protocol.model_work import weight_roots
-from tests.support.model_jobs import Unit, batch, make_model
+from tests.e2e.test_model_jobs import Pool
+from tests.support.model_jobs import EN1, Unit, batch, make_model
 from tests.support.model_pool import FakingBackend, infer, model_pool, model_settings
 from tests.support.processes import metric, scrape
 from tests.support.running import running_worker
 from tests.support.useful_pool import blas, npy, useful_settings
+from worker.backends.blas import BlasBackend
+from worker.model_cache import ModelCache
+from worker.model_job import ModelJobRunner
 
 
 async def test_the_receipt_names_the_roots_the_credited_shares_and_the_output(
@@ -155,3 +165,55 @@ async def test_a_receipt_of_no_such_batch_is_a_404(tmp_path: Path) -> None:
         for path in ("/api/work/infer/7/receipt", "/api/work/infer/x/receipt"):
             r = await client.get(path)
             assert r.status_code == 404 and "no inference batch" in r.json()["error"]
+
+
+class SilentRunner(ModelJobRunner):
+    """A worker that delivers its unit and never answers the audit."""
+
+    async def _deliver(self, http, job, source, model, outcome, sent):
+        body = encode_delivery(model, outcome.a_roots, outcome.output)
+        answer = await http.put(
+            f"{source.data}/results/{source.unit.hex()}",
+            params={"offset": "0"},
+            content=body,
+            headers={"Authorization": f"Bearer {source.token}", "X-Result-Hash": H(body).hex()},
+        )
+        assert answer.json()["delivered"]
+        return None
+
+
+async def test_an_unanswered_audit_is_on_the_receipt_and_cost_nothing(tmp_path: Path) -> None:
+    now = [1000.0]
+    model = make_model()
+    x = batch(20, model.input_width)
+    config = ModelJobsConfig(r=32, unit_rows=20, budget_ppm=10**6, audit_seconds=60)
+    pool = Pool(tmp_path, config, clock=lambda: now[0])
+    metrics = ModelMetrics(CollectorRegistry())
+    pool.desk.receipts.listeners.append(metrics.audited)
+    cache = ModelCache(tmp_path / "models", 1 << 26, 1 << 26)
+    silent = SilentRunner(BlasBackend(threads=1), cache, trio.CapacityLimiter(1), EN1)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, pool.app(), "127.0.0.1", 0)
+        pool.base = f"http://127.0.0.1:{port}"
+        item = pool.desk.queue_batch("mlp3", model, x)
+        lease, _, acks = await pool.mine_one("silent", silent, "job.s")
+        assert acks and lease.record is not None and lease.challenges
+        now[0] += 61  # past the audit's deadline: the next lease judges it
+        assert pool.desk.lease("other", pool.base + DATA_PREFIX) is not None
+        async with httpx.AsyncClient(base_url=pool.base) as client:
+            receipt = (await client.get(f"/api/work/infer/{item.id}/receipt")).json()
+        nursery.cancel_scope.cancel()
+    pool.registry.close()
+    (unit,) = receipt["units"]
+    (audit,) = unit["audits"]
+    assert audit == {
+        "outcome": "unanswered",
+        "reason": "no audit answer by the deadline",
+        "challenges": len(lease.challenges),
+        "cost_macs": 0,
+        "at": 1061.0,
+        "shares": len(acks),
+    }
+    assert receipt["created"] == 1000.0 and receipt["shares"] == 0
+    assert metrics.stats()["audits"] == {"passed": 0, "failed": 0, "unanswered": 1}
+    assert metrics.stats()["audit_macs"] == 0 and metrics.stats()["audit_cost_ppm"] is None
