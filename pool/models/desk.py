@@ -107,7 +107,7 @@ class ModelDesk:
         self._weights: dict[bytes, ModelWeights] = {}
         self._next_item = 1
         self._next_lease = LEASE_IDS  # apart from the useful queue's lease ids
-        self.served_bytes = 0  # blob bytes sent over the data plane
+        self.served_bytes = 0  # blob bytes sent over the data plane (counted by the route)
         self.changed = trio.Event()  # set when a unit is queued or an item is done
         self.receipts = ReceiptBook()  # each batch's judgments, for its receipt
 
@@ -277,7 +277,6 @@ class ModelDesk:
             if found is None:
                 raise DeskError(404, "the lease's unit names no such blob")
             data = found
-        self.served_bytes += len(data)
         return data
 
     async def check_share(

@@ -10,8 +10,9 @@ Customer (loopback only, like the model API):
   fields in the README's inference API), while running too.
 
 Data plane of model leases (SPEC §12.12.8; ``{data}`` = ``…/model-data``), bearer token:
-``GET {data}/blobs/{hash}``, ``GET``/``PUT {data}/results/{unit}?offset=`` (``X-Result-Hash``),
-``GET``/``PUT {data}/audits/{unit}``.
+``GET {data}/blobs/{hash}`` (one ``Range`` as §12.7's blobs),
+``GET``/``PUT {data}/results/{unit}?offset=`` (``X-Result-Hash``), ``GET``/``PUT
+{data}/audits/{unit}``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from pool.models.receipt import receipt_json
 from pool.models.registry import ModelRegistry, RegistryError
 from pool.models.units import ModelItem
 from pool.useful.api import is_loopback
+from pool.useful.data_api import CACHE_CONTROL, parse_range
+from pool.useful.data_api import _Refused as RangeRefused
 from protocol.errors import ProtocolError
 from protocol.model_delivery import answers_size
 
@@ -155,9 +158,23 @@ def create_infer_routes(
             if wanted is None:
                 raise DeskError(400, "the blob must be 64 hex digits")
             data = desk.blob(token(request), wanted)
+            span = parse_range(request.headers.get("range"), len(data))
         except DeskError as exc:
             return _error(exc.status, str(exc))
-        return Response(data, media_type="application/octet-stream")
+        except RangeRefused as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
+        start, end = span if span is not None else (0, len(data))
+        desk.served_bytes += end - start
+        headers = {"ETag": f'"{wanted.hex()}"', "Accept-Ranges": "bytes"}
+        headers["Cache-Control"] = CACHE_CONTROL
+        if span is not None:
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+        return Response(
+            data[start:end],
+            status_code=200 if span is None else 206,
+            headers=headers,
+            media_type="application/octet-stream",
+        )
 
     async def result_status(request: Request) -> Response:
         try:
