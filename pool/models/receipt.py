@@ -16,7 +16,7 @@ batch forgotten (the pool's metrics, the durable store ``pool.models.store``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -125,6 +125,7 @@ class ReceiptBook:
     listeners: list[Callable[[ModelLease, UnitAudit], None]] = field(default_factory=list)
     queue_listeners: list[Callable[[ModelItem], None]] = field(default_factory=list)
     forget_listeners: list[Callable[[int], None]] = field(default_factory=list)
+    writers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _held: dict[int, Counter[tuple[bytes, int, float]]] = field(default_factory=dict)
 
     def queued(self, item: ModelItem, at: float, b_roots: tuple[bytes, ...]) -> None:
@@ -180,6 +181,11 @@ class ReceiptBook:
     def restore(self, item: int, audit: UnitAudit) -> None:
         """Keep ``audit`` of batch ``item`` (a judgment now, or one read back at start)."""
         self.audits.setdefault(item, []).append(audit)
+
+    async def written(self) -> None:
+        """Until what the listeners heard so far is durable (their ``writers``)."""
+        for wait in self.writers:
+            await wait()
 
     def forget(self, item: int) -> None:
         self.created.pop(item, None)

@@ -91,6 +91,7 @@ def create_infer_routes(
             if x.dtype != np.int8 or x.ndim != 2:
                 raise ProtocolError(f"X must be a 2-d int8 array, got {x.dtype} {x.shape}")
             item = await desk.queue(name, model, np.ascontiguousarray(x))
+            await desk.receipts.written()  # on disk before the 201
         except DeskError as exc:
             return _error(exc.status, str(exc))
         except (RegistryError, ProtocolError, ValueError, OSError) as exc:
