@@ -38,7 +38,7 @@ from pool.jobs import JobManager
 from pool.ledger import Ledger, open_ledger
 from pool.metrics import ModelMetrics, PoolMetrics, with_models
 from pool.models.jobs import model_data_url, open_model_jobs
-from pool.models.store import run_model_store
+from pool.models.store import STORE_FILE, run_model_store
 from pool.payouts import run_payouts
 from pool.pplns import PplnsPolicy
 from pool.retention import run_retention
@@ -378,6 +378,8 @@ async def run_pool(
             databases = {} if config.ledger.kind == "postgres" else {"ledger": config.ledger_path}
             if useful is not None:
                 databases["useful"] = config.data_path / "useful.sqlite"
+            if ctx.models is not None:
+                databases["models_queue"] = config.data_path / STORE_FILE
             await nursery.start(
                 partial(
                     run_retention,

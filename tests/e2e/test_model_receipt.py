@@ -27,7 +27,7 @@ from protocol.model_delivery import encode_delivery
 from protocol.model_work import weight_roots
 from tests.e2e.test_model_jobs import Pool
 from tests.support.model_jobs import EN1, Unit, batch, make_model
-from tests.support.model_pool import FakingBackend, infer, model_pool, model_settings
+from tests.support.model_pool import failed_cheat, model_pool, model_settings
 from tests.support.processes import metric, scrape
 from tests.support.running import running_worker
 from tests.support.useful_pool import blas, npy, useful_settings
@@ -112,6 +112,7 @@ async def test_the_receipt_names_the_roots_the_credited_shares_and_the_output(
     assert metric(samples, "matmine_pool_model_audits_total", outcome="failed") == 0
     assert metric(samples, "matmine_pool_model_audit_macs_total") == total_cost
     assert metric(samples, "matmine_pool_model_audit_seconds_count") == 2
+    assert metric(samples, "matmine_pool_database_bytes", database="models_queue") > 0
     assert stats["audits"] == {"passed": 2, "failed": 0, "unanswered": 0}
     assert stats["audit_macs"] == total_cost
     assert stats["audit_cost_ppm"] == total_cost * 10**6 / (64 * model.macs_per_row)
@@ -120,23 +121,13 @@ async def test_the_receipt_names_the_roots_the_credited_shares_and_the_output(
 async def test_a_failed_audit_is_on_the_receipt_and_the_metrics(tmp_path: Path) -> None:
     model = make_model()
     x = batch(32, model.input_width, seed=5)
-    cheat = FakingBackend(blas(), weight_roots(model, 32)[1], row=9)
     async with (
         model_pool(tmp_path / "pool") as pool,
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{pool.handle.http_port}") as client,
     ):
         desk = pool.handle.context.models
-        desk.config.challenges = 4000  # every pair of the tiny unit is drawn
-        async with running_worker(
-            [pool.endpoint],
-            [cheat],
-            useful=useful_settings(tmp_path / "c"),
-            model=model_settings(tmp_path / "c", check_products=False),
-        ) as worker:
-            item = await infer(client, model, x)
-            with trio.fail_after(60):
-                while worker.models is None or not worker.models.results["failed"]:
-                    await trio.sleep(0.05)
+        async with failed_cheat(pool, client, tmp_path, model, x) as (item, _):
+            pass
         receipt = (await client.get(f"/api/work/infer/{item}/receipt")).json()
         samples = await scrape(client, "/metrics")
         stats = (await client.get("/api/pool")).json()["useful"]["models"]

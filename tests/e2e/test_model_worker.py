@@ -16,9 +16,8 @@ import trio
 
 from protocol.header import Header
 from protocol.model import reference_pass
-from protocol.model_work import weight_roots
 from tests.support.model_jobs import batch, make_model
-from tests.support.model_pool import FakingBackend, infer, model_pool, model_settings, wait_done
+from tests.support.model_pool import failed_cheat, infer, model_pool, model_settings, wait_done
 from tests.support.running import running_worker
 from tests.support.useful_pool import blas, useful_settings
 
@@ -64,23 +63,12 @@ async def test_a_batch_goes_through_the_pool_and_the_worker(tmp_path: Path) -> N
 async def test_a_faked_row_is_caught_by_the_audit_and_its_shares_voided(tmp_path: Path) -> None:
     model = make_model()
     x = batch(32, model.input_width, seed=5)
-    cheat = FakingBackend(blas(), weight_roots(model, 32)[1], row=9)
     async with (
         model_pool(tmp_path / "pool") as pool,
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{pool.handle.http_port}") as client,
     ):
         desk = pool.handle.context.models
-        desk.config.challenges = 4000  # every pair of the tiny unit is drawn
-        async with running_worker(
-            [pool.endpoint],
-            [cheat],
-            useful=useful_settings(tmp_path / "c"),
-            model=model_settings(tmp_path / "c", check_products=False),
-        ) as worker:
-            item = await infer(client, model, x)
-            with trio.fail_after(60):
-                while worker.models is None or not worker.models.results["failed"]:
-                    await trio.sleep(0.05)
+        async with failed_cheat(pool, client, tmp_path, model, x) as (item, cheat):
             (lease,) = desk.leases.values()
             assert cheat.faked and lease.verdict is not None and not lease.verdict[0]
             assert "row 9" in lease.verdict[1] and "layer 1" in lease.verdict[1]

@@ -17,8 +17,9 @@ import trio
 from pool.app import run_pool
 from pool.config_rules import validate
 from protocol.model import Model, save_model
-from tests.support.running import RunningPool, WrappedBackend, pool_config
-from tests.support.useful_pool import npy
+from protocol.model_work import weight_roots
+from tests.support.running import RunningPool, WrappedBackend, pool_config, running_worker
+from tests.support.useful_pool import blas, npy, useful_settings
 from worker.model_settings import ModelConfig
 
 
@@ -88,3 +89,25 @@ class FakingBackend(WrappedBackend):
             product[self.row] += 1 << 20
             self.faked += 1
         return product
+
+
+@asynccontextmanager
+async def failed_cheat(
+    pool: RunningPool, client: httpx.AsyncClient, tmp: Path, model: Model, x: np.ndarray
+) -> AsyncIterator[tuple[int, FakingBackend]]:
+    """A worker that fakes row 9 of layer 1 (its own check off) runs a batch of ``x``, every
+    pair of its unit drawn, until the audit failed; yields the batch and the cheat while
+    the worker is still connected."""
+    cheat = FakingBackend(blas(), weight_roots(model, 32)[1], row=9)
+    pool.handle.context.models.config.challenges = 4000  # every pair of the tiny unit
+    async with running_worker(
+        [pool.endpoint],
+        [cheat],
+        useful=useful_settings(tmp / "c"),
+        model=model_settings(tmp / "c", check_products=False),
+    ) as worker:
+        item = await infer(client, model, x)
+        with trio.fail_after(60):
+            while worker.models is None or not worker.models.results["failed"]:
+                await trio.sleep(0.05)
+        yield item, cheat
