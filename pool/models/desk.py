@@ -337,7 +337,9 @@ class ModelDesk:
         """``PUT {data}/results/{unit}?offset=``: the delivery's bytes; when whole and its
         hash holds, the commitments are fixed and the audit drawn. The bytes received."""
         lease = self._delivering(token, unit)
-        if lease.record is not None or lease.verdict is not None:
+        if lease.record is None and lease.verdict is not None:
+            raise DeskError(409, f"this lease is over: {lease.verdict[1]}")
+        if lease.record is not None:
             raise DeskError(409, "this unit's delivery is already complete")
         size = delivery_size(lease.unit.model, lease.unit.rows)
         if offset != len(lease.received):

@@ -44,6 +44,11 @@ def namespaces() -> str:
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 
 
+def own_namespace(pid: int) -> str:
+    """The namespace a bench process of ``pid`` creates (another bench may run beside it)."""
+    return f"mmbench-{pid}"
+
+
 @pytest.mark.slow
 async def test_a_stream_of_tiny_products_is_accounted_for_exactly(tmp_path: Path) -> None:
     case = Case("b", 32, 128, 64, count=2)
@@ -172,11 +177,17 @@ def test_the_namespace_limits_the_link_and_is_always_removed() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not NETNS_OK, reason="needs root and iproute2 (ip, tc)")
 def test_the_bench_runs_in_a_shaped_namespace_and_prints_its_bound() -> None:
-    done = subprocess.run(
+    bench = subprocess.Popen(
         [sys.executable, str(BENCH), "--rates", "50mbit", "--scale", "64", "--stream", "2",
          "--bench-seconds", "0.5", "--timeout", "120"],
-        capture_output=True, text=True, timeout=280, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
+    try:
+        stdout, stderr = bench.communicate(timeout=280)
+    finally:
+        bench.kill()
+    done = subprocess.CompletedProcess(bench.args, bench.wait(), stdout, stderr)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith("  50mbit")]
     assert [row[2] for row in rows] == ["a", "b"], done.stdout
@@ -186,18 +197,20 @@ def test_the_bench_runs_in_a_shaped_namespace_and_prints_its_bound() -> None:
         assert 0.0 < bound <= 1.0
         # physics: verified MACs ≤ link bytes ÷ bytes per useful MAC (10%: the probe's ramp)
         assert 0.0 < exact <= 1.1 * bound
-    assert "mmbench-" not in namespaces()
+    assert own_namespace(bench.pid) not in namespaces().split()
 
 
-def bench_children() -> list[str]:
-    """Command lines of live processes that belong to a bench run (its temp dir)."""
-    found = []
+def bench_children(tag: str) -> list[str]:
+    """Command lines of live processes of the bench run started with ``MMBENCH_TAG=tag`` in
+    its environment (its pool and worker inherit it; another bench may run beside it)."""
+    found, marker = [], f"MMBENCH_TAG={tag}".encode()
     for proc in Path("/proc").iterdir():
         try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if "useful_link-" in cmdline and "pytest" not in cmdline:
+        if marker in environ and "useful_link-" in cmdline:
             found.append(cmdline)
     return found
 
@@ -206,26 +219,27 @@ def bench_children() -> list[str]:
 @pytest.mark.skipif(not NETNS_OK, reason="needs root and iproute2 (ip, tc)")
 @pytest.mark.parametrize("running", [1, 2], ids=["pool-starting", "pool-and-worker"])
 def test_a_stopped_bench_leaves_no_namespace_and_no_processes(running: int) -> None:
+    tag = f"{os.getpid()}-{running}"
     bench = subprocess.Popen(
         [sys.executable, str(BENCH), "--rates", "50mbit", "--scale", "64", "--bench-seconds",
          "0.5"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO), "MMBENCH_TAG": tag},
     )  # fmt: skip
     try:
         assert bench.stderr is not None
         line = bench.stderr.readline()
         assert "running in namespace mmbench-" in line, line
         deadline = time.monotonic() + 60
-        while len(bench_children()) < running and time.monotonic() < deadline:
+        while len(bench_children(tag)) < running and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert len(bench_children()) >= running
+        assert len(bench_children(tag)) >= running
         bench.send_signal(signal.SIGTERM)
         assert bench.wait(timeout=90) != 0
     finally:
         bench.kill()
-    assert "mmbench-" not in namespaces()
-    assert bench_children() == []
+    assert own_namespace(bench.pid) not in namespaces().split()
+    assert bench_children(tag) == []
 
 
 @pytest.mark.slow

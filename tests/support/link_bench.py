@@ -309,6 +309,9 @@ def _pool_config(
         "work": {"m": setup.unit, "n": setup.unit, "k": k, "r": r},
         "chain.node": {"start_difficulty": 1e9, "min_difficulty": 1.0},
         "useful": {"unit_m": setup.unit, "unit_n": setup.unit, "r": 64},
+        # a fixed difficulty with no vardiff may give a fast worker thousands of shares a
+        # second (the smoke tests' every ticket a share): the rate limits are not measured here
+        "limits": {"messages_per_second": 1e6, "message_burst": 1_000_000},
     }
     path = tmp / "pool.toml"
     path.write_text(pool_toml(config))
