@@ -394,18 +394,18 @@ class ModelDesk:
             answers = decode_answers(record.model, unit_.rows, unit_.r, lease.challenges, raw)
         except ProtocolError as exc:
             raise DeskError(400, str(exc)) from None
-        started = time.perf_counter()
+        check = self.receipts.timed(lease.id, check_audit)  # its time goes on the receipt
         try:
             await trio.to_thread.run_sync(
-                check_audit, record, lease.challenges, answers, limiter=self.limiter
+                check, record, lease.challenges, answers, limiter=self.limiter
             )
         except AuditFailure as exc:
-            self._fail(lease, str(exc), seconds=time.perf_counter() - started)
+            self._fail(lease, str(exc))
             assert lease.verdict is not None
             return lease.verdict
         await credit([held.record for held in lease.held])
         lease.verdict = (True, "")
-        self.receipts.ended(lease, "passed", "", self.clock(), time.perf_counter() - started)
+        self.receipts.ended(lease, "passed", "", self.clock())
         if self.on_passed is not None:  # the pass's MACs, unpadded, as for products
             self.on_passed(unit_.rows * record.model.macs_per_row, [h.record for h in lease.held])
         self._current.pop(lease.session, None)
@@ -423,13 +423,11 @@ class ModelDesk:
             self.on_verdict(lease.session, True, 0)
         return lease.verdict
 
-    def _fail(
-        self, lease: ModelLease, reason: str, outcome: str = "failed", seconds: float = 0.0
-    ) -> None:
+    def _fail(self, lease: ModelLease, reason: str, outcome: str = "failed") -> None:
         """Void the lease's held shares, escalate its session, queue the unit again."""
         voided = len(lease.held)
         lease.verdict = (False, reason)
-        self.receipts.ended(lease, outcome, reason, self.clock(), seconds)
+        self.receipts.ended(lease, outcome, reason, self.clock())
         lease.void, lease.held = lease.held, []
         lease.unit.state = "queued"
         lease.unit.refused.add(lease.session)

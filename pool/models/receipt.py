@@ -15,6 +15,7 @@ batch forgotten (the pool's metrics, the durable store ``pool.models.store``).
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -127,6 +128,7 @@ class ReceiptBook:
     forget_listeners: list[Callable[[int], None]] = field(default_factory=list)
     writers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _held: dict[int, Counter[tuple[bytes, int, float]]] = field(default_factory=dict)
+    _seconds: dict[int, float] = field(default_factory=dict)  # lease → its check's time
 
     def queued(self, item: ModelItem, at: float, b_roots: tuple[bytes, ...]) -> None:
         """Batch ``item`` queued at ``at``; its model's weight roots for its ``r``."""
@@ -144,17 +146,29 @@ class ReceiptBook:
     def dropped(self, lease: int) -> None:
         """The lease ended unjudged (its session left, its deadline passed undelivered)."""
         self._held.pop(lease, None)
+        self._seconds.pop(lease, None)
 
-    def ended(
-        self, lease: ModelLease, outcome: str, reason: str, at: float, seconds: float = 0.0
-    ) -> UnitAudit | None:
-        """The verdict on ``lease`` (``seconds``: the check's time): a delivered unit's is
-        recorded and told to the listeners (an unanswered audit cost the pool nothing);
-        an undelivered one's is dropped (None)."""
+    def timed(self, lease: int, check: Callable[..., object]) -> Callable[..., None]:
+        """``check`` (run in a worker thread), its time kept for ``lease``'s judgment."""
+
+        def run(*args: Any) -> None:
+            started = time.perf_counter()
+            try:
+                check(*args)
+            finally:
+                self._seconds[lease] = time.perf_counter() - started
+
+        return run
+
+    def ended(self, lease: ModelLease, outcome: str, reason: str, at: float) -> UnitAudit | None:
+        """The verdict on ``lease``: a delivered unit's is recorded and told to the
+        listeners (an unanswered audit cost the pool nothing); an undelivered one's is
+        dropped (None)."""
         if outcome not in AUDIT_OUTCOMES:
             raise ValueError(f"unknown audit outcome {outcome!r}")
         unit, record = lease.unit, lease.record
         held = self._held.pop(lease.id, Counter())
+        seconds = self._seconds.pop(lease.id, 0.0)  # the check's time (none: not checked)
         if record is None:
             return None
         audit = UnitAudit(

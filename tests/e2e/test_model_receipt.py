@@ -115,6 +115,7 @@ async def test_the_receipt_names_the_roots_the_credited_shares_and_the_output(
     assert metric(samples, "matmine_pool_database_bytes", database="models_queue") > 0
     assert stats["audits"] == {"passed": 2, "failed": 0, "unanswered": 0}
     assert stats["audit_macs"] == total_cost
+    assert stats["audit_seconds"] > 0 and stats["audit_challenges"] > 0
     assert stats["audit_cost_ppm"] == total_cost * 10**6 / (64 * model.macs_per_row)
 
 
