@@ -209,3 +209,28 @@ async def test_an_unanswered_audit_is_on_the_receipt_and_cost_nothing(tmp_path: 
     assert receipt["created"] == 1000.0 and receipt["shares"] == 0
     assert metrics.stats()["audits"] == {"passed": 0, "failed": 0, "unanswered": 1}
     assert metrics.stats()["audit_macs"] == 0 and metrics.stats()["audit_cost_ppm"] is None
+
+
+async def test_the_cli_writes_a_running_receipt_or_says_why_it_cannot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = make_model()
+    (tmp_path / "x.npy").write_bytes(npy(batch(20, model.input_width)))
+    pool = Pool(tmp_path, ModelJobsConfig(r=32, unit_rows=20, budget_ppm=10**6))
+    pool.registry.add("mlp3", save_model(model))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, pool.app(), "127.0.0.1", 0)
+        argv = ["work", "infer", "--model", "mlp3", str(tmp_path / "x.npy")]
+        argv += ["--api", f"http://127.0.0.1:{port}", "--receipt"]
+        code = await trio.to_thread.run_sync(work_main, [*argv, str(tmp_path / "r.json")])
+        assert code == 0
+        receipt = json.loads((tmp_path / "r.json").read_text())
+        assert receipt["state"] == "running" and receipt["shares"] == 0
+        assert [u["state"] for u in receipt["units"]] == ["queued"]
+        capsys.readouterr()
+        code = await trio.to_thread.run_sync(work_main, [*argv, str(tmp_path / "no" / "r.json")])
+        assert code == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: cannot write") and "\n" not in err
+        nursery.cancel_scope.cancel()
+    pool.registry.close()
