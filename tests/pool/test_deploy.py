@@ -15,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from pool.metrics import PoolMetrics
+from pool.metrics import ModelMetrics, PoolMetrics
 from pool.useful import UsefulMetrics
 from tests.support import REPO
 from worker.metrics import register_metrics
@@ -34,6 +34,7 @@ def exported_metric_names() -> set[str]:
     registry = CollectorRegistry()
     PoolMetrics(registry)
     UsefulMetrics(registry)
+    ModelMetrics(registry)
     stats = WorkerStats()
     stats.device("blas")
     register_metrics(registry, stats)
