@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from functools import partial
 
 import httpx
 import trio
@@ -24,12 +25,18 @@ from .client import Job
 from .device_slot import DeviceSlot
 from .model_cache import ModelCache, ModelRejected
 from .model_job import ModelJobError, ModelJobRunner
-from .model_pass import LayerProductWrong, PassStopped
+from .model_pass import LayerProductWrong, LayerRecord, PassStopped
 from .model_settings import ModelConfig
+from .stats import WorkerStats
 
 log = logging.getLogger(__name__)
 
 SEEN_UNITS = 256  # unit ids remembered (a unit's later jobs are not run again)
+
+
+def count_layer(stats: WorkerStats, device: str, record: LayerRecord) -> None:
+    """A finished layer's mined MACs: a complete ``useful`` scan of ``device``."""
+    stats.add_scan(device, record.macs, True, "useful")
 
 
 class ModelWork:
@@ -48,8 +55,13 @@ class ModelWork:
             self._cache = self.config.open_cache()
         return self._cache
 
-    def take(self, job: Job, slot: DeviceSlot, nursery: trio.Nursery) -> None:
-        """Run ``job``'s unit on ``slot`` in ``nursery`` unless it ran already."""
+    def take(
+        self, job: Job, slot: DeviceSlot, nursery: trio.Nursery, stats: WorkerStats | None = None
+    ) -> None:
+        """Run ``job``'s unit on ``slot`` in ``nursery`` unless it ran already; each layer's
+        mined MACs are counted in ``stats`` as ``useful`` scans of the device (every layer
+        header's product is taken: SPEC §12.12.4), so they are in its hashrate,
+        ``matmine_worker_work_macs_total`` and ``matmine_worker_scanned_macs_total``."""
         source = job.notify.work.source
         assert isinstance(source, ModelSource)
         if source.unit in self._seen:
@@ -57,9 +69,9 @@ class ModelWork:
         self._seen[source.unit] = None
         while len(self._seen) > SEEN_UNITS:
             self._seen.popitem(last=False)
-        nursery.start_soon(self._run, job, slot)
+        nursery.start_soon(self._run, job, slot, stats)
 
-    async def _run(self, job: Job, slot: DeviceSlot) -> None:
+    async def _run(self, job: Job, slot: DeviceSlot, stats: WorkerStats | None) -> None:
         source = job.notify.work.source
         assert isinstance(source, ModelSource)
         unit = source.unit.hex()[:16]
@@ -70,6 +82,7 @@ class ModelWork:
             job.extranonce1,
             spill_dir=self.config.openings_path(),
             check_products=self.config.check_products,
+            on_layer=None if stats is None else partial(count_layer, stats, slot.name),
         )
 
         async def submit(message: Submit) -> object:

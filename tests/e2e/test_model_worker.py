@@ -22,7 +22,7 @@ from pool.app import run_pool
 from pool.config_rules import validate
 from protocol.header import Header
 from protocol.model import Model, reference_pass, save_model
-from protocol.model_work import weight_roots
+from protocol.model_work import layer_shape, weight_roots
 from tests.support.model_jobs import batch, make_model
 from tests.support.running import RunningPool, WrappedBackend, pool_config, running_worker
 from tests.support.useful_pool import blas, npy, useful_settings
@@ -97,6 +97,10 @@ async def test_a_batch_goes_through_the_pool_and_the_worker(tmp_path: Path) -> N
         blobs = sum(len(b) for b in desk._weights[model.model_id].blobs.values())
         assert desk.served_bytes == blobs + 64 * model.input_width  # the weights went out once
         assert worker.models.cache.stats.fetches == 1
+        # the worker counts every layer it mined as useful scanned MACs of its device
+        shapes = [layer_shape(model, i, 32, 32) for _ in range(2) for i in range(model.depth)]
+        assert worker.stats.scanned_macs["useful"] == sum(s.m * s.n * s.k for s in shapes)
+        assert worker.stats.useful_fraction is not None and worker.stats.useful_fraction > 0
         # the passes count as verified useful work, their layer shares as mined useful work
         stats = (await client.get("/api/pool")).json()["useful"]
         assert stats["useful_macs"] == 64 * model.macs_per_row
