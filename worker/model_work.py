@@ -1,11 +1,12 @@
 """The miner's side of model jobs: each unit run once, on one device, in the background.
 
-:class:`ModelWork` is what ``worker.miner`` hands a job whose source is a
-``ModelSource``: a unit not seen before starts a :class:`~worker.model_job.ModelJobRunner`
-on the first device (its thread holds the device's limiter for the pass, so the device's
-own loop waits), its shares go to the pool with ``PoolClient.submit_message`` as each
-layer finishes; later jobs of the same unit (new templates while the audit runs) are
-ignored. Verdicts are counted in ``results`` (``verified`` / ``failed`` / ``error``).
+:class:`ModelWork` is what ``worker.miner`` hands a job whose source is a ``ModelSource``: a
+unit not seen before starts a :class:`~worker.model_job.ModelJobRunner` on the first device
+(its thread holds the device's limiter for the pass, so the device's own loop waits), its
+shares go to the pool with ``PoolClient.submit_message`` as each layer finishes; later jobs
+of the same lease (new templates while the audit runs) are ignored; a unit leased again (its
+token is new: after a reconnect) runs again. Verdicts are counted in ``results``
+(``verified`` / ``failed`` / ``error``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .stats import WorkerStats
 
 log = logging.getLogger(__name__)
 
-SEEN_UNITS = 256  # unit ids remembered (a unit's later jobs are not run again)
+SEEN_UNITS = 256  # leases remembered (a lease's later jobs are not run again)
 
 
 def count_layer(stats: WorkerStats, device: str, record: LayerRecord) -> None:
@@ -46,7 +47,7 @@ class ModelWork:
         self.config = config
         self._cache: ModelCache | None = None  # opened with the first model job
         self.results = {"verified": 0, "failed": 0, "error": 0}
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._seen: OrderedDict[tuple[bytes, str], None] = OrderedDict()  # (unit, token)
 
     @property
     def cache(self) -> ModelCache:
@@ -64,9 +65,10 @@ class ModelWork:
         ``matmine_worker_work_macs_total`` and ``matmine_worker_scanned_macs_total``."""
         source = job.notify.work.source
         assert isinstance(source, ModelSource)
-        if source.unit in self._seen:
+        lease = (source.unit, source.token)  # a unit leased again (a new session) runs again
+        if lease in self._seen:
             return
-        self._seen[source.unit] = None
+        self._seen[lease] = None
         while len(self._seen) > SEEN_UNITS:
             self._seen.popitem(last=False)
         nursery.start_soon(self._run, job, slot, stats)
