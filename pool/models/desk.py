@@ -89,6 +89,7 @@ class ModelDesk:
         on_queued: Callable[[], None] | None = None,
         on_held: Callable[[object], None] | None = None,
         on_passed: Callable[[int, list[object]], None] | None = None,
+        on_delivered: Callable[[str], None] | None = None,
         max_frame_size: int = 1 << 20,
     ) -> None:
         self.config = config
@@ -100,8 +101,9 @@ class ModelDesk:
         self.on_queued = on_queued  # units were queued: idle capable sessions lease one
         self.on_held = on_held  # (record): a layer share held under its lease
         self.on_passed = on_passed  # (the pass's useful MACs, held records): audit passed
+        self.on_delivered = on_delivered  # (session): its unit delivered, its next job now
         self.data_url: str | None = None  # the model data plane named in jobs (None: off)
-        self._current: dict[str, ModelLease] = {}  # session → its lease not yet judged
+        self._current: dict[str, ModelLease] = {}  # session → its lease not yet delivered
         self._secret = pool_secret if pool_secret is not None else secrets.token_bytes(32)
         self.tokens = LeaseTokens()
         self.items: dict[int, ModelItem] = {}
@@ -176,7 +178,7 @@ class ModelDesk:
     # -- leases and jobs -----------------------------------------------------------------
 
     def lease(self, session: str, data_url: str) -> ModelLease | None:
-        """The session's lease not yet judged, else a queued unit it did not fail (and whose
+        """The session's lease not yet delivered, else a queued unit it did not fail (and whose
         layer shares fit a frame), leased with its job's work; None: no model work for it."""
         now = self.clock()
         self._expire(now)
@@ -190,7 +192,7 @@ class ModelDesk:
         return None
 
     def holds(self, session: str) -> bool:
-        """Whether ``session`` holds a model lease not yet judged."""
+        """Whether ``session`` holds a model lease not yet delivered."""
         return session in self._current
 
     def _fits(self, unit: ModelUnit) -> bool:
@@ -363,6 +365,11 @@ class ModelDesk:
         draws = draw_challenges(model, lease.unit.rows, seed, min(count, MAX_CHALLENGES))
         lease.challenges = draws[:MAX_CHALLENGES]
         lease.audit_deadline = self.clock() + self.config.audit_seconds
+        # the unit is mined: the session takes its next job now, the audit goes on by token
+        if self._current.get(lease.session) is lease:
+            del self._current[lease.session]
+        if self.on_delivered is not None:
+            self.on_delivered(lease.session)
         return size
 
     def audit(self, token: str, unit: bytes) -> dict[str, object]:
@@ -402,7 +409,8 @@ class ModelDesk:
         lease.verdict = (True, "")
         if self.on_passed is not None:  # the pass's MACs, unpadded, as for products
             self.on_passed(unit_.rows * record.model.macs_per_row, [h.record for h in lease.held])
-        self._current.pop(lease.session, None)
+        if self._current.get(lease.session) is lease:  # (it is not once delivered)
+            del self._current[lease.session]
         unit_.state, unit_.output = "done", record.output
         item = self.items.get(unit_.item)
         if item is not None and item.done:

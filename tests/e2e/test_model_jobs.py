@@ -269,6 +269,40 @@ async def test_shares_on_another_a_root_than_the_delivered_one_are_void(tmp_path
     pool.registry.close()
 
 
+async def test_a_delivered_unit_frees_its_session_for_the_next_while_its_audit_runs(
+    tmp_path: Path,
+) -> None:
+    model = make_model()
+    x = batch(40, model.input_width)
+    pool = Pool(tmp_path, ModelJobsConfig(r=32, unit_rows=20, budget_ppm=10**6))
+    worker = runner(tmp_path, BlasBackend(threads=1), "w1")
+    seen: list[tuple[str, object, object]] = []  # at each delivery: session, next lease, first
+
+    def delivered(session: str) -> None:  # the pool's hook: the session's next job now
+        first = pool.desk.leases[min(pool.desk.leases)]
+        seen.append((session, pool.desk.lease(session, pool.base + DATA_PREFIX), first.verdict))
+
+    pool.desk.on_delivered = delivered
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, pool.app(), "127.0.0.1", 0)
+        pool.base = f"http://127.0.0.1:{port}"
+        item = pool.desk.queue_batch("mlp3", model, x)
+        first, result, _ = await pool.mine_one("s1", worker, "job.1")
+        assert result.verified, result.reason
+        (session, second, verdict), *_ = seen
+        # delivered, not yet judged: the session had leased the other unit already
+        assert session == "s1" and verdict is None and second is not None
+        assert second is not first and second.unit is item.units[1]
+        assert pool.desk.holds("s1") and pool.desk.lease("s1", pool.base + DATA_PREFIX) is second
+        again, result, _ = await pool.mine_one("s1", worker, "job.2")  # its current lease
+        assert again is second and result.verified and item.done
+        assert not pool.desk.holds("s1") and len(seen) == 2 and seen[1][1] is None
+        assert np.array_equal(item.output(), reference_pass(model, x).output)
+        nursery.cancel_scope.cancel()
+    assert not pool.failed
+    pool.registry.close()
+
+
 async def test_a_finished_batch_is_forgotten_after_keep_seconds(tmp_path: Path) -> None:
     now = [1000.0]
     model = make_model()
