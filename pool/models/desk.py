@@ -205,13 +205,16 @@ class ModelDesk:
         return max(layer_submit_bytes(s) for s in shapes)
 
     def release_session(self, session: str) -> None:
-        """The session left: its unit goes back to the queue, its held shares are void
-        (stale, not counted against it)."""
-        lease = self._current.pop(session, None)
-        if lease is not None and lease.verdict is None:
+        """The session left: its units not yet judged (the current one, and one delivered
+        whose audit runs) go back to the queue, their held shares void (stale, not counted
+        against it)."""
+        self._current.pop(session, None)
+        left = [x for x in self.leases.values() if x.session == session and x.verdict is None]
+        for lease in left:
             lease.verdict = (False, "the session left")
             lease.void, lease.held = lease.held, []
             lease.unit.state = "queued"
+        if left:
             self._poke()
             if self.on_queued is not None:
                 self.on_queued()

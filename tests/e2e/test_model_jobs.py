@@ -303,6 +303,27 @@ async def test_a_delivered_unit_frees_its_session_for_the_next_while_its_audit_r
     pool.registry.close()
 
 
+async def test_a_session_that_leaves_before_its_delivered_units_verdict_ends_it(
+    tmp_path: Path,
+) -> None:
+    model = make_model()
+    x = batch(20, model.input_width)
+    pool = Pool(tmp_path, ModelJobsConfig(r=32, unit_rows=20, budget_ppm=10**6))
+    worker = runner(tmp_path, BlasBackend(threads=1), "w1")
+    pool.desk.on_delivered = pool.desk.release_session  # it leaves right after delivering
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, pool.app(), "127.0.0.1", 0)
+        pool.base = f"http://127.0.0.1:{port}"
+        item = pool.desk.queue_batch("mlp3", model, x)
+        lease, result, acks = await pool.mine_one("s1", worker, "job.1")
+        # as before the next job came at delivery: stale, not counted against it
+        assert acks and not result.verified and result.reason == "the session left"
+        assert lease.voided == len(acks) and not pool.credited and not pool.failed
+        assert item.units[0].state == "queued"
+        nursery.cancel_scope.cancel()
+    pool.registry.close()
+
+
 async def test_a_finished_batch_is_forgotten_after_keep_seconds(tmp_path: Path) -> None:
     now = [1000.0]
     model = make_model()
