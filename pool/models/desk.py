@@ -205,9 +205,8 @@ class ModelDesk:
         return max(layer_submit_bytes(s) for s in shapes)
 
     def release_session(self, session: str) -> None:
-        """The session left: its units not yet judged (the current one, and one delivered
-        whose audit runs) go back to the queue, their held shares void (stale, not counted
-        against it)."""
+        """The session left: its units not yet judged (delivered or not) go back to the
+        queue, their held shares void (stale, not counted against it)."""
         self._current.pop(session, None)
         left = [x for x in self.leases.values() if x.session == session and x.verdict is None]
         for lease in left:
@@ -368,8 +367,7 @@ class ModelDesk:
         draws = draw_challenges(model, lease.unit.rows, seed, min(count, MAX_CHALLENGES))
         lease.challenges = draws[:MAX_CHALLENGES]
         lease.audit_deadline = self.clock() + self.config.audit_seconds
-        # the unit is mined: the session takes its next job now, the audit goes on by token
-        if self._current.get(lease.session) is lease:
+        if self._current.get(lease.session) is lease:  # mined: the session's next job now
             del self._current[lease.session]
         if self.on_delivered is not None:
             self.on_delivered(lease.session)
