@@ -53,7 +53,7 @@ from protocol.model_delivery import (
     decode_delivery,
     delivery_size,
 )
-from protocol.model_messages import ModelSource
+from protocol.model_messages import ModelSource, layer_submit_bytes
 from protocol.model_share import LayerShare, TileOpening, check_layer_share
 from protocol.model_work import UnitRecord, layer_shape
 
@@ -101,9 +101,9 @@ class ModelDesk:
         self.on_queued = on_queued  # units were queued: idle capable sessions lease one
         self.on_held = on_held  # (record): a layer share held under its lease
         self.on_passed = on_passed  # (the pass's useful MACs, held records): audit passed
-        self.on_delivered = on_delivered  # (session): its unit's upload began, its next job
+        self.on_delivered = on_delivered  # (session): its unit delivered, its next job now
         self.data_url: str | None = None  # the model data plane named in jobs (None: off)
-        self._current: dict[str, ModelLease] = {}  # session → its lease, until its upload
+        self._current: dict[str, ModelLease] = {}  # session → its lease not yet delivered
         self._secret = pool_secret if pool_secret is not None else secrets.token_bytes(32)
         self.tokens = LeaseTokens()
         self.items: dict[int, ModelItem] = {}
@@ -140,7 +140,7 @@ class ModelDesk:
         """Queue ``x`` (int8 rows) through ``model`` (``prepared``: what
         :meth:`prepare_batch` made, else made here); ``ProtocolError`` for bad rows."""
         units, weights = prepared or self.prepare_batch(model, x, self._weights.get(model.model_id))
-        if units and (need := max(units, key=lambda u: u.rows).share_bytes) > (
+        if units and (need := self._share_bytes(max(units, key=lambda u: u.rows))) > (
             self.max_frame_size
         ):  # no session could send this batch's layer shares: refuse it now
             raise DeskError(
@@ -178,8 +178,8 @@ class ModelDesk:
     # -- leases and jobs -----------------------------------------------------------------
 
     def lease(self, session: str, data_url: str) -> ModelLease | None:
-        """The session's lease until its upload begins, else a queued unit it did not fail
-        (whose layer shares fit a frame), leased with its job's work; None: no model work."""
+        """The session's lease not yet delivered, else a queued unit it did not fail (and whose
+        layer shares fit a frame), leased with its job's work; None: no model work for it."""
         now = self.clock()
         self._expire(now)
         current = self._current.get(session)
@@ -192,11 +192,17 @@ class ModelDesk:
         return None
 
     def holds(self, session: str) -> bool:
-        """Whether ``session`` holds a model lease whose upload has not begun."""
+        """Whether ``session`` holds a model lease not yet delivered."""
         return session in self._current
 
     def _fits(self, unit: ModelUnit) -> bool:
-        return unit.share_bytes <= self.max_frame_size
+        return self._share_bytes(unit) <= self.max_frame_size
+
+    @staticmethod
+    def _share_bytes(unit: ModelUnit) -> int:
+        """The largest frame a layer share of ``unit`` needs."""
+        shapes = [layer_shape(unit.model, i, unit.rows, unit.r) for i in range(unit.model.depth)]
+        return max(layer_submit_bytes(s) for s in shapes)
 
     def release_session(self, session: str) -> None:
         """The session left: its units not yet judged (delivered or not) go back to the
@@ -329,20 +335,12 @@ class ModelDesk:
             raise DeskError(404, "the token's lease is not on this unit")
         return lease
 
-    def upload_started(self, token: str, unit: bytes) -> None:
-        """A delivery's ``PUT`` at offset 0: the unit is mined, the session's next job now."""
-        lease = self._delivering(token, unit)
-        if self._current.get(lease.session) is lease:
-            del self._current[lease.session]
-            if self.on_delivered is not None:
-                self.on_delivered(lease.session)
-
     def deliver(self, token: str, unit: bytes, offset: int, body: bytes, digest: bytes) -> int:
         """``PUT {data}/results/{unit}?offset=``: the delivery's bytes; when whole and its
         hash holds, the commitments are fixed and the audit drawn. The bytes received."""
         lease = self._delivering(token, unit)
         if lease.record is not None or lease.verdict is not None:
-            raise DeskError(409, "this unit's delivery is already complete, or its lease over")
+            raise DeskError(409, "this unit's delivery is already complete")
         size = delivery_size(lease.unit.model, lease.unit.rows)
         if offset != len(lease.received):
             raise DeskError(409, f"the pool holds {len(lease.received)} bytes, not {offset}")
@@ -369,6 +367,10 @@ class ModelDesk:
         draws = draw_challenges(model, lease.unit.rows, seed, min(count, MAX_CHALLENGES))
         lease.challenges = draws[:MAX_CHALLENGES]
         lease.audit_deadline = self.clock() + self.config.audit_seconds
+        if self._current.get(lease.session) is lease:  # mined: the session's next job now
+            del self._current[lease.session]
+        if self.on_delivered is not None:
+            self.on_delivered(lease.session)
         return size
 
     def audit(self, token: str, unit: bytes) -> dict[str, object]:

@@ -123,12 +123,12 @@ def open_model_jobs(
         for s in _sessions_of(ctx, session):
             if not passed:
                 s.inbox.post(ResultRejected(max(1, voided)))  # like a wrong product
-            if not desk.holds(session):  # (as its upload began, it had its next job)
+            if not desk.holds(session):  # (once delivered, it has had its next job)
                 s.inbox.post(WorkLost())  # its next job: another unit, or synthetic
 
     def delivered(session: str) -> None:
         for s in _sessions_of(ctx, session):
-            s.inbox.post(WorkLost())  # its next job while its unit uploads and is audited
+            s.inbox.post(WorkLost())  # its next job while the delivered unit's audit runs
 
     def queued() -> None:
         for s in list(ctx.sessions):

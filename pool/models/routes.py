@@ -162,8 +162,6 @@ def create_infer_routes(
             digest = _hex32(request.headers.get("x-result-hash", ""))
             if not offset_text.isdigit() or digest is None:
                 raise DeskError(400, "need ?offset=<bytes> and X-Result-Hash: <64 hex digits>")
-            if int(offset_text) == 0:  # the unit's mining ends as its upload begins
-                desk.upload_started(lease_token, unit)
             body = await _body(request, MAX_BATCH_BYTES)
             held = desk.deliver(lease_token, unit, int(offset_text), body, digest)
             lease = desk.lease_of_token(lease_token)

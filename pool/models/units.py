@@ -25,7 +25,7 @@ from protocol.hashing import H
 from protocol.merkle import RowTree
 from protocol.messages import WorkSpec
 from protocol.model import Model
-from protocol.model_messages import LayerSpec, ModelSource, layer_blobs, layer_submit_bytes
+from protocol.model_messages import LayerSpec, ModelSource, layer_blobs
 from protocol.model_share import LayerShare, TileOpening
 from protocol.model_work import (
     UnitRecord,
@@ -78,12 +78,6 @@ class ModelUnit:
     @property
     def rows(self) -> int:
         return int(self.x.shape[0])
-
-    @cached_property
-    def share_bytes(self) -> int:
-        """The largest frame a layer share of this unit needs."""
-        shapes = [layer_shape(self.model, i, self.rows, self.r) for i in range(self.model.depth)]
-        return max(layer_submit_bytes(s) for s in shapes)
 
 
 @dataclass(eq=False)
