@@ -6,7 +6,8 @@ too), ``matmine_worker_work_macs_total{device}`` (MACs computed: ``rate()`` it),
 ``matmine_worker_pool_connected``, ``matmine_worker_blob_bytes_total``,
 ``matmine_worker_blobs_rejected_total``, ``matmine_worker_useful_results_total{outcome}``,
 ``matmine_worker_best_share_difficulty``, ``matmine_worker_scanned_macs_total{kind}``
-(``useful``: a unit's headers before its product was taken; ``synthetic``: the rest),
+(``useful``: a unit's headers before its product was taken and model layers' headers;
+``synthetic``: the rest),
 ``matmine_worker_useful_bytes_total{direction}`` (operands ``in``, results ``out``); the
 app adds ``matmine_worker_build_info`` and ``process_*`` (:mod:`toolkit.metrics`).
 No ``_created`` series. Values are read from ``WorkerStats`` at scrape time.
@@ -104,7 +105,7 @@ class WorkerCollector(Collector):
         scanned = CounterMetricFamily(
             "matmine_worker_scanned_macs",
             "Multiply-accumulates scanned, by kind (useful: a unit's headers before its "
-            "product was taken; synthetic: everything else)",
+            "product was taken, and model layers; synthetic: everything else)",
             labels=["kind"],
         )
         for kind in SCAN_KINDS:

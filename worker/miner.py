@@ -204,7 +204,8 @@ class Miner:
         work = n.work
         if self._models is not None and isinstance(work.source, ModelSource):
             assert self._nursery is not None
-            self._models.take(job, self.slots[0], self._nursery)  # in the background
+            # in the background; its layers' MACs count as useful scans of the device
+            self._models.take(job, self.slots[0], self._nursery, self._stats)
             return None
         try:
             shape = work.shape

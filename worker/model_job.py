@@ -88,8 +88,10 @@ class ModelJobRunner:
         *,
         spill_dir: Path | None = None,
         check_products: bool = True,
+        on_layer: Callable[[LayerRecord], None] | None = None,
     ) -> None:
         self.backend = backend
+        self.on_layer = on_layer  # each layer's record as it is done (on the trio side)
         self.cache = cache
         self.limiter = limiter
         self.extranonce1 = extranonce1
@@ -175,6 +177,8 @@ class ModelJobRunner:
             nonlocal sent
             async with receive:
                 async for record in receive:
+                    if self.on_layer is not None:
+                        self.on_layer(record)
                     for share in record.shares:
                         await submit(submit_of(job, record, share, extranonce2[record.index]))
                         sent += 1

@@ -15,7 +15,8 @@ SHARE_RESULTS = ("accepted", "rejected", "stale", "lost")
 PING_SAMPLES = 32  # submit round trips the pool ping is the median of
 USEFUL_RESULTS = ("verified", "rejected", "failed")
 SCAN_KINDS = ("useful", "synthetic")
-"""``useful``: headers of a unit before its product was taken; ``synthetic``: all else."""
+"""``useful``: headers of a unit before its product was taken, and every model layer's
+header (its product is the layer's, SPEC §12.12.4); ``synthetic``: all else."""
 DIRECTIONS = ("in", "out")  # useful-work bytes: operands in, results out
 
 

@@ -1,14 +1,12 @@
 """The pool's model jobs (SPEC §12.12): batches queued, units leased, layer shares held,
 deliveries taken, audits drawn and judged; each batch's judgments go to ``receipts``.
 
-For a ``"model-1"`` session, :meth:`ModelDesk.lease` hands out the first queued unit it may
-take, with the job's ``work`` (layer 0's, its ``ModelSource`` naming the data plane and the
-lease's token). :meth:`check_share` runs ``check_layer_share`` (never the blob path) and
-holds the share under ``(lease, layer, a_root)``; :meth:`deliver` takes the delivery, fixes
-the commitments and draws the audit from the pool's secret; :meth:`answer` judges it
-(``check_audit``): a pass credits the held shares (``credit``) and keeps the unit's ``Y``; a
-failure voids them, escalates the session (``on_failed``) and queues the unit again.
-"""
+:meth:`ModelDesk.lease` gives a ``"model-1"`` session the first queued unit it may take
+(its ``ModelSource`` names the data plane and the lease's token); :meth:`check_share` holds
+checked layer shares under ``(lease, layer, a_root)``; :meth:`deliver` fixes the commitments
+and draws the audit from the pool's secret; :meth:`answer` judges it: a pass credits the
+held shares and keeps ``Y``; a failure voids them, escalates the session and queues the unit
+again."""
 
 from __future__ import annotations
 
@@ -33,13 +31,7 @@ from pool.models.units import (
     unit_rows,
 )
 from pool.useful.tokens import LeaseTokens
-from protocol.audit import (
-    AuditFailure,
-    audit_seed,
-    challenge_count,
-    check_audit,
-    draw_challenges,
-)
+from protocol.audit import AuditFailure, audit_seed, challenge_count, check_audit, draw_challenges
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import H
 from protocol.messages import Notify, Submit, WorkSpec
@@ -87,6 +79,7 @@ class ModelDesk:
         on_queued: Callable[[], None] | None = None,
         on_held: Callable[[object], None] | None = None,
         on_passed: Callable[[int, list[object]], None] | None = None,
+        on_delivered: Callable[[str], None] | None = None,
         max_frame_size: int = 1 << 20,
     ) -> None:
         self.config = config
@@ -98,8 +91,9 @@ class ModelDesk:
         self.on_queued = on_queued  # units were queued: idle capable sessions lease one
         self.on_held = on_held  # (record): a layer share held under its lease
         self.on_passed = on_passed  # (the pass's useful MACs, held records): audit passed
+        self.on_delivered = on_delivered  # (session): its unit delivered, its next job now
         self.data_url: str | None = None  # the model data plane named in jobs (None: off)
-        self._current: dict[str, ModelLease] = {}  # session → its lease not yet judged
+        self._current: dict[str, ModelLease] = {}  # session → its lease not yet delivered
         self._secret = pool_secret if pool_secret is not None else secrets.token_bytes(32)
         self.tokens = LeaseTokens()
         self.items: dict[int, ModelItem] = {}
@@ -176,7 +170,7 @@ class ModelDesk:
     # -- leases and jobs -----------------------------------------------------------------
 
     def lease(self, session: str, data_url: str) -> ModelLease | None:
-        """The session's lease not yet judged, else a queued unit it did not fail (and whose
+        """The session's lease not yet delivered, else a queued unit it did not fail (and whose
         layer shares fit a frame), leased with its job's work; None: no model work for it."""
         now = self.clock()
         self._expire(now)
@@ -190,7 +184,7 @@ class ModelDesk:
         return None
 
     def holds(self, session: str) -> bool:
-        """Whether ``session`` holds a model lease not yet judged."""
+        """Whether ``session`` holds a model lease not yet delivered."""
         return session in self._current
 
     def _fits(self, unit: ModelUnit) -> bool:
@@ -203,14 +197,16 @@ class ModelDesk:
         return max(layer_submit_bytes(s) for s in shapes)
 
     def release_session(self, session: str) -> None:
-        """The session left: its unit goes back to the queue, its held shares are void
-        (stale, not counted against it)."""
-        lease = self._current.pop(session, None)
-        if lease is not None and lease.verdict is None:
+        """The session left: its units not yet judged (delivered or not) go back to the
+        queue, their held shares void (stale, not counted against it)."""
+        self._current.pop(session, None)
+        left = [x for x in self.leases.values() if x.session == session and x.verdict is None]
+        for lease in left:
             lease.verdict = (False, "the session left")
             self.receipts.dropped(lease.id)
             lease.void, lease.held = lease.held, []
             lease.unit.state = "queued"
+        if left:
             self._poke()
             if self.on_queued is not None:
                 self.on_queued()
@@ -271,13 +267,11 @@ class ModelDesk:
         if lease.verdict is not None:
             raise DeskError(403, "the lease is over")
         if blob == lease.source.x:
-            data = lease.unit.x.tobytes()
-        else:
-            found = self._weights[lease.unit.model.model_id].blobs.get(blob)
-            if found is None:
-                raise DeskError(404, "the lease's unit names no such blob")
-            data = found
-        return data
+            return lease.unit.x.tobytes()
+        found = self._weights[lease.unit.model.model_id].blobs.get(blob)
+        if found is None:
+            raise DeskError(404, "the lease's unit names no such blob")
+        return found
 
     async def check_share(
         self,
@@ -337,10 +331,9 @@ class ModelDesk:
         """``PUT {data}/results/{unit}?offset=``: the delivery's bytes; when whole and its
         hash holds, the commitments are fixed and the audit drawn. The bytes received."""
         lease = self._delivering(token, unit)
-        if lease.record is None and lease.verdict is not None:
-            raise DeskError(409, f"this lease is over: {lease.verdict[1]}")
-        if lease.record is not None:
-            raise DeskError(409, "this unit's delivery is already complete")
+        if lease.verdict is not None or lease.record is not None:
+            why = lease.verdict[1] if lease.record is None and lease.verdict else "delivered"
+            raise DeskError(409, f"this unit's lease is over: {why}")
         size = delivery_size(lease.unit.model, lease.unit.rows)
         if offset != len(lease.received):
             raise DeskError(409, f"the pool holds {len(lease.received)} bytes, not {offset}")
@@ -367,6 +360,10 @@ class ModelDesk:
         draws = draw_challenges(model, lease.unit.rows, seed, min(count, MAX_CHALLENGES))
         lease.challenges = draws[:MAX_CHALLENGES]
         lease.audit_deadline = self.clock() + self.config.audit_seconds
+        if self._current.get(lease.session) is lease:  # mined: the session's next job now
+            del self._current[lease.session]
+        if self.on_delivered is not None:
+            self.on_delivered(lease.session)
         return size
 
     def audit(self, token: str, unit: bytes) -> dict[str, object]:
@@ -408,7 +405,8 @@ class ModelDesk:
         self.receipts.ended(lease, "passed", "", self.clock())
         if self.on_passed is not None:  # the pass's MACs, unpadded, as for products
             self.on_passed(unit_.rows * record.model.macs_per_row, [h.record for h in lease.held])
-        self._current.pop(lease.session, None)
+        if self._current.get(lease.session) is lease:  # (it is not once delivered)
+            del self._current[lease.session]
         unit_.state, unit_.output = "done", record.output
         item = self.items.get(unit_.item)
         if item is not None and item.done:

@@ -123,7 +123,12 @@ def open_model_jobs(
         for s in _sessions_of(ctx, session):
             if not passed:
                 s.inbox.post(ResultRejected(max(1, voided)))  # like a wrong product
-            s.inbox.post(WorkLost())  # its next job: another unit, or synthetic
+            if not desk.holds(session):  # (once delivered, it has had its next job)
+                s.inbox.post(WorkLost())  # its next job: another unit, or synthetic
+
+    def delivered(session: str) -> None:
+        for s in _sessions_of(ctx, session):
+            s.inbox.post(WorkLost())  # its next job while the delivered unit's audit runs
 
     def queued() -> None:
         for s in list(ctx.sessions):
@@ -148,6 +153,7 @@ def open_model_jobs(
         on_queued=queued,
         on_held=held,
         on_passed=passed,
+        on_delivered=delivered,
         max_frame_size=ctx.config.stratum.max_frame_size,
     )
     registry = ModelRegistry(data_dir)

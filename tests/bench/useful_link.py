@@ -11,9 +11,11 @@ bound to 127.0.0.2 (off the shaped link: a customer's upload is another link):
 - (a) one 8192×8192×8192 product;
 - (b) ``--stream`` products 4096×8192 · 8192×8192 sharing one B (B registered once when the
   pool offers ``POST /api/work/operands``, else uploaded with each product);
-- (m) a synthetic deep model (``--model-layers`` layers of ``--model-width``², a batch of
-  ``--model-rows``) registered once and its batch inferred (:mod:`tests.support.link_model`:
-  verified and worker MACs of the pass from the API, as the metrics leave them out);
+- (m) a synthetic deep model (``--model-layers`` layers of ``--model-width``², batches of
+  ``--model-rows``) registered once and ``--model-batches`` batches streamed through it
+  (:mod:`tests.support.link_model`: two rows, the first batch, whose units fetch the
+  weights, and the stream of the others, the weights held; verified MACs from the API,
+  the worker's from its own metrics);
 
 every dimension divided by ``--scale`` (the model's layer count kept). Per (rate, case) it
 prints the useful fraction of the mined MACs (pool metrics, from the first product's
@@ -30,7 +32,7 @@ loopback, no bound; for smoke tests).
 
     sudo .venv/bin/python tests/bench/useful_link.py [--rates 100mbit,1gbit] [--scale 2]
         [--stream 3] [--cases a,b,m] [--unit 1024] [--model-layers 16] [--model-width 2048]
-        [--model-rows 256]
+        [--model-rows 256] [--model-batches 4]
 
 ``tests/bench/useful_plane.py`` compares the HTTP data plane with stratum chunks on loopback.
 """
@@ -93,8 +95,11 @@ async def run_all(args: argparse.Namespace) -> list[CaseResult]:
     results = []
     with tempfile.TemporaryDirectory(prefix="useful_link-") as tmp:
         for case in chosen:
-            run = run_model_case if isinstance(case, ModelCase) else run_case
-            results.append(await run(case, setup, Path(tmp) / case.name))
+            if isinstance(case, ModelCase):
+                where = Path(tmp) / case.name
+                results += await run_model_case(case, setup, where, batches=args.model_batches)
+            else:
+                results.append(await run_case(case, setup, Path(tmp) / case.name))
     return results
 
 
@@ -154,9 +159,11 @@ def table(rows: list[tuple[str, CaseResult]]) -> str:
         "wGMAC/s: worker capacity (matmine-worker bench); "
         "runGMAC: worker MAC/s during the case; cpu s/uGMAC: pool process CPU s per verified"
         " GMAC; @50T/@300T: the bound for a 50/300 TMAC/s GPU.",
-        "m (model job): verif, v/comp count the pass's MACs from the API (rows x macs_per_row"
-        " once done, checked against the pool's counter; the worker's padded layer shapes, as"
-        " its metrics leave the pass out); u/mined: the pool's split (held layer shares useful).",
+        "m (model job): verif, v/comp count the passes' MACs from the API (rows x macs_per_row"
+        " once done, checked against the pool's counter; the worker's from its metrics, model"
+        " layers counted useful); u/mined: the pool's split (held layer shares useful);",
+        "  first batch: the worker fetches the weights in it; stream: the later batches, the"
+        " next queued while one runs, the weights held (a worker fetches them once).",
     ]
     return "\n".join(lines)
 
@@ -164,7 +171,7 @@ def table(rows: list[tuple[str, CaseResult]]) -> str:
 def _inner_args(args: argparse.Namespace) -> list[str]:
     out = []
     names = ("scale", "stream", "cases", "unit", "shares_per_second", "timeout")
-    for name in (*names, "model_layers", "model_width", "model_rows"):
+    for name in (*names, "model_layers", "model_width", "model_rows", "model_batches"):
         out += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     out += ["--bench-seconds", str(args.bench_seconds), "--link-megabytes"]
     return out
@@ -215,6 +222,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-layers", type=int, default=16, help="layers of case (m)")
     parser.add_argument("--model-width", type=int, default=2048, help="case (m)'s layer width")
     parser.add_argument("--model-rows", type=int, default=256, help="case (m)'s batch rows")
+    parser.add_argument(
+        "--model-batches", type=int, default=4, help="case (m)'s batches, streamed (first apart)"
+    )
     parser.add_argument("--shares-per-second", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
     parser.add_argument("--bench-seconds", type=float, default=2.0)
@@ -225,8 +235,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.scale < 1 or 8192 % args.scale or args.stream < 1:
         parser.error("--scale must divide 8192 and --stream be at least 1")
-    if min(args.model_layers, args.model_width, args.model_rows) < 1:
-        parser.error("--model-layers, --model-width and --model-rows must be at least 1")
+    if min(args.model_layers, args.model_width, args.model_rows, args.model_batches) < 1:
+        parser.error(
+            "--model-layers, --model-width, --model-rows and --model-batches must be at least 1"
+        )
     if not set(args.cases.split(",")) <= {"a", "b", "m"}:
         parser.error(f"--cases: unknown case in {args.cases!r} (a, b, m)")
     try:

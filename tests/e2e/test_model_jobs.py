@@ -13,7 +13,8 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -32,7 +33,7 @@ from pool.useful.cli import main as work_main
 from protocol.hashing import H
 from protocol.header import coinbase_parts
 from protocol.messages import Notify, Submit
-from protocol.model import reference_pass, save_model
+from protocol.model import Model, reference_pass, save_model
 from tests.support.model_jobs import EN1, POOL_ADDRESS, batch, make_model
 from worker.backends.blas import BlasBackend
 from worker.model_cache import ModelCache
@@ -117,6 +118,17 @@ class Pool:
 
         result = await runner.run(job, submit)
         return lease, result, acks
+
+
+@asynccontextmanager
+async def serving(pool: Pool) -> AsyncIterator[None]:
+    """``pool``'s HTTP app on a real socket (``pool.base``) until the block exits."""
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_http, pool.app(), "127.0.0.1", 0)
+        pool.base = f"http://127.0.0.1:{port}"
+        yield
+        nursery.cancel_scope.cancel()
+    pool.registry.close()
 
 
 def runner(tmp: Path, backend: BlasBackend, name: str) -> ModelJobRunner:
@@ -267,6 +279,54 @@ async def test_shares_on_another_a_root_than_the_delivered_one_are_void(tmp_path
         assert pool.failed == [("cheat", result.reason)] and item.units[0].state == "queued"
         nursery.cancel_scope.cancel()
     pool.registry.close()
+
+
+def units_of_20_rows(tmp: Path, rows: int) -> tuple[Model, np.ndarray, Pool, ModelJobRunner]:
+    """A model, a batch of ``rows``, a pool that cuts it into units of 20 rows, a worker."""
+    model = make_model()
+    pool = Pool(tmp, ModelJobsConfig(r=32, unit_rows=20, budget_ppm=10**6))
+    return model, batch(rows, model.input_width), pool, runner(tmp, BlasBackend(threads=1), "w1")
+
+
+async def test_a_delivered_unit_frees_its_session_for_the_next_while_its_audit_runs(
+    tmp_path: Path,
+) -> None:
+    model, x, pool, worker = units_of_20_rows(tmp_path, rows=40)
+    seen: list[tuple[str, object, object]] = []  # at each delivery: session, next lease, first
+
+    def delivered(session: str) -> None:  # the pool's hook: the session's next job now
+        first = pool.desk.leases[min(pool.desk.leases)]
+        seen.append((session, pool.desk.lease(session, pool.base + DATA_PREFIX), first.verdict))
+
+    pool.desk.on_delivered = delivered
+    async with serving(pool):
+        item = pool.desk.queue_batch("mlp3", model, x)
+        first, result, _ = await pool.mine_one("s1", worker, "job.1")
+        assert result.verified, result.reason
+        (session, second, verdict), *_ = seen
+        # delivered, not yet judged: the session had leased the other unit already
+        assert session == "s1" and verdict is None and second is not None
+        assert second is not first and second.unit is item.units[1]
+        assert pool.desk.holds("s1") and pool.desk.lease("s1", pool.base + DATA_PREFIX) is second
+        again, result, _ = await pool.mine_one("s1", worker, "job.2")  # its current lease
+        assert again is second and result.verified and item.done
+        assert not pool.desk.holds("s1") and len(seen) == 2 and seen[1][1] is None
+        assert np.array_equal(item.output(), reference_pass(model, x).output)
+    assert not pool.failed
+
+
+async def test_a_session_that_leaves_before_its_delivered_units_verdict_ends_it(
+    tmp_path: Path,
+) -> None:
+    model, x, pool, worker = units_of_20_rows(tmp_path, rows=20)
+    pool.desk.on_delivered = pool.desk.release_session  # it leaves right after delivering
+    async with serving(pool):
+        item = pool.desk.queue_batch("mlp3", model, x)
+        lease, result, acks = await pool.mine_one("s1", worker, "job.1")
+        # as before the next job came at delivery: stale, not counted against it
+        assert acks and not result.verified and result.reason == "the session left"
+        assert lease.voided == len(acks) and not pool.credited and not pool.failed
+        assert item.units[0].state == "queued"
 
 
 async def test_a_finished_batch_is_forgotten_after_keep_seconds(tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ caught by the audit, its shares are voided and the unit goes to another worker."
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -16,9 +18,10 @@ import trio
 
 from protocol.header import Header
 from protocol.model import reference_pass
+from protocol.model_work import layer_shape
 from tests.support.model_jobs import batch, make_model
 from tests.support.model_pool import failed_cheat, infer, model_pool, model_settings, wait_done
-from tests.support.running import running_worker
+from tests.support.running import WrappedBackend, running_worker
 from tests.support.useful_pool import blas, useful_settings
 
 
@@ -51,6 +54,10 @@ async def test_a_batch_goes_through_the_pool_and_the_worker(tmp_path: Path) -> N
         blobs = sum(len(b) for b in desk._weights[model.model_id].blobs.values())
         assert desk.served_bytes == blobs + 64 * model.input_width  # the weights went out once
         assert worker.models.cache.stats.fetches == 1
+        # the worker counts every layer it mined as useful scanned MACs of its device
+        shapes = [layer_shape(model, i, 32, 32) for _ in range(2) for i in range(model.depth)]
+        assert worker.stats.scanned_macs["useful"] == sum(s.m * s.n * s.k for s in shapes)
+        assert worker.stats.useful_fraction is not None and worker.stats.useful_fraction > 0
         # the passes count as verified useful work, their layer shares as mined useful work
         stats = (await client.get("/api/pool")).json()["useful"]
         assert stats["useful_macs"] == 64 * model.macs_per_row
@@ -89,6 +96,49 @@ async def test_a_faked_row_is_caught_by_the_audit_and_its_shares_voided(tmp_path
         ):
             y = await wait_done(client, item, 60)
         assert np.array_equal(y, reference_pass(model, x).output)
+
+
+class HeldFirstPass(WrappedBackend):
+    """A device whose first model layer (a scan with its product) waits for ``go``."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.waiting, self.go = threading.Event(), threading.Event()
+
+    def scan(self, header, share_target, should_stop=lambda: False, want_product=False):
+        if want_product and not self.waiting.is_set():
+            self.waiting.set()
+            self.go.wait(30)
+        return self.inner.scan(header, share_target, should_stop, want_product)
+
+
+async def test_a_unit_leased_again_after_a_reconnect_is_run_again(tmp_path: Path) -> None:
+    model = make_model(dims=((40, 24),))
+    x = batch(32, model.input_width, seed=9)
+    device = HeldFirstPass(blas())
+    async with (
+        model_pool(tmp_path / "pool") as pool,
+        running_worker(
+            [pool.endpoint],
+            [device],
+            useful=useful_settings(tmp_path),
+            model=model_settings(tmp_path),
+        ) as worker,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{pool.handle.http_port}") as client,
+    ):
+        item = await infer(client, model, x)
+        await trio.to_thread.run_sync(device.waiting.wait, 30)
+        first = worker.failover.active
+        assert first is not None
+        first.close()  # the lease ends with the connection; the unit is queued again
+        with trio.fail_after(10):
+            while worker.failover.active in (None, first):
+                await trio.sleep(0.05)
+        device.go.set()  # the first lease's pass goes on; its delivery is refused
+        y = await wait_done(client, item, 60)  # the unit, leased again, was run again
+        assert np.array_equal(y, reference_pass(model, x).output)
+        assert worker.models is not None and worker.models.results["verified"] == 1
+        assert len(pool.handle.context.models.leases) == 2
 
 
 async def test_a_layer_share_that_meets_the_network_is_a_block_the_node_accepts(

@@ -81,18 +81,26 @@ async def test_a_tiny_model_batch_is_accounted_for_by_its_pass(tmp_path: Path) -
     capacity = worker_capacity(64, 64, 128, 32, seconds=0.3)
     # a share difficulty every ticket meets: each layer's one header gives shares
     setup = Setup(64, 1e-7, capacity, None, timeout=120.0)
-    result = await run_model_case(case, setup, tmp_path, check_output=True)  # Y is right
-    # verified: the batch's rows through every layer, unpadded, once
-    assert result.delta("verified") == case.macs == 64 * 3 * 128 * 128
-    units, computed = result.extra["units"], result.extra["pass_macs"]
-    assert units >= 1 and computed >= case.macs  # the worker's padded shapes, each unit once
-    assert result.mined > 0 and result.delta("pool_cpu") > 0
-    # the worker computed the pass and perhaps synthetic work: no more verified than that
-    exact = result.computed_fraction
-    assert exact is not None and 0.0 < exact <= 1.0
-    assert result.delta("verified") <= result.delta("worker_useful") <= result.delta("worker_macs")
+    # Y is right for every batch; the first one apart from the stream of the other two
+    first, stream = await run_model_case(case, setup, tmp_path, batches=3, check_output=True)
+    done = [result.delta("verified") / case.macs for result in (first, stream)]
+    assert sum(done) == 3 and all(d >= 1 and d == int(d) for d in done)  # whole batches
+    for result, batches in zip((first, stream), done, strict=True):
+        # verified: the batches' rows through every layer, unpadded, once
+        assert result.delta("verified") == batches * case.macs == batches * 64 * 3 * 128 * 128
+        units, computed = result.extra["units"], result.extra["pass_macs"]
+        assert units >= batches and computed >= batches * case.macs  # padded, each unit once
+        assert result.mined > 0 and result.delta("pool_cpu") > 0
+        # the worker counted the passes it mined as useful: at least their padded MACs
+        assert result.delta("worker_useful") >= computed
+        # the worker computed the passes and perhaps synthetic work: no more verified
+        exact = result.computed_fraction
+        assert exact is not None and 0.0 < exact <= 1.0
+        assert result.delta("verified") <= result.delta("worker_useful")
+        assert result.delta("worker_useful") <= result.delta("worker_macs")
+        assert result.bound() is None and result.submission.startswith("model registered once")
+    assert "first batch" in first.submission and "stream of 2 more" in stream.submission
     assert case.least_bytes_per_mac == (3 * 128 * 128 + 64 * 128 + 4 * 64 * 128) / case.macs
-    assert result.bound() is None and result.submission.startswith("model registered once")
 
 
 @pytest.mark.parametrize("share_b", [True, False])

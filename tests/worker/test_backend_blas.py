@@ -50,6 +50,28 @@ def test_should_stop_cuts_the_scan_short():
     assert np.array_equal(again.product, reference.noisy_product)
 
 
+def test_float32_weights_are_kept_by_b_root_within_their_bound():
+    shape = Shape(32, 48, 256, 64)
+    rng = np.random.default_rng(4)
+    bt = rng.integers(-64, 65, (shape.n, shape.k), dtype=np.int8)
+    other = rng.integers(-64, 65, (shape.n, shape.k), dtype=np.int8)
+    units = [rng.integers(-64, 65, (shape.m, shape.k), dtype=np.int8) for _ in range(3)]
+    kept = BlasBackend(threads=1, block_rows=32, block_cols=48)
+    tight = BlasBackend(threads=1, block_rows=32, block_cols=48, weights_bytes=bt.size * 4)
+    for backend in (kept, tight):
+        for a in units:  # three units on one B, then one on another B, then the first again
+            for b in (bt, other, bt) if a is units[1] else (bt,):
+                workload = Workload(shape, a, b)
+                backend.prepare(workload)
+                header = os.urandom(128)
+                result = backend.scan(header, 1 << 256, lambda: False, want_product=True)
+                reference = mine_header(header, workload)
+                assert result.winners == reference.winners(1 << 256, shape.k)
+                assert np.array_equal(result.product, reference.noisy_product)
+    assert kept.weights_converted == 2  # each B once
+    assert tight.weights_converted == 3  # room for one: the first B made again after the other
+
+
 def test_bad_input_gets_clear_errors():
     backend = BlasBackend(threads=1)
     with pytest.raises(BackendError, match="prepare"):

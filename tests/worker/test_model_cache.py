@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import trio
 
-from protocol.model import save_model
+from protocol.model import reference_pass, save_model
 from tests.support.model_data import layer_header, random_inputs, random_model
 from toolkit.settings import ConfigError, check_bounds, from_dict
 from worker.backends.blas import BlasBackend
@@ -39,8 +39,8 @@ async def test_a_model_fetched_once_serves_many_units(tmp_path):
     cache = ModelCache(tmp_path, disk_bytes=1 << 20, memory_bytes=1 << 20)
     backend, limiter = BlasBackend(threads=1), trio.CapacityLimiter(1)
     outputs = []
-    for seed in range(3):
-        x = random_inputs(np.random.default_rng(seed), 17, 40)
+    xs = [random_inputs(np.random.default_rng(seed), 17, 40) for seed in range(3)]
+    for x in xs:
         async with cache.use(model.model_id, pool.fetch) as resident:
             assert cache.pinned == {model.model_id}
             outcome = await run_unit_in_thread(
@@ -51,6 +51,9 @@ async def test_a_model_fetched_once_serves_many_units(tmp_path):
         assert cache.pinned == frozenset()
     assert pool.fetched == [model.model_id]
     assert (cache.stats.fetches, cache.stats.disk_loads, cache.stats.memory_hits) == (1, 0, 2)
+    assert backend.weights_converted == model.depth  # each layer's float32 B made once
+    for y, x in zip(outputs, xs, strict=True):
+        assert np.array_equal(y, reference_pass(model, x).output)
     # a worker restarted on the same directory reads it from disk, verified, not the pool
     again = ModelCache(tmp_path, disk_bytes=1 << 20, memory_bytes=1 << 20)
     resident = await again.acquire(model.model_id, pool.fetch)

@@ -5,13 +5,17 @@ Output blocks of ``block_rows × block_cols`` keep their int32 accumulators in c
 every slab goes by; each block runs on one of ``threads`` threads with a single-threaded
 BLAS (``threadpoolctl``), so the per-slab elementwise work (int conversion, add, XOR fold)
 of one thread overlaps the sgemm of the other. Operands are kept transposed (k × rows), so
-a slab is a block of contiguous rows and the noise of a header is two row gathers.
+a slab is a block of contiguous rows and the noise of a header is two row gathers. The
+float32 ``B`` of each ``Bᵀ`` is kept by ``b_root`` (least recently used first, at most
+``weights_bytes``), so the units of one product's B, or of one model's layer, convert it
+once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -70,11 +74,19 @@ class _Pass:
     should_stop: Callable[[], bool]
 
 
+WEIGHTS_BYTES = 1 << 30
+"""Default bound of the float32 ``B`` operands a :class:`BlasBackend` keeps across units."""
+
+
 class BlasBackend:
     """mmpow-1 on the CPU through numpy's float32 BLAS; matches the reference bit for bit."""
 
     def __init__(
-        self, threads: int | None = None, block_rows: int = 512, block_cols: int = 512
+        self,
+        threads: int | None = None,
+        block_rows: int = 512,
+        block_cols: int = 512,
+        weights_bytes: int = WEIGHTS_BYTES,
     ) -> None:
         if block_rows <= 0 or block_cols <= 0 or block_rows % TILE or block_cols % TILE:
             raise BackendError(f"block sizes must be positive multiples of {TILE}")
@@ -89,14 +101,32 @@ class BlasBackend:
         self._workload: Workload | None = None
         self._a32: np.ndarray | None = None
         self._b32: np.ndarray | None = None
+        self.weights_bytes = weights_bytes
+        self._weights: OrderedDict[tuple[bytes, int, int], np.ndarray] = OrderedDict()
+        self.weights_converted = 0  # float32 B operands made (not found kept)
 
     def prepare(self, workload: Workload) -> None:
-        """Keep float32 ``Aᵀ`` and ``B`` (once per work_root)."""
+        """Keep float32 ``Aᵀ`` (once per work_root) and ``B`` (once per b_root, kept)."""
         if self._workload is not None and self._workload.work_root == workload.work_root:
             return
         self._workload = workload
         self._a32 = _transposed(workload.a)
-        self._b32 = _transposed(workload.bt)
+        self._b32 = self._weights_of(workload)
+
+    def _weights_of(self, workload: Workload) -> np.ndarray:
+        """The float32 ``B`` of ``workload.bt``: kept from an earlier unit, else made."""
+        key = (workload.b_root, *workload.bt.shape)
+        b32 = self._weights.get(key)
+        if b32 is not None:
+            self._weights.move_to_end(key)
+            return b32
+        b32 = _transposed(workload.bt)
+        self.weights_converted += 1
+        if b32.nbytes <= self.weights_bytes:
+            self._weights[key] = b32
+            while sum(b.nbytes for b in self._weights.values()) > self.weights_bytes:
+                self._weights.popitem(last=False)
+        return b32
 
     def scan(
         self,
