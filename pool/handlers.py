@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from pool.abuse import Escalation
+from pool.jobs import Job
 from pool.models.jobs import check_submit
 from pool.models.units import ModelJobWork
 from pool.share_check import AcceptedShare, Miner, ShareRejected
@@ -127,32 +128,27 @@ class RequestHandlers:
         if refused is not None:
             self._judged(request_id, nursery, ShareRejected(str(refused), refused.code))
             return
-        if not self._model_job(msg):
-            try:
-                started = start_submit(
-                    self.ctx.checker,
-                    self._submitter(),
-                    s.book,
-                    msg,
-                    partial(self._judged, request_id, nursery),
-                    lambda: not self._gone(nursery),
-                )
-            except ShareRejected as exc:
-                self._judged(request_id, nursery, exc)
-                return
-            if started:
-                return
+        try:
+            started = start_submit(
+                self.ctx.checker,
+                self._submitter(),
+                s.book,
+                msg,
+                partial(self._judged, request_id, nursery),
+                lambda: not self._gone(nursery),
+                self._model_job,
+            )
+        except ShareRejected as exc:
+            self._judged(request_id, nursery, exc)
+            return
+        if started:
+            return
         judging = partial(check_submit, self.ctx, self._submitter(), s.book, msg)
         nursery.start_soon(s.guard, self._judge_in_task, request_id, judging)
 
-    def _model_job(self, msg: messages.Submit) -> bool:
-        """Whether ``msg`` is a share of a model job (judged by ``check_submit``)."""
-        if self.ctx.models is None:
-            return False
-        try:
-            job = self.session.book.lookup(msg.job_id, self.ctx.jobs.epoch, trio.current_time())
-        except ProtocolError:
-            return False  # (refused by the checker, as always)
+    @staticmethod
+    def _model_job(job: Job) -> bool:
+        """Whether ``job`` is a model job (its shares are judged by ``check_submit``)."""
         return isinstance(job.workload, ModelJobWork)
 
     def _gone(self, nursery: trio.Nursery) -> bool:

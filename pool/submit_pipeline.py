@@ -19,7 +19,7 @@ from functools import partial
 import trio
 
 from pool.check_batch import Answer
-from pool.jobs import SessionJobs
+from pool.jobs import Job, SessionJobs
 from pool.share_check import AcceptedShare, Miner, ShareChecker
 from pool.share_rules import ShareRejected
 from pool.sharelog import ShareLogError
@@ -47,10 +47,12 @@ def start_submit(
     submit: messages.Submit,
     done: Callable[[Outcome], None],
     wanted: Callable[[], bool],
+    elsewhere: Callable[[Job], bool],
 ) -> bool:
     """Start judging ``submit``; ``done`` gets its outcome later, in the event loop. False,
-    with nothing done, when it needs ``checker.check`` from the start (no stage workers, an
-    unknown or stale job, a job on a leased useful-work unit). A cheap rule that fails
+    with nothing done, when it needs ``checker.check`` (or what ``elsewhere`` says judges
+    its job) from the start: no stage workers, an unknown or stale job, a job on a leased
+    useful-work unit, a job ``elsewhere`` names. A cheap rule that fails
     raises ``ShareRejected`` at once. A share checked once ``wanted()`` is False (its
     session closed) is not stored; its outcome is a rejection nobody reads."""
     if not checker.batcher.staged:
@@ -59,7 +61,7 @@ def start_submit(
         job = book.lookup(submit.job_id, checker.jobs.epoch, trio.current_time())
     except ProtocolError:
         return False  # refused by check, as always
-    if job.lease_id is not None and checker.useful is not None:
+    if (job.lease_id is not None and checker.useful is not None) or elsewhere(job):
         return False
     pre = checker.admit(miner, book, job, submit)
 

@@ -28,16 +28,21 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 LOOP_PARTS = [  # the first part whose frame is on a sample's stack takes the sample
+    # (the submit pipeline runs its steps inside the stage that calls back: the rules under
+    # the reader, the record under the check batcher, the answer under the share log)
     ("ack: encode + send (Session.send)", ["Session.send "]),
-    ("frame read + decode (Session._reader)", ["Session._reader "]),
-    ("check hand-off (CheckBatcher, IPC or thread)", ["CheckBatcher."]),
+    ("share rules (lookup, precheck, header)", ["precheck ", "SessionJobs.lookup", "Job.header"]),
+    (
+        "submit bookkeeping (hashrate, vardiff, metrics, record)",
+        ["RequestHandlers.", "ShareChecker.accepted", "ShareChecker.to_record"],
+    ),
     (
         "ledger commit (ShareLog, _store)",
-        ["ShareLog.", "ShareChecker._store", "ShareChecker._keep"],
+        ["ShareLog.", "_Batch.", "ShareChecker._store", "ShareChecker._keep"],
     ),
-    ("share rules (lookup, precheck, header)", ["precheck ", "SessionJobs.lookup", "Job.header"]),
-    ("submit bookkeeping (hashrate, vardiff, metrics)", ["RequestHandlers.", "ShareChecker.check"]),
-    ("dispatch (Session rest)", ["Session."]),
+    ("check hand-off (CheckBatcher, IPC or thread)", ["CheckBatcher.", "_Pending."]),
+    ("frame read + decode (Session._reader)", ["Session._reader "]),
+    ("dispatch (Session rest, Replies writer)", ["Session.", "Replies."]),
 ]
 
 
@@ -70,6 +75,7 @@ def split(raw: Path, pid: int) -> collections.Counter[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=7.0, help="sampling time")
+    parser.add_argument("--keep-raw", type=Path, help="also copy py-spy's raw samples here")
     parser.add_argument("bench", nargs=argparse.REMAINDER, help="-- pool_load.py arguments")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -99,6 +105,8 @@ def main() -> None:
                 bench.wait()
         print(out.read_text())
         parts = split(raw, pid)
+        if args.keep_raw is not None:
+            shutil.copyfile(raw, args.keep_raw)
     total = sum(parts.values())
     print(f"py-spy samples of the pool process (pid {pid}) in its submit phase: {total}")
     for part, count in sorted(parts.items()):
