@@ -30,7 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -57,13 +57,14 @@ class _Pending:
     request: TicketRequest
     taken: bool = False
     answer: Answer | None = None
-    wake: trio.Event = field(default_factory=trio.Event)
+    wake: trio.Event | None = None  # made by the task when it waits
     done: Callable[[Answer], None] | None = None
 
     def settle(self) -> None:
         """Hand the answer on: wake the waiting task, or call the callback."""
         if self.done is None:
-            self.wake.set()
+            if self.wake is not None:
+                self.wake.set()
             return
         assert self.answer is not None
         try:
@@ -141,8 +142,8 @@ class CheckBatcher:
                 if not pending.taken and self._leaders < self.limiter.total_tokens:
                     await self._lead(pending)
                 else:
-                    pending.wake = trio.Event()
-                    await pending.wake.wait()
+                    pending.wake = wake = trio.Event()
+                    await wake.wait()
         finally:
             if not pending.taken:  # cancelled while queued: drop it, let the next lead
                 with contextlib.suppress(ValueError):
@@ -184,9 +185,9 @@ class CheckBatcher:
     def _wake_next(self) -> None:
         """Ask the oldest waiting submit to lead when a batch could start."""
         if self._queue and self._leaders < self.limiter.total_tokens:
-            head = self._queue[0]
-            if head.done is None:
-                head.wake.set()
+            wake = self._queue[0].wake
+            if wake is not None:
+                wake.set()
             self._stage_wake.set()
 
     def _split(self, taken: list[_Pending]) -> list[list[_Pending]]:

@@ -3,6 +3,10 @@
     .venv/bin/python tests/bench/pool_load.py --connections 500 --phase-seconds 10 \
         --check-threads 1 2 --check-processes 1 2
 
+With ``--baseline-repo DIR`` (another checkout, e.g. ``git worktree add /tmp/old main``)
+each pool run is made twice, that tree's pool first, then this one's: before/after figures
+from the same run.
+
 The pool runs as ``matmine-pool`` (``python -m pool.cli serve``) with a fresh data dir, the
 embedded devnet node (network difficulty far above the share difficulty, so no blocks) and
 vardiff off at a share difficulty so small that *every* ticket meets it: valid shares need

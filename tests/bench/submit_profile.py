@@ -75,6 +75,9 @@ def split(raw: Path, pid: int) -> collections.Counter[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=7.0, help="sampling time")
+    parser.add_argument(
+        "--gil", action="store_true", help="only samples of the thread holding the GIL (CPU)"
+    )
     parser.add_argument("--keep-raw", type=Path, help="also copy py-spy's raw samples here")
     parser.add_argument("bench", nargs=argparse.REMAINDER, help="-- pool_load.py arguments")
     args = parser.parse_args()
@@ -95,7 +98,7 @@ def main() -> None:
             pid = int(re.findall(r"pool pid (\d+)", out.read_text())[-1])
             time.sleep(1.0)  # into the submit phase
             record = [spy, "record", "--pid", str(pid), "--threads", "--subprocesses"]
-            record += ["-r", "200"]
+            record += ["-r", "200", *(["--gil"] if args.gil else [])]
             record += ["-d", str(int(args.seconds)), "-f", "raw", "-o", str(raw)]
             subprocess.run(record, check=True, capture_output=True)
             bench.wait(timeout=600)

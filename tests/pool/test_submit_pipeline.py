@@ -11,6 +11,9 @@ refuses what it cannot take at once.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
 import pytest
 import trio
 
@@ -19,6 +22,33 @@ from pool.ledger.sqlite import SqliteLedger
 from pool.sharelog import ShareLog, ShareLogError
 from protocol.address import new_address
 from tests.support.miner import TestMiner
+
+
+@contextlib.asynccontextmanager
+async def holding(limiter: trio.CapacityLimiter) -> AsyncIterator[None]:
+    """Every token of ``limiter`` held (what waits for it waits) until the block ends."""
+    holders = [object() for _ in range(int(limiter.total_tokens))]
+    for holder in holders:
+        await limiter.acquire_on_behalf_of(holder)
+    try:
+        yield
+    finally:
+        for holder in holders:
+            limiter.release_on_behalf_of(holder)
+
+
+async def leave(pool, miner: TestMiner, shares: list, queued: Callable[[], bool]) -> None:
+    """Send ``shares`` without waiting for answers; once ``queued()``, close the connection
+    and wait until its session has ended."""
+    for c in shares:
+        await miner.send_submit(c)
+    with trio.fail_after(10):
+        while not queued():
+            await trio.sleep(0.005)
+    await miner.aclose()
+    with trio.fail_after(10):
+        while pool.context.sessions:
+            await trio.sleep(0.01)
 
 
 def accepted_metric(pool) -> float:
@@ -54,25 +84,12 @@ async def test_a_session_that_closes_with_shares_in_a_commit_batch_has_them_comm
     job = await miner.login(new_address() + ".leaver")
     warm, *queued = (await miner.shares(6, job))[:6]
     assert (await miner.submit(warm)).error is None
-    log, limiter = pool.sharelog, pool.ledger_limiter
+    log = pool.sharelog
     room = log._room.value
-    holders = [object() for _ in range(int(limiter.total_tokens))]
-    for holder in holders:  # the ledger is busy: the next commit waits
-        await limiter.acquire_on_behalf_of(holder)
-    try:
-        for c in queued:
-            await miner.send_submit(c)
-        with trio.fail_after(10):  # checked and queued for the commit
-            while log._room.value > room - len(queued):
-                await trio.sleep(0.005)
-        (session,) = pool.context.sessions
-        await miner.aclose()
-        with trio.fail_after(10):
-            while pool.context.sessions:
-                await trio.sleep(0.01)
-    finally:
-        for holder in holders:
-            limiter.release_on_behalf_of(holder)
+    (session,) = pool.context.sessions
+    async with holding(pool.ledger_limiter):  # the ledger is busy: the next commit waits
+        # checked and queued for the commit, then gone
+        await leave(pool, miner, queued, lambda: log._room.value <= room - len(queued))
     with trio.fail_after(10):
         while log.committed < 1 + len(queued) or log._room.value < room:
             await trio.sleep(0.01)
@@ -97,25 +114,10 @@ async def test_a_session_that_closes_with_shares_being_checked_has_them_dropped(
     job = await miner.login(new_address() + ".quitter")
     warm, *queued = (await miner.shares(6, job))[:6]
     assert (await miner.submit(warm)).error is None
-    batcher = pool.context.checker.batcher
-    holders = [object() for _ in range(int(batcher.limiter.total_tokens))]
-    for holder in holders:  # every check thread is busy: the checks wait
-        await batcher.limiter.acquire_on_behalf_of(holder)
     (session,) = pool.context.sessions
     slots = session.inflight.value
-    try:
-        for c in queued:
-            await miner.send_submit(c)
-        with trio.fail_after(10):
-            while session.inflight.value > slots - len(queued):
-                await trio.sleep(0.005)
-        await miner.aclose()
-        with trio.fail_after(10):
-            while pool.context.sessions:
-                await trio.sleep(0.01)
-    finally:
-        for holder in holders:
-            batcher.limiter.release_on_behalf_of(holder)
+    async with holding(pool.context.checker.batcher.limiter):  # the checks wait
+        await leave(pool, miner, queued, lambda: session.inflight.value <= slots - len(queued))
     with trio.fail_after(10):
         while session.inflight.value < slots:  # each checked, then released
             await trio.sleep(0.01)
