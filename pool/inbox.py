@@ -5,6 +5,9 @@ Other parts never start tasks in a session's nursery; they :meth:`Inbox.post` an
 deadline: the same task keeps the session's timeouts). The inbox is bounded:
 a post to a full or closed inbox is refused (``False``), and an :class:`OfferWork` that
 is already waiting is not queued twice.
+
+:class:`Replies` is the other direction, the same way: the submit pipeline's answers to
+the session, which its writer task sends in order (``pool.submit_pipeline``).
 """
 
 from __future__ import annotations
