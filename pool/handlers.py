@@ -111,7 +111,7 @@ class RequestHandlers:
         """Start judging one share in an in-flight slot (freed once it is judged): in the
         submit pipeline (no task), or in a task of ``nursery`` where it needs one (a model
         job, a job on a leased unit, an unknown job). Its answer goes out through the
-        session's inbox (``Inbox.reply``).
+        session's replies, whose writer this starts at the first submit.
 
         A session that closes answers no more: of its shares in the pipeline, those
         already queued for a commit are committed (each once: the ledger refuses a second
@@ -121,6 +121,9 @@ class RequestHandlers:
             s.inflight.acquire_nowait()  # (the reader's receive is its checkpoint)
         except trio.WouldBlock:
             await s.inflight.acquire()
+        if not s.replies.writing:
+            s.replies.writing = True
+            nursery.start_soon(s.guard, s.replies.write, s.send)
         refused = s.conn.refusal(msg)
         if refused is not None:
             self._judged(request_id, nursery, ShareRejected(str(refused), refused.code))
@@ -150,7 +153,7 @@ class RequestHandlers:
 
     def _gone(self, nursery: trio.Nursery) -> bool:
         """Whether the session closed (or is closing): its submits are answered no more."""
-        return self.session.inbox.closed or nursery.cancel_scope.cancel_called
+        return self.session.replies.closed or nursery.cancel_scope.cancel_called
 
     def _judged(
         self,
@@ -188,7 +191,7 @@ class RequestHandlers:
             ctx.checker.count(outcome.code)
             frame = s.conn.send_error(request_id, outcome.code, str(outcome))
             against = not outcome.pool_fault and outcome.code not in NEUTRAL_CODES
-            s.inbox.reply(frame, partial(self.judge, False) if against else None)
+            s.replies.post(frame, partial(self.judge, False) if against else None)
             return
         share = outcome
         s.accepted += 1
@@ -204,7 +207,7 @@ class RequestHandlers:
         changed = None
         if ctx.config.vardiff.enabled:
             changed = s.vardiff.record_share(now, share.difficulty)
-        s.inbox.reply(frame, None if changed is None else partial(s.feed.new_difficulty, changed))
+        s.replies.post(frame, None if changed is None else partial(s.feed.new_difficulty, changed))
 
     def _ack(self, difficulty: float, block: bytes | None) -> object:
         """The wire result of an accepted share: kept per difficulty while it does not

@@ -6,11 +6,8 @@ deadline: the same task keeps the session's timeouts). The inbox is bounded:
 a post to a full or closed inbox is refused (``False``), and an :class:`OfferWork` that
 is already waiting is not queued twice.
 
-The same task sends the submit pipeline's answers (``pool.submit_pipeline``): the session
-:meth:`Inbox.reply` s a frame (with what follows it: a new difficulty's job, an escalation
-step), unbounded (the in-flight submit limit bounds them) and ahead of the events;
-:meth:`Inbox.receive` hands every queued reply over as one :class:`Replies`, and
-:meth:`Replies.send` sends them (the frames that come together in one write).
+:class:`Replies` is the other direction, the same way: the submit pipeline's answers to
+the session, which its writer task sends in order (``pool.submit_pipeline``).
 """
 
 from __future__ import annotations
@@ -59,62 +56,102 @@ class OfferWork:
 
 SessionEvent = Kick | Notice | WorkLost | ResultRejected | OfferWork
 
+
+class _Parking:
+    """One task parked until woken: plain data until someone waits (no channel, no event)."""
+
+    __slots__ = ("_waiter",)
+
+    def __init__(self) -> None:
+        self._waiter: trio.lowlevel.Task | None = None
+
+    async def _park(self) -> None:
+        if self._waiter is not None:
+            raise trio.BusyResourceError(
+                f"another task already waits on this {type(self).__name__}"
+            )
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            task, self._waiter = self._waiter, None
+            trio.lowlevel.reschedule(task)
+
+
 FollowUp = Callable[[], Awaitable[None]]
-"""What a session does once a reply is sent (a new difficulty's job, an escalation step)."""
+"""What a session does after sending a reply (a new job on a new difficulty, an escalation)."""
 
 
-@dataclass(frozen=True)
-class Replies:
-    """Answers to send, in order, each with an optional follow-up (not posted by others:
-    :meth:`Inbox.receive` gives what :meth:`Inbox.reply` queued)."""
+class Replies(_Parking):
+    """The answers the submit pipeline has for one session: frames to send in order, each
+    with an optional follow-up; one session task (the writer) sends them. Never blocks: the
+    in-flight submit limit bounds it. Closed with the session (later posts are dropped)."""
 
-    items: list[tuple[bytes, FollowUp | None]]
+    __slots__ = ("_items", "closed", "writing")
 
-    async def send(self, send: Callable[[bytes], Awaitable[None]]) -> None:
-        """``send`` the frames (those that come together in one call), each follow-up
-        after its frame."""
-        frames: list[bytes] = []
-        for frame, then in self.items:
-            frames.append(frame)
-            if then is not None:
+    def __init__(self) -> None:
+        super().__init__()
+        self._items: list[tuple[bytes, FollowUp | None]] = []
+        self.closed = False
+        self.writing = False  # a writer (:meth:`write`) was started
+
+    def post(self, frame: bytes, then: FollowUp | None = None) -> None:
+        """Queue ``frame`` (then ``then``) for the writer; nothing once closed."""
+        if not self.closed:
+            self._items.append((frame, then))
+            self._wake()
+
+    async def take(self) -> list[tuple[bytes, FollowUp | None]]:
+        """Every queued reply, in order, once there is one."""
+        while not self._items:
+            if self.closed:
+                raise trio.ClosedResourceError("the session is closed")
+            await self._park()
+        items, self._items = self._items, []
+        return items
+
+    async def write(self, send: Callable[[bytes], Awaitable[None]]) -> None:
+        """The writer: ``send`` the replies in order (frames that come together in one
+        call), each follow-up after its frame; ends once closed."""
+        while True:
+            frames: list[bytes] = []
+            for frame, then in await self.take():
+                frames.append(frame)
+                if then is not None:
+                    await send(b"".join(frames))
+                    frames = []
+                    await then()
+            if frames:
                 await send(b"".join(frames))
-                frames = []
-                await then()
-        if frames:
-            await send(b"".join(frames))
+
+    def close(self) -> None:
+        """No more replies: the queued ones are dropped, the writer ends."""
+        self.closed = True
+        self._items = []
+        self._wake()
 
 
-class Inbox:
+class Inbox(_Parking):
     """A bounded queue of :data:`SessionEvent`; one session task reads it.
 
     Plain data until someone waits: no channel, the waiting task itself is parked (a pool
     holds one inbox per connection, ten thousand of them).
     """
 
-    __slots__ = ("_closed", "_events", "_offer_waiting", "_replies", "_waiter", "size")
+    __slots__ = ("_closed", "_events", "_offer_waiting", "size")
 
     def __init__(self, size: int = INBOX_SIZE) -> None:
+        super().__init__()
         self.size = size
         self._events: deque[SessionEvent] | None = None  # made at the first post
-        self._replies: list[tuple[bytes, FollowUp | None]] | None = None
-        self._waiter: trio.lowlevel.Task | None = None
         self._closed = False
         self._offer_waiting = False
-
-    @property
-    def closed(self) -> bool:
-        """Whether the inbox is closed (its session ended)."""
-        return self._closed
-
-    def reply(self, frame: bytes, then: FollowUp | None = None) -> None:
-        """Queue an answer ``frame`` (then ``then``) to send (never blocks; dropped once
-        closed)."""
-        if self._closed:
-            return
-        if self._replies is None:
-            self._replies = []
-        self._replies.append((frame, then))
-        self._wake()
 
     def post(self, event: SessionEvent) -> bool:
         """Queue ``event`` (never blocks); False when the inbox is full or closed."""
@@ -130,25 +167,21 @@ class Inbox:
         self._wake()
         return True
 
-    async def receive(self, deadline: float = math.inf) -> SessionEvent | Replies | None:
-        """The queued replies, else the next event in the order posted; None once the trio
-        clock reaches ``deadline`` with neither (``trio.ClosedResourceError`` once closed)."""
-        if not self._events and not self._replies:
+    async def receive(self, deadline: float = math.inf) -> SessionEvent | None:
+        """The next event, in the order posted; None once the trio clock reaches
+        ``deadline`` with none (``trio.ClosedResourceError`` once closed)."""
+        if not self._events:
             if self._closed:
                 raise trio.ClosedResourceError("the inbox is closed")
             with trio.move_on_at(deadline):
                 await self._park()
-            if not self._events and not self._replies:
+            if not self._events:
                 if self._closed:
                     raise trio.ClosedResourceError("the inbox is closed")
                 return None
         else:
             await trio.lowlevel.checkpoint()
-        if self._replies:
-            replies, self._replies = self._replies, None
-            return Replies(replies)
-        if not self._events:  # closed meanwhile
-            raise trio.ClosedResourceError("the inbox is closed")
+        assert self._events
         event = self._events.popleft()
         if not self._events:
             self._events = None
@@ -160,21 +193,4 @@ class Inbox:
         """No more events: later posts are refused."""
         self._closed = True
         self._events = None
-        self._replies = None
         self._wake()
-
-    async def _park(self) -> None:
-        if self._waiter is not None:
-            raise trio.BusyResourceError("another task already waits on this inbox")
-        self._waiter = trio.lowlevel.current_task()
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._waiter = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-    def _wake(self) -> None:
-        if self._waiter is not None:
-            task, self._waiter = self._waiter, None
-            trio.lowlevel.reschedule(task)

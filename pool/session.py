@@ -7,8 +7,8 @@ task), the job feed (``pool.job_feed``: a job on every template and vardiff chan
 the inbox reader (``pool.inbox``: what other parts ask — kick, notices, useful work lost
 or offered), which between events keeps the watchdog's deadlines (``pool.watchdog``:
 handshake and idle timeouts; the vardiff idle sweep). At most ``max_inflight_submits``
-submits are judged at once, each without a task (``pool.submit_pipeline``; the inbox
-reader sends the answers); beyond that the reader stops reading (a flood's backpressure).
+submits are judged at once, each without a task (``pool.submit_pipeline``; ``replies``
+sends the answers); beyond that the reader stops reading (a flood's backpressure).
 
 Closing rules: framing garbage or an oversized frame → ``client.show_message`` with the
 reason, then close; a message rate above the limit → error 27 for each refused request
@@ -62,7 +62,7 @@ class Session(MinerState):
 
     __slots__ = ("_close_reason", "_scope", "_send_lock", "book", "conn", "ctx", "feed",
                  "handlers", "hashrate", "inbox", "inflight", "judge", "lease", "rate", "ready",
-                 "stream", "vardiff", "watchdog")  # fmt: skip
+                 "replies", "stream", "vardiff", "watchdog")  # fmt: skip
 
     def __init__(self, stream: trio.abc.Stream, peer: str, ctx: PoolContext) -> None:
         now = trio.current_time()
@@ -81,6 +81,7 @@ class Session(MinerState):
         )
         self.hashrate = HashrateMeter(now)
         self.inbox = Inbox()
+        self.replies = Replies()
         self.lease = UsefulLease(ctx.useful, self, self.hashrate, ctx.models)
         self.feed = JobFeed(
             ctx.jobs, self, self.book, self.vardiff, self.lease, self.notify, ctx.metrics
@@ -115,6 +116,7 @@ class Session(MinerState):
                 nursery.start_soon(self.guard, self._serve_inbox)
                 await self.guard(self._reader, nursery)  # the reader is this very task
         finally:
+            self.replies.close()
             self.ctx.sessions.discard(self)
             self.inbox.close()
             with trio.CancelScope(shield=True):
@@ -137,6 +139,7 @@ class Session(MinerState):
         """End the session (from any of its tasks, or from outside)."""
         if self._close_reason is None:
             self._close_reason = reason
+        self.replies.close()
         if self._scope is not None:
             self._scope.cancel()
 
@@ -165,8 +168,6 @@ class Session(MinerState):
             event = await self.inbox.receive(self._next_check())
             if event is None:
                 await self._watch()
-            elif isinstance(event, Replies):
-                await event.send(self.send)
             elif isinstance(event, Kick):
                 await self.notify_and_close(event.reason)
             elif isinstance(event, Notice):

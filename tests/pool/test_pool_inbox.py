@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-import trio
-import trio.testing
-
 from pool.abuse import AbusePolicy, BanList, Escalation, ShareJudge
-from pool.inbox import Inbox, Kick, Notice, OfferWork, Replies, WorkLost
+from pool.inbox import Inbox, Kick, Notice, OfferWork, WorkLost
 
 IP = "1.2.3.4"
 
@@ -23,52 +19,6 @@ async def test_inbox_keeps_order_coalesces_offers_and_refuses_when_full_or_close
     assert await inbox.receive() == OfferWork()
     inbox.close()
     assert not inbox.post(Kick("late"))
-
-
-async def test_replies_go_ahead_of_events_in_order_with_each_follow_up_after_its_frame() -> None:
-    """The submit answers: unbounded by the event limit, handed over all at once ahead of
-    the events, sent frames-together up to each follow-up; none once closed."""
-    inbox = Inbox(size=1)
-    done: list[str] = []
-
-    async def follow_up() -> None:
-        done.append("follow-up")
-
-    assert inbox.post(Notice("n"))
-    for frame in (b"a", b"b"):
-        inbox.reply(frame)
-    inbox.reply(b"c", follow_up)
-    inbox.reply(b"d")
-    replies = await inbox.receive()
-    assert isinstance(replies, Replies) and [f for f, _ in replies.items] == [
-        b"a",
-        b"b",
-        b"c",
-        b"d",
-    ]
-
-    async def send(data: bytes) -> None:
-        done.append(data.decode())
-
-    await replies.send(send)
-    assert done == ["abc", "follow-up", "d"]
-    assert await inbox.receive() == Notice("n")  # then the events, as posted
-    assert await inbox.receive(trio.current_time()) is None  # nothing left
-    got: list[object] = []
-
-    async def read() -> None:
-        got.append(await inbox.receive())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(read)
-        await trio.testing.wait_all_tasks_blocked()
-        inbox.reply(b"e")  # a reply wakes the waiting reader
-    assert got == [Replies([(b"e", None)])]
-    inbox.close()
-    inbox.reply(b"late")  # dropped: the session is gone
-    assert inbox.closed
-    with pytest.raises(trio.ClosedResourceError):
-        await inbox.receive()
 
 
 def ladder(policy: AbusePolicy, honest: int, now: float) -> list[Escalation]:
