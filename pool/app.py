@@ -273,6 +273,7 @@ async def run_pool(
                     config.limits.max_banned_ips,
                 ),
             )
+            await nursery.start(checker.batcher.run)  # the submit pipeline's check stage
             ctx = PoolContext(
                 config=config,
                 jobs=jobs,

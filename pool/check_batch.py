@@ -16,15 +16,21 @@ it); a submit cancelled while it waits leaves the queue. Batches are smaller for
 With ``processes`` (:class:`pool.check_procs.CheckProcesses`, ``[pool] check_processes``
 > 0) a leader's batches go to a check process instead, in one round trip; the limiter
 then bounds the processes busy at once.
+
+The session's submit pipeline (:meth:`CheckBatcher.enqueue`) queues a submit with a
+callback instead of a waiting task: :meth:`CheckBatcher.run`'s stage workers (one per
+check thread or process) lead for those, and each answer is handed to its callback in the
+event loop, one wake per batch instead of one per submit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -33,18 +39,38 @@ from pool.jobs import Job
 from pool.share_rules import CheckedTicket, TicketRequest, check_tickets
 from protocol.ticket import PassArrays
 
+log = logging.getLogger("pool.shares")
+
 BATCH_K = 8 * 4096
 """A batch holds at most this many columns of k in all (about 224 bytes of arrays each)."""
 
 
+Answer = CheckedTicket | Exception
+"""What a check gives one submit: its checked ticket, or the exception that rejects it."""
+
+
 @dataclass(eq=False)
 class _Pending:
-    """One queued submit, the answer once checked, and the event its task waits on."""
+    """One queued submit, the answer once checked, and the event its task waits on (or,
+    queued by :meth:`CheckBatcher.enqueue`, the callback that takes the answer)."""
 
     request: TicketRequest
     taken: bool = False
-    answer: CheckedTicket | Exception | None = None
-    wake: trio.Event = field(default_factory=trio.Event)
+    answer: Answer | None = None
+    wake: trio.Event | None = None  # made by the task when it waits
+    done: Callable[[Answer], None] | None = None
+
+    def settle(self) -> None:
+        """Hand the answer on: wake the waiting task, or call the callback."""
+        if self.done is None:
+            if self.wake is not None:
+                self.wake.set()
+            return
+        assert self.answer is not None
+        try:
+            self.done(self.answer)
+        except Exception:  # a bug in the callback: the other submits still get theirs
+            log.exception("a checked share's callback failed")
 
 
 class CheckBatcher:
@@ -68,6 +94,42 @@ class CheckBatcher:
         self._queue: deque[_Pending] = deque()
         self._arrays: deque[PassArrays] = deque()  # working arrays, one per check thread
         self._leaders = 0
+        self._stage_wake = trio.Event()  # set when a stage worker could lead
+        self.staged = False  # stage workers run (:meth:`run`): :meth:`enqueue` may be used
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The stage workers that lead for :meth:`enqueue`'s submits, one per token of the
+        limiter; cancelled, they finish the batches they took."""
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(int(self.limiter.total_tokens)):
+                    nursery.start_soon(self._stage)
+                self.staged = True
+                task_status.started()
+        finally:
+            self.staged = False
+
+    async def _stage(self) -> None:
+        while True:
+            if self._queue and self._leaders < self.limiter.total_tokens:
+                await self._lead(None)
+            else:
+                self._stage_wake = trio.Event()
+                await self._stage_wake.wait()
+
+    def enqueue(
+        self,
+        job: Job,
+        coinbase: bytes,
+        header: bytes,
+        tile: tuple[int, int],
+        done: Callable[[Answer], None],
+    ) -> None:
+        """Queue one submit without a task: ``done`` gets its answer once checked (in the
+        event loop, from a stage worker). Only while :attr:`staged`."""
+        assert self.staged, "enqueue needs the stage workers (CheckBatcher.run)"
+        self._queue.append(_Pending((job, coinbase, header, tile), done=done))
+        self._wake_next()
 
     async def check(
         self, job: Job, coinbase: bytes, header: bytes, tile: tuple[int, int]
@@ -80,8 +142,8 @@ class CheckBatcher:
                 if not pending.taken and self._leaders < self.limiter.total_tokens:
                     await self._lead(pending)
                 else:
-                    pending.wake = trio.Event()
-                    await pending.wake.wait()
+                    pending.wake = wake = trio.Event()
+                    await wake.wait()
         finally:
             if not pending.taken:  # cancelled while queued: drop it, let the next lead
                 with contextlib.suppress(ValueError):
@@ -91,18 +153,19 @@ class CheckBatcher:
             raise pending.answer
         return pending.answer
 
-    async def _lead(self, own: _Pending) -> None:
+    async def _lead(self, own: _Pending | None) -> None:
+        """Check batches until ``own`` is taken (a stage worker: until the queue is empty)."""
         self._leaders += 1
         try:
             with trio.CancelScope(shield=True):
-                while not own.taken and self._queue:
+                while (own is None or not own.taken) and self._queue:
                     batch = self._take()
                     if self.processes is None:
                         await trio.to_thread.run_sync(self._run, batch, limiter=self.limiter)
                     else:
                         await self._run_in_process(batch)
                     for pending in batch:
-                        pending.wake.set()
+                        pending.settle()
         finally:
             self._leaders -= 1
             self._wake_next()
@@ -122,7 +185,10 @@ class CheckBatcher:
     def _wake_next(self) -> None:
         """Ask the oldest waiting submit to lead when a batch could start."""
         if self._queue and self._leaders < self.limiter.total_tokens:
-            self._queue[0].wake.set()
+            wake = self._queue[0].wake
+            if wake is not None:
+                wake.set()
+            self._stage_wake.set()
 
     def _split(self, taken: list[_Pending]) -> list[list[_Pending]]:
         """What was taken as batches of at most :meth:`_batch_size` (checked one by one)."""

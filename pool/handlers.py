@@ -13,14 +13,19 @@ rejected share like any other. :meth:`judge` turns a verdict into the next step 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
 
 from pool.abuse import Escalation
+from pool.jobs import Job
 from pool.models.jobs import check_submit
-from pool.share_check import Miner, ShareRejected
+from pool.models.units import ModelJobWork
+from pool.share_check import AcceptedShare, Miner, ShareRejected
 from pool.sockets import tcp_socket
+from pool.submit_pipeline import Deferred, start_submit
 from pool.useful.service import Delivery
 from protocol import messages
 from protocol.address import validate_address
@@ -102,38 +107,107 @@ class RequestHandlers:
         if changed is not None and s.authorized:
             await s.feed.new_difficulty(changed)
 
-    async def submit(self, request_id: int, msg: messages.Submit) -> None:
-        """Check one share (the session took an in-flight slot for it; freed here)."""
+    async def submit(self, request_id: int, msg: messages.Submit, nursery: trio.Nursery) -> None:
+        """Start judging one share in an in-flight slot (freed once it is judged): in the
+        submit pipeline (no task), or in a task of ``nursery`` where it needs one (a model
+        job, a job on a leased unit, an unknown job). Its answer goes out through the
+        session's replies, whose writer this starts at the first submit.
+
+        A session that closes answers no more: of its shares in the pipeline, those
+        already queued for a commit are committed (each once: the ledger refuses a second
+        copy of a ticket), the others are dropped (never stored)."""
         s = self.session
         try:
-            refused = s.conn.refusal(msg)
-            if refused is not None:
-                raise ShareRejected(str(refused), refused.code)
-            share = await check_submit(self.ctx, self._submitter(), s.book, msg)
-        except ShareRejected as exc:
-            s.rejected += 1
-            self.ctx.checker.count(exc.code)
-            await s.send(s.conn.send_error(request_id, exc.code, str(exc)))
-            if not exc.pool_fault and exc.code not in NEUTRAL_CODES:
-                await self.judge(False)
+            s.inflight.acquire_nowait()  # (the reader's receive is its checkpoint)
+        except trio.WouldBlock:
+            await s.inflight.acquire()
+        if not s.replies.writing:
+            s.replies.writing = True
+            nursery.start_soon(s.guard, s.replies.write, s.send)
+        refused = s.conn.refusal(msg)
+        if refused is not None:
+            self._judged(request_id, nursery, ShareRejected(str(refused), refused.code))
             return
+        try:
+            started = start_submit(
+                self.ctx.checker,
+                self._submitter(),
+                s.book,
+                msg,
+                partial(self._judged, request_id, nursery),
+                lambda: not self._gone(nursery),
+                self._model_job,
+            )
+        except ShareRejected as exc:
+            self._judged(request_id, nursery, exc)
+            return
+        if started:
+            return
+        judging = partial(check_submit, self.ctx, self._submitter(), s.book, msg)
+        nursery.start_soon(s.guard, self._judge_in_task, request_id, judging)
+
+    @staticmethod
+    def _model_job(job: Job) -> bool:
+        """Whether ``job`` is a model job (its shares are judged by ``check_submit``)."""
+        return isinstance(job.workload, ModelJobWork)
+
+    def _gone(self, nursery: trio.Nursery) -> bool:
+        """Whether the session closed (or is closing): its submits are answered no more."""
+        return self.session.replies.closed or nursery.cancel_scope.cancel_called
+
+    def _judged(
+        self,
+        request_id: int,
+        nursery: trio.Nursery,
+        outcome: AcceptedShare | ShareRejected | Deferred,
+    ) -> None:
+        """The pipeline's outcome for one submit: answer it (or judge the rest in a task)."""
+        s = self.session
+        if self._gone(nursery):
+            s.inflight.release()  # nothing to answer
+            return
+        if isinstance(outcome, Deferred):
+            nursery.start_soon(s.guard, self._judge_in_task, request_id, outcome.rest)
+            return
+        s.inflight.release()
+        self._answer(request_id, outcome)
+
+    async def _judge_in_task(
+        self, request_id: int, judging: Callable[[], Awaitable[AcceptedShare]]
+    ) -> None:
+        try:
+            outcome: AcceptedShare | ShareRejected = await judging()
+        except ShareRejected as exc:
+            outcome = exc
         finally:
-            s.inflight.release()
+            self.session.inflight.release()
+        self._answer(request_id, outcome)
+
+    def _answer(self, request_id: int, outcome: AcceptedShare | ShareRejected) -> None:
+        """Count a judged share and queue its answer (then what it leads to) for the writer."""
+        s, ctx = self.session, self.ctx
+        if isinstance(outcome, ShareRejected):
+            s.rejected += 1
+            ctx.checker.count(outcome.code)
+            frame = s.conn.send_error(request_id, outcome.code, str(outcome))
+            against = not outcome.pool_fault and outcome.code not in NEUTRAL_CODES
+            s.replies.post(frame, partial(self.judge, False) if against else None)
+            return
+        share = outcome
         s.accepted += 1
-        ctx = self.ctx
         ctx.checker.count(None)
         now = trio.current_time()
         s.hashrate.add(share.difficulty, now)
         if ctx.pool_hashrate is not None:
             ctx.pool_hashrate.add(share.difficulty, now)
-        await s.send(s.conn.send_result(request_id, self._ack(share.difficulty, share.block_hash)))
+        frame = s.conn.send_result(request_id, self._ack(share.difficulty, share.block_hash))
         # = ``await self.judge(True)``: a valid share never escalates (ShareJudge.record
         # answers NONE to it), so no step is due and the policy's per-IP strikes are not read.
         s.judge.record(True)
+        changed = None
         if ctx.config.vardiff.enabled:
             changed = s.vardiff.record_share(now, share.difficulty)
-            if changed is not None:
-                await s.feed.new_difficulty(changed)
+        s.replies.post(frame, None if changed is None else partial(s.feed.new_difficulty, changed))
 
     def _ack(self, difficulty: float, block: bytes | None) -> object:
         """The wire result of an accepted share: kept per difficulty while it does not

@@ -5,12 +5,16 @@ Other parts never start tasks in a session's nursery; they :meth:`Inbox.post` an
 deadline: the same task keeps the session's timeouts). The inbox is bounded:
 a post to a full or closed inbox is refused (``False``), and an :class:`OfferWork` that
 is already waiting is not queued twice.
+
+:class:`Replies` is the other direction, the same way: the submit pipeline's answers to
+the session, which its writer task sends in order (``pool.submit_pipeline``).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -53,19 +57,99 @@ class OfferWork:
 SessionEvent = Kick | Notice | WorkLost | ResultRejected | OfferWork
 
 
-class Inbox:
+class _Parking:
+    """One task parked until woken: plain data until someone waits (no channel, no event)."""
+
+    __slots__ = ("_waiter",)
+
+    def __init__(self) -> None:
+        self._waiter: trio.lowlevel.Task | None = None
+
+    async def _park(self) -> None:
+        if self._waiter is not None:
+            raise trio.BusyResourceError(
+                f"another task already waits on this {type(self).__name__}"
+            )
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            task, self._waiter = self._waiter, None
+            trio.lowlevel.reschedule(task)
+
+
+FollowUp = Callable[[], Awaitable[None]]
+"""What a session does after sending a reply (a new job on a new difficulty, an escalation)."""
+
+
+class Replies(_Parking):
+    """The answers the submit pipeline has for one session: frames to send in order, each
+    with an optional follow-up; one session task (the writer) sends them. Never blocks: the
+    in-flight submit limit bounds it. Closed with the session (later posts are dropped)."""
+
+    __slots__ = ("_items", "closed", "writing")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._items: list[tuple[bytes, FollowUp | None]] = []
+        self.closed = False
+        self.writing = False  # a writer (:meth:`write`) was started
+
+    def post(self, frame: bytes, then: FollowUp | None = None) -> None:
+        """Queue ``frame`` (then ``then``) for the writer; nothing once closed."""
+        if not self.closed:
+            self._items.append((frame, then))
+            self._wake()
+
+    async def take(self) -> list[tuple[bytes, FollowUp | None]]:
+        """Every queued reply, in order, once there is one."""
+        while not self._items:
+            if self.closed:
+                raise trio.ClosedResourceError("the session is closed")
+            await self._park()
+        items, self._items = self._items, []
+        return items
+
+    async def write(self, send: Callable[[bytes], Awaitable[None]]) -> None:
+        """The writer: ``send`` the replies in order (frames that come together in one
+        call), each follow-up after its frame; ends once closed."""
+        while True:
+            frames: list[bytes] = []
+            for frame, then in await self.take():
+                frames.append(frame)
+                if then is not None:
+                    await send(b"".join(frames))
+                    frames = []
+                    await then()
+            if frames:
+                await send(b"".join(frames))
+
+    def close(self) -> None:
+        """No more replies: the queued ones are dropped, the writer ends."""
+        self.closed = True
+        self._items = []
+        self._wake()
+
+
+class Inbox(_Parking):
     """A bounded queue of :data:`SessionEvent`; one session task reads it.
 
     Plain data until someone waits: no channel, the waiting task itself is parked (a pool
     holds one inbox per connection, ten thousand of them).
     """
 
-    __slots__ = ("_closed", "_events", "_offer_waiting", "_waiter", "size")
+    __slots__ = ("_closed", "_events", "_offer_waiting", "size")
 
     def __init__(self, size: int = INBOX_SIZE) -> None:
+        super().__init__()
         self.size = size
         self._events: deque[SessionEvent] | None = None  # made at the first post
-        self._waiter: trio.lowlevel.Task | None = None
         self._closed = False
         self._offer_waiting = False
 
@@ -110,19 +194,3 @@ class Inbox:
         self._closed = True
         self._events = None
         self._wake()
-
-    async def _park(self) -> None:
-        if self._waiter is not None:
-            raise trio.BusyResourceError("another task already waits on this inbox")
-        self._waiter = trio.lowlevel.current_task()
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._waiter = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-    def _wake(self) -> None:
-        if self._waiter is not None:
-            task, self._waiter = self._waiter, None
-            trio.lowlevel.reschedule(task)

@@ -7,7 +7,8 @@ task), the job feed (``pool.job_feed``: a job on every template and vardiff chan
 the inbox reader (``pool.inbox``: what other parts ask — kick, notices, useful work lost
 or offered), which between events keeps the watchdog's deadlines (``pool.watchdog``:
 handshake and idle timeouts; the vardiff idle sweep). At most ``max_inflight_submits``
-submits are checked at once; beyond that the reader stops reading (a flood's backpressure).
+submits are judged at once, each without a task (``pool.submit_pipeline``; ``replies``
+sends the answers); beyond that the reader stops reading (a flood's backpressure).
 
 Closing rules: framing garbage or an oversized frame → ``client.show_message`` with the
 reason, then close; a message rate above the limit → error 27 for each refused request
@@ -33,7 +34,7 @@ from pool.abuse import RateLimiter, ShareJudge
 from pool.context import PoolContext
 from pool.handlers import RequestHandlers
 from pool.hashrate import HashrateMeter
-from pool.inbox import Inbox, Kick, Notice, ResultRejected, WorkLost
+from pool.inbox import Inbox, Kick, Notice, Replies, ResultRejected, WorkLost
 from pool.job_feed import JobFeed
 from pool.jobs import SessionJobs
 from pool.miner_state import MinerState
@@ -61,7 +62,7 @@ class Session(MinerState):
 
     __slots__ = ("_close_reason", "_scope", "_send_lock", "book", "conn", "ctx", "feed",
                  "handlers", "hashrate", "inbox", "inflight", "judge", "lease", "rate", "ready",
-                 "stream", "vardiff", "watchdog")  # fmt: skip
+                 "replies", "stream", "vardiff", "watchdog")  # fmt: skip
 
     def __init__(self, stream: trio.abc.Stream, peer: str, ctx: PoolContext) -> None:
         now = trio.current_time()
@@ -80,6 +81,7 @@ class Session(MinerState):
         )
         self.hashrate = HashrateMeter(now)
         self.inbox = Inbox()
+        self.replies = Replies()
         self.lease = UsefulLease(ctx.useful, self, self.hashrate, ctx.models)
         self.feed = JobFeed(
             ctx.jobs, self, self.book, self.vardiff, self.lease, self.notify, ctx.metrics
@@ -114,6 +116,7 @@ class Session(MinerState):
                 nursery.start_soon(self.guard, self._serve_inbox)
                 await self.guard(self._reader, nursery)  # the reader is this very task
         finally:
+            self.replies.close()
             self.ctx.sessions.discard(self)
             self.inbox.close()
             with trio.CancelScope(shield=True):
@@ -136,6 +139,7 @@ class Session(MinerState):
         """End the session (from any of its tasks, or from outside)."""
         if self._close_reason is None:
             self._close_reason = reason
+        self.replies.close()
         if self._scope is not None:
             self._scope.cancel()
 
@@ -274,11 +278,7 @@ class Session(MinerState):
     async def _request(self, event: RequestReceived, nursery: trio.Nursery) -> None:
         msg, request_id, handlers = event.message, event.id, self.handlers
         if isinstance(msg, messages.Submit):
-            try:
-                self.inflight.acquire_nowait()  # (the reader's receive is its checkpoint)
-            except trio.WouldBlock:
-                await self.inflight.acquire()
-            nursery.start_soon(self.guard, handlers.submit, request_id, msg)
+            await handlers.submit(request_id, msg, nursery)
             return
         refused = self.conn.refusal(msg)
         if refused is not None:

@@ -23,11 +23,9 @@ Credit = proven work (SPEC §12.8): each job's coinbase names the job, so a head
 to one job and a ticket is a share of that job's difficulty only; an ack means the share
 was stored as new and is credited (``ShareLog.commit`` says whether the ledger took it).
 
-24 (unauthorized), 25 (not subscribed), 26 (malformed) and 27 (message rate) are the
-session's (``pool.session``). Everything that touches numpy or hashes rows — building the
-coinbase and header, regenerating 16 rows of A and Bᵀ, recomputing the ticket — runs in
-a worker thread behind a ``CapacityLimiter``, several submits a call
-(:mod:`pool.check_batch`); the event loop only does dictionary work.
+24, 25, 26 and 27 (message rate) are the session's. The ticket's numpy and hashing runs in
+a check thread, several submits a call (:mod:`pool.check_batch`); :meth:`ShareChecker.check`
+awaits each step in turn, :mod:`pool.submit_pipeline` runs the same steps without a task.
 
 An accepted share is committed through the :class:`~pool.sharelog.ShareLog` before the
 ack. A share that also meets the network target is submitted to the chain at once
@@ -43,9 +41,10 @@ verified. If the lease has ended, the share is stale (21).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -54,13 +53,13 @@ import trio
 from pool.abuse import CheckBudget
 from pool.block_submitter import credit_accepted_block, encode_submission, node_verdict, unanswered
 from pool.chain.base import ChainAdapter
-from pool.check_batch import CheckBatcher
+from pool.check_batch import Answer, CheckBatcher
 from pool.check_procs import CheckProcesses
 from pool.jobs import Job, JobManager, SessionJobs
 from pool.ledger.base import Ledger, ShareRecord
 from pool.metrics import PoolMetrics
 from pool.pplns import PplnsPolicy
-from pool.share_rules import CheckedTicket, ShareRejected, precheck
+from pool.share_rules import CheckedTicket, Prechecked, ShareRejected, precheck
 from pool.sharelog import ShareLog, ShareLogError
 from pool.useful.service import UsefulWork
 from protocol import messages
@@ -100,6 +99,16 @@ class Miner:
 def short_address(address: str) -> str:
     """``mmd16fa1…0a`` style: enough to recognise an address in a log line."""
     return f"{address[:8]}…{address[-4:]}" if len(address) > 16 else address
+
+
+@contextlib.contextmanager
+def _released_unless_stored(job: Job, pre: Prechecked) -> Iterator[None]:
+    try:
+        yield
+    except ShareRejected as exc:
+        if exc.code == ErrorCode.OTHER:  # not stored: a resubmit must not be a duplicate
+            job.seen.discard(pre.key)
+        raise
 
 
 class ShareChecker:
@@ -162,6 +171,18 @@ class ShareChecker:
             job = book.lookup(submit.job_id, self.jobs.epoch, trio.current_time())
         except ProtocolError as exc:
             raise ShareRejected(str(exc), exc.code) from None
+        pre = self.admit(miner, book, job, submit)
+        try:
+            answer: Answer = await self.batcher.check(job, pre.coinbase, pre.header, submit.tile)
+        except Exception as exc:
+            answer = exc
+        checked, record = self.to_record(miner, job, pre, submit, answer)
+        return await self.store(miner, job, pre, submit, checked, record)
+
+    def admit(
+        self, miner: Miner, book: SessionJobs, job: Job, submit: messages.Submit
+    ) -> Prechecked:
+        """The cheap rules and the check budget; the ticket's key is reserved on success."""
         pre = precheck(book, job, submit, self.max_shares_per_job)
         if self.budget is not None and not self.budget.allow(
             miner.ip, miner.session_id, trio.current_time()
@@ -170,25 +191,32 @@ class ShareChecker:
             raise ShareRejected(
                 "too many share checks from your IP address; slow down", ErrorCode.RATE_LIMITED
             )
+        return pre
 
-        try:
-            checked = await self.batcher.check(job, pre.coinbase, pre.header, submit.tile)
-        except ShareRejected:  # not checked (a check process died): may come again
+    def to_record(
+        self, miner: Miner, job: Job, pre: Prechecked, submit: messages.Submit, answer: Answer
+    ) -> tuple[CheckedTicket, ShareRecord]:
+        """The check's answer as a share to store, or the ``ShareRejected`` it makes."""
+        if isinstance(answer, ShareRejected):  # not checked (a check process died): may come again
             job.seen.discard(pre.key)
-            raise
-        except ProtocolError as exc:  # the header, coinbase or ticket rules
-            raise ShareRejected(f"share cannot be checked: {exc}", exc.code) from None
-        except Exception as exc:  # a bug: reject the share, keep the session, say so loudly
-            log.exception("share check of job %s failed unexpectedly", submit.job_id)
-            raise ShareRejected(f"share cannot be checked: {exc}", ErrorCode.OTHER) from None
-        if not checked.meets_share:  # (the key stays taken: the same ticket fails again)
+            raise answer
+        if isinstance(answer, ProtocolError):  # the header, coinbase or ticket rules
+            raise ShareRejected(f"share cannot be checked: {answer}", answer.code) from None
+        if isinstance(answer, Exception):  # a bug: reject the share, keep the session, say so
+            log.error(
+                "share check of job %s failed unexpectedly",
+                submit.job_id,
+                exc_info=(type(answer), answer, answer.__traceback__),
+            )
+            raise ShareRejected(f"share cannot be checked: {answer}", ErrorCode.OTHER) from None
+        if not answer.meets_share:  # (the key stays taken: the same ticket fails again)
             raise ShareRejected(
                 f"ticket does not meet the job's difficulty {job.difficulty:g}",
                 ErrorCode.LOW_DIFFICULTY,
             )
         t = job.template
         record = ShareRecord(
-            digest=checked.digest,
+            digest=answer.digest,
             time=time.time(),
             address=miner.address,
             worker=miner.worker,
@@ -198,20 +226,38 @@ class ShareChecker:
             network_difficulty=t.network_difficulty,
             session_id=miner.session_id,
         )
+        return answer, record
+
+    async def store(
+        self,
+        miner: Miner,
+        job: Job,
+        pre: Prechecked,
+        submit: messages.Submit,
+        checked: CheckedTicket,
+        record: ShareRecord,
+    ) -> AcceptedShare:
+        """Store a checked share (and submit its block); the accepted share."""
         block_hash = None
-        try:
+        with _released_unless_stored(job, pre):
             if checked.meets_network:
                 block_hash = await self._submit_block(miner, job, submit.tile, checked, record)
             else:
                 await self._keep(job, record)
-        except ShareRejected as exc:
-            if exc.code == ErrorCode.OTHER:  # not stored: a resubmit must not be a duplicate
-                job.seen.discard(pre.key)
-            raise
+        return self.accepted(miner, job, checked.digest, block_hash)
+
+    def queued_outcome(self, job: Job, pre: Prechecked, stored: bool | ShareLogError) -> None:
+        """Raise the ``ShareRejected`` of a share queued in the share log and not stored."""
+        with _released_unless_stored(job, pre):
+            self._store_outcome(stored)
+
+    def accepted(
+        self, miner: Miner, job: Job, digest: bytes, block_hash: bytes | None = None
+    ) -> AcceptedShare:
         if self.budget is not None:
             self.budget.earn(miner.session_id)
         self.metrics.share_accepted_work(job.difficulty, miner.address, miner.worker)
-        return AcceptedShare(job, job.difficulty, checked.digest, block_hash)
+        return AcceptedShare(job, job.difficulty, digest, block_hash)
 
     async def _keep(self, job: Job, record: ShareRecord) -> None:
         """Store a share, or hold it when it was mined on a leased useful-work unit."""
@@ -238,10 +284,17 @@ class ShareChecker:
 
     async def _store(self, record: ShareRecord) -> None:
         try:
-            stored = await self.sharelog.commit(record)
+            stored: bool | ShareLogError = await self.sharelog.commit(record)
         except ShareLogError as exc:
+            stored = exc
+        self._store_outcome(stored)
+
+    @staticmethod
+    def _store_outcome(stored: bool | ShareLogError) -> None:
+        """Raise the ``ShareRejected`` of a share the share log did not store as new."""
+        if isinstance(stored, ShareLogError):
             raise ShareRejected(
-                f"share not stored, please resubmit: {exc}", ErrorCode.OTHER, pool_fault=True
+                f"share not stored, please resubmit: {stored}", ErrorCode.OTHER, pool_fault=True
             ) from None
         if not stored:  # the ledger holds this ticket for another share: no second credit
             raise ShareRejected(

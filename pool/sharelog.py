@@ -12,6 +12,10 @@ answers the miner with an error instead of an ack) and the writer carries on. At
 ``max_pending`` shares wait at a time; further submits wait for room (backpressure).
 On shutdown ``run`` commits whatever is still queued before it returns.
 
+:meth:`ShareLog.enqueue` is the same commit without a waiting task (the submit pipeline):
+the record joins the batch at once and a callback gets the outcome when the batch is done;
+it takes a record only when :meth:`commit` would not wait (the ledger up, room free).
+
 A failed commit also means the ledger is unavailable (reported once to
 :class:`~pool.health.DependencyHealth`): the writer checks it with a read when the next
 submit arrives (or after ``retry_interval`` seconds), then, while the checks fail, every
@@ -41,14 +45,41 @@ class ShareLogError(Exception):
     """A share could not be committed; it was not acknowledged."""
 
 
+Committed = Callable[[bool | ShareLogError], None]
+"""Told a queued record's outcome: whether the ledger holds it as this share, or why not."""
+
+
 class _Batch:
-    """Shares waiting for the same commit, and the event their submits wait on."""
+    """Shares waiting for the same commit, the event their submits wait on and the
+    callbacks of the records queued without a task (index, callback)."""
 
     def __init__(self) -> None:
         self.records: list[ShareRecord] = []
         self.stored: list[bool] = []
         self.done = trio.Event()
         self.error: BaseException | None = None
+        self.callbacks: list[tuple[int, Committed]] = []
+
+    def outcome(self, index: int) -> bool:
+        """Whether record ``index`` is stored as new (raises ``ShareLogError`` if not stored)."""
+        if self.error is not None:
+            raise ShareLogError(f"share not stored: {self.error}") from self.error
+        return self.stored[index]
+
+    def finish(self, room: trio.Semaphore) -> None:
+        """Wake the waiting submits and tell each callback its record's outcome."""
+        self.done.set()
+        callbacks, self.callbacks = self.callbacks, []
+        for index, callback in callbacks:
+            room.release()
+            try:
+                stored: bool | ShareLogError = self.outcome(index)
+            except ShareLogError as exc:
+                stored = exc
+            try:
+                callback(stored)
+            except Exception:  # a bug in the callback: the rest still get theirs
+                log.exception("a committed share's callback failed")
 
 
 class ShareLog:
@@ -120,9 +151,25 @@ class ShareLog:
             await batch.done.wait()
         finally:
             self._room.release()
-        if batch.error is not None:
-            raise ShareLogError(f"share not stored: {batch.error}") from batch.error
-        return batch.stored[index]
+        return batch.outcome(index)
+
+    def enqueue(self, record: ShareRecord, committed: Committed) -> bool:
+        """Queue ``record`` without waiting; ``committed`` gets its outcome once the batch
+        is done. False (nothing queued) when :meth:`commit` would wait or refuse: shut
+        down, the ledger unavailable, or no room."""
+        if self._closed or self._unavailable is not None:
+            return False
+        try:
+            self._room.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        batch = self._batch
+        batch.callbacks.append((len(batch.records), committed))
+        batch.records.append(record)
+        self._wakeup.set()
+        if len(batch.records) >= self.max_batch:
+            self._full.set()
+        return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer task. Cancelling it commits the queued shares first."""
@@ -164,7 +211,7 @@ class ShareLog:
         batch = self._batch
         self._batch = _Batch()
         batch.error = ShareLogError(f"ledger unavailable: {reason}")
-        batch.done.set()
+        batch.finish(self._room)
 
     async def _flush(self) -> None:
         batch = self._batch
@@ -172,7 +219,7 @@ class ShareLog:
         self._wakeup = trio.Event()
         self._full = trio.Event()
         if not batch.records:
-            batch.done.set()
+            batch.finish(self._room)
             return
         started = time.perf_counter()
         try:
@@ -203,4 +250,4 @@ class ShareLog:
             if self._observe is not None:
                 self._observe(time.perf_counter() - started)
         finally:
-            batch.done.set()
+            batch.finish(self._room)

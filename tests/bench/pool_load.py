@@ -3,6 +3,10 @@
     .venv/bin/python tests/bench/pool_load.py --connections 500 --phase-seconds 10 \
         --check-threads 1 2 --check-processes 1 2
 
+With ``--baseline-repo DIR`` (another checkout, e.g. ``git worktree add /tmp/old main``)
+each pool run is made twice, that tree's pool first, then this one's: before/after figures
+from the same run.
+
 The pool runs as ``matmine-pool`` (``python -m pool.cli serve``) with a fresh data dir, the
 embedded devnet node (network difficulty far above the share difficulty, so no blocks) and
 vardiff off at a share difficulty so small that *every* ticket meets it: valid shares need
@@ -394,6 +398,12 @@ def main() -> None:
         default=[1, 2],
         help="then one pool run for each (checks in that many processes)",
     )
+    parser.add_argument(
+        "--baseline-repo",
+        type=Path,
+        help="another checkout (e.g. `git worktree add /tmp/old main`): each pool run is made"
+        " with its pool first, then with this tree's, so both come from the same run",
+    )
     args = parser.parse_args()
     shape = Shape(*args.shape)  # validate early
     before, after = bare_check_seconds(shape, False), bare_check_seconds(shape, True)
@@ -405,11 +415,15 @@ def main() -> None:
     )
     results: list[str] = []
     runs = [(t, 0) for t in args.check_threads] + [(1, p) for p in args.check_processes]
+    trees = [REPO] if args.baseline_repo is None else [args.baseline_repo.resolve(), REPO]
     for threads, processes in runs:
-        args.threads, args.processes = threads, processes
-        args.mode = f"check_processes {processes}" if processes else f"check_threads {threads}"
-        print(f"\n-- pool with {args.mode}")
-        run_pool(args, results)
+        for tree in trees:
+            args.threads, args.processes, args.repo = threads, processes, tree
+            args.mode = f"check_processes {processes}" if processes else f"check_threads {threads}"
+            if len(trees) > 1:
+                args.mode += " (baseline)" if tree != REPO else " (this tree)"
+            print(f"\n-- pool with {args.mode}, from {tree}")
+            run_pool(args, results)
     print("\nsummary (same run, same connections):")
     for line in results:
         print(" ", line)
@@ -434,8 +448,11 @@ def run_pool(args: argparse.Namespace, results: list[str]) -> None:
         )
         log_path = Path(tmp) / "pool.log"
         cmd = [sys.executable, "-m", "pool.cli", "serve", "--config", str(config)]
+        env = {**os.environ, "PYTHONPATH": str(args.repo)}  # that tree's pool, not this one's
         with log_path.open("wb") as log:
-            pool = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            pool = subprocess.Popen(
+                cmd, cwd=args.repo, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         try:
             wait_listening(pool, stratum, args.startup_timeout, log_path)
             print(f"pool pid {pool.pid}, shape {tuple(args.shape)}, cpus {os.cpu_count()}")

@@ -28,16 +28,21 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 LOOP_PARTS = [  # the first part whose frame is on a sample's stack takes the sample
+    # (the submit pipeline runs its steps inside the stage that calls back: the rules under
+    # the reader, the record under the check batcher, the answer under the share log)
     ("ack: encode + send (Session.send)", ["Session.send "]),
-    ("frame read + decode (Session._reader)", ["Session._reader "]),
-    ("check hand-off (CheckBatcher, IPC or thread)", ["CheckBatcher."]),
+    ("share rules (lookup, precheck, header)", ["precheck ", "SessionJobs.lookup", "Job.header"]),
+    (
+        "submit bookkeeping (hashrate, vardiff, metrics, record)",
+        ["RequestHandlers.", "ShareChecker.accepted", "ShareChecker.to_record"],
+    ),
     (
         "ledger commit (ShareLog, _store)",
-        ["ShareLog.", "ShareChecker._store", "ShareChecker._keep"],
+        ["ShareLog.", "_Batch.", "ShareChecker._store", "ShareChecker._keep"],
     ),
-    ("share rules (lookup, precheck, header)", ["precheck ", "SessionJobs.lookup", "Job.header"]),
-    ("submit bookkeeping (hashrate, vardiff, metrics)", ["RequestHandlers.", "ShareChecker.check"]),
-    ("dispatch (Session rest)", ["Session."]),
+    ("check hand-off (CheckBatcher, IPC or thread)", ["CheckBatcher.", "_Pending."]),
+    ("frame read + decode (Session._reader)", ["Session._reader "]),
+    ("dispatch (Session rest, Replies writer)", ["Session.", "Replies."]),
 ]
 
 
@@ -70,6 +75,10 @@ def split(raw: Path, pid: int) -> collections.Counter[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=7.0, help="sampling time")
+    parser.add_argument(
+        "--gil", action="store_true", help="only samples of the thread holding the GIL (CPU)"
+    )
+    parser.add_argument("--keep-raw", type=Path, help="also copy py-spy's raw samples here")
     parser.add_argument("bench", nargs=argparse.REMAINDER, help="-- pool_load.py arguments")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -89,7 +98,7 @@ def main() -> None:
             pid = int(re.findall(r"pool pid (\d+)", out.read_text())[-1])
             time.sleep(1.0)  # into the submit phase
             record = [spy, "record", "--pid", str(pid), "--threads", "--subprocesses"]
-            record += ["-r", "200"]
+            record += ["-r", "200", *(["--gil"] if args.gil else [])]
             record += ["-d", str(int(args.seconds)), "-f", "raw", "-o", str(raw)]
             subprocess.run(record, check=True, capture_output=True)
             bench.wait(timeout=600)
@@ -99,6 +108,8 @@ def main() -> None:
                 bench.wait()
         print(out.read_text())
         parts = split(raw, pid)
+        if args.keep_raw is not None:
+            shutil.copyfile(raw, args.keep_raw)
     total = sum(parts.values())
     print(f"py-spy samples of the pool process (pid {pid}) in its submit phase: {total}")
     for part, count in sorted(parts.items()):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+import trio
+import trio.testing
+
 from pool.abuse import AbusePolicy, BanList, Escalation, ShareJudge
-from pool.inbox import Inbox, Kick, Notice, OfferWork, WorkLost
+from pool.inbox import Inbox, Kick, Notice, OfferWork, Replies, WorkLost
 
 IP = "1.2.3.4"
 
@@ -19,6 +23,40 @@ async def test_inbox_keeps_order_coalesces_offers_and_refuses_when_full_or_close
     assert await inbox.receive() == OfferWork()
     inbox.close()
     assert not inbox.post(Kick("late"))
+
+
+async def test_the_writer_sends_replies_in_order_each_follow_up_after_its_frame() -> None:
+    """The submit answers: what came together goes out in one send, up to each follow-up;
+    a post wakes the parked writer; once closed the writer ends and posts are dropped."""
+    replies = Replies()
+    log: list[str] = []
+
+    async def send(data: bytes) -> None:
+        log.append(data.decode())
+
+    async def follow_up() -> None:
+        log.append("follow-up")
+
+    for frame in (b"a", b"b"):
+        replies.post(frame)
+    replies.post(b"c", follow_up)
+    replies.post(b"d")
+
+    async def writer() -> None:
+        with pytest.raises(trio.ClosedResourceError):
+            await replies.write(send)
+        log.append("ended")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == ["abc", "follow-up", "d"]
+        replies.post(b"e")  # wakes the parked writer
+        await trio.testing.wait_all_tasks_blocked()
+        assert log[-1] == "e"
+        replies.close()  # the writer ends
+    replies.post(b"late")
+    assert log == ["abc", "follow-up", "d", "e", "ended"]
 
 
 def ladder(policy: AbusePolicy, honest: int, now: float) -> list[Escalation]:
