@@ -9,6 +9,7 @@ import io
 import httpx
 import numpy as np
 import pytest
+import trio
 
 from pool.useful import UsefulConfig
 from pool.useful.affinity import BlobHolders, Placement
@@ -345,3 +346,31 @@ async def test_a_unit_cut_after_an_earlier_lease_is_mined_as_cut(tmp_path):
         assert work.work_spec().a_root == lease.unit.a_root
     finally:
         useful.close()
+
+
+async def test_an_empty_or_bad_operand_body_is_refused_at_once(nursery, tmp_path):
+    """The 400 of a body read to its end comes at once (it waited 60 s for a drain)."""
+    from tests.pool.test_useful_api import start_pool
+
+    pool = await start_pool(nursery, tmp_path)
+    npy_type = {"Content-Type": "application/x-npy"}
+    f = io.BytesIO()
+    np.save(f, operands(17, 16, 40, 20)[1])
+    try:
+        async with httpx.AsyncClient(base_url=pool.url, timeout=30) as client:
+            with trio.fail_after(10):  # well under the 60 s drain it used to wait
+                empty = await client.post("/api/work/operands", content=b"", headers=npy_type)
+                cut = await client.post(
+                    "/api/work/operands", content=f.getvalue()[:-7], headers=npy_type
+                )
+                r = await client.post("/api/work/operands", content=f.getvalue(), headers=npy_type)
+                assert r.status_code == 201, r.text
+                on_empty = await client.post(
+                    "/api/work", params={"b_operand": r.json()["id"]}, content=b"",
+                    headers=npy_type,
+                )  # fmt: skip
+            for refused in (empty, cut, on_empty):
+                assert refused.status_code == 400, refused.text
+                assert "\n" not in refused.json()["error"]
+    finally:
+        pool.queue.close()
