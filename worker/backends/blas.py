@@ -91,12 +91,20 @@ class BlasBackend:
         self._b32: np.ndarray | None = None
 
     def prepare(self, workload: Workload) -> None:
-        """Keep float32 ``Aᵀ`` and ``B`` (once per work_root)."""
-        if self._workload is not None and self._workload.work_root == workload.work_root:
+        """Keep float32 ``Aᵀ`` and ``B`` (once per work_root; ``B`` kept while the next
+        workload has the same Bᵀ rows, as every unit on one shared B has)."""
+        previous = self._workload
+        if previous is not None and previous.work_root == workload.work_root:
             return
+        same_b = (
+            previous is not None
+            and previous.bt.shape == workload.bt.shape
+            and previous.b_root == workload.b_root  # the rows' commitment: the same rows
+        )
         self._workload = workload
         self._a32 = _transposed(workload.a)
-        self._b32 = _transposed(workload.bt)
+        if not same_b:
+            self._b32 = _transposed(workload.bt)
 
     def scan(
         self,
