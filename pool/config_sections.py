@@ -367,6 +367,13 @@ class UsefulSection(UsefulConfig):
         "at most unit_m)",
         min=16,
     )
+    unit_tail_rows: int = setting(
+        _USEFUL.unit_tail_rows,
+        "the last queued unit (no other queued) is cut to half its rows, not below this "
+        "(multiple of 16; 0 = never), so the queue drains in smaller units and the last "
+        "result uploads quickly",
+        min=0,
+    )
     affinity_seconds: float = setting(
         _USEFUL.affinity_seconds,
         "seconds a queued unit waits for a connected session that already holds its "

@@ -11,9 +11,9 @@ ENTRY_BOUND = 64
 
 
 def _selector(f: np.ndarray, g: np.ndarray, r: int) -> np.ndarray:
-    """S (r×k) with column l = e_f − e_g, as float64 for exact BLAS products."""
+    """S (r×k) with column l = e_f − e_g, as float32 for exact BLAS products."""
     k = len(f)
-    s = np.zeros((r, k), dtype=np.float64)
+    s = np.zeros((r, k), dtype=np.float32)
     cols = np.arange(k)
     s[f, cols] += 1.0
     s[g, cols] -= 1.0
@@ -23,16 +23,23 @@ def _selector(f: np.ndarray, g: np.ndarray, r: int) -> np.ndarray:
 def denoise(
     noisy_product: np.ndarray, a: np.ndarray, bt: np.ndarray, seed: bytes, r: int
 ) -> np.ndarray:
-    """``AB = A'B' − EAL·(S_A·B') − (A·S_Bᵀ)·EBRᵀ``, exact, as int32 (m×n)."""
+    """``AB = A'B' − EAL·(S_A·B') − (A·S_Bᵀ)·EBRᵀ``, exact, as int32 (m×n).
+
+    The selector products run in float32 BLAS: each is a sum of ±entries of B' (|·| ≤ 127)
+    or of A over at most k ≤ ``MAX_K`` = 2¹⁶ terms, so every partial sum is an integer
+    below 2²⁴ in magnitude, which float32 holds exactly. The two rank-r products run in
+    float64 (terms and sums far below 2⁵³)."""
     m, k = a.shape
     n = bt.shape[0]
     fa, ga = index_pairs(seed, "A", k, r)
     fb, gb = index_pairs(seed, "B", k, r)
     eal = noise_factors(seed, "A", 0, m, r).astype(np.float64)
-    ebr = noise_factors(seed, "B", 0, n, r).astype(np.float64)
+    ebr = noise_factors(seed, "B", 0, n, r)
     s_a, s_b = _selector(fa, ga, r), _selector(fb, gb, r)
-    b_noisy_t = bt.astype(np.float64) + ebr @ s_b  # B'ᵀ, n×k
-    correction = eal @ (s_a @ b_noisy_t.T) + (a.astype(np.float64) @ s_b.T) @ ebr.T
+    b_noisy_t = bt.astype(np.float32) + ebr.astype(np.float32) @ s_b  # B'ᵀ, n×k
+    sa_b = (b_noisy_t @ s_a.T).astype(np.float64)  # (S_A·B')ᵀ, n×r
+    a_sb = (a.astype(np.float32) @ s_b.T).astype(np.float64)  # A·S_Bᵀ, m×r
+    correction = eal @ sa_b.T + a_sb @ ebr.astype(np.float64).T
     return (noisy_product.astype(np.int64) - np.rint(correction).astype(np.int64)).astype(np.int32)
 
 

@@ -56,6 +56,7 @@ class UsefulConfig:
     unit_seconds: float = 10.0  # a unit is cut to take about this long on its session
     unit_min_rows: int = 16  # fewest rows of A a unit is cut to (multiple of 16)
     unit_start_rows: int = 256  # rows of a unit for a session whose rate is not measured
+    unit_tail_rows: int = 128  # the last queued unit is halved down to this many rows (0: never)
     affinity_seconds: float = 5.0  # a unit waits this long for a session holding its blobs
     max_operands: int = 16  # registered operands per customer
     prefetch: bool = True  # reserve a data-plane session's next unit, named in its jobs
@@ -70,6 +71,10 @@ class UsefulConfig:
             value = getattr(self, name)
             if value < TILE or value % TILE:
                 raise ValueError(f"useful.{name} must be a positive multiple of 16, got {value}")
+        if self.unit_tail_rows < 0 or self.unit_tail_rows % TILE:
+            raise ValueError(
+                f"useful.unit_tail_rows must be 0 or a multiple of 16, got {self.unit_tail_rows}"
+            )
         if not self.unit_seconds > 0:
             raise ValueError("useful.unit_seconds must be positive")
         if self.affinity_seconds < 0 or self.unit_b_max_bytes < 0:

@@ -131,6 +131,7 @@ class Placement:
             others=self.holders.others(session) if queued > 0 else {},
             affinity_seconds=cfg.affinity_seconds,
             rows=rows,
+            tail_rows=cfg.unit_tail_rows,
         )
 
     def leased(self, session: str, got: Lease | float | None, now: float) -> Lease | None:

@@ -42,6 +42,7 @@ from pool.useful.blobstore import BlobStore
 from pool.useful.operand_api import OperandApi
 from pool.useful.queue import ItemStatus, WorkError, WorkInputError, WorkLimitError, WorkQueue
 from pool.useful.upload import (
+    BODY_DONE,
     FLUSH_BYTES,
     MultipartBody,
     NpyPairBody,
@@ -56,8 +57,6 @@ LOCAL_CUSTOMER = "local"
 UPLOAD_SLACK = 64 * 1024
 """Bytes allowed beyond the operand limit for .npy headers and multipart framing."""
 DRAIN_SECONDS = 60.0
-BODY_DONE = "matmine.body_done"
-"""Scope key: the request body was read to its end (nothing left to drain)."""
 Body = MultipartBody | NpyPairBody | RawPairBody
 
 

@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from pool.useful.npy import NpyReader, Operand
 from pool.useful.queue import ItemStatus, OperandInfo, WorkInputError, WorkLimitError, WorkQueue
 from pool.useful.queue_operands import parse_operand_id
-from pool.useful.upload import FLUSH_BYTES, Spool, UploadBudget
+from pool.useful.upload import BODY_DONE, FLUSH_BYTES, Spool, UploadBudget
 
 HeaderCheck = Callable[[Operand], Awaitable[None]]
 
@@ -78,9 +78,11 @@ class OperandApi:
                         spool.add([(name, data)])
                     if spool.pending_bytes >= FLUSH_BYTES:
                         await spool.flush()
+                request.scope[BODY_DONE] = True  # a refusal from here on drains nothing
                 operand = reader.finish()
                 await spool.flush()
         except ClientDisconnect:
+            request.scope[BODY_DONE] = True
             spool.close()
             raise WorkInputError("the client closed the connection mid-upload") from None
         except BaseException:

@@ -22,6 +22,7 @@ from pool.useful.queue_model import (
     unit_from_row,
 )
 from pool.useful.queue_split import SplitSide
+from protocol.workload import TILE
 
 PICK_CANDIDATES = 512
 """Queued units (oldest first) a lease chooses among."""
@@ -55,10 +56,12 @@ class LeaseSide(SplitSide):
                 if row is not None:
                     return self._lease(db, row[0])  # continued: the unit counts did not change
                 picked = self._pick(db, session, choice)
+                rows = self._cut_rows(db, picked, choice) if isinstance(picked, Unit) else 0
             if not isinstance(picked, Unit):
                 return picked
-            if choice.rows is not None and picked.key != choice.reserved:
-                self.split_unit(picked, choice.rows(picked.plan))
+            cut = rows < picked.plan.rows and picked.key != choice.reserved
+            if cut and not self.split_unit(picked, rows):
+                continue  # cut or leased meanwhile (another session's choice): choose again
             lease = self._lease_unit(session, picked.key)
             if lease is not None:
                 self._units_changed()
@@ -98,6 +101,23 @@ class LeaseSide(SplitSide):
         return free_at
 
     @staticmethod
+    def _cut_rows(db: sqlite3.Connection, unit: Unit, choice: LeaseChoice) -> int:
+        """Rows ``unit`` should have for this choice (its own rows or more: not cut):
+        ``choice.rows``, and at most half of its rows, not below ``choice.tail_rows``, when
+        no other unit is queued (the queue's last unit: its result should upload quickly)."""
+        rows = unit.plan.rows
+        if choice.rows is not None and choice.rows(unit.plan) < rows:
+            rows = max(TILE, choice.rows(unit.plan) // TILE * TILE)
+        if choice.tail_rows <= 0 or unit.plan.rows <= choice.tail_rows:
+            return rows
+        others = db.execute(
+            "SELECT 1 FROM units WHERE state = 'queued' AND key != ? LIMIT 1", (unit.key,)
+        ).fetchone()
+        if others is not None:
+            return rows
+        return min(rows, max(choice.tail_rows, unit.plan.rows // 2 // TILE * TILE))
+
+    @staticmethod
     def _affinity_wait(
         db: sqlite3.Connection, unit: Unit, queued_since: float, choice: LeaseChoice
     ) -> float:
@@ -123,9 +143,12 @@ class LeaseSide(SplitSide):
         left queued; None when none suits it now."""
         with self._tx() as db:
             picked = self._pick(db, session, choice)
+            rows = self._cut_rows(db, picked, choice) if isinstance(picked, Unit) else 0
         if not isinstance(picked, Unit):
             return None
-        if choice.rows is not None and self.split_unit(picked, choice.rows(picked.plan)):
+        if rows < picked.plan.rows:
+            if not self.split_unit(picked, rows):
+                return None  # cut or leased meanwhile: reserve at the next lease instead
             with self._lock:
                 row = self._db.execute(
                     f"SELECT {UNIT_COLUMNS} FROM units WHERE key = ?", (picked.key,)

@@ -184,7 +184,9 @@ class LeaseChoice:
     waits for them ``affinity_seconds`` from when it was queued or they became idle,
     whichever is later, unless they may not lease it (their result for it was rejected);
     ``rows``: how many rows of A a unit should have for this session (a longer one is
-    cut), None: as queued. ``reserved`` (SPEC §12.7, prefetch) goes first, as it is;
+    cut), None: as queued; ``tail_rows``: the last queued unit (no other is queued) is cut
+    to half its rows, not below this (0: never), so the queue drains in ever smaller units
+    and its last result is a short upload. ``reserved`` (SPEC §12.7, prefetch) goes first, as it is;
     ``exclude``d units go last, before the session idles (first if it holds their blobs).
     """
 
@@ -195,6 +197,7 @@ class LeaseChoice:
     others: Mapping[bytes, Mapping[str, float]] = field(default_factory=dict)
     affinity_seconds: float = 0.0
     rows: Callable[[UnitPlan], int] | None = None
+    tail_rows: int = 0
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ from protocol.workload import ENTRY_MAX, ENTRY_MIN
 
 FLUSH_BYTES = 1 << 20
 """Data bytes a request collects before a worker thread checks and writes them."""
+BODY_DONE = "matmine.body_done"
+"""Scope key: the request body was read to its end (nothing left to drain)."""
 RETRY_AFTER_SECONDS = 5
 MAX_EXTRA_PARTS = 4
 """Multipart parts other than ``a`` and ``b`` that are skipped before the body is refused."""

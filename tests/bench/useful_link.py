@@ -91,15 +91,19 @@ async def run_all(args: argparse.Namespace) -> list[CaseResult]:
         link = await measure_link(args.link_megabytes)
     # fixed share difficulty: about --shares-per-second at the worker's capacity
     difficulty = capacity / args.shares_per_second / MAC_PER_SHARE_DIFFICULTY
-    setup = Setup(unit, difficulty, capacity, link, args.timeout, share_b=not args.no_register)
+    setup = Setup(
+        unit, difficulty, capacity, link, args.timeout, not args.no_register, bool(args.keep)
+    )
     results = []
-    with tempfile.TemporaryDirectory(prefix="useful_link-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="useful_link-") as scratch:
+        tmp = Path(args.keep or scratch)
         for case in chosen:
             if isinstance(case, ModelCase):
-                where = Path(tmp) / case.name
-                results += await run_model_case(case, setup, where, batches=args.model_batches)
+                results += await run_model_case(
+                    case, setup, tmp / case.name, batches=args.model_batches
+                )
             else:
-                results.append(await run_case(case, setup, Path(tmp) / case.name))
+                results.append(await run_case(case, setup, tmp / case.name))
     return results
 
 
@@ -204,6 +208,8 @@ def outer(args: argparse.Namespace) -> list[tuple[str, CaseResult]]:
     for rate in args.rates.split(","):
         megabytes = args.link_megabytes or max(8.0, min(500.0, parse_rate(rate) / 8e6 * 3))
         command = [sys.executable, __file__, "--inside", *_inner_args(args), str(megabytes)]
+        if args.keep:  # each rate's pool and worker files apart
+            command += ["--keep", str(Path(args.keep).resolve() / rate)]
         if args.no_register:
             command.append("--no-register")
         with ShapedNamespace(rate) as ns:
@@ -230,6 +236,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bench-seconds", type=float, default=2.0)
     parser.add_argument("--link-megabytes", type=float, default=0.0, help="bulk probe size")
     parser.add_argument("--no-register", action="store_true", help="never register B")
+    parser.add_argument(
+        "--keep",
+        default="",
+        help=(
+            "keep each case's pool and worker logs, and a timeline of the worker's counters"
+            " (timeline.tsv), under this folder"
+        ),
+    )
     parser.add_argument("--no-netns", action="store_true", help="plain loopback, no bound")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

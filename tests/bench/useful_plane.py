@@ -44,6 +44,7 @@ async def bench(unit: int, k: int, rounds: int) -> None:
         "useful.r": 32,
         "useful.lease_seconds": 3600.0,
         "useful.unit_start_rows": unit,  # the whole unit for the unmeasured test miner
+        "useful.unit_tail_rows": 0,  # nor halved as the queue's last unit
     }
     rng = np.random.default_rng(1)
     a = rng.integers(-64, 65, (unit, k), dtype=np.int8)

@@ -62,6 +62,7 @@ async def bench(unit: int, k: int, rounds: int) -> None:
         "useful.lease_seconds": 3600.0,
         "useful.unit_b_max_bytes": 0,  # the 2-D split (unit_m × unit_n) the units below assume
         "useful.unit_start_rows": unit,
+        "useful.unit_tail_rows": 0,  # nor halved as the queue's last unit
     }
     rng = np.random.default_rng(1)
     a = rng.integers(-64, 65, (unit, k), dtype=np.int8)

@@ -11,6 +11,7 @@ block (also after an error), and the whole bench runs inside it and prints its b
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -55,7 +56,7 @@ async def test_a_stream_of_tiny_products_is_accounted_for_exactly(tmp_path: Path
     capacity = worker_capacity(64, 64, 128, 32, seconds=0.3)
     # a share difficulty every ticket meets: the one header a worker mines per unit (it
     # waits for the next job once it took the product) gives shares, whatever its speed
-    setup = Setup(64, 1e-7, capacity, None, timeout=120.0)
+    setup = Setup(64, 1e-7, capacity, None, timeout=120.0, timeline=True)
     result = await run_case(case, setup, tmp_path)
     # the window holds exactly the two products: counted unpadded, each once
     assert result.delta("verified") == case.macs == 2 * 32 * 128 * 64
@@ -72,6 +73,18 @@ async def test_a_stream_of_tiny_products_is_accounted_for_exactly(tmp_path: Path
     assert result.bytes_per_useful_mac == result.moved_bytes / case.macs
     assert result.bound() is None  # no measured link off a namespace
     assert result.submission == "B registered once"  # the pool offers registered operands
+    # the timeline (--keep): the worker's counters sampled through the window, never falling
+    window = (tmp_path / "window.txt").read_text().split()
+    assert [float(t) for t in window] == pytest.approx(
+        [result.start.time, result.end.time], abs=1e-3
+    )
+    lines = (tmp_path / "timeline.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == [
+        "time", "monotonic", "useful", "synthetic", "verified", "bytes_in", "bytes_out"
+    ]  # fmt: skip
+    rows = [[float(v) for v in line.split("\t")] for line in lines[1:]]
+    assert rows and all(b[1] >= a[1] and b[2] >= a[2] for a, b in itertools.pairwise(rows))
+    assert rows[-1][2] <= result.end.worker_useful
 
 
 @pytest.mark.slow

@@ -340,6 +340,7 @@ async def test_memory_stays_bounded_while_large_results_stream_in(start_pool):
         "useful.unit_m": unit,
         "useful.unit_n": unit,
         "useful.unit_start_rows": unit,  # whole units for the unmeasured sessions
+        "useful.unit_tail_rows": 0,  # nor halved as the queue's last unit
     }
     handle = await start_pool(settings)
     a, b = operands(2 * unit, 32, 2 * unit)
@@ -521,6 +522,7 @@ async def test_memory_stays_bounded_while_large_results_stream_in_and_are_judged
         "useful.unit_m": unit,
         "useful.unit_n": unit,
         "useful.unit_start_rows": unit,  # whole 2048-row units, not cut for new sessions
+        "useful.unit_tail_rows": 0,  # nor halved as the queue's last unit
     }
     handle = await start_pool(settings)
     a, b = operands(3 * unit, 32, 2 * unit)  # six units: the item is not assembled here

@@ -9,6 +9,7 @@ import io
 import httpx
 import numpy as np
 import pytest
+import trio
 
 from pool.useful import UsefulConfig
 from pool.useful.affinity import BlobHolders, Placement
@@ -174,6 +175,41 @@ def test_units_are_cut_at_lease_time_to_the_session_and_still_assemble_exactly(p
         assert check_and_complete(desk, lease.id, computed(blobs, lease.unit)).passed
     product = finish(blobs, queue, desk, item.id)
     assert np.array_equal(product, a.astype(np.int64) @ b.astype(np.int64))
+
+
+def test_the_last_queued_unit_is_halved_down_to_the_tail_rows_and_still_assembles(parts):
+    _, blobs, queue, desk = parts
+    a, b = operands(18, 120, 40, 20)  # two queued units of 64 + 56 rows
+    item = queue.submit("alice", a, b)
+    tail = LeaseChoice(tail_rows=16)
+    sizes = []
+    while (lease := queue.lease("s", tail)) is not None:
+        sizes.append(lease.unit.plan.rows)
+        assert check_and_complete(desk, lease.id, computed(blobs, lease.unit)).passed
+    # another unit queued: whole; then each the last queued: halved, not below 16 rows
+    assert sizes == [64, 16, 16, 16, 8]  # 56 → 16 + 40 → 16 + 24 → 16 + 8
+    assert np.array_equal(finish(blobs, queue, desk, item.id), a.astype(np.int64) @ b)
+    other = queue.submit("alice", *operands(19, 64, 40, 20))
+    whole = queue.lease("t")  # tail_rows 0 (a bare choice): never halved
+    assert whole is not None and whole.unit.plan.rows == 64 and whole.unit.item == other.id
+
+
+def test_a_unit_cut_by_another_meanwhile_is_chosen_again_not_leased_as_it_became(parts):
+    _, _, queue, _ = parts
+    a, b = operands(20, 64, 40, 20)
+    queue.submit("alice", a, b)
+    real_split = queue.split_unit
+    cut_meanwhile = []
+
+    def split_after_another(unit, rows):  # another session's choice cuts it first
+        if not cut_meanwhile:
+            cut_meanwhile.append(real_split(unit, 48))
+        return real_split(unit, rows)
+
+    queue.split_unit = split_after_another
+    lease = queue.lease("slow", LeaseChoice(rows=lambda plan: 16))
+    assert cut_meanwhile == [True]
+    assert lease is not None and lease.unit.plan.rows == 16  # not the 48 rows it became
 
 
 def test_unit_rows_follow_the_measured_rate_within_bounds():
@@ -345,3 +381,31 @@ async def test_a_unit_cut_after_an_earlier_lease_is_mined_as_cut(tmp_path):
         assert work.work_spec().a_root == lease.unit.a_root
     finally:
         useful.close()
+
+
+async def test_an_empty_or_bad_operand_body_is_refused_at_once(nursery, tmp_path):
+    """The 400 of a body read to its end comes at once (it waited 60 s for a drain)."""
+    from tests.pool.test_useful_api import start_pool
+
+    pool = await start_pool(nursery, tmp_path)
+    npy_type = {"Content-Type": "application/x-npy"}
+    f = io.BytesIO()
+    np.save(f, operands(17, 16, 40, 20)[1])
+    try:
+        async with httpx.AsyncClient(base_url=pool.url, timeout=30) as client:
+            with trio.fail_after(10):  # well under the 60 s drain it used to wait
+                empty = await client.post("/api/work/operands", content=b"", headers=npy_type)
+                cut = await client.post(
+                    "/api/work/operands", content=f.getvalue()[:-7], headers=npy_type
+                )
+                r = await client.post("/api/work/operands", content=f.getvalue(), headers=npy_type)
+                assert r.status_code == 201, r.text
+                on_empty = await client.post(
+                    "/api/work", params={"b_operand": r.json()["id"]}, content=b"",
+                    headers=npy_type,
+                )  # fmt: skip
+            for refused in (empty, cut, on_empty):
+                assert refused.status_code == 400, refused.text
+                assert "\n" not in refused.json()["error"]
+    finally:
+        pool.queue.close()

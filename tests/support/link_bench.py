@@ -42,6 +42,15 @@ from tests.support.processes import (
 from tests.support.running import free_port
 
 MAC_PER_SHARE_DIFFICULTY = 2.0**32
+DONE_POLL = 0.05  # s between status polls: the case ends at most this long after it is done
+TIMELINE_STEP = 0.1
+TIMELINE_COUNTERS = (
+    ("useful", "matmine_worker_scanned_macs_total", {"kind": "useful"}),
+    ("synthetic", "matmine_worker_scanned_macs_total", {"kind": "synthetic"}),
+    ("verified", "matmine_worker_useful_results_total", {"outcome": "verified"}),
+    ("bytes_in", "matmine_worker_useful_bytes_total", {"direction": "in"}),
+    ("bytes_out", "matmine_worker_useful_bytes_total", {"direction": "out"}),
+)
 
 
 @dataclass(frozen=True)
@@ -294,6 +303,7 @@ class Setup:
     link_bits: float | None
     timeout: float
     share_b: bool = True
+    timeline: bool = False  # sample the worker's counters every TIMELINE_STEP s into a file
 
 
 def _pool_config(
@@ -337,6 +347,21 @@ async def _snapshot(
     )
 
 
+async def _timeline(client: httpx.AsyncClient, worker_url: str, path: Path) -> None:
+    """Until cancelled: every TIMELINE_STEP s a line of the worker's counters (wall clock
+    time, monotonic time as :class:`Snapshot` has it, then :data:`TIMELINE_COUNTERS`), so a
+    case's gaps can be read against the logs."""
+    with path.open("w") as out:
+        names = ["time", "monotonic", *(name for name, _, _ in TIMELINE_COUNTERS)]
+        out.write("\t".join(names) + "\n")
+        while True:
+            w = await scrape(client, f"{worker_url}/metrics")
+            values = [metric(w, name, **labels) for _, name, labels in TIMELINE_COUNTERS]
+            stamps = [f"{time.time():.3f}", f"{time.monotonic():.3f}"]
+            out.write("\t".join([*stamps, *(f"{v:.0f}" for v in values)]) + "\n")
+            await trio.sleep(TIMELINE_STEP)
+
+
 async def _wait_done(client: httpx.AsyncClient, ids: list[str], timeout: float) -> None:
     left = list(ids)
     with trio.fail_after(timeout):
@@ -347,7 +372,7 @@ async def _wait_done(client: httpx.AsyncClient, ids: list[str], timeout: float) 
             if status.get("state") == "done":
                 left.pop(0)
             else:
-                await trio.sleep(0.2)
+                await trio.sleep(DONE_POLL)
 
 
 async def run_case(case: Case, setup: Setup, tmp: Path) -> CaseResult:
@@ -374,11 +399,17 @@ async def run_case(case: Case, setup: Setup, tmp: Path) -> CaseResult:
         with trio.fail_after(60):  # the worker has mined (synthetic work) for a while
             while (await _snapshot(client, pool, pool_url, worker_url, False)).mined_synthetic == 0:
                 await trio.sleep(0.2)
-        submitter = ProductSubmitter(client, b_blob, share_b=setup.share_b)
-        ids = [await submitter.submit(a_blobs[0])]
-        start = await _snapshot(client, pool, pool_url, worker_url, shaped)
-        ids += [await submitter.submit(a_blob) for a_blob in a_blobs[1:]]
-        how = submitter.how if case.count > 1 else "one product (A and B uploaded)"
-        await _wait_done(client, ids, setup.timeout)
-        end = await _snapshot(client, pool, pool_url, worker_url, shaped)
+        async with trio.open_nursery() as nursery:
+            if setup.timeline:
+                nursery.start_soon(_timeline, client, worker_url, tmp / "timeline.tsv")
+            submitter = ProductSubmitter(client, b_blob, share_b=setup.share_b)
+            ids = [await submitter.submit(a_blobs[0])]
+            start = await _snapshot(client, pool, pool_url, worker_url, shaped)
+            ids += [await submitter.submit(a_blob) for a_blob in a_blobs[1:]]
+            how = submitter.how if case.count > 1 else "one product (A and B uploaded)"
+            await _wait_done(client, ids, setup.timeout)
+            end = await _snapshot(client, pool, pool_url, worker_url, shaped)
+            nursery.cancel_scope.cancel()
+        if setup.timeline:
+            (tmp / "window.txt").write_text(f"{start.time:.3f} {end.time:.3f}\n")
     return CaseResult(case, setup.link_bits, setup.worker_capacity, start, end, how)

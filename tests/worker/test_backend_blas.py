@@ -99,3 +99,24 @@ def test_open_backends_blas():
     backend.prepare(workload)
     header = bytes(range(128))
     assert np.array_equal(backend.transcripts(header), mine_header(header, workload).j)
+
+
+def test_units_on_one_shared_b_keep_its_float32_copy_and_stay_exact(backend):
+    """Units of products on one B (same Bᵀ rows, other A) reuse B's float32 copy; a
+    workload on another B makes a new one. Every product stays the reference's."""
+    rng = np.random.default_rng(5)
+    shape = Shape(32, 48, 256, 64)
+
+    def operand(rows):
+        return rng.integers(-64, 65, (rows, shape.k), dtype=np.int8)
+
+    bt, other_bt = operand(shape.n), operand(shape.n)
+    header = os.urandom(128)
+    copies = []
+    for a, b in ((operand(shape.m), bt), (operand(shape.m), bt), (operand(shape.m), other_bt)):
+        workload = Workload(shape, a, b)
+        backend.prepare(workload)
+        copies.append(backend._b32)
+        result = backend.scan(header, 1 << 256, lambda: False, want_product=True)
+        assert np.array_equal(result.product, mine_header(header, workload).noisy_product)
+    assert copies[1] is copies[0] and copies[2] is not copies[1]
