@@ -64,6 +64,8 @@ class _Batch:
         """Whether record ``index`` is stored as new (raises ``ShareLogError`` if not stored)."""
         if self.error is not None:
             raise ShareLogError(f"share not stored: {self.error}") from self.error
+        if index >= len(self.stored):
+            raise ShareLogError("share not stored: the commit did not finish")
         return self.stored[index]
 
     def finish(self, room: trio.Semaphore) -> None:
@@ -223,9 +225,10 @@ class ShareLog:
             return
         started = time.perf_counter()
         try:
-            stored = await trio.to_thread.run_sync(
-                self.ledger.store_shares, batch.records, limiter=self.limiter
-            )
+            with trio.CancelScope(shield=True):  # a batch taken is committed (or fails)
+                stored = await trio.to_thread.run_sync(
+                    self.ledger.store_shares, batch.records, limiter=self.limiter
+                )
             if len(stored) != len(batch.records):
                 raise RuntimeError(
                     f"the ledger answered {len(stored)} of {len(batch.records)} shares"

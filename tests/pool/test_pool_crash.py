@@ -289,6 +289,35 @@ async def test_sharelog_shutdown_commits_what_is_queued(tmp_path):
     ledger.close()
 
 
+async def test_sharelog_shutdown_commits_a_batch_still_waiting_for_the_ledger(tmp_path):
+    ledger = SqliteLedger(tmp_path / "l.sqlite")
+    limiter = trio.CapacityLimiter(1)
+    log = ShareLog(ledger, limiter, interval=0.001, max_batch=1000)
+    outcomes: list[object] = []
+    busy, free = trio.Event(), trio.Event()
+
+    async def ledger_busy() -> None:  # another user of the ledger holds it meanwhile
+        async with limiter:
+            busy.set()
+            await free.wait()
+
+    async with trio.open_nursery() as outer:
+        outer.start_soon(ledger_busy)
+        await busy.wait()
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as writer:
+                await writer.start(log.run)
+                for i in range(5):
+                    assert log.enqueue(share(i), outcomes.append)
+                await trio.sleep(0.05)  # the writer took the batch, waits for the limiter
+                assert ledger.share_count() == 0 and outcomes == []
+                scope.cancel()  # shutdown while that batch waits
+                free.set()
+    # the batch it had taken is committed, and each share's callback told so
+    assert ledger.share_count() == 5 and outcomes == [True] * 5
+    ledger.close()
+
+
 # --- useful work: a crash between crediting held shares and completing the unit ----------
 
 CRASH_AFTER_CREDIT = """
