@@ -23,11 +23,12 @@ from collections.abc import Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from pool.workloads import NOISE_CACHE_BYTES, ROW_CACHE_BYTES, ArrayCache, row_band
+from pool.workloads import NOISE_CACHE_BYTES, ROW_CACHE_BYTES, row_band
 from protocol.errors import ProtocolError
 from protocol.target import meets_target, target_from_bits, target_from_difficulty
 from protocol.ticket import HeaderNoise, PassArrays, TileCheck, check_tile_rows, tile_digests
 from protocol.workload import TILE, Shape, synthetic_rows
+from toolkit.array_cache import ArrayCache
 
 RowsRef = tuple[str, bytes] | tuple[str, str, str]
 """Where a job's rows come from: ``("seed", workload_seed)`` or ``("blob", a_path, b_path)``

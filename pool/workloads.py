@@ -10,22 +10,20 @@ template, the matrices derived from it (SPEC §4, synthetic workloads), nothing 
 Blob workloads (real matrices fetched by content hash) come with the useful-work
 capability behind the same interface.
 
-Share checks reuse what does not change from share to share (:class:`ArrayCache`, bounded
-in bytes, one of each per ``SyntheticSource``, so per pool): the 16-row bands of a
-template's A and Bᵀ (the same for every session and share; at most ``ROW_CACHE_BYTES``, the
-whole workload of the newest templates: 8 MiB at 2048³) and the index pairs of a header
-(``HeaderNoise``, the same for every tile of it; at most ``NOISE_CACHE_BYTES``: 16 KiB a
-header at k = 2048). Both are least-recently-used: old templates and headers fall out.
+Share checks reuse what does not change from share to share (``ArrayCache`` of
+``toolkit.array_cache``, bounded in bytes, one of each per ``SyntheticSource``, so per
+pool): the 16-row bands of a template's A and Bᵀ (the same for every session and share; at
+most ``ROW_CACHE_BYTES``, the whole workload of the newest templates: 8 MiB at 2048³) and
+the index pairs of a header (``HeaderNoise``, the same for every tile of it; at most
+``NOISE_CACHE_BYTES``: 16 KiB a header at k = 2048). Both are least-recently-used: old
+templates and headers fall out.
 """
 
 from __future__ import annotations
 
 import secrets
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,55 +31,12 @@ from protocol import messages
 from protocol.chain import BlockTemplate
 from protocol.ticket import HeaderNoise
 from protocol.workload import TILE, Shape, Workload, synthetic_rows
+from toolkit.array_cache import ArrayCache
 
 ROW_CACHE_BYTES = 64 << 20
 """Row bands kept for share checks, per pool (a 2048³ workload's A and Bᵀ: 8 MiB)."""
 NOISE_CACHE_BYTES = 16 << 20
 """Headers' index pairs kept for share checks, per pool (8·k bytes and a little a header)."""
-
-
-class HasBytes(Protocol):
-    @property
-    def nbytes(self) -> int: ...
-
-
-V = TypeVar("V", bound=HasBytes)
-
-
-class ArrayCache(Generic[V]):
-    """A thread-safe least-recently-used map of derived values, at most ``max_bytes`` of
-    them (by their ``nbytes``); a value over the bound alone is made but not kept."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.nbytes = 0
-        self._items: OrderedDict[Hashable, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, key: Hashable, make: Callable[[], V]) -> V:
-        """The value of ``key``, made by ``make()`` (outside the lock) when not kept."""
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-                return value
-        value = make()
-        self.put(key, value)
-        return value
-
-    def put(self, key: Hashable, value: V) -> None:
-        """Keep ``value`` as the newest entry, dropping the oldest beyond ``max_bytes``."""
-        with self._lock:
-            if key in self._items or value.nbytes > self.max_bytes:
-                return
-            self._items[key] = value
-            self.nbytes += value.nbytes
-            while self.nbytes > self.max_bytes:
-                _, old = self._items.popitem(last=False)
-                self.nbytes -= old.nbytes
 
 
 def row_band(rows: np.ndarray) -> np.ndarray:

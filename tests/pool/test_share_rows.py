@@ -7,12 +7,13 @@ import numpy as np
 
 from pool.jobs import Job, Template, job_coinbase2
 from pool.share_rules import check_ticket
-from pool.workloads import ArrayCache, PreparedWork, SyntheticSource, row_band
+from pool.workloads import PreparedWork, SyntheticSource, row_band
 from protocol.chain import BlockTemplate
 from protocol.header import coinbase_parts
 from protocol.target import digest_value, meets_target, ticket_difficulty
 from protocol.ticket import verify_ticket
 from protocol.workload import Shape, synthetic_rows
+from toolkit.array_cache import ArrayCache
 
 SHAPE = Shape(64, 48, 256, 64)
 BLOCK = BlockTemplate(

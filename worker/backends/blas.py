@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import numpy as np
 
 from protocol.noise import index_pairs, noise_factors, pow_seed
 from protocol.workload import TILE, Workload
+from toolkit.array_cache import ArrayCache
 
 from .base import (
     BackendError,
@@ -101,8 +101,7 @@ class BlasBackend:
         self._workload: Workload | None = None
         self._a32: np.ndarray | None = None
         self._b32: np.ndarray | None = None
-        self.weights_bytes = weights_bytes
-        self._weights: OrderedDict[tuple[bytes, int, int], np.ndarray] = OrderedDict()
+        self._weights: ArrayCache[np.ndarray] = ArrayCache(weights_bytes)  # by (b_root, shape)
         self.weights_converted = 0  # float32 B operands made (not found kept)
 
     def prepare(self, workload: Workload) -> None:
@@ -115,18 +114,12 @@ class BlasBackend:
 
     def _weights_of(self, workload: Workload) -> np.ndarray:
         """The float32 ``B`` of ``workload.bt``: kept from an earlier unit, else made."""
-        key = (workload.b_root, *workload.bt.shape)
-        b32 = self._weights.get(key)
-        if b32 is not None:
-            self._weights.move_to_end(key)
-            return b32
-        b32 = _transposed(workload.bt)
-        self.weights_converted += 1
-        if b32.nbytes <= self.weights_bytes:
-            self._weights[key] = b32
-            while sum(b.nbytes for b in self._weights.values()) > self.weights_bytes:
-                self._weights.popitem(last=False)
-        return b32
+
+        def make() -> np.ndarray:
+            self.weights_converted += 1
+            return _transposed(workload.bt)
+
+        return self._weights.get((workload.b_root, *workload.bt.shape), make)
 
     def scan(
         self,
