@@ -144,12 +144,7 @@ class ShareLog:
         except trio.WouldBlock:
             await self._room.acquire()
         try:
-            batch = self._batch
-            index = len(batch.records)
-            batch.records.append(record)
-            self._wakeup.set()
-            if len(batch.records) >= self.max_batch:
-                self._full.set()
+            batch, index = self._append(record)
             await batch.done.wait()
         finally:
             self._room.release()
@@ -165,13 +160,18 @@ class ShareLog:
             self._room.acquire_nowait()
         except trio.WouldBlock:
             return False
+        batch, index = self._append(record)
+        batch.callbacks.append((index, committed))
+        return True
+
+    def _append(self, record: ShareRecord) -> tuple[_Batch, int]:
+        """Add ``record`` to the next batch (its room taken) and wake the writer."""
         batch = self._batch
-        batch.callbacks.append((len(batch.records), committed))
         batch.records.append(record)
         self._wakeup.set()
         if len(batch.records) >= self.max_batch:
             self._full.set()
-        return True
+        return batch, len(batch.records) - 1
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer task. Cancelling it commits the queued shares first."""

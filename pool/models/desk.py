@@ -252,6 +252,11 @@ class ModelDesk:
             elif lease.record is not None and now > lease.audit_deadline:
                 self._fail(lease, "no audit answer by the deadline", "unanswered")
 
+    def _no_longer_current(self, lease: ModelLease) -> None:
+        """``lease`` is not its session's lease to mine any more (delivered or failed)."""
+        if self._current.get(lease.session) is lease:
+            del self._current[lease.session]
+
     def lease_of_token(self, token: str) -> ModelLease:
         """The lease a data-plane token names (403 otherwise)."""
         lease = self.leases.get(self.tokens.lease_id(token) or 0)
@@ -360,8 +365,7 @@ class ModelDesk:
         draws = draw_challenges(model, lease.unit.rows, seed, min(count, MAX_CHALLENGES))
         lease.challenges = draws[:MAX_CHALLENGES]
         lease.audit_deadline = self.clock() + self.config.audit_seconds
-        if self._current.get(lease.session) is lease:  # mined: the session's next job now
-            del self._current[lease.session]
+        self._no_longer_current(lease)  # mined: the session's next job now
         if self.on_delivered is not None:
             self.on_delivered(lease.session)
         return size
@@ -405,8 +409,6 @@ class ModelDesk:
         self.receipts.ended(lease, "passed", "", self.clock())
         if self.on_passed is not None:  # the pass's MACs, unpadded, as for products
             self.on_passed(unit_.rows * record.model.macs_per_row, [h.record for h in lease.held])
-        if self._current.get(lease.session) is lease:  # (it is not once delivered)
-            del self._current[lease.session]
         unit_.state, unit_.output = "done", record.output
         item = self.items.get(unit_.item)
         if item is not None and item.done:
@@ -435,8 +437,7 @@ class ModelDesk:
             reason,
             voided,
         )
-        if self._current.get(lease.session) is lease:
-            del self._current[lease.session]
+        self._no_longer_current(lease)
         if self.on_failed is not None:
             self.on_failed(lease.session, reason)
         if self.on_verdict is not None:

@@ -95,7 +95,7 @@ class UnitAudit:
             "at": self.at,
             "a_roots": [root.hex() for root in self.a_roots],
             "headers": [h.as_json() for h in self.headers],
-            "output_hash": None if self.output_hash is None else self.output_hash.hex(),
+            "output_hash": _hex(self.output_hash),
         }
 
     @classmethod

@@ -17,8 +17,6 @@ Data plane of model leases (SPEC §12.12.8; ``{data}`` = ``…/model-data``), be
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import trio
 from starlette.requests import Request
@@ -32,6 +30,7 @@ from pool.models.units import ModelItem
 from pool.useful.api import is_loopback
 from pool.useful.data_api import CACHE_CONTROL, parse_range
 from pool.useful.data_api import _Refused as RangeRefused
+from pool.useful.npy import npy_array, npy_bytes
 from protocol.errors import ProtocolError
 from protocol.model_delivery import answers_size
 
@@ -41,12 +40,6 @@ MAX_BATCH_BYTES = 256 << 20
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
-
-
-def _npy(array: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    np.save(out, array, allow_pickle=False)
-    return out.getvalue()
 
 
 def _hex32(text: str) -> bytes | None:
@@ -87,7 +80,7 @@ def create_infer_routes(
         try:
             body = await _body(request, MAX_BATCH_BYTES)
             model = await trio.to_thread.run_sync(registry.load, name, limiter=limiter)
-            x = np.load(io.BytesIO(body), allow_pickle=False)
+            x = npy_array(body)
             if x.dtype != np.int8 or x.ndim != 2:
                 raise ProtocolError(f"X must be a 2-d int8 array, got {x.dtype} {x.shape}")
             item = await desk.queue(name, model, np.ascontiguousarray(x))
@@ -102,13 +95,14 @@ def create_infer_routes(
         )
 
     def item_of(request: Request) -> ModelItem | Response:
+        """The batch the path names, or the answer that refuses the request."""
+        if (denied := refused(request)) is not None:
+            return denied
         text = request.path_params["item"]
         item = desk.items.get(int(text)) if text.isdigit() else None
         return item if item is not None else _error(404, f"no inference batch {text!r}")
 
     async def status(request: Request) -> Response:
-        if (denied := refused(request)) is not None:
-            return denied
         item = item_of(request)
         if isinstance(item, Response):
             return item
@@ -123,19 +117,15 @@ def create_infer_routes(
         )
 
     async def result(request: Request) -> Response:
-        if (denied := refused(request)) is not None:
-            return denied
         item = item_of(request)
         if isinstance(item, Response):
             return item
         if not item.done:
             return _error(409, "the batch is still running")
         y = item.output()
-        return Response(_npy(y), media_type="application/octet-stream")
+        return Response(npy_bytes(y), media_type="application/octet-stream")
 
     async def receipt(request: Request) -> Response:
-        if (denied := refused(request)) is not None:
-            return denied
         item = item_of(request)
         if isinstance(item, Response):
             return item

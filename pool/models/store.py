@@ -15,7 +15,6 @@ batch is written (``ReceiptBook.written``).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ from pool.models.desk import ModelDesk
 from pool.models.receipt import UnitAudit
 from pool.models.registry import ModelRegistry, RegistryError
 from pool.models.units import ModelItem, ModelLease, ModelWeights, split_batch
+from pool.useful.npy import npy_array, npy_bytes
 from protocol.errors import ProtocolError
 from toolkit.sqlite import open_store, transaction
 
@@ -65,16 +65,6 @@ CREATE INDEX audits_batch ON audits(batch);
 MIGRATIONS = [SCHEMA_V1]
 
 
-def _npy(array: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    np.save(out, array, allow_pickle=False)
-    return out.getvalue()
-
-
-def _array(raw: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(raw), allow_pickle=False)
-
-
 class ModelStore:
     """The model batches of one pool in SQLite at ``data_dir/models_queue.sqlite``."""
 
@@ -95,7 +85,7 @@ class ModelStore:
             conn.execute(
                 "INSERT OR REPLACE INTO batches (id, name, model_id, x, unit_rows, r, created)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (item, name, model_id, _npy(x), rows, r, created),
+                (item, name, model_id, npy_bytes(x), rows, r, created),
             )
 
     def write_judgment(
@@ -113,7 +103,7 @@ class ModelStore:
             if y is not None:
                 conn.execute(
                     "INSERT OR REPLACE INTO outputs (batch, idx, y) VALUES (?, ?, ?)",
-                    (item, audit.unit, _npy(y)),
+                    (item, audit.unit, npy_bytes(y)),
                 )
             if done_at is not None:
                 conn.execute("UPDATE batches SET done_at = ? WHERE id = ?", (done_at, item))
@@ -136,7 +126,7 @@ class ModelStore:
             audits = conn.execute("SELECT batch, audit FROM audits ORDER BY id").fetchall()
             seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'").fetchone()
         desk._next_item = max(desk._next_item, 1 + (seq[0] if seq else 0))  # ids never reused
-        ys = {(batch, idx): _array(y) for batch, idx, y in outputs}
+        ys = {(batch, idx): npy_array(y) for batch, idx, y in outputs}
         registry = ModelRegistry(self.data_dir)
         try:
             for row in batches:
@@ -162,7 +152,7 @@ class ModelStore:
         model = known.model if known is not None else registry.load(name)
         if model.model_id != bytes(model_id):
             raise ValueError(f"the name {name!r} names another model now")
-        x = _array(x_raw)
+        x = npy_array(x_raw)
         units = split_batch(item_id, model, x, r, rows)
         for unit in units:
             if (y := ys.get((item_id, unit.index))) is not None:

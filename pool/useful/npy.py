@@ -16,6 +16,19 @@ import numpy as np
 from pool.useful import UsefulConfig
 from pool.useful.queue import WorkInputError, WorkLimitError
 
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as the bytes of a ``.npy`` file (no pickles)."""
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
+    return out.getvalue()
+
+
+def npy_array(raw: bytes) -> np.ndarray:
+    """The array of ``.npy`` file bytes (no pickles)."""
+    return np.load(io.BytesIO(raw), allow_pickle=False)
+
+
 MAX_NPY_HEADER = 10_000
 """Longest ``.npy`` header dict accepted (numpy's own ``max_header_size`` default)."""
 NPY_MAGIC = b"\x93NUMPY"

@@ -106,8 +106,8 @@ class LeaseSide(SplitSide):
         ``choice.rows``, and at most half of its rows, not below ``choice.tail_rows``, when
         no other unit is queued (the queue's last unit: its result should upload quickly)."""
         rows = unit.plan.rows
-        if choice.rows is not None and choice.rows(unit.plan) < rows:
-            rows = max(TILE, choice.rows(unit.plan) // TILE * TILE)
+        if choice.rows is not None and (wanted := choice.rows(unit.plan)) < rows:
+            rows = max(TILE, wanted // TILE * TILE)
         if choice.tail_rows <= 0 or unit.plan.rows <= choice.tail_rows:
             return rows
         others = db.execute(
