@@ -35,7 +35,15 @@ from protocol.model_messages import layer_submit_bytes
 from protocol.model_work import layer_shape
 from protocol.workload import Shape
 from tests.bench.netns import LOOP_HOST, SIDE_HOST, in_shaped_namespace
-from tests.support.link_bench import Case, CaseResult, Setup, _pool_config, _snapshot, npy
+from tests.support.link_bench import (
+    DONE_POLL,
+    Case,
+    CaseResult,
+    Setup,
+    _pool_config,
+    _snapshot,
+    npy,
+)
 from tests.support.model_jobs import batch, make_model
 from tests.support.processes import PoolProcess, WorkerProcess
 from tests.support.running import free_port
@@ -107,7 +115,7 @@ async def _wait_batch(client: httpx.AsyncClient, item: int, timeout: float) -> n
     status: dict[str, object] = {}
     with trio.move_on_after(timeout):
         while (status := (await client.get(f"/api/work/infer/{item}")).json())["state"] != "done":
-            await trio.sleep(0.2)
+            await trio.sleep(DONE_POLL)
     if status.get("state") != "done":
         done, units = status.get("done_units"), status.get("units")
         raise RuntimeError(f"model batch {item} not done after {timeout:g} s: {done}/{units} units")
