@@ -45,11 +45,11 @@ from protocol.chain import BlockTemplate
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.header import (
     HEADER_VERSION,
-    Header,
     assemble_coinbase,
     coinbase_hash,
     coinbase_parts,
     coins,
+    encode_header,
 )
 from protocol.messages import MAX_JOB_ID
 from protocol.target import difficulty_from_bits, target_from_bits, target_from_difficulty
@@ -124,15 +124,16 @@ class Job:
         """``(coinbase, header)`` of a share on this job (two small hashes: cheap)."""
         t = self.template
         coinbase = assemble_coinbase(t.coinbase1, self.extranonce1, extranonce2, self.coinbase2)
-        header = Header(
+        block = t.block
+        header = encode_header(
             HEADER_VERSION,
-            t.block.height,
-            t.block.prev_hash,
+            block.height,
+            block.prev_hash,
             coinbase_hash(coinbase),
             self.work.work_root,
             ntime,
-            t.block.bits,
-        ).encode()
+            block.bits,
+        )
         return coinbase, header
 
     def notify(self) -> messages.Notify:
