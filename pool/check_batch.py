@@ -49,7 +49,7 @@ Answer = CheckedTicket | Exception
 """What a check gives one submit: its checked ticket, or the exception that rejects it."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Pending:
     """One queued submit, the answer once checked, and the event its task waits on (or,
     queued by :meth:`CheckBatcher.enqueue`, the callback that takes the answer)."""

@@ -128,8 +128,9 @@ class CheckProcesses:
                 )
                 continue
             if self.observe is not None:
+                observe, each = self.observe, seconds / max(1, count)
                 for _ in range(count):
-                    self.observe(seconds / max(1, count))
+                    observe(each)
             return list(digests)
         fault = ShareRejected(
             "share not checked: the pool's check process failed; please submit it again",

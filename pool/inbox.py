@@ -88,24 +88,42 @@ FollowUp = Callable[[], Awaitable[None]]
 """What a session does after sending a reply (a new job on a new difficulty, an escalation)."""
 
 
+SendNow = Callable[[bytes], int]
+"""Writes what it can of a frame at once, without waiting: the bytes written (0: none); a
+frame written in part is finished by its next send (``pool.sender.FrameSender``)."""
+
+
 class Replies(_Parking):
     """The answers the submit pipeline has for one session: frames to send in order, each
     with an optional follow-up; one session task (the writer) sends them. Never blocks: the
-    in-flight submit limit bounds it. Closed with the session (later posts are dropped)."""
+    in-flight submit limit bounds it. Closed with the session (later posts are dropped).
 
-    __slots__ = ("_items", "closed", "writing")
+    With ``send_now``, a frame without a follow-up that comes while the writer is idle
+    (parked, nothing queued) is written by it first: the usual answer goes out without a
+    task switch; what it does not write goes to the writer as before."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_items", "_send_now", "closed", "writing")
+
+    def __init__(self, send_now: SendNow | None = None) -> None:
         super().__init__()
         self._items: list[tuple[bytes, FollowUp | None]] = []
+        self._send_now = send_now
         self.closed = False
         self.writing = False  # a writer (:meth:`write`) was started
 
     def post(self, frame: bytes, then: FollowUp | None = None) -> None:
         """Queue ``frame`` (then ``then``) for the writer; nothing once closed."""
-        if not self.closed:
-            self._items.append((frame, then))
-            self._wake()
+        if self.closed:
+            return
+        if then is None and self._waiter is not None and self._send_now is not None:
+            # The writer is parked (nothing queued, nothing being sent): write it now.
+            sent = self._send_now(frame)
+            if sent == len(frame):
+                return
+            if sent:  # the rest goes first in the next send: the writer's, woken for it
+                frame = b""
+        self._items.append((frame, then))
+        self._wake()
 
     async def take(self) -> list[tuple[bytes, FollowUp | None]]:
         """Every queued reply, in order, once there is one."""

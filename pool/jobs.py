@@ -45,11 +45,11 @@ from protocol.chain import BlockTemplate
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.header import (
     HEADER_VERSION,
-    Header,
     assemble_coinbase,
     coinbase_hash,
     coinbase_parts,
     coins,
+    encode_header,
 )
 from protocol.messages import MAX_JOB_ID
 from protocol.target import difficulty_from_bits, target_from_bits, target_from_difficulty
@@ -124,15 +124,16 @@ class Job:
         """``(coinbase, header)`` of a share on this job (two small hashes: cheap)."""
         t = self.template
         coinbase = assemble_coinbase(t.coinbase1, self.extranonce1, extranonce2, self.coinbase2)
-        header = Header(
+        block = t.block
+        header = encode_header(
             HEADER_VERSION,
-            t.block.height,
-            t.block.prev_hash,
+            block.height,
+            block.prev_hash,
             coinbase_hash(coinbase),
             self.work.work_root,
             ntime,
-            t.block.bits,
-        ).encode()
+            block.bits,
+        )
         return coinbase, header
 
     def notify(self) -> messages.Notify:
@@ -180,7 +181,10 @@ class SessionJobs:
 
     def has_share(self, key: ShareKey) -> bool:
         """Whether any of the session's jobs already took the ticket ``key``."""
-        return any(key in job.seen for job in self._jobs.values())
+        for job in self._jobs.values():  # noqa: SIM110 (a loop: 4x faster, once per submit)
+            if key in job.seen:
+                return True
+        return False
 
     def lookup(self, job_id: str, current_epoch: int, now: float) -> Job:
         """The job ``job_id`` if shares for it are still accepted, else ``ProtocolError``

@@ -38,6 +38,7 @@ from pool.inbox import Inbox, Kick, Notice, Replies, ResultRejected, WorkLost
 from pool.job_feed import JobFeed
 from pool.jobs import SessionJobs
 from pool.miner_state import MinerState
+from pool.sender import FrameSender
 from pool.sockets import READ_SIZE, linger
 from pool.useful.lease import UsefulLease
 from pool.vardiff import Vardiff
@@ -49,7 +50,6 @@ from protocol.work_messages import GetBlob, WorkResult
 
 log = logging.getLogger("pool.session")
 
-SEND_TIMEOUT = 10.0
 LINGER_SECONDS = 0.5
 
 
@@ -60,9 +60,9 @@ class CloseSession(Exception):
 class Session(MinerState):
     """A connected miner; :meth:`run` serves it until it leaves or is dropped."""
 
-    __slots__ = ("_close_reason", "_scope", "_send_lock", "book", "conn", "ctx", "feed",
-                 "handlers", "hashrate", "inbox", "inflight", "judge", "lease", "rate", "ready",
-                 "replies", "stream", "vardiff", "watchdog")  # fmt: skip
+    __slots__ = ("_close_reason", "_scope", "book", "conn", "ctx", "feed", "handlers",
+                 "hashrate", "inbox", "inflight", "judge", "lease", "rate", "ready", "replies",
+                 "sender", "stream", "vardiff", "watchdog")  # fmt: skip
 
     def __init__(self, stream: trio.abc.Stream, peer: str, ctx: PoolContext) -> None:
         now = trio.current_time()
@@ -81,14 +81,14 @@ class Session(MinerState):
         )
         self.hashrate = HashrateMeter(now)
         self.inbox = Inbox()
-        self.replies = Replies()
+        self.sender = FrameSender(stream)
+        self.replies = Replies(self.sender.send_now if self.sender.direct else None)
         self.lease = UsefulLease(ctx.useful, self, self.hashrate, ctx.models)
         self.feed = JobFeed(
             ctx.jobs, self, self.book, self.vardiff, self.lease, self.notify, ctx.metrics
         )
         self.watchdog = SessionWatchdog(cfg.stratum, ctx.vardiff.idle_seconds)
         self.handlers = RequestHandlers(self)
-        self._send_lock = trio.Lock()
         self.ready = trio.Event()  # set once the authorize result went out
         self.inflight = trio.Semaphore(cfg.stratum.max_inflight_submits)
         self._close_reason: str | None = None
@@ -246,16 +246,7 @@ class Session(MinerState):
 
     async def send(self, data: bytes) -> None:
         """Send a frame; a miner that does not read it within ``SEND_TIMEOUT`` is closed."""
-        try:
-            self._send_lock.acquire_nowait()  # the usual case: no other send in progress
-        except trio.WouldBlock:
-            await self._send_lock.acquire()
-        try:
-            with trio.move_on_after(SEND_TIMEOUT) as scope:
-                await self.stream.send_all(data)
-        finally:
-            self._send_lock.release()
-        if scope.cancelled_caught:
+        if not await self.sender.send(data):
             raise CloseSession("the miner does not read what we send")
 
     async def notify(self, message: messages.Message) -> None:

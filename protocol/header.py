@@ -18,6 +18,7 @@ EXTRANONCE2_SIZE = 8
 _HEADER = struct.Struct("<II32s32s32sQI12s")
 _COINBASE_MAGIC = b"MMCB\x01"
 _CB_FIXED = struct.Struct("<IQ")
+_RESERVED = bytes(12)
 
 
 @dataclass(frozen=True)
@@ -33,19 +34,15 @@ class Header:
     bits: int
 
     def encode(self) -> bytes:
-        try:
-            return _HEADER.pack(
-                self.version,
-                self.height,
-                self.prev_hash,
-                self.coinbase_hash,
-                self.work_root,
-                self.time,
-                self.bits,
-                bytes(12),
-            )
-        except struct.error as exc:
-            raise ProtocolError(f"header field out of range: {exc}") from None
+        return encode_header(
+            self.version,
+            self.height,
+            self.prev_hash,
+            self.coinbase_hash,
+            self.work_root,
+            self.time,
+            self.bits,
+        )
 
     @classmethod
     def decode(cls, raw: bytes) -> Header:
@@ -59,6 +56,25 @@ class Header:
     def hash(self) -> bytes:
         """Block hash ``H(header)``."""
         return block_hash(self.encode())
+
+
+def encode_header(
+    version: int,
+    height: int,
+    prev_hash: bytes,
+    coinbase_hash: bytes,
+    work_root: bytes,
+    time: int,
+    bits: int,
+) -> bytes:
+    """The 128 bytes of the header with these fields (``Header(...).encode()`` without
+    building the object: a pool assembles one per submit)."""
+    try:
+        return _HEADER.pack(
+            version, height, prev_hash, coinbase_hash, work_root, time, bits, _RESERVED
+        )
+    except struct.error as exc:
+        raise ProtocolError(f"header field out of range: {exc}") from None
 
 
 def block_hash(header: bytes) -> bytes:

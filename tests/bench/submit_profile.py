@@ -30,7 +30,11 @@ HERE = Path(__file__).resolve().parent
 LOOP_PARTS = [  # the first part whose frame is on a sample's stack takes the sample
     # (the submit pipeline runs its steps inside the stage that calls back: the rules under
     # the reader, the record under the check batcher, the answer under the share log)
-    ("ack: encode + send (Session.send)", ["Session.send "]),
+    # (an ack is encoded in the handler and mostly written at once by FrameSender.send_now)
+    (
+        "ack: encode + send (send_result, FrameSender, Session.send)",
+        ["Connection.send_result", "FrameSender.", "Session.send "],
+    ),
     ("share rules (lookup, precheck, header)", ["precheck ", "SessionJobs.lookup", "Job.header"]),
     (
         "submit bookkeeping (hashrate, vardiff, metrics, record)",
