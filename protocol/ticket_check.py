@@ -244,15 +244,17 @@ def digests_pass(checks: Sequence[TileCheck], arrays: PassArrays | None = None) 
     cols = arrays.get("cols", (count, 2, k, TILE), np.float32)
     np.copyto(cols, noisy, casting="unsafe")
     sides = cols.reshape(count, 2, slabs, r, TILE)
-    if slabs <= LOWER_ONES_MAX:
-        lifted = arrays.get("lifted", (count, slabs + 1, TILE * TILE), np.float32)
-        lifted[:, slabs] = LIFT
-        parts = lifted[:, :slabs].reshape(count, slabs, TILE, TILE)
+    if slabs <= LOWER_ONES_MAX:  # slab-major: one float64 product for the whole pass
+        lifted = arrays.get("lifted", (slabs + 1, count, TILE * TILE), np.float32)
+        lifted[slabs] = LIFT
+        parts = lifted[:slabs].transpose(1, 0, 2).reshape(count, slabs, TILE, TILE)
         np.matmul(sides[:, 0].transpose(0, 1, 3, 2), sides[:, 1], out=parts)
-        total = arrays.get("total", (count, slabs, TILE * TILE), np.float64)
-        np.matmul(lifted_ones(slabs), lifted, out=total)
-        low = total.view(np.uint32).reshape(count, slabs, TILE * TILE, 2)[..., _LOW_WORD]
-        folds = np.bitwise_xor.reduce(low, axis=2)  # (count, slabs)
+        wide = arrays.get("wide", (slabs + 1, count * TILE * TILE), np.float64)
+        np.copyto(wide, lifted.reshape(slabs + 1, -1))
+        total = arrays.get("total", (slabs, count * TILE * TILE), np.float64)
+        np.matmul(lifted_ones(slabs), wide, out=total)
+        low = total.view(np.uint32).reshape(slabs, count, TILE * TILE, 2)[..., _LOW_WORD]
+        folds = np.bitwise_xor.reduce(low, axis=2).T  # (count, slabs)
     else:
         products = arrays.get("parts", (count, slabs, TILE, TILE), np.float32)
         np.matmul(sides[:, 0].transpose(0, 1, 3, 2), sides[:, 1], out=products)
