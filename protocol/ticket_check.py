@@ -95,7 +95,8 @@ class TileArrays:
         self.table = np.empty((2 * r, TILE), dtype=np.int8)  # noise_tables of the ticket
         self.by_side = self.table.view(np.uint8).reshape(2, r, TILE)
         self.picked = np.empty((2, 2, k, TILE), dtype=np.int8)  # [E at f, at g][A, B]
-        self.noisy = self.picked[0]
+        self.noisy, self.at_g = self.picked[0], self.picked[1]
+        self.noisy_a, self.noisy_b = self.noisy[0], self.noisy[1]
         self.cols = np.empty((2, k, TILE), dtype=np.float32)
         sides = self.cols.reshape(2, slabs, r, TILE)
         self.lhs, self.rhs = sides[0].transpose(0, 2, 1), sides[1]
@@ -282,9 +283,9 @@ def tile_digest(
     noise_table_into(noise.seed, ti, tj, r, w.by_side)
     np.take(w.table, noise.gather, axis=0, out=w.picked, mode="wrap")
     noisy = w.noisy  # (2, k, 16): E[f] − E[g] in [-63, 63], then + the rows
-    np.subtract(noisy, w.picked[1], out=noisy)
-    np.add(noisy[0], a_rows.T, out=noisy[0], casting="unsafe")
-    np.add(noisy[1], bt_rows.T, out=noisy[1], casting="unsafe")
+    np.subtract(noisy, w.at_g, out=noisy)
+    np.add(w.noisy_a, a_rows.T, out=w.noisy_a, casting="unsafe")
+    np.add(w.noisy_b, bt_rows.T, out=w.noisy_b, casting="unsafe")
     np.copyto(w.cols, noisy)
     np.matmul(w.lhs, w.rhs, out=w.parts)
     slabs = w.slabs
