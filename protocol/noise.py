@@ -81,28 +81,33 @@ def header_gather(seed: bytes, k: int, r: int) -> np.ndarray:
     return pairs.astype(np.intp)
 
 
+_MASK63 = np.uint8(63)
+
+
 def tile_tables(seed: bytes, ti: int, tj: int, r: int) -> np.ndarray:
     """EAL rows ``16ti..`` and EBR rows ``16tj..`` transposed and stacked: ``(2r, 16)`` int8,
     row ``c`` = column ``c`` of the A side's factors, row ``r + c`` the B side's."""
     return noise_tables([(seed, ti, tj)], r)[0] - np.int8(32)
 
 
-def noise_tables(seed_tiles: Sequence[tuple[bytes, int, int]], r: int) -> np.ndarray:
+def noise_tables(
+    seed_tiles: Sequence[tuple[bytes, int, int]], r: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """:func:`tile_tables` of each ``(seed, ti, tj)`` **plus 32** (``b & 63``, in [0, 63]),
-    stacked: ``(count, 2r, 16)`` int8. The offset cancels in ``E[f] − E[g]``, the only way
-    the noise reads a factor (§7), so the tickets' digests do not see it."""
+    stacked: ``(count, 2r, 16)`` int8 (into ``out`` when given, a contiguous array of that
+    shape). The offset cancels in ``E[f] − E[g]``, the only way the noise reads a factor
+    (§7), so the tickets' digests do not see it."""
     a_label, b_label = _LABELS["A"][0], _LABELS["B"][0]
     raw = b"".join(
         X(seed, a_label, 16 * r, 16 * ti * r) + X(seed, b_label, 16 * r, 16 * tj * r)
         for seed, ti, tj in seed_tiles
     )
     count = len(seed_tiles)
-    masked = np.frombuffer(raw, dtype=np.uint8).reshape(count, 2, 16, r) & np.uint8(63)
-    by_side = np.ascontiguousarray(masked.transpose(0, 1, 3, 2)).view(np.int8)
-    return by_side.reshape(count, 2 * r, 16)
-
-
-_MASK63 = np.uint8(63)
+    tables = np.empty((count, 2 * r, 16), dtype=np.int8) if out is None else out
+    by_side = tables.view(np.uint8).reshape(count, 2, r, 16)
+    np.copyto(by_side, np.frombuffer(raw, dtype=np.uint8).reshape(count, 2, 16, r).swapaxes(2, 3))
+    np.bitwise_and(by_side, _MASK63, out=by_side)
+    return tables
 
 
 def noise_table_into(seed: bytes, ti: int, tj: int, r: int, by_side: np.ndarray) -> None:

@@ -229,7 +229,8 @@ def digests_pass(checks: Sequence[TileCheck], arrays: PassArrays | None = None) 
     arrays = arrays or thread_arrays()
     k, r = checks[0].noise.k, checks[0].noise.r
     slabs, count = k // r, len(checks)
-    tables = noise_tables([(c.noise.seed, *c.tile) for c in checks], r)  # (count, 2r, 16)
+    tables = arrays.get("tables", (count, 2 * r, TILE), np.int8)
+    noise_tables([(c.noise.seed, *c.tile) for c in checks], r, tables)
     picked = arrays.get("picked", (count, 2, 2, k, TILE), np.int8)  # E at f, at g; A, B
     start = 0
     for stop in range(1, count + 1):
@@ -264,7 +265,8 @@ def digests_pass(checks: Sequence[TileCheck], arrays: PassArrays | None = None) 
     j = np.zeros((count, 16), dtype=np.uint32)
     j[:, :2] = [c.tile for c in checks]
     absorb_folds(j, folds)
-    return [HK(c.noise.seed, np.asarray(j[i], dtype="<u4").tobytes()) for i, c in enumerate(checks)]
+    words = np.asarray(j, dtype="<u4").tobytes()
+    return [HK(c.noise.seed, words[64 * i : 64 * i + 64]) for i, c in enumerate(checks)]
 
 
 def tile_digest(
