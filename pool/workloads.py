@@ -15,8 +15,8 @@ Share checks reuse what does not change from share to share (``ArrayCache`` of
 pool): the 16-row bands of a template's A and Bᵀ (the same for every session and share; at
 most ``ROW_CACHE_BYTES``, the whole workload of the newest templates: 8 MiB at 2048³) and
 the index pairs of a header (``HeaderNoise``, the same for every tile of it; at most
-``NOISE_CACHE_BYTES``: 64 KiB a header at k = 2048, intp indices as ``np.take`` reads
-them). Both are least-recently-used: old templates and headers fall out.
+``NOISE_CACHE_BYTES``: 16 KiB a header at k = 2048). Both are least-recently-used: old
+templates and headers fall out.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ from toolkit.array_cache import ArrayCache
 ROW_CACHE_BYTES = 64 << 20
 """Row bands kept for share checks, per pool (a 2048³ workload's A and Bᵀ: 8 MiB)."""
 NOISE_CACHE_BYTES = 16 << 20
-"""Headers' index pairs kept for share checks, per pool (32·k bytes and a little a header:
-256 headers at k = 2048)."""
+"""Headers' index pairs kept for share checks, per pool (8·k bytes and a little a header)."""
 
 
 def row_band(rows: np.ndarray) -> np.ndarray:
