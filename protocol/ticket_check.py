@@ -60,6 +60,11 @@ does not run out of cache and pay per share for it."""
 KEPT_SHAPES = 4
 """One-ticket working sets (:class:`TileArrays`) a :class:`PassArrays` keeps, newest first."""
 
+KEPT_TILE_BYTES = 8 << 20
+"""…and at most this many bytes of them (~192·k bytes a set: 0.43 MiB at k = 2048); a set
+larger than this alone (k above ~43 000) is made for its call and not kept, so a thread's
+default set stays small whatever the shapes it checks."""
+
 LIFT = 1.5 * 2.0**52
 """Added to every running sum in float64: for |x| < 2⁵¹, ``LIFT + x`` is exact (unit spacing
 in [2⁵², 2⁵³)) and the low 32 bits of its binary64 pattern are ``x`` as a two's-complement
@@ -138,13 +143,18 @@ class PassArrays:
         return kept[:size].reshape(shape)
 
     def tile(self, k: int, r: int) -> TileArrays:
-        """The one-ticket working set of ``(k, r)`` (the newest :data:`KEPT_SHAPES` kept)."""
+        """The one-ticket working set of ``(k, r)`` (the newest :data:`KEPT_SHAPES` kept,
+        :data:`KEPT_TILE_BYTES` at most)."""
         last = self._last
         if last is not None and last[0] == (k, r):
             return last[1]
         kept = self._tiles.pop((k, r), None) or TileArrays(k, r)
+        if kept.nbytes > KEPT_TILE_BYTES:
+            return kept
         self._tiles[(k, r)] = kept
-        while len(self._tiles) > KEPT_SHAPES:
+        while len(self._tiles) > KEPT_SHAPES or (
+            sum(t.nbytes for t in self._tiles.values()) > KEPT_TILE_BYTES
+        ):
             del self._tiles[next(iter(self._tiles))]
         self._last = ((k, r), kept)
         return kept

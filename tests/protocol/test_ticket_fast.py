@@ -245,3 +245,19 @@ def test_kept_arrays_serve_many_shapes_in_turn() -> None:
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(check, cases * 4))
+
+
+def test_kept_one_ticket_arrays_stay_within_their_bounds() -> None:
+    """A ``PassArrays`` keeps at most ``KEPT_SHAPES`` one-ticket sets and
+    ``KEPT_TILE_BYTES`` of them; a set over the bound alone is used, not kept."""
+    kept = PassArrays()
+    for k in (128, 256, 512, 1024, 2048, 4096):
+        kept.tile(k, 32)
+        assert kept.nbytes <= ticket_check.KEPT_TILE_BYTES
+    assert kept.tile(4096, 32) is kept.tile(4096, 32)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ticket_check, "KEPT_TILE_BYTES", 200 * 1024)
+        big = kept.tile(2048, 64)  # ~0.4 MiB: over the bound alone
+        assert kept.tile(2048, 64) is not big
+        small = kept.tile(512, 32).nbytes  # kept: the older sets beyond the bound go
+        assert small <= kept.nbytes <= 200 * 1024
