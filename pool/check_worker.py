@@ -19,13 +19,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from pool.workloads import NOISE_CACHE_BYTES, ROW_CACHE_BYTES, row_band
 from protocol.errors import ProtocolError
-from protocol.target import meets_target, target_from_bits, target_from_difficulty
+from protocol.target import target_from_bits, target_from_difficulty, ticket_limit
 from protocol.ticket import HeaderNoise, PassArrays, TileCheck, check_tile_rows, tile_digests
 from protocol.workload import TILE, Shape, synthetic_rows
 from toolkit.array_cache import ArrayCache
@@ -40,6 +41,22 @@ ProcRequest = tuple[RowsRef, tuple[int, int, int, int], tuple[int, int], bytes, 
 ProcAnswer = tuple[bytes, bool, bool] | tuple[str, int]
 """``(digest, meets the share target, meets the network target)``, or ``(message, code)`` of
 the error that rejects the share."""
+
+
+@lru_cache(maxsize=256)
+def job_shape(dims: tuple[int, int, int, int]) -> Shape:
+    """The validated ``Shape`` of ``dims`` (a request names its job's; made once per job
+    shape, not per share)."""
+    return Shape(*dims)
+
+
+@lru_cache(maxsize=1024)
+def digest_limits(difficulty: float, bits: int, k: int) -> tuple[int, int]:
+    """The largest digest values that meet the share target of ``difficulty`` and the
+    network target of ``bits`` at ``k`` (``target.ticket_limit``; vardiff and templates
+    give a process few distinct values, so each is derived once, not per share)."""
+    share = ticket_limit(target_from_difficulty(difficulty), k)
+    return share, ticket_limit(target_from_bits(bits), k)
 
 
 class CheckCaches:
@@ -58,13 +75,12 @@ class CheckCaches:
 
     def tile_check(self, request: ProcRequest) -> TileCheck:
         rows, dims, tile, header, _, _ = request
-        shape = Shape(*dims)
-        a_rows = self.band(rows, "A", tile[0], shape.k).T
-        bt_rows = self.band(rows, "B", tile[1], shape.k).T
+        shape = job_shape(dims)
+        k, r = shape.k, shape.r
+        a_rows = self.band(rows, "A", tile[0], k).T
+        bt_rows = self.band(rows, "B", tile[1], k).T
         check_tile_rows(shape, tile, a_rows, bt_rows)
-        noise = self.noise.get(
-            (header, shape.k, shape.r), lambda: HeaderNoise.of(header, shape.k, shape.r)
-        )
+        noise = self.noise.get((header, k, r), lambda: HeaderNoise.of(header, k, r))
         return TileCheck(noise, tile, a_rows, bt_rows)
 
     def check(self, requests: Sequence[ProcRequest]) -> list[ProcAnswer]:
@@ -85,11 +101,13 @@ class CheckCaches:
             return answers
         for (i, _), digest in zip(checks, digests, strict=True):
             _, (_, _, k, _), _, _, difficulty, bits = requests[i]
-            answers[i] = (
-                digest,
-                meets_target(digest, target_from_difficulty(difficulty), k),
-                meets_target(digest, target_from_bits(bits), k),
-            )
+            try:
+                share, network = digest_limits(difficulty, bits, k)
+            except Exception as exc:
+                answers[i] = _error(exc)
+                continue
+            value = int.from_bytes(digest, "little")  # target.meets_target, limits kept
+            answers[i] = (digest, value <= share, value <= network)
         return answers
 
 

@@ -48,20 +48,42 @@ def noisy_rows(seed: bytes, side: str, rows: np.ndarray, start: int, r: int) -> 
 # -- the same noise, laid out for checking one ticket fast (SPEC §7 unchanged) ------------
 
 
-def header_gather(seed: bytes, k: int, r: int) -> np.ndarray:
-    """Both sides' index pairs as one ``(2, 2, k)`` int16 gather: ``[side][f, g][l]``,
-    side B's indices offset by ``r`` (they address the lower half of :func:`tile_tables`)."""
-    raw = X(seed, _LABELS["A"][1], 4 * k) + X(seed, _LABELS["B"][1], 4 * k)
-    u = np.frombuffer(raw, dtype="<u4").reshape(2, k)
+def pair_indices(u: np.ndarray, r: int, out: np.ndarray) -> None:
+    """§7's ``(f, g)`` of every u32 word of ``u`` into ``out[0]`` (f) and ``out[1]`` (g), u32,
+    in 6 cheap array operations and no remainder (numpy's ``%`` is a division per entry).
+
+    Exact for every u32 ``u`` and every allowed r (a power of two, ``b = log₂ r ≤ 9``), with
+    ``h = u >> 16``: ``f = u mod r = u & (r − 1)``, and since ``r − 1 ≡ −1 (mod r)``,
+    ``h mod (r − 1) = h − (r − 1)·⌊h/(r − 1)⌋ ≡ h + ⌊h/(r − 1)⌋``, so
+    ``g ≡ u + h + ⌊h/(r − 1)⌋ + 1 = u + ⌊(h·r + r − 1)/(r − 1)⌋ (mod r)``; and
+    ``h·r + r − 1 = (u >> (16 − b)) | (r − 1)`` (its low b bits set whatever they were),
+    below 2²⁵. The division is by one scalar (numpy divides by a multiply and shifts);
+    ``u + ·`` may wrap mod 2³², which r divides."""
     mask = np.uint32(r - 1)
-    f = u & mask
-    # (f + 1 + (u >> 16) mod (r − 1)) mod r, with mod r = & (r − 1): r is a power of two
-    g = (f + np.uint32(1) + (u >> np.uint32(16)) % np.uint32(r - 1)) & mask
-    gather = np.empty((2, 2, k), dtype=np.int16)
-    gather[:, 0] = f
-    gather[:, 1] = g
-    gather[1] += np.int16(r)
-    return gather
+    np.bitwise_and(u, mask, out=out[0])
+    g = out[1]
+    np.right_shift(u, np.uint32(16 - (r.bit_length() - 1)), out=g)
+    np.bitwise_or(g, mask, out=g)
+    np.floor_divide(g, mask, out=g)
+    np.add(g, u, out=g)
+    np.bitwise_and(g, mask, out=g)
+
+
+def header_gather(seed: bytes, k: int, r: int) -> np.ndarray:
+    """Both sides' index pairs as one ``(2, 2, k)`` int16 gather: ``[f, g][side][l]``, side
+    B's indices offset by ``r`` (they address the lower half of :func:`tile_tables`). Int16,
+    not the intp ``np.take`` converts them to (~1.5 µs a take at k = 2048): a cache of them
+    holds 4× the headers, and a check on a header seen a while ago reads 16 KiB of indices
+    from memory, not 64 KiB (faster in the pool, whose other processes evict the caches)."""
+    raw = X(seed, _LABELS["A"][1], 4 * k) + X(seed, _LABELS["B"][1], 4 * k)
+    pairs = np.empty((2, 2, k), dtype=np.uint32)
+    pair_indices(np.frombuffer(raw, dtype="<u4").reshape(2, k), r, pairs)
+    side_b = pairs[:, 1]
+    np.add(side_b, np.uint32(r), out=side_b)
+    return pairs.astype(np.int16)
+
+
+_MASK63 = np.uint8(63)
 
 
 def tile_tables(seed: bytes, ti: int, tj: int, r: int) -> np.ndarray:
@@ -70,16 +92,31 @@ def tile_tables(seed: bytes, ti: int, tj: int, r: int) -> np.ndarray:
     return noise_tables([(seed, ti, tj)], r)[0] - np.int8(32)
 
 
-def noise_tables(seed_tiles: Sequence[tuple[bytes, int, int]], r: int) -> np.ndarray:
+def noise_tables(
+    seed_tiles: Sequence[tuple[bytes, int, int]], r: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """:func:`tile_tables` of each ``(seed, ti, tj)`` **plus 32** (``b & 63``, in [0, 63]),
-    stacked: ``(count, 2r, 16)`` int8. The offset cancels in ``E[f] − E[g]``, the only way
-    the noise reads a factor (§7), so the tickets' digests do not see it."""
+    stacked: ``(count, 2r, 16)`` int8 (into ``out`` when given, a contiguous array of that
+    shape). The offset cancels in ``E[f] − E[g]``, the only way the noise reads a factor
+    (§7), so the tickets' digests do not see it."""
     a_label, b_label = _LABELS["A"][0], _LABELS["B"][0]
     raw = b"".join(
         X(seed, a_label, 16 * r, 16 * ti * r) + X(seed, b_label, 16 * r, 16 * tj * r)
         for seed, ti, tj in seed_tiles
     )
     count = len(seed_tiles)
-    masked = np.frombuffer(raw, dtype=np.uint8).reshape(count, 2, 16, r) & np.uint8(63)
-    by_side = np.ascontiguousarray(masked.transpose(0, 1, 3, 2)).view(np.int8)
-    return by_side.reshape(count, 2 * r, 16)
+    tables = np.empty((count, 2 * r, 16), dtype=np.int8) if out is None else out
+    by_side = tables.view(np.uint8).reshape(count, 2, r, 16)
+    np.copyto(by_side, np.frombuffer(raw, dtype=np.uint8).reshape(count, 2, 16, r).swapaxes(2, 3))
+    np.bitwise_and(by_side, _MASK63, out=by_side)
+    return tables
+
+
+def noise_table_into(seed: bytes, ti: int, tj: int, r: int, by_side: np.ndarray) -> None:
+    """:func:`noise_tables` of one ``(seed, ti, tj)`` written into ``by_side``, a contiguous
+    ``(2, r, 16)`` uint8 view of the ``(2r, 16)`` table (no list, no join, no new array)."""
+    raw = X(seed, _LABELS["A"][0], 16 * r, 16 * ti * r) + X(
+        seed, _LABELS["B"][0], 16 * r, 16 * tj * r
+    )
+    np.copyto(by_side, np.frombuffer(raw, dtype=np.uint8).reshape(2, 16, r).transpose(0, 2, 1))
+    np.bitwise_and(by_side, _MASK63, out=by_side)

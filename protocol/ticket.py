@@ -2,18 +2,46 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
 from .errors import ErrorCode, ProtocolError
 from .hashing import HK
-from .noise import header_gather, noise_tables, noisy_rows, pow_seed
+from .noise import noisy_rows, pow_seed
 from .target import digest_value, ticket_limit
+from .ticket_check import (
+    CHUNK_BYTES,
+    HeaderNoise,
+    PassArrays,
+    TileCheck,
+    digests_pass,
+    running_sums,
+    tile_digest,
+    tile_digests,
+)
 from .workload import TILE, Shape, Workload
+
+__all__ = [  # the fast path (protocol.ticket_check) is importable from here too
+    "CHUNK_BYTES",
+    "HeaderNoise",
+    "HeaderWork",
+    "PassArrays",
+    "TileCheck",
+    "absorb_slab",
+    "check_tile_rows",
+    "digests_pass",
+    "fold_tiles",
+    "initial_transcripts",
+    "mine_header",
+    "running_sums",
+    "ticket_digest",
+    "tile_digest",
+    "tile_digests",
+    "transcripts",
+    "verify_ticket",
+    "verify_ticket_fast",
+]
 
 
 def fold_tiles(acc: np.ndarray) -> np.ndarray:
@@ -122,211 +150,7 @@ def verify_ticket(
     return ticket_digest(seed, j[0, 0])
 
 
-# -- the same ticket, checked fast: one vectorised pass (equal to verify_ticket, bit for bit)
-
-
-@dataclass(frozen=True)
-class HeaderNoise:
-    """What every ticket of one header shares: its seed and the §7 index pairs of both sides
-    (``noise.header_gather``); several shares on one header derive it once."""
-
-    seed: bytes
-    k: int
-    r: int
-    gather: np.ndarray
-
-    @classmethod
-    def of(cls, header: bytes, k: int, r: int) -> HeaderNoise:
-        seed = pow_seed(header)
-        return cls(seed, k, r, header_gather(seed, k, r))
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.gather.nbytes) + 128
-
-
-LOWER_ONES_MAX = 16
-"""Up to this many slabs the running sums are one float64 product with a triangle of ones;
-beyond, log₂(slabs) in-place int32 passes cost less (the product grows with slabs²)."""
-
-SMALL_BYTES = 32 << 10
-"""Arrays up to this size are allocated afresh (cheaper than reusing them; they come from
-the heap, never from pages mapped for them alone)."""
-
-CHUNK_BYTES = 4 << 20
-"""One pass of :func:`tile_digests` takes at most this many bytes of working arrays (about
-224·k a ticket: the gathered factors, the noisy rows, their float32 copy), so a large batch
-does not run out of cache and pay per share for it."""
-
-
-@lru_cache(maxsize=8)
-def lower_ones(slabs: int) -> np.ndarray:
-    """The ``slabs × slabs`` lower triangle of ones (float64, read-only)."""
-    tri = np.tril(np.ones((slabs, slabs)))
-    tri.setflags(write=False)
-    return tri
-
-
-class PassArrays:
-    """The working arrays of :func:`digests_pass`, kept from pass to pass: one pass at
-    k = 2048 needs ~0.5 MiB a ticket, and arrays that size, freed and allocated again, are
-    handed back to the OS and faulted in again page by page on every pass (~100 page faults
-    a ticket, several times the arithmetic). One per check lane: not thread-safe."""
-
-    def __init__(self) -> None:
-        self._arrays: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
-        """An uninitialised ``shape`` array of ``dtype``, the memory of ``name`` reused."""
-        size = math.prod(shape)
-        kept = self._arrays.get(name)
-        if kept is None or kept.size < size or kept.dtype != dtype:
-            kept = self._arrays[name] = np.empty(size, dtype=dtype)
-        return kept[:size].reshape(shape)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(int(a.nbytes) for a in self._arrays.values())
-
-
-def running_sums(parts: np.ndarray, arrays: PassArrays | None = None) -> np.ndarray:
-    """``acc`` after every slab as int32 ``(..., slabs, 256)``, from the exact float32 slab
-    products ``(..., slabs, 256)``. Exact: every part is an integer (|part| ≤ 128²·r ≤ 2²³),
-    every sum an integer below 2³¹ (|acc| ≤ 128²·k ≤ 2³⁰), which float64 and int32 hold."""
-    slabs = parts.shape[-2]
-    if slabs <= LOWER_ONES_MAX and (arrays is None or parts.nbytes <= SMALL_BYTES):
-        return (lower_ones(slabs) @ parts.astype(np.float64)).astype(np.int32)
-    arrays = arrays or PassArrays()
-    sums = arrays.get("sums", parts.shape, np.int32)
-    if slabs <= LOWER_ONES_MAX:
-        wide = arrays.get("wide", parts.shape, np.float64)
-        np.copyto(wide, parts)
-        total = arrays.get("total", parts.shape, np.float64)
-        np.matmul(lower_ones(slabs), wide, out=total)
-        np.copyto(sums, total, casting="unsafe")
-        return sums
-    np.copyto(sums, parts, casting="unsafe")
-    step = 1
-    while step < slabs:  # after this pass, slab s holds the sum of slabs s − 2·step + 1 .. s
-        sums[..., step:, :] += sums[..., :-step, :]  # overlap: numpy reads a copy (as if none)
-        step *= 2
-    return sums
-
-
-@dataclass(frozen=True)
-class TileCheck:
-    """One ticket of a batch: its header's noise, its tile, its 16 + 16 rows."""
-
-    noise: HeaderNoise
-    tile: tuple[int, int]
-    a_rows: np.ndarray
-    bt_rows: np.ndarray
-
-
-def digests_pass(checks: Sequence[TileCheck], arrays: PassArrays | None = None) -> list[bytes]:
-    """The digests of several tickets of one ``(k, r)`` (rows 16 × k each, fastest as
-    transposed views of contiguous k × 16 arrays) in one vectorised pass: the index pairs of
-    each run of tickets on one ``HeaderNoise`` gathered by one call, the slab products of all
-    in one batched sgemm, the folds in one reduction (§7–§8); only BLAKE3 is per ticket.
-    ``arrays``: the working arrays to reuse (a fresh set when none).
-
-    Exact, so equal to :func:`verify_ticket` bit for bit: ``E[f] − E[g]`` is taken from
-    ``b & 63`` (``s(b) + 32``: the offsets cancel), |E[f] − E[g]| ≤ 63 fits int8, and adding
-    the rows in int8 wraps as §7's ``i8`` does (mod 2⁸ in any order); every noisy entry is
-    an int8 value, so a product is at most 128² = 2¹⁴ and a slab's sum over r ≤ 512 of them
-    at most 2²³ < 2²⁴: each partial sum is an integer float32 holds exactly, whatever order
-    or FMA the BLAS uses; :func:`running_sums` is exact too."""
-    arrays = arrays or PassArrays()
-    k, r = checks[0].noise.k, checks[0].noise.r
-    slabs, count = k // r, len(checks)
-    tables = noise_tables([(c.noise.seed, *c.tile) for c in checks], r)  # (count, 2r, 16)
-    picked = arrays.get("picked", (count, 2, 2, k, TILE), np.int8)  # E at f, at g; A, B
-    start = 0
-    for stop in range(1, count + 1):
-        if stop == count or checks[stop].noise is not checks[start].noise:
-            gather = checks[start].noise.gather
-            np.take(tables[start:stop], gather, axis=1, out=picked[start:stop], mode="clip")
-            start = stop
-    noisy = picked[:, :, 0]  # (count, 2, k, 16): E[f] − E[g] in [-63, 63], then + the rows
-    np.subtract(noisy, picked[:, :, 1], out=noisy)
-    for i, c in enumerate(checks):
-        np.add(noisy[i, 0], c.a_rows.T, out=noisy[i, 0], casting="unsafe")
-        np.add(noisy[i, 1], c.bt_rows.T, out=noisy[i, 1], casting="unsafe")
-    cols = arrays.get("cols", (count, 2, k, TILE), np.float32)
-    np.copyto(cols, noisy, casting="unsafe")
-    sides = cols.reshape(count, 2, slabs, r, TILE)
-    parts = arrays.get("parts", (count, slabs, TILE, TILE), np.float32)
-    np.matmul(sides[:, 0].transpose(0, 1, 3, 2), sides[:, 1], out=parts)
-    sums = running_sums(parts.reshape(count, slabs, TILE * TILE), arrays)
-    folds = np.bitwise_xor.reduce(sums.view(np.uint32), axis=2)  # (count, slabs)
-    j = np.zeros((count, 16), dtype=np.uint32)
-    j[:, :2] = [c.tile for c in checks]
-    for first in range(0, slabs, 16):  # one round = the next ≤ 16 slabs, one word each
-        x = folds[:, first : first + 16]
-        word = j[:, : x.shape[1]]
-        j[:, : x.shape[1]] = ((word << np.uint32(13)) | (word >> np.uint32(19))) ^ x
-    return [ticket_digest(c.noise.seed, j[i]) for i, c in enumerate(checks)]
-
-
-def tile_digest(
-    noise: HeaderNoise,
-    tile: tuple[int, int],
-    a_rows: np.ndarray,
-    bt_rows: np.ndarray,
-    arrays: PassArrays | None = None,
-) -> bytes:
-    """The digest of ``tile`` from its rows: :func:`digests_pass` of one ticket, with the
-    fewer and flatter calls that one ticket needs (exact for the same reasons)."""
-    arrays = arrays or PassArrays()
-    ti, tj = tile
-    k, r = noise.k, noise.r
-    slabs = k // r
-    table = noise_tables([(noise.seed, ti, tj)], r)[0]  # (2r, 16)
-    picked = arrays.get("picked", (2, 2, k, TILE), np.int8)
-    np.take(table, noise.gather, axis=0, out=picked, mode="clip")
-    noisy = picked[:, 0]  # (2, k, 16): E[f] − E[g] in [-63, 63], then + the rows
-    np.subtract(noisy, picked[:, 1], out=noisy)
-    np.add(noisy[0], a_rows.T, out=noisy[0], casting="unsafe")
-    np.add(noisy[1], bt_rows.T, out=noisy[1], casting="unsafe")
-    cols = arrays.get("cols", (2, k, TILE), np.float32)
-    np.copyto(cols, noisy, casting="unsafe")
-    sides = cols.reshape(2, slabs, r, TILE)
-    parts = np.matmul(sides[0].transpose(0, 2, 1), sides[1]).reshape(slabs, TILE * TILE)
-    folds = np.bitwise_xor.reduce(running_sums(parts, arrays).view(np.uint32), axis=1)
-    j = np.zeros(16, dtype=np.uint32)
-    j[0], j[1] = ti, tj
-    for first in range(0, slabs, 16):  # one round = the next ≤ 16 slabs, one word each
-        x = folds[first : first + 16]
-        word = j[: len(x)]
-        j[: len(x)] = ((word << np.uint32(13)) | (word >> np.uint32(19))) ^ x
-    return ticket_digest(noise.seed, j)
-
-
-def tile_digests(checks: Sequence[TileCheck], arrays: PassArrays | None = None) -> list[bytes]:
-    """:func:`tile_digest` of several tickets, in order, in :func:`digests_pass` passes of at
-    most ``CHUNK_BYTES`` of working arrays each (one ``(k, r)`` a pass, the tickets of one
-    ``HeaderNoise`` side by side; ``arrays`` reused by every pass): less per share than a
-    call a ticket."""
-    arrays = arrays or PassArrays()
-    groups: dict[tuple[int, int, int], list[int]] = {}
-    for i, c in enumerate(checks):
-        groups.setdefault((c.noise.k, c.noise.r, id(c.noise)), []).append(i)
-    by_shape: dict[tuple[int, int], list[int]] = {}
-    for (k, r, _), members in groups.items():
-        by_shape.setdefault((k, r), []).extend(members)
-    digests = [b""] * len(checks)
-    for (k, _), order in by_shape.items():
-        per_pass = max(1, CHUNK_BYTES // (224 * k))
-        for first in range(0, len(order), per_pass):
-            part = order[first : first + per_pass]
-            if len(part) == 1:  # one ticket: its own, leaner path
-                c = checks[part[0]]
-                found = [tile_digest(c.noise, c.tile, c.a_rows, c.bt_rows, arrays)]
-            else:
-                found = digests_pass([checks[i] for i in part], arrays)
-            for i, digest in zip(part, found, strict=True):
-                digests[i] = digest
-    return digests
+# -- the same ticket, checked fast: protocol.ticket_check (equal to verify_ticket, bit for bit)
 
 
 def verify_ticket_fast(

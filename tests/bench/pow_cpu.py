@@ -23,7 +23,9 @@ the OS and are faulted in again), BLAS on one thread, best of many short bursts,
 figure also as a ratio to a ``mining.ping``'s framing measured in that process: one ticket
 a call on a new header (its index pairs derived) and on a seen one, and batches of 8 and 32
 tickets on one header (``tile_digests``), each also with the working arrays kept between
-calls where the checked code has ``PassArrays`` (as a check process keeps them).
+calls where the checked code has ``PassArrays`` (as a check process keeps them). Without
+them each call gets the checked code's default: a fresh set in checkouts before
+``protocol.ticket_check``, the calling thread's kept set since (so both rows agree there).
 ``--protocol-root DIR`` checks the ``protocol`` package of another checkout (e.g. a
 ``git worktree`` of main, or ``git archive main protocol`` unpacked: before/after).
 

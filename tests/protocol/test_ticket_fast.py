@@ -1,13 +1,15 @@
 """The fast ticket check equals the reference ``verify_ticket`` bit for bit (SPEC §7–§10)."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import ticket
+from protocol import ticket_check
 from protocol.errors import ProtocolError
-from protocol.noise import index_pairs, noise_factors, pow_seed, tile_tables
+from protocol.noise import index_pairs, noise_factors, pair_indices, pow_seed, tile_tables
 from protocol.ticket import (
     HeaderNoise,
     PassArrays,
@@ -83,8 +85,8 @@ def test_fast_noise_layout_is_the_reference_noise(header: bytes, r: int, ti: int
     noise = HeaderNoise.of(header, k, r)
     for side in (0, 1):
         f, g = index_pairs(seed, "AB"[side], k, r)
-        assert (noise.gather[side, 0] - side * r == f).all()
-        assert (noise.gather[side, 1] - side * r == g).all()
+        assert (noise.gather[0, side] - side * r == f).all()
+        assert (noise.gather[1, side] - side * r == g).all()
     tables = tile_tables(seed, ti, tj, r)
     assert (noise_factors(seed, "A", 16 * ti, 16, r) == tables[:r].T).all()
     assert (noise_factors(seed, "B", 16 * tj, 16, r) == tables[r:].T).all()
@@ -166,7 +168,7 @@ def test_a_mixed_batch_equals_the_reference_one_by_one(
         checks.append(TileCheck(noises[h % len(headers)], tile, a, bt))
     arrays = PassArrays()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ticket, "CHUNK_BYTES", chunk * shape.k)
+        patch.setattr(ticket_check, "CHUNK_BYTES", chunk * shape.k)
         assert tile_digests(checks, arrays) == want
         assert tile_digests(checks[::-1], arrays) == want[::-1]
     assert want[wrong] != right
@@ -185,3 +187,77 @@ def test_a_batch_of_several_shapes_equals_the_reference() -> None:
         want.append(verify_ticket(header, shape, tile, a, bt))
         checks.append(TileCheck(HeaderNoise.of(header, shape.k, shape.r), tile, a, bt))
     assert tile_digests(checks) == want
+
+
+@pytest.mark.parametrize("r", ALLOWED_R)
+def test_pair_indices_are_the_spec_formula_for_every_high_half(r: int) -> None:
+    """§7's (f, g) without a remainder, for every value of ``u >> 16`` (every quotient and
+    remainder by r − 1, both ends included) under several low halves, every allowed r."""
+    high = np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)
+    rng = np.random.default_rng(r)
+    for low in (np.zeros(1 << 16), np.full(1 << 16, 0xFFFF), rng.integers(0, 1 << 16, 1 << 16)):
+        u = high | low.astype(np.uint32)
+        got = np.empty((2, 1, u.size), dtype=np.uint32)
+        pair_indices(u.reshape(1, -1), r, got)
+        wide = u.astype(np.int64)
+        f = wide & (r - 1)
+        assert (got[0, 0] == f).all()
+        assert (got[1, 0] == (f + 1 + ((wide >> 16) % (r - 1))) % r).all()
+
+
+@pytest.mark.parametrize("r", ALLOWED_R)
+@pytest.mark.parametrize("slabs", [4, 16, 17])
+def test_one_ticket_equals_the_reference_at_every_r(r: int, slabs: int) -> None:
+    """``tile_digest`` on a new header each time, with this thread's arrays and with one
+    ``PassArrays`` kept across shapes, any int8 rows (wrapping noise): the reference's."""
+    shape = Shape(32, 48, slabs * r, r)
+    rng = np.random.default_rng(slabs * r)
+    kept = PassArrays()
+    for i in range(3):
+        header = rng.bytes(128)
+        tile = (i % shape.tiles_m, (2 * i + 1) % shape.tiles_n)
+        a, bt = blob_rows(rng, shape.k, True), blob_rows(rng, shape.k, True)
+        want = verify_ticket(header, shape, tile, a, bt)
+        noise = HeaderNoise.of(header, shape.k, r)
+        bands = np.ascontiguousarray(a.T).T, np.ascontiguousarray(bt.T).T
+        assert tile_digest(noise, tile, a, bt) == want
+        assert tile_digest(noise, tile, *bands, kept) == want
+
+
+def test_kept_arrays_serve_many_shapes_in_turn() -> None:
+    """One ``PassArrays`` for more shapes than it keeps, shapes interleaved, and threads
+    with their own: every digest the reference's."""
+    shapes = [Shape(16, 16, s * r, r) for r in (32, 64) for s in (4, 5, 16)]
+    rng = np.random.default_rng(3)
+    cases = []
+    for i in range(24):
+        shape = shapes[(5 * i) % len(shapes)]
+        header = rng.bytes(128)
+        a, bt = blob_rows(rng, shape.k, True), blob_rows(rng, shape.k, True)
+        want = verify_ticket(header, shape, (0, 0), a, bt)
+        cases.append((HeaderNoise.of(header, shape.k, shape.r), a, bt, want))
+    kept = PassArrays()
+    assert [tile_digest(n, (0, 0), a, bt, kept) for n, a, bt, _ in cases] == [c[3] for c in cases]
+
+    def check(case: tuple[HeaderNoise, np.ndarray, np.ndarray, bytes]) -> bool:
+        noise, a, bt, want = case
+        return tile_digest(noise, (0, 0), a, bt) == want
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(check, cases * 4))
+
+
+def test_kept_one_ticket_arrays_stay_within_their_bounds() -> None:
+    """A ``PassArrays`` keeps at most ``KEPT_SHAPES`` one-ticket sets and
+    ``KEPT_TILE_BYTES`` of them; a set over the bound alone is used, not kept."""
+    kept = PassArrays()
+    for k in (128, 256, 512, 1024, 2048, 4096):
+        kept.tile(k, 32)
+        assert kept.nbytes <= ticket_check.KEPT_TILE_BYTES
+    assert kept.tile(4096, 32) is kept.tile(4096, 32)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ticket_check, "KEPT_TILE_BYTES", 200 * 1024)
+        big = kept.tile(2048, 64)  # ~0.4 MiB: over the bound alone
+        assert kept.tile(2048, 64) is not big
+        small = kept.tile(512, 32).nbytes  # kept: the older sets beyond the bound go
+        assert small <= kept.nbytes <= 200 * 1024
