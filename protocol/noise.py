@@ -99,24 +99,30 @@ def noise_tables(
     stacked: ``(count, 2r, 16)`` int8 (into ``out`` when given, a contiguous array of that
     shape). The offset cancels in ``E[f] − E[g]``, the only way the noise reads a factor
     (§7), so the tickets' digests do not see it."""
-    a_label, b_label = _LABELS["A"][0], _LABELS["B"][0]
-    raw = b"".join(
-        X(seed, a_label, 16 * r, 16 * ti * r) + X(seed, b_label, 16 * r, 16 * tj * r)
-        for seed, ti, tj in seed_tiles
-    )
     count = len(seed_tiles)
     tables = np.empty((count, 2 * r, 16), dtype=np.int8) if out is None else out
-    by_side = tables.view(np.uint8).reshape(count, 2, r, 16)
-    np.copyto(by_side, np.frombuffer(raw, dtype=np.uint8).reshape(count, 2, 16, r).swapaxes(2, 3))
-    np.bitwise_and(by_side, _MASK63, out=by_side)
+    raw = b"".join(_factor_bytes(seed, ti, tj, r) for seed, ti, tj in seed_tiles)
+    _write_masked(tables.view(np.uint8).reshape(count, 2, r, 16), raw)
     return tables
 
 
 def noise_table_into(seed: bytes, ti: int, tj: int, r: int, by_side: np.ndarray) -> None:
     """:func:`noise_tables` of one ``(seed, ti, tj)`` written into ``by_side``, a contiguous
     ``(2, r, 16)`` uint8 view of the ``(2r, 16)`` table (no list, no join, no new array)."""
-    raw = X(seed, _LABELS["A"][0], 16 * r, 16 * ti * r) + X(
+    _write_masked(by_side, _factor_bytes(seed, ti, tj, r))
+
+
+def _factor_bytes(seed: bytes, ti: int, tj: int, r: int) -> bytes:
+    """The XOF bytes of EAL rows ``16ti..`` and EBR rows ``16tj..`` (16 rows of r each)."""
+    return X(seed, _LABELS["A"][0], 16 * r, 16 * ti * r) + X(
         seed, _LABELS["B"][0], 16 * r, 16 * tj * r
     )
-    np.copyto(by_side, np.frombuffer(raw, dtype=np.uint8).reshape(2, 16, r).transpose(0, 2, 1))
+
+
+def _write_masked(by_side: np.ndarray, raw: bytes) -> None:
+    """``raw`` (rows of r bytes, 16 a side) transposed into ``by_side`` (``(..., 2, r, 16)``
+    uint8), each byte ``& 63``."""
+    r = by_side.shape[-2]
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(*by_side.shape[:-2], 16, r)
+    np.copyto(by_side, rows.swapaxes(-1, -2))
     np.bitwise_and(by_side, _MASK63, out=by_side)
