@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from pool.workloads import NOISE_CACHE_BYTES, ROW_CACHE_BYTES, row_band
 from protocol.errors import ProtocolError
-from protocol.target import target_from_bits, target_from_difficulty, ticket_limit
+from protocol.target import digest_value, target_from_bits, target_from_difficulty, ticket_limit
 from protocol.ticket import HeaderNoise, PassArrays, TileCheck, check_tile_rows, tile_digests
 from protocol.workload import TILE, Shape, synthetic_rows
 from toolkit.array_cache import ArrayCache
@@ -106,7 +106,7 @@ class CheckCaches:
             except Exception as exc:
                 answers[i] = _error(exc)
                 continue
-            value = int.from_bytes(digest, "little")  # target.meets_target, limits kept
+            value = digest_value(digest)  # target.meets_target, its limits kept
             answers[i] = (digest, value <= share, value <= network)
         return answers
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ErrorCode, ProtocolError
-from .hashing import HK
 from .noise import noisy_rows, pow_seed
 from .target import digest_value, ticket_limit
 from .ticket_check import (
@@ -17,6 +16,7 @@ from .ticket_check import (
     TileCheck,
     digests_pass,
     running_sums,
+    ticket_digest,
     tile_digest,
     tile_digests,
 )
@@ -84,11 +84,6 @@ def transcripts(
         acc += part.astype(np.int32)
         absorb_slab(j, s, fold_tiles(acc))
     return j, acc
-
-
-def ticket_digest(seed: bytes, j: np.ndarray) -> bytes:
-    """``HK(seed, J as 64 little-endian bytes)``."""
-    return HK(seed, np.asarray(j, dtype="<u4").tobytes())
 
 
 @dataclass

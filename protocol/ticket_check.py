@@ -209,6 +209,11 @@ def absorb_folds(j: np.ndarray, folds: np.ndarray) -> None:
         j[..., : x.shape[-1]] = ((word << np.uint32(13)) | (word >> np.uint32(19))) ^ x
 
 
+def ticket_digest(seed: bytes, j: np.ndarray) -> bytes:
+    """``HK(seed, J as 64 little-endian bytes)``."""
+    return HK(seed, np.asarray(j, dtype="<u4").tobytes())
+
+
 def _rotl13(word: int) -> int:
     return ((word << 13) | (word >> 19)) & 0xFFFFFFFF
 
@@ -314,7 +319,7 @@ def tile_digest(
     j = np.zeros(16, dtype=np.uint32)
     j[0], j[1] = ti, tj
     absorb_folds(j, w.folds)
-    return HK(noise.seed, np.asarray(j, dtype="<u4").tobytes())
+    return ticket_digest(noise.seed, j)
 
 
 def tile_digests(checks: Sequence[TileCheck], arrays: PassArrays | None = None) -> list[bytes]:
