@@ -139,9 +139,6 @@ class ShareChecker:
         self.ledger = ledger
         self.ledger_limiter = ledger_limiter
         self.check_limiter = check_limiter
-        self.pplns_factor = pplns_factor
-        self.fee_bps = fee_bps
-        self.fee_address = fee_address
         self.policy = PplnsPolicy(pplns_factor, fee_bps, fee_address)
         self.max_shares_per_job = max_shares_per_job
         self.metrics = metrics
@@ -248,8 +245,9 @@ class ShareChecker:
 
     def queued_outcome(self, job: Job, pre: Prechecked, stored: bool | ShareLogError) -> None:
         """Raise the ``ShareRejected`` of a share queued in the share log and not stored."""
-        with _released_unless_stored(job, pre):
-            self._store_outcome(stored)
+        if stored is not True:  # (stored as new, the usual case: nothing to raise or release)
+            with _released_unless_stored(job, pre):
+                self._store_outcome(stored)
 
     def accepted(
         self, miner: Miner, job: Job, digest: bytes, block_hash: bytes | None = None

@@ -77,12 +77,11 @@ def start_submit(
             return
 
         def committed(stored: bool | ShareLogError) -> None:
-            if stored is not True:  # (stored as new, the usual case: nothing to raise)
-                try:
-                    checker.queued_outcome(job, pre, stored)
-                except ShareRejected as exc:
-                    done(exc)
-                    return
+            try:
+                checker.queued_outcome(job, pre, stored)
+            except ShareRejected as exc:
+                done(exc)
+                return
             done(checker.accepted(miner, job, ticket.digest))
 
         if ticket.meets_network or not checker.sharelog.enqueue(record, committed):
